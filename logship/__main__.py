@@ -1,0 +1,3 @@
+from logship.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,118 @@
+"""`archive-wal`: PostgreSQL's archive_command, a durable copy into the spool.
+
+Runs once per WAL segment inside PostgreSQL's serial archiver, so it imports only
+the stdlib. The spool file's mtime is the segment's close time: the moment
+PostgreSQL handed the segment over. PostgreSQL's `basic_archive` module writes
+into the same spool and gets the same meaning from the mtime of its copy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from logship import walnames
+from logship.durable import (
+    DIR_MODE,
+    FILE_MODE,
+    fsync_dir,
+    read_chunks,
+    temp_name_for,
+)
+from logship.errors import OperationFailed, UsageError
+
+SHIPPED_DIR = ".shipped"
+
+
+def tombstone_path(spool_dir: Path, name: str) -> Path:
+    """Where the sha256 of a shipped (and removed) spool file is kept."""
+    return spool_dir / SHIPPED_DIR / name
+
+
+@dataclass(frozen=True)
+class ArchiveResult:
+    name: str
+    already_archived: bool
+
+
+def _same_content(a: Path, b: Path) -> bool:
+    if a.stat().st_size != b.stat().st_size:
+        return False
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        while True:
+            ca, cb = fa.read(1 << 20), fb.read(1 << 20)
+            if ca != cb:
+                return False
+            if not ca:
+                return True
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    for chunk in read_chunks(path):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _check_repush(final: Path, tombstone: Path, source: Path) -> bool:
+    """True when `name` was archived before with identical content; raise on different."""
+    if final.exists():
+        if _same_content(final, source):
+            return True
+        raise OperationFailed(
+            f"{final.name} is already in the spool at {final} with different "
+            "content; refusing to overwrite it (investigate before removing either copy)"
+        )
+    if tombstone.exists():
+        if tombstone.read_text().strip() == _sha256(source):
+            return True
+        raise OperationFailed(
+            f"{final.name} was already shipped with a different sha256 "
+            f"(recorded in {tombstone}); refusing to archive different content"
+        )
+    return False
+
+
+def archive_wal(spool_dir: Path, source: Path, *, now_ns: int | None = None) -> ArchiveResult:
+    handed_over_ns = now_ns if now_ns is not None else time.time_ns()
+    name = source.name
+    if not walnames.is_archivable(name):
+        raise UsageError(f"{name!r} is not a WAL segment, .history or .backup file name")
+    if not spool_dir.is_dir():
+        spool_dir.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    final = spool_dir / name
+    tombstone = tombstone_path(spool_dir, name)
+    try:
+        if _check_repush(final, tombstone, source):
+            return ArchiveResult(name, already_archived=True)
+        tmp = temp_name_for(final)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                for chunk in read_chunks(source):
+                    out.write(chunk)
+                out.flush()
+                os.utime(out.fileno(), ns=(handed_over_ns, handed_over_ns))
+                os.fsync(out.fileno())
+            # link() never replaces an existing name, unlike rename(): a concurrent
+            # push of the same segment cannot clobber the copy that won.
+            try:
+                os.link(tmp, final)
+            except FileExistsError:
+                if _check_repush(final, tombstone, source):
+                    return ArchiveResult(name, already_archived=True)
+                raise
+        finally:
+            tmp.unlink(missing_ok=True)
+        fsync_dir(spool_dir)
+    except FileNotFoundError as exc:
+        raise OperationFailed(f"{exc.filename}: no such file") from None
+    except PermissionError as exc:
+        raise OperationFailed(
+            f"{exc.filename}: permission denied (the spool must belong to the "
+            "user PostgreSQL runs as)"
+        ) from None
+    return ArchiveResult(name, already_archived=False)

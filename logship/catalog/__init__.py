@@ -1,0 +1,1 @@
+"""The catalog: the durable queue and history of every shipped file."""

@@ -1,0 +1,74 @@
+"""SQLAlchemy models. Times are POSIX seconds (floats): the same on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from sqlalchemy import BigInteger, Float, Index, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class FileState(StrEnum):
+    DISCOVERED = "discovered"  # in the spool, not yet durable at the site
+    SHIPPED = "shipped"  # durable at the site, checksum recorded
+    APPLIED = "applied"  # handed to the standby's replay
+    CONFLICT = "conflict"  # same name as a shipped file, different content: never shipped
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class SpoolFile(Base):
+    __tablename__ = "spool_files"
+    __table_args__ = (
+        UniqueConstraint("connector", "name"),
+        Index("ix_spool_files_queue", "connector", "state", "order_key"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    connector: Mapped[str] = mapped_column(String(200))
+    name: Mapped[str] = mapped_column(String(255))
+    # Ship order as a sortable string (see Engine.ship_order), so SQL can ORDER BY it.
+    order_key: Mapped[str] = mapped_column(String(300))
+    size: Mapped[int] = mapped_column(BigInteger)
+    closed_at: Mapped[float] = mapped_column(Float)
+    discovered_at: Mapped[float] = mapped_column(Float)
+    state: Mapped[str] = mapped_column(String(20), default=FileState.DISCOVERED)
+    sha256: Mapped[str | None] = mapped_column(String(64), default=None)
+    stored_size: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    shipped_at: Mapped[float | None] = mapped_column(Float, default=None)
+    applied_at: Mapped[float | None] = mapped_column(Float, default=None)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+
+
+class BaseBackup(Base):
+    __tablename__ = "base_backups"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    connector: Mapped[str] = mapped_column(String(200), index=True)
+    backup_id: Mapped[str] = mapped_column(String(100), unique=True)
+    started_at: Mapped[float] = mapped_column(Float)
+    finished_at: Mapped[float | None] = mapped_column(Float, default=None)
+    size: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    stored_size: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    state: Mapped[str] = mapped_column(String(20))  # running, done, failed
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+
+
+class SiteStatus(Base):
+    __tablename__ = "site_status"
+
+    site: Mapped[str] = mapped_column(String(200), primary_key=True)
+    reachable: Mapped[bool]
+    checked_at: Mapped[float] = mapped_column(Float)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+
+
+class StandbyProgress(Base):
+    __tablename__ = "standby_progress"
+
+    connector: Mapped[str] = mapped_column(String(200), primary_key=True)
+    last_restored: Mapped[str | None] = mapped_column(String(255), default=None)
+    restored_at: Mapped[float | None] = mapped_column(Float, default=None)
+    sampled_at: Mapped[float] = mapped_column(Float)

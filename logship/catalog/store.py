@@ -1,0 +1,246 @@
+"""Catalog queries. Every state change is one short transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import create_engine, event, func, select, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from logship.catalog.models import (
+    Base,
+    BaseBackup,
+    FileState,
+    SiteStatus,
+    SpoolFile,
+    StandbyProgress,
+)
+
+
+def _sqlite_pragmas(dbapi_conn: object, _record: object) -> None:
+    cursor = dbapi_conn.cursor()  # type: ignore[attr-defined]
+    # WAL lets `status` read while the daemon writes; FULL keeps a committed
+    # state change durable, which the queue relies on after a crash.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"check_same_thread": False})
+        event.listen(engine, "connect", _sqlite_pragmas)
+    else:
+        engine = create_engine(url, pool_pre_ping=True)
+    return engine
+
+
+@dataclass(frozen=True)
+class NewFile:
+    connector: str
+    name: str
+    order_key: str
+    size: int
+    closed_at: float
+
+
+class Catalog:
+    def __init__(self, url: str) -> None:
+        self.engine = make_engine(url)
+        Base.metadata.create_all(self.engine)
+        self._session = sessionmaker(self.engine, expire_on_commit=False)
+
+    def session(self) -> Session:
+        return self._session()
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- the queue -------------------------------------------------------------
+
+    def add_discovered(self, new: NewFile, now: float) -> SpoolFile | None:
+        """Insert a discovered file; the existing row when the name is known."""
+        with self.session() as s:
+            existing = s.scalars(
+                select(SpoolFile).where(
+                    SpoolFile.connector == new.connector, SpoolFile.name == new.name
+                )
+            ).first()
+            if existing is not None:
+                return existing
+            row = SpoolFile(
+                connector=new.connector,
+                name=new.name,
+                order_key=new.order_key,
+                size=new.size,
+                closed_at=new.closed_at,
+                discovered_at=now,
+                state=FileState.DISCOVERED,
+            )
+            s.add(row)
+            try:
+                s.commit()
+            except IntegrityError:
+                s.rollback()  # a concurrent reconcile inserted it first
+                return None
+            return None
+
+    def pending(self, connector: str, limit: int = 100) -> list[SpoolFile]:
+        with self.session() as s:
+            return list(
+                s.scalars(
+                    select(SpoolFile)
+                    .where(
+                        SpoolFile.connector == connector,
+                        SpoolFile.state == FileState.DISCOVERED,
+                    )
+                    .order_by(SpoolFile.order_key)
+                    .limit(limit)
+                )
+            )
+
+    def mark_shipped(self, file_id: int, sha256: str, stored_size: int, at: float) -> None:
+        with self.session() as s:
+            s.execute(
+                update(SpoolFile)
+                .where(SpoolFile.id == file_id)
+                .values(
+                    state=FileState.SHIPPED,
+                    sha256=sha256,
+                    stored_size=stored_size,
+                    shipped_at=at,
+                    error=None,
+                )
+            )
+            s.commit()
+
+    def mark_conflict(self, file_id: int, error: str) -> None:
+        with self.session() as s:
+            s.execute(
+                update(SpoolFile)
+                .where(SpoolFile.id == file_id)
+                .values(state=FileState.CONFLICT, error=error)
+            )
+            s.commit()
+
+    def set_error(self, file_id: int, error: str | None) -> None:
+        with self.session() as s:
+            s.execute(update(SpoolFile).where(SpoolFile.id == file_id).values(error=error))
+            s.commit()
+
+    def file(self, connector: str, name: str) -> SpoolFile | None:
+        with self.session() as s:
+            return s.scalars(
+                select(SpoolFile).where(SpoolFile.connector == connector, SpoolFile.name == name)
+            ).first()
+
+    def files(self, connector: str) -> Sequence[SpoolFile]:
+        with self.session() as s:
+            return list(
+                s.scalars(
+                    select(SpoolFile)
+                    .where(SpoolFile.connector == connector)
+                    .order_by(SpoolFile.order_key)
+                )
+            )
+
+    def count_by_state(self, connector: str) -> dict[str, int]:
+        with self.session() as s:
+            rows = s.execute(
+                select(SpoolFile.state, func.count())
+                .where(SpoolFile.connector == connector)
+                .group_by(SpoolFile.state)
+            )
+            return {state: count for state, count in rows}
+
+    # -- the standby's progress ------------------------------------------------
+
+    def record_restored(
+        self, connector: str, name: str | None, at: float | None, now: float
+    ) -> None:
+        """Note what the standby last fetched; everything before it has been replayed."""
+        with self.session() as s:
+            progress = s.get(StandbyProgress, connector) or StandbyProgress(connector=connector)
+            progress.last_restored, progress.restored_at, progress.sampled_at = name, at, now
+            s.add(progress)
+            if name is not None:
+                restored = s.scalars(
+                    select(SpoolFile.order_key).where(
+                        SpoolFile.connector == connector, SpoolFile.name == name
+                    )
+                ).first()
+                if restored is not None:
+                    s.execute(
+                        update(SpoolFile)
+                        .where(
+                            SpoolFile.connector == connector,
+                            SpoolFile.state == FileState.SHIPPED,
+                            SpoolFile.order_key < restored,
+                        )
+                        .values(state=FileState.APPLIED, applied_at=now)
+                    )
+            s.commit()
+
+    def standby_progress(self, connector: str) -> StandbyProgress | None:
+        with self.session() as s:
+            return s.get(StandbyProgress, connector)
+
+    # -- sites -----------------------------------------------------------------
+
+    def set_site_status(self, site: str, reachable: bool, error: str | None, now: float) -> None:
+        with self.session() as s:
+            status = s.get(SiteStatus, site) or SiteStatus(site=site)
+            status.reachable, status.error, status.checked_at = reachable, error, now
+            s.add(status)
+            s.commit()
+
+    def site_status(self, site: str) -> SiteStatus | None:
+        with self.session() as s:
+            return s.get(SiteStatus, site)
+
+    # -- base backups ----------------------------------------------------------
+
+    def start_backup(self, connector: str, backup_id: str, now: float) -> None:
+        with self.session() as s:
+            s.add(
+                BaseBackup(
+                    connector=connector, backup_id=backup_id, started_at=now, state="running"
+                )
+            )
+            s.commit()
+
+    def finish_backup(
+        self,
+        backup_id: str,
+        *,
+        now: float,
+        size: int | None = None,
+        stored_size: int | None = None,
+        error: str | None = None,
+    ) -> None:
+        with self.session() as s:
+            s.execute(
+                update(BaseBackup)
+                .where(BaseBackup.backup_id == backup_id)
+                .values(
+                    finished_at=now,
+                    size=size,
+                    stored_size=stored_size,
+                    state="failed" if error else "done",
+                    error=error,
+                )
+            )
+            s.commit()
+
+    def last_backup(self, connector: str) -> BaseBackup | None:
+        with self.session() as s:
+            return s.scalars(
+                select(BaseBackup)
+                .where(BaseBackup.connector == connector, BaseBackup.state == "done")
+                .order_by(BaseBackup.finished_at.desc())
+                .limit(1)
+            ).first()

@@ -1,0 +1,1 @@
+"""Command-line interface: one module per verb, imported only when that verb runs."""

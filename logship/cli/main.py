@@ -1,0 +1,103 @@
+"""`logship` entry point: parse arguments, run one verb, map errors to exit codes.
+
+Kept free of heavy imports: `archive-wal` and `restore-wal` go through here once
+per WAL segment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from logship.errors import EXIT_FAILED, EXIT_USAGE, LogshipError
+
+# verb -> (module under logship.cli, one-line help)
+VERBS: dict[str, tuple[str, str]] = {
+    "check": ("check", "validate config, reach SSH (host key), dirs and archive settings"),
+    "run": ("run", "the daemon at the primary site: watch, ship, schedule, measure"),
+    "archive-wal": ("archive_wal", "PostgreSQL archive_command: durable copy into the spool"),
+    "restore-wal": ("restore_wal", "PostgreSQL restore_command: verified WAL from the manifest"),
+    "base-backup": ("base_backup", "take a base backup and stream it to the standby site"),
+    "standby": ("standby", "standby-site actions (restore)"),
+    "status": ("status", "lag and RPO per connector"),
+    "dashboard": ("dashboard", "live terminal view of lag and RPO"),
+    "demo": ("demo", "self-contained sandbox showing ship, replay and lag"),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        # argparse's own exit code is 2 as well; keep the message to one line.
+        self.exit(EXIT_USAGE, f"logship: {message} (see logship --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="logship", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.description = "Warm disaster-recovery standby over nothing but SSH."
+    parser.add_argument(
+        "--config", help="path to logship.toml (default: $LOGSHIP_CONFIG or ./logship.toml)"
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser)
+    sub.required = True
+
+    p = sub.add_parser("check", help=VERBS["check"][1])
+    p.add_argument("connector", nargs="?", help="only this connector")
+
+    sub.add_parser("run", help=VERBS["run"][1])
+
+    p = sub.add_parser("archive-wal", help=VERBS["archive-wal"][1])
+    p.add_argument("connector")
+    p.add_argument("path", help="%%p: the WAL file PostgreSQL hands over")
+
+    p = sub.add_parser("restore-wal", help=VERBS["restore-wal"][1])
+    p.add_argument("connector")
+    p.add_argument("walname", help="%%f: the file PostgreSQL asks for")
+    p.add_argument("dest", help="%%p: where PostgreSQL wants it")
+
+    p = sub.add_parser("base-backup", help=VERBS["base-backup"][1])
+    p.add_argument("connector")
+
+    p = sub.add_parser("standby", help=VERBS["standby"][1])
+    standby_sub = p.add_subparsers(dest="standby_action", metavar="ACTION", parser_class=_Parser)
+    standby_sub.required = True
+    r = standby_sub.add_parser("restore", help="restore a shipped base backup and start replay")
+    r.add_argument("connector")
+    r.add_argument("--backup", help="backup id (default: the newest)")
+
+    p = sub.add_parser("status", help=VERBS["status"][1])
+    p.add_argument("connector", nargs="?")
+    p.add_argument("--json", action="store_true", help="one JSON object, for scripts")
+
+    p = sub.add_parser("dashboard", help=VERBS["dashboard"][1])
+    p.add_argument("--interval", type=float, default=1.0, help="refresh every N seconds")
+
+    p = sub.add_parser("demo", help=VERBS["demo"][1])
+    p.add_argument("--dir", default="demo", help="sandbox folder (default: ./demo)")
+    p.add_argument("--seconds", type=float, default=20.0, help="length of the write load")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    module = importlib.import_module(f"logship.cli.{VERBS[args.verb][0]}")
+    try:
+        return int(module.run(args) or 0)
+    except LogshipError as exc:
+        if args.debug:
+            raise
+        print(f"logship {args.verb}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # an unexpected failure is still one line without --debug
+        if args.debug:
+            raise
+        print(
+            f"logship {args.verb}: unexpected error: {type(exc).__name__}: {exc} "
+            "(run again with --debug for details)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED

@@ -1,0 +1,26 @@
+"""`logship run`: the daemon; SIGTERM or SIGINT stops it cleanly with exit 0."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+from types import FrameType
+
+from logship.config.files import config_path
+from logship.config.load import load_config
+from logship.daemon import Daemon
+from logship.logs import setup_logging
+
+
+def run(args: argparse.Namespace) -> int:
+    config = load_config(config_path(args.config))
+    setup_logging(debug=args.debug)
+    daemon = Daemon(config)
+
+    def _stop(_signum: int, _frame: FrameType | None) -> None:
+        daemon.stop()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    daemon.run()
+    return 0

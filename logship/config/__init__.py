@@ -1,0 +1,1 @@
+"""Configuration: `logship.toml` plus `connectors/*.toml` and `schedules/*.toml` beside it."""

@@ -1,0 +1,114 @@
+"""Finding and parsing the TOML files, without validation.
+
+Stdlib only: `archive-wal` and `restore-wal` read their few keys through here
+because PostgreSQL runs them once per segment.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from logship.errors import ConfigError
+
+DEFAULT_CONFIG = "logship.toml"
+CONFIG_ENV = "LOGSHIP_CONFIG"
+
+
+def config_path(explicit: str | None) -> Path:
+    """`--config`, else $LOGSHIP_CONFIG, else ./logship.toml; always absolute."""
+    raw = explicit or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG
+    return Path(raw).expanduser().absolute()
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path}: config file not found (pass --config or set {CONFIG_ENV})"
+        ) from None
+    except PermissionError:
+        raise ConfigError(f"{path}: cannot read config file (permission denied)") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+
+
+def resolve_path(raw: str, base: Path) -> Path:
+    """`~` expands; a relative path is relative to the file that names it."""
+    path = Path(raw).expanduser()
+    return path if path.is_absolute() else (base / path)
+
+
+@dataclass(frozen=True)
+class RawConfig:
+    path: Path
+    main: dict[str, Any]
+    connectors: list[tuple[Path, dict[str, Any]]]
+    schedules: list[tuple[Path, dict[str, Any]]]
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+
+def _read_dir(directory: Path) -> list[tuple[Path, dict[str, Any]]]:
+    if not directory.is_dir():
+        return []
+    return [(p, read_toml(p)) for p in sorted(directory.glob("*.toml"))]
+
+
+def read_all(path: Path) -> RawConfig:
+    return RawConfig(
+        path=path,
+        main=read_toml(path),
+        connectors=_read_dir(path.parent / "connectors"),
+        schedules=_read_dir(path.parent / "schedules"),
+    )
+
+
+def connector_name(path: Path, table: dict[str, Any]) -> str:
+    name = table.get("name", path.stem)
+    return name if isinstance(name, str) else path.stem
+
+
+def spool_dir(state_dir: Path, connector: str) -> Path:
+    return state_dir / "spool" / connector
+
+
+@dataclass(frozen=True)
+class HotPathConfig:
+    """The few facts archive-wal and restore-wal need, read without pydantic."""
+
+    connector: str
+    state_dir: Path
+    site_root: Path | None
+
+    @property
+    def spool_dir(self) -> Path:
+        return spool_dir(self.state_dir, self.connector)
+
+
+def read_for_hot_path(path: Path, connector: str) -> HotPathConfig:
+    main = read_toml(path)
+    section = main.get("logship")
+    if not isinstance(section, dict) or not isinstance(section.get("state_dir"), str):
+        raise ConfigError(f"{path}: key 'logship.state_dir': missing (a directory path)")
+    state_dir = resolve_path(section["state_dir"], path.parent)
+    for cpath in sorted((path.parent / "connectors").glob("*.toml")):
+        table = read_toml(cpath)
+        if connector_name(cpath, table) != connector:
+            continue
+        site_root: Path | None = None
+        site = main.get("sites", {}).get(table.get("site", ""), {})
+        if isinstance(site, dict) and isinstance(site.get("root"), str):
+            site_root = Path(site["root"])
+        return HotPathConfig(connector=connector, state_dir=state_dir, site_root=site_root)
+    raise ConfigError(
+        f"{path.parent / 'connectors'}: no connector named {connector!r} "
+        "(check the name in archive_command / restore_command)"
+    )

@@ -1,0 +1,105 @@
+"""Load and validate the whole configuration; one clear line per problem."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from logship.config.files import connector_name, read_all, resolve_path
+from logship.config.model import Config, LogshipSection, ScheduleConfig, SiteConfig
+from logship.engines import engine_for
+from logship.errors import ConfigError
+
+# Keys holding local paths, resolved relative to the file that names them.
+_LOCAL_PATH_KEYS = {"state_dir", "identity_file", "known_hosts", "data_dir", "bin_dir"}
+
+
+def _describe(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    key = ".".join(str(part) for part in err["loc"]) or "(top level)"
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif err["type"] == "missing":
+        msg = "missing"
+    return f"key '{key}': {msg}"
+
+
+def _validate(model: type[BaseModel], data: dict[str, Any], where: Path, prefix: str = "") -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        described = _describe(exc)
+        if prefix:
+            described = described.replace("key '", f"key '{prefix}", 1)
+        raise ConfigError(f"{where}: {described}") from None
+
+
+def _resolve_paths(table: dict[str, Any], base: Path) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        if isinstance(value, dict):
+            out[key] = _resolve_paths(value, base)
+        elif key in _LOCAL_PATH_KEYS and isinstance(value, str):
+            out[key] = resolve_path(value, base)
+        else:
+            out[key] = value
+    return out
+
+
+def load_config(path: Path) -> Config:
+    raw = read_all(path)
+    base = raw.base_dir
+    main = _resolve_paths(raw.main, base)
+    unknown = set(main) - {"logship", "sites"}
+    if unknown:
+        raise ConfigError(f"{path}: key '{sorted(unknown)[0]}': unknown key")
+    if "logship" not in main:
+        raise ConfigError(f"{path}: key 'logship': missing (needs at least state_dir)")
+    section = _validate(LogshipSection, main["logship"], path, "logship.")
+
+    sites: dict[str, SiteConfig] = {}
+    for name, table in (main.get("sites") or {}).items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: key 'sites.{name}': must be a table")
+        sites[name] = _validate(SiteConfig, {"name": name, **table}, path, f"sites.{name}.")
+
+    connectors: dict[str, Any] = {}
+    for cpath, table in raw.connectors:
+        name = connector_name(cpath, table)
+        data = _resolve_paths({**table, "name": name}, cpath.parent)
+        kind = data.get("kind")
+        if not isinstance(kind, str):
+            raise ConfigError(f"{cpath}: key 'kind': missing (for example kind = \"postgresql\")")
+        try:
+            engine = engine_for(kind)
+        except KeyError as exc:
+            raise ConfigError(f"{cpath}: key 'kind': {exc.args[0]}") from None
+        connector = _validate(engine.config_model, data, cpath)
+        if connector.site not in sites:
+            known = ", ".join(sorted(sites)) or "none defined"
+            raise ConfigError(
+                f"{cpath}: key 'site': no site {connector.site!r} in {path.name} (known: {known})"
+            )
+        if name in connectors:
+            raise ConfigError(f"{cpath}: key 'name': connector {name!r} is defined twice")
+        connectors[name] = connector
+
+    schedules: dict[str, ScheduleConfig] = {}
+    for spath, table in raw.schedules:
+        schedule = _validate(ScheduleConfig, {"name": spath.stem, **table}, spath)
+        if schedule.connector not in connectors:
+            raise ConfigError(
+                f"{spath}: key 'connector': no connector named {schedule.connector!r}"
+            )
+        schedules[schedule.name] = schedule
+
+    return Config(
+        path=path,
+        logship=section,
+        sites=sites,
+        connectors=connectors,
+        schedules=schedules,
+    )

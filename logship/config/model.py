@@ -1,0 +1,103 @@
+"""Typed, validated configuration. Everything is checked at load time."""
+
+from __future__ import annotations
+
+from pathlib import Path, PurePosixPath
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+
+from logship.config.durations import parse_duration
+
+Seconds = Annotated[float, BeforeValidator(parse_duration)]
+
+
+class Strict(BaseModel):
+    # An unknown key is almost always a typo of a known one: refuse it.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LogshipSection(Strict):
+    state_dir: Path
+    catalog_url: str | None = None
+    reconcile_interval: Seconds = 30.0
+    lag_sample_interval: Seconds = 5.0
+
+
+class SiteConfig(Strict):
+    name: str
+    host: str = Field(min_length=1)
+    port: int = Field(default=22, ge=1, le=65535)
+    user: str = Field(min_length=1)
+    identity_file: Path
+    known_hosts: Path
+    root: PurePosixPath
+    connect_timeout: Seconds = 10.0
+
+    @field_validator("root")
+    @classmethod
+    def _absolute_root(cls, value: PurePosixPath) -> PurePosixPath:
+        if not value.is_absolute():
+            raise ValueError("must be an absolute path at the standby site")
+        return value
+
+
+class ConnectorBase(Strict):
+    """Keys every connector has; each engine adds its own sections."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    kind: str
+    site: str
+    rpo: Seconds
+    compression: Literal["zstd", "none"] = "zstd"
+
+
+class ScheduleConfig(Strict):
+    name: str
+    job: Literal["base-backup"]
+    connector: str
+    cron: str
+
+    @field_validator("cron")
+    @classmethod
+    def _valid_cron(cls, value: str) -> str:
+        from apscheduler.triggers.cron import CronTrigger
+
+        try:
+            CronTrigger.from_crontab(value)
+        except ValueError as exc:
+            raise ValueError(f"not a 5-field crontab expression: {exc}") from None
+        return value
+
+
+class Config(BaseModel):
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    path: Path
+    logship: LogshipSection
+    sites: dict[str, SiteConfig]
+    connectors: dict[str, Any]  # name -> the engine's ConnectorBase subclass
+    schedules: dict[str, ScheduleConfig]
+
+    def connector(self, name: str) -> Any:
+        from logship.errors import UsageError
+
+        try:
+            return self.connectors[name]
+        except KeyError:
+            known = ", ".join(sorted(self.connectors)) or "none configured"
+            raise UsageError(f"unknown connector {name!r} (known: {known})") from None
+
+    def site_of(self, connector: ConnectorBase) -> SiteConfig:
+        return self.sites[connector.site]
+
+    @property
+    def catalog_url(self) -> str:
+        if self.logship.catalog_url:
+            return self.logship.catalog_url
+        return f"sqlite:///{self.logship.state_dir / 'catalog.db'}"
+
+    def spool_dir(self, connector: str) -> Path:
+        from logship.config.files import spool_dir
+
+        return spool_dir(self.logship.state_dir, connector)

@@ -1,0 +1,197 @@
+"""`logship run`: the daemon at the primary site.
+
+Flow, one way: spool event -> queue -> catalog row -> site worker ships it ->
+manifest at the site + catalog state -> metrics.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from logship.catalog.models import FileState
+from logship.catalog.store import Catalog, NewFile
+from logship.config.model import Config, SiteConfig
+from logship.durable import ensure_private_dir
+from logship.engines import engine_for
+from logship.errors import SafetyRefusal
+from logship.logs import event
+from logship.manifest import SiteLayout
+from logship.ship.site_worker import ShipTarget, SiteWorker
+from logship.ship.transport import Transport
+from logship.spool import entry_for, retire, sha256_of
+from logship.watch import SpoolEvent, SpoolWatcher, WatchedSpool
+
+log = logging.getLogger("logship.daemon")
+
+LOCK_NAME = "logship.lock"
+
+
+class StateDirLock:
+    """One daemon per state_dir: two would ship, retire and mark the same files."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / LOCK_NAME
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise SafetyRefusal(
+                f"{self.path}: a logship daemon (pid {holder}) already runs on this state_dir; "
+                "stop it first"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def _default_connect(site: SiteConfig) -> Transport:
+    from logship.ship.sftp import SftpTransport
+
+    return SftpTransport(site)
+
+
+class Daemon:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        clock: Callable[[], float] = time.time,
+        connect: Callable[[SiteConfig], Transport] = _default_connect,
+    ) -> None:
+        self.config = config
+        self._clock = clock
+        self._connect = connect
+        self._events: queue.Queue[SpoolEvent] = queue.Queue()
+        self._stop = threading.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> None:
+        state_dir = self.config.logship.state_dir
+        ensure_private_dir(state_dir)
+        lock = StateDirLock(state_dir)
+        lock.acquire()
+        catalog = Catalog(self.config.catalog_url)
+        spools, workers = self._build(catalog)
+        watcher = SpoolWatcher(spools, self._events)
+        scheduler = BackgroundScheduler(timezone="UTC")
+        try:
+            watcher.start()
+            watcher.reconcile()
+            scheduler.add_job(
+                watcher.reconcile,
+                "interval",
+                seconds=self.config.logship.reconcile_interval,
+                id="reconcile",
+                max_instances=1,
+                coalesce=True,
+            )
+            scheduler.start()
+            for worker in workers.values():
+                worker.start()
+            event(log, logging.INFO, "started", connectors=sorted(self.config.connectors))
+            self._ingest_until_stopped(catalog, workers)
+        finally:
+            scheduler.shutdown(wait=False)
+            watcher.stop()
+            self._stop.set()
+            for worker in workers.values():
+                worker.wake()
+                # An upload in flight finishes: a worker checks the stop flag
+                # only between files.
+                worker.join()
+            catalog.close()
+            lock.release()
+            event(log, logging.INFO, "stopped")
+
+    def _build(self, catalog: Catalog) -> tuple[list[WatchedSpool], dict[str, SiteWorker]]:
+        spools: list[WatchedSpool] = []
+        targets: dict[str, list[ShipTarget]] = {}
+        for name, connector in sorted(self.config.connectors.items()):
+            engine = engine_for(connector.kind)
+            spool_dir = self.config.spool_dir(name)
+            spools.append(WatchedSpool(name, spool_dir, engine.accepts))
+            site = self.config.site_of(connector)
+            targets.setdefault(site.name, []).append(
+                ShipTarget(
+                    connector=name,
+                    spool_dir=spool_dir,
+                    compression=connector.compression,
+                    layout=SiteLayout.for_connector(site.root, name),
+                )
+            )
+        workers = {
+            site: SiteWorker(
+                self.config.sites[site],
+                site_targets,
+                catalog,
+                self._connect,
+                self._clock,
+                self.config.logship.lag_sample_interval,
+                self._stop,
+            )
+            for site, site_targets in targets.items()
+        }
+        return spools, workers
+
+    def _ingest_until_stopped(self, catalog: Catalog, workers: dict[str, SiteWorker]) -> None:
+        while not self._stop.is_set():
+            try:
+                spool_event = self._events.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            if self._ingest(catalog, spool_event):
+                connector = self.config.connectors[spool_event.connector]
+                workers[connector.site].wake()
+
+    def _ingest(self, catalog: Catalog, spool_event: SpoolEvent) -> bool:
+        """Record a spool file in the catalog; True when it waits to be shipped."""
+        entry = entry_for(spool_event.connector, spool_event.path)
+        if entry is None:
+            return False  # already shipped and retired
+        engine = engine_for(self.config.connectors[entry.connector].kind)
+        new = NewFile(
+            connector=entry.connector,
+            name=entry.name,
+            order_key=engine.ship_order(entry.name),
+            size=entry.size,
+            closed_at=entry.closed_at,
+        )
+        existing = catalog.add_discovered(new, self._clock())
+        if existing is None or existing.state == FileState.DISCOVERED:
+            return True
+        if existing.state in (FileState.SHIPPED, FileState.APPLIED) and existing.sha256:
+            # Back in the spool after shipping: a crash before it was retired, or
+            # PostgreSQL pushing it again. Same content is done; different is a
+            # conflict that must stay visible.
+            if sha256_of(entry.path) == existing.sha256:
+                retire(self.config.spool_dir(entry.connector), entry.name, existing.sha256)
+            else:
+                event(
+                    log,
+                    logging.ERROR,
+                    "conflict: shipped file pushed again with different content",
+                    connector=entry.connector,
+                    file=entry.name,
+                )
+        return False

@@ -1,0 +1,66 @@
+"""Local durable writes: temp name, fsync, atomic rename, fsync of the directory.
+
+Stdlib only (used on the archive-wal hot path).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterable
+from pathlib import Path
+
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+COPY_CHUNK = 1 << 20
+
+
+def temp_name_for(final: Path) -> Path:
+    # A leading dot and a random tail: never a valid WAL name, never a collision.
+    return final.with_name(f".tmp.{final.name}.{os.getpid()}.{secrets.token_hex(4)}")
+
+
+def fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def ensure_private_dir(directory: Path) -> None:
+    """Create `directory` (and parents) with mode 0700 when it does not exist."""
+    if not directory.is_dir():
+        directory.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        fsync_dir(directory.parent)
+
+
+def write_chunks_atomically(
+    final: Path, chunks: Iterable[bytes], *, mtime_ns: int | None = None
+) -> None:
+    """Make `final` appear complete or not at all, and durable once this returns."""
+    tmp = temp_name_for(final)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+    try:
+        with os.fdopen(fd, "wb", closefd=True) as out:
+            for chunk in chunks:
+                out.write(chunk)
+            out.flush()
+            if mtime_ns is not None:
+                os.utime(out.fileno(), ns=(mtime_ns, mtime_ns))
+            os.fsync(out.fileno())
+        os.rename(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(final.parent)
+
+
+def write_bytes_atomically(final: Path, data: bytes, *, mtime_ns: int | None = None) -> None:
+    write_chunks_atomically(final, [data], mtime_ns=mtime_ns)
+
+
+def read_chunks(path: Path, chunk_size: int = COPY_CHUNK) -> Iterable[bytes]:
+    with open(path, "rb") as src:
+        while chunk := src.read(chunk_size):
+            yield chunk

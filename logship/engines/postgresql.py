@@ -1,0 +1,48 @@
+"""PostgreSQL: WAL segments archived by `archive_command` or `basic_archive`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from logship import walnames
+from logship.config.model import ConnectorBase, Strict
+
+
+class PrimarySection(Strict):
+    dsn: str = Field(min_length=1)
+    bin_dir: Path | None = None
+
+
+class StandbySection(Strict):
+    dsn: str = Field(min_length=1)
+    data_dir: Path
+    bin_dir: Path | None = None
+
+
+class PostgresConnector(ConnectorBase):
+    kind: Literal["postgresql"]
+    primary: PrimarySection
+    standby: StandbySection
+
+
+@dataclass(frozen=True)
+class PostgresEngine:
+    kind: str = "postgresql"
+    config_model: type[ConnectorBase] = PostgresConnector
+
+    def accepts(self, name: str) -> bool:
+        return walnames.is_archivable(name)
+
+    def ship_order(self, name: str) -> str:
+        parsed = walnames.parse(name)
+        if parsed is None:
+            raise ValueError(f"{name!r} is not a WAL file name")
+        timeline, history_last, _ = parsed.sort_key
+        return f"{timeline:08X}.{history_last}.{name}"
+
+
+ENGINE = PostgresEngine()

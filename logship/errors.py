@@ -1,0 +1,34 @@
+"""Errors a user can cause, each carrying the documented exit code."""
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_REFUSED = 3
+
+
+class LogshipError(Exception):
+    """An error reported as one line (what, where, what to do) with an exit code."""
+
+    exit_code = EXIT_FAILED
+
+
+class ConfigError(LogshipError):
+    exit_code = EXIT_USAGE
+
+
+class UsageError(LogshipError):
+    exit_code = EXIT_USAGE
+
+
+class OperationFailed(LogshipError):
+    exit_code = EXIT_FAILED
+
+
+class SafetyRefusal(LogshipError):
+    """Refused because going on could lose or corrupt data, or trust an unknown host."""
+
+    exit_code = EXIT_REFUSED
+
+
+class HostKeyRefused(SafetyRefusal):
+    pass

@@ -1,0 +1,111 @@
+"""The standby site's source of truth: where shipped files live and what they are.
+
+Layout under `<site root>/<connector>/`:
+
+    wal/<name>[.zst]          shipped WAL files, complete or absent
+    manifest/<name>.json      one record per shipped file (written after the file)
+    base/<backup id>/         base backups (base.tar.zst + backup.json)
+    restored.json             the WAL file the standby last asked for and was handed
+    PROMOTED                  marker: this standby was promoted; ship nothing more
+
+A record is written only after its file is durable, so a record always describes
+a complete file. Stdlib only: `restore-wal` reads this once per segment.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import PurePosixPath
+
+FORMAT = 1
+ZSTD_SUFFIX = ".zst"
+
+
+@dataclass(frozen=True)
+class SiteLayout:
+    """Paths for one connector at its site (POSIX paths as seen at that site)."""
+
+    root: PurePosixPath
+
+    @classmethod
+    def for_connector(cls, site_root: PurePosixPath | str, connector: str) -> SiteLayout:
+        return cls(PurePosixPath(site_root) / connector)
+
+    @property
+    def wal_dir(self) -> PurePosixPath:
+        return self.root / "wal"
+
+    @property
+    def manifest_dir(self) -> PurePosixPath:
+        return self.root / "manifest"
+
+    @property
+    def base_dir(self) -> PurePosixPath:
+        return self.root / "base"
+
+    @property
+    def restored_marker(self) -> PurePosixPath:
+        return self.root / "restored.json"
+
+    @property
+    def promoted_marker(self) -> PurePosixPath:
+        return self.root / "PROMOTED"
+
+    def stored_wal(self, name: str, compression: str) -> PurePosixPath:
+        return self.wal_dir / (name + ZSTD_SUFFIX if compression == "zstd" else name)
+
+    def record_path(self, name: str) -> PurePosixPath:
+        return self.manifest_dir / f"{name}.json"
+
+    def backup_dir(self, backup_id: str) -> PurePosixPath:
+        return self.base_dir / backup_id
+
+
+@dataclass(frozen=True)
+class ManifestRecord:
+    name: str
+    size: int
+    sha256: str
+    stored_name: str
+    stored_size: int
+    stored_sha256: str
+    compression: str
+    closed_at: float
+    arrived_at: float
+    format: int = FORMAT
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True).encode() + b"\n"
+
+    @classmethod
+    def from_json(cls, data: bytes) -> ManifestRecord:
+        raw = json.loads(data)
+        if raw.get("format") != FORMAT:
+            raise ValueError(f"unsupported manifest record format {raw.get('format')!r}")
+        return cls(**raw)
+
+
+@dataclass(frozen=True)
+class BackupRecord:
+    backup_id: str
+    connector: str
+    started_at: float
+    finished_at: float
+    stored_name: str
+    stored_size: int
+    stored_sha256: str
+    size: int
+    compression: str
+    pg_version: str | None
+    format: int = FORMAT
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True).encode() + b"\n"
+
+    @classmethod
+    def from_json(cls, data: bytes) -> BackupRecord:
+        raw = json.loads(data)
+        if raw.get("format") != FORMAT:
+            raise ValueError(f"unsupported backup record format {raw.get('format')!r}")
+        return cls(**raw)

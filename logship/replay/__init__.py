@@ -1,0 +1,1 @@
+"""Standby side: restore-wal, standby restore, promote."""

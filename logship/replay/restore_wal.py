@@ -1,0 +1,136 @@
+"""`restore-wal`: PostgreSQL's restore_command at the standby site.
+
+PostgreSQL reads exit codes 1..125 as "this file is not (yet) available": in
+standby mode it waits and asks again, at the end of archive recovery it stops
+replaying. So "not found" may only ever mean not found: an I/O error must exit
+above 125, which makes PostgreSQL stop instead of silently ending recovery early.
+A checksum mismatch is refused as "not available" (and logged loudly), so the
+standby keeps waiting for a good copy rather than going down or replaying it.
+
+Runs once per segment: stdlib only, plus zstandard for compressed files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+from logship import walnames
+from logship.errors import LogshipError, UsageError
+from logship.manifest import ManifestRecord, SiteLayout
+
+EXIT_ABORT = 255  # PostgreSQL: treat as fatal, never as "file not found"
+CHUNK = 1 << 20
+
+
+class NotArrived(LogshipError):
+    exit_code = 1
+
+
+class Refused(LogshipError):
+    """A corrupt file or record: never handed to PostgreSQL."""
+
+    exit_code = 1
+
+
+class RestoreIOError(LogshipError):
+    exit_code = EXIT_ABORT
+
+
+def _read_record(layout: SiteLayout, name: str) -> ManifestRecord:
+    path = Path(layout.record_path(name))
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise NotArrived(f"{name}: not arrived yet (no manifest record at {path})") from None
+    except OSError as exc:
+        raise RestoreIOError(f"{name}: cannot read manifest record {path}: {exc}") from None
+    try:
+        record = ManifestRecord.from_json(data)
+    except (ValueError, TypeError) as exc:
+        raise Refused(f"{name}: manifest record {path} is corrupt ({exc}); refusing") from None
+    if record.name != name:
+        raise Refused(f"{name}: manifest record {path} names {record.name!r}; refusing")
+    return record
+
+
+def _decompressor(compression: str):  # type: ignore[no-untyped-def]
+    if compression == "zstd":
+        import zstandard
+
+        return zstandard.ZstdDecompressor().decompressobj()
+    if compression == "none":
+        return None
+    raise ValueError(f"unknown compression {compression!r}")
+
+
+def _copy_verified(record: ManifestRecord, source: Path, tmp: Path) -> None:
+    """Decompress `source` into `tmp`, checking both checksums in the same pass."""
+    stored_digest, raw_digest = hashlib.sha256(), hashlib.sha256()
+    stored_size = raw_size = 0
+    try:
+        decompressor = _decompressor(record.compression)
+    except ValueError as exc:
+        raise Refused(f"{record.name}: {exc}") from None
+    try:
+        with open(source, "rb") as src, open(tmp, "wb") as out:
+            while chunk := src.read(CHUNK):
+                stored_digest.update(chunk)
+                stored_size += len(chunk)
+                raw = decompressor.decompress(chunk) if decompressor else chunk
+                raw_digest.update(raw)
+                raw_size += len(raw)
+                out.write(raw)
+    except FileNotFoundError:
+        raise Refused(
+            f"{record.name}: manifest lists {source} but the file is missing; refusing"
+        ) from None
+    except OSError as exc:
+        raise RestoreIOError(f"{record.name}: I/O error reading {source}: {exc}") from None
+    except Exception as exc:  # zstandard raises its own error type for corrupt frames
+        raise Refused(f"{record.name}: {source} does not decompress ({exc}); refusing") from None
+    if stored_size != record.stored_size or stored_digest.hexdigest() != record.stored_sha256:
+        raise Refused(
+            f"{record.name}: checksum mismatch for {source} (stored sha256 "
+            f"{stored_digest.hexdigest()[:16]}…, manifest {record.stored_sha256[:16]}…); "
+            "refusing the file, the standby keeps waiting for a good copy"
+        )
+    if raw_size != record.size or raw_digest.hexdigest() != record.sha256:
+        raise Refused(
+            f"{record.name}: content sha256 differs from the manifest after decompression; "
+            "refusing the file"
+        )
+
+
+def _note_restored(layout: SiteLayout, name: str) -> None:
+    """Tell the primary's daemon how far the standby got (best effort, not durable)."""
+    marker = Path(layout.restored_marker)
+    tmp = marker.with_name(f".tmp.{marker.name}.{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps({"name": name, "at": time.time()}))
+        os.replace(tmp, marker)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+
+
+def restore_wal(site_root: Path, connector: str, walname: str, dest: Path) -> None:
+    parsed = walnames.parse(walname, allow_partial=True)
+    if parsed is None:
+        raise UsageError(
+            f"{walname!r} is not a WAL segment, .history, .backup or .partial name; refusing"
+        )
+    layout = SiteLayout.for_connector(site_root.as_posix(), connector)
+    record = _read_record(layout, walname)
+    source = Path(layout.wal_dir / record.stored_name)
+    tmp = dest.with_name(f".{dest.name}.logship-{os.getpid()}")
+    try:
+        _copy_verified(record, source, tmp)
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if parsed.kind is walnames.WalKind.SEGMENT:
+        _note_restored(layout, walname)

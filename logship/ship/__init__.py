@@ -1,0 +1,1 @@
+"""Shipping: moving spool files durably to the standby site."""

@@ -1,0 +1,44 @@
+"""A transport into a directory on this host (same-host standby, tests)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path, PurePosixPath
+
+from logship.durable import DIR_MODE, write_chunks_atomically
+
+
+class LocalDirTransport:
+    def put_atomic(self, path: PurePosixPath, chunks: Iterable[bytes]) -> int:
+        written = 0
+
+        def counted() -> Iterable[bytes]:
+            nonlocal written
+            for chunk in chunks:
+                written += len(chunk)
+                yield chunk
+
+        write_chunks_atomically(Path(path), counted())
+        return written
+
+    def read_bytes(self, path: PurePosixPath) -> bytes | None:
+        try:
+            return Path(path).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def makedirs(self, path: PurePosixPath) -> None:
+        os.makedirs(path, mode=DIR_MODE, exist_ok=True)
+
+    def listdir(self, path: PurePosixPath) -> list[str]:
+        try:
+            return os.listdir(path)
+        except FileNotFoundError:
+            return []
+
+    def remove(self, path: PurePosixPath) -> None:
+        Path(path).unlink(missing_ok=True)
+
+    def close(self) -> None:
+        return None

@@ -1,0 +1,204 @@
+"""SFTP to a site with paramiko: strict host keys, key auth, tuned for throughput.
+
+Tuning measured on loopback: TCP_NODELAY, aes128-gcm first, 255 KiB write
+requests (OpenSSH's limit) and pipelined writes take a durable upload from about
+half of OpenSSH `sftp` to about its speed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import secrets
+import socket
+import stat
+from collections.abc import Iterable
+from pathlib import PurePosixPath
+from typing import Any
+
+import paramiko
+from paramiko.sftp import CMD_EXTENDED
+
+from logship.config.model import SiteConfig
+from logship.errors import ConfigError, HostKeyRefused, OperationFailed
+from logship.ship.transport import TEMP_PREFIX
+
+WRITE_REQUEST_SIZE = 255 * 1024
+WRITE_BUFFER = 4 * WRITE_REQUEST_SIZE
+PREFERRED_CIPHERS = (
+    "aes128-gcm@openssh.com",
+    "aes256-gcm@openssh.com",
+    "aes128-ctr",
+    "aes256-ctr",
+)
+
+
+def _tuned_transport(sock: Any, **kwargs: Any) -> paramiko.Transport:
+    transport = paramiko.Transport(sock, **kwargs)
+    options = transport.get_security_options()
+    supported = tuple(c for c in PREFERRED_CIPHERS if c in options.ciphers)
+    options.ciphers = supported + tuple(c for c in options.ciphers if c not in supported)
+    return transport
+
+
+def where(site: SiteConfig) -> str:
+    return f"{site.user}@{site.host}:{site.port}"
+
+
+def open_client(site: SiteConfig) -> paramiko.SSHClient:
+    """An authenticated SSH client; the host key must already be in known_hosts."""
+    if not site.known_hosts.is_file():
+        raise ConfigError(
+            f"sites.{site.name}.known_hosts: {site.known_hosts} does not exist "
+            "(add the standby's host key, e.g. with ssh-keyscan, and verify its fingerprint)"
+        )
+    if not site.identity_file.is_file():
+        raise ConfigError(f"sites.{site.name}.identity_file: {site.identity_file} does not exist")
+    client = paramiko.SSHClient()
+    client.load_host_keys(str(site.known_hosts))
+    client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    try:
+        sock = socket.create_connection((site.host, site.port), timeout=site.connect_timeout)
+    except OSError as exc:
+        raise OperationFailed(f"site {site.name}: cannot reach {where(site)}: {exc}") from None
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:
+        client.connect(
+            site.host,
+            port=site.port,
+            username=site.user,
+            key_filename=str(site.identity_file),
+            look_for_keys=False,
+            allow_agent=False,
+            sock=sock,
+            timeout=site.connect_timeout,
+            banner_timeout=site.connect_timeout,
+            auth_timeout=site.connect_timeout,
+            transport_factory=_tuned_transport,
+        )
+    except paramiko.BadHostKeyException as exc:
+        sock.close()
+        raise HostKeyRefused(
+            f"site {site.name}: host key of {site.host}:{site.port} does NOT match "
+            f"{site.known_hosts} (got {exc.key.get_name()} "
+            f"{exc.key.fingerprint}); refusing to connect. If the standby host was "
+            "rebuilt, verify the new key out of band and update known_hosts"
+        ) from None
+    except paramiko.SSHException as exc:
+        sock.close()
+        if "not found in known_hosts" in str(exc):
+            raise HostKeyRefused(
+                f"site {site.name}: {site.host}:{site.port} is not in {site.known_hosts}; "
+                "refusing an unknown host key (add it after checking its fingerprint)"
+            ) from None
+        if isinstance(exc, paramiko.AuthenticationException):
+            raise OperationFailed(
+                f"site {site.name}: {where(site)} refused key {site.identity_file}: {exc}"
+            ) from None
+        raise OperationFailed(f"site {site.name}: SSH to {where(site)} failed: {exc}") from None
+    except OSError as exc:
+        sock.close()
+        raise OperationFailed(f"site {site.name}: SSH to {where(site)} failed: {exc}") from None
+    return client
+
+
+class SftpTransport:
+    """One SSH connection and SFTP session to a site."""
+
+    def __init__(self, site: SiteConfig) -> None:
+        self.site = site
+        self._client = open_client(site)
+        self._sftp = self._client.open_sftp()
+        self._dir_fsync = True
+
+    @property
+    def is_alive(self) -> bool:
+        transport = self._client.get_transport()
+        return transport is not None and transport.is_active()
+
+    def _fsync_handle(self, handle: bytes) -> None:
+        # paramiko has no public call for OpenSSH's fsync extension.
+        self._sftp._request(CMD_EXTENDED, "fsync@openssh.com", handle)
+
+    def _fsync_dir(self, directory: PurePosixPath) -> None:
+        # OpenSSH's sftp-server opens a directory with open(2), so its handle can
+        # be fsynced; servers that refuse are remembered and not asked again.
+        if not self._dir_fsync:
+            return
+        try:
+            with self._sftp.open(str(directory), "r") as handle:
+                self._fsync_handle(handle.handle)
+        except OSError:
+            self._dir_fsync = False
+
+    def put_atomic(self, path: PurePosixPath, chunks: Iterable[bytes]) -> int:
+        tmp = path.with_name(f"{TEMP_PREFIX}{path.name}.{secrets.token_hex(4)}")
+        written = 0
+        try:
+            with self._sftp.open(str(tmp), "wb", bufsize=WRITE_BUFFER) as remote:
+                remote.MAX_REQUEST_SIZE = WRITE_REQUEST_SIZE
+                remote.set_pipelined(True)
+                self._sftp.chmod(str(tmp), 0o600)
+                for chunk in chunks:
+                    remote.write(chunk)
+                    written += len(chunk)
+                remote.flush()
+                # Every pipelined write must be acknowledged before the fsync.
+                self._sftp._finish_responses(remote)
+                self._fsync_handle(remote.handle)
+            self._sftp.posix_rename(str(tmp), str(path))
+        except BaseException:
+            self._remove_quietly(tmp)
+            raise
+        self._fsync_dir(path.parent)
+        return written
+
+    def _remove_quietly(self, path: PurePosixPath) -> None:
+        try:
+            if self.is_alive:
+                self._sftp.remove(str(path))
+        except (OSError, paramiko.SSHException):
+            pass
+
+    def read_bytes(self, path: PurePosixPath) -> bytes | None:
+        try:
+            with self._sftp.open(str(path), "rb") as remote:
+                return remote.read()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                return None
+            raise
+
+    def makedirs(self, path: PurePosixPath) -> None:
+        missing: list[PurePosixPath] = []
+        current = path
+        while True:
+            try:
+                if not stat.S_ISDIR(self._sftp.stat(str(current)).st_mode or 0):
+                    raise OperationFailed(f"site {self.site.name}: {current} is not a directory")
+                break
+            except FileNotFoundError:
+                missing.append(current)
+                if current.parent == current:
+                    break
+                current = current.parent
+        for directory in reversed(missing):
+            self._sftp.mkdir(str(directory), mode=0o700)
+
+    def listdir(self, path: PurePosixPath) -> list[str]:
+        try:
+            return self._sftp.listdir(str(path))
+        except FileNotFoundError:
+            return []
+
+    def remove(self, path: PurePosixPath) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._sftp.remove(str(path))
+
+    def close(self) -> None:
+        try:
+            self._sftp.close()
+        finally:
+            self._client.close()

@@ -1,0 +1,201 @@
+"""One thread per site: keep a connection, ship each connector's queue in order.
+
+The catalog is the queue: the worker only ever asks it for the next pending
+files, so a restart resumes exactly where the previous run stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from logship.catalog.store import Catalog
+from logship.config.model import SiteConfig
+from logship.errors import HostKeyRefused
+from logship.logs import event
+from logship.manifest import SiteLayout
+from logship.ship.shipper import ShipConflict, ship_file
+from logship.ship.transport import Transport, is_temp_name
+from logship.spool import entry_for, retire
+
+log = logging.getLogger("logship.ship")
+
+BACKOFF_START = 0.5
+BACKOFF_MAX = 30.0
+BATCH = 64
+
+
+@dataclass(frozen=True)
+class ShipTarget:
+    connector: str
+    spool_dir: Path
+    compression: str
+    layout: SiteLayout
+
+
+class SiteWorker(threading.Thread):
+    def __init__(
+        self,
+        site: SiteConfig,
+        targets: list[ShipTarget],
+        catalog: Catalog,
+        connect: Callable[[SiteConfig], Transport],
+        clock: Callable[[], float],
+        sample_interval: float,
+        stop: threading.Event,
+    ) -> None:
+        super().__init__(name=f"ship-{site.name}", daemon=True)
+        self.site = site
+        self.targets = targets
+        self.catalog = catalog
+        self._connect = connect
+        self._clock = clock
+        self._sample_interval = sample_interval
+        self._stop = stop
+        self._wake = threading.Event()
+        self._transport: Transport | None = None
+        self._backoff = BACKOFF_START
+        self._next_sample = 0.0
+        self._promoted: set[str] = set()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                if self._transport is None and not self._try_connect():
+                    self._stop.wait(self._backoff)
+                    self._backoff = min(self._backoff * 2, BACKOFF_MAX)
+                    continue
+                try:
+                    shipped = self._ship_round()
+                    if self._clock() >= self._next_sample:
+                        self._sample_standby()
+                        self._next_sample = self._clock() + self._sample_interval
+                except Exception as exc:  # OSError, EOFError, paramiko's SSHException, ...
+                    self._lost(exc)
+                    continue
+                if not shipped:
+                    self._wake.wait(timeout=1.0)
+                    self._wake.clear()
+        finally:
+            self._disconnect()
+
+    # -- connection ------------------------------------------------------------
+
+    def _try_connect(self) -> bool:
+        try:
+            transport = self._connect(self.site)
+            for target in self.targets:
+                self._prepare(transport, target)
+        except HostKeyRefused as exc:
+            event(log, logging.ERROR, "host key refused", site=self.site.name, error=str(exc))
+            self.catalog.set_site_status(self.site.name, False, str(exc), self._clock())
+            return False
+        except Exception as exc:
+            event(log, logging.WARNING, "site unreachable", site=self.site.name, error=str(exc))
+            self.catalog.set_site_status(self.site.name, False, str(exc), self._clock())
+            return False
+        self._transport = transport
+        self._backoff = BACKOFF_START
+        self.catalog.set_site_status(self.site.name, True, None, self._clock())
+        event(log, logging.INFO, "connected", site=self.site.name)
+        return True
+
+    def _prepare(self, transport: Transport, target: ShipTarget) -> None:
+        layout = target.layout
+        for directory in (layout.wal_dir, layout.manifest_dir):
+            transport.makedirs(directory)
+            # Temp files of an upload cut short (kill -9, lost link) are never
+            # visible under a WAL name; clearing them keeps the site tidy.
+            for name in transport.listdir(directory):
+                if is_temp_name(name):
+                    transport.remove(directory / name)
+        self._refresh_promoted(transport, target)
+
+    def _refresh_promoted(self, transport: Transport, target: ShipTarget) -> None:
+        if transport.read_bytes(target.layout.promoted_marker) is not None:
+            if target.connector not in self._promoted:
+                event(
+                    log,
+                    logging.ERROR,
+                    "standby promoted: shipping stopped",
+                    connector=target.connector,
+                    site=self.site.name,
+                )
+            self._promoted.add(target.connector)
+        else:
+            self._promoted.discard(target.connector)
+
+    def _lost(self, exc: BaseException) -> None:
+        event(log, logging.WARNING, "link lost", site=self.site.name, error=str(exc))
+        self.catalog.set_site_status(self.site.name, False, str(exc), self._clock())
+        self._disconnect()
+
+    def _disconnect(self) -> None:
+        if self._transport is not None:
+            try:
+                self._transport.close()
+            except Exception as exc:
+                event(log, logging.DEBUG, "close failed", site=self.site.name, error=str(exc))
+            self._transport = None
+
+    # -- shipping --------------------------------------------------------------
+
+    def _ship_round(self) -> int:
+        assert self._transport is not None
+        shipped = 0
+        for target in self.targets:
+            if target.connector in self._promoted:
+                continue
+            for row in self.catalog.pending(target.connector, BATCH):
+                if self._stop.is_set():
+                    return shipped
+                entry = entry_for(target.connector, target.spool_dir / row.name)
+                if entry is None:
+                    self.catalog.set_error(row.id, "missing from the spool")
+                    continue
+                try:
+                    record = ship_file(
+                        self._transport, target.layout, entry, target.compression, self._clock
+                    )
+                except ShipConflict as exc:
+                    event(
+                        log, logging.ERROR, "conflict", connector=target.connector, error=str(exc)
+                    )
+                    self.catalog.mark_conflict(row.id, str(exc))
+                    continue
+                self.catalog.mark_shipped(row.id, record.sha256, record.stored_size, self._clock())
+                retire(target.spool_dir, row.name, record.sha256)
+                event(
+                    log,
+                    logging.INFO,
+                    "shipped",
+                    connector=target.connector,
+                    file=row.name,
+                    bytes=record.size,
+                    stored_bytes=record.stored_size,
+                    lag_s=round(record.arrived_at - record.closed_at, 3),
+                )
+                shipped += 1
+        return shipped
+
+    def _sample_standby(self) -> None:
+        assert self._transport is not None
+        for target in self.targets:
+            self._refresh_promoted(self._transport, target)
+            raw = self._transport.read_bytes(target.layout.restored_marker)
+            name, at = None, None
+            if raw:
+                try:
+                    marker = json.loads(raw)
+                    name, at = str(marker["name"]), float(marker["at"])
+                except (ValueError, KeyError, TypeError):
+                    event(log, logging.WARNING, "bad restored marker", connector=target.connector)
+            self.catalog.record_restored(target.connector, name, at, self._clock())
+        self.catalog.set_site_status(self.site.name, True, None, self._clock())

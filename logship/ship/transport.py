@@ -1,0 +1,43 @@
+"""The small interface every transport to a site implements."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import PurePosixPath
+from typing import Protocol
+
+
+class Transport(Protocol):
+    """Idempotent file operations at one site; paths are as seen at that site."""
+
+    def put_atomic(self, path: PurePosixPath, chunks: Iterable[bytes]) -> int:
+        """Write `path` complete or not at all (temp, fsync, rename, fsync dir).
+
+        Returns the number of bytes written. Replaces an existing file.
+        """
+        ...
+
+    def read_bytes(self, path: PurePosixPath) -> bytes | None:
+        """The file's content, or None when it does not exist."""
+        ...
+
+    def makedirs(self, path: PurePosixPath) -> None:
+        """Create `path` and missing parents with mode 0700."""
+        ...
+
+    def listdir(self, path: PurePosixPath) -> list[str]:
+        """Names in `path`; empty when it does not exist."""
+        ...
+
+    def remove(self, path: PurePosixPath) -> None:
+        """Remove a file; no error when it is already gone."""
+        ...
+
+    def close(self) -> None: ...
+
+
+TEMP_PREFIX = ".tmp."
+
+
+def is_temp_name(name: str) -> bool:
+    return name.startswith(TEMP_PREFIX)

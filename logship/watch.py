@@ -1,0 +1,78 @@
+"""Spool watching: watchdog events plus a reconcile scan feed one queue.
+
+Events can be lost (inotify overflow, events before start, a daemon restart), so
+the reconcile scan is what guarantees nothing is missed; events only make
+shipping prompt.
+"""
+
+from __future__ import annotations
+
+import queue
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+
+from logship.durable import ensure_private_dir
+from logship.spool import scan
+
+
+@dataclass(frozen=True)
+class SpoolEvent:
+    connector: str
+    path: Path
+
+
+@dataclass(frozen=True)
+class WatchedSpool:
+    connector: str
+    directory: Path
+    accepts: Callable[[str], bool]
+
+
+class _Handler(FileSystemEventHandler):
+    def __init__(self, spool: WatchedSpool, events: queue.Queue[SpoolEvent]) -> None:
+        self._spool = spool
+        self._events = events
+
+    def _offer(self, raw_path: str | bytes) -> None:
+        path = Path(raw_path.decode() if isinstance(raw_path, bytes) else raw_path)
+        if path.parent == self._spool.directory and self._spool.accepts(path.name):
+            self._events.put(SpoolEvent(self._spool.connector, path))
+
+    def on_created(self, event: FileSystemEvent) -> None:
+        if not event.is_directory:
+            self._offer(event.src_path)
+
+    def on_moved(self, event: FileSystemEvent) -> None:
+        # basic_archive and other tools write a temp name, then rename it.
+        if not event.is_directory:
+            self._offer(event.dest_path)
+
+
+class SpoolWatcher:
+    def __init__(self, spools: list[WatchedSpool], events: queue.Queue[SpoolEvent]) -> None:
+        self._spools = spools
+        self._events = events
+        self._observer = Observer()
+
+    def start(self) -> None:
+        for spool in self._spools:
+            ensure_private_dir(spool.directory)
+            self._observer.schedule(_Handler(spool, self._events), str(spool.directory))
+        self._observer.start()
+
+    def reconcile(self) -> int:
+        """Offer every file in every spool; the catalog ignores the ones it knows."""
+        offered = 0
+        for spool in self._spools:
+            for entry in scan(spool.connector, spool.directory, spool.accepts):
+                self._events.put(SpoolEvent(spool.connector, entry.path))
+                offered += 1
+        return offered
+
+    def stop(self) -> None:
+        self._observer.stop()
+        self._observer.join(timeout=10)

@@ -1,0 +1,38 @@
+"""Shared fixtures: folders the postgres user can reach, real clusters and sshd."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from logship.sandbox import OsUser
+from logship.sandbox.deployment import Deployment
+
+
+@pytest.fixture
+def pg_user() -> OsUser:
+    return OsUser.for_postgres()
+
+
+@pytest.fixture
+def reachable_dir() -> Iterator[Path]:
+    """A temp folder the postgres user can enter (pytest's tmp_path is root-only)."""
+    path = Path(tempfile.mkdtemp(prefix="logship-test-", dir="/tmp"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def deployment(reachable_dir: Path, pg_user: OsUser) -> Iterator[Deployment]:
+    """sshd + primary archiving through logship; the test brings up the rest."""
+    dep = Deployment(reachable_dir / "deploy", pg_user)
+    try:
+        dep.build_primary()
+        yield dep
+    finally:
+        dep.teardown()

@@ -1,0 +1,97 @@
+"""archive-wal: durable spool copy, close time, idempotent re-push, names."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from logship.archive import archive_wal, tombstone_path
+from logship.errors import OperationFailed, UsageError
+from logship.spool import retire
+
+SEGMENT = "000000010000000000000003"
+
+
+def _wal(tmp_path: Path, name: str = SEGMENT, content: bytes = b"x" * 1024) -> Path:
+    src = tmp_path / "pg_wal" / name
+    src.parent.mkdir(exist_ok=True)
+    src.write_bytes(content)
+    return src
+
+
+def test_copy_is_private_and_records_close_time(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    archive_wal(spool, _wal(tmp_path), now_ns=1_700_000_000_123_000_000)
+    copy = spool / SEGMENT
+    assert copy.read_bytes() == b"x" * 1024
+    assert copy.stat().st_mode & 0o777 == 0o600
+    assert spool.stat().st_mode & 0o777 == 0o700
+    assert copy.stat().st_mtime_ns == 1_700_000_000_123_000_000
+    assert [p.name for p in spool.iterdir()] == [SEGMENT]  # no temp file left
+
+
+def test_same_content_again_is_ok_different_content_refused(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    archive_wal(spool, _wal(tmp_path))
+    assert archive_wal(spool, _wal(tmp_path)).already_archived
+    with pytest.raises(OperationFailed, match="different content"):
+        archive_wal(spool, _wal(tmp_path, content=b"y" * 1024))
+    assert (spool / SEGMENT).read_bytes() == b"x" * 1024
+
+
+def test_repush_after_shipping_is_judged_by_the_tombstone(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    archive_wal(spool, _wal(tmp_path))
+    import hashlib
+
+    retire(spool, SEGMENT, hashlib.sha256(b"x" * 1024).hexdigest())
+    assert not (spool / SEGMENT).exists()
+    assert tombstone_path(spool, SEGMENT).exists()
+    assert archive_wal(spool, _wal(tmp_path)).already_archived
+    with pytest.raises(OperationFailed, match="different sha256"):
+        archive_wal(spool, _wal(tmp_path, content=b"z" * 1024))
+    assert not (spool / SEGMENT).exists()
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["00000002.history", "000000010000000000000003.00000028.backup", SEGMENT],
+)
+def test_accepted_names(tmp_path: Path, name: str) -> None:
+    archive_wal(tmp_path / "spool", _wal(tmp_path, name))
+    assert (tmp_path / "spool" / name).exists()
+
+
+@pytest.mark.parametrize(
+    "name", ["archive_status", "000000010000000000000003.partial", "../etc", "0000000100000000"]
+)
+def test_other_names_refused(tmp_path: Path, name: str) -> None:
+    src = tmp_path / "file"
+    src.write_bytes(b"1")
+    with pytest.raises(UsageError):
+        archive_wal(tmp_path / "spool", src.with_name(name) if "/" not in name else src)
+
+
+def test_cli_exit_codes(tmp_path: Path) -> None:
+    (tmp_path / "connectors").mkdir()
+    (tmp_path / "logship.toml").write_text(f'[logship]\nstate_dir = "{tmp_path / "state"}"\n')
+    (tmp_path / "connectors" / "main.toml").write_text('kind = "postgresql"\nsite = "dr"\n')
+    cmd = [sys.executable, "-m", "logship", "--config", str(tmp_path / "logship.toml")]
+    env = {**os.environ}
+    ok = subprocess.run([*cmd, "archive-wal", "main", str(_wal(tmp_path))], env=env, check=False)
+    assert ok.returncode == 0
+    assert (tmp_path / "state" / "spool" / "main" / SEGMENT).exists()
+    other = _wal(tmp_path, content=b"other")
+    bad = subprocess.run(
+        [*cmd, "archive-wal", "main", str(other)], capture_output=True, text=True, check=False
+    )
+    assert bad.returncode == 1 and "different content" in bad.stderr
+    assert "Traceback" not in bad.stderr
+    unknown = subprocess.run(
+        [*cmd, "archive-wal", "nope", str(other)], capture_output=True, text=True, check=False
+    )
+    assert unknown.returncode == 2 and "nope" in unknown.stderr
