@@ -139,6 +139,8 @@ data_dir = "{self.standby.data_dir}"
         self.sshd.start()
         for site in ("primary-site", "standby-site"):
             (self.root / site).mkdir(mode=0o755, exist_ok=True)
+        # As on a real standby host, PostgreSQL's user owns where its data dir goes.
+        self.user.chown(self.root / "standby-site")
         self._private_dir(self.state_dir)
         self._private_dir(self.incoming)
         if self.archive_via == "basic_archive":
@@ -195,11 +197,14 @@ data_dir = "{self.standby.data_dir}"
         daemon, self._daemon = self._daemon, None
         if daemon is None or daemon.poll() is not None:
             return None if daemon is None else daemon.returncode
-        # runuser forwards SIGTERM to the daemon; SIGKILL must reach the daemon
-        # itself, not only runuser, to be a real crash.
+        # Signal the daemon itself, not runuser: runuser re-raises a signal it
+        # receives on itself, which would hide the daemon's own exit code.
         if sig == signal.SIGKILL:
             _kill_tree(daemon.pid)
-        daemon.send_signal(sig)
+        else:
+            for pid in _children(daemon.pid) or [daemon.pid]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
         try:
             return daemon.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -235,13 +240,16 @@ data_dir = "{self.standby.data_dir}"
         self.sshd.stop()
 
 
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
 def _kill_tree(pid: int) -> None:
     """SIGKILL `pid` and its children (runuser's child is the real daemon)."""
-    try:
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:
-        children = []
-    for target in [*(int(c) for c in children), pid]:
+    for target in [*_children(pid), pid]:
         with contextlib.suppress(ProcessLookupError):
             os.kill(target, signal.SIGKILL)
 

@@ -28,6 +28,12 @@ class LocalDirTransport:
         except FileNotFoundError:
             return None
 
+    def stat_mode(self, path: PurePosixPath) -> int | None:
+        try:
+            return os.stat(path).st_mode
+        except FileNotFoundError:
+            return None
+
     def makedirs(self, path: PurePosixPath) -> None:
         os.makedirs(path, mode=DIR_MODE, exist_ok=True)
 

@@ -77,6 +77,7 @@ def open_client(site: SiteConfig) -> paramiko.SSHClient:
             transport_factory=_tuned_transport,
         )
     except paramiko.BadHostKeyException as exc:
+        client.close()
         sock.close()
         raise HostKeyRefused(
             f"site {site.name}: host key of {site.host}:{site.port} does NOT match "
@@ -85,6 +86,7 @@ def open_client(site: SiteConfig) -> paramiko.SSHClient:
             "rebuilt, verify the new key out of band and update known_hosts"
         ) from None
     except paramiko.SSHException as exc:
+        client.close()
         sock.close()
         if "not found in known_hosts" in str(exc):
             raise HostKeyRefused(
@@ -97,6 +99,7 @@ def open_client(site: SiteConfig) -> paramiko.SSHClient:
             ) from None
         raise OperationFailed(f"site {site.name}: SSH to {where(site)} failed: {exc}") from None
     except OSError as exc:
+        client.close()
         sock.close()
         raise OperationFailed(f"site {site.name}: SSH to {where(site)} failed: {exc}") from None
     return client
@@ -171,19 +174,25 @@ class SftpTransport:
                 return None
             raise
 
+    def stat_mode(self, path: PurePosixPath) -> int | None:
+        try:
+            return self._sftp.stat(str(path)).st_mode or 0
+        except FileNotFoundError:
+            return None
+
     def makedirs(self, path: PurePosixPath) -> None:
         missing: list[PurePosixPath] = []
         current = path
         while True:
-            try:
-                if not stat.S_ISDIR(self._sftp.stat(str(current)).st_mode or 0):
+            mode = self.stat_mode(current)
+            if mode is not None:
+                if not stat.S_ISDIR(mode):
                     raise OperationFailed(f"site {self.site.name}: {current} is not a directory")
                 break
-            except FileNotFoundError:
-                missing.append(current)
-                if current.parent == current:
-                    break
-                current = current.parent
+            missing.append(current)
+            if current.parent == current:
+                break
+            current = current.parent
         for directory in reversed(missing):
             self._sftp.mkdir(str(directory), mode=0o700)
 

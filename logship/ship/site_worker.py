@@ -55,7 +55,7 @@ class SiteWorker(threading.Thread):
         self._connect = connect
         self._clock = clock
         self._sample_interval = sample_interval
-        self._stop = stop
+        self._stopping = stop
         self._wake = threading.Event()
         self._transport: Transport | None = None
         self._backoff = BACKOFF_START
@@ -67,9 +67,9 @@ class SiteWorker(threading.Thread):
 
     def run(self) -> None:
         try:
-            while not self._stop.is_set():
+            while not self._stopping.is_set():
                 if self._transport is None and not self._try_connect():
-                    self._stop.wait(self._backoff)
+                    self._stopping.wait(self._backoff)
                     self._backoff = min(self._backoff * 2, BACKOFF_MAX)
                     continue
                 try:
@@ -154,7 +154,7 @@ class SiteWorker(threading.Thread):
             if target.connector in self._promoted:
                 continue
             for row in self.catalog.pending(target.connector, BATCH):
-                if self._stop.is_set():
+                if self._stopping.is_set():
                     return shipped
                 entry = entry_for(target.connector, target.spool_dir / row.name)
                 if entry is None:

@@ -21,6 +21,10 @@ class Transport(Protocol):
         """The file's content, or None when it does not exist."""
         ...
 
+    def stat_mode(self, path: PurePosixPath) -> int | None:
+        """st_mode of `path`, or None when it does not exist."""
+        ...
+
     def makedirs(self, path: PurePosixPath) -> None:
         """Create `path` and missing parents with mode 0700."""
         ...

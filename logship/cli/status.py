@@ -1,0 +1,121 @@
+"""`logship status [--json] [CONNECTOR]`: lag and RPO per connector, from the catalog.
+
+Reads the catalog only (no SSH), so it answers instantly and works while the site
+is unreachable. Before any daemon has run there is no catalog: every connector is
+still listed, with nulls for what cannot be measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+
+from rich.console import Console
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+
+from logship import lag
+from logship.catalog.store import Catalog
+from logship.config.files import config_path
+from logship.config.load import load_config
+from logship.config.model import Config
+from logship.errors import OperationFailed
+from logship.ui.status_table import build_status_table
+
+WIDTH_WHEN_PIPED = 160
+
+
+def _catalog_missing(url: str) -> bool:
+    """True for an SQLite catalog whose file does not exist yet."""
+    parsed = make_url(url)
+    database = parsed.database or ""
+    if not parsed.drivername.startswith("sqlite") or database in ("", ":memory:"):
+        return False
+    try:
+        os.stat(database)
+    except (FileNotFoundError, NotADirectoryError):
+        return True
+    except PermissionError:
+        raise OperationFailed(
+            f"catalog {database}: permission denied (run as the user that runs logship)"
+        ) from None
+    return False
+
+
+def open_catalog(config: Config) -> Catalog | None:
+    """The catalog, or None when no daemon has created it yet.
+
+    A missing SQLite file is not created here: `status` must not leave a root-owned
+    catalog behind for the daemon to trip over.
+    """
+    url = config.catalog_url
+    if _catalog_missing(url):
+        return None
+    try:
+        return Catalog(url)
+    except SQLAlchemyError as exc:
+        shown = make_url(url).render_as_string(hide_password=True)
+        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        raise OperationFailed(f"catalog {shown}: cannot open: {reason}") from None
+
+
+def selected_connectors(config: Config, only: str | None) -> list[str]:
+    if only is not None:
+        config.connector(only)  # an unknown name is a usage error naming the known ones
+        return [only]
+    return sorted(config.connectors)
+
+
+def collect_statuses(
+    config: Config, catalog: Catalog | None, names: Sequence[str], now: float
+) -> list[lag.ConnectorStatus]:
+    statuses = []
+    for name in names:
+        connector = config.connector(name)
+        site_status = progress = backup = None
+        files = None
+        if catalog is not None:
+            files = catalog.files(name)
+            site_status = catalog.site_status(connector.site)
+            progress = catalog.standby_progress(name)
+            backup = catalog.last_backup(name)
+        statuses.append(
+            lag.connector_status(
+                name=name,
+                kind=connector.kind,
+                site=connector.site,
+                rpo_target_s=connector.rpo,
+                now=now,
+                files=files,
+                site_status=site_status,
+                progress=progress,
+                last_base_backup_at=backup.finished_at if backup is not None else None,
+            )
+        )
+    return statuses
+
+
+def run(args: argparse.Namespace) -> int:
+    config = load_config(config_path(args.config))
+    names = selected_connectors(config, args.connector)
+    catalog = open_catalog(config)
+    try:
+        statuses = collect_statuses(config, catalog, names, time.time())
+    finally:
+        if catalog is not None:
+            catalog.close()
+    if args.json:
+        # Plain stdout, never rich: scripts parse this.
+        document = {"connectors": [status.to_json() for status in statuses]}
+        sys.stdout.write(json.dumps(document, indent=2) + "\n")
+    else:
+        console = Console()
+        if not console.is_terminal:
+            # Piped or logged: a wide line beats a WAL name folded over three lines.
+            console = Console(width=WIDTH_WHEN_PIPED)
+        console.print(build_status_table(statuses))
+    return 0

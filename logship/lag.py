@@ -1,0 +1,311 @@
+"""Lag and RPO (design §4) from catalog rows, a clock reading and the site's reachability.
+
+Pure functions, no I/O: `status`, `dashboard` and the daemon's samples all compute
+the same numbers the same way, and the rules are testable with plain rows.
+
+Rows must come in ship order (as `Catalog.files` returns them): by timeline, a
+timeline's `.history` first, then by name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, Protocol
+
+from logship import walnames
+from logship.catalog.models import FileState
+from logship.walnames import WalKind
+
+DEFAULT_SEGMENT_SIZE = 16 * 1024 * 1024
+# PostgreSQL accepts power-of-two segment sizes from 1 MiB to 1 GiB (initdb --wal-segsize).
+_MIN_SEGMENT_SIZE = 1024 * 1024
+_MAX_SEGMENT_SIZE = 1024 * 1024 * 1024
+WARN_FRACTION = 0.5
+DURABLE_STATES = frozenset({FileState.SHIPPED, FileState.APPLIED})
+
+
+class State(StrEnum):
+    OK = "ok"
+    WARN = "warn"
+    BREACH = "breach"
+    DOWN = "down"
+
+
+class FileRow(Protocol):
+    """What lag needs from a catalog file row (`SpoolFile` satisfies it)."""
+
+    name: str
+    size: int
+    closed_at: float
+    state: str
+
+
+class SiteRow(Protocol):
+    reachable: bool
+    error: str | None
+
+
+class ProgressRow(Protocol):
+    last_restored: str | None
+
+
+@dataclass(frozen=True)
+class Gap:
+    """The first WAL segment missing from the sequence; replay cannot pass it."""
+
+    missing: str  # named on the timeline of the segment before it
+    segment_number: int
+    after: str  # the last segment present before the gap
+
+    def to_json(self) -> dict[str, Any]:
+        return {"missing": self.missing, "segment_number": self.segment_number, "after": self.after}
+
+    @classmethod
+    def from_json(cls, entry: dict[str, Any]) -> Gap:
+        return cls(entry["missing"], int(entry["segment_number"]), entry["after"])
+
+
+@dataclass(frozen=True)
+class ConnectorStatus:
+    """One entry of `status --json`: the contract fields, then `gap` and `site_error`."""
+
+    name: str
+    kind: str
+    site: str
+    state: State
+    rpo_target_s: float
+    rpo_exposure_s: float | None
+    transport_lag_s: float | None
+    apply_lag_s: float | None
+    pending_files: int | None
+    pending_bytes: int | None
+    last_shipped: str | None
+    last_applied: str | None
+    last_base_backup_at: str | None
+    gap: Gap | None = None
+    site_error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "site": self.site,
+            "state": str(self.state),
+            "rpo_target_s": self.rpo_target_s,
+            "rpo_exposure_s": self.rpo_exposure_s,
+            "transport_lag_s": self.transport_lag_s,
+            "apply_lag_s": self.apply_lag_s,
+            "pending_files": self.pending_files,
+            "pending_bytes": self.pending_bytes,
+            "last_shipped": self.last_shipped,
+            "last_applied": self.last_applied,
+            "last_base_backup_at": self.last_base_backup_at,
+            "gap": self.gap.to_json() if self.gap else None,
+            "site_error": self.site_error,
+        }
+
+    @classmethod
+    def from_json(cls, entry: dict[str, Any]) -> ConnectorStatus:
+        """Back from one `status --json` entry (for views fed by another process)."""
+        values = {f.name: entry.get(f.name) for f in fields(cls)}
+        values["state"] = State(entry["state"])
+        values["gap"] = Gap.from_json(entry["gap"]) if entry.get("gap") else None
+        return cls(**values)
+
+
+def is_durable(row: FileRow) -> bool:
+    return row.state in DURABLE_STATES
+
+
+def _is_valid_segment_size(size: int) -> bool:
+    return _MIN_SEGMENT_SIZE <= size <= _MAX_SEGMENT_SIZE and size & (size - 1) == 0
+
+
+def segment_size(rows: Sequence[FileRow]) -> int:
+    """The cluster's WAL segment size, read off the segments' own sizes."""
+    for row in rows:
+        parsed = walnames.parse(row.name)
+        if parsed and parsed.kind is WalKind.SEGMENT and _is_valid_segment_size(row.size):
+            return row.size
+    return DEFAULT_SEGMENT_SIZE
+
+
+def segment_name(timeline: int, number: int, seg_size: int) -> str:
+    """Inverse of `WalName.segment_number`."""
+    per_log = 0x1_0000_0000 // seg_size
+    return f"{timeline:08X}{number // per_log:08X}{number % per_log:08X}"
+
+
+@dataclass(frozen=True)
+class _Walk:
+    newest_durable: FileRow | None  # newest segment with every earlier one durable
+    gap: Gap | None
+
+
+def _walk(rows: Sequence[FileRow]) -> _Walk:
+    seg_size = segment_size(rows)
+    newest_durable: FileRow | None = None
+    prefix_intact = True
+    gap: Gap | None = None
+    previous: tuple[walnames.WalName, int] | None = None
+    for row in rows:
+        parsed = walnames.parse(row.name)
+        if parsed is None or parsed.kind is WalKind.BACKUP:
+            continue  # a backup label holds no data replay needs
+        if parsed.kind is WalKind.HISTORY:
+            # Without its history file a standby cannot follow the new timeline, so
+            # that timeline's segments are of no use at the site yet.
+            prefix_intact = prefix_intact and is_durable(row)
+            continue
+        number = parsed.segment_number(seg_size)
+        if previous is not None:
+            prev_name, prev_number = previous
+            expected = prev_number + 1
+            # Only a jump forward is a gap. A new timeline starts inside the segment
+            # where it branched off, so its first segment repeats that number (or an
+            # earlier one after a point-in-time recovery) instead of following it.
+            if number > expected:
+                if gap is None:
+                    gap = Gap(
+                        missing=segment_name(prev_name.timeline, expected, seg_size),
+                        segment_number=expected,
+                        after=prev_name.name,
+                    )
+                prefix_intact = False
+        prefix_intact = prefix_intact and is_durable(row)
+        if prefix_intact:
+            newest_durable = row
+        previous = (parsed, number)
+    return _Walk(newest_durable, gap)
+
+
+def find_gap(rows: Sequence[FileRow]) -> Gap | None:
+    """The first segment missing between two known ones, whatever their states."""
+    return _walk(rows).gap
+
+
+def _exposure(walk: _Walk, now: float) -> float | None:
+    newest = walk.newest_durable
+    return None if newest is None else max(0.0, now - newest.closed_at)
+
+
+def rpo_exposure_s(rows: Sequence[FileRow], now: float) -> float | None:
+    """now - close time of the newest durable segment with no gap before it; None if none."""
+    return _exposure(_walk(rows), now)
+
+
+def pending_rows(rows: Sequence[FileRow]) -> list[FileRow]:
+    """Files closed at the primary and not durable at the site (conflicts included:
+    their content never reaches the site)."""
+    return [row for row in rows if not is_durable(row)]
+
+
+def transport_lag_s(rows: Sequence[FileRow], now: float) -> float:
+    """Age of the oldest closed-but-not-shipped file; 0.0 when nothing is pending."""
+    pending = pending_rows(rows)
+    if not pending:
+        return 0.0
+    return max(0.0, now - min(row.closed_at for row in pending))
+
+
+def last_shipped(rows: Sequence[FileRow]) -> str | None:
+    durable = [row.name for row in rows if is_durable(row)]
+    return durable[-1] if durable else None
+
+
+def last_applied(rows: Sequence[FileRow], progress: ProgressRow | None) -> str | None:
+    """What the standby last fetched for replay; else the newest row marked applied."""
+    if progress is not None and progress.last_restored:
+        return progress.last_restored
+    applied = [row.name for row in rows if row.state == FileState.APPLIED]
+    return applied[-1] if applied else None
+
+
+def classify(
+    *,
+    rpo_target_s: float,
+    rpo_exposure_s: float | None,
+    transport_lag_s: float | None,
+    site_reachable: bool | None,
+    has_gap: bool = False,
+) -> State:
+    """`down` > `breach` > `warn` > `ok`, per design §4."""
+    if site_reachable is False:
+        return State.DOWN
+    exposure = rpo_exposure_s
+    if exposure is None and transport_lag_s:
+        # Nothing is durable at the site yet, so at least everything since the
+        # oldest pending file would be lost: that age is the exposure.
+        exposure = transport_lag_s
+    if exposure is not None and exposure > rpo_target_s:
+        return State.BREACH
+    if exposure is not None and exposure > WARN_FRACTION * rpo_target_s:
+        return State.WARN
+    # Replay stops at a gap and the exposure only grows from here on: say so now.
+    if has_gap:
+        return State.WARN
+    return State.OK
+
+
+def iso_utc(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    moment = datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")
+    return moment.replace("+00:00", "Z")
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+def connector_status(
+    *,
+    name: str,
+    kind: str,
+    site: str,
+    rpo_target_s: float,
+    now: float,
+    files: Sequence[FileRow] | None,
+    site_status: SiteRow | None = None,
+    progress: ProgressRow | None = None,
+    last_base_backup_at: float | None = None,
+) -> ConnectorStatus:
+    """Everything `status` shows for one connector.
+
+    `files` is None when there is no catalog yet: then nothing about the queue is
+    known and the queue figures are null rather than a made-up 0.
+    """
+    known = files is not None
+    rows: Sequence[FileRow] = files or ()
+    walk = _walk(rows)
+    exposure = _exposure(walk, now)
+    transport = transport_lag_s(rows, now) if known else None
+    pending = pending_rows(rows)
+    reachable = None if site_status is None else bool(site_status.reachable)
+    return ConnectorStatus(
+        name=name,
+        kind=kind,
+        site=site,
+        state=classify(
+            rpo_target_s=rpo_target_s,
+            rpo_exposure_s=exposure,
+            transport_lag_s=transport,
+            site_reachable=reachable,
+            has_gap=walk.gap is not None,
+        ),
+        rpo_target_s=float(rpo_target_s),
+        rpo_exposure_s=_rounded(exposure),
+        transport_lag_s=_rounded(transport),
+        # Measured from a heartbeat row in a later change; until then it is unknown.
+        apply_lag_s=None,
+        pending_files=len(pending) if known else None,
+        pending_bytes=sum(row.size for row in pending) if known else None,
+        last_shipped=last_shipped(rows),
+        last_applied=last_applied(rows, progress),
+        last_base_backup_at=iso_utc(last_base_backup_at),
+        gap=walk.gap,
+        site_error=site_status.error if site_status is not None else None,
+    )

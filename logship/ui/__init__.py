@@ -1,0 +1,1 @@
+"""Terminal rendering with rich: status tables, the dashboard, progress."""

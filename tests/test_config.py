@@ -1,0 +1,197 @@
+"""Every config error: exit code 2, one line naming the file and the key, no traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from logship.config.load import load_config
+
+GOOD_MAIN = """
+[logship]
+state_dir = "state"
+
+[sites.dr]
+host = "dr.example.net"
+user = "logship"
+identity_file = "id_ed25519"
+known_hosts = "known_hosts"
+root = "/var/lib/logship/incoming"
+"""
+
+GOOD_CONNECTOR = """
+kind = "postgresql"
+site = "dr"
+rpo = "60s"
+[primary]
+dsn = "host=/var/run/postgresql port=5432 dbname=postgres"
+[standby]
+dsn = "host=/var/run/postgresql port=5433 dbname=postgres"
+data_dir = "/var/lib/postgresql/15/standby"
+"""
+
+GOOD_SCHEDULE = """
+job = "base-backup"
+connector = "orders"
+cron = "30 2 * * *"
+"""
+
+
+def _write(tmp_path: Path, main: str, connector: str, schedule: str = GOOD_SCHEDULE) -> Path:
+    (tmp_path / "connectors").mkdir(exist_ok=True)
+    (tmp_path / "schedules").mkdir(exist_ok=True)
+    (tmp_path / "logship.toml").write_text(main)
+    (tmp_path / "connectors" / "orders.toml").write_text(connector)
+    (tmp_path / "schedules" / "nightly.toml").write_text(schedule)
+    return tmp_path / "logship.toml"
+
+
+def test_good_config_loads_with_paths_resolved(tmp_path: Path) -> None:
+    config = load_config(_write(tmp_path, GOOD_MAIN, GOOD_CONNECTOR))
+    assert config.logship.state_dir == tmp_path / "state"
+    assert config.sites["dr"].port == 22
+    assert config.sites["dr"].identity_file == tmp_path / "id_ed25519"
+    orders = config.connector("orders")
+    assert orders.rpo == 60.0 and orders.compression == "zstd"
+    assert config.schedules["nightly"].connector == "orders"
+    assert config.catalog_url == f"sqlite:///{tmp_path / 'state' / 'catalog.db'}"
+
+
+CASES = [
+    # (what is broken, main, connector, schedule, file, key in the message)
+    ("toml syntax", "[logship\n", GOOD_CONNECTOR, GOOD_SCHEDULE, "logship.toml", "not valid TOML"),
+    ("no state_dir", "[logship]\n", GOOD_CONNECTOR, GOOD_SCHEDULE, "logship.toml", "state_dir"),
+    (
+        "unknown top-level key",
+        GOOD_MAIN + "\n[extra]\nx = 1\n",
+        GOOD_CONNECTOR,
+        GOOD_SCHEDULE,
+        "logship.toml",
+        "'extra'",
+    ),
+    (
+        "bad port",
+        GOOD_MAIN.replace('user = "logship"', 'user = "logship"\nport = 70000'),
+        GOOD_CONNECTOR,
+        GOOD_SCHEDULE,
+        "logship.toml",
+        "sites.dr.port",
+    ),
+    (
+        "relative site root",
+        GOOD_MAIN.replace("/var/lib/logship/incoming", "incoming"),
+        GOOD_CONNECTOR,
+        GOOD_SCHEDULE,
+        "logship.toml",
+        "sites.dr.root",
+    ),
+    (
+        "missing host",
+        GOOD_MAIN.replace('host = "dr.example.net"\n', ""),
+        GOOD_CONNECTOR,
+        GOOD_SCHEDULE,
+        "logship.toml",
+        "sites.dr.host",
+    ),
+    (
+        "typo in a site key",
+        GOOD_MAIN.replace("known_hosts =", "known_host ="),
+        GOOD_CONNECTOR,
+        GOOD_SCHEDULE,
+        "logship.toml",
+        "sites.dr.known_host",
+    ),
+    (
+        "bad duration",
+        GOOD_MAIN,
+        GOOD_CONNECTOR.replace('"60s"', '"soon"'),
+        GOOD_SCHEDULE,
+        "orders.toml",
+        "'rpo'",
+    ),
+    (
+        "unknown kind",
+        GOOD_MAIN,
+        GOOD_CONNECTOR.replace("postgresql", "oracle"),
+        GOOD_SCHEDULE,
+        "orders.toml",
+        "'kind'",
+    ),
+    (
+        "unknown site",
+        GOOD_MAIN,
+        GOOD_CONNECTOR.replace('site = "dr"', 'site = "nowhere"'),
+        GOOD_SCHEDULE,
+        "orders.toml",
+        "'site'",
+    ),
+    (
+        "missing dsn",
+        GOOD_MAIN,
+        GOOD_CONNECTOR.replace(
+            '[primary]\ndsn = "host=/var/run/postgresql port=5432 dbname=postgres"', "[primary]"
+        ),
+        GOOD_SCHEDULE,
+        "orders.toml",
+        "primary.dsn",
+    ),
+    (
+        "bad compression",
+        GOOD_MAIN,
+        GOOD_CONNECTOR.replace('rpo = "60s"', 'rpo = "60s"\ncompression = "rar"'),
+        GOOD_SCHEDULE,
+        "orders.toml",
+        "'compression'",
+    ),
+    (
+        "bad cron",
+        GOOD_MAIN,
+        GOOD_CONNECTOR,
+        GOOD_SCHEDULE.replace("30 2 * * *", "every night"),
+        "nightly.toml",
+        "'cron'",
+    ),
+    (
+        "schedule for an unknown connector",
+        GOOD_MAIN,
+        GOOD_CONNECTOR,
+        GOOD_SCHEDULE.replace('connector = "orders"', 'connector = "billing"'),
+        "nightly.toml",
+        "'connector'",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("main", "connector", "schedule", "where", "key"),
+    [case[1:] for case in CASES],
+    ids=[case[0] for case in CASES],
+)
+def test_config_error_exit_2_names_file_and_key(
+    tmp_path: Path, main: str, connector: str, schedule: str, where: str, key: str
+) -> None:
+    path = _write(tmp_path, main, connector, schedule)
+    result = subprocess.run(
+        [sys.executable, "-m", "logship", "--config", str(path), "status"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert where in lines[0] and key in lines[0], lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_config_file_is_exit_2(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "logship", "--config", str(tmp_path / "nope.toml"), "status"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2 and "not found" in result.stderr

@@ -1,0 +1,74 @@
+"""The daemon's guard rails and the catalog on both of its backends."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from logship.catalog.models import FileState
+from logship.catalog.store import Catalog, NewFile
+from logship.sandbox import OsUser, PgCluster, free_port
+from logship.sandbox.deployment import Deployment, wait_for
+
+
+def test_second_daemon_on_the_same_state_dir_refuses(deployment: Deployment) -> None:
+    first = deployment.start_daemon()
+    wait_for(lambda: '"started"' in deployment.daemon_log.read_text(), 30, "first daemon up")
+    second = deployment.logship("run", check=False, timeout=60)
+    assert second.returncode == 3
+    assert "already runs" in second.stderr
+    assert first.poll() is None
+    assert deployment.stop_daemon() == 0
+
+
+def _exercise(catalog: Catalog) -> None:
+    now = time.time()
+    for name in ["000000010000000000000002", "00000002.history", "000000010000000000000001"]:
+        tli = name[:8]
+        order = f"{tli}.{0 if name.endswith('history') else 1}.{name}"
+        assert catalog.add_discovered(NewFile("c", name, order, 16, now), now) is None
+    again = catalog.add_discovered(NewFile("c", "000000010000000000000001", "x", 16, now), now)
+    assert again is not None and again.state == FileState.DISCOVERED
+    pending = [row.name for row in catalog.pending("c")]
+    assert pending == ["000000010000000000000001", "000000010000000000000002", "00000002.history"]
+    first = catalog.pending("c")[0]
+    catalog.mark_shipped(first.id, "ab" * 32, 10, now)
+    assert catalog.pending("c")[0].name == "000000010000000000000002"
+    catalog.record_restored("c", "000000010000000000000002", now, now)
+    assert catalog.file("c", "000000010000000000000001").state == FileState.APPLIED
+    catalog.set_site_status("dr", False, "boom", now)
+    assert catalog.site_status("dr").error == "boom"
+
+
+def test_catalog_on_sqlite(tmp_path: Path) -> None:
+    catalog = Catalog(f"sqlite:///{tmp_path / 'catalog.db'}")
+    try:
+        _exercise(catalog)
+    finally:
+        catalog.close()
+    # Durable: a new process (here a new engine) sees the same queue.
+    reopened = Catalog(f"sqlite:///{tmp_path / 'catalog.db'}")
+    assert reopened.file("c", "000000010000000000000001").state == FileState.APPLIED
+    reopened.close()
+
+
+def test_catalog_on_postgresql(reachable_dir: Path, pg_user: OsUser) -> None:
+    cluster = PgCluster(reachable_dir / "catalog-db", free_port(), pg_user)
+    with cluster:
+        url = f"postgresql+psycopg://{pg_user.name}@127.0.0.1:{cluster.port}/postgres"
+        catalog = Catalog(url)
+        try:
+            _exercise(catalog)
+        finally:
+            catalog.close()
+
+
+def test_order_keys_sort_history_first() -> None:
+    from logship.engines.postgresql import ENGINE
+
+    names = ["000000020000000000000005", "00000002.history", "000000010000000000000004"]
+    assert sorted(names, key=ENGINE.ship_order) == [
+        "000000010000000000000004",
+        "00000002.history",
+        "000000020000000000000005",
+    ]

@@ -1,0 +1,289 @@
+"""Lag and RPO rules (design §4) on plain rows: gaps, timelines, pending, states."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from logship import lag, walnames
+from logship.lag import Gap, State
+
+MIB = 1024 * 1024
+SEG = 16 * MIB
+NOW = 1_700_000_000.0
+RPO = 60.0
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    state: str = "shipped"
+    closed_at: float = NOW - 10
+    size: int = SEG
+
+
+@dataclass(frozen=True)
+class Site:
+    reachable: bool
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Progress:
+    last_restored: str | None
+
+
+def seg(number: int, timeline: int = 1, seg_size: int = SEG) -> str:
+    return lag.segment_name(timeline, number, seg_size)
+
+
+def status(rows: list[Row] | None, **kwargs: object) -> lag.ConnectorStatus:
+    return lag.connector_status(
+        name="orders",
+        kind="postgresql",
+        site="dr",
+        rpo_target_s=RPO,
+        now=NOW,
+        files=rows,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def test_segment_name_round_trips_through_walnames() -> None:
+    assert seg(1) == "000000010000000000000001"
+    assert seg(0x100) == "000000010000000100000000"  # 256 segments of 16 MiB per log id
+    for size in (MIB, SEG, 64 * MIB, 1024 * MIB):
+        for number in (0, 1, 255, 256, 4097):
+            parsed = walnames.parse(lag.segment_name(3, number, size))
+            assert parsed is not None and parsed.segment_number(size) == number
+
+
+def test_empty_catalog() -> None:
+    st = status([])
+    assert st.state is State.OK
+    assert st.rpo_exposure_s is None
+    assert st.transport_lag_s == 0.0
+    assert (st.pending_files, st.pending_bytes) == (0, 0)
+    assert st.last_shipped is None and st.last_applied is None
+    assert st.apply_lag_s is None
+    assert st.gap is None
+
+
+def test_no_catalog_means_unknown_not_zero() -> None:
+    st = status(None)
+    assert st.state is State.OK
+    assert st.rpo_exposure_s is None
+    assert st.transport_lag_s is None
+    assert st.pending_files is None and st.pending_bytes is None
+
+
+def test_all_shipped_contiguous() -> None:
+    rows = [Row(seg(n), closed_at=NOW - 40 + n) for n in range(1, 6)]
+    st = status(rows)
+    assert st.rpo_exposure_s == pytest.approx(35.0)
+    assert st.transport_lag_s == 0.0
+    assert st.last_shipped == seg(5)
+    assert st.gap is None
+    assert st.state is State.WARN  # 35 s is above half of 60 s
+
+
+def test_pending_tail() -> None:
+    rows = [
+        Row(seg(1), closed_at=NOW - 20),
+        Row(seg(2), closed_at=NOW - 15),
+        Row(seg(3), "discovered", closed_at=NOW - 12),
+        Row(seg(4), "discovered", closed_at=NOW - 5),
+    ]
+    st = status(rows)
+    assert st.rpo_exposure_s == pytest.approx(15.0)
+    assert st.transport_lag_s == pytest.approx(12.0)
+    assert (st.pending_files, st.pending_bytes) == (2, 2 * SEG)
+    assert st.last_shipped == seg(2)
+    assert st.state is State.OK
+
+
+def test_out_of_order_shipping_counts_only_the_contiguous_prefix() -> None:
+    rows = [
+        Row(seg(1), closed_at=NOW - 20),
+        Row(seg(2), "discovered", closed_at=NOW - 15),
+        Row(seg(3), closed_at=NOW - 10),
+    ]
+    st = status(rows)
+    assert st.rpo_exposure_s == pytest.approx(20.0)
+    assert st.last_shipped == seg(3)
+    assert st.gap is None
+
+
+def test_gap_is_reported_and_stops_the_exposure() -> None:
+    rows = [
+        Row(seg(1), closed_at=NOW - 25),
+        Row(seg(2), closed_at=NOW - 20),
+        Row(seg(4), closed_at=NOW - 10),
+        Row(seg(5), closed_at=NOW - 5),
+    ]
+    st = status(rows)
+    assert st.gap == Gap(missing=seg(3), segment_number=3, after=seg(2))
+    assert st.rpo_exposure_s == pytest.approx(20.0)
+    # 20 s alone would be ok: a gap never looks healthy.
+    assert st.state is State.WARN
+    assert st.to_json()["gap"] == {"missing": seg(3), "segment_number": 3, "after": seg(2)}
+
+
+def test_gap_among_pending_files_is_still_reported() -> None:
+    rows = [Row(seg(1)), Row(seg(2), "discovered"), Row(seg(7), "discovered")]
+    assert lag.find_gap(rows) == Gap(missing=seg(3), segment_number=3, after=seg(2))
+
+
+def test_log_id_boundary_is_not_a_gap() -> None:
+    rows = [Row(seg(0xFE)), Row(seg(0xFF)), Row(seg(0x100)), Row(seg(0x101))]
+    assert [r.name[8:] for r in rows][1:3] == ["00000000000000FF", "0000000100000000"]
+    assert lag.find_gap(rows) is None
+    assert status(rows).last_shipped == seg(0x101)
+
+
+def test_segment_size_is_read_from_the_rows() -> None:
+    big = 64 * MIB  # 64 segments per log id: ...0000003F is followed by ...0000000100000000
+    rows = [Row(seg(n, seg_size=big), size=big) for n in (62, 63, 64, 65)]
+    assert rows[2].name == "000000010000000100000000"
+    assert lag.segment_size(rows) == big
+    assert lag.find_gap(rows) is None
+    # Read with the 16 MiB default the same names would look like a gap.
+    as_16mib = [Row(r.name) for r in rows]
+    assert lag.find_gap(as_16mib) is not None
+
+
+def test_history_and_backup_files_are_not_segments() -> None:
+    rows = [
+        Row(seg(1), closed_at=NOW - 30),
+        Row("000000010000000000000001.00000028.backup", closed_at=NOW - 29, size=300),
+        Row(seg(2), closed_at=NOW - 20),
+    ]
+    assert lag.find_gap(rows) is None
+    assert status(rows).rpo_exposure_s == pytest.approx(20.0)
+
+
+@pytest.mark.parametrize("first_on_new_timeline", [5, 6])
+def test_timeline_switch_continues_numbering(first_on_new_timeline: int) -> None:
+    rows = [
+        Row(seg(4), closed_at=NOW - 40),
+        Row(seg(5), closed_at=NOW - 35),
+        Row("00000002.history", closed_at=NOW - 34, size=42),
+        Row(seg(first_on_new_timeline, timeline=2), closed_at=NOW - 30),
+        Row(seg(first_on_new_timeline + 1, timeline=2), closed_at=NOW - 20),
+    ]
+    st = status(rows)
+    assert st.gap is None
+    assert st.rpo_exposure_s == pytest.approx(20.0)
+    assert st.last_shipped == seg(first_on_new_timeline + 1, timeline=2)
+
+
+def test_timeline_switch_that_skips_a_segment_is_a_gap() -> None:
+    rows = [
+        Row(seg(5), closed_at=NOW - 35),
+        Row("00000002.history", size=42),
+        Row(seg(7, timeline=2), closed_at=NOW - 20),
+    ]
+    st = status(rows)
+    assert st.gap == Gap(missing=seg(6), segment_number=6, after=seg(5))
+    assert st.rpo_exposure_s == pytest.approx(35.0)
+
+
+def test_unshipped_history_file_holds_back_the_new_timeline() -> None:
+    rows = [
+        Row(seg(5), closed_at=NOW - 35),
+        Row("00000002.history", "discovered", closed_at=NOW - 34, size=42),
+        Row(seg(5, timeline=2), closed_at=NOW - 20),
+    ]
+    st = status(rows)
+    assert st.rpo_exposure_s == pytest.approx(35.0)
+    assert (st.pending_files, st.pending_bytes) == (1, 42)
+    assert st.transport_lag_s == pytest.approx(34.0)
+
+
+def test_conflict_is_never_durable() -> None:
+    rows = [
+        Row(seg(1), closed_at=NOW - 50),
+        Row(seg(2), "conflict", closed_at=NOW - 40),
+        Row(seg(3), closed_at=NOW - 5),
+    ]
+    st = status(rows)
+    assert st.rpo_exposure_s == pytest.approx(50.0)
+    assert st.pending_files == 1
+    assert st.state is State.WARN
+
+
+@pytest.mark.parametrize(
+    ("age", "expected"),
+    [
+        (10.0, State.OK),
+        (30.0, State.OK),
+        (31.0, State.WARN),
+        (60.0, State.WARN),
+        (61.0, State.BREACH),
+    ],
+)
+def test_thresholds(age: float, expected: State) -> None:
+    assert status([Row(seg(1), closed_at=NOW - age)]).state is expected
+
+
+@pytest.mark.parametrize(
+    ("age", "expected"), [(5.0, State.OK), (45.0, State.WARN), (120.0, State.BREACH)]
+)
+def test_nothing_shipped_yet_judged_by_the_oldest_pending_file(age: float, expected: State) -> None:
+    rows = [
+        Row(seg(1), "discovered", closed_at=NOW - age),
+        Row(seg(2), "discovered", closed_at=NOW - age / 2),
+    ]
+    st = status(rows)
+    assert st.rpo_exposure_s is None
+    assert st.transport_lag_s == pytest.approx(age)
+    assert st.state is expected
+
+
+def test_unreachable_site_is_down_whatever_the_numbers() -> None:
+    st = status([Row(seg(1), closed_at=NOW - 1)], site_status=Site(False, "connection refused"))
+    assert st.state is State.DOWN
+    assert st.site_error == "connection refused"
+    assert status([], site_status=Site(False, "timeout")).state is State.DOWN
+    assert status([], site_status=Site(True)).state is State.OK
+
+
+def test_last_applied() -> None:
+    rows = [Row(seg(1), "applied"), Row(seg(2), "applied"), Row(seg(3))]
+    assert status(rows).last_applied == seg(2)
+    assert status(rows, progress=Progress(seg(3))).last_applied == seg(3)
+    assert status(rows, progress=Progress(None)).last_applied == seg(2)
+    assert status([Row(seg(1))]).last_applied is None
+
+
+def test_json_has_exactly_the_contract_fields_and_extras() -> None:
+    st = status([Row(seg(1))], last_base_backup_at=1_700_000_000.5)
+    data = st.to_json()
+    assert list(data) == [
+        "name",
+        "kind",
+        "site",
+        "state",
+        "rpo_target_s",
+        "rpo_exposure_s",
+        "transport_lag_s",
+        "apply_lag_s",
+        "pending_files",
+        "pending_bytes",
+        "last_shipped",
+        "last_applied",
+        "last_base_backup_at",
+        "gap",
+        "site_error",
+    ]
+    assert data["last_base_backup_at"] == "2023-11-14T22:13:20Z"
+    assert data["state"] == "ok" and type(data["state"]) is str
+    assert isinstance(data["rpo_target_s"], float)
+
+
+def test_json_round_trip() -> None:
+    rows = [Row(seg(1), closed_at=NOW - 50), Row(seg(3), "discovered")]
+    st = status(rows, site_status=Site(False, "refused"), last_base_backup_at=NOW)
+    assert st.gap is not None
+    assert lag.ConnectorStatus.from_json(st.to_json()) == st
