@@ -20,6 +20,7 @@ from pathlib import PurePosixPath
 
 FORMAT = 1
 ZSTD_SUFFIX = ".zst"
+BACKUP_RECORD_NAME = "backup.json"
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,9 @@ class SiteLayout:
 
     def backup_dir(self, backup_id: str) -> PurePosixPath:
         return self.base_dir / backup_id
+
+    def backup_record(self, backup_id: str) -> PurePosixPath:
+        return self.backup_dir(backup_id) / BACKUP_RECORD_NAME
 
 
 @dataclass(frozen=True)

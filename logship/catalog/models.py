@@ -44,10 +44,11 @@ class SpoolFile(Base):
 
 class BaseBackup(Base):
     __tablename__ = "base_backups"
+    __table_args__ = (UniqueConstraint("connector", "backup_id"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     connector: Mapped[str] = mapped_column(String(200), index=True)
-    backup_id: Mapped[str] = mapped_column(String(100), unique=True)
+    backup_id: Mapped[str] = mapped_column(String(100))
     started_at: Mapped[float] = mapped_column(Float)
     finished_at: Mapped[float | None] = mapped_column(Float, default=None)
     size: Mapped[int | None] = mapped_column(BigInteger, default=None)

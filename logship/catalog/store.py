@@ -215,6 +215,7 @@ class Catalog:
 
     def finish_backup(
         self,
+        connector: str,
         backup_id: str,
         *,
         now: float,
@@ -225,7 +226,7 @@ class Catalog:
         with self.session() as s:
             s.execute(
                 update(BaseBackup)
-                .where(BaseBackup.backup_id == backup_id)
+                .where(BaseBackup.connector == connector, BaseBackup.backup_id == backup_id)
                 .values(
                     finished_at=now,
                     size=size,

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg.conninfo import make_conninfo
 
+from logship.engines.pg_tools import quote_conf_string
 from logship.sandbox.osuser import CommandError, OsUser, tail
 
 DEFAULT_BIN_DIR = Path("/usr/lib/postgresql/15/bin")
@@ -29,16 +30,7 @@ _PG_CTL_NOT_RUNNING = (3, 4)
 T = TypeVar("T")
 
 
-def quote_conf_value(value: str) -> str:
-    """``value`` as a single-quoted postgresql.conf string.
-
-    The config lexer treats backslash as an escape inside quoted strings, so it is
-    doubled as well as the quote; a raw newline would end the line mid-string and is
-    refused rather than silently mangled.
-    """
-    if "\n" in value or "\r" in value:
-        raise ValueError(f"newline in postgresql.conf value: {value!r}")
-    return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+quote_conf_value = quote_conf_string
 
 
 def _poll(
