@@ -57,8 +57,8 @@ if [ "$action" = demo ]; then
 fi
 
 cd "$here"
-"$venv/bin/ruff" check logship tests bench
-"$venv/bin/ruff" format --check logship tests bench
+"$venv/bin/ruff" check .
+"$venv/bin/ruff" format --check .
 set +e
 "$venv/bin/pytest" "$@"
 rc=$?

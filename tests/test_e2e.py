@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import json
 import signal
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -78,12 +80,16 @@ def test_kill_9_mid_upload_then_resume(deployment: Deployment) -> None:
     dep.standby_up()
     wal_dir = dep.incoming / dep.connector / "wal"
 
-    def temp_file_visible() -> bool:
-        return any(p.name.startswith(".tmp.") for p in wal_dir.iterdir())
-
-    dep.primary.pgbench("-i", "-s", "8", "-q")
-    wait_for(temp_file_visible, 60, "an upload in flight")
+    # Load in the background while watching the site closely for an upload in
+    # flight (a 16 MiB upload is visible as a temp file for tens of milliseconds).
+    load = threading.Thread(target=dep.primary.pgbench, args=("-i", "-s", "20", "-q"))
+    load.start()
+    deadline = time.monotonic() + 120
+    while not any(p.name.startswith(".tmp.") for p in wal_dir.iterdir()):
+        assert time.monotonic() < deadline, "no upload in flight seen within 120 s"
+        time.sleep(0.001)
     dep.stop_daemon(signal.SIGKILL)
+    load.join()
 
     # Whatever is visible under a WAL name is complete: the same bytes as the
     # spool copy (or the sha256 its tombstone kept after it was retired).

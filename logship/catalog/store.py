@@ -63,7 +63,7 @@ class Catalog:
     # -- the queue -------------------------------------------------------------
 
     def add_discovered(self, new: NewFile, now: float) -> SpoolFile | None:
-        """Insert a discovered file; the existing row when the name is known."""
+        """Insert a discovered file: None when new, the existing row when already known."""
         with self.session() as s:
             existing = s.scalars(
                 select(SpoolFile).where(

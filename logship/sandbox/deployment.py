@@ -202,7 +202,7 @@ data_dir = "{self.standby.data_dir}"
         if sig == signal.SIGKILL:
             _kill_tree(daemon.pid)
         else:
-            for pid in _children(daemon.pid) or [daemon.pid]:
+            for pid in child_pids(daemon.pid) or [daemon.pid]:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, sig)
         try:
@@ -223,8 +223,9 @@ data_dir = "{self.standby.data_dir}"
 
     def switch_wal(self) -> str:
         """Close the current segment now; returns the LSN the standby must pass."""
-        self.primary.execute("select pg_switch_wal()")
-        ((lsn,),) = self.primary.query("select pg_current_wal_lsn()::text")
+        # pg_switch_wal()'s own answer: the current LSN may already be in the next
+        # segment (any write after the switch), which would wait for archive_timeout.
+        ((lsn,),) = self.primary.query("select pg_switch_wal()::text")
         return str(lsn)
 
     def wait_replayed(self, lsn: str, timeout: float = 120) -> None:
@@ -240,7 +241,7 @@ data_dir = "{self.standby.data_dir}"
         self.sshd.stop()
 
 
-def _children(pid: int) -> list[int]:
+def child_pids(pid: int) -> list[int]:
     try:
         return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
     except OSError:
@@ -249,7 +250,7 @@ def _children(pid: int) -> list[int]:
 
 def _kill_tree(pid: int) -> None:
     """SIGKILL `pid` and its children (runuser's child is the real daemon)."""
-    for target in [*_children(pid), pid]:
+    for target in [*child_pids(pid), pid]:
         with contextlib.suppress(ProcessLookupError):
             os.kill(target, signal.SIGKILL)
 
