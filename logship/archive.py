@@ -8,7 +8,6 @@ into the same spool and gets the same meaning from the mtime of its copy.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from logship.durable import (
     FILE_MODE,
     fsync_dir,
     read_chunks,
+    sha256_of,
     temp_name_for,
 )
 from logship.errors import OperationFailed, UsageError
@@ -50,13 +50,6 @@ def _same_content(a: Path, b: Path) -> bool:
                 return True
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    for chunk in read_chunks(path):
-        digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _check_repush(final: Path, tombstone: Path, source: Path) -> bool:
     """True when `name` was archived before with identical content; raise on different."""
     if final.exists():
@@ -67,7 +60,7 @@ def _check_repush(final: Path, tombstone: Path, source: Path) -> bool:
             "content; refusing to overwrite it (investigate before removing either copy)"
         )
     if tombstone.exists():
-        if tombstone.read_text().strip() == _sha256(source):
+        if tombstone.read_text().strip() == sha256_of(source):
             return True
         raise OperationFailed(
             f"{final.name} was already shipped with a different sha256 "

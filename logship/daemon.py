@@ -20,14 +20,14 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from logship.catalog.models import FileState
 from logship.catalog.store import Catalog, NewFile
 from logship.config.model import Config, SiteConfig
-from logship.durable import ensure_private_dir
+from logship.durable import ensure_private_dir, sha256_of
 from logship.engines import engine_for
 from logship.errors import SafetyRefusal
 from logship.logs import event
 from logship.manifest import SiteLayout
 from logship.ship.site_worker import ShipTarget, SiteWorker
 from logship.ship.transport import Transport
-from logship.spool import entry_for, retire, sha256_of
+from logship.spool import entry_for, retire
 from logship.watch import SpoolEvent, SpoolWatcher, WatchedSpool
 
 log = logging.getLogger("logship.daemon")

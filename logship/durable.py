@@ -5,6 +5,7 @@ Stdlib only (used on the archive-wal hot path).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 from collections.abc import Iterable
@@ -64,3 +65,10 @@ def read_chunks(path: Path, chunk_size: int = COPY_CHUNK) -> Iterable[bytes]:
     with open(path, "rb") as src:
         while chunk := src.read(chunk_size):
             yield chunk
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    for chunk in read_chunks(path):
+        digest.update(chunk)
+    return digest.hexdigest()

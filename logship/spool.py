@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from logship.archive import tombstone_path
-from logship.durable import ensure_private_dir, fsync_dir, read_chunks, write_bytes_atomically
+from logship.durable import ensure_private_dir, fsync_dir, write_bytes_atomically
 
 
 @dataclass(frozen=True)
@@ -43,13 +42,6 @@ def scan(connector: str, spool_dir: Path, accepts: Callable[[str], bool]) -> lis
         if accepts(name) and (entry := entry_for(connector, spool_dir / name)) is not None:
             entries.append(entry)
     return entries
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    for chunk in read_chunks(path):
-        digest.update(chunk)
-    return digest.hexdigest()
 
 
 def retire(spool_dir: Path, name: str, sha256: str) -> None:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterator
 
-from logship.durable import read_chunks
+from logship.durable import read_chunks, sha256_of
 from logship.errors import OperationFailed
 from logship.manifest import ManifestRecord, SiteLayout
 from logship.ship.transport import Transport
-from logship.spool import SpoolEntry, sha256_of
+from logship.spool import SpoolEntry
 
 ZSTD_LEVEL = 1  # WAL compresses ~6x even at level 1; higher levels cost throughput
 
@@ -59,7 +59,8 @@ def ship_file(
             "different from the spool copy; not overwriting it"
         )
     raw = _Hashing(iter(read_chunks(entry.path)))
-    stored = _Hashing(_zstd(iter(raw)) if compression == "zstd" else iter(raw))
+    # Uncompressed, the stored bytes are the raw bytes: hash them once.
+    stored = _Hashing(_zstd(iter(raw))) if compression == "zstd" else raw
     target = layout.stored_wal(entry.name, compression)
     transport.put_atomic(target, stored)
     record = ManifestRecord(

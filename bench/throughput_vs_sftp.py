@@ -1,0 +1,389 @@
+"""logship's SFTP shipping vs OpenSSH `sftp`, and `archive-wal` vs a durable `dd`.
+
+Usage: /opt/logship/dev/bin/python bench/throughput_vs_sftp.py [--files 64] [--repeat 5]
+
+Everything runs on loopback against a private sshd; see bench/README.md for what
+each figure means. JSON lines on stdout, progress and a table on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+import common
+from common import MIB, Report, log, mean, median, p95
+
+from logship.config.model import SiteConfig
+from logship.manifest import SiteLayout
+from logship.sandbox import OsUser, SshServer
+from logship.ship.sftp import SftpTransport
+from logship.ship.shipper import ship_file
+from logship.spool import entry_for
+
+BENCH = "throughput_vs_sftp"
+AES_GCM = "aes128-gcm@openssh.com"
+CONNECTOR = "bench"
+
+
+@dataclass
+class Run:
+    seconds: float
+    stored_bytes: int = 0
+    cipher: str = ""
+
+
+# -- OpenSSH sftp --------------------------------------------------------------------
+
+
+def _quoted(path: Path) -> str:
+    text = str(path)
+    if '"' in text or "\n" in text:
+        raise ValueError(f"cannot quote {text!r} in an sftp batch file")
+    return f'"{text}"'
+
+
+def sftp_put_all(
+    server: SshServer,
+    files: list[Path],
+    remote_dir: Path,
+    batch: Path,
+    cipher: str | None,
+    fsync: bool = False,
+) -> Run:
+    """One `sftp -b` process putting every file: a plain put (no fsync, no rename),
+    or with `fsync` `put -f` (fsync@openssh.com of each file, still no rename)."""
+    put = "put -f" if fsync else "put"
+    batch.write_text("".join(f"{put} {_quoted(f)} {_quoted(remote_dir / f.name)}\n" for f in files))
+    cmd = [
+        "sftp",
+        "-F",
+        "/dev/null",  # no user or system ssh_config: OpenSSH defaults only
+        "-b",
+        str(batch),
+        "-i",
+        str(server.client_key),
+        "-o",
+        f"UserKnownHostsFile={server.known_hosts}",
+        "-o",
+        "GlobalKnownHostsFile=/dev/null",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "IdentitiesOnly=yes",
+        "-P",
+        str(server.port),
+        "-v",  # debug1 names the negotiated cipher; a few lines at connect time only
+        *(["-c", cipher] if cipher else []),
+        f"{server.login_user.name}@{server.host}",
+    ]
+    start = time.perf_counter()
+    proc = subprocess.run(
+        cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=900, check=False
+    )
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"sftp exited {proc.returncode}: {proc.stderr[-2000:]}")
+    found = re.search(r"kex: client->server cipher: (\S+)", proc.stderr)
+    return Run(seconds, cipher=found.group(1) if found else (cipher or "default"))
+
+
+# -- logship -------------------------------------------------------------------------
+
+
+def logship_ship_all(site: SiteConfig, files: list[Path], compression: str) -> Run:
+    """One SftpTransport (connection set-up included), `ship_file` for each file."""
+    start = time.perf_counter()
+    transport = SftpTransport(site)
+    try:
+        layout = SiteLayout.for_connector(site.root, f"{CONNECTOR}-{compression}")
+        transport.makedirs(layout.wal_dir)
+        transport.makedirs(layout.manifest_dir)
+        stored = 0
+        for path in files:
+            entry = entry_for(CONNECTOR, path)
+            if entry is None:
+                raise RuntimeError(f"{path} vanished")
+            stored += ship_file(transport, layout, entry, compression, time.time).stored_size
+        ssh = transport._client.get_transport()  # private, only to name the cipher
+        cipher = getattr(ssh, "local_cipher", "") if ssh is not None else ""
+    finally:
+        transport.close()
+    return Run(time.perf_counter() - start, stored_bytes=stored, cipher=cipher)
+
+
+# -- archive-wal ---------------------------------------------------------------------
+
+
+def write_archive_config(directory: Path, server: SshServer, incoming: Path) -> Path:
+    """A config like a real primary's: archive-wal reads only the spool location."""
+    (directory / "connectors").mkdir(parents=True)
+    config = directory / "logship.toml"
+    config.write_text(
+        f"""[logship]
+state_dir = "{directory / "state"}"
+
+[sites.dr]
+host = "{server.host}"
+port = {server.port}
+user = "{server.login_user.name}"
+identity_file = "{server.client_key}"
+known_hosts = "{server.known_hosts}"
+root = "{incoming}"
+"""
+    )
+    (directory / "connectors" / f"{CONNECTOR}.toml").write_text(
+        """kind = "postgresql"
+site = "dr"
+rpo = "60s"
+compression = "zstd"
+
+[primary]
+dsn = "host=/var/run/postgresql port=5432 dbname=postgres"
+
+[standby]
+dsn = "host=/var/run/postgresql port=5433 dbname=postgres"
+data_dir = "/var/lib/postgresql/15/standby"
+"""
+    )
+    return config
+
+
+def archive_latencies(
+    files: list[Path], workdir: Path, server: SshServer, incoming: Path
+) -> dict[str, list[float]]:
+    """Per-segment wall times: logship archive-wal, dd conv=fsync, python -c pass.
+
+    The three run interleaved, segment by segment, so drift hits all alike.
+    """
+    config = write_archive_config(workdir / "config", server, incoming)
+    dd_dir = workdir / "dd"
+    dd_dir.mkdir()
+    spool = workdir / "config" / "state" / "spool" / CONNECTOR
+    python = sys.executable
+    archive = [python, "-m", "logship", "--config", str(config), "archive-wal", CONNECTOR]
+
+    def dd(src: Path) -> list[str]:
+        return ["dd", f"if={src}", f"of={dd_dir / src.name}", "bs=1M", "conv=fsync", "status=none"]
+
+    # As installed by pip, logship's bytecode is compiled once, not at every call;
+    # the dev environment may set PYTHONDONTWRITEBYTECODE, so give the children a
+    # private bytecode cache that the warm-up round fills.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPYCACHEPREFIX"] = str(workdir / "pycache")
+    commands: dict[str, Callable[[Path], list[str]]] = {
+        "archive-wal": lambda src: [*archive, str(src)],
+        "dd": dd,
+        "python": lambda src: [python, "-c", "pass"],
+    }
+    # One untimed round warms the page cache for the interpreter and its modules.
+    for build in commands.values():
+        common.run_timed(build(files[0]), env=env)
+    (spool / files[0].name).unlink()
+    common.empty_dir(dd_dir)
+
+    times: dict[str, list[float]] = {name: [] for name in commands}
+    for src in files:
+        for name, build in commands.items():
+            times[name].append(common.run_timed(build(src), env=env))
+    if sorted(p.name for p in spool.iterdir() if not p.name.startswith(".")) != sorted(
+        f.name for f in files
+    ):
+        raise RuntimeError(f"archive-wal did not leave every segment in {spool}")
+    return times
+
+
+# -- transfers ---------------------------------------------------------------------
+
+VARIANTS = ("sftp", "sftp-aes128-gcm", "sftp-aes128-gcm-fsync", "logship-none", "logship-zstd")
+
+
+def transfer_runs(
+    server: SshServer, files: list[Path], root: Path, incoming: Path, user: OsUser, repeat: int
+) -> dict[str, list[Run]]:
+    site = common.site_for(server, incoming)
+    batch = root / "batch.txt"
+    remote = incoming / "sftp"
+    runners: dict[str, Callable[[], Run]] = {
+        "sftp": lambda: sftp_put_all(server, files, remote, batch, None),
+        "sftp-aes128-gcm": lambda: sftp_put_all(server, files, remote, batch, AES_GCM),
+        "sftp-aes128-gcm-fsync": lambda: sftp_put_all(
+            server, files, remote, batch, AES_GCM, fsync=True
+        ),
+        "logship-none": lambda: logship_ship_all(site, files, "none"),
+        "logship-zstd": lambda: logship_ship_all(site, files, "zstd"),
+    }
+    runs: dict[str, list[Run]] = {name: [] for name in VARIANTS}
+    mib = sum(f.stat().st_size for f in files) / MIB
+    # Round 0 is a warm-up, not reported: the first writes to fresh disk blocks of
+    # a VM and cold caches made it the slowest round by far. Then round-robin, so
+    # that drift of the machine hits every variant alike.
+    for round_no in range(repeat + 1):
+        for name in VARIANTS:
+            common.empty_dir(incoming)  # also syncs: no dirty pages from the last run
+            common.private_dir(remote, user)
+            run = runners[name]()
+            label = f"round {round_no}/{repeat}" if round_no else "warm-up"
+            log(f"{label} {name}: {run.seconds:.2f}s, {mib / run.seconds:.0f} MiB/s")
+            if round_no:
+                runs[name].append(run)
+    common.empty_dir(incoming)
+    return runs
+
+
+def report_transfers(
+    report: Report, runs: dict[str, list[Run]], raw_mib: float, source: str
+) -> None:
+    def spread(rates: list[float]) -> str:
+        return f"runs {min(rates):.0f}-{max(rates):.0f}"
+
+    def rate(name: str) -> tuple[float, list[float]]:
+        rates = [raw_mib / r.seconds for r in runs[name]]
+        return median(rates), rates
+
+    value, rates = rate("sftp")
+    sftp_default = report.add(
+        "sftp_put_default_cipher",
+        value,
+        "MiB/s",
+        detail=f"OpenSSH sftp -b, cipher {runs['sftp'][0].cipher}; plain put; {spread(rates)}",
+        runs=rates,
+    )
+    value, rates = rate("sftp-aes128-gcm")
+    sftp_aes = report.add(
+        "sftp_put_aes128_gcm",
+        value,
+        "MiB/s",
+        baseline=sftp_default,
+        detail=f"OpenSSH sftp -b -c aes128-gcm@openssh.com; plain put; {spread(rates)}",
+        runs=rates,
+    )
+    value, rates = rate("sftp-aes128-gcm-fsync")
+    sftp_fsync = report.add(
+        "sftp_put_fsync_aes128_gcm",
+        value,
+        "MiB/s",
+        baseline=sftp_aes,
+        detail=f"sftp -c aes128-gcm@openssh.com, put -f: fsync each file; {spread(rates)}",
+        runs=rates,
+    )
+    for name, label in (("logship-none", "none"), ("logship-zstd", "zstd")):
+        value, rates = rate(name)
+        report.add(
+            f"logship_ship_{label}",
+            value,
+            "MiB/s",
+            baseline=sftp_aes,
+            detail=(
+                f"1 connection, cipher {runs[name][0].cipher}; raw MiB/s; temp, fsync, "
+                f"rename, dir fsync, manifest record; {spread(rates)}; "
+                f"{value / sftp_fsync.value:.2f}x sftp put -f"
+            ),
+            runs=rates,
+        )
+    stored = runs["logship-zstd"][0].stored_bytes
+    report.add(
+        "zstd_compression_ratio",
+        raw_mib * MIB / stored,
+        "x",
+        detail=f"zstd level 1 on {source.split(':')[0]}",
+    )
+
+
+def report_archive(report: Report, times: dict[str, list[float]]) -> None:
+    ms = {name: [t * 1000 for t in values] for name, values in times.items()}
+    calls = len(ms["archive-wal"])
+    floor_mean = report.add(
+        "python_startup_mean",
+        mean(ms["python"]),
+        "ms",
+        detail=f"{sys.executable} -c pass; {calls} calls (the floor of any Python hook)",
+    )
+    floor_p95 = report.add("python_startup_p95", p95(ms["python"]), "ms")
+    dd_mean = report.add(
+        "dd_fsync_mean",
+        mean(ms["dd"]),
+        "ms",
+        detail="dd bs=1M conv=fsync per segment: durable data, no temp/rename/dir fsync",
+    )
+    dd_p95 = report.add("dd_fsync_p95", p95(ms["dd"]), "ms")
+    report.add(
+        "archive_wal_mean",
+        mean(ms["archive-wal"]),
+        "ms",
+        baseline=dd_mean,
+        detail=(
+            f"logship archive-wal, one process per segment, {calls} calls; "
+            f"{mean(ms['archive-wal']) - floor_mean.value:.1f} ms above python -c pass"
+        ),
+    )
+    report.add("archive_wal_p95", p95(ms["archive-wal"]), "ms", baseline=dd_p95)
+    report.add(
+        "archive_wal_vs_python_floor",
+        mean(ms["archive-wal"]),
+        "ms",
+        baseline=floor_mean,
+        detail=f"mean over python -c pass mean (p95 floor {floor_p95.value:.1f} ms)",
+    )
+    dd_rate = report.add("dd_fsync_rate", 1000 / mean(ms["dd"]), "segments/s")
+    report.add(
+        "archive_wal_rate",
+        1000 / mean(ms["archive-wal"]),
+        "segments/s",
+        baseline=dd_rate,
+        detail="serial, like PostgreSQL's archiver: 1 / mean wall time",
+    )
+
+
+# -- main ----------------------------------------------------------------------------
+
+
+def _stop(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)  # unwinds through the cleanups below
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--files", type=int, default=64, help="16 MiB segments (default 64)")
+    parser.add_argument(
+        "--repeat", type=int, default=5, help="timed runs per transfer variant; median reported"
+    )
+    parser.add_argument(
+        "--synthetic", action="store_true", help="skip PostgreSQL; use WAL-like synthetic data"
+    )
+    args = parser.parse_args(argv)
+    if args.files < 1 or args.repeat < 1:
+        parser.error("--files and --repeat must be at least 1")
+    signal.signal(signal.SIGTERM, _stop)
+
+    env = common.environment()
+    report = Report(BENCH, env)
+    user = common.bench_user()
+    with common.reachable_tempdir() as root:
+        wal = common.wal_segments(root / "wal", args.files, synthetic=args.synthetic)
+        raw_mib = wal.total_bytes / MIB
+        log(f"{len(wal.files)} files, {raw_mib:.0f} MiB: {wal.source}")
+        with common.ssh_server(root / "sshd", user) as server:
+            incoming = common.private_dir(root / "incoming", user)
+            runs = transfer_runs(server, wal.files, root, incoming, user, args.repeat)
+            report_transfers(report, runs, raw_mib, wal.source)
+            log(f"archive-wal: {len(wal.files)} calls, each a new process")
+            times = archive_latencies(wal.files, root / "archive", server, incoming)
+            report_archive(report, times)
+    report.print_table()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
