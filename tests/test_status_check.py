@@ -154,7 +154,7 @@ def test_status_json_measures_the_catalog(config: Path) -> None:
             catalog.mark_shipped(rows[name].id, "0" * 64, SEG, now)
         catalog.set_site_status("dr", True, None, now)
         catalog.start_backup("orders", "b1", now - 3600)
-        catalog.finish_backup("b1", now=now - 3000, size=1, stored_size=1)
+        catalog.finish_backup("orders", "b1", now=now - 3000, size=1, stored_size=1)
     finally:
         catalog.close()
 
