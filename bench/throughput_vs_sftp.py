@@ -1,6 +1,6 @@
 """logship's SFTP shipping vs OpenSSH `sftp`, and `archive-wal` vs a durable `dd`.
 
-Usage: /opt/logship/dev/bin/python bench/throughput_vs_sftp.py [--files 64] [--repeat 5]
+Usage: python bench/throughput_vs_sftp.py [--files 64] [--repeat 5]
 
 Everything runs on loopback against a private sshd; see bench/README.md for what
 each figure means. JSON lines on stdout, progress and a table on stderr.
