@@ -95,6 +95,11 @@ class Daemon:
         spools, workers = self._build(catalog)
         watcher = SpoolWatcher(spools, self._events)
         scheduler = BackgroundScheduler(timezone="UTC")
+        jobs = [
+            job
+            for name, connector in sorted(self.config.connectors.items())
+            for job in engine_for(connector.kind).background_jobs(connector)
+        ]
         try:
             watcher.start()
             watcher.reconcile()
@@ -106,13 +111,25 @@ class Daemon:
                 max_instances=1,
                 coalesce=True,
             )
+            for job in jobs:
+                scheduler.add_job(
+                    job.run,
+                    "interval",
+                    seconds=job.interval,
+                    id=job.name,
+                    max_instances=1,
+                    coalesce=True,
+                    misfire_grace_time=None,
+                )
             scheduler.start()
             for worker in workers.values():
                 worker.start()
             event(log, logging.INFO, "started", connectors=sorted(self.config.connectors))
             self._ingest_until_stopped(catalog, workers)
         finally:
-            scheduler.shutdown(wait=False)
+            scheduler.shutdown(wait=True)
+            for job in jobs:
+                job.close()
             watcher.stop()
             self._stop.set()
             for worker in workers.values():

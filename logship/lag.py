@@ -50,6 +50,10 @@ class SiteRow(Protocol):
 
 class ProgressRow(Protocol):
     last_restored: str | None
+    #: the primary's heartbeat time as replayed by the standby (primary's clock)
+    heartbeat_at: float | None
+    #: commit time of the last transaction the standby replayed
+    replay_timestamp: float | None
 
 
 @dataclass(frozen=True)
@@ -224,6 +228,22 @@ def last_applied(rows: Sequence[FileRow], progress: ProgressRow | None) -> str |
     return applied[-1] if applied else None
 
 
+def apply_lag_s(progress: ProgressRow | None, now: float) -> float | None:
+    """How far the standby's data is behind the primary, in time.
+
+    From the heartbeat when the standby has replayed one. Between samples the
+    figure keeps growing with `now`: an unknown standby is never shown as caught
+    up. Without a heartbeat, the last replayed commit's time (which an idle
+    primary makes look old) is the only figure there is.
+    """
+    if progress is None:
+        return None
+    reference = progress.heartbeat_at
+    if reference is None:
+        reference = progress.replay_timestamp
+    return None if reference is None else max(0.0, now - reference)
+
+
 def classify(
     *,
     rpo_target_s: float,
@@ -299,8 +319,7 @@ def connector_status(
         rpo_target_s=float(rpo_target_s),
         rpo_exposure_s=_rounded(exposure),
         transport_lag_s=_rounded(transport),
-        # Measured from a heartbeat row in a later change; until then it is unknown.
-        apply_lag_s=None,
+        apply_lag_s=_rounded(apply_lag_s(progress, now)),
         pending_files=len(pending) if known else None,
         pending_bytes=sum(row.size for row in pending) if known else None,
         last_shipped=last_shipped(rows),

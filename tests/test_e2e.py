@@ -69,7 +69,15 @@ def test_pgbench_is_replayed_on_the_standby(deployment: Deployment) -> None:
     status = json.loads(dep.logship("status", "--json").stdout)
     (entry,) = status["connectors"]
     assert entry["name"] == dep.connector and entry["last_shipped"] is not None
+    # The heartbeat replayed on the standby, read back over SSH: a measured apply lag.
+    entry = wait_for(lambda: _status_with_apply_lag(dep), 60, "apply lag measured")
+    assert 0 <= entry["apply_lag_s"] < 60
     assert dep.stop_daemon() == 0  # SIGTERM is a clean stop
+
+
+def _status_with_apply_lag(dep: Deployment) -> dict | None:  # type: ignore[type-arg]
+    (entry,) = json.loads(dep.logship("status", "--json").stdout)["connectors"]
+    return entry if entry["apply_lag_s"] is not None else None
 
 
 def test_kill_9_mid_upload_then_resume(deployment: Deployment) -> None:

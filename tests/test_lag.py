@@ -32,6 +32,8 @@ class Site:
 @dataclass(frozen=True)
 class Progress:
     last_restored: str | None
+    heartbeat_at: float | None = None
+    replay_timestamp: float | None = None
 
 
 def seg(number: int, timeline: int = 1, seg_size: int = SEG) -> str:
@@ -254,6 +256,16 @@ def test_last_applied() -> None:
     assert status(rows).last_applied == seg(2)
     assert status(rows, progress=Progress(seg(3))).last_applied == seg(3)
     assert status(rows, progress=Progress(None)).last_applied == seg(2)
+
+
+def test_apply_lag_from_the_heartbeat_else_the_last_replayed_commit() -> None:
+    rows = [Row(seg(1))]
+    assert status(rows).apply_lag_s is None
+    assert status(rows, progress=Progress(None)).apply_lag_s is None
+    beat = Progress(seg(1), heartbeat_at=NOW - 2.5, replay_timestamp=NOW - 3600)
+    assert status(rows, progress=beat).apply_lag_s == 2.5
+    no_beat = Progress(seg(1), replay_timestamp=NOW - 30)
+    assert status(rows, progress=no_beat).apply_lag_s == 30.0
     assert status([Row(seg(1))]).last_applied is None
 
 

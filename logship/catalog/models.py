@@ -73,3 +73,10 @@ class StandbyProgress(Base):
     last_restored: Mapped[str | None] = mapped_column(String(255), default=None)
     restored_at: Mapped[float | None] = mapped_column(Float, default=None)
     sampled_at: Mapped[float] = mapped_column(Float)
+    # What the standby said of itself at `sampled_at` (see replay.standby_status).
+    reachable: Mapped[bool | None] = mapped_column(default=None)
+    in_recovery: Mapped[bool | None] = mapped_column(default=None)
+    replay_lsn: Mapped[str | None] = mapped_column(String(40), default=None)
+    heartbeat_at: Mapped[float | None] = mapped_column(Float, default=None)
+    replay_timestamp: Mapped[float | None] = mapped_column(Float, default=None)
+    error: Mapped[str | None] = mapped_column(Text, default=None)

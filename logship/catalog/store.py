@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import create_engine, event, func, select, update
 from sqlalchemy.engine import Engine
@@ -160,12 +161,15 @@ class Catalog:
     # -- the standby's progress ------------------------------------------------
 
     def record_restored(
-        self, connector: str, name: str | None, at: float | None, now: float
+        self, connector: str, name: str | None, at: float | None, now: float, **facts: Any
     ) -> None:
-        """Note what the standby last fetched; everything before it has been replayed."""
+        """Note what the standby last fetched (everything before it has been replayed),
+        plus the other facts it reported (`StandbyProgress` columns)."""
         with self.session() as s:
             progress = s.get(StandbyProgress, connector) or StandbyProgress(connector=connector)
             progress.last_restored, progress.restored_at, progress.sampled_at = name, at, now
+            for key, value in facts.items():
+                setattr(progress, key, value)
             s.add(progress)
             if name is not None:
                 restored = s.scalars(

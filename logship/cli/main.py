@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     r = standby_sub.add_parser("restore", help="restore a shipped base backup and start replay")
     r.add_argument("connector")
     r.add_argument("--backup", help="backup id (default: the newest)")
+    st = standby_sub.add_parser("status", help="the standby's replay facts, read at its site")
+    st.add_argument("connector")
+    st.add_argument("--json", action="store_true", help="one JSON object (what the daemon reads)")
 
     p = sub.add_parser("status", help=VERBS["status"][1])
     p.add_argument("connector", nargs="?")

@@ -1,4 +1,4 @@
-"""`logship standby restore CONNECTOR [--backup ID]`: run at the standby site."""
+"""`logship standby restore|status CONNECTOR`: run at the standby site."""
 
 from __future__ import annotations
 
@@ -6,11 +6,15 @@ import argparse
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
 
+from logship.basebackup import postgres_connector
 from logship.config.files import config_path
 from logship.config.load import load_config
-from logship.errors import UsageError
+from logship.config.model import Config
 from logship.replay.standby_restore import ProgressCallback, RestoreProgress, restore_standby
+from logship.replay.standby_status import read_standby_facts
 
 _PHASES = {
     "extract": "extracting and checking sha256",
@@ -70,9 +74,9 @@ def _progress(enabled: bool) -> Iterator[ProgressCallback | None]:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.standby_action != "restore":
-        raise UsageError(f"unknown standby action {args.standby_action!r} (known: restore)")
     config = load_config(config_path(args.config))
+    if args.standby_action == "status":
+        return _status(config, args)
     with _progress(sys.stdout.isatty()) as on_progress:
         restored = restore_standby(config, args.connector, args.backup, on_progress)
     print(
@@ -81,3 +85,15 @@ def run(args: argparse.Namespace) -> int:
         f"restore-wal; server log {restored.log_file})"
     )
     return 0
+
+
+def _status(config: Config, args: argparse.Namespace) -> int:
+    connector = postgres_connector(config, args.connector)
+    site = config.site_of(connector)
+    facts = read_standby_facts(connector.name, connector.standby.dsn, Path(site.root))
+    if args.json:
+        print(facts.to_json())
+        return 0
+    for key, value in asdict(facts).items():
+        print(f"{key:18} {value}")
+    return 0 if facts.reachable else 1

@@ -33,6 +33,8 @@ class SiteConfig(Strict):
     known_hosts: Path
     root: PurePosixPath
     connect_timeout: Seconds = 10.0
+    #: how to run logship at that site (for `standby status`), as an argument list
+    command: list[str] = Field(default=["logship"], min_length=1)
 
     @field_validator("root")
     @classmethod

@@ -7,9 +7,21 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 from logship.config.model import ConnectorBase
+
+
+@dataclass(frozen=True)
+class BackgroundJob:
+    """Something the daemon runs every `interval` seconds for a connector."""
+
+    name: str
+    interval: float
+    run: Callable[[], None]
+    close: Callable[[], None]
 
 
 class Engine(Protocol):
@@ -23,6 +35,10 @@ class Engine(Protocol):
 
     def ship_order(self, name: str) -> str:
         """Sort key as a string: files of one connector ship in this order."""
+        ...
+
+    def background_jobs(self, connector: ConnectorBase) -> list[BackgroundJob]:
+        """Periodic work the daemon runs for this connector (e.g. a heartbeat)."""
         ...
 
 

@@ -9,7 +9,8 @@ from typing import Literal
 from pydantic import Field
 
 from logship import walnames
-from logship.config.model import ConnectorBase, Strict
+from logship.config.model import ConnectorBase, Seconds, Strict
+from logship.engines import BackgroundJob
 
 
 class PrimarySection(Strict):
@@ -27,6 +28,9 @@ class PostgresConnector(ConnectorBase):
     kind: Literal["postgresql"]
     primary: PrimarySection
     standby: StandbySection
+    #: a row the daemon rewrites on the primary, read back on the standby: apply lag
+    heartbeat: bool = True
+    heartbeat_interval: Seconds = 1.0
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,22 @@ class PostgresEngine:
             raise ValueError(f"{name!r} is not a WAL file name")
         timeline, history_last, _ = parsed.sort_key
         return f"{timeline:08X}.{history_last}.{name}"
+
+    def background_jobs(self, connector: ConnectorBase) -> list[BackgroundJob]:
+        assert isinstance(connector, PostgresConnector)
+        if not connector.heartbeat:
+            return []
+        from logship.engines.pg_heartbeat import HeartbeatWriter
+
+        writer = HeartbeatWriter(connector.name, connector.primary.dsn)
+        return [
+            BackgroundJob(
+                f"heartbeat-{connector.name}",
+                connector.heartbeat_interval,
+                writer.beat,
+                writer.close,
+            )
+        ]
 
 
 ENGINE = PostgresEngine()

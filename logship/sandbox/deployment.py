@@ -9,6 +9,7 @@ production, where archive-wal and restore-wal run inside PostgreSQL).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shlex
 import signal
@@ -103,6 +104,7 @@ user = "{self.user.name}"
 identity_file = "{self.sshd.client_key}"
 known_hosts = "{self.sshd.known_hosts}"
 root = "{self.incoming}"
+command = {json.dumps([*logship_command(), "--config", str(self.config_path)])}
 """
         )
         (self.config_dir / "connectors" / f"{self.connector}.toml").write_text(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
@@ -45,6 +46,10 @@ class LocalDirTransport:
 
     def remove(self, path: PurePosixPath) -> None:
         Path(path).unlink(missing_ok=True)
+
+    def run_command(self, argv: list[str], timeout: float) -> tuple[int, bytes, bytes]:
+        done = subprocess.run(argv, capture_output=True, timeout=timeout, check=False)
+        return done.returncode, done.stdout, done.stderr
 
     def close(self) -> None:
         return None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import secrets
+import shlex
 import socket
 import stat
 from collections.abc import Iterable
@@ -205,6 +206,13 @@ class SftpTransport:
     def remove(self, path: PurePosixPath) -> None:
         with contextlib.suppress(FileNotFoundError):
             self._sftp.remove(str(path))
+
+    def run_command(self, argv: list[str], timeout: float) -> tuple[int, bytes, bytes]:
+        # The remote side gets a shell string: every argument is quoted, and the
+        # arguments come from the config, never from file names.
+        _, stdout, stderr = self._client.exec_command(shlex.join(argv), timeout=timeout)
+        out, err = stdout.read(), stderr.read()
+        return stdout.channel.recv_exit_status(), out, err
 
     def close(self) -> None:
         try:

@@ -6,7 +6,6 @@ files, so a restart resumes exactly where the previous run stopped.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections.abc import Callable
@@ -18,6 +17,7 @@ from logship.config.model import SiteConfig
 from logship.errors import HostKeyRefused
 from logship.logs import event
 from logship.manifest import SiteLayout
+from logship.replay.standby_status import StandbyFacts
 from logship.ship.shipper import ShipConflict, ship_file
 from logship.ship.transport import Transport, is_temp_name
 from logship.spool import entry_for, retire
@@ -27,6 +27,7 @@ log = logging.getLogger("logship.ship")
 BACKOFF_START = 0.5
 BACKOFF_MAX = 30.0
 BATCH = 64
+SAMPLE_TIMEOUT = 20.0
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,7 @@ class SiteWorker(threading.Thread):
         self._backoff = BACKOFF_START
         self._next_sample = 0.0
         self._promoted: set[str] = set()
+        self._sample_errors: dict[str, str | None] = {}
 
     def wake(self) -> None:
         self._wake.set()
@@ -186,16 +188,44 @@ class SiteWorker(threading.Thread):
         return shipped
 
     def _sample_standby(self) -> None:
+        """Ask the site how the standby is doing (over SSH: no database port crosses)."""
         assert self._transport is not None
         for target in self.targets:
             self._refresh_promoted(self._transport, target)
-            raw = self._transport.read_bytes(target.layout.restored_marker)
-            name, at = None, None
-            if raw:
-                try:
-                    marker = json.loads(raw)
-                    name, at = str(marker["name"]), float(marker["at"])
-                except (ValueError, KeyError, TypeError):
-                    event(log, logging.WARNING, "bad restored marker", connector=target.connector)
-            self.catalog.record_restored(target.connector, name, at, self._clock())
+            argv = [*self.site.command, "standby", "status", target.connector, "--json"]
+            status, out, err = self._transport.run_command(argv, timeout=SAMPLE_TIMEOUT)
+            try:
+                facts = StandbyFacts.from_json(out)
+                self._sample_errors.pop(target.connector, None)
+            except (ValueError, TypeError):
+                # No usable answer (logship missing there, a broken config...): keep
+                # what the manifest tells and say why the rest is unknown.
+                reason = err.decode(errors="replace").strip().splitlines()
+                facts = StandbyFacts(
+                    connector=target.connector,
+                    measured_at=self._clock(),
+                    reachable=False,
+                    error=f"`standby status` exited {status}: "
+                    + (reason[-1] if reason else "no output"),
+                )
+                self._warn_once(target.connector, facts.error)
+            self.catalog.record_restored(
+                target.connector,
+                facts.last_restored,
+                facts.restored_at,
+                self._clock(),
+                reachable=facts.reachable,
+                in_recovery=facts.in_recovery,
+                replay_lsn=facts.replay_lsn,
+                heartbeat_at=facts.heartbeat_at,
+                replay_timestamp=facts.replay_timestamp,
+                error=facts.error,
+            )
         self.catalog.set_site_status(self.site.name, True, None, self._clock())
+
+    def _warn_once(self, connector: str, error: str | None) -> None:
+        if self._sample_errors.get(connector) != error:
+            event(
+                log, logging.WARNING, "standby status unavailable", connector=connector, error=error
+            )
+        self._sample_errors[connector] = error
