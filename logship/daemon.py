@@ -25,6 +25,7 @@ from logship.engines import engine_for
 from logship.errors import SafetyRefusal
 from logship.logs import event
 from logship.manifest import SiteLayout
+from logship.monitor import Monitor, build_sinks
 from logship.ship.site_worker import ShipTarget, SiteWorker
 from logship.ship.transport import Transport
 from logship.spool import entry_for, retire
@@ -33,6 +34,7 @@ from logship.watch import SpoolEvent, SpoolWatcher, WatchedSpool
 log = logging.getLogger("logship.daemon")
 
 LOCK_NAME = "logship.lock"
+MONITOR_INTERVAL = 1.0
 
 
 class StateDirLock:
@@ -95,6 +97,7 @@ class Daemon:
         spools, workers = self._build(catalog)
         watcher = SpoolWatcher(spools, self._events)
         scheduler = BackgroundScheduler(timezone="UTC")
+        monitor = Monitor(self.config, catalog, build_sinks(self.config, catalog), self._clock)
         jobs = [
             job
             for name, connector in sorted(self.config.connectors.items())
@@ -121,6 +124,14 @@ class Daemon:
                     coalesce=True,
                     misfire_grace_time=None,
                 )
+            scheduler.add_job(
+                monitor.sample,
+                "interval",
+                seconds=MONITOR_INTERVAL,
+                id="monitor",
+                max_instances=1,
+                coalesce=True,
+            )
             scheduler.start()
             for worker in workers.values():
                 worker.start()
@@ -130,6 +141,7 @@ class Daemon:
             scheduler.shutdown(wait=True)
             for job in jobs:
                 job.close()
+            monitor.close()
             watcher.stop()
             self._stop.set()
             for worker in workers.values():

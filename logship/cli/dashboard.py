@@ -15,11 +15,12 @@ from rich.text import Text
 from sqlalchemy.exc import SQLAlchemyError
 
 from logship.catalog.store import Catalog
-from logship.cli.status import collect_statuses, open_catalog, selected_connectors
+from logship.cli.status import open_catalog, selected_connectors
 from logship.config.files import config_path
 from logship.config.load import load_config
 from logship.config.model import Config
 from logship.errors import LogshipError, UsageError
+from logship.monitor import collect_statuses
 from logship.ui.status_table import build_status_table
 
 

@@ -12,18 +12,17 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
 
 from rich.console import Console
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from logship import lag
 from logship.catalog.store import Catalog
 from logship.config.files import config_path
 from logship.config.load import load_config
 from logship.config.model import Config
 from logship.errors import OperationFailed
+from logship.monitor import collect_statuses
 from logship.ui.status_table import build_status_table
 
 WIDTH_WHEN_PIPED = 160
@@ -68,35 +67,6 @@ def selected_connectors(config: Config, only: str | None) -> list[str]:
         config.connector(only)  # an unknown name is a usage error naming the known ones
         return [only]
     return sorted(config.connectors)
-
-
-def collect_statuses(
-    config: Config, catalog: Catalog | None, names: Sequence[str], now: float
-) -> list[lag.ConnectorStatus]:
-    statuses = []
-    for name in names:
-        connector = config.connector(name)
-        site_status = progress = backup = None
-        files = None
-        if catalog is not None:
-            files = catalog.files(name)
-            site_status = catalog.site_status(connector.site)
-            progress = catalog.standby_progress(name)
-            backup = catalog.last_backup(name)
-        statuses.append(
-            lag.connector_status(
-                name=name,
-                kind=connector.kind,
-                site=connector.site,
-                rpo_target_s=connector.rpo,
-                now=now,
-                files=files,
-                site_status=site_status,
-                progress=progress,
-                last_base_backup_at=backup.finished_at if backup is not None else None,
-            )
-        )
-    return statuses
 
 
 def run(args: argparse.Namespace) -> int:

@@ -8,12 +8,27 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from logship.config.files import connector_name, read_all, resolve_path
-from logship.config.model import Config, LogshipSection, ScheduleConfig, SiteConfig
+from logship.config.model import (
+    AlertsSection,
+    Config,
+    HistorySection,
+    LogshipSection,
+    MetricsSection,
+    ScheduleConfig,
+    SiteConfig,
+)
 from logship.engines import engine_for
 from logship.errors import ConfigError
 
 # Keys holding local paths, resolved relative to the file that names them.
 _LOCAL_PATH_KEYS = {"state_dir", "identity_file", "known_hosts", "data_dir", "bin_dir"}
+
+
+_OPTIONAL_SECTIONS: dict[str, type[BaseModel]] = {
+    "metrics": MetricsSection,
+    "alerts": AlertsSection,
+    "history": HistorySection,
+}
 
 
 def _describe(exc: ValidationError) -> str:
@@ -53,7 +68,7 @@ def load_config(path: Path) -> Config:
     raw = read_all(path)
     base = raw.base_dir
     main = _resolve_paths(raw.main, base)
-    unknown = set(main) - {"logship", "sites"}
+    unknown = set(main) - {"logship", "sites", *_OPTIONAL_SECTIONS}
     if unknown:
         raise ConfigError(f"{path}: key '{sorted(unknown)[0]}': unknown key")
     if "logship" not in main:
@@ -96,10 +111,15 @@ def load_config(path: Path) -> Config:
             )
         schedules[schedule.name] = schedule
 
+    optional = {
+        key: _validate(model, main.get(key) or {}, path, f"{key}.")
+        for key, model in _OPTIONAL_SECTIONS.items()
+    }
     return Config(
         path=path,
         logship=section,
         sites=sites,
         connectors=connectors,
         schedules=schedules,
+        **optional,
     )

@@ -44,6 +44,26 @@ class SiteConfig(Strict):
         return value
 
 
+class MetricsSection(Strict):
+    #: host:port for the Prometheus endpoint; off when unset
+    listen: str | None = None
+
+
+class AlertsSection(Strict):
+    #: commands (argument lists) run on each state change; facts in env and on stdin
+    hooks: list[list[str]] = Field(default_factory=list)
+    webhook: str | None = None
+    #: while a bad state lasts, fire again after this long
+    repeat: Seconds = 600.0
+    timeout: Seconds = 30.0
+
+
+class HistorySection(Strict):
+    #: how long lag samples are kept, and one sample per `resolution`
+    keep: Seconds = 7 * 86400.0
+    resolution: Seconds = 10.0
+
+
 class ConnectorBase(Strict):
     """Keys every connector has; each engine adds its own sections."""
 
@@ -80,6 +100,9 @@ class Config(BaseModel):
     sites: dict[str, SiteConfig]
     connectors: dict[str, Any]  # name -> the engine's ConnectorBase subclass
     schedules: dict[str, ScheduleConfig]
+    metrics: MetricsSection = MetricsSection()
+    alerts: AlertsSection = AlertsSection()
+    history: HistorySection = HistorySection()
 
     def connector(self, name: str) -> Any:
         from logship.errors import UsageError

@@ -1,0 +1,96 @@
+"""The metrics end of the chain: catalog -> per-connector status -> sinks.
+
+The daemon samples once a second and hands the same statuses to every sink
+(history, alerts, the Prometheus endpoint), so each figure is computed in one
+place and every view agrees with `status --json`. Sinks never reach back into
+shipping: they only observe.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from logship import lag
+from logship.catalog.store import Catalog
+from logship.config.model import Config
+from logship.logs import event
+
+log = logging.getLogger("logship.monitor")
+
+
+class StatusSink(Protocol):
+    def observe(self, statuses: Sequence[lag.ConnectorStatus], now: float) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def collect_statuses(
+    config: Config, catalog: Catalog | None, names: Sequence[str], now: float
+) -> list[lag.ConnectorStatus]:
+    statuses = []
+    for name in names:
+        connector = config.connector(name)
+        site_status = progress = backup = None
+        files = None
+        if catalog is not None:
+            files = catalog.files(name)
+            site_status = catalog.site_status(connector.site)
+            progress = catalog.standby_progress(name)
+            backup = catalog.last_backup(name)
+        statuses.append(
+            lag.connector_status(
+                name=name,
+                kind=connector.kind,
+                site=connector.site,
+                rpo_target_s=connector.rpo,
+                now=now,
+                files=files,
+                site_status=site_status,
+                progress=progress,
+                last_base_backup_at=backup.finished_at if backup is not None else None,
+            )
+        )
+    return statuses
+
+
+class Monitor:
+    def __init__(
+        self,
+        config: Config,
+        catalog: Catalog,
+        sinks: Sequence[StatusSink],
+        clock: Callable[[], float],
+    ) -> None:
+        self._config = config
+        self._catalog = catalog
+        self._sinks = list(sinks)
+        self._clock = clock
+        self._names = sorted(config.connectors)
+
+    def sample(self) -> list[lag.ConnectorStatus]:
+        now = self._clock()
+        statuses = collect_statuses(self._config, self._catalog, self._names, now)
+        for sink in self._sinks:
+            try:
+                sink.observe(statuses, now)
+            except Exception as exc:  # one broken sink must not silence the others
+                event(
+                    log,
+                    logging.ERROR,
+                    "status sink failed",
+                    sink=type(sink).__name__,
+                    error=str(exc),
+                )
+        return statuses
+
+    def close(self) -> None:
+        for sink in self._sinks:
+            sink.close()
+
+
+def build_sinks(config: Config, catalog: Catalog) -> list[StatusSink]:
+    """The sinks the configuration asks for."""
+    sinks: list[StatusSink] = []
+    return sinks
