@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import create_engine, event, func, select, update
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from logship.catalog.models import (
@@ -40,6 +40,19 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
+def _create_tables(engine: Engine, attempts: int = 5) -> None:
+    # The daemon, base-backup and status may open a new catalog at the same
+    # moment; create_all's check-then-create can then lose the race to another
+    # process and find the table made meanwhile. Checking again settles it.
+    for attempt in range(attempts):
+        try:
+            Base.metadata.create_all(engine)
+            return
+        except DBAPIError as exc:
+            if "already exists" not in str(exc) or attempt == attempts - 1:
+                raise
+
+
 @dataclass(frozen=True)
 class NewFile:
     connector: str
@@ -52,7 +65,7 @@ class NewFile:
 class Catalog:
     def __init__(self, url: str) -> None:
         self.engine = make_engine(url)
-        Base.metadata.create_all(self.engine)
+        _create_tables(self.engine)
         self._session = sessionmaker(self.engine, expire_on_commit=False)
 
     def session(self) -> Session:
