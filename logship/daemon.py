@@ -21,7 +21,7 @@ from logship.catalog.models import FileState
 from logship.catalog.store import Catalog, NewFile
 from logship.config.model import Config, SiteConfig
 from logship.durable import ensure_private_dir, sha256_of
-from logship.engines import engine_for
+from logship.engines import BackgroundJob, engine_for
 from logship.errors import SafetyRefusal
 from logship.logs import event
 from logship.manifest import SiteLayout
@@ -71,6 +71,10 @@ def _default_connect(site: SiteConfig) -> Transport:
     return SftpTransport(site)
 
 
+def _record_facts(job: BackgroundJob, catalog: Catalog) -> None:
+    catalog.record_primary_facts(job.connector, job.run())
+
+
 class Daemon:
     def __init__(
         self,
@@ -116,8 +120,9 @@ class Daemon:
             )
             for job in jobs:
                 scheduler.add_job(
-                    job.run,
+                    _record_facts,
                     "interval",
+                    args=[job, catalog],
                     seconds=job.interval,
                     id=job.name,
                     max_instances=1,

@@ -48,8 +48,20 @@ class SiteRow(Protocol):
     error: str | None
 
 
+class PrimaryRow(Protocol):
+    measured_at: float
+    current_lsn: str | None
+    archive_ready: int | None
+    archive_failed_count: int | None
+    archive_last_failed_at: float | None
+
+
 class ProgressRow(Protocol):
     last_restored: str | None
+    sampled_at: float
+    replay_lsn: str | None
+    replay_rate_bps: float | None
+    error: str | None
     #: the primary's heartbeat time as replayed by the standby (primary's clock)
     heartbeat_at: float | None
     #: commit time of the last transaction the standby replayed
@@ -91,6 +103,17 @@ class ConnectorStatus:
     last_base_backup_at: str | None
     gap: Gap | None = None
     site_error: str | None = None
+    # Per stage, beyond the contract. Each stage's figures carry when they were
+    # measured, so a stale number shows as stale.
+    archive_ready_files: int | None = None
+    archive_failed_count: int | None = None
+    archive_last_failed_at: str | None = None
+    primary_measured_at: str | None = None
+    replay_rate_bps: float | None = None
+    replay_backlog_bytes: int | None = None
+    rto_estimate_s: float | None = None
+    standby_measured_at: str | None = None
+    standby_error: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -109,6 +132,15 @@ class ConnectorStatus:
             "last_base_backup_at": self.last_base_backup_at,
             "gap": self.gap.to_json() if self.gap else None,
             "site_error": self.site_error,
+            "archive_ready_files": self.archive_ready_files,
+            "archive_failed_count": self.archive_failed_count,
+            "archive_last_failed_at": self.archive_last_failed_at,
+            "primary_measured_at": self.primary_measured_at,
+            "replay_rate_bps": self.replay_rate_bps,
+            "replay_backlog_bytes": self.replay_backlog_bytes,
+            "rto_estimate_s": self.rto_estimate_s,
+            "standby_measured_at": self.standby_measured_at,
+            "standby_error": self.standby_error,
         }
 
     @classmethod
@@ -244,6 +276,49 @@ def apply_lag_s(progress: ProgressRow | None, now: float) -> float | None:
     return None if reference is None else max(0.0, now - reference)
 
 
+RATE_SMOOTHING = 0.3
+
+
+def replay_rate(
+    previous_lsn: str | None,
+    previous_at: float | None,
+    previous_rate: float | None,
+    lsn: str | None,
+    at: float | None,
+) -> float | None:
+    """Bytes/s the standby replayed between two samples, smoothed.
+
+    Only samples in which replay moved count: a caught-up standby replays
+    nothing, which says nothing about how fast it can replay.
+    """
+    if None in (previous_lsn, previous_at, lsn, at):
+        return previous_rate
+    elapsed = at - previous_at  # type: ignore[operator]
+    moved = walnames.lsn_to_int(lsn) - walnames.lsn_to_int(previous_lsn)  # type: ignore[arg-type]
+    if elapsed <= 0 or moved <= 0:
+        return previous_rate
+    rate = moved / elapsed
+    if previous_rate is None:
+        return rate
+    return (1 - RATE_SMOOTHING) * previous_rate + RATE_SMOOTHING * rate
+
+
+def replay_backlog_bytes(primary: PrimaryRow | None, progress: ProgressRow | None) -> int | None:
+    if primary is None or progress is None or not primary.current_lsn or not progress.replay_lsn:
+        return None
+    backlog = walnames.lsn_to_int(primary.current_lsn) - walnames.lsn_to_int(progress.replay_lsn)
+    return max(0, backlog)
+
+
+def rto_estimate_s(backlog: int | None, rate: float | None) -> float | None:
+    """Time to replay what is left; the promote itself is not measured yet."""
+    if backlog is None:
+        return None
+    if backlog == 0:
+        return 0.0
+    return backlog / rate if rate else None
+
+
 def classify(
     *,
     rpo_target_s: float,
@@ -292,6 +367,7 @@ def connector_status(
     site_status: SiteRow | None = None,
     progress: ProgressRow | None = None,
     last_base_backup_at: float | None = None,
+    primary: PrimaryRow | None = None,
 ) -> ConnectorStatus:
     """Everything `status` shows for one connector.
 
@@ -305,6 +381,7 @@ def connector_status(
     transport = transport_lag_s(rows, now) if known else None
     pending = pending_rows(rows)
     reachable = None if site_status is None else bool(site_status.reachable)
+    backlog = replay_backlog_bytes(primary, progress)
     return ConnectorStatus(
         name=name,
         kind=kind,
@@ -327,4 +404,15 @@ def connector_status(
         last_base_backup_at=iso_utc(last_base_backup_at),
         gap=walk.gap,
         site_error=site_status.error if site_status is not None else None,
+        archive_ready_files=primary.archive_ready if primary else None,
+        archive_failed_count=primary.archive_failed_count if primary else None,
+        archive_last_failed_at=iso_utc(primary.archive_last_failed_at) if primary else None,
+        primary_measured_at=iso_utc(primary.measured_at) if primary else None,
+        replay_rate_bps=_rounded(progress.replay_rate_bps) if progress else None,
+        replay_backlog_bytes=backlog,
+        rto_estimate_s=_rounded(
+            rto_estimate_s(backlog, progress.replay_rate_bps if progress else None)
+        ),
+        standby_measured_at=iso_utc(progress.sampled_at) if progress else None,
+        standby_error=progress.error if progress else None,
     )

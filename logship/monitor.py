@@ -32,13 +32,14 @@ def collect_statuses(
     statuses = []
     for name in names:
         connector = config.connector(name)
-        site_status = progress = backup = None
+        site_status = progress = backup = primary = None
         files = None
         if catalog is not None:
             files = catalog.files(name)
             site_status = catalog.site_status(connector.site)
             progress = catalog.standby_progress(name)
             backup = catalog.last_backup(name)
+            primary = catalog.primary_facts(name)
         statuses.append(
             lag.connector_status(
                 name=name,
@@ -50,6 +51,7 @@ def collect_statuses(
                 site_status=site_status,
                 progress=progress,
                 last_base_backup_at=backup.finished_at if backup is not None else None,
+                primary=primary,
             )
         )
     return statuses
@@ -93,4 +95,9 @@ class Monitor:
 def build_sinks(config: Config, catalog: Catalog) -> list[StatusSink]:
     """The sinks the configuration asks for."""
     sinks: list[StatusSink] = []
+    if config.metrics.listen:
+        # Imported here so a daemon without [metrics] never loads prometheus-client.
+        from logship.prometheus import PrometheusSink
+
+        sinks.append(PrometheusSink(config.metrics.listen))
     return sinks

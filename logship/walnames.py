@@ -66,5 +66,11 @@ def parse(name: str, *, allow_partial: bool = False) -> WalName | None:
     return None
 
 
+def lsn_to_int(lsn: str) -> int:
+    """A pg_lsn's text form ("16/B374D848") as a byte position."""
+    high, _, low = lsn.partition("/")
+    return (int(high, 16) << 32) + int(low, 16)
+
+
 def is_archivable(name: str) -> bool:
     return parse(name) is not None

@@ -72,6 +72,12 @@ def test_pgbench_is_replayed_on_the_standby(deployment: Deployment) -> None:
     # The heartbeat replayed on the standby, read back over SSH: a measured apply lag.
     entry = wait_for(lambda: _status_with_apply_lag(dep), 60, "apply lag measured")
     assert 0 <= entry["apply_lag_s"] < 60
+    # Every stage measured: the primary's archiver, the standby's replay, the RTO.
+    assert entry["archive_ready_files"] is not None
+    assert entry["archive_failed_count"] == 0
+    assert entry["primary_measured_at"] and entry["standby_measured_at"]
+    assert entry["replay_rate_bps"] and entry["replay_rate_bps"] > 0
+    assert entry["rto_estimate_s"] is not None and entry["rto_estimate_s"] >= 0
     assert dep.stop_daemon() == 0  # SIGTERM is a clean stop
 
 

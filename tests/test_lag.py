@@ -34,6 +34,10 @@ class Progress:
     last_restored: str | None
     heartbeat_at: float | None = None
     replay_timestamp: float | None = None
+    sampled_at: float = NOW
+    replay_lsn: str | None = None
+    replay_rate_bps: float | None = None
+    error: str | None = None
 
 
 def seg(number: int, timeline: int = 1, seg_size: int = SEG) -> str:
@@ -258,6 +262,23 @@ def test_last_applied() -> None:
     assert status(rows, progress=Progress(None)).last_applied == seg(2)
 
 
+def test_replay_rate_counts_only_samples_where_replay_moved() -> None:
+    first = lag.replay_rate(None, None, None, "0/1000000", 100.0)
+    assert first is None
+    rate = lag.replay_rate("0/1000000", 100.0, None, "0/2000000", 102.0)
+    assert rate == 0x1000000 / 2
+    assert lag.replay_rate("0/2000000", 102.0, rate, "0/2000000", 110.0) == rate  # idle
+    smoothed = lag.replay_rate("0/2000000", 110.0, rate, "1/0", 111.0)
+    assert rate < smoothed
+
+
+def test_rto_from_backlog_and_rate() -> None:
+    assert lag.rto_estimate_s(None, 10.0) is None
+    assert lag.rto_estimate_s(0, None) == 0.0
+    assert lag.rto_estimate_s(100, None) is None
+    assert lag.rto_estimate_s(100, 50.0) == 2.0
+
+
 def test_apply_lag_from_the_heartbeat_else_the_last_replayed_commit() -> None:
     rows = [Row(seg(1))]
     assert status(rows).apply_lag_s is None
@@ -288,6 +309,15 @@ def test_json_has_exactly_the_contract_fields_and_extras() -> None:
         "last_base_backup_at",
         "gap",
         "site_error",
+        "archive_ready_files",
+        "archive_failed_count",
+        "archive_last_failed_at",
+        "primary_measured_at",
+        "replay_rate_bps",
+        "replay_backlog_bytes",
+        "rto_estimate_s",
+        "standby_measured_at",
+        "standby_error",
     ]
     assert data["last_base_backup_at"] == "2023-11-14T22:13:20Z"
     assert data["state"] == "ok" and type(data["state"]) is str

@@ -66,6 +66,22 @@ class SiteStatus(Base):
     error: Mapped[str | None] = mapped_column(Text, default=None)
 
 
+class PrimaryFacts(Base):
+    """What the primary said of itself at `measured_at` (engines' background probe)."""
+
+    __tablename__ = "primary_facts"
+
+    connector: Mapped[str] = mapped_column(String(200), primary_key=True)
+    measured_at: Mapped[float] = mapped_column(Float)
+    current_lsn: Mapped[str | None] = mapped_column(String(40), default=None)
+    archive_ready: Mapped[int | None] = mapped_column(default=None)
+    archive_failed_count: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    archive_last_failed_at: Mapped[float | None] = mapped_column(Float, default=None)
+    last_archived_wal: Mapped[str | None] = mapped_column(String(255), default=None)
+    last_archived_at: Mapped[float | None] = mapped_column(Float, default=None)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+
+
 class StandbyProgress(Base):
     __tablename__ = "standby_progress"
 
@@ -80,3 +96,7 @@ class StandbyProgress(Base):
     heartbeat_at: Mapped[float | None] = mapped_column(Float, default=None)
     replay_timestamp: Mapped[float | None] = mapped_column(Float, default=None)
     error: Mapped[str | None] = mapped_column(Text, default=None)
+    #: the standby's own clock when it answered; replay rate is measured against it
+    measured_at: Mapped[float | None] = mapped_column(Float, default=None)
+    #: bytes of WAL replayed per second, smoothed over samples that had work to do
+    replay_rate_bps: Mapped[float | None] = mapped_column(Float, default=None)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +15,7 @@ from logship.catalog.models import (
     Base,
     BaseBackup,
     FileState,
+    PrimaryFacts,
     SiteStatus,
     SpoolFile,
     StandbyProgress,
@@ -201,6 +202,24 @@ class Catalog:
                         .values(state=FileState.APPLIED, applied_at=now)
                     )
             s.commit()
+
+    def record_primary_facts(self, connector: str, facts: Mapping[str, Any]) -> None:
+        with self.session() as s:
+            row = s.get(PrimaryFacts, connector) or PrimaryFacts(connector=connector)
+            if facts.get("error"):
+                # Keep the last good figures (their measured_at shows their age).
+                row.error = facts["error"]
+                if row.measured_at is None:
+                    row.measured_at = facts["measured_at"]
+            else:
+                for key, value in facts.items():
+                    setattr(row, key, value)
+            s.add(row)
+            s.commit()
+
+    def primary_facts(self, connector: str) -> PrimaryFacts | None:
+        with self.session() as s:
+            return s.get(PrimaryFacts, connector)
 
     def standby_progress(self, connector: str) -> StandbyProgress | None:
         with self.session() as s:

@@ -7,20 +7,25 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from logship.config.model import ConnectorBase
 
 
 @dataclass(frozen=True)
 class BackgroundJob:
-    """Something the daemon runs every `interval` seconds for a connector."""
+    """Something the daemon runs every `interval` seconds for a connector.
+
+    `run` returns facts about the protected system (`PrimaryFacts` columns), which
+    the daemon records in the catalog.
+    """
 
     name: str
+    connector: str
     interval: float
-    run: Callable[[], None]
+    run: Callable[[], Mapping[str, Any]]
     close: Callable[[], None]
 
 

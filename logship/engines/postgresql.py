@@ -50,17 +50,16 @@ class PostgresEngine:
 
     def background_jobs(self, connector: ConnectorBase) -> list[BackgroundJob]:
         assert isinstance(connector, PostgresConnector)
-        if not connector.heartbeat:
-            return []
-        from logship.engines.pg_heartbeat import HeartbeatWriter
+        from logship.engines.pg_probe import PrimaryProbe
 
-        writer = HeartbeatWriter(connector.name, connector.primary.dsn)
+        probe = PrimaryProbe(connector.name, connector.primary.dsn, heartbeat=connector.heartbeat)
         return [
             BackgroundJob(
-                f"heartbeat-{connector.name}",
-                connector.heartbeat_interval,
-                writer.beat,
-                writer.close,
+                name=f"primary-{connector.name}",
+                connector=connector.name,
+                interval=connector.heartbeat_interval,
+                run=probe.run,
+                close=probe.close,
             )
         ]
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from logship.catalog.store import Catalog
 from logship.config.model import SiteConfig
 from logship.errors import HostKeyRefused
+from logship.lag import replay_rate
 from logship.logs import event
 from logship.manifest import SiteLayout
 from logship.replay.standby_status import StandbyFacts
@@ -209,17 +210,32 @@ class SiteWorker(threading.Thread):
                     + (reason[-1] if reason else "no output"),
                 )
                 self._warn_once(target.connector, facts.error)
+            previous = self.catalog.standby_progress(target.connector)
+            rate = replay_rate(
+                previous.replay_lsn if previous else None,
+                previous.measured_at if previous else None,
+                previous.replay_rate_bps if previous else None,
+                facts.replay_lsn,
+                facts.measured_at if facts.reachable else None,
+            )
+            measured: dict[str, object] = {"reachable": facts.reachable, "error": facts.error}
+            if facts.reachable:
+                # An unreachable standby keeps its last known position and heartbeat,
+                # so its apply lag keeps growing instead of turning unknown.
+                measured.update(
+                    in_recovery=facts.in_recovery,
+                    replay_lsn=facts.replay_lsn,
+                    heartbeat_at=facts.heartbeat_at,
+                    replay_timestamp=facts.replay_timestamp,
+                    measured_at=facts.measured_at,
+                    replay_rate_bps=rate,
+                )
             self.catalog.record_restored(
                 target.connector,
                 facts.last_restored,
                 facts.restored_at,
                 self._clock(),
-                reachable=facts.reachable,
-                in_recovery=facts.in_recovery,
-                replay_lsn=facts.replay_lsn,
-                heartbeat_at=facts.heartbeat_at,
-                replay_timestamp=facts.replay_timestamp,
-                error=facts.error,
+                **measured,
             )
         self.catalog.set_site_status(self.site.name, True, None, self._clock())
 
