@@ -34,7 +34,7 @@ _OPTIONAL_SECTIONS: dict[str, type[BaseModel]] = {
 def _describe(exc: ValidationError) -> str:
     err = exc.errors()[0]
     key = ".".join(str(part) for part in err["loc"]) or "(top level)"
-    msg = err["msg"]
+    msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         msg = "unknown key"
     elif err["type"] == "missing":

@@ -48,6 +48,20 @@ class MetricsSection(Strict):
     #: host:port for the Prometheus endpoint; off when unset
     listen: str | None = None
 
+    @field_validator("listen")
+    @classmethod
+    def _valid_listen(cls, value: str | None) -> str | None:
+        if value is not None:
+            from logship.errors import ConfigError
+            from logship.prometheus import parse_listen
+
+            try:
+                parse_listen(value)
+            except ConfigError as exc:
+                # The loader adds the file and key; keep only the problem.
+                raise ValueError(str(exc).split(": ", 1)[-1]) from None
+        return value
+
 
 class AlertsSection(Strict):
     #: commands (argument lists) run on each state change; facts in env and on stdin
