@@ -78,6 +78,18 @@ def test_pgbench_is_replayed_on_the_standby(deployment: Deployment) -> None:
     assert entry["primary_measured_at"] and entry["standby_measured_at"]
     assert entry["replay_rate_bps"] and entry["replay_rate_bps"] > 0
     assert entry["rto_estimate_s"] is not None and entry["rto_estimate_s"] >= 0
+    contract = [
+        "rpo_exposure_s",
+        "transport_lag_s",
+        "apply_lag_s",
+        "pending_files",
+        "pending_bytes",
+        "last_shipped",
+        "last_applied",
+        "last_base_backup_at",
+    ]
+    assert [key for key in contract if entry[key] is None] == []
+    assert entry["state"] in ("ok", "warn")
     assert dep.stop_daemon() == 0  # SIGTERM is a clean stop
 
 
