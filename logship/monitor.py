@@ -100,4 +100,12 @@ def build_sinks(config: Config, catalog: Catalog) -> list[StatusSink]:
         from logship.prometheus import PrometheusSink
 
         sinks.append(PrometheusSink(config.metrics.listen))
+    if config.alerts.hooks or config.alerts.webhook:
+        from logship.alerts import AlertSink
+
+        sinks.append(AlertSink(config.alerts))
+    from logship.history import HistorySink
+
+    # Always on: `status --since` and the dashboard's sparkline read what it stores.
+    sinks.append(HistorySink(catalog, config.history))
     return sinks

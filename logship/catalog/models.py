@@ -100,3 +100,24 @@ class StandbyProgress(Base):
     measured_at: Mapped[float | None] = mapped_column(Float, default=None)
     #: bytes of WAL replayed per second, smoothed over samples that had work to do
     replay_rate_bps: Mapped[float | None] = mapped_column(Float, default=None)
+
+
+class LagSample(Base):
+    """One point of lag history: the worst of a `history.resolution` window, or a state change."""
+
+    __tablename__ = "lag_samples"
+    __table_args__ = (
+        Index("ix_lag_samples_connector_at", "connector", "at"),
+        # Pruning and the dashboard's all-connector event scan select by time alone.
+        Index("ix_lag_samples_at", "at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    connector: Mapped[str] = mapped_column(String(200))
+    at: Mapped[float] = mapped_column(Float)
+    state: Mapped[str] = mapped_column(String(20))
+    rpo_exposure_s: Mapped[float | None] = mapped_column(Float, default=None)
+    transport_lag_s: Mapped[float | None] = mapped_column(Float, default=None)
+    apply_lag_s: Mapped[float | None] = mapped_column(Float, default=None)
+    pending_files: Mapped[int | None] = mapped_column(default=None)
+    pending_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import create_engine, event, func, select, update
+from sqlalchemy import create_engine, delete, event, func, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
@@ -15,6 +15,7 @@ from logship.catalog.models import (
     Base,
     BaseBackup,
     FileState,
+    LagSample,
     PrimaryFacts,
     SiteStatus,
     SpoolFile,
@@ -61,6 +62,20 @@ class NewFile:
     order_key: str
     size: int
     closed_at: float
+
+
+@dataclass(frozen=True)
+class NewSample:
+    """A lag sample to store (see `LagSample`)."""
+
+    connector: str
+    at: float
+    state: str
+    rpo_exposure_s: float | None
+    transport_lag_s: float | None
+    apply_lag_s: float | None
+    pending_files: int | None
+    pending_bytes: int | None
 
 
 class Catalog:
@@ -281,3 +296,40 @@ class Catalog:
                 .order_by(BaseBackup.finished_at.desc())
                 .limit(1)
             ).first()
+
+    # -- lag history -----------------------------------------------------------
+
+    def add_samples(self, samples: Sequence[NewSample]) -> None:
+        """Store samples in one transaction (the monitor writes a batch per tick)."""
+        if not samples:
+            return
+        with self.session() as s:
+            s.add_all(
+                LagSample(
+                    connector=sample.connector,
+                    at=sample.at,
+                    state=sample.state,
+                    rpo_exposure_s=sample.rpo_exposure_s,
+                    transport_lag_s=sample.transport_lag_s,
+                    apply_lag_s=sample.apply_lag_s,
+                    pending_files=sample.pending_files,
+                    pending_bytes=sample.pending_bytes,
+                )
+                for sample in samples
+            )
+            s.commit()
+
+    def samples(self, connector: str | None, since: float) -> list[LagSample]:
+        """Samples taken at or after `since`, oldest first; every connector's when None."""
+        query = select(LagSample).where(LagSample.at >= since)
+        if connector is not None:
+            query = query.where(LagSample.connector == connector)
+        with self.session() as s:
+            return list(s.scalars(query.order_by(LagSample.at, LagSample.id)))
+
+    def prune_samples(self, before: float) -> int:
+        """Delete samples taken before `before`; returns how many went."""
+        with self.session() as s:
+            result = s.execute(delete(LagSample).where(LagSample.at < before))
+            s.commit()
+            return int(result.rowcount or 0)

@@ -1,13 +1,25 @@
-"""`logship dashboard [--interval N]`: the status table, refreshed until Ctrl-C."""
+"""`logship dashboard [--interval N]`: a live view of lag and RPO, until q or Ctrl-C.
+
+It reads the catalog and the lag samples the daemon stores there, never the
+databases or the SSH link, so any number of open dashboards add no load on
+either.
+"""
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
+import select
+import signal
+import sys
+import termios
 import time
-from collections.abc import Callable
+import tty
+from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import NoReturn
+from types import FrameType, TracebackType
+from typing import TextIO
 
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
@@ -20,8 +32,52 @@ from logship.config.files import config_path
 from logship.config.load import load_config
 from logship.config.model import Config
 from logship.errors import LogshipError, UsageError
+from logship.history import events, hold_for
 from logship.monitor import collect_statuses
-from logship.ui.status_table import build_status_table
+from logship.ui.dashboard_view import DashboardData, DashboardView, Point
+
+SPARK_WINDOW_S = 600.0
+EVENTS_WINDOW_S = 3600.0
+QUIT_KEYS = frozenset(b"qQ")
+NO_CATALOG = "no catalog yet: start `logship run` at the primary site"
+
+
+def snapshot(
+    config: Config,
+    catalog: Catalog | None,
+    names: Sequence[str],
+    now: float,
+    *,
+    title: str | None = None,
+) -> DashboardView:
+    """One frame's figures: the same statuses as `status`, plus the stored history."""
+    statuses = collect_statuses(config, catalog, names, now)
+    hold = hold_for(config.history.resolution)
+    history: dict[str, list[Point]] = {name: [] for name in names}
+    recent = []
+    if catalog is not None:
+        # From one `hold` earlier, so the sparkline's first slice has its point.
+        for row in catalog.samples(None, now - SPARK_WINDOW_S - hold):
+            if row.connector in history:
+                history[row.connector].append((row.at, row.rpo_exposure_s))
+        recent = [e for e in events(catalog, now - EVENTS_WINDOW_S) if e.connector in history]
+        # The daemon stores a window's worst only once the window is over: the
+        # figure measured just now is the sparkline's newest point.
+        for status in statuses:
+            history[status.name].append((now, status.rpo_exposure_s))
+    return DashboardView(
+        DashboardData(
+            now=now,
+            statuses=statuses,
+            history=history,
+            events=recent,
+            spark_window_s=SPARK_WINDOW_S,
+            events_window_s=EVENTS_WINDOW_S,
+            hold_s=hold,
+            title=title,
+            note=NO_CATALOG if catalog is None else None,
+        )
+    )
 
 
 class _Frames:
@@ -34,38 +90,96 @@ class _Frames:
 
     def render(self) -> RenderableType:
         stamp = datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
-        title = f"logship — {stamp} (Ctrl-C to quit)"
+        title = f"logship — {stamp} (q or Ctrl-C to quit)"
         try:
             if self._catalog is None:
                 self._catalog = open_catalog(self._config)
-            statuses = collect_statuses(self._config, self._catalog, self._names, time.time())
+            return snapshot(self._config, self._catalog, self._names, time.time(), title=title)
         except (LogshipError, SQLAlchemyError) as exc:
             # A busy or briefly unreachable catalog should not end a long-running view.
             reason = str(exc).splitlines()[0]
-            return Text(f"{title}\ncatalog unavailable, retrying: {reason}", style="red")
-        table = build_status_table(statuses, title=title)
-        if self._catalog is None:
-            note = Text("no catalog yet: start `logship run` at the primary site", style="dim")
-            return Group(table, note)
-        return table
+            return Group(
+                Text(title, style="bold"),
+                Text(f"catalog unavailable, retrying: {reason}", style="red"),
+            )
 
     def close(self) -> None:
         if self._catalog is not None:
             self._catalog.close()
 
 
-def _loop(interval: float, frame: Callable[[], RenderableType], console: Console) -> NoReturn:
-    """Redraw every `interval` seconds; only KeyboardInterrupt ends it."""
+class Keys:
+    """Single key presses from stdin, while it is a terminal.
+
+    The terminal is put in cbreak mode (keys arrive unbuffered, unechoed; Ctrl-C
+    still interrupts) and restored as it was on leaving, however the dashboard ends.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self._fd: int | None = None
+        self._saved: list[object] | None = None
+        try:
+            if stream.isatty():
+                self._fd = stream.fileno()
+        except (AttributeError, OSError, ValueError):
+            pass  # no usable stdin (closed, replaced): the dashboard only ends on Ctrl-C
+
+    def __enter__(self) -> Keys:
+        if self._fd is not None:
+            try:
+                self._saved = termios.tcgetattr(self._fd)
+                tty.setcbreak(self._fd, termios.TCSANOW)
+            except termios.error:
+                self._fd = None
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._saved is not None and self._fd is not None:
+            termios.tcsetattr(self._fd, termios.TCSADRAIN, self._saved)
+
+    def wait(self, timeout: float) -> bytes:
+        """What was typed within `timeout` seconds (b"" for nothing)."""
+        if self._fd is None:
+            time.sleep(max(0.0, timeout))
+            return b""
+        ready, _, _ = select.select([self._fd], [], [], max(0.0, timeout))
+        if not ready:
+            return b""
+        typed = os.read(self._fd, 64)
+        if not typed:
+            # End of input (the terminal hung up): stop reading, or select would spin.
+            self._fd = None
+        return typed
+
+
+def _loop(
+    interval: float, frame: Callable[[], RenderableType], console: Console, keys: Keys
+) -> None:
+    """Redraw every `interval` seconds until q is pressed (Ctrl-C raises KeyboardInterrupt)."""
     if console.is_terminal:
-        with Live(frame(), console=console, auto_refresh=False) as live:
-            while True:
-                time.sleep(interval)
-                live.update(frame(), refresh=True)
+        # The alternate screen is redrawn whole each time, so a resize (or a view
+        # taller than the terminal) never leaves stale lines behind.
+        with Live(frame(), console=console, auto_refresh=False, screen=True) as live:
+            due = time.monotonic() + interval
+            while not QUIT_KEYS.intersection(keys.wait(due - time.monotonic())):
+                if time.monotonic() >= due:
+                    live.update(frame(), refresh=True)
+                    due = max(due + interval, time.monotonic())
     else:
         # Piped into a file or a pager, redrawing in place is impossible: append frames.
         while True:
             console.print(frame())
-            time.sleep(interval)
+            if QUIT_KEYS.intersection(keys.wait(interval)):
+                return
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt  # unwinds like Ctrl-C, so the terminal is restored
 
 
 def run(args: argparse.Namespace) -> int:
@@ -73,9 +187,14 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--interval must be a positive number of seconds, not {args.interval}")
     config = load_config(config_path(args.config))
     frames = _Frames(config, selected_connectors(config, None))
+    # `kill` too must leave the terminal usable, not in cbreak mode on the alternate screen.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        _loop(args.interval, frames.render, Console())
+        with Keys(sys.stdin) as keys:
+            _loop(args.interval, frames.render, Console(), keys)
     except KeyboardInterrupt:
-        return 0  # Ctrl-C is how a dashboard is meant to end
+        pass  # Ctrl-C is one of the two ways a dashboard is meant to end
     finally:
+        signal.signal(signal.SIGTERM, previous)
         frames.close()
+    return 0

@@ -73,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help=VERBS["status"][1])
     p.add_argument("connector", nargs="?")
     p.add_argument("--json", action="store_true", help="one JSON object, for scripts")
+    p.add_argument("--since", metavar="DURATION", help="worst exposure, breaches over DURATION")
 
     p = sub.add_parser("dashboard", help=VERBS["dashboard"][1])
     p.add_argument("--interval", type=float, default=1.0, help="refresh every N seconds")

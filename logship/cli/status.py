@@ -1,8 +1,9 @@
-"""`logship status [--json] [CONNECTOR]`: lag and RPO per connector, from the catalog.
+"""`logship status [--json] [--since DURATION] [CONNECTOR]`: lag and RPO per connector.
 
 Reads the catalog only (no SSH), so it answers instantly and works while the site
 is unreachable. Before any daemon has run there is no catalog: every connector is
-still listed, with nulls for what cannot be measured.
+still listed, with nulls for what cannot be measured. `--since` adds what the
+stored lag history says about that window (see logship.history).
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from logship.catalog.store import Catalog
+from logship.config.durations import parse_duration
 from logship.config.files import config_path
 from logship.config.load import load_config
 from logship.config.model import Config
-from logship.errors import OperationFailed
+from logship.errors import OperationFailed, UsageError
+from logship.history import WindowSummary, window_summary
 from logship.monitor import collect_statuses
-from logship.ui.status_table import build_status_table
+from logship.ui.status_table import build_since_table, build_status_table
 
 WIDTH_WHEN_PIPED = 160
 
@@ -69,18 +72,45 @@ def selected_connectors(config: Config, only: str | None) -> list[str]:
     return sorted(config.connectors)
 
 
+def since_window(value: str | None) -> float | None:
+    """`--since` in seconds; a usage error naming the accepted forms when malformed."""
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise UsageError(f"--since: {exc}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     config = load_config(config_path(args.config))
     names = selected_connectors(config, args.connector)
+    window = since_window(getattr(args, "since", None))
     catalog = open_catalog(config)
+    now = time.time()
+    summaries: list[WindowSummary] | None = None
     try:
-        statuses = collect_statuses(config, catalog, names, time.time())
+        statuses = collect_statuses(config, catalog, names, now)
+        if window is not None:
+            summaries = [
+                window_summary(
+                    catalog,
+                    status,
+                    since=now - window,
+                    now=now,
+                    resolution=config.history.resolution,
+                )
+                for status in statuses
+            ]
     finally:
         if catalog is not None:
             catalog.close()
     if args.json:
         # Plain stdout, never rich: scripts parse this.
-        document = {"connectors": [status.to_json() for status in statuses]}
+        entries = [status.to_json() for status in statuses]
+        for entry, summary in zip(entries, summaries or (), strict=False):
+            entry["since"] = summary.to_json()
+        document = {"connectors": entries}
         sys.stdout.write(json.dumps(document, indent=2) + "\n")
     else:
         console = Console()
@@ -88,4 +118,7 @@ def run(args: argparse.Namespace) -> int:
             # Piped or logged: a wide line beats a WAL name folded over three lines.
             console = Console(width=WIDTH_WHEN_PIPED)
         console.print(build_status_table(statuses))
+        if summaries is not None:
+            rows = list(zip(statuses, summaries, strict=True))
+            console.print(build_since_table(rows, now=now, label=args.since))
     return 0

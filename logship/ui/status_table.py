@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING
 
 from rich import box
 from rich.table import Table
 from rich.text import Text
 
 from logship.lag import ConnectorStatus, State
+
+if TYPE_CHECKING:  # the table only reads a summary's fields
+    from logship.history import WindowSummary
 
 STATE_STYLES: dict[State, str] = {
     State.OK: "bold green",
@@ -136,4 +141,75 @@ def build_status_table(statuses: Sequence[ConnectorStatus], *, title: str | None
         captions.append(Text("no connectors configured", style="dim"))
     if captions:
         table.caption = Text("\n").join(captions)
+    return table
+
+
+def status_notes(status: ConnectorStatus) -> Text:
+    """The gap and site error lines `status` puts under its table (empty when none)."""
+    return _notes(status)
+
+
+def clock_time(timestamp: float, now: float) -> str:
+    """Local wall-clock time; with the date when it is not today's."""
+    moment = datetime.fromtimestamp(timestamp).astimezone()
+    if moment.date() == datetime.fromtimestamp(now).astimezone().date():
+        return moment.strftime("%H:%M:%S")
+    return moment.strftime("%m-%d %H:%M:%S")
+
+
+MAX_BREACHES_SHOWN = 5
+
+
+def _breaches(summary: WindowSummary, now: float) -> Text:
+    if not summary.breaches:
+        return Text("none", style="green" if summary.samples else "dim")
+    shown = summary.breaches[-MAX_BREACHES_SHOWN:]
+    lines = []
+    if hidden := len(summary.breaches) - len(shown):
+        lines.append(Text(f"… {hidden} earlier (see --json)", style="dim"))
+    for breach in shown:
+        line = Text(clock_time(breach.start, now))
+        line.append(" to ")
+        if breach.end is None:
+            line.append("now", style="bold red")
+        else:
+            line.append(clock_time(breach.end, now))
+        line.append("  peak ", style="dim")
+        line.append_text(format_seconds(breach.peak_exposure_s))
+        lines.append(line)
+    return Text("\n").join(lines)
+
+
+def build_since_table(
+    rows: Sequence[tuple[ConnectorStatus, WindowSummary]], *, now: float, label: str
+) -> Table:
+    """`status --since`: per connector, the worst exposure, time in breach, the breaches."""
+    table = Table(
+        title=f"history, last {label}",
+        title_justify="left",
+        caption_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
+    table.add_column("connector", overflow="fold")
+    table.add_column("worst\nexposure", justify="right", no_wrap=True)
+    table.add_column("in breach\n/ covered", justify="right", no_wrap=True)
+    table.add_column("breaches\nstart to end, peak", overflow="fold")
+    unsampled = []
+    for status, summary in rows:
+        worst = format_seconds(summary.worst_exposure_s)
+        if summary.worst_exposure_at is not None:
+            worst.append(f"\nat {clock_time(summary.worst_exposure_at, now)}", style="dim")
+        in_breach = format_seconds(summary.breach_s)
+        in_breach.append("\n/ ", style="dim")
+        in_breach.append_text(format_seconds(summary.covered_s))
+        table.add_row(Text(status.name), worst, in_breach, _breaches(summary, now))
+        if summary.samples == 0:
+            unsampled.append(status.name)
+    if unsampled:
+        table.caption = Text(
+            f"no stored samples in this window for {', '.join(unsampled)}: figures are from "
+            "this moment only (samples are stored while `logship run` runs)",
+            style="dim",
+        )
     return table
