@@ -1,0 +1,341 @@
+"""Alerts: run hooks (and POST a webhook) when a connector's state changes.
+
+A StatusSink fed by the daemon's Monitor once a second. Deciding *whether* to
+alert happens in `observe` (cheap, on the monitor's thread); delivering happens
+on one worker thread, in order, so a slow or hanging hook never delays the
+samples and a recovery is never delivered before the failure it ends.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import logging
+import os
+import queue
+import signal
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
+
+from logship.config.model import AlertsSection
+from logship.errors import ConfigError
+from logship.lag import ConnectorStatus, State, iso_utc
+from logship.logs import event
+
+log = logging.getLogger("logship.alerts")
+
+Trigger = Literal["transition", "repeat"]
+
+#: alerts waiting for delivery; beyond this the hooks cannot keep up and newer
+#: alerts are dropped (and logged) rather than growing memory without bound
+MAX_PENDING = 256
+#: how much of a failing hook's stderr goes into the log line
+STDERR_TAIL = 300
+#: after a kill, how long to wait for the hook's pipes to close
+_REAP_TIMEOUT = 2.0
+
+
+@dataclass(frozen=True)
+class Alert:
+    """One state change (or reminder) of one connector, as hooks receive it."""
+
+    status: ConnectorStatus
+    previous: State | None  # None: the first observation since the daemon started
+    trigger: Trigger
+    at: float
+
+    @property
+    def connector(self) -> str:
+        return self.status.name
+
+    def payload(self) -> dict[str, Any]:
+        """The JSON on a hook's stdin and in the webhook's body."""
+        return {
+            **self.status.to_json(),
+            "previous_state": None if self.previous is None else str(self.previous),
+            "event": self.trigger,
+            "at": iso_utc(self.at),
+        }
+
+    def environment(self) -> dict[str, str]:
+        status = self.status
+        facts: dict[str, object] = {
+            "LOGSHIP_CONNECTOR": status.name,
+            "LOGSHIP_STATE": str(status.state),
+            "LOGSHIP_PREVIOUS_STATE": None if self.previous is None else str(self.previous),
+            "LOGSHIP_RPO_EXPOSURE_S": status.rpo_exposure_s,
+            "LOGSHIP_RPO_TARGET_S": status.rpo_target_s,
+            "LOGSHIP_TRANSPORT_LAG_S": status.transport_lag_s,
+            "LOGSHIP_APPLY_LAG_S": status.apply_lag_s,
+            "LOGSHIP_SITE": status.site,
+            "LOGSHIP_EVENT": self.trigger,
+        }
+        # A hook tests "-n $VAR": an unmeasured figure is empty, never a made-up 0.
+        return {key: "" if value is None else str(value) for key, value in facts.items()}
+
+
+@dataclass
+class _Tracked:
+    state: State
+    last_fired: float | None
+
+
+def redact_url(url: str) -> str:
+    """The URL without userinfo, query or fragment: where tokens usually hide."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, _bare_netloc(parts), parts.path, "", ""))
+
+
+def _bare_netloc(parts: SplitResult) -> str:
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"  # IPv6 literal
+    return host if parts.port is None else f"{host}:{parts.port}"
+
+
+def _split_credentials(url: str) -> tuple[str, dict[str, str]]:
+    """`https://user:pass@host/...` as the URL without them plus a Basic auth header
+    (urllib would take the userinfo for part of the host name)."""
+    parts = urlsplit(url)
+    if parts.username is None:
+        return url, {}
+    user = unquote(parts.username)
+    password = unquote(parts.password or "")
+    token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+    return parts._replace(netloc=_bare_netloc(parts)).geturl(), {"Authorization": f"Basic {token}"}
+
+
+def _hook_name(argv: Sequence[str]) -> str:
+    # Only the program: later arguments may carry a token.
+    return os.path.basename(argv[0])
+
+
+class AlertSink:
+    """Fires once per state change per connector, then every `repeat` while not ok."""
+
+    def __init__(self, config: AlertsSection, *, max_pending: int = MAX_PENDING) -> None:
+        if config.webhook is not None and urlsplit(config.webhook).scheme not in ("http", "https"):
+            raise ConfigError(
+                f"alerts.webhook: {redact_url(config.webhook)!r} is not an http(s) URL"
+            )
+        for argv in config.hooks:
+            if not argv or not argv[0]:
+                raise ConfigError("alerts.hooks: each hook is a non-empty argument list")
+        self._config = config
+        self._tracked: dict[str, _Tracked] = {}
+        self._pending: queue.Queue[Alert | None] = queue.Queue(maxsize=max_pending)
+        self._outstanding = 0  # alerts queued or being delivered
+        self._idle = threading.Condition()
+        self._closed = False
+        # Set when close() stops waiting: what is still queued is dropped, not run.
+        self._abandon = threading.Event()
+        self._running_lock = threading.Lock()
+        self._running: subprocess.Popen[bytes] | None = None
+        self._worker = threading.Thread(target=self._deliver_all, name="alerts", daemon=True)
+        self._worker.start()
+
+    # -- deciding (monitor thread) ------------------------------------------------
+
+    def observe(self, statuses: Sequence[ConnectorStatus], now: float) -> None:
+        if self._closed:
+            return
+        for status in statuses:
+            alert = self._decide(status, now)
+            if alert is not None:
+                self._enqueue(alert)
+
+    def _decide(self, status: ConnectorStatus, now: float) -> Alert | None:
+        tracked = self._tracked.get(status.name)
+        if tracked is None:
+            # After a restart nobody knows what was last announced: a bad state is
+            # announced again, a good one is the quiet baseline.
+            fire = status.state is not State.OK
+            self._tracked[status.name] = _Tracked(status.state, now if fire else None)
+            return Alert(status, None, "transition", now) if fire else None
+        if status.state is not tracked.state:
+            previous = tracked.state
+            tracked.state = status.state
+            tracked.last_fired = now
+            return Alert(status, previous, "transition", now)
+        if (
+            status.state is not State.OK
+            and tracked.last_fired is not None
+            and now - tracked.last_fired >= self._config.repeat
+        ):
+            tracked.last_fired = now
+            return Alert(status, status.state, "repeat", now)
+        return None
+
+    def _enqueue(self, alert: Alert) -> None:
+        with self._idle:
+            self._outstanding += 1
+        try:
+            self._pending.put_nowait(alert)
+        except queue.Full:
+            self._done()
+            event(
+                log,
+                logging.ERROR,
+                "alert dropped: hooks are not keeping up",
+                connector=alert.connector,
+                state=str(alert.status.state),
+                previous=_state_or_none(alert.previous),
+                trigger=alert.trigger,
+            )
+
+    # -- delivering (worker thread) -----------------------------------------------
+
+    def _deliver_all(self) -> None:
+        while (alert := self._pending.get()) is not None:
+            try:
+                if self._abandon.is_set():
+                    self._log(alert, logging.WARNING, error="dropped at shutdown")
+                else:
+                    self._deliver(alert)
+            except Exception as exc:  # the worker must outlive any one alert
+                event(log, logging.ERROR, "alert delivery failed", error=str(exc))
+            finally:
+                self._done()
+
+    def _done(self) -> None:
+        with self._idle:
+            self._outstanding -= 1
+            self._idle.notify_all()
+
+    def _deliver(self, alert: Alert) -> None:
+        body = json.dumps(alert.payload()).encode()
+        env = {**os.environ, **alert.environment()}
+        for argv in self._config.hooks:
+            self._run_hook(alert, list(argv), body, env)
+        if self._config.webhook is not None:
+            self._post(alert, self._config.webhook, body)
+
+    def _log(self, alert: Alert, level: int, **fields: object) -> None:
+        event(
+            log,
+            level,
+            "alert",
+            connector=alert.connector,
+            state=str(alert.status.state),
+            previous=_state_or_none(alert.previous),
+            trigger=alert.trigger,
+            **fields,
+        )
+
+    def _run_hook(self, alert: Alert, argv: list[str], body: bytes, env: dict[str, str]) -> None:
+        name = _hook_name(argv)
+        timeout = self._config.timeout
+        try:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                env=env,
+                # Its own process group, so a timeout also ends whatever the hook
+                # started (a shell's children would otherwise hold the pipes open).
+                start_new_session=True,
+            )
+        except OSError as exc:
+            self._log(alert, logging.ERROR, hook=name, error=f"cannot run hook: {exc}")
+            return
+        with self._running_lock:
+            self._running = proc
+        try:
+            try:
+                _, err = proc.communicate(body, timeout=timeout)
+            except subprocess.TimeoutExpired:
+                _kill_group(proc)
+                self._log(alert, logging.ERROR, hook=name, error=f"timed out after {timeout:g}s")
+                return
+        finally:
+            with self._running_lock:
+                self._running = None
+        if proc.returncode == 0:
+            self._log(alert, logging.INFO, hook=name, exit_code=0)
+        else:
+            tail = err.decode(errors="replace").strip()[-STDERR_TAIL:]
+            self._log(
+                alert, logging.WARNING, hook=name, exit_code=proc.returncode, stderr=tail or None
+            )
+
+    def _post(self, alert: Alert, url: str, body: bytes) -> None:
+        shown = redact_url(url)
+        target, headers = _split_credentials(url)
+        headers["Content-Type"] = "application/json"
+        request = urllib.request.Request(target, data=body, method="POST", headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=self._config.timeout) as response:
+                code = response.status
+        except urllib.error.HTTPError as exc:
+            self._log(alert, logging.WARNING, webhook=shown, http_status=exc.code)
+            return
+        except (OSError, ValueError) as exc:  # URLError, timeouts, refused, bad URL
+            # str(URLError) names the reason, not the URL, so no token leaks here.
+            self._log(alert, logging.ERROR, webhook=shown, error=str(exc))
+            return
+        self._log(alert, logging.INFO, webhook=shown, http_status=code)
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    def wait_idle(self, timeout: float) -> bool:
+        """True once every alert decided so far has been delivered (or given up on)."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._outstanding == 0, timeout)
+
+    def close(self, grace: float = 5.0) -> None:
+        """Let queued alerts go out for up to `grace` seconds, then end a running hook."""
+        if self._closed:
+            return
+        self._closed = True
+        deadline = time.monotonic() + grace
+        told_to_stop = self._tell_worker_to_stop(grace)
+        self._worker.join(max(0.0, deadline - time.monotonic()))
+        if self._worker.is_alive():
+            self._abandon.set()
+            with self._running_lock:
+                # Only signal here: reaping (communicate) belongs to the worker thread.
+                if self._running is not None and self._running.returncode is None:
+                    _signal_group(self._running)
+            if not told_to_stop:
+                # Abandoned alerts drain fast, which makes room for the stop marker.
+                self._tell_worker_to_stop(_REAP_TIMEOUT)
+            self._worker.join(_REAP_TIMEOUT)
+        if self._worker.is_alive():
+            event(log, logging.WARNING, "alert worker still busy at shutdown")
+
+    def _tell_worker_to_stop(self, timeout: float) -> bool:
+        try:
+            self._pending.put(None, timeout=timeout)
+        except queue.Full:
+            return False
+        return True
+
+
+def _state_or_none(state: State | None) -> str | None:
+    return None if state is None else str(state)
+
+
+def _signal_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the hook's process group: the group we created for it, led by it."""
+    # The group id outlives the leader while any member lives, so it cannot have
+    # been reused for someone else's processes.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """End a timed-out hook and everything it started, and reap it."""
+    _signal_group(proc)
+    with contextlib.suppress(subprocess.TimeoutExpired, ValueError, OSError):
+        proc.communicate(timeout=_REAP_TIMEOUT)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=_REAP_TIMEOUT)
