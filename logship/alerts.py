@@ -26,7 +26,6 @@ from typing import Any, Literal
 from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
 
 from logship.config.model import AlertsSection
-from logship.errors import ConfigError
 from logship.lag import ConnectorStatus, State, iso_utc
 from logship.logs import event
 
@@ -122,13 +121,7 @@ class AlertSink:
     """Fires once per state change per connector, then every `repeat` while not ok."""
 
     def __init__(self, config: AlertsSection, *, max_pending: int = MAX_PENDING) -> None:
-        if config.webhook is not None and urlsplit(config.webhook).scheme not in ("http", "https"):
-            raise ConfigError(
-                f"alerts.webhook: {redact_url(config.webhook)!r} is not an http(s) URL"
-            )
-        for argv in config.hooks:
-            if not argv or not argv[0]:
-                raise ConfigError("alerts.hooks: each hook is a non-empty argument list")
+        # The config model has already refused non-http(s) webhooks and empty hooks.
         self._config = config
         self._tracked: dict[str, _Tracked] = {}
         self._pending: queue.Queue[Alert | None] = queue.Queue(maxsize=max_pending)

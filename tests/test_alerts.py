@@ -4,13 +4,10 @@ that fail or hang; then the real path: cut the SSH link while pgbench runs."""
 from __future__ import annotations
 
 import base64
-import contextlib
 import http.server
 import itertools
 import json
 import logging
-import os
-import signal
 import subprocess
 import sys
 import threading
@@ -27,8 +24,8 @@ from logship.config.load import load_config
 from logship.config.model import AlertsSection
 from logship.lag import ConnectorStatus, State
 from logship.monitor import StatusSink, build_sinks
-from logship.sandbox import OsUser, SshServer
-from logship.sandbox.deployment import Deployment, child_pids, wait_for
+from logship.sandbox import OsUser
+from logship.sandbox.deployment import Deployment, wait_for
 
 T0 = 1_700_000_000.0
 RPO = 60.0
@@ -398,10 +395,10 @@ def test_redact_url_keeps_only_where_it_goes() -> None:
 
 
 def test_only_http_webhooks_are_accepted() -> None:
-    from logship.errors import ConfigError
+    from pydantic import ValidationError
 
-    with pytest.raises(ConfigError, match=r"alerts\.webhook"):
-        AlertSink(AlertsSection(webhook="file:///etc/passwd"))
+    with pytest.raises(ValidationError, match="http"):
+        AlertsSection(webhook="file:///etc/passwd")
 
 
 def test_build_sinks_adds_alerts_only_when_configured(tmp_path: Path, recorder: Recorder) -> None:
@@ -462,37 +459,6 @@ def _alert_sinks(sinks: list[StatusSink]) -> list[AlertSink]:
 # -- the real path: cut the link while pgbench runs ----------------------------------------
 
 
-def cut_link(sshd: SshServer) -> list[int]:
-    """Stop sshd *and* end its live sessions, as a real link cut would.
-
-    `SshServer.stop()` terminates only the listener, and OpenSSH leaves established
-    sessions running then (that is what lets an admin restart sshd remotely), so
-    the daemon's connection would survive. Freeze the listener so it cannot accept
-    anything new, freeze every process below it level by level (no new forks can
-    slip through), then kill them: only processes our own sshd started.
-    """
-    listener = sshd.pid
-    assert listener is not None and sshd.is_running()
-    os.kill(listener, signal.SIGSTOP)
-    sessions: list[int] = []
-    frontier = [listener]
-    while frontier:
-        parent = frontier.pop()
-        for pid in child_pids(parent):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGSTOP)
-                sessions.append(pid)
-                frontier.append(pid)
-    for pid in sessions:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    # Delivered on continue, before it can accept again: it exits cleanly.
-    os.kill(listener, signal.SIGTERM)
-    os.kill(listener, signal.SIGCONT)
-    sshd.stop()
-    return sessions
-
-
 def _status(dep: Deployment) -> dict[str, Any]:
     (entry,) = json.loads(dep.logship("status", "--json").stdout)["connectors"]
     return entry
@@ -550,7 +516,7 @@ def test_cut_link_under_pgbench_alerts_once_per_transition(
         wait_for(lambda: _state_is(dep, "ok"), 60, "state ok under pgbench")
 
         cut_at = time.time()
-        sessions = cut_link(dep.sshd)
+        sessions = dep.sshd.cut()
         assert sessions, "the daemon had no live SSH session to cut"
         wait_for(lambda: all(_gone(pid) for pid in sessions), 10, "SSH sessions to end")
         # Hold the cut until the exposure has grown past the RPO: an outage

@@ -34,8 +34,9 @@ from logship.daemon import LOCK_NAME
 from logship.errors import LogshipError, OperationFailed, UsageError
 from logship.manifest import SiteLayout
 from logship.sandbox import OsUser, PgCluster
-from logship.sandbox.deployment import Deployment, child_pids, wait_for
+from logship.sandbox.deployment import Deployment, wait_for
 from logship.sandbox.postgres import DEFAULT_BIN_DIR
+from logship.sandbox.procs import child_pids
 from logship.sandbox.sshd import DEFAULT_SSHD
 from logship.ui.demo_view import (
     Comparison,

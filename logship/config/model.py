@@ -71,6 +71,20 @@ class AlertsSection(Strict):
     repeat: Seconds = 600.0
     timeout: Seconds = 30.0
 
+    @field_validator("hooks")
+    @classmethod
+    def _hooks_are_commands(cls, value: list[list[str]]) -> list[list[str]]:
+        if any(not hook or not hook[0] for hook in value):
+            raise ValueError('each hook is a command as a list, e.g. ["/usr/local/bin/page"]')
+        return value
+
+    @field_validator("webhook")
+    @classmethod
+    def _http_webhook(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
 
 class HistorySection(Strict):
     #: how long lag samples are kept, and one sample per `resolution`

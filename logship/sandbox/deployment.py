@@ -22,6 +22,7 @@ from pathlib import Path
 from logship.sandbox.osuser import OsUser
 from logship.sandbox.ports import free_port
 from logship.sandbox.postgres import PgCluster
+from logship.sandbox.procs import child_pids, kill_tree
 from logship.sandbox.sshd import SshServer
 
 CONNECTOR = "main"
@@ -202,7 +203,7 @@ data_dir = "{self.standby.data_dir}"
         # Signal the daemon itself, not runuser: runuser re-raises a signal it
         # receives on itself, which would hide the daemon's own exit code.
         if sig == signal.SIGKILL:
-            _kill_tree(daemon.pid)
+            kill_tree(daemon.pid)
         else:
             for pid in child_pids(daemon.pid) or [daemon.pid]:
                 with contextlib.suppress(ProcessLookupError):
@@ -210,7 +211,7 @@ data_dir = "{self.standby.data_dir}"
         try:
             return daemon.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            _kill_tree(daemon.pid)
+            kill_tree(daemon.pid)
             return daemon.wait(timeout=timeout)
 
     @property
@@ -241,20 +242,6 @@ data_dir = "{self.standby.data_dir}"
             with contextlib.suppress(Exception):
                 cluster.stop(mode="immediate")
         self.sshd.stop()
-
-
-def child_pids(pid: int) -> list[int]:
-    try:
-        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
-
-
-def _kill_tree(pid: int) -> None:
-    """SIGKILL `pid` and its children (runuser's child is the real daemon)."""
-    for target in [*child_pids(pid), pid]:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(target, signal.SIGKILL)
 
 
 def wait_for(predicate, timeout: float, what: str):  # type: ignore[no-untyped-def]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import socket
 import subprocess
 import time
@@ -17,6 +19,7 @@ from logship.sandbox.osuser import (
     tail,
 )
 from logship.sandbox.ports import free_port
+from logship.sandbox.procs import child_pids
 
 DEFAULT_SSHD = Path("/usr/sbin/sshd")
 HOST = "127.0.0.1"
@@ -263,6 +266,36 @@ class SshServer:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=timeout)
+
+    def cut(self) -> list[int]:
+        """Stop sshd *and* end its live sessions, as a real link cut would.
+
+        `stop()` ends only the listener, and OpenSSH leaves established sessions
+        running then (that is what lets an admin restart sshd remotely). Freeze the
+        listener so it accepts nothing new, freeze every process below it level by
+        level (no new fork slips through), then kill them: only processes our own
+        sshd started. Returns the session PIDs that were ended.
+        """
+        listener = self.pid
+        if listener is None or not self.is_running():
+            return []
+        os.kill(listener, signal.SIGSTOP)
+        sessions: list[int] = []
+        frontier = [listener]
+        while frontier:
+            for pid in child_pids(frontier.pop()):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGSTOP)
+                    sessions.append(pid)
+                    frontier.append(pid)
+        for pid in sessions:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        # Delivered on continue, before it can accept again: it exits cleanly.
+        os.kill(listener, signal.SIGTERM)
+        os.kill(listener, signal.SIGCONT)
+        self.stop()
+        return sessions
 
     def rotate_host_key(self) -> None:
         """Replace the host keys and (re)start on the same port; known_hosts keeps the

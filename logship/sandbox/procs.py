@@ -1,0 +1,22 @@
+"""Processes the sandbox started: their children, and ending them by PID."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from pathlib import Path
+
+
+def child_pids(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL `pid` and its children (runuser's child is the real daemon)."""
+    for target in [*child_pids(pid), pid]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(target, signal.SIGKILL)
