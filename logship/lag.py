@@ -114,6 +114,9 @@ class ConnectorStatus:
     rto_estimate_s: float | None = None
     standby_measured_at: str | None = None
     standby_error: str | None = None
+    #: the connector's next scheduled job (schedules/*.toml) as the daemon planned it
+    next_job: str | None = None
+    next_job_at: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -141,6 +144,8 @@ class ConnectorStatus:
             "rto_estimate_s": self.rto_estimate_s,
             "standby_measured_at": self.standby_measured_at,
             "standby_error": self.standby_error,
+            "next_job": self.next_job,
+            "next_job_at": self.next_job_at,
         }
 
     @classmethod
@@ -368,6 +373,7 @@ def connector_status(
     progress: ProgressRow | None = None,
     last_base_backup_at: float | None = None,
     primary: PrimaryRow | None = None,
+    next_job: tuple[str, float] | None = None,
 ) -> ConnectorStatus:
     """Everything `status` shows for one connector.
 
@@ -415,4 +421,6 @@ def connector_status(
         ),
         standby_measured_at=iso_utc(progress.sampled_at) if progress else None,
         standby_error=progress.error if progress else None,
+        next_job=next_job[0] if next_job else None,
+        next_job_at=iso_utc(next_job[1]) if next_job else None,
     )

@@ -34,12 +34,16 @@ def collect_statuses(
         connector = config.connector(name)
         site_status = progress = backup = primary = None
         files = None
+        next_job: tuple[str, float] | None = None
         if catalog is not None:
             files = catalog.files(name)
             site_status = catalog.site_status(connector.site)
             progress = catalog.standby_progress(name)
             backup = catalog.last_backup(name)
             primary = catalog.primary_facts(name)
+            planned = [s for s in catalog.schedules(name) if s.next_run_at is not None]
+            if planned:
+                next_job = (planned[0].job, planned[0].next_run_at)
         statuses.append(
             lag.connector_status(
                 name=name,
@@ -52,6 +56,7 @@ def collect_statuses(
                 progress=progress,
                 last_base_backup_at=backup.finished_at if backup is not None else None,
                 primary=primary,
+                next_job=next_job,
             )
         )
     return statuses

@@ -318,6 +318,8 @@ def test_json_has_exactly_the_contract_fields_and_extras() -> None:
         "rto_estimate_s",
         "standby_measured_at",
         "standby_error",
+        "next_job",
+        "next_job_at",
     ]
     assert data["last_base_backup_at"] == "2023-11-14T22:13:20Z"
     assert data["state"] == "ok" and type(data["state"]) is str

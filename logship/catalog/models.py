@@ -57,6 +57,20 @@ class BaseBackup(Base):
     error: Mapped[str | None] = mapped_column(Text, default=None)
 
 
+class ScheduledJob(Base):
+    """A schedules/*.toml job as the daemon runs it: when next, how the last went."""
+
+    __tablename__ = "scheduled_jobs"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    connector: Mapped[str] = mapped_column(String(200), index=True)
+    job: Mapped[str] = mapped_column(String(50))
+    next_run_at: Mapped[float | None] = mapped_column(Float, default=None)
+    last_started_at: Mapped[float | None] = mapped_column(Float, default=None)
+    last_finished_at: Mapped[float | None] = mapped_column(Float, default=None)
+    last_error: Mapped[str | None] = mapped_column(Text, default=None)
+
+
 class SiteStatus(Base):
     __tablename__ = "site_status"
 

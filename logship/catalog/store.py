@@ -17,6 +17,7 @@ from logship.catalog.models import (
     FileState,
     LagSample,
     PrimaryFacts,
+    ScheduledJob,
     SiteStatus,
     SpoolFile,
     StandbyProgress,
@@ -252,6 +253,28 @@ class Catalog:
     def site_status(self, site: str) -> SiteStatus | None:
         with self.session() as s:
             return s.get(SiteStatus, site)
+
+    # -- scheduled jobs --------------------------------------------------------
+
+    def update_schedule(self, name: str, connector: str, job: str, **fields: Any) -> None:
+        """Upsert a scheduled job's row with `ScheduledJob` column values."""
+        with self.session() as s:
+            row = s.get(ScheduledJob, name) or ScheduledJob(name=name)
+            row.connector, row.job = connector, job
+            for key, value in fields.items():
+                setattr(row, key, value)
+            s.add(row)
+            s.commit()
+
+    def schedules(self, connector: str) -> list[ScheduledJob]:
+        with self.session() as s:
+            return list(
+                s.scalars(
+                    select(ScheduledJob)
+                    .where(ScheduledJob.connector == connector)
+                    .order_by(ScheduledJob.next_run_at)
+                )
+            )
 
     # -- base backups ----------------------------------------------------------
 

@@ -16,6 +16,10 @@ from logship.engines import BackgroundJob
 class PrimarySection(Strict):
     dsn: str = Field(min_length=1)
     bin_dir: Path | None = None
+    #: how the standby site reaches the primary over TCP, for `promote`'s "is the
+    #: primary down?" gate: `dsn` is written for the primary site and often uses a
+    #: local socket there, which proves nothing at the standby site
+    check_dsn: str | None = Field(default=None, min_length=1)
 
 
 class StandbySection(Strict):

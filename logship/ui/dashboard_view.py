@@ -124,9 +124,16 @@ def _two(first: Text, second: Text) -> Text:
 
 def _backup_age(status: ConnectorStatus, now: float) -> Text:
     if status.last_base_backup_at is None:
-        return _unknown()
-    finished = datetime.fromisoformat(status.last_base_backup_at).timestamp()
-    return format_seconds(max(0.0, now - finished))
+        age = _unknown()
+    else:
+        finished = datetime.fromisoformat(status.last_base_backup_at).timestamp()
+        age = format_seconds(max(0.0, now - finished))
+    if status.next_job_at is None:
+        return age
+    due = datetime.fromisoformat(status.next_job_at).timestamp() - now
+    # A planned time in the past means no daemon is running the schedule.
+    label = Text("next ") + format_seconds(due) if due >= 0 else Text("overdue", style="red")
+    return _two(age, label)
 
 
 def _backlog(status: ConnectorStatus) -> Text:
