@@ -23,6 +23,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "standby": ("standby", "standby-site actions (restore)"),
     "status": ("status", "lag and RPO per connector"),
     "dashboard": ("dashboard", "live terminal view of lag and RPO"),
+    "promote": ("promote", "checked, manual failover at the standby site"),
     "demo": ("demo", "self-contained sandbox showing ship, replay and lag"),
 }
 
@@ -77,6 +78,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("dashboard", help=VERBS["dashboard"][1])
     p.add_argument("--interval", type=float, default=1.0, help="refresh every N seconds")
+
+    p = sub.add_parser("promote", help=VERBS["promote"][1])
+    p.add_argument("connector")
+    p.add_argument("--dry-run", action="store_true", help="evaluate every check, change nothing")
+    p.add_argument("--force", action="store_true", help="go on though the primary answers")
+    p.add_argument(
+        "--accept-data-loss", action="store_true", help="go on though the loss exceeds the RPO"
+    )
+    p.add_argument("--timeout", type=float, help="seconds for the final drain and pg_promote")
 
     p = sub.add_parser("demo", help=VERBS["demo"][1])
     p.add_argument("--dir", default="demo", help="sandbox folder (default: ./demo)")

@@ -190,21 +190,23 @@ class ShippedWal:
 
     def gap(self, replay_lsn: int | None, standby_timeline: int | None) -> Gap | None:
         pending = self.pending(replay_lsn)
-        found = find_gap(pending)
-        if found is not None or replay_lsn is None:
-            return found
+        if replay_lsn is None:
+            return find_gap(pending)
         # find_gap only sees holes between two shipped segments; the hole may also
-        # sit between the standby's position and the first shipped segment.
-        current = replay_lsn // self.seg_size
-        numbers = [self.number(f.name) for f in pending if f in self.segments()]
-        if numbers and min(numbers) > current + 1:
+        # sit between the standby's position and the first shipped segment. Mid-segment,
+        # the standby already holds the segment it reads, so the next one is needed;
+        # exactly at a boundary (after a WAL switch) the segment starting there is.
+        need = replay_lsn // self.seg_size + (1 if replay_lsn % self.seg_size else 0)
+        segments = set(self.segments())
+        numbers = [self.number(f.name) for f in pending if f in segments]
+        if numbers and min(numbers) > need:
             timeline = standby_timeline or int(pending[0].name[:8], 16)
             return Gap(
-                missing=segment_name(timeline, current + 1, self.seg_size),
-                segment_number=current + 1,
+                missing=segment_name(timeline, need, self.seg_size),
+                segment_number=need,
                 after="(the standby's replay position)",
             )
-        return None
+        return find_gap(pending)
 
     def last_segment(self) -> ShippedFile | None:
         segments = self.segments()
@@ -218,7 +220,8 @@ class ShippedWal:
         last = self.last_segment()
         for row in self.partials:
             if last is None or (
-                row.name[:8] == last.name[:8] and self.number(row.name) == self.number(last.name) + 1
+                row.name[:8] == last.name[:8]
+                and self.number(row.name) == self.number(last.name) + 1
             ):
                 return row
         return None
@@ -502,6 +505,7 @@ class Promotion:
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.connector = connector
+        self._site_root = site_root
         self.layout = SiteLayout.for_connector(site_root.as_posix(), connector.name)
         self.options = options
         self._emit = emit
@@ -529,6 +533,8 @@ class Promotion:
     # -- run ---------------------------------------------------------------------
 
     def run(self) -> PromoteOutcome:
+        import psycopg
+
         started = self._monotonic()
         marker = Path(self.layout.promoted_marker)
         if marker.exists():
@@ -551,6 +557,13 @@ class Promotion:
             loss = self._loss(state, wal)
             self._refuse_now()
             self._promote(standby, state, loss, started)
+        except psycopg.Error as exc:
+            # Mid-plan (the standby restarted, a role lacks rights for pg_promote):
+            # one line with where it stopped; the printed steps say how far it got.
+            done = self.outcome.steps[-1].name if self.outcome.steps else "start"
+            raise OperationFailed(
+                f"standby query failed after {done!r}: {_first_line(exc)}"
+            ) from None
         finally:
             standby.close()
         return self.outcome
@@ -560,8 +573,12 @@ class Promotion:
     def _gate_recovery(self, state: StandbyState, wal: ShippedWal) -> None:
         name = "standby in recovery"
         if not state.in_recovery:
-            self._step(name, Verdict.REFUSED, "the standby is not in recovery: it already "
-                       "accepts writes (promoted by hand?); nothing to promote")
+            self._step(
+                name,
+                Verdict.REFUSED,
+                "the standby is not in recovery: it already "
+                "accepts writes (promoted by hand?); nothing to promote",
+            )
             return
         self.outcome.old_timeline = state.timeline
         expected = wal.timeline
@@ -569,12 +586,20 @@ class Promotion:
         if expected is None:
             self._step(name, Verdict.OK, f"{where} (no WAL shipped to compare timelines)")
         elif state.timeline > expected:
-            self._step(name, Verdict.REFUSED, f"{where}, but the newest shipped timeline is "
-                       f"{expected}: this standby has left the shipped history (promoted "
-                       "before, or restored from another cluster)")
+            self._step(
+                name,
+                Verdict.REFUSED,
+                f"{where}, but the newest shipped timeline is "
+                f"{expected}: this standby has left the shipped history (promoted "
+                "before, or restored from another cluster)",
+            )
         elif state.timeline < expected and not wal.has_history(expected):
-            self._step(name, Verdict.REFUSED, f"{where}; WAL of timeline {expected} is shipped "
-                       f"but not {expected:08X}.history, so replay cannot follow it")
+            self._step(
+                name,
+                Verdict.REFUSED,
+                f"{where}; WAL of timeline {expected} is shipped "
+                f"but not {expected:08X}.history, so replay cannot follow it",
+            )
         elif state.timeline < expected:
             self._step(name, Verdict.OK, f"{where}; will follow shipped timeline {expected}")
         else:
@@ -591,12 +616,15 @@ class Promotion:
             return
         answer = self._probe(dsn)
         if answer.answers is None:
-            self._unverified(name, f"cannot verify that the primary is down via {how}: "
-                             f"{answer.detail}")
+            self._unverified(
+                name, f"cannot verify that the primary is down via {how}: {answer.detail}"
+            )
         elif answer.answers:
-            detail = (f"the primary still answers via {how}: {answer.detail}. Promoting now "
-                      "makes two primaries; for a planned move stop the primary cleanly and "
-                      "let the standby catch up (a planned switchover), not a failover")
+            detail = (
+                f"the primary still answers via {how}: {answer.detail}. Promoting now "
+                "makes two primaries; for a planned move stop the primary cleanly and "
+                "let the standby catch up (a planned switchover), not a failover"
+            )
             if self.options.force:
                 self._forced.append("primary answered")
                 self._step(name, Verdict.FORCED, detail + " (--force: going on)")
@@ -620,29 +648,46 @@ class Promotion:
             return
         gap = wal.gap(state.replay_lsn, state.timeline)
         if gap is not None:
-            self._step(name, Verdict.REFUSED, f"gap in the shipped WAL: {gap.missing} is "
-                       f"missing (after {gap.after}); replay cannot pass it. Ship it (it may "
-                       "still be in the primary's spool) or accept the loss by hand")
+            self._step(
+                name,
+                Verdict.REFUSED,
+                f"gap in the shipped WAL: {gap.missing} is "
+                f"missing (after {gap.after}); replay cannot pass it. Ship it (it may "
+                "still be in the primary's spool) or accept the loss by hand",
+            )
             return
         pending = wal.pending(state.replay_lsn)
-        missing = [f.name for f in pending if not (Path(self.layout.wal_dir) / f.stored_name).is_file()]
+        missing = [
+            f.name for f in pending if not (Path(self.layout.wal_dir) / f.stored_name).is_file()
+        ]
         if missing:
-            self._step(name, Verdict.REFUSED, f"the manifest lists {missing[0]} but its file "
-                       f"{Path(self.layout.wal_dir) / missing[0]} is missing")
+            self._step(
+                name,
+                Verdict.REFUSED,
+                f"the manifest lists {missing[0]} but its file "
+                f"{Path(self.layout.wal_dir) / missing[0]} is missing",
+            )
             return
         last = wal.last_segment()
         if last is None:
             self._step(name, Verdict.OK, "no WAL shipped yet")
         else:
-            self._step(name, Verdict.OK, f"no gap; {len(wal.segments())} segments shipped, "
-                       f"last {last.name}")
+            self._step(
+                name,
+                Verdict.OK,
+                f"no gap; {len(wal.segments())} segments shipped, last {last.name}",
+            )
 
     def _gate_paused(self, state: StandbyState) -> None:
         name = "replay not paused"
         if state.paused:
-            self._step(name, Verdict.REFUSED, "replay is paused (pg_wal_replay_pause()); "
-                       "resume it with `select pg_wal_replay_resume()` if that was not on "
-                       "purpose, then promote again")
+            self._step(
+                name,
+                Verdict.REFUSED,
+                "replay is paused (pg_wal_replay_pause()); "
+                "resume it with `select pg_wal_replay_resume()` if that was not on "
+                "purpose, then promote again",
+            )
         elif state.in_recovery:
             self._step(name, Verdict.OK, "replaying")
 
@@ -660,13 +705,20 @@ class Promotion:
             last, end = target
             partial = wal.final_partial()
             extra = f", then feed {partial.name}" if partial else ""
-            self._step("final drain", Verdict.WOULD, f"wait up to {self.options.timeout:g}s "
-                       f"for replay to reach the end of {last.name} ({_lsn(end)}; now at "
-                       f"{state.replay_lsn_text}){extra}")
+            self._step(
+                "final drain",
+                Verdict.WOULD,
+                f"wait up to {self.options.timeout:g}s "
+                f"for replay to reach the end of {last.name} ({_lsn(end)}; now at "
+                f"{state.replay_lsn_text}){extra}",
+            )
         self._loss(state, wal, so_far=True)
         self._step("fence", Verdict.WOULD, f"write {self.layout.promoted_marker}")
-        self._step("promote", Verdict.WOULD, "pg_promote(wait => true), then check a new "
-                   "timeline and a write")
+        self._step(
+            "promote",
+            Verdict.WOULD,
+            "pg_promote(wait => true), then check a new timeline and a write",
+        )
         self._refuse_now()
         return self.outcome
 
@@ -679,17 +731,21 @@ class Promotion:
         last, end = target
         begin = self._monotonic()
         deadline = begin + self.options.timeout
-        state = self._wait_replayed(standby, last, end, deadline)
+        state = self._wait_replayed(standby, last, end, wal.seg_size, deadline)
         partial = wal.final_partial()
         if partial is not None:
             state = self._feed_partial(standby, partial, deadline)
-        self._step(name, Verdict.OK, f"replayed to {state.replay_lsn_text} (end of the shipped "
-                   f"WAL: {last.name}{', ' + partial.name if partial else ''}) in "
-                   f"{self._monotonic() - begin:.1f}s")
+        self._step(
+            name,
+            Verdict.OK,
+            f"replayed to {state.replay_lsn_text} (end of the shipped "
+            f"WAL: {last.name}{', ' + partial.name if partial else ''}) in "
+            f"{self._monotonic() - begin:.1f}s",
+        )
         return state
 
     def _wait_replayed(
-        self, standby: Standby, last: ShippedFile, end: int, deadline: float
+        self, standby: Standby, last: ShippedFile, end: int, seg_size: int, deadline: float
     ) -> StandbyState:
         stable_since: float | None = None
         previous: int | None = None
@@ -703,7 +759,7 @@ class Promotion:
             previous = lsn
             if (
                 self._last_restored() == last.name
-                and lsn >= end - self.connector_seg(last)
+                and lsn >= end - seg_size
                 and now - stable_since >= STABLE_S
             ):
                 return state
@@ -716,17 +772,15 @@ class Promotion:
                 )
             self._sleep(POLL_S)
 
-    @staticmethod
-    def connector_seg(row: ShippedFile) -> int:
-        return row.size
-
     def _last_restored(self) -> str | None:
         try:
             return str(json.loads(Path(self.layout.restored_marker).read_text())["name"])
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
-    def _feed_partial(self, standby: Standby, partial: ShippedFile, deadline: float) -> StandbyState:
+    def _feed_partial(
+        self, standby: Standby, partial: ShippedFile, deadline: float
+    ) -> StandbyState:
         """Copy a shipped `.partial` into pg_wal under its segment name, then let it replay.
 
         In standby mode PostgreSQL reads pg_wal when restore_command has nothing, so
@@ -736,7 +790,7 @@ class Promotion:
 
         segment = partial.name.removesuffix(".partial")
         dest = self.connector.standby.data_dir / "pg_wal" / segment
-        restore_wal(Path(str(self.layout.root.parent)), self.connector.name, partial.name, dest)
+        restore_wal(self._site_root, self.connector.name, partial.name, dest)
         previous, stable_since = None, self._monotonic()
         while True:
             state = standby.state()
@@ -762,23 +816,30 @@ class Promotion:
             window_end=end,
         )
         self.outcome.loss = loss
-        facts = (f"last replayed commit {iso(loss.last_commit_at)}, last heartbeat "
-                 f"{iso(loss.heartbeat_at)}, last shipped segment closed "
-                 f"{iso(loss.last_close_at)}")
+        facts = (
+            f"last replayed commit {iso(loss.last_commit_at)}, last heartbeat "
+            f"{iso(loss.heartbeat_at)}, last shipped segment closed "
+            f"{iso(loss.last_close_at)}"
+        )
         ends = "primary seen down" if self._primary_seen_down_at else "now"
         rpo = self.connector.rpo
         if loss.bound_s is None:
             headline = "the loss cannot be bounded: nothing replayed carries a time"
         else:
-            headline = (f"you lose at most {loss.bound_s:.1f} s of commits "
-                        f"({iso(loss.window_start)} → {iso(loss.window_end)}, {ends})")
+            headline = (
+                f"you lose at most {loss.bound_s:.1f} s of commits "
+                f"({iso(loss.window_start)} → {iso(loss.window_end)}, {ends})"
+            )
         if so_far:
             headline += " (so far: the drain may shrink it)"
         detail = f"{headline}; {facts}; RPO {rpo:g} s"
         over = loss.bound_s is None or loss.bound_s > rpo
         if over and not self.options.accept_data_loss:
-            self._step(name, Verdict.REFUSED, detail + ": above the RPO, promote with "
-                       "--accept-data-loss to go on")
+            self._step(
+                name,
+                Verdict.REFUSED,
+                detail + ": above the RPO, promote with --accept-data-loss to go on",
+            )
         elif over:
             self._forced.append("loss above RPO")
             self._step(name, Verdict.FORCED, detail + ": above the RPO (--accept-data-loss)")
@@ -804,7 +865,9 @@ class Promotion:
             "forced": self._forced,
         }
 
-    def _promote(self, standby: Standby, state: StandbyState, loss: LossReport, started: float) -> None:
+    def _promote(
+        self, standby: Standby, state: StandbyState, loss: LossReport, started: float
+    ) -> None:
         marker = Path(self.layout.promoted_marker)
         # Before pg_promote: from the moment the standby can be written, no daemon
         # may ship into it, so the fence must already stand.
@@ -826,15 +889,23 @@ class Promotion:
                 f"after pg_promote the server is on timeline {new_timeline} (was "
                 f"{state.timeline}), in recovery: {after.in_recovery}; check its log"
             )
-        self._step("promote", Verdict.OK, f"writable on timeline {new_timeline} (was "
-                   f"{state.timeline}); RTO {rto:.1f} s from the command to a writable database")
+        self._step(
+            "promote",
+            Verdict.OK,
+            f"writable on timeline {new_timeline} (was "
+            f"{state.timeline}); RTO {rto:.1f} s from the command to a writable database",
+        )
         record = self._record(loss, "promoted", rto)
         write_marker(marker, record)
         append_journal(Path(self.layout.root) / JOURNAL_NAME, {"event": "promote", **record})
         bound = "unknown" if loss.bound_s is None else f"{loss.bound_s:.1f} s"
-        self._step("record", Verdict.OK, f"achieved RPO: at most {bound} of commits lost; "
-                   f"RTO {rto:.1f} s; event appended to {Path(self.layout.root) / JOURNAL_NAME}"
-                   " (the catalog lives at the primary site and is not written)")
+        self._step(
+            "record",
+            Verdict.OK,
+            f"achieved RPO: at most {bound} of commits lost; "
+            f"RTO {rto:.1f} s; event appended to {Path(self.layout.root) / JOURNAL_NAME}"
+            " (the catalog lives at the primary site and is not written)",
+        )
         for number, text in enumerate(NEXT_STEPS, 1):
             self._step(f"next step {number}", Verdict.INFO, text)
 
@@ -846,7 +917,16 @@ def _lsn(value: int) -> str:
 def _summary(marker: Path) -> str:
     try:
         content = json.loads(marker.read_text())
-        return (f"promoted {content.get('at_iso')} by {content.get('by')} "
-                f"(state {content.get('state')})")
+        summary = (
+            f"promoted {content.get('at_iso')} by {content.get('by')} "
+            f"(state {content.get('state')})"
+        )
     except (OSError, ValueError, AttributeError):
         return "already promoted"
+    if content.get("state") == "promoting":
+        # pg_promote did not confirm: the standby may or may not have left recovery.
+        summary += (
+            "; pg_promote did not confirm: check the standby with "
+            "`select pg_is_in_recovery()` and its log before removing the marker by hand"
+        )
+    return summary
