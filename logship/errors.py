@@ -6,6 +6,12 @@ EXIT_USAGE = 2
 EXIT_REFUSED = 3
 
 
+def first_line(exc: BaseException) -> str:
+    """An exception as one line: drivers' messages run over several."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 class LogshipError(Exception):
     """An error reported as one line (what, where, what to do) with an exit code."""
 

@@ -15,7 +15,9 @@ import pytest
 
 from logship.engines.postgresql import PrimarySection
 from logship.manifest import ManifestRecord
-from logship.replay.promote import LossReport, ShippedWal, primary_check_dsn
+from logship.replay.primary_check import primary_check_dsn
+from logship.replay.promote import LossReport
+from logship.replay.shipped_wal import ShippedWal
 from logship.sandbox.deployment import Deployment, wait_for
 
 SEG = 16 * 1024 * 1024

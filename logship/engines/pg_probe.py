@@ -16,6 +16,7 @@ from typing import Any
 
 import psycopg
 
+from logship.errors import first_line
 from logship.logs import event
 
 log = logging.getLogger("logship.heartbeat")
@@ -37,11 +38,6 @@ from pg_stat_archiver
 """
 # Needs superuser or pg_monitor; without it the backlog is unknown, not zero.
 READY = "select count(*) from pg_ls_archive_statusdir() where name like '%%.ready'"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else repr(exc)
 
 
 class PrimaryProbe:
@@ -68,7 +64,7 @@ class PrimaryProbe:
                 ready = None
         except psycopg.Error as exc:
             self.close()
-            error = _first_line(exc)
+            error = first_line(exc)
             if self._failing != error:  # one line per outage, not one per second
                 event(
                     log,

@@ -29,12 +29,11 @@ needs to refuse; fencing is about the *shipping* side, which the marker stops.
 from __future__ import annotations
 
 import getpass
-import ipaddress
 import json
 import os
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -42,16 +41,14 @@ from pathlib import Path
 from typing import Any
 
 from logship import walnames
-from logship.catalog.models import FileState
-from logship.engines.pg_tools import parse_dsn
-from logship.engines.postgresql import PostgresConnector, PrimarySection
-from logship.errors import ConfigError, OperationFailed, SafetyRefusal
-from logship.lag import Gap, find_gap, segment_name, segment_size
-from logship.manifest import ManifestRecord, SiteLayout
+from logship.durable import write_bytes_atomically
+from logship.engines.postgresql import PostgresConnector
+from logship.errors import ConfigError, OperationFailed, SafetyRefusal, first_line
+from logship.manifest import SiteLayout
+from logship.replay.primary_check import PrimaryAnswer, primary_check_dsn, probe_primary
+from logship.replay.shipped_wal import ShippedFile, ShippedWal, read_manifest
 from logship.replay.standby_status import HEARTBEAT_QUERY
-from logship.walnames import WalKind
 
-PRIMARY_TIMEOUT_S = 3.0
 DEFAULT_TIMEOUT_S = 120.0
 # At the last shipped segment, a replay position that has not moved for this long
 # means PostgreSQL is waiting for the next segment (the last record may continue
@@ -59,7 +56,6 @@ DEFAULT_TIMEOUT_S = 120.0
 STABLE_S = 1.0
 POLL_S = 0.2
 JOURNAL_NAME = "journal.jsonl"
-_LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
 
 STANDBY_FACTS = """
 select pg_is_in_recovery(),
@@ -96,222 +92,6 @@ class PromoteOptions:
 
 class PromoteRefused(SafetyRefusal):
     pass
-
-
-# -- the shipped WAL (pure) ---------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ShippedFile:
-    """A manifest record as a `lag.FileRow`: everything listed here is at the site."""
-
-    name: str
-    size: int
-    closed_at: float
-    stored_name: str
-    state: str = FileState.SHIPPED
-
-
-def read_manifest(layout: SiteLayout) -> tuple[list[ManifestRecord], list[str]]:
-    """Every record at the site, and a problem line per unreadable one."""
-    records: list[ManifestRecord] = []
-    problems: list[str] = []
-    try:
-        paths = sorted(Path(layout.manifest_dir).glob("*.json"))
-    except OSError as exc:
-        return [], [f"cannot list {layout.manifest_dir}: {exc}"]
-    for path in paths:
-        try:
-            record = ManifestRecord.from_json(path.read_bytes())
-        except (OSError, ValueError, TypeError) as exc:
-            problems.append(f"manifest record {path} is unreadable ({exc})")
-            continue
-        records.append(record)
-    return records, problems
-
-
-@dataclass(frozen=True)
-class ShippedWal:
-    """The site's WAL in ship order (timeline, its .history first, name)."""
-
-    files: tuple[ShippedFile, ...]
-    partials: tuple[ShippedFile, ...]
-    seg_size: int
-
-    @classmethod
-    def from_records(cls, records: Sequence[ManifestRecord]) -> ShippedWal:
-        files: list[tuple[tuple[int, int, str], ShippedFile]] = []
-        partials = []
-        for record in records:
-            parsed = walnames.parse(record.name, allow_partial=True)
-            if parsed is None or parsed.kind is WalKind.BACKUP:
-                continue
-            row = ShippedFile(record.name, record.size, record.closed_at, record.stored_name)
-            if parsed.kind is WalKind.PARTIAL:
-                partials.append(row)
-            else:
-                files.append((parsed.sort_key, row))
-        rows = tuple(row for _, row in sorted(files, key=lambda item: item[0]))
-        return cls(rows, tuple(partials), segment_size(rows))
-
-    def number(self, name: str) -> int:
-        parsed = walnames.parse(name, allow_partial=True)
-        assert parsed is not None
-        return parsed.segment_number(self.seg_size)
-
-    def segments(self) -> list[ShippedFile]:
-        return [f for f in self.files if walnames.parse(f.name).kind is WalKind.SEGMENT]  # type: ignore[union-attr]
-
-    @property
-    def timeline(self) -> int | None:
-        """The highest timeline among shipped segments and history files."""
-        names = [f.name for f in self.files]
-        return max((int(n[:8], 16) for n in names), default=None)
-
-    def has_history(self, timeline: int) -> bool:
-        return any(f.name == f"{timeline:08X}.history" for f in self.files)
-
-    def pending(self, replay_lsn: int | None) -> list[ShippedFile]:
-        """Files replay still needs: from the segment holding `replay_lsn` on.
-
-        A gap the standby has already replayed past (or WAL retention removed
-        before its position) cannot stop it, so it does not count.
-        """
-        if replay_lsn is None:
-            return list(self.files)
-        current = replay_lsn // self.seg_size
-        kept = []
-        for row in self.files:
-            parsed = walnames.parse(row.name)
-            assert parsed is not None
-            if parsed.kind is WalKind.HISTORY or parsed.segment_number(self.seg_size) >= current:
-                kept.append(row)
-        return kept
-
-    def gap(self, replay_lsn: int | None, standby_timeline: int | None) -> Gap | None:
-        pending = self.pending(replay_lsn)
-        if replay_lsn is None:
-            return find_gap(pending)
-        # find_gap only sees holes between two shipped segments; the hole may also
-        # sit between the standby's position and the first shipped segment. Mid-segment,
-        # the standby already holds the segment it reads, so the next one is needed;
-        # exactly at a boundary (after a WAL switch) the segment starting there is.
-        need = replay_lsn // self.seg_size + (1 if replay_lsn % self.seg_size else 0)
-        segments = set(self.segments())
-        numbers = [self.number(f.name) for f in pending if f in segments]
-        if numbers and min(numbers) > need:
-            timeline = standby_timeline or int(pending[0].name[:8], 16)
-            return Gap(
-                missing=segment_name(timeline, need, self.seg_size),
-                segment_number=need,
-                after="(the standby's replay position)",
-            )
-        return find_gap(pending)
-
-    def last_segment(self) -> ShippedFile | None:
-        segments = self.segments()
-        return segments[-1] if segments else None
-
-    def end_lsn(self, row: ShippedFile) -> int:
-        return (self.number(row.name) + 1) * self.seg_size
-
-    def final_partial(self) -> ShippedFile | None:
-        """A `.partial` that continues right after the last complete segment."""
-        last = self.last_segment()
-        for row in self.partials:
-            if last is None or (
-                row.name[:8] == last.name[:8]
-                and self.number(row.name) == self.number(last.name) + 1
-            ):
-                return row
-        return None
-
-
-# -- the primary check ----------------------------------------------------------------------
-
-
-def _is_loopback(host: str) -> bool:
-    if host.lower() in _LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def primary_check_dsn(primary: PrimarySection, setting: str) -> tuple[str | None, str]:
-    """The DSN that reaches the primary from here, and what it is; or None and why not."""
-    if primary.check_dsn:
-        parse_dsn(primary.check_dsn, setting=f"{setting}.check_dsn")
-        return primary.check_dsn, f"{setting}.check_dsn"
-    endpoint = parse_dsn(primary.dsn, setting=f"{setting}.dsn")
-    if endpoint.socket_dirs:
-        return None, (
-            f"{setting}.dsn uses a Unix socket ({', '.join(endpoint.socket_dirs)}), which "
-            "proves nothing at the standby site; set [primary].check_dsn to a TCP DSN that "
-            "reaches the primary from here"
-        )
-    loopback = [h for h in endpoint.tcp_hosts if _is_loopback(h)]
-    if loopback or not endpoint.tcp_hosts:
-        shown = ", ".join(loopback) or "libpq's default"
-        return None, (
-            f"{setting}.dsn reaches {shown}, which at the standby site is this host, not the "
-            "primary; set [primary].check_dsn to a TCP DSN that reaches the primary from here"
-        )
-    return primary.dsn, f"{setting}.dsn (TCP)"
-
-
-@dataclass(frozen=True)
-class PrimaryAnswer:
-    answers: bool | None  # None: could not tell (a name that does not resolve)
-    detail: str
-    checked_at: float
-
-
-def probe_primary(dsn: str, timeout: float = PRIMARY_TIMEOUT_S) -> PrimaryAnswer:
-    """Does anything answer at the primary's address? TCP first, then libpq for detail.
-
-    An open port is an answer whatever libpq then says: a server that refuses our
-    login (pg_hba, password) is still a running primary that may take commits.
-    """
-    endpoint = parse_dsn(dsn)
-    reasons: list[str] = []
-    answered: list[str] = []
-    unresolved = False
-    for host in endpoint.tcp_hosts:
-        where = f"{host}:{endpoint.port}"
-        try:
-            with socket.create_connection((host, endpoint.port), timeout=timeout):
-                answered.append(where)
-        except socket.gaierror as exc:
-            unresolved = True
-            reasons.append(f"{where}: name does not resolve ({exc.strerror})")
-        except TimeoutError:
-            reasons.append(f"{where}: no answer within {timeout:g}s")
-        except OSError as exc:
-            reasons.append(f"{where}: {exc.strerror or exc}")
-    now = time.time()
-    if answered:
-        return PrimaryAnswer(True, f"{', '.join(answered)} accepts connections{_libpq(dsn)}", now)
-    if unresolved:
-        return PrimaryAnswer(None, "; ".join(reasons), now)
-    return PrimaryAnswer(False, "; ".join(reasons) or "no TCP host to try", now)
-
-
-def _libpq(dsn: str) -> str:
-    import psycopg
-
-    try:
-        with psycopg.connect(dsn, connect_timeout=int(PRIMARY_TIMEOUT_S), autocommit=True) as c:
-            (in_recovery,) = c.execute("select pg_is_in_recovery()").fetchone()  # type: ignore[misc]
-    except psycopg.Error as exc:
-        return f" (login failed: {_first_line(exc)})"
-    return " (a PostgreSQL in recovery)" if in_recovery else " (a PostgreSQL taking writes)"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 # -- loss -----------------------------------------------------------------------------------
@@ -383,7 +163,7 @@ class Standby:
         try:
             self.conn = psycopg.connect(dsn, connect_timeout=10, autocommit=True)
         except psycopg.Error as exc:
-            raise OperationFailed(f"cannot connect to the standby: {_first_line(exc)}") from None
+            raise OperationFailed(f"cannot connect to the standby: {first_line(exc)}") from None
 
     def close(self) -> None:
         self.conn.close()
@@ -431,29 +211,9 @@ class Standby:
 # -- files at the site -----------------------------------------------------------------------
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_marker(path: Path, content: dict[str, Any]) -> None:
-    """Temp name, fsync, rename, fsync the directory: present complete or not at all."""
-    tmp = path.with_name(f".tmp.{path.name}.{os.getpid()}")
-    data = json.dumps(content, indent=2, sort_keys=True).encode() + b"\n"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    """Present complete or not at all (see logship.durable)."""
+    write_bytes_atomically(path, json.dumps(content, indent=2, sort_keys=True).encode() + b"\n")
 
 
 def append_journal(path: Path, entry: dict[str, Any]) -> None:
@@ -562,7 +322,7 @@ class Promotion:
             # one line with where it stopped; the printed steps say how far it got.
             done = self.outcome.steps[-1].name if self.outcome.steps else "start"
             raise OperationFailed(
-                f"standby query failed after {done!r}: {_first_line(exc)}"
+                f"standby query failed after {done!r}: {first_line(exc)}"
             ) from None
         finally:
             standby.close()

@@ -12,6 +12,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from logship.errors import first_line
 from logship.manifest import SiteLayout
 
 STANDBY_QUERY = """
@@ -78,8 +79,7 @@ def read_standby_facts(connector: str, dsn: str, site_root: Path) -> StandbyFact
                 row = conn.execute(HEARTBEAT_QUERY, (connector,)).fetchone()
                 heartbeat = row[0] if row else None
     except psycopg.Error as exc:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return StandbyFacts(measured_at=time.time(), reachable=False, error=message, **base)
+        return StandbyFacts(measured_at=time.time(), reachable=False, error=first_line(exc), **base)
     return StandbyFacts(
         measured_at=now,
         reachable=True,
