@@ -320,7 +320,7 @@ def window_summary(
 
 @dataclass(frozen=True)
 class Event:
-    """Something worth a line in the dashboard. Kinds so far: "state"."""
+    """Something worth a line in the dashboard. Kinds so far: "state", "promote"."""
 
     at: float
     connector: str
@@ -349,5 +349,7 @@ def state_changes(samples: Iterable[SampleRow]) -> list[Event]:
 
 
 def events(catalog: Catalog, since: float) -> list[Event]:
-    """Events since `since`, oldest first: for now, state changes read off the samples."""
-    return state_changes(catalog.samples(None, since))
+    """Events since `since`, oldest first: state changes read off the samples, and
+    what the journal recorded (a promote)."""
+    recorded = [Event(e.at, e.connector, e.kind, e.message) for e in catalog.journal(since)]
+    return sorted(state_changes(catalog.samples(None, since)) + recorded, key=lambda e: e.at)

@@ -71,6 +71,19 @@ class ScheduledJob(Base):
     last_error: Mapped[str | None] = mapped_column(Text, default=None)
 
 
+class JournalEvent(Base):
+    """Something an operator did or should know of (a promote, for now)."""
+
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    connector: Mapped[str] = mapped_column(String(200), index=True)
+    at: Mapped[float] = mapped_column(Float, index=True)
+    kind: Mapped[str] = mapped_column(String(50))
+    message: Mapped[str] = mapped_column(Text)
+    detail: Mapped[str | None] = mapped_column(Text, default=None)  # JSON
+
+
 class SiteStatus(Base):
     __tablename__ = "site_status"
 

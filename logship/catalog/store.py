@@ -15,6 +15,7 @@ from logship.catalog.models import (
     Base,
     BaseBackup,
     FileState,
+    JournalEvent,
     LagSample,
     PrimaryFacts,
     ScheduledJob,
@@ -253,6 +254,25 @@ class Catalog:
     def site_status(self, site: str) -> SiteStatus | None:
         with self.session() as s:
             return s.get(SiteStatus, site)
+
+    # -- events ----------------------------------------------------------------
+
+    def add_event(
+        self, connector: str, at: float, kind: str, message: str, detail: str | None = None
+    ) -> None:
+        with self.session() as s:
+            s.add(
+                JournalEvent(connector=connector, at=at, kind=kind, message=message, detail=detail)
+            )
+            s.commit()
+
+    def journal(self, since: float) -> list[JournalEvent]:
+        with self.session() as s:
+            return list(
+                s.scalars(
+                    select(JournalEvent).where(JournalEvent.at >= since).order_by(JournalEvent.at)
+                )
+            )
 
     # -- scheduled jobs --------------------------------------------------------
 

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import make_url
 
 from logship.basebackup import postgres_connector
 from logship.config.files import config_path
 from logship.config.load import load_config
-from logship.errors import UsageError
+from logship.config.model import Config
+from logship.errors import UsageError, first_line
 from logship.replay.promote import PromoteOptions, Promotion, Step, Verdict
 
 _MARKS = {
@@ -27,6 +33,41 @@ def _print(step: Step) -> None:
     print(f"[{_MARKS[step.verdict]:>7}] {step.name}: {step.detail}", flush=True)
 
 
+def _catalog_recorder(config: Config) -> Callable[[dict[str, Any]], str]:
+    """Record the promote in the catalog when this site can reach it.
+
+    The default SQLite catalog lives at the primary site: after a disaster it is
+    usually gone, and a missing file is not created here. A shared PostgreSQL
+    catalog may well still answer.
+    """
+
+    def record(entry: dict[str, Any]) -> str:
+        from logship.catalog.store import Catalog
+
+        url = config.catalog_url
+        database = make_url(url).database or ""
+        if url.startswith("sqlite") and not Path(database).is_file():
+            return "not reachable from this site (it lives at the primary site)"
+        try:
+            catalog = Catalog(url)
+            try:
+                loss = entry["loss"].get("bound_s")
+                message = (
+                    f"promoted to timeline {entry['new_timeline']}: RTO {entry['rto_s']} s, "
+                    f"at most {loss} s of commits lost"
+                )
+                catalog.add_event(
+                    entry["connector"], entry["at"], "promote", message, json.dumps(entry)
+                )
+            finally:
+                catalog.close()
+        except Exception as exc:  # the promote is done; the catalog is only a copy
+            return f"not written ({first_line(exc)})"
+        return "event recorded"
+
+    return record
+
+
 def run(args: argparse.Namespace) -> int:
     if args.timeout is not None and args.timeout <= 0:
         raise UsageError(f"--timeout {args.timeout:g}: must be a positive number of seconds")
@@ -41,7 +82,9 @@ def run(args: argparse.Namespace) -> int:
     )
     title = "dry run: nothing is changed" if options.dry_run else "promoting"
     print(f"promote {connector.name} ({title})", flush=True)
-    outcome = Promotion(connector, Path(site.root), options, _print).run()
+    outcome = Promotion(
+        connector, Path(site.root), options, _print, record_event=_catalog_recorder(config)
+    ).run()
     if outcome.dry_run:
         print("dry run: every check passed; promote without --dry-run to do it", file=sys.stdout)
     else:

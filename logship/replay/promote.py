@@ -260,10 +260,12 @@ class Promotion:
         emit: Callable[[Step], None],
         *,
         probe: Callable[[str], PrimaryAnswer] = probe_primary,
+        record_event: Callable[[dict[str, Any]], str] | None = None,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
+        self._record_event = record_event
         self.connector = connector
         self._site_root = site_root
         self.layout = SiteLayout.for_connector(site_root.as_posix(), connector.name)
@@ -659,12 +661,13 @@ class Promotion:
         write_marker(marker, record)
         append_journal(Path(self.layout.root) / JOURNAL_NAME, {"event": "promote", **record})
         bound = "unknown" if loss.bound_s is None else f"{loss.bound_s:.1f} s"
+        catalog_note = self._record_event(record) if self._record_event else "not asked"
         self._step(
             "record",
             Verdict.OK,
             f"achieved RPO: at most {bound} of commits lost; "
-            f"RTO {rto:.1f} s; event appended to {Path(self.layout.root) / JOURNAL_NAME}"
-            " (the catalog lives at the primary site and is not written)",
+            f"RTO {rto:.1f} s; event appended to {Path(self.layout.root) / JOURNAL_NAME}; "
+            f"catalog: {catalog_note}",
         )
         for number, text in enumerate(NEXT_STEPS, 1):
             self._step(f"next step {number}", Verdict.INFO, text)

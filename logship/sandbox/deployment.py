@@ -41,6 +41,8 @@ class Deployment:
     rpo: str = "60s"
     compression: str = "zstd"
     archive_via: str = "command"  # or "basic_archive"
+    #: give promote a DSN that reaches the primary from the standby site
+    check_dsn: bool = False
     primary_port: int = field(default_factory=free_port)
     standby_port: int = field(default_factory=free_port)
 
@@ -116,6 +118,7 @@ compression = "{self.compression}"
 
 [primary]
 dsn = "{self.primary.dsn()}"
+{f'check_dsn = "{self.primary.dsn()}"' if self.check_dsn else ""}
 
 [standby]
 dsn = "{self.standby.dsn()}"
