@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from logship import walnames
+from logship.catalog.store import Catalog
 from logship.manifest import ManifestRecord
 from logship.sandbox.deployment import Deployment, wait_for
 
@@ -148,6 +149,12 @@ def test_changed_host_key_refuses_to_ship(deployment: Deployment) -> None:
     lsn_before = dep.switch_wal()
     assert lsn_before
     wait_for(lambda: "host key" in dep.daemon_log.read_text(), 60, "host key refusal logged")
+    catalog = Catalog(f"sqlite:///{dep.state_dir / 'catalog.db'}")
+    try:  # and journaled once, for the dashboard's events
+        refusals = [e for e in catalog.journal(0) if "host key refused" in e.message]
+        assert len(refusals) == 1
+    finally:
+        catalog.close()
     assert not _records(dep)
     status = json.loads(dep.logship("status", "--json").stdout)
     assert status["connectors"][0]["state"] == "down"

@@ -331,3 +331,16 @@ def test_json_round_trip() -> None:
     st = status(rows, site_status=Site(False, "refused"), last_base_backup_at=NOW)
     assert st.gap is not None
     assert lag.ConnectorStatus.from_json(st.to_json()) == st
+
+
+def test_every_null_figure_has_a_reason_in_the_human_output() -> None:
+    from logship.ui.status_table import null_reasons
+
+    no_catalog = status(None)
+    assert any("no catalog yet" in r for r in null_reasons(no_catalog))
+    pending_only = status([Row(seg(1), state="discovered")])
+    reasons = null_reasons(pending_only)
+    assert any("no WAL segment has reached the site" in r for r in reasons)
+    assert any("not been sampled" in r for r in reasons)
+    measured = status([Row(seg(1))], progress=Progress(seg(1), heartbeat_at=NOW - 1))
+    assert null_reasons(measured) == []

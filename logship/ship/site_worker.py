@@ -64,6 +64,7 @@ class SiteWorker(threading.Thread):
         self._next_sample = 0.0
         self._promoted: set[str] = set()
         self._sample_errors: dict[str, str | None] = {}
+        self._link_up: bool | None = None  # the last link state told to the journal
 
     def wake(self) -> None:
         self._wake.set()
@@ -99,16 +100,27 @@ class SiteWorker(threading.Thread):
         except HostKeyRefused as exc:
             event(log, logging.ERROR, "host key refused", site=self.site.name, error=str(exc))
             self.catalog.set_site_status(self.site.name, False, str(exc), self._clock())
+            self._journal_link(False, f"host key refused: {exc}")
             return False
         except Exception as exc:
             event(log, logging.WARNING, "site unreachable", site=self.site.name, error=str(exc))
             self.catalog.set_site_status(self.site.name, False, str(exc), self._clock())
+            self._journal_link(False, f"site {self.site.name} unreachable: {exc}")
             return False
         self._transport = transport
         self._backoff = BACKOFF_START
         self.catalog.set_site_status(self.site.name, True, None, self._clock())
         event(log, logging.INFO, "connected", site=self.site.name)
+        self._journal_link(True, f"connected to site {self.site.name}")
         return True
+
+    def _journal_link(self, up: bool, message: str) -> None:
+        """Link changes go to the catalog's journal (the dashboard's events), once each."""
+        if self._link_up == up:
+            return
+        self._link_up = up
+        for target in self.targets:
+            self.catalog.add_event(target.connector, self._clock(), "link", message)
 
     def _prepare(self, transport: Transport, target: ShipTarget) -> None:
         layout = target.layout
@@ -138,6 +150,7 @@ class SiteWorker(threading.Thread):
     def _lost(self, exc: BaseException) -> None:
         event(log, logging.WARNING, "link lost", site=self.site.name, error=str(exc))
         self.catalog.set_site_status(self.site.name, False, str(exc), self._clock())
+        self._journal_link(False, f"link to site {self.site.name} lost: {exc}")
         self._disconnect()
 
     def _disconnect(self) -> None:
@@ -172,6 +185,7 @@ class SiteWorker(threading.Thread):
                         log, logging.ERROR, "conflict", connector=target.connector, error=str(exc)
                     )
                     self.catalog.mark_conflict(row.id, str(exc))
+                    self.catalog.add_event(target.connector, self._clock(), "error", str(exc))
                     continue
                 self.catalog.mark_shipped(row.id, record.sha256, record.stored_size, self._clock())
                 retire(target.spool_dir, row.name, record.sha256)

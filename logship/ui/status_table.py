@@ -100,7 +100,35 @@ def _notes(status: ConnectorStatus) -> Text:
             notes.append("\n")
         notes.append(f"{status.name}: ", style="bold")
         notes.append(f"site {status.site}: {status.site_error}", style="red")
+    for reason in null_reasons(status):
+        if notes:
+            notes.append("\n")
+        notes.append(f"{status.name}: ", style="bold")
+        notes.append(reason, style="dim")
     return notes
+
+
+def null_reasons(status: ConnectorStatus) -> list[str]:
+    """Why a figure shows as unknown: a null is never left unexplained."""
+    reasons = []
+    if status.pending_files is None:
+        reasons.append("no catalog yet: start `logship run` at the primary site")
+    elif status.rpo_exposure_s is None:
+        reasons.append("exposure unknown: no WAL segment has reached the site yet")
+    if status.apply_lag_s is None:
+        if status.standby_error:
+            reasons.append(
+                f"apply lag unknown: the standby did not answer ({status.standby_error})"
+            )
+        elif status.standby_measured_at is None:
+            reasons.append("apply lag unknown: the standby has not been sampled yet")
+        else:
+            reasons.append("apply lag unknown: no heartbeat or commit replayed on the standby yet")
+    if status.primary_measured_at is not None and status.archive_ready_files is None:
+        reasons.append(
+            "archive backlog unknown: counting .ready files needs superuser or pg_monitor"
+        )
+    return reasons
 
 
 def build_status_table(statuses: Sequence[ConnectorStatus], *, title: str | None = None) -> Table:
