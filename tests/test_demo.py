@@ -70,6 +70,10 @@ def test_demo_ships_replays_matches_and_leaves_nothing(reachable_dir: Path) -> N
     assert all(primary == standby for primary, standby in compared)
     assert int(compared[0][0]) > 0  # pgbench committed transactions
     assert "verdict: MATCH" in out, out
+    # Then the disaster and the checked promote, with its loss report and RTO.
+    assert "`logship promote` at the DR site" in out, out
+    assert re.search(r"you lose at most [0-9.]+ s of commits", out), out
+    assert re.search(r"RTO [0-9.]+ s", out), out
 
     # Nothing it started is left: the pids it reported are gone, no process names
     # the sandbox, and the folder itself is removed.

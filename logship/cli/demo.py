@@ -3,8 +3,10 @@
 Builds the same Deployment the end-to-end tests use (a primary archiving through
 logship, a private loopback sshd standing in for the DR site, one config), runs
 `logship run`, brings a standby up from a shipped base backup, puts pgbench load on
-the primary while showing shipping and replay live, then compares the data on both
-sides. Everything it started is stopped again, on success, error, Ctrl-C or SIGTERM.
+the primary while showing shipping and replay live, compares the data on both
+sides, then stops the primary as a disaster would and promotes the standby with
+`logship promote`, showing the loss report and the RTO. Everything it started is
+stopped again, on success, error, Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
@@ -397,7 +399,8 @@ class Demo:
         self.sandbox = sandbox
         self.seconds = seconds
         self.view = view
-        self.dep = Deployment(sandbox.path, user, rpo=DEMO_RPO)
+        # check_dsn: promote, run "at the DR site", can see that the primary is down.
+        self.dep = Deployment(sandbox.path, user, rpo=DEMO_RPO, check_dsn=True)
         self.pgbench = Pgbench(self.dep.primary, sandbox.path / PGBENCH_LOG_NAME)
         self.probe = Probe(self.dep)
         # What we started, so that the end can prove none of it is still running.
@@ -555,6 +558,19 @@ class Demo:
         self.view.comparison(result)
         return result
 
+    def promote(self) -> None:
+        """The disaster: the primary vanishes, and the standby is promoted, checked."""
+        with self._step(
+            "disaster: stopping the primary immediately, then `logship promote` at the DR site"
+        ) as detail:
+            self.dep.primary.stop(mode="immediate")
+            result = self.dep.logship("promote", self.dep.connector, "--timeout", "120")
+            detail("the standby is the primary now, and shipping into it is fenced off")
+        for line in result.stdout.splitlines():
+            # The loss report and the achieved RTO: what the on-call engineer reads.
+            if any(key in line for key in ("] loss", "] promote:", "] record:")):
+                self.view.info(line.split("] ", 1)[-1])
+
     # -- the end ------------------------------------------------------------------------
 
     def _still_running(self) -> list[str]:
@@ -638,6 +654,8 @@ class Demo:
                     if result.equal
                     else "the standby's data differs from the primary's"
                 )
+            else:
+                self.promote()
         except (KeyboardInterrupt, Terminated) as exc:
             interrupted = exc
         except Exception as exc:
