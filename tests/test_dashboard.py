@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from offline_config import write_offline_config
 from rich.console import Console
 
 from logship.catalog.store import Catalog, NewFile, NewSample
@@ -38,34 +39,7 @@ class Filled:
 
 
 def _write_config(root: Path) -> Path:
-    (root / "connectors").mkdir()
-    (root / "state").mkdir(mode=0o700)
-    path = root / "logship.toml"
-    path.write_text(
-        f"""[logship]
-state_dir = "{root / "state"}"
-
-[sites.dr]
-host = "127.0.0.1"
-user = "logship"
-identity_file = "{root / "id"}"
-known_hosts = "{root / "known_hosts"}"
-root = "/srv/incoming"
-"""
-    )
-    for name, rpo in (("orders", "60s"), ("billing", "5m")):
-        (root / "connectors" / f"{name}.toml").write_text(
-            f"""kind = "postgresql"
-site = "dr"
-rpo = "{rpo}"
-[primary]
-dsn = "host=127.0.0.1 port=1"
-[standby]
-dsn = "host=127.0.0.1 port=2"
-data_dir = "{root / "standby"}"
-"""
-        )
-    return path
+    return write_offline_config(root)
 
 
 @pytest.fixture

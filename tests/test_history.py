@@ -12,6 +12,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
+from offline_config import write_offline_config
 
 from logship.catalog.store import Catalog, NewSample
 from logship.config.model import HistorySection
@@ -285,33 +286,7 @@ def test_state_changes_are_events_and_a_first_sample_is_a_baseline() -> None:
 
 
 def _write_config(root: Path) -> Path:
-    (root / "connectors").mkdir()
-    (root / "state").mkdir(mode=0o700)
-    path = root / "logship.toml"
-    path.write_text(
-        f"""[logship]
-state_dir = "{root / "state"}"
-
-[sites.dr]
-host = "127.0.0.1"
-user = "logship"
-identity_file = "{root / "id"}"
-known_hosts = "{root / "known_hosts"}"
-root = "/srv/incoming"
-"""
-    )
-    (root / "connectors" / "orders.toml").write_text(
-        f"""kind = "postgresql"
-site = "dr"
-rpo = "60s"
-[primary]
-dsn = "host=127.0.0.1 port=1"
-[standby]
-dsn = "host=127.0.0.1 port=2"
-data_dir = "{root / "standby"}"
-"""
-    )
-    return path
+    return write_offline_config(root, {"orders": "60s"})
 
 
 def _logship(config: Path, *args: str) -> subprocess.CompletedProcess[str]:

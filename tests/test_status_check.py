@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from offline_config import write_offline_config
 
 from logship.catalog.store import Catalog, NewFile
 from logship.engines.postgresql import ENGINE
@@ -65,32 +66,7 @@ def logship(config: Path, *args: str, timeout: float = 120) -> subprocess.Comple
 @pytest.fixture
 def config(reachable_dir: Path) -> Iterator[Path]:
     """Two connectors on one site; nothing runs, so no sshd or PostgreSQL is needed."""
-    (reachable_dir / "connectors").mkdir()
-    path = reachable_dir / "logship.toml"
-    path.write_text(
-        f"""[logship]
-state_dir = "{reachable_dir / "state"}"
-
-[sites.dr]
-host = "127.0.0.1"
-user = "logship"
-identity_file = "{reachable_dir / "id"}"
-known_hosts = "{reachable_dir / "known_hosts"}"
-root = "/srv/incoming"
-"""
-    )
-    for name, rpo in (("orders", "60s"), ("billing", "5m")):
-        (reachable_dir / "connectors" / f"{name}.toml").write_text(
-            f"""kind = "postgresql"
-site = "dr"
-rpo = "{rpo}"
-[primary]
-dsn = "host=127.0.0.1 port=1"
-[standby]
-dsn = "host=127.0.0.1 port=2"
-data_dir = "{reachable_dir / "standby"}"
-"""
-        )
+    path = write_offline_config(reachable_dir, make_state=False)
     yield path
 
 
