@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pytest
+from contract import CONTRACT_FIELDS
 
 from logship import lag, walnames
 from logship.lag import Gap, State
@@ -294,19 +295,7 @@ def test_json_has_exactly_the_contract_fields_and_extras() -> None:
     st = status([Row(seg(1))], last_base_backup_at=1_700_000_000.5)
     data = st.to_json()
     assert list(data) == [
-        "name",
-        "kind",
-        "site",
-        "state",
-        "rpo_target_s",
-        "rpo_exposure_s",
-        "transport_lag_s",
-        "apply_lag_s",
-        "pending_files",
-        "pending_bytes",
-        "last_shipped",
-        "last_applied",
-        "last_base_backup_at",
+        *CONTRACT_FIELDS,
         "gap",
         "site_error",
         "archive_ready_files",
