@@ -20,11 +20,11 @@ VERBS: dict[str, tuple[str, str]] = {
     "archive-wal": ("archive_wal", "PostgreSQL archive_command: durable copy into the spool"),
     "restore-wal": ("restore_wal", "PostgreSQL restore_command: verified WAL from the manifest"),
     "base-backup": ("base_backup", "take a base backup and stream it to the standby site"),
-    "standby": ("standby", "standby-site actions (restore)"),
+    "standby": ("standby", "standby-site actions (restore, status)"),
     "status": ("status", "lag and RPO per connector"),
     "dashboard": ("dashboard", "live terminal view of lag and RPO"),
     "promote": ("promote", "checked, manual failover at the standby site"),
-    "demo": ("demo", "self-contained sandbox showing ship, replay and lag"),
+    "demo": ("demo", "self-contained sandbox: ship, replay, lag, then a checked promote"),
 }
 
 
