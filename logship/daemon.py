@@ -23,7 +23,7 @@ from logship.catalog.store import Catalog, NewFile
 from logship.config.model import Config, ScheduleConfig, SiteConfig
 from logship.durable import ensure_private_dir, sha256_of
 from logship.engines import BackgroundJob, engine_for
-from logship.errors import SafetyRefusal
+from logship.errors import SafetyRefusal, first_line
 from logship.logs import event
 from logship.manifest import SiteLayout
 from logship.monitor import Monitor, build_sinks
@@ -218,7 +218,7 @@ class Daemon:
             finally:
                 transport.close()
         except Exception as exc:
-            error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            error = first_line(exc)
             event(log, logging.ERROR, "scheduled job failed", job=schedule.name, error=error)
         else:
             event(

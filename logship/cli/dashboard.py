@@ -31,7 +31,7 @@ from logship.cli.status import open_catalog, selected_connectors
 from logship.config.files import config_path
 from logship.config.load import load_config
 from logship.config.model import Config
-from logship.errors import LogshipError, UsageError
+from logship.errors import LogshipError, UsageError, first_line
 from logship.history import events, hold_for
 from logship.monitor import collect_statuses
 from logship.ui.dashboard_view import DashboardData, DashboardView, Point
@@ -97,7 +97,7 @@ class _Frames:
             return snapshot(self._config, self._catalog, self._names, time.time(), title=title)
         except (LogshipError, SQLAlchemyError) as exc:
             # A busy or briefly unreachable catalog should not end a long-running view.
-            reason = str(exc).splitlines()[0]
+            reason = first_line(exc)
             return Group(
                 Text(title, style="bold"),
                 Text(f"catalog unavailable, retrying: {reason}", style="red"),

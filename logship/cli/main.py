@@ -35,8 +35,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="logship", description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.description = "Warm disaster-recovery standby over nothing but SSH."
+    parser = _Parser(
+        prog="logship", description="Warm disaster-recovery standby over nothing but SSH."
+    )
     parser.add_argument(
         "--config", help="path to logship.toml (default: $LOGSHIP_CONFIG or ./logship.toml)"
     )
