@@ -195,7 +195,14 @@ class SftpTransport:
                 break
             current = current.parent
         for directory in reversed(missing):
-            self._sftp.mkdir(str(directory), mode=0o700)
+            try:
+                self._sftp.mkdir(str(directory), mode=0o700)
+            except OSError:
+                # SFTP reports an existing directory only as a generic "Failure": the
+                # daemon and a base backup may create the same folder at once.
+                mode = self.stat_mode(directory)
+                if mode is None or not stat.S_ISDIR(mode):
+                    raise
 
     def listdir(self, path: PurePosixPath) -> list[str]:
         try:
