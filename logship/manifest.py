@@ -4,7 +4,8 @@ Layout under `<site root>/<connector>/`:
 
     wal/<name>[.zst]          shipped WAL files, complete or absent
     manifest/<name>.json      one record per shipped file (written after the file)
-    base/<backup id>/         base backups (base.tar.zst + backup.json)
+    base/<backup id>/         base backups (base.tar.zst, backup_manifest, backup.json)
+    drills/<backup id>.json   the last restore drill of each backup
     restored.json             the WAL file the standby last asked for and was handed
     PROMOTED                  marker: this standby was promoted; ship nothing more
 
@@ -21,6 +22,7 @@ from pathlib import PurePosixPath
 FORMAT = 1
 ZSTD_SUFFIX = ".zst"
 BACKUP_RECORD_NAME = "backup.json"
+BACKUP_MANIFEST_NAME = "backup_manifest"
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,14 @@ class SiteLayout:
     def backup_record(self, backup_id: str) -> PurePosixPath:
         return self.backup_dir(backup_id) / BACKUP_RECORD_NAME
 
+    def backup_manifest(self, backup_id: str) -> PurePosixPath:
+        return self.backup_dir(backup_id) / BACKUP_MANIFEST_NAME
+
+    @property
+    def drill_dir(self) -> PurePosixPath:
+        """Where restore drills record their results (`<backup id>.json`)."""
+        return self.root / "drills"
+
 
 @dataclass(frozen=True)
 class ManifestRecord:
@@ -102,7 +112,22 @@ class BackupRecord:
     size: int
     compression: str
     pg_version: str | None
+    #: where replay of this backup starts (backup_label's START WAL LOCATION) and the
+    #: LSN it must reach to be consistent (backup_manifest's WAL-Ranges end)
+    start_lsn: str | None = None
+    stop_lsn: str | None = None
+    timeline: int | None = None
+    #: WAL files from start_wal to stop_wal make this backup consistent; every
+    #: shipped segment from start_wal on is what replaying it needs
+    start_wal: str | None = None
+    stop_wal: str | None = None
+    #: the server's backup_manifest, kept next to the tar (None: only inside it)
+    manifest_name: str | None = None
     format: int = FORMAT
+
+    @property
+    def duration_s(self) -> float:
+        return self.finished_at - self.started_at
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True).encode() + b"\n"

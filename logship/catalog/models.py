@@ -53,7 +53,33 @@ class BaseBackup(Base):
     finished_at: Mapped[float | None] = mapped_column(Float, default=None)
     size: Mapped[int | None] = mapped_column(BigInteger, default=None)
     stored_size: Mapped[int | None] = mapped_column(BigInteger, default=None)
-    state: Mapped[str] = mapped_column(String(20))  # running, done, failed
+    state: Mapped[str] = mapped_column(String(20))  # running, done, failed, deleted
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    start_lsn: Mapped[str | None] = mapped_column(String(40), default=None)
+    stop_lsn: Mapped[str | None] = mapped_column(String(40), default=None)
+    start_wal: Mapped[str | None] = mapped_column(String(255), default=None)
+    stop_wal: Mapped[str | None] = mapped_column(String(255), default=None)
+    #: when retention removed it from the site
+    deleted_at: Mapped[float | None] = mapped_column(Float, default=None)
+
+
+class Drill(Base):
+    """One restore drill of a base backup at the standby site."""
+
+    __tablename__ = "drills"
+    __table_args__ = (Index("ix_drills_connector_started", "connector", "started_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    connector: Mapped[str] = mapped_column(String(200))
+    backup_id: Mapped[str | None] = mapped_column(String(100), default=None)
+    started_at: Mapped[float] = mapped_column(Float)
+    finished_at: Mapped[float | None] = mapped_column(Float, default=None)
+    state: Mapped[str] = mapped_column(String(20))  # running, passed, failed
+    #: extract + verify of the backup, then replay of the shipped WAL to its end:
+    #: together the measured time to rebuild a standby from scratch
+    restore_s: Mapped[float | None] = mapped_column(Float, default=None)
+    replay_s: Mapped[float | None] = mapped_column(Float, default=None)
+    replayed_to_wal: Mapped[str | None] = mapped_column(String(255), default=None)
     error: Mapped[str | None] = mapped_column(Text, default=None)
 
 
@@ -65,6 +91,9 @@ class ScheduledJob(Base):
     name: Mapped[str] = mapped_column(String(200), primary_key=True)
     connector: Mapped[str] = mapped_column(String(200), index=True)
     job: Mapped[str] = mapped_column(String(50))
+    #: the trigger the times below belong to (cron + timezone); a changed one
+    #: makes a stored next_run_at meaningless for catching up a missed run
+    trigger: Mapped[str | None] = mapped_column(String(200), default=None)
     next_run_at: Mapped[float | None] = mapped_column(Float, default=None)
     last_started_at: Mapped[float | None] = mapped_column(Float, default=None)
     last_finished_at: Mapped[float | None] = mapped_column(Float, default=None)

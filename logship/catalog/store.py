@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import create_engine, delete, event, func, select, update
+from sqlalchemy import create_engine, delete, event, func, inspect, select, text, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from logship.catalog.models import (
     Base,
     BaseBackup,
+    Drill,
     FileState,
     JournalEvent,
     LagSample,
@@ -51,10 +52,36 @@ def _create_tables(engine: Engine, attempts: int = 5) -> None:
     for attempt in range(attempts):
         try:
             Base.metadata.create_all(engine)
+            _add_missing_columns(engine)
             return
         except DBAPIError as exc:
-            if "already exists" not in str(exc) or attempt == attempts - 1:
+            if not _lost_race(exc) or attempt == attempts - 1:
                 raise
+
+
+def _lost_race(exc: DBAPIError) -> bool:
+    text = str(exc).lower()
+    return "already exists" in text or "duplicate column" in text
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    """Bring a catalog written by an older logship up to the current tables.
+
+    Columns are only ever added, and always nullable, so an older catalog gains
+    them with ALTER TABLE ADD COLUMN and no data is rewritten.
+    """
+    inspector = inspect(engine)
+    statements = []
+    for table in Base.metadata.sorted_tables:
+        existing = {column["name"] for column in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name not in existing:
+                kind = column.type.compile(dialect=engine.dialect)
+                statements.append(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}')
+    if statements:
+        with engine.begin() as conn:
+            for statement in statements:
+                conn.execute(text(statement))
 
 
 @dataclass(frozen=True)
@@ -313,23 +340,55 @@ class Catalog:
         backup_id: str,
         *,
         now: float,
-        size: int | None = None,
-        stored_size: int | None = None,
         error: str | None = None,
+        **facts: Any,
     ) -> None:
+        """Mark a backup done (with `BaseBackup` column values in `facts`) or failed."""
         with self.session() as s:
             s.execute(
                 update(BaseBackup)
                 .where(BaseBackup.connector == connector, BaseBackup.backup_id == backup_id)
+                .values(finished_at=now, state="failed" if error else "done", error=error, **facts)
+            )
+            s.commit()
+
+    def fail_interrupted_backups(self, connector: str, now: float) -> int:
+        """Backups still "running" whose process is gone (the caller holds the backup
+        lock, so none can be running): they failed. Returns how many."""
+        with self.session() as s:
+            result = s.execute(
+                update(BaseBackup)
+                .where(BaseBackup.connector == connector, BaseBackup.state == "running")
                 .values(
                     finished_at=now,
-                    size=size,
-                    stored_size=stored_size,
-                    state="failed" if error else "done",
-                    error=error,
+                    state="failed",
+                    error="interrupted: the process taking it stopped before it finished",
                 )
             )
             s.commit()
+            return int(result.rowcount or 0)
+
+    def mark_backups_deleted(self, connector: str, backup_ids: Sequence[str], now: float) -> None:
+        if not backup_ids:
+            return
+        with self.session() as s:
+            s.execute(
+                update(BaseBackup)
+                .where(BaseBackup.connector == connector, BaseBackup.backup_id.in_(backup_ids))
+                .values(state="deleted", deleted_at=now)
+            )
+            s.commit()
+
+    def backups(self, connector: str) -> list[BaseBackup]:
+        """Every backup the catalog knows of, oldest first."""
+        with self.session() as s:
+            return list(
+                s.scalars(
+                    select(BaseBackup)
+                    .where(BaseBackup.connector == connector)
+                    .order_by(BaseBackup.started_at, BaseBackup.id)
+                )
+            )
 
     def last_backup(self, connector: str) -> BaseBackup | None:
         with self.session() as s:
@@ -339,6 +398,59 @@ class Catalog:
                 .order_by(BaseBackup.finished_at.desc())
                 .limit(1)
             ).first()
+
+    # -- restore drills ----------------------------------------------------------
+
+    def start_drill(self, connector: str, backup_id: str | None, now: float) -> int:
+        with self.session() as s:
+            row = Drill(connector=connector, backup_id=backup_id, started_at=now, state="running")
+            s.add(row)
+            s.commit()
+            return row.id
+
+    def finish_drill(self, drill_id: int, *, now: float, error: str | None, **facts: Any) -> None:
+        """Mark a drill passed (with `Drill` column values in `facts`) or failed."""
+        with self.session() as s:
+            s.execute(
+                update(Drill)
+                .where(Drill.id == drill_id)
+                .values(
+                    finished_at=now, state="failed" if error else "passed", error=error, **facts
+                )
+            )
+            s.commit()
+
+    def last_drill(self, connector: str, *, passed: bool = False) -> Drill | None:
+        """The newest finished drill (the newest that passed, when `passed`)."""
+        query = select(Drill).where(Drill.connector == connector)
+        query = (
+            query.where(Drill.state == "passed")
+            if passed
+            else query.where(Drill.state != "running")
+        )
+        with self.session() as s:
+            return s.scalars(
+                query.order_by(Drill.started_at.desc(), Drill.id.desc()).limit(1)
+            ).first()
+
+    # -- retention ---------------------------------------------------------------
+
+    def forget_files(self, connector: str, names: Sequence[str]) -> int:
+        """Drop the rows of files retention removed from the site (in batches)."""
+        removed = 0
+        with self.session() as s:
+            for start in range(0, len(names), 500):
+                batch = list(names[start : start + 500])
+                result = s.execute(
+                    delete(SpoolFile).where(
+                        SpoolFile.connector == connector,
+                        SpoolFile.name.in_(batch),
+                        SpoolFile.state.in_([FileState.SHIPPED, FileState.APPLIED]),
+                    )
+                )
+                removed += int(result.rowcount or 0)
+            s.commit()
+        return removed
 
     # -- lag history -----------------------------------------------------------
 

@@ -21,6 +21,8 @@ VERBS: dict[str, tuple[str, str]] = {
     "restore-wal": ("restore_wal", "PostgreSQL restore_command: verified WAL from the manifest"),
     "base-backup": ("base_backup", "take a base backup and stream it to the standby site"),
     "standby": ("standby", "standby-site actions (restore, status)"),
+    "drill": ("drill", "prove a base backup restores: scratch restore, replay, query"),
+    "retention": ("retention", "delete old base backups and the WAL only they needed"),
     "status": ("status", "lag and RPO per connector"),
     "dashboard": ("dashboard", "live terminal view of lag and RPO"),
     "promote": ("promote", "checked, manual failover at the standby site"),
@@ -67,10 +69,22 @@ def build_parser() -> argparse.ArgumentParser:
     standby_sub.required = True
     r = standby_sub.add_parser("restore", help="restore a shipped base backup and start replay")
     r.add_argument("connector")
-    r.add_argument("--backup", help="backup id (default: the newest)")
+    r.add_argument("--backup", help="backup id or 'latest' (default: latest)")
     st = standby_sub.add_parser("status", help="the standby's replay facts, read at its site")
     st.add_argument("connector")
     st.add_argument("--json", action="store_true", help="one JSON object (what the daemon reads)")
+
+    p = sub.add_parser("drill", help=VERBS["drill"][1])
+    p.add_argument("connector")
+    p.add_argument("--backup", help="backup id or 'latest' (default: latest)")
+    p.add_argument("--json", action="store_true", help="the result as one JSON object")
+
+    p = sub.add_parser("retention", help=VERBS["retention"][1])
+    p.add_argument("connector")
+    p.add_argument(
+        "--dry-run", action="store_true", help="list what would be deleted, delete nothing"
+    )
+    p.add_argument("--json", action="store_true", help="the result as one JSON object")
 
     p = sub.add_parser("status", help=VERBS["status"][1])
     p.add_argument("connector", nargs="?")

@@ -21,7 +21,14 @@ from logship.engines import engine_for
 from logship.errors import ConfigError
 
 # Keys holding local paths, resolved relative to the file that names them.
-_LOCAL_PATH_KEYS = {"state_dir", "identity_file", "known_hosts", "data_dir", "bin_dir"}
+_LOCAL_PATH_KEYS = {
+    "state_dir",
+    "identity_file",
+    "known_hosts",
+    "data_dir",
+    "bin_dir",
+    "scratch_dir",
+}
 
 
 _OPTIONAL_SECTIONS: dict[str, type[BaseModel]] = {

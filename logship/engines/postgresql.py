@@ -28,10 +28,34 @@ class StandbySection(Strict):
     bin_dir: Path | None = None
 
 
+class RetentionSection(Strict):
+    """Which base backups `retention` keeps; WAL older than the oldest kept one goes.
+
+    A backup is kept when it is among the newest `keep_backups` or younger than
+    `keep_within` (either rule keeps it). The newest complete backup is always kept.
+    """
+
+    keep_backups: int | None = Field(default=2, ge=1)
+    keep_within: Seconds | None = Field(default=None, gt=0)
+
+
+class DrillSection(Strict):
+    """The restore drill at the standby site: a scratch restore, replay and query."""
+
+    #: scratch folder at the standby site (default: `drill/` under the site's root)
+    scratch_dir: Path | None = None
+    #: the query that must succeed on the drilled copy
+    query: str = Field(default="select count(*) from pg_class", min_length=1)
+    #: give up (and fail the drill) after this long
+    timeout: Seconds = Field(default=3600.0, gt=0)
+
+
 class PostgresConnector(ConnectorBase):
     kind: Literal["postgresql"]
     primary: PrimarySection
     standby: StandbySection
+    retention: RetentionSection = RetentionSection()
+    drill: DrillSection = DrillSection()
     #: a row the daemon rewrites on the primary, read back on the standby: apply lag
     heartbeat: bool = True
     heartbeat_interval: Seconds = 1.0

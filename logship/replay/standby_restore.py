@@ -29,6 +29,7 @@ from logship.errors import OperationFailed, SafetyRefusal, UsageError
 from logship.manifest import BACKUP_RECORD_NAME, BackupRecord, SiteLayout
 
 LOG_NAME = "logship-standby.log"
+LATEST = "latest"
 READ_CHUNK = 1 << 20
 START_TIMEOUT_S = 300
 _BACKUP_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -82,7 +83,10 @@ def _read_record(path: Path) -> BackupRecord | None:
 
 
 def find_backup(base_dir: Path, connector: str, backup_id: str | None) -> tuple[Path, BackupRecord]:
-    """The directory and record of `backup_id`, or of the newest backup with a record."""
+    """The directory and record of `backup_id`, or of the newest backup with a record
+    (when `backup_id` is None or "latest")."""
+    if backup_id == LATEST:
+        backup_id = None
     if backup_id is not None:
         if not _BACKUP_ID.match(backup_id):
             raise UsageError(f"--backup {backup_id!r} is not a backup id (e.g. 20261125T153000Z)")
