@@ -18,6 +18,7 @@ the backup ends; set `wal_keep_size` to cover a backup's duration on busy primar
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import subprocess
 import threading
@@ -28,17 +29,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from logship import walnames
+from logship.backup_lock import backup_lock
 from logship.config.model import Config
 from logship.engines.pg_tools import find_program
 from logship.engines.postgresql import PostgresConnector
 from logship.errors import OperationFailed, SafetyRefusal, UsageError
-from logship.manifest import BackupRecord, SiteLayout
+from logship.manifest import BACKUP_MANIFEST_NAME, BackupRecord, SiteLayout
 from logship.ship.transport import Transport
 
 if TYPE_CHECKING:
     from logship.catalog.store import Catalog
 
 READ_CHUNK = 1 << 20
+DEFAULT_WAL_SEGMENT_SIZE = 16 * 1024 * 1024
 STDERR_TAIL_LINES = 20
 TAR_BLOCK = 512
 # pg_basebackup --progress: "12345/67890 kB (18%), 0/1 tablespace"
@@ -106,16 +110,23 @@ ProgressCallback = Callable[[BackupProgress], None]
 class TarScanner:
     """Follows a tar stream's member headers without buffering member data.
 
-    Used to learn the cluster's major version (PG_VERSION) and to check that the
-    server put `backup_manifest` into the stream, both without a second pass.
+    Keeps the few small members logship needs, without a second pass: PG_VERSION
+    (the major version restore must use), backup_label (where the backup starts),
+    backup_manifest (kept next to the tar, and its WAL range). The size of any
+    `pg_wal/` segment gives the cluster's WAL segment size.
     """
+
+    #: member -> the largest size kept; a bigger one is passed over
+    CAPTURE_LIMITS = {"PG_VERSION": 64, "backup_label": 1 << 16, "backup_manifest": 1 << 30}
 
     def __init__(self) -> None:
         self.names: list[str] = []
-        self.pg_version: str | None = None
+        self.captured: dict[str, bytes] = {}
+        self.wal_segment_size: int | None = None
         self._header = bytearray()
         self._skip = 0  # member data plus padding still to pass over
-        self._capture: bytearray | None = None
+        self._capture_name: str | None = None
+        self._capture = bytearray()
         self._capture_left = 0
         self._ended = False
 
@@ -123,12 +134,18 @@ class TarScanner:
     def has_manifest(self) -> bool:
         return "backup_manifest" in self.names
 
+    @property
+    def pg_version(self) -> str | None:
+        raw = self.captured.get("PG_VERSION")
+        version = raw.decode("ascii", "replace").strip() if raw else ""
+        return version or None
+
     def feed(self, data: bytes) -> None:
         view = memoryview(data)
         while view and not self._ended:
             if self._skip:
                 step = min(self._skip, len(view))
-                if self._capture is not None:
+                if self._capture_name is not None:
                     take = min(step, self._capture_left)
                     self._capture += view[:take]
                     self._capture_left -= take
@@ -157,14 +174,63 @@ class TarScanner:
         name = name.removeprefix("./")
         self.names.append(name)
         self._skip = -(-size // TAR_BLOCK) * TAR_BLOCK
-        if name == "PG_VERSION" and 0 < size <= 64:
-            self._capture, self._capture_left = bytearray(), size
+        wal = walnames.parse(name.removeprefix("pg_wal/")) if name.startswith("pg_wal/") else None
+        if wal is not None and wal.kind is walnames.WalKind.SEGMENT:
+            self.wal_segment_size = size
+        limit = self.CAPTURE_LIMITS.get(name)
+        if limit is not None and 0 < size <= limit:
+            self._capture_name, self._capture_left = name, size
+            self._capture = bytearray()
 
     def _finish_capture(self) -> None:
-        assert self._capture is not None
-        version = bytes(self._capture).decode("ascii", "replace").strip()
-        self.pg_version = version or None
-        self._capture = None
+        assert self._capture_name is not None
+        self.captured[self._capture_name] = bytes(self._capture)
+        self._capture_name = None
+        self._capture = bytearray()
+
+
+@dataclass(frozen=True)
+class WalRange:
+    """Where a backup's replay starts and the point it must reach to be consistent."""
+
+    timeline: int
+    start_lsn: str
+    stop_lsn: str
+    start_wal: str
+    stop_wal: str
+
+
+_START_WAL = re.compile(
+    r"^START WAL LOCATION: ([0-9A-F]+/[0-9A-F]+) \(file ([0-9A-F]{24})\)$", re.M
+)
+_START_TIMELINE = re.compile(r"^START TIMELINE: (\d+)$", re.M)
+
+
+def wal_range(backup_label: bytes, manifest: bytes, segment_size: int) -> WalRange:
+    """The backup's WAL range from its backup_label and backup_manifest.
+
+    The label names the first WAL file replay needs; the manifest's WAL-Ranges
+    end at the LSN where the restored copy becomes consistent.
+    """
+    label = backup_label.decode("utf-8", "replace")
+    start = _START_WAL.search(label)
+    timeline_match = _START_TIMELINE.search(label)
+    if start is None:
+        raise ValueError("backup_label has no START WAL LOCATION line")
+    start_lsn, start_wal = start.group(1), start.group(2)
+    timeline = int(timeline_match.group(1)) if timeline_match else int(start_wal[:8], 16)
+    ranges = json.loads(manifest).get("WAL-Ranges") or []
+    if not ranges:
+        raise ValueError("backup_manifest has no WAL-Ranges")
+    last = ranges[-1]
+    stop_lsn = str(last["End-LSN"])
+    stop_timeline = int(last["Timeline"])
+    # The byte before End-LSN is the last one replay must read: at a segment
+    # boundary that is still the previous segment.
+    stop_wal = walnames.segment_of_lsn(
+        stop_timeline, max(walnames.lsn_to_int(stop_lsn) - 1, 0), segment_size
+    )
+    return WalRange(timeline, start_lsn, stop_lsn, start_wal, stop_wal)
 
 
 def _tar_number(field: bytes) -> int:
@@ -364,6 +430,21 @@ def _ship(
             f"connector {connector.name}: the transport wrote {written} bytes of "
             f"{stream.stored_size} for {backup_dir / stored_name}; backup not recorded"
         )
+    scanner = stream.scanner
+    manifest = scanner.captured.get("backup_manifest")
+    label = scanner.captured.get("backup_label")
+    try:
+        if manifest is None or label is None:
+            raise ValueError("the tar has no readable backup_label or backup_manifest")
+        wal = wal_range(label, manifest, scanner.wal_segment_size or DEFAULT_WAL_SEGMENT_SIZE)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise OperationFailed(
+            f"connector {connector.name}: cannot read backup {backup_id}'s WAL range ({exc}); "
+            "backup not recorded"
+        ) from None
+    # Kept outside the tar as well: pg_verifybackup and a DBA can read it without
+    # decompressing gigabytes, and it lists every file the backup must hold.
+    transport.put_atomic(layout.backup_manifest(backup_id), [manifest])
     record = BackupRecord(
         backup_id=backup_id,
         connector=connector.name,
@@ -374,8 +455,15 @@ def _ship(
         stored_sha256=stream.digest.hexdigest(),
         size=stream.raw_size,
         compression=connector.compression,
-        pg_version=stream.scanner.pg_version,
+        pg_version=scanner.pg_version,
+        start_lsn=wal.start_lsn,
+        stop_lsn=wal.stop_lsn,
+        timeline=wal.timeline,
+        start_wal=wal.start_wal,
+        stop_wal=wal.stop_wal,
+        manifest_name=BACKUP_MANIFEST_NAME,
     )
+    # Last: a backup with a record is complete, and restore considers no other.
     transport.put_atomic(layout.backup_record(backup_id), [record.to_json()])
     return record
 
@@ -396,6 +484,27 @@ def take_base_backup(
     site then holds no record for this backup, so it is never restored.
     """
     connector = postgres_connector(config, connector_name)
+    with backup_lock(config.logship.state_dir, connector.name):
+        own_catalog = catalog is None
+        active = _open_catalog(config) if catalog is None else catalog
+        try:
+            # Holding the lock, no other backup of this connector runs: a row still
+            # "running" belongs to a process that died (kill -9, power loss).
+            active.fail_interrupted_backups(connector.name, clock())
+            return _take_locked(config, connector, transport, active, clock, progress_callback)
+        finally:
+            if own_catalog:
+                active.close()
+
+
+def _take_locked(
+    config: Config,
+    connector: PostgresConnector,
+    transport: Transport,
+    catalog: Catalog,
+    clock: Clock,
+    progress_callback: ProgressCallback | None,
+) -> BackupRecord:
     site = config.site_of(connector)
     layout = SiteLayout.for_connector(site.root, connector.name)
     if transport.read_bytes(layout.promoted_marker) is not None:
@@ -411,34 +520,32 @@ def take_base_backup(
             f"connector {connector.name}: backup {backup_id} already exists at site "
             f"{site.name} ({layout.backup_dir(backup_id)}); wait a second and run again"
         )
-    own_catalog = catalog is None
-    active = _open_catalog(config) if catalog is None else catalog
-    try:
-        # Imported here: standby restore imports this module and needs no SQLAlchemy.
-        from sqlalchemy.exc import IntegrityError
+    # Imported here: standby restore imports this module and needs no SQLAlchemy.
+    from sqlalchemy.exc import IntegrityError
 
-        try:
-            active.start_backup(connector.name, backup_id, started_at)
-        except IntegrityError:
-            raise OperationFailed(
-                f"connector {connector.name}: the catalog already has a backup named "
-                f"{backup_id}; wait a second and run again"
-            ) from None
-        try:
-            record = _ship(
-                connector, layout, transport, backup_id, started_at, clock, progress_callback
-            )
-        except BaseException as exc:
-            active.finish_backup(connector.name, backup_id, now=clock(), error=_describe(exc))
-            raise
-        active.finish_backup(
-            connector.name,
-            backup_id,
-            now=record.finished_at,
-            size=record.size,
-            stored_size=record.stored_size,
+    try:
+        catalog.start_backup(connector.name, backup_id, started_at)
+    except IntegrityError:
+        raise OperationFailed(
+            f"connector {connector.name}: the catalog already has a backup named "
+            f"{backup_id}; wait a second and run again"
+        ) from None
+    try:
+        record = _ship(
+            connector, layout, transport, backup_id, started_at, clock, progress_callback
         )
-        return record
-    finally:
-        if own_catalog:
-            active.close()
+    except BaseException as exc:
+        catalog.finish_backup(connector.name, backup_id, now=clock(), error=_describe(exc))
+        raise
+    catalog.finish_backup(
+        connector.name,
+        backup_id,
+        now=record.finished_at,
+        size=record.size,
+        stored_size=record.stored_size,
+        start_lsn=record.start_lsn,
+        stop_lsn=record.stop_lsn,
+        start_wal=record.start_wal,
+        stop_wal=record.stop_wal,
+    )
+    return record

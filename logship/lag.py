@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from logship import walnames
 from logship.catalog.models import FileState
-from logship.walnames import WalKind
+from logship.walnames import WalKind, segment_name
 
 DEFAULT_SEGMENT_SIZE = 16 * 1024 * 1024
 # PostgreSQL accepts power-of-two segment sizes from 1 MiB to 1 GiB (initdb --wal-segsize).
@@ -172,12 +172,6 @@ def segment_size(rows: Sequence[FileRow]) -> int:
         if parsed and parsed.kind is WalKind.SEGMENT and _is_valid_segment_size(row.size):
             return row.size
     return DEFAULT_SEGMENT_SIZE
-
-
-def segment_name(timeline: int, number: int, seg_size: int) -> str:
-    """Inverse of `WalName.segment_number`."""
-    per_log = 0x1_0000_0000 // seg_size
-    return f"{timeline:08X}{number // per_log:08X}{number % per_log:08X}"
 
 
 @dataclass(frozen=True)

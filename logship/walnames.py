@@ -72,5 +72,16 @@ def lsn_to_int(lsn: str) -> int:
     return (int(high, 16) << 32) + int(low, 16)
 
 
+def segment_name(timeline: int, number: int, segment_size: int) -> str:
+    """Inverse of `WalName.segment_number`."""
+    per_log = 0x1_0000_0000 // segment_size
+    return f"{timeline:08X}{number // per_log:08X}{number % per_log:08X}"
+
+
+def segment_of_lsn(timeline: int, lsn: int, segment_size: int) -> str:
+    """The name of the segment holding byte `lsn` on `timeline`."""
+    return segment_name(timeline, lsn // segment_size, segment_size)
+
+
 def is_archivable(name: str) -> bool:
     return parse(name) is not None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import shlex
 import shutil
@@ -29,6 +30,7 @@ from logship.basebackup import (
     backup_id_for,
     parse_progress,
     take_base_backup,
+    wal_range,
 )
 from logship.catalog.store import Catalog
 from logship.config.load import load_config
@@ -176,8 +178,10 @@ def test_tar_scanner_finds_version_and_manifest_across_odd_chunks() -> None:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for name, data in (
+            ("backup_label", LABEL),
             ("PG_VERSION", b"15\n"),
             ("base/1/1259", os.urandom(70_000)),
+            ("pg_wal/000000010000000000000002", b"\0" * (1024 * 1024)),
             ("backup_manifest", b'{"PostgreSQL-Backup-Manifest-Version": 1}'),
         ):
             info = tarfile.TarInfo(name)
@@ -187,9 +191,49 @@ def test_tar_scanner_finds_version_and_manifest_across_odd_chunks() -> None:
     scanner = TarScanner()
     for start in range(0, len(data), 777):
         scanner.feed(data[start : start + 777])
-    assert scanner.names == ["PG_VERSION", "base/1/1259", "backup_manifest"]
+    assert scanner.names == [
+        "backup_label",
+        "PG_VERSION",
+        "base/1/1259",
+        "pg_wal/000000010000000000000002",
+        "backup_manifest",
+    ]
     assert scanner.pg_version == "15"
     assert scanner.has_manifest
+    assert scanner.captured["backup_label"] == LABEL
+    assert scanner.captured["backup_manifest"] == b'{"PostgreSQL-Backup-Manifest-Version": 1}'
+    assert scanner.wal_segment_size == 1024 * 1024
+    assert "base/1/1259" not in scanner.captured
+
+
+LABEL = b"""START WAL LOCATION: 0/5000028 (file 000000020000000000000005)
+CHECKPOINT LOCATION: 0/5000060
+BACKUP METHOD: streamed
+BACKUP FROM: primary
+START TIME: 2026-11-25 02:30:00 UTC
+LABEL: logship 20261125T023000Z
+START TIMELINE: 2
+"""
+
+
+def test_wal_range_from_label_and_manifest() -> None:
+    def manifest(end: str) -> bytes:
+        ranges = [{"Timeline": 2, "Start-LSN": "0/5000028", "End-LSN": end}]
+        return json.dumps({"WAL-Ranges": ranges}).encode()
+
+    seg = 16 * 1024 * 1024
+    inside = wal_range(LABEL, manifest("0/6000100"), seg)
+    assert (inside.timeline, inside.start_lsn, inside.stop_lsn) == (2, "0/5000028", "0/6000100")
+    assert (inside.start_wal, inside.stop_wal) == (
+        "000000020000000000000005",
+        "000000020000000000000006",
+    )
+    # Ending exactly at a segment boundary: the last byte needed is in the segment before.
+    assert wal_range(LABEL, manifest("0/7000000"), seg).stop_wal == "000000020000000000000006"
+    with pytest.raises(ValueError):
+        wal_range(b"LABEL: nothing\n", manifest("0/7000000"), seg)
+    with pytest.raises(ValueError):
+        wal_range(LABEL, b'{"WAL-Ranges": []}', seg)
 
 
 def test_parse_dsn() -> None:
@@ -307,6 +351,7 @@ def test_find_backup_prefers_the_newest_complete_one(tmp_path: Path) -> None:
     directory, record = find_backup(tmp_path, CONNECTOR, None)
     assert record.backup_id == "20260102T000000Z" == directory.name
     assert find_backup(tmp_path, CONNECTOR, "20260101T000000Z")[1].backup_id == "20260101T000000Z"
+    assert find_backup(tmp_path, CONNECTOR, "latest")[1].backup_id == "20260102T000000Z"
     with pytest.raises(OperationFailed, match="no backup 20260103T000000Z"):
         find_backup(tmp_path, CONNECTOR, "20260103T000000Z")
     with pytest.raises(UsageError):
@@ -440,9 +485,23 @@ def _restore_config(site: Site, name: str) -> tuple[Path, Path, int]:
 def test_base_backup_ships_a_checked_tar_over_sftp(site: Site, backup: BackupRecord) -> None:
     backup_dir = site.incoming / CONNECTOR / "base" / backup.backup_id
     stored = backup_dir / "base.tar.zst"
-    assert sorted(p.name for p in backup_dir.iterdir()) == [BACKUP_RECORD_NAME, "base.tar.zst"]
+    assert sorted(p.name for p in backup_dir.iterdir()) == [
+        BACKUP_RECORD_NAME,
+        "backup_manifest",
+        "base.tar.zst",
+    ]
     on_site = BackupRecord.from_json((backup_dir / BACKUP_RECORD_NAME).read_bytes())
     assert on_site == backup
+    # The WAL range agrees with the primary's own account of the backup.
+    manifest = json.loads((backup_dir / "backup_manifest").read_text())
+    (wal_range,) = manifest["WAL-Ranges"]
+    assert (backup.start_lsn, backup.stop_lsn) == (wal_range["Start-LSN"], wal_range["End-LSN"])
+    assert backup.timeline == 1 and backup.start_wal is not None and backup.stop_wal is not None
+    ((start_file, stop_file),) = site.primary.query(
+        f"select pg_walfile_name('{backup.start_lsn}'), pg_walfile_name('{backup.stop_lsn}')"
+    )
+    assert backup.start_wal == start_file and backup.stop_wal <= stop_file
+    assert backup.duration_s > 0
     assert stored.stat().st_size == backup.stored_size
     assert _sha256(stored) == backup.stored_sha256
     assert stored.stat().st_mode & 0o777 == 0o600
@@ -455,10 +514,12 @@ def test_base_backup_ships_a_checked_tar_over_sftp(site: Site, backup: BackupRec
     try:
         row = catalog.last_backup(CONNECTOR)
         assert row is not None
-        assert (row.backup_id, row.state, row.stored_size) == (
+        assert (row.backup_id, row.state, row.stored_size, row.start_wal, row.stop_lsn) == (
             backup.backup_id,
             "done",
             backup.stored_size,
+            backup.start_wal,
+            backup.stop_lsn,
         )
     finally:
         catalog.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -56,10 +57,21 @@ def progress_bar(enabled: bool, description: str) -> Iterator[ProgressCallback |
         yield update
 
 
+def _interrupt_on_sigterm() -> None:
+    """SIGTERM unwinds like Ctrl-C: the temp file at the site is removed and the
+    catalog says "interrupted", instead of the process vanishing mid-upload."""
+
+    def handler(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def run(args: argparse.Namespace) -> int:
     from logship.basebackup import take_base_backup
     from logship.ship.sftp import SftpTransport
 
+    _interrupt_on_sigterm()
     config = load_config(config_path(args.config))
     connector = postgres_connector(config, args.connector)
     site = config.site_of(connector)
