@@ -31,7 +31,7 @@ from logship.logs import event
 
 log = logging.getLogger("logship.alerts")
 
-Trigger = Literal["transition", "repeat"]
+Trigger = Literal["transition", "repeat", "drill_failed"]
 
 #: alerts waiting for delivery; beyond this the hooks cannot keep up and newer
 #: alerts are dropped (and logged) rather than growing memory without bound
@@ -76,6 +76,8 @@ class Alert:
             "LOGSHIP_APPLY_LAG_S": status.apply_lag_s,
             "LOGSHIP_SITE": status.site,
             "LOGSHIP_EVENT": self.trigger,
+            "LOGSHIP_DRILL_STATE": status.drill_state,
+            "LOGSHIP_DRILL_ERROR": status.drill_error,
         }
         # A hook tests "-n $VAR": an unmeasured figure is empty, never a made-up 0.
         return {key: "" if value is None else str(value) for key, value in facts.items()}
@@ -85,6 +87,8 @@ class Alert:
 class _Tracked:
     state: State
     last_fired: float | None
+    #: the finish time of the last failed drill announced
+    drill_failed_at: str | None = None
 
 
 def redact_url(url: str) -> str:
@@ -144,6 +148,18 @@ class AlertSink:
             alert = self._decide(status, now)
             if alert is not None:
                 self._enqueue(alert)
+            drill_alert = self._decide_drill(status, now)
+            if drill_alert is not None:
+                self._enqueue(drill_alert)
+
+    def _decide_drill(self, status: ConnectorStatus, now: float) -> Alert | None:
+        """A failed restore drill is announced once, whatever the lag state is: the
+        standby may be current while its rebuild path is broken."""
+        tracked = self._tracked[status.name]  # _decide has filled it in
+        if status.drill_state != "failed" or status.drill_at == tracked.drill_failed_at:
+            return None
+        tracked.drill_failed_at = status.drill_at
+        return Alert(status, status.state, "drill_failed", now)
 
     def _decide(self, status: ConnectorStatus, now: float) -> Alert | None:
         tracked = self._tracked.get(status.name)

@@ -16,17 +16,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 from apscheduler.schedulers.background import BackgroundScheduler
-from apscheduler.triggers.cron import CronTrigger
 
 from logship.catalog.models import FileState
 from logship.catalog.store import Catalog, NewFile
-from logship.config.model import Config, ScheduleConfig, SiteConfig
+from logship.config.model import Config, SiteConfig
 from logship.durable import ensure_private_dir, sha256_of
 from logship.engines import BackgroundJob, engine_for
-from logship.errors import SafetyRefusal, first_line
+from logship.errors import SafetyRefusal
 from logship.logs import event
 from logship.manifest import SiteLayout
 from logship.monitor import Monitor, build_sinks
+from logship.schedule import ScheduleRunner
 from logship.ship.site_worker import ShipTarget, SiteWorker
 from logship.ship.transport import Transport
 from logship.spool import entry_for, retire
@@ -74,15 +74,6 @@ def _default_connect(site: SiteConfig) -> Transport:
 
 def _record_facts(job: BackgroundJob, catalog: Catalog) -> None:
     catalog.record_primary_facts(job.connector, job.run())
-
-
-def _schedule_id(schedule: ScheduleConfig) -> str:
-    return f"schedule-{schedule.name}"
-
-
-def _next_run_at(scheduler: BackgroundScheduler, schedule: ScheduleConfig) -> float | None:
-    job = scheduler.get_job(_schedule_id(schedule))
-    return job.next_run_time.timestamp() if job and job.next_run_time else None
 
 
 class Daemon:
@@ -147,25 +138,10 @@ class Daemon:
                 max_instances=1,
                 coalesce=True,
             )
-            for schedule in self.config.schedules.values():
-                scheduler.add_job(
-                    self._run_schedule,
-                    CronTrigger.from_crontab(schedule.cron),
-                    args=[schedule, catalog, scheduler],
-                    id=_schedule_id(schedule),
-                    max_instances=1,
-                    coalesce=True,
-                    # A daemon restarted a little late still takes the nightly backup.
-                    misfire_grace_time=3600,
-                )
+            schedules = ScheduleRunner(self.config, catalog, scheduler, self._connect, self._clock)
+            schedules.install()
             scheduler.start()
-            for schedule in self.config.schedules.values():
-                catalog.update_schedule(
-                    schedule.name,
-                    schedule.connector,
-                    schedule.job,
-                    next_run_at=_next_run_at(scheduler, schedule),
-                )
+            schedules.publish_next_runs()
             for worker in workers.values():
                 worker.start()
             event(log, logging.INFO, "started", connectors=sorted(self.config.connectors))
@@ -185,58 +161,6 @@ class Daemon:
             catalog.close()
             lock.release()
             event(log, logging.INFO, "stopped")
-
-    def _run_schedule(
-        self, schedule: ScheduleConfig, catalog: Catalog, scheduler: BackgroundScheduler
-    ) -> None:
-        """A scheduled base backup, on its own SSH connection (shipping goes on)."""
-        from logship.basebackup import take_base_backup
-
-        started = self._clock()
-        catalog.update_schedule(
-            schedule.name,
-            schedule.connector,
-            schedule.job,
-            last_started_at=started,
-            next_run_at=_next_run_at(scheduler, schedule),
-        )
-        event(
-            log,
-            logging.INFO,
-            "scheduled job started",
-            job=schedule.name,
-            connector=schedule.connector,
-        )
-        error: str | None = None
-        try:
-            connector = self.config.connector(schedule.connector)
-            transport = self._connect(self.config.site_of(connector))
-            try:
-                record = take_base_backup(
-                    self.config, schedule.connector, transport, self._clock, catalog=catalog
-                )
-            finally:
-                transport.close()
-        except Exception as exc:
-            error = first_line(exc)
-            event(log, logging.ERROR, "scheduled job failed", job=schedule.name, error=error)
-        else:
-            event(
-                log,
-                logging.INFO,
-                "scheduled job done",
-                job=schedule.name,
-                backup=record.backup_id,
-                bytes=record.size,
-            )
-        catalog.update_schedule(
-            schedule.name,
-            schedule.connector,
-            schedule.job,
-            last_finished_at=self._clock(),
-            last_error=error,
-            next_run_at=_next_run_at(scheduler, schedule),
-        )
 
     def _build(self, catalog: Catalog) -> tuple[list[WatchedSpool], dict[str, SiteWorker]]:
         spools: list[WatchedSpool] = []

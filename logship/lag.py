@@ -56,6 +56,24 @@ class PrimaryRow(Protocol):
     archive_last_failed_at: float | None
 
 
+class DrillRow(Protocol):
+    state: str
+    finished_at: float | None
+    error: str | None
+    restore_s: float | None
+    replay_s: float | None
+
+
+@dataclass(frozen=True)
+class JobFacts:
+    """What the scheduled jobs of a connector last did and will do next."""
+
+    next_job: tuple[str, float] | None = None  # (action, planned time)
+    last_job: tuple[str, float, str | None] | None = None  # (action, finished, error)
+    last_drill: DrillRow | None = None
+    last_passed_drill: DrillRow | None = None
+
+
 class ProgressRow(Protocol):
     last_restored: str | None
     sampled_at: float
@@ -117,6 +135,16 @@ class ConnectorStatus:
     #: the connector's next scheduled job (schedules/*.toml) as the daemon planned it
     next_job: str | None = None
     next_job_at: str | None = None
+    #: the connector's most recently finished scheduled job, and its error if it failed
+    last_job: str | None = None
+    last_job_at: str | None = None
+    last_job_error: str | None = None
+    #: the newest restore drill ("passed" or "failed") and when it finished
+    drill_state: str | None = None
+    drill_at: str | None = None
+    drill_error: str | None = None
+    #: restore + replay seconds of the newest drill that passed: a measured rebuild
+    rebuild_rto_s: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -146,6 +174,13 @@ class ConnectorStatus:
             "standby_error": self.standby_error,
             "next_job": self.next_job,
             "next_job_at": self.next_job_at,
+            "last_job": self.last_job,
+            "last_job_at": self.last_job_at,
+            "last_job_error": self.last_job_error,
+            "drill_state": self.drill_state,
+            "drill_at": self.drill_at,
+            "drill_error": self.drill_error,
+            "rebuild_rto_s": self.rebuild_rto_s,
         }
 
     @classmethod
@@ -367,7 +402,7 @@ def connector_status(
     progress: ProgressRow | None = None,
     last_base_backup_at: float | None = None,
     primary: PrimaryRow | None = None,
-    next_job: tuple[str, float] | None = None,
+    jobs: JobFacts | None = None,
 ) -> ConnectorStatus:
     """Everything `status` shows for one connector.
 
@@ -415,6 +450,24 @@ def connector_status(
         ),
         standby_measured_at=iso_utc(progress.sampled_at) if progress else None,
         standby_error=progress.error if progress else None,
-        next_job=next_job[0] if next_job else None,
-        next_job_at=iso_utc(next_job[1]) if next_job else None,
+        **_job_fields(jobs or JobFacts()),
     )
+
+
+def _job_fields(jobs: JobFacts) -> dict[str, Any]:
+    next_job, last_job, drill = jobs.next_job, jobs.last_job, jobs.last_drill
+    passed = jobs.last_passed_drill
+    rebuild = None
+    if passed is not None and passed.restore_s is not None and passed.replay_s is not None:
+        rebuild = _rounded(passed.restore_s + passed.replay_s)
+    return {
+        "next_job": next_job[0] if next_job else None,
+        "next_job_at": iso_utc(next_job[1]) if next_job else None,
+        "last_job": last_job[0] if last_job else None,
+        "last_job_at": iso_utc(last_job[1]) if last_job else None,
+        "last_job_error": last_job[2] if last_job else None,
+        "drill_state": drill.state if drill else None,
+        "drill_at": iso_utc(drill.finished_at) if drill else None,
+        "drill_error": drill.error if drill else None,
+        "rebuild_rto_s": rebuild,
+    }

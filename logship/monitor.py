@@ -34,16 +34,14 @@ def collect_statuses(
         connector = config.connector(name)
         site_status = progress = backup = primary = None
         files = None
-        next_job: tuple[str, float] | None = None
+        jobs = lag.JobFacts()
         if catalog is not None:
             files = catalog.files(name)
             site_status = catalog.site_status(connector.site)
             progress = catalog.standby_progress(name)
             backup = catalog.last_backup(name)
             primary = catalog.primary_facts(name)
-            planned = [s for s in catalog.schedules(name) if s.next_run_at is not None]
-            if planned:
-                next_job = (planned[0].job, planned[0].next_run_at)
+            jobs = _job_facts(catalog, name)
         statuses.append(
             lag.connector_status(
                 name=name,
@@ -56,10 +54,26 @@ def collect_statuses(
                 progress=progress,
                 last_base_backup_at=backup.finished_at if backup is not None else None,
                 primary=primary,
-                next_job=next_job,
+                jobs=jobs,
             )
         )
     return statuses
+
+
+def _job_facts(catalog: Catalog, connector: str) -> lag.JobFacts:
+    rows = catalog.schedules(connector)  # soonest planned first
+    planned = [(row.job, row.next_run_at) for row in rows if row.next_run_at is not None]
+    finished = [
+        (row.job, row.last_finished_at, row.last_error)
+        for row in rows
+        if row.last_finished_at is not None
+    ]
+    return lag.JobFacts(
+        next_job=planned[0] if planned else None,
+        last_job=max(finished, key=lambda job: job[1], default=None),
+        last_drill=catalog.last_drill(connector),
+        last_passed_drill=catalog.last_drill(connector, passed=True),
+    )
 
 
 class Monitor:

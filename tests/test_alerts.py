@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -172,6 +173,8 @@ def test_hook_gets_the_facts_in_env_and_on_stdin(
         "LOGSHIP_APPLY_LAG_S": "",  # not measured: empty, never a made-up 0
         "LOGSHIP_SITE": "dr",
         "LOGSHIP_EVENT": "transition",
+        "LOGSHIP_DRILL_STATE": "",
+        "LOGSHIP_DRILL_ERROR": "",
     }
     assert call["stdin"] == {
         **breach.to_json(),
@@ -227,6 +230,25 @@ def test_first_observation_sets_the_baseline(recorder: Recorder, sinks: list[Ale
     assert (call["LOGSHIP_CONNECTOR"], call["LOGSHIP_PREVIOUS_STATE"]) == ("orders", "")
     assert call["LOGSHIP_STATE"] == "down"
     assert call["stdin"]["previous_state"] is None
+
+
+def test_a_failed_drill_is_announced_once_even_while_lag_is_ok(
+    recorder: Recorder, sinks: list[AlertSink]
+) -> None:
+    sink = new_sink(sinks, hooks=[recorder.argv], repeat=3600)
+    ok = make_status(State.OK)
+    first = replace(ok, drill_state="failed", drill_at="2026-11-25T02:40:00Z", drill_error="bad")
+    second = replace(first, drill_at="2026-11-26T02:40:00Z")
+    passed = replace(ok, drill_state="passed", drill_at="2026-11-27T02:40:00Z")
+    for offset, status in enumerate([ok, first, first, first, passed, second, second]):
+        sink.observe([status], T0 + offset)
+    assert sink.wait_idle(30)
+    calls = recorder.calls()
+    assert [(c["LOGSHIP_EVENT"], c["stdin"]["drill_at"]) for c in calls] == [
+        ("drill_failed", "2026-11-25T02:40:00Z"),
+        ("drill_failed", "2026-11-26T02:40:00Z"),
+    ]
+    assert calls[0]["LOGSHIP_DRILL_ERROR"] == "bad" and calls[0]["LOGSHIP_STATE"] == "ok"
 
 
 # -- hooks that fail, hang or are missing ---------------------------------------------

@@ -148,11 +148,12 @@ def test_example_config_at_the_repo_root_loads() -> None:
     assert orders.rpo == 60.0 and orders.compression == "zstd"
     assert orders.standby.data_dir == Path("/var/lib/postgresql/15/standby")
     schedule = config.schedules["nightly-base-backup"]
-    assert (schedule.job, schedule.connector, schedule.cron) == (
+    assert (schedule.action, schedule.connectors, schedule.cron) == (
         "base-backup",
-        "orders",
+        ["orders"],
         "30 2 * * *",
     )
+    assert config.schedules["retention"].action == "retention"
     # What archive-wal and restore-wal read on their hot path agrees.
     hot = read_for_hot_path(REPO / "logship.toml", "orders")
     assert hot.spool_dir == config.spool_dir("orders")

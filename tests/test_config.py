@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -34,9 +35,11 @@ data_dir = "/var/lib/postgresql/15/standby"
 """
 
 GOOD_SCHEDULE = """
-job = "base-backup"
-connector = "orders"
+action = "base-backup"
+connectors = ["orders"]
 cron = "30 2 * * *"
+timezone = "Europe/Berlin"
+misfire_grace = "6h"
 """
 
 
@@ -56,7 +59,16 @@ def test_good_config_loads_with_paths_resolved(tmp_path: Path) -> None:
     assert config.sites["dr"].identity_file == tmp_path / "id_ed25519"
     orders = config.connector("orders")
     assert orders.rpo == 60.0 and orders.compression == "zstd"
-    assert config.schedules["nightly"].connector == "orders"
+    nightly = config.schedules["nightly"]
+    assert (nightly.action, nightly.connectors, nightly.timezone) == (
+        "base-backup",
+        ["orders"],
+        "Europe/Berlin",
+    )
+    assert nightly.misfire_grace == 6 * 3600 and nightly.drill is True
+    # The cron fields are read in the schedule's time zone.
+    fire = nightly.trigger().get_next_fire_time(None, datetime(2026, 7, 1, tzinfo=UTC))
+    assert fire == datetime(2026, 7, 1, 0, 30, tzinfo=UTC)  # 02:30 CEST
     assert config.catalog_url == f"sqlite:///{tmp_path / 'state' / 'catalog.db'}"
 
 
@@ -182,9 +194,33 @@ CASES = [
         "schedule for an unknown connector",
         GOOD_MAIN,
         GOOD_CONNECTOR,
-        GOOD_SCHEDULE.replace('connector = "orders"', 'connector = "billing"'),
+        GOOD_SCHEDULE.replace('["orders"]', '["billing"]'),
         "nightly.toml",
-        "'connector'",
+        "'connectors'",
+    ),
+    (
+        "schedule with an unknown action",
+        GOOD_MAIN,
+        GOOD_CONNECTOR,
+        GOOD_SCHEDULE.replace('"base-backup"', '"vacuum"'),
+        "nightly.toml",
+        "'action'",
+    ),
+    (
+        "schedule with an unknown time zone",
+        GOOD_MAIN,
+        GOOD_CONNECTOR,
+        GOOD_SCHEDULE.replace("Europe/Berlin", "Mars/Olympus"),
+        "nightly.toml",
+        "'timezone'",
+    ),
+    (
+        "schedule with 7 cron fields",
+        GOOD_MAIN,
+        GOOD_CONNECTOR,
+        GOOD_SCHEDULE.replace("30 2 * * *", "0 30 2 * * * 2026"),
+        "nightly.toml",
+        "'cron'",
     ),
 ]
 

@@ -72,28 +72,3 @@ def test_order_keys_sort_history_first() -> None:
         "00000002.history",
         "000000020000000000000005",
     ]
-
-
-def _entry(dep: Deployment) -> dict:  # type: ignore[type-arg]
-    import json
-
-    (entry,) = json.loads(dep.logship("status", "--json").stdout)["connectors"]
-    return entry
-
-
-def test_scheduled_base_backup_runs_and_the_next_one_is_shown(deployment: Deployment) -> None:
-    dep = deployment
-    schedules = dep.config_dir / "schedules"
-    schedules.mkdir()
-    (schedules / "every-minute.toml").write_text(
-        'job = "base-backup"\nconnector = "main"\ncron = "* * * * *"\n'
-    )
-    dep.start_daemon()
-    planned = wait_for(lambda: _entry(dep)["next_job_at"], 30, "next job planned")
-    assert _entry(dep)["next_job"] == "base-backup"
-    # Cron granularity is a minute: the first run is at most ~60 s away.
-    wait_for(lambda: _entry(dep)["last_base_backup_at"], 120, "scheduled base backup done")
-    backups = list((dep.incoming / dep.connector / "base").glob("*/backup.json"))
-    assert len(backups) >= 1
-    assert _entry(dep)["next_job_at"] > planned  # planned anew after the run
-    assert deployment.stop_daemon() == 0

@@ -309,10 +309,49 @@ def test_json_has_exactly_the_contract_fields_and_extras() -> None:
         "standby_error",
         "next_job",
         "next_job_at",
+        "last_job",
+        "last_job_at",
+        "last_job_error",
+        "drill_state",
+        "drill_at",
+        "drill_error",
+        "rebuild_rto_s",
     ]
     assert data["last_base_backup_at"] == "2023-11-14T22:13:20Z"
     assert data["state"] == "ok" and type(data["state"]) is str
     assert isinstance(data["rpo_target_s"], float)
+
+
+@dataclass
+class DrillRowFake:
+    state: str
+    finished_at: float | None
+    error: str | None = None
+    restore_s: float | None = None
+    replay_s: float | None = None
+
+
+def test_job_facts_show_the_last_run_and_the_measured_rebuild() -> None:
+    passed = DrillRowFake("passed", NOW - 600, restore_s=12.25, replay_s=30.5)
+    failed = DrillRowFake("failed", NOW - 60, error="checksum mismatch")
+    jobs = lag.JobFacts(
+        next_job=("base-backup", NOW + 3600),
+        last_job=("base-backup", NOW - 60, "drill of X failed: checksum mismatch"),
+        last_drill=failed,
+        last_passed_drill=passed,
+    )
+    st = status([Row(seg(1))], jobs=jobs)
+    assert (st.next_job, st.last_job, st.drill_state) == ("base-backup", "base-backup", "failed")
+    assert st.drill_error == "checksum mismatch"
+    # The last drill that passed still measured a rebuild; the failure is shown beside it.
+    assert st.rebuild_rto_s == 42.75
+    assert status([Row(seg(1))]).rebuild_rto_s is None
+    from logship.ui.status_table import status_notes
+
+    notes = status_notes(st).plain
+    assert "restore drill failed at" in notes and "checksum mismatch" in notes
+    # The job's error is the drill's own, so it is said once.
+    assert notes.count("checksum mismatch") == 1
 
 
 def test_json_round_trip() -> None:

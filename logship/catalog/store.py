@@ -313,6 +313,10 @@ class Catalog:
             s.add(row)
             s.commit()
 
+    def scheduled_job(self, name: str) -> ScheduledJob | None:
+        with self.session() as s:
+            return s.get(ScheduledJob, name)
+
     def schedules(self, connector: str) -> list[ScheduledJob]:
         with self.session() as s:
             return list(

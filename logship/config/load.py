@@ -112,10 +112,15 @@ def load_config(path: Path) -> Config:
     schedules: dict[str, ScheduleConfig] = {}
     for spath, table in raw.schedules:
         schedule = _validate(ScheduleConfig, {"name": spath.stem, **table}, spath)
-        if schedule.connector not in connectors:
-            raise ConfigError(
-                f"{spath}: key 'connector': no connector named {schedule.connector!r}"
-            )
+        for name in schedule.connectors:
+            connector = connectors.get(name)
+            if connector is None:
+                raise ConfigError(f"{spath}: key 'connectors': no connector named {name!r}")
+            if schedule.action not in engine_for(connector.kind).schedule_actions:
+                raise ConfigError(
+                    f"{spath}: key 'action': {schedule.action!r} does not apply to connector "
+                    f"{name!r} (kind {connector.kind!r})"
+                )
         schedules[schedule.name] = schedule
 
     optional = {

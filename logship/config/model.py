@@ -102,22 +102,81 @@ class ConnectorBase(Strict):
     compression: Literal["zstd", "none"] = "zstd"
 
 
+ScheduleAction = Literal["base-backup", "retention", "drill"]
+
+
 class ScheduleConfig(Strict):
+    """One `schedules/*.toml` job: an action, run for each of its connectors in turn."""
+
     name: str
-    job: Literal["base-backup"]
-    connector: str
+    action: ScheduleAction
+    connectors: list[str] = Field(min_length=1)
+    #: crontab: 5 fields (minute hour day-of-month month day-of-week), or 6 with a
+    #: leading seconds field
     cron: str
+    #: the time zone the cron fields are read in (IANA name)
+    timezone: str = "UTC"
+    #: a run missed while the daemon was down still happens once if the daemon is
+    #: back within this long of the planned time
+    misfire_grace: Seconds = Field(default=3600.0, ge=0)
+    #: base-backup only: prove each new backup with a restore drill at the standby site
+    drill: bool = True
+
+    @field_validator("connectors")
+    @classmethod
+    def _distinct(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("lists a connector twice")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f'unknown time zone {value!r} (e.g. "UTC", "Europe/Berlin")') from None
+        return value
 
     @field_validator("cron")
     @classmethod
     def _valid_cron(cls, value: str) -> str:
-        from apscheduler.triggers.cron import CronTrigger
-
         try:
-            CronTrigger.from_crontab(value)
+            cron_trigger(value, "UTC")
         except ValueError as exc:
-            raise ValueError(f"not a 5-field crontab expression: {exc}") from None
+            raise ValueError(f"not a crontab expression: {exc}") from None
         return value
+
+    @property
+    def trigger_key(self) -> str:
+        """What decides the run times: a stored plan only counts for the same key."""
+        return f"{self.cron} {self.timezone}"
+
+    def trigger(self) -> Any:
+        return cron_trigger(self.cron, self.timezone)
+
+
+def cron_trigger(expression: str, timezone: str) -> Any:
+    """APScheduler's CronTrigger for 5 crontab fields, or 6 with leading seconds."""
+    from apscheduler.triggers.cron import CronTrigger
+
+    fields = expression.split()
+    if len(fields) == 5:
+        return CronTrigger.from_crontab(expression, timezone=timezone)
+    if len(fields) == 6:
+        second, minute, hour, day, month, day_of_week = fields
+        return CronTrigger(
+            second=second,
+            minute=minute,
+            hour=hour,
+            day=day,
+            month=month,
+            day_of_week=day_of_week,
+            timezone=timezone,
+        )
+    raise ValueError(f"has {len(fields)} fields; expected 5 (or 6 with seconds first)")
 
 
 class Config(BaseModel):

@@ -33,6 +33,8 @@ class Engine(Protocol):
     kind: str
     #: validates a whole connector file of this kind
     config_model: type[ConnectorBase]
+    #: the `schedules/*.toml` actions that make sense for this kind
+    schedule_actions: frozenset[str]
 
     def accepts(self, name: str) -> bool:
         """True for a spool file name this engine ships."""

@@ -65,6 +65,7 @@ class PostgresConnector(ConnectorBase):
 class PostgresEngine:
     kind: str = "postgresql"
     config_model: type[ConnectorBase] = PostgresConnector
+    schedule_actions: frozenset[str] = frozenset({"base-backup", "retention", "drill"})
 
     def accepts(self, name: str) -> bool:
         return walnames.is_archivable(name)

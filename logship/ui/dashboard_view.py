@@ -25,6 +25,7 @@ from logship.lag import WARN_FRACTION, ConnectorStatus, State
 from logship.ui.status_table import (
     STATE_STYLES,
     clock_time,
+    drill_label,
     format_bytes,
     format_seconds,
     status_notes,
@@ -128,12 +129,16 @@ def _backup_age(status: ConnectorStatus, now: float) -> Text:
     else:
         finished = datetime.fromisoformat(status.last_base_backup_at).timestamp()
         age = format_seconds(max(0.0, now - finished))
-    if status.next_job_at is None:
-        return age
-    due = datetime.fromisoformat(status.next_job_at).timestamp() - now
-    # A planned time in the past means no daemon is running the schedule.
-    label = Text("next ") + format_seconds(due) if due >= 0 else Text("overdue", style="red")
-    return _two(age, label)
+    lines = [age]
+    if status.next_job_at is not None:
+        due = datetime.fromisoformat(status.next_job_at).timestamp() - now
+        # A planned time in the past means no daemon is running the schedule.
+        lines.append(
+            Text("next ") + format_seconds(due) if due >= 0 else Text("overdue", style="red")
+        )
+    if drill := drill_label(status):
+        lines.append(drill)
+    return Text("\n").join(lines)
 
 
 def _backlog(status: ConnectorStatus) -> Text:

@@ -81,9 +81,22 @@ def _wal(status: ConnectorStatus) -> Text:
 
 def _backup(status: ConnectorStatus) -> Text:
     if status.last_base_backup_at is None:
-        return _unknown()
-    # "2025-01-31T12:00:00Z" on two lines keeps the column narrow.
-    return Text(status.last_base_backup_at.replace("T", "\n", 1))
+        text = _unknown()
+    else:
+        # "2025-01-31T12:00:00Z" on two lines keeps the column narrow.
+        text = Text(status.last_base_backup_at.replace("T", "\n", 1))
+    if drill := drill_label(status):
+        text = Text("\n").join([text, drill])
+    return text
+
+
+def drill_label(status: ConnectorStatus) -> Text | None:
+    """The newest drill's verdict, with the measured rebuild time when one passed."""
+    if status.drill_state == "failed":
+        return Text("drill failed", style="bold red")
+    if status.rebuild_rto_s is not None:
+        return Text.assemble("rebuild ", format_seconds(status.rebuild_rto_s))
+    return None
 
 
 def _notes(status: ConnectorStatus) -> Text:
@@ -100,6 +113,25 @@ def _notes(status: ConnectorStatus) -> Text:
             notes.append("\n")
         notes.append(f"{status.name}: ", style="bold")
         notes.append(f"site {status.site}: {status.site_error}", style="red")
+    if status.drill_state == "failed":
+        if notes:
+            notes.append("\n")
+        notes.append(f"{status.name}: ", style="bold")
+        notes.append(
+            f"restore drill failed at {status.drill_at}: {status.drill_error}", style="red"
+        )
+    # A job that failed because its drill did is said once, by the drill's line.
+    drill_said = status.drill_state == "failed" and (status.drill_error or "") in (
+        status.last_job_error or ""
+    )
+    if status.last_job_error and not drill_said:
+        if notes:
+            notes.append("\n")
+        notes.append(f"{status.name}: ", style="bold")
+        notes.append(
+            f"scheduled {status.last_job} failed at {status.last_job_at}: {status.last_job_error}",
+            style="red",
+        )
     for reason in null_reasons(status):
         if notes:
             notes.append("\n")

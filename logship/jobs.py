@@ -1,0 +1,163 @@
+"""The actions a `schedules/*.toml` job runs for one connector.
+
+Each runs on its own SSH connection to the connector's site, so shipping goes on
+while a backup streams or a drill replays. The outcome goes to the catalog, where
+`status`, the dashboard and the alerts read it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from logship.catalog.store import Catalog
+from logship.config.model import Config
+from logship.errors import OperationFailed, first_line
+from logship.logs import event
+from logship.ship.transport import Transport
+
+if TYPE_CHECKING:
+    from logship.replay.drill import DrillResult
+
+log = logging.getLogger("logship.jobs")
+
+Clock = Callable[[], float]
+#: beyond the drill's own timeout: process start-up, extraction of a large tar
+DRILL_SSH_MARGIN_S = 600.0
+
+
+@dataclass(frozen=True)
+class ActionOutcome:
+    """What one action did for one connector, for the daemon's log line."""
+
+    summary: str
+
+
+def run_action(
+    action: str,
+    config: Config,
+    connector: str,
+    transport: Transport,
+    catalog: Catalog,
+    clock: Clock,
+    *,
+    drill_after_backup: bool,
+) -> ActionOutcome:
+    """Run `action` for `connector`; raises LogshipError (one line) when it fails."""
+    if action == "base-backup":
+        return _base_backup(config, connector, transport, catalog, clock, drill_after_backup)
+    if action == "drill":
+        result = remote_drill(config, connector, transport, catalog, None, clock)
+        return ActionOutcome(_drill_summary(result))
+    if action == "retention":
+        return _retention(config, connector, transport, catalog, clock)
+    raise ValueError(f"unknown action {action!r}")
+
+
+def _base_backup(
+    config: Config,
+    connector: str,
+    transport: Transport,
+    catalog: Catalog,
+    clock: Clock,
+    drill_after: bool,
+) -> ActionOutcome:
+    from logship.basebackup import take_base_backup
+
+    record = take_base_backup(config, connector, transport, clock, catalog=catalog)
+    summary = f"backup {record.backup_id} ({record.size} bytes in {record.duration_s:.1f}s)"
+    if drill_after:
+        result = remote_drill(config, connector, transport, catalog, record.backup_id, clock)
+        summary += f"; {_drill_summary(result)}"
+    return ActionOutcome(summary)
+
+
+def _drill_summary(result: DrillResult) -> str:
+    return (
+        f"drill of {result.backup_id} passed: restore {result.restore_s:.1f}s, "
+        f"replay {result.replay_s:.1f}s to {result.replayed_to_wal}"
+    )
+
+
+def remote_drill(
+    config: Config,
+    connector_name: str,
+    transport: Transport,
+    catalog: Catalog,
+    backup_id: str | None,
+    clock: Clock,
+) -> DrillResult:
+    """Run `logship drill` at the connector's site over SSH and record the outcome.
+
+    Raises OperationFailed when the drill fails; the catalog then holds the failure,
+    which `status` shows and the alerts announce.
+    """
+    connector = config.connector(connector_name)
+    site = config.site_of(connector)
+    argv = [*site.command, "drill", connector.name, "--backup", backup_id or "latest", "--json"]
+    drill_id = catalog.start_drill(connector.name, backup_id, clock())
+    result: DrillResult | None = None
+    try:
+        status, out, err = transport.run_command(
+            argv, timeout=connector.drill.timeout + DRILL_SSH_MARGIN_S
+        )
+        result = _parse_drill(out)
+        if result is None:
+            detail = first_line(err.decode("utf-8", "replace")) or f"exit {status}"
+            raise OperationFailed(f"drill at site {site.name} gave no result: {detail}")
+        if not result.passed:
+            raise OperationFailed(f"drill of {result.backup_id} failed: {result.error}")
+    except Exception as exc:
+        error = first_line(exc)
+        catalog.finish_drill(drill_id, now=clock(), error=error, **_drill_facts(result, backup_id))
+        event(log, logging.ERROR, "drill failed", connector=connector.name, error=error)
+        raise
+    catalog.finish_drill(drill_id, now=clock(), error=None, **_drill_facts(result, backup_id))
+    event(
+        log,
+        logging.INFO,
+        "drill passed",
+        connector=connector.name,
+        backup=result.backup_id,
+        restore_s=result.restore_s,
+        replay_s=result.replay_s,
+    )
+    return result
+
+
+def _parse_drill(out: bytes) -> DrillResult | None:
+    from logship.replay.drill import DrillResult
+
+    for line in reversed(out.decode("utf-8", "replace").splitlines()):
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                return DrillResult.from_json(line)
+            except (ValueError, TypeError, KeyError):
+                return None
+    return None
+
+
+def _drill_facts(result: DrillResult | None, backup_id: str | None) -> dict[str, object]:
+    if result is None:
+        return {"backup_id": backup_id}
+    return {
+        "backup_id": result.backup_id,
+        "restore_s": result.restore_s,
+        "replay_s": result.replay_s,
+        "replayed_to_wal": result.replayed_to_wal,
+    }
+
+
+def _retention(
+    config: Config, connector: str, transport: Transport, catalog: Catalog, clock: Clock
+) -> ActionOutcome:
+    from logship.retention import fetch_standby_facts, run_retention
+
+    standby = fetch_standby_facts(config, connector, transport)
+    report = run_retention(
+        config, connector, transport, catalog, standby=standby, dry_run=False, clock=clock
+    )
+    return ActionOutcome(report.summary())
