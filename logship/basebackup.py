@@ -97,6 +97,10 @@ def parse_progress(line: str) -> tuple[int, int] | None:
     return int(match.group(1)) * 1024, int(match.group(2)) * 1024
 
 
+class BackupInterrupted(OperationFailed):
+    """The backup was asked to stop (SIGTERM, Ctrl-C) and tidied up after itself."""
+
+
 @dataclass(frozen=True)
 class BackupProgress:
     raw_bytes: int  # tar bytes read from pg_basebackup so far
@@ -307,8 +311,10 @@ class _BaseBackupStream:
         compression: str,
         where: str,
         progress_callback: ProgressCallback | None,
+        cancel: threading.Event | None,
     ) -> None:
         self._where = where
+        self._cancel = cancel
         self._compression = compression
         self._progress_callback = progress_callback
         self.digest = hashlib.sha256()
@@ -345,6 +351,10 @@ class _BaseBackupStream:
         stdout = self._proc.stdout
         assert stdout is not None
         while data := stdout.read(READ_CHUNK):
+            if self._cancel is not None and self._cancel.is_set():
+                # Raised here, between two writes, so the transport removes its temp
+                # file over a connection that is still in a sane state.
+                raise BackupInterrupted(f"{self._where}: interrupted; nothing was kept at the site")
             self.raw_size += len(data)
             self.scanner.feed(data)
             out = compressor.compress(data) if compressor is not None else data
@@ -393,7 +403,7 @@ def _open_catalog(config: Config) -> Catalog:
 
 
 def _describe(exc: BaseException) -> str:
-    if isinstance(exc, KeyboardInterrupt):
+    if isinstance(exc, KeyboardInterrupt | BackupInterrupted):
         return "interrupted"
     return str(exc) or type(exc).__name__
 
@@ -406,6 +416,7 @@ def _ship(
     started_at: float,
     clock: Clock,
     progress_callback: ProgressCallback | None,
+    cancel: threading.Event | None,
 ) -> BackupRecord:
     program = find_program(
         "pg_basebackup",
@@ -420,6 +431,7 @@ def _ship(
         connector.compression,
         f"connector {connector.name}",
         progress_callback,
+        cancel,
     )
     try:
         written = transport.put_atomic(backup_dir / stored_name, stream.chunks())
@@ -476,6 +488,7 @@ def take_base_backup(
     progress_callback: ProgressCallback | None = None,
     *,
     catalog: Catalog | None = None,
+    cancel: threading.Event | None = None,
 ) -> BackupRecord:
     """Take a base backup of the connector's primary and ship it through `transport`.
 
@@ -491,7 +504,9 @@ def take_base_backup(
             # Holding the lock, no other backup of this connector runs: a row still
             # "running" belongs to a process that died (kill -9, power loss).
             active.fail_interrupted_backups(connector.name, clock())
-            return _take_locked(config, connector, transport, active, clock, progress_callback)
+            return _take_locked(
+                config, connector, transport, active, clock, progress_callback, cancel
+            )
         finally:
             if own_catalog:
                 active.close()
@@ -504,6 +519,7 @@ def _take_locked(
     catalog: Catalog,
     clock: Clock,
     progress_callback: ProgressCallback | None,
+    cancel: threading.Event | None,
 ) -> BackupRecord:
     site = config.site_of(connector)
     layout = SiteLayout.for_connector(site.root, connector.name)
@@ -532,7 +548,7 @@ def _take_locked(
         ) from None
     try:
         record = _ship(
-            connector, layout, transport, backup_id, started_at, clock, progress_callback
+            connector, layout, transport, backup_id, started_at, clock, progress_callback, cancel
         )
     except BaseException as exc:
         catalog.finish_backup(connector.name, backup_id, now=clock(), error=_describe(exc))

@@ -8,6 +8,7 @@ while a backup streams or a drill replays. The outcome goes to the catalog, wher
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -44,10 +45,16 @@ def run_action(
     clock: Clock,
     *,
     drill_after_backup: bool,
+    cancel: threading.Event | None = None,
 ) -> ActionOutcome:
-    """Run `action` for `connector`; raises LogshipError (one line) when it fails."""
+    """Run `action` for `connector`; raises LogshipError (one line) when it fails.
+
+    `cancel` stops a base backup between two writes (the daemon is stopping).
+    """
     if action == "base-backup":
-        return _base_backup(config, connector, transport, catalog, clock, drill_after_backup)
+        return _base_backup(
+            config, connector, transport, catalog, clock, drill_after_backup, cancel
+        )
     if action == "drill":
         result = remote_drill(config, connector, transport, catalog, None, clock)
         return ActionOutcome(_drill_summary(result))
@@ -63,10 +70,11 @@ def _base_backup(
     catalog: Catalog,
     clock: Clock,
     drill_after: bool,
+    cancel: threading.Event | None,
 ) -> ActionOutcome:
     from logship.basebackup import take_base_backup
 
-    record = take_base_backup(config, connector, transport, clock, catalog=catalog)
+    record = take_base_backup(config, connector, transport, clock, catalog=catalog, cancel=cancel)
     summary = f"backup {record.backup_id} ({record.size} bytes in {record.duration_s:.1f}s)"
     if drill_after:
         result = remote_drill(config, connector, transport, catalog, record.backup_id, clock)

@@ -54,8 +54,10 @@ class ScheduleRunner:
         scheduler: BaseScheduler,
         connect: Callable[[SiteConfig], Transport],
         clock: Clock,
+        stop: threading.Event,
     ) -> None:
         self._config = config
+        self._stop = stop
         self._catalog = catalog
         self._scheduler = scheduler
         self._connect = connect
@@ -152,6 +154,7 @@ class ScheduleRunner:
                     self._catalog,
                     self._clock,
                     drill_after_backup=schedule.drill,
+                    cancel=self._stop,
                 )
             finally:
                 transport.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -57,21 +58,26 @@ def progress_bar(enabled: bool, description: str) -> Iterator[ProgressCallback |
         yield update
 
 
-def _interrupt_on_sigterm() -> None:
-    """SIGTERM unwinds like Ctrl-C: the temp file at the site is removed and the
-    catalog says "interrupted", instead of the process vanishing mid-upload."""
+def _cancel_on_signals() -> threading.Event:
+    """SIGTERM and Ctrl-C ask the backup to stop between two writes: the temp file
+    at the site is removed and the catalog says "interrupted". An exception raised
+    at any other moment could land inside an SFTP exchange and leave the
+    connection unable to clean up."""
+    cancel = threading.Event()
 
     def handler(_signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt
+        cancel.set()
 
     signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    return cancel
 
 
 def run(args: argparse.Namespace) -> int:
     from logship.basebackup import take_base_backup
     from logship.ship.sftp import SftpTransport
 
-    _interrupt_on_sigterm()
+    cancel = _cancel_on_signals()
     config = load_config(config_path(args.config))
     connector = postgres_connector(config, args.connector)
     site = config.site_of(connector)
@@ -79,7 +85,9 @@ def run(args: argparse.Namespace) -> int:
     transport = SftpTransport(site)
     try:
         with progress_bar(sys.stdout.isatty(), f"base backup {connector.name}") as on_progress:
-            record = take_base_backup(config, connector.name, transport, time.time, on_progress)
+            record = take_base_backup(
+                config, connector.name, transport, time.time, on_progress, cancel=cancel
+            )
     finally:
         transport.close()
     from rich.filesize import decimal
