@@ -138,7 +138,9 @@ class Daemon:
                 max_instances=1,
                 coalesce=True,
             )
-            schedules = ScheduleRunner(self.config, catalog, scheduler, self._connect, self._clock)
+            schedules = ScheduleRunner(
+                self.config, catalog, scheduler, self._connect, self._clock, self._stop
+            )
             schedules.install()
             scheduler.start()
             schedules.publish_next_runs()
