@@ -60,6 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("connector")
     p.add_argument("walname", help="%%f: the file PostgreSQL asks for")
     p.add_argument("dest", help="%%p: where PostgreSQL wants it")
+    p.add_argument(
+        "--no-mark",
+        action="store_true",
+        help="leave restored.json (the standby's progress) alone: for scratch copies",
+    )
 
     p = sub.add_parser("base-backup", help=VERBS["base-backup"][1])
     p.add_argument("connector")

@@ -16,7 +16,13 @@ def run(args: argparse.Namespace) -> int:
         cfg = read_for_hot_path(config_path(args.config), args.connector)
         if cfg.site_root is None:
             raise ConfigError(f"connector {args.connector}: its site has no 'root' configured")
-        restore_wal(cfg.site_root, args.connector, args.walname, Path(args.dest))
+        restore_wal(
+            cfg.site_root,
+            args.connector,
+            args.walname,
+            Path(args.dest),
+            mark=not args.no_mark,
+        )
     except NotArrived:
         return NotArrived.exit_code  # the normal answer while waiting: not an error
     except LogshipError as exc:

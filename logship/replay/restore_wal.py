@@ -116,7 +116,15 @@ def _note_restored(layout: SiteLayout, name: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def restore_wal(site_root: Path, connector: str, walname: str, dest: Path) -> None:
+def restore_wal(
+    site_root: Path, connector: str, walname: str, dest: Path, *, mark: bool = True
+) -> None:
+    """Hand PostgreSQL the verified `walname` at `dest`.
+
+    `mark=False` (`--no-mark`) skips the restored.json note: that note is the real
+    standby's progress, and a scratch copy replaying the same WAL (the restore drill)
+    must not move it. The file itself is checked exactly the same way.
+    """
     parsed = walnames.parse(walname, allow_partial=True)
     if parsed is None:
         raise UsageError(
@@ -132,5 +140,5 @@ def restore_wal(site_root: Path, connector: str, walname: str, dest: Path) -> No
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    if parsed.kind is walnames.WalKind.SEGMENT:
+    if mark and parsed.kind is walnames.WalKind.SEGMENT:
         _note_restored(layout, walname)

@@ -36,6 +36,7 @@ _BACKUP_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # Left by the primary's postmaster when a backup copies them; they would make
 # pg_ctl believe a server is already running in the restored directory.
 _STALE_FILES = ("postmaster.pid", "postmaster.opts")
+_SIGNAL_FILES = ("standby.signal", "recovery.signal")
 
 
 @dataclass(frozen=True)
@@ -292,14 +293,15 @@ def extract_verified(
 # -- configuration -----------------------------------------------------------------------
 
 
-def restore_command(python: str, config_path: Path, connector: str) -> str:
+def restore_command(python: str, config_path: Path, connector: str, *, mark: bool = True) -> str:
     """The restore_command shell line, before quoting for postgresql.conf.
 
     PostgreSQL replaces %f, %p, %r and %% in it, so a literal % from a path is doubled.
+    `mark=False` adds `--no-mark`: a scratch copy (the restore drill) must not move
+    the real standby's progress note, restored.json.
     """
-    prefix = shlex.join(
-        [python, "-m", "logship", "--config", str(config_path), "restore-wal", connector]
-    )
+    verb = ["restore-wal"] if mark else ["restore-wal", "--no-mark"]
+    prefix = shlex.join([python, "-m", "logship", "--config", str(config_path), *verb, connector])
     return prefix.replace("%", "%%") + " %f %p"
 
 
@@ -332,22 +334,23 @@ def standby_settings(
 
 
 _MINIMAL_POSTGRESQL_CONF = """\
-# Written by logship standby restore: the base backup had no postgresql.conf
+# Written by {writer}: the base backup had no postgresql.conf
 # (Debian keeps it in /etc/postgresql). Standby settings are in postgresql.auto.conf.
 # A hot standby needs max_connections, max_worker_processes, max_wal_senders,
 # max_prepared_transactions and max_locks_per_transaction at least as high as on
 # the primary: set them here if the primary raised them.
 """
+STANDBY_WRITER = "logship standby restore"
 
 
-def _minimal_hba(os_user: str) -> str:
+def local_peer_hba(os_user: str, why: str, *, replication: bool = True) -> str:
+    """pg_hba.conf text: peer for `os_user` over the Unix socket, nothing else."""
     # peer: only this OS user, under its own role name; nothing over the network.
-    return (
-        "# Written by logship standby restore: the base backup had no pg_hba.conf.\n"
-        "# Local connections for the OS user that runs this standby only.\n"
-        f"local   all           {os_user}   peer\n"
-        f"local   replication   {os_user}   peer\n"
-    )
+    lines = [f"# {why}\n", "# Local connections for the OS user that runs this server only.\n"]
+    lines.append(f"local   all           {os_user}   peer\n")
+    if replication:
+        lines.append(f"local   replication   {os_user}   peer\n")
+    return "".join(lines)
 
 
 def _write_new(path: Path, text: str) -> None:
@@ -356,34 +359,64 @@ def _write_new(path: Path, text: str) -> None:
         out.write(text)
 
 
-def write_standby_config(
-    data_dir: Path, settings: list[tuple[str, str]], os_user: str, backup_id: str
+def write_recovery_config(
+    data_dir: Path,
+    settings: list[tuple[str, str]],
+    *,
+    header: str,
+    signal_name: str,
+    hba: str,
+    replace_hba: bool = False,
+    writer: str = STANDBY_WRITER,
 ) -> None:
-    """Configure a restored (and verified) data dir to start as a replaying standby."""
+    """Configure a restored (and verified) data dir to start in recovery.
+
+    `settings` are appended to postgresql.auto.conf under `header` (later lines win);
+    `hba` is written as pg_hba.conf when the backup has none, or always when
+    `replace_hba`. `signal_name` is standby.signal (replay forever) or
+    recovery.signal (replay what is there, then end recovery).
+    """
     if not (data_dir / "postgresql.conf").exists():
-        _write_new(data_dir / "postgresql.conf", _MINIMAL_POSTGRESQL_CONF)
-    if not (data_dir / "pg_hba.conf").exists():
-        _write_new(data_dir / "pg_hba.conf", _minimal_hba(os_user))
-    if not (data_dir / "pg_ident.conf").exists():
-        _write_new(data_dir / "pg_ident.conf", "# Written by logship standby restore.\n")
+        _write_new(data_dir / "postgresql.conf", _MINIMAL_POSTGRESQL_CONF.format(writer=writer))
+    for name, text in (("pg_hba.conf", hba), ("pg_ident.conf", f"# Written by {writer}.\n")):
+        if replace_hba:
+            (data_dir / name).unlink(missing_ok=True)
+        if not (data_dir / name).exists():
+            _write_new(data_dir / name, text)
     auto = data_dir / "postgresql.auto.conf"
     existing = auto.read_bytes() if auto.exists() else b""
-    header = f"# logship standby restore of backup {backup_id} (later lines win)"
     block = "\n".join([header, *(f"{name} = {value}" for name, value in settings)]) + "\n"
     with open(auto, "a", encoding="utf-8") as out:
         if existing and not existing.endswith(b"\n"):
             out.write("\n")
         out.write(block)
     auto.chmod(0o600)
-    for name in _STALE_FILES:
+    # Both signal files present means standby mode; only the one asked for may be.
+    for name in (*_STALE_FILES, *_SIGNAL_FILES):
         (data_dir / name).unlink(missing_ok=True)
-    _write_new(data_dir / "standby.signal", "")
+    _write_new(data_dir / signal_name, "")
+
+
+def write_standby_config(
+    data_dir: Path, settings: list[tuple[str, str]], os_user: str, backup_id: str
+) -> None:
+    """Configure a restored (and verified) data dir to start as a replaying standby."""
+    write_recovery_config(
+        data_dir,
+        settings,
+        header=f"# logship standby restore of backup {backup_id} (later lines win)",
+        signal_name="standby.signal",
+        hba=local_peer_hba(
+            os_user, f"Written by {STANDBY_WRITER}: the base backup had no pg_hba.conf."
+        ),
+    )
 
 
 # -- running PostgreSQL's tools ----------------------------------------------------------
 
 
-def _last_line(*texts: str) -> str:
+def last_line(*texts: str) -> str:
+    """The last non-blank line of the first text that has one."""
     for text in texts:
         lines = [line.strip() for line in text.splitlines() if line.strip()]
         if lines:
@@ -391,7 +424,8 @@ def _last_line(*texts: str) -> str:
     return "(no output)"
 
 
-def _run(cmd: list[str], cwd: Path, timeout: float | None) -> subprocess.CompletedProcess[str]:
+def run_tool(cmd: list[str], cwd: Path, timeout: float | None) -> subprocess.CompletedProcess[str]:
+    """Run a program to completion, its output captured; OperationFailed if it cannot."""
     try:
         return subprocess.run(
             cmd,
@@ -415,46 +449,105 @@ def check_restore_command_runs(python: str) -> None:
     which it reads as "file not found": a broken restore_command would look like a
     standby that merely waits. So check it from "/", where no logship package lies.
     """
-    proc = _run([python, "-m", "logship", "--help"], Path("/"), timeout=120)
+    proc = run_tool([python, "-m", "logship", "--help"], Path("/"), timeout=120)
     if proc.returncode != 0:
         raise OperationFailed(
             f"restore_command would not work: `{python} -m logship` fails "
-            f"({_last_line(proc.stderr, proc.stdout)}); install logship for that Python"
+            f"({last_line(proc.stderr, proc.stdout)}); install logship for that Python"
         )
 
 
-def run_pg_verifybackup(program: Path, data_dir: Path) -> None:
-    # Large backups take long to verify; pg_verifybackup does not wait on anything else.
-    proc = _run([str(program), "--quiet", str(data_dir)], data_dir, timeout=None)
+def run_pg_verifybackup(program: Path, data_dir: Path, timeout: float | None = None) -> None:
+    # Large backups take long to verify; pg_verifybackup does not wait on anything else,
+    # so only a caller with a deadline of its own (the drill) bounds it.
+    proc = run_tool([str(program), "--quiet", str(data_dir)], data_dir, timeout=timeout)
     if proc.returncode != 0:
         raise OperationFailed(
             f"pg_verifybackup rejected the restored {data_dir}: "
-            f"{_last_line(proc.stderr, proc.stdout)}"
+            f"{last_line(proc.stderr, proc.stdout)}"
+        )
+
+
+def start_server(
+    program: Path,
+    data_dir: Path,
+    log_file: Path,
+    *,
+    timeout_s: int = START_TIMEOUT_S,
+    options: str | None = None,
+    what: str = "the standby",
+) -> None:
+    """pg_ctl start -w; `options` is pg_ctl's -o (a shell-quoted postgres argument line)."""
+    cmd = [str(program), "-D", str(data_dir), "-l", str(log_file), "-w", "-t", str(timeout_s)]
+    if options:
+        cmd += ["-o", options]
+    proc = run_tool([*cmd, "start"], data_dir, timeout=timeout_s + 60)
+    if proc.returncode != 0:
+        try:
+            log_tail = last_line(log_file.read_text(encoding="utf-8", errors="replace"))
+        except OSError:
+            log_tail = "(no log)"
+        raise OperationFailed(
+            f"pg_ctl could not start {what} in {data_dir}: "
+            f"{last_line(proc.stderr, proc.stdout)}; server log {log_file} ends: {log_tail}"
         )
 
 
 def start_standby(program: Path, data_dir: Path, log_file: Path) -> None:
-    cmd = [
-        str(program),
-        "-D",
-        str(data_dir),
-        "-l",
-        str(log_file),
-        "-w",
-        "-t",
-        str(START_TIMEOUT_S),
-        "start",
-    ]
-    proc = _run(cmd, data_dir, timeout=START_TIMEOUT_S + 60)
-    if proc.returncode != 0:
-        try:
-            log_tail = _last_line(log_file.read_text(encoding="utf-8", errors="replace"))
-        except OSError:
-            log_tail = "(no log)"
-        raise OperationFailed(
-            f"pg_ctl could not start the standby in {data_dir}: "
-            f"{_last_line(proc.stderr, proc.stdout)}; server log {log_file} ends: {log_tail}"
-        )
+    start_server(program, data_dir, log_file)
+
+
+# -- steps shared with the restore drill -------------------------------------------------
+
+
+def locate_backup(
+    layout: SiteLayout, connector: str, backup_id: str | None
+) -> tuple[Path, BackupRecord]:
+    """The stored archive of the chosen backup (newest for None/"latest") and its record."""
+    backup_dir, record = find_backup(Path(layout.base_dir), connector, backup_id)
+    archive = backup_dir / record.stored_name
+    if not archive.is_file():
+        raise OperationFailed(f"{archive} is missing although {BACKUP_RECORD_NAME} lists it")
+    return archive, record
+
+
+def find_server_tools(
+    bin_dir: Path | None, record: BackupRecord, setting: str, names: tuple[str, ...]
+) -> dict[str, Path]:
+    """PostgreSQL programs of the backup's major version, looked up before any work.
+
+    Found before extracting, so a missing program fails in seconds, not after hours.
+    """
+    return {
+        name: find_program(name, bin_dir=bin_dir, version=record.pg_version, setting=setting)
+        for name in names
+    }
+
+
+def restore_verified(
+    archive: Path,
+    record: BackupRecord,
+    data_dir: Path,
+    pg_verifybackup: Path,
+    report: ProgressCallback,
+    *,
+    check_deadline: Callable[[], float | None] = lambda: None,
+) -> None:
+    """Extract `archive` into the empty `data_dir` (sha256 checked on the way), then
+    pg_verifybackup it. The caller removes the files when this raises.
+
+    `check_deadline` is called as bytes are read and before pg_verifybackup; it raises
+    when time is up and otherwise returns the seconds left (None: no limit).
+    """
+
+    def on_read(done: int) -> None:
+        check_deadline()
+        report(RestoreProgress("extract", done, record.stored_size))
+
+    report(RestoreProgress("extract", 0, record.stored_size))
+    extract_verified(archive, record, data_dir, on_read)
+    report(RestoreProgress("verify", 0, None))
+    run_pg_verifybackup(pg_verifybackup, data_dir, timeout=check_deadline())
 
 
 # -- the whole restore -------------------------------------------------------------------
@@ -483,33 +576,15 @@ def restore_standby(
     layout = SiteLayout.for_connector(site.root, connector.name)
     setting = f"connector {connector.name}: [standby]"
     endpoint = parse_dsn(connector.standby.dsn, setting=f"{setting}.dsn")
-    backup_dir, record = find_backup(Path(layout.base_dir), connector.name, backup_id)
-    archive = backup_dir / record.stored_name
-    if not archive.is_file():
-        raise OperationFailed(f"{archive} is missing although {BACKUP_RECORD_NAME} lists it")
+    archive, record = locate_backup(layout, connector.name, backup_id)
     check_restore_command_runs(python)
-    # Found before extracting, so a missing program fails in seconds, not after hours.
-    tools = {
-        name: find_program(
-            name,
-            bin_dir=connector.standby.bin_dir,
-            version=record.pg_version,
-            setting=f"{setting}.bin_dir",
-        )
-        for name in ("pg_verifybackup", "pg_ctl")
-    }
+    tools = find_server_tools(
+        connector.standby.bin_dir, record, f"{setting}.bin_dir", ("pg_verifybackup", "pg_ctl")
+    )
     data_dir = connector.standby.data_dir.absolute()
     created = prepare_data_dir(data_dir)
     try:
-        report(RestoreProgress("extract", 0, record.stored_size))
-        extract_verified(
-            archive,
-            record,
-            data_dir,
-            lambda done: report(RestoreProgress("extract", done, record.stored_size)),
-        )
-        report(RestoreProgress("verify", 0, None))
-        run_pg_verifybackup(tools["pg_verifybackup"], data_dir)
+        restore_verified(archive, record, data_dir, tools["pg_verifybackup"], report)
     except OperationFailed as exc:
         _clear(data_dir, remove_dir=created)
         # Nothing unverified is left behind to be started by hand.

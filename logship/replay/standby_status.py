@@ -8,12 +8,20 @@ touch the standby themselves.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from logship.errors import first_line
+from logship import walnames
+from logship.errors import LogshipError, first_line
 from logship.manifest import SiteLayout
+
+if TYPE_CHECKING:
+    from logship.ship.transport import Transport
 
 STANDBY_QUERY = """
 select pg_is_in_recovery(),
@@ -24,6 +32,11 @@ select pg_is_in_recovery(),
 HEARTBEAT_QUERY = """
 select extract(epoch from beat_at)::float8 from logship.heartbeat where connector = %s
 """
+# Works during recovery: on a standby it is the last restartpoint's redo, the
+# oldest WAL a restart of the standby would read again.
+REDO_QUERY = "select redo_wal_file from pg_control_checkpoint()"
+CONTROLDATA_REDO = "Latest checkpoint's REDO WAL file:"
+CONTROLDATA_TIMEOUT = 30.0
 
 
 @dataclass(frozen=True)
@@ -41,13 +54,25 @@ class StandbyFacts:
     restored_at: float | None = None
     promoted: bool = False
     error: str | None = None
+    #: the WAL file of the standby's latest checkpoint (restartpoint) redo: the
+    #: oldest WAL it still needs; None when not known (see redo_error)
+    redo_wal: str | None = None
+    redo_error: str | None = None
+    #: whether [standby].data_dir exists at the site (None: not known), so "no
+    #: standby at all" can be told from "a standby whose needs are unknown"
+    data_dir_exists: bool | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
 
     @classmethod
     def from_json(cls, text: str | bytes) -> StandbyFacts:
-        return cls(**json.loads(text))
+        raw = json.loads(text)
+        if not isinstance(raw, dict):
+            raise ValueError("standby facts must be a JSON object")
+        # Keys added by a newer logship at the other site are skipped, not fatal.
+        known = {f.name for f in fields(cls)}
+        return cls(**{key: value for key, value in raw.items() if key in known})
 
 
 def _restored(layout: SiteLayout) -> tuple[str | None, float | None]:
@@ -58,7 +83,69 @@ def _restored(layout: SiteLayout) -> tuple[str | None, float | None]:
         return None, None
 
 
-def read_standby_facts(connector: str, dsn: str, site_root: Path) -> StandbyFacts:
+def _data_dir_exists(data_dir: Path | None) -> bool | None:
+    if data_dir is None:
+        return None
+    try:
+        data_dir.stat()
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return None  # e.g. a parent this user cannot enter: not known
+    return True
+
+
+def _valid_redo(name: object) -> str | None:
+    if not isinstance(name, str):
+        return None
+    parsed = walnames.parse(name)
+    return name if parsed is not None and parsed.kind is walnames.WalKind.SEGMENT else None
+
+
+def controldata_redo(data_dir: Path, bin_dir: Path | None) -> tuple[str | None, str | None]:
+    """(redo WAL file, None) from pg_controldata, or (None, why it is not known)."""
+    from logship.engines.pg_tools import find_program
+
+    try:
+        program = find_program(
+            "pg_controldata", bin_dir=bin_dir, data_dir=data_dir, setting="[standby].bin_dir"
+        )
+    except LogshipError as exc:
+        return None, str(exc)
+    # Its labels are translated; C keeps the one parsed below.
+    env = {**os.environ, "LC_ALL": "C"}
+    try:
+        done = subprocess.run(
+            [str(program), str(data_dir)],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=CONTROLDATA_TIMEOUT,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return None, f"pg_controldata {data_dir}: {first_line(exc)}"
+    for line in done.stdout.splitlines():
+        if line.startswith(CONTROLDATA_REDO):
+            redo = _valid_redo(line.removeprefix(CONTROLDATA_REDO).strip())
+            if redo is not None:
+                return redo, None
+    reason = done.stderr.strip().splitlines()
+    return None, f"pg_controldata {data_dir} exited {done.returncode}: " + (
+        reason[-1] if reason else "no REDO WAL file in its output"
+    )
+
+
+def read_standby_facts(
+    connector: str,
+    dsn: str,
+    site_root: Path,
+    *,
+    data_dir: Path | None = None,
+    bin_dir: Path | None = None,
+) -> StandbyFacts:
+    """The standby's facts; with `data_dir`, its redo WAL even when it is down."""
     import psycopg
 
     layout = SiteLayout.for_connector(site_root.as_posix(), connector)
@@ -69,7 +156,10 @@ def read_standby_facts(connector: str, dsn: str, site_root: Path) -> StandbyFact
         "last_restored": last_restored,
         "restored_at": restored_at,
         "promoted": promoted,
+        "data_dir_exists": _data_dir_exists(data_dir),
     }
+    redo: str | None = None
+    redo_error: str | None = None
     try:
         with psycopg.connect(dsn, connect_timeout=5, autocommit=True) as conn:
             in_recovery, replay_lsn, replay_ts, now = conn.execute(STANDBY_QUERY).fetchone()
@@ -78,8 +168,24 @@ def read_standby_facts(connector: str, dsn: str, site_root: Path) -> StandbyFact
             if has_table is not None:
                 row = conn.execute(HEARTBEAT_QUERY, (connector,)).fetchone()
                 heartbeat = row[0] if row else None
+            try:
+                redo = _valid_redo(conn.execute(REDO_QUERY).fetchone()[0])
+            except psycopg.Error as exc:
+                # A monitoring role without pg_monitor: pg_controldata may still tell.
+                redo_error = first_line(exc)
     except psycopg.Error as exc:
-        return StandbyFacts(measured_at=time.time(), reachable=False, error=first_line(exc), **base)
+        redo, redo_error = _redo_offline(data_dir, bin_dir, base["data_dir_exists"])
+        return StandbyFacts(
+            measured_at=time.time(),
+            reachable=False,
+            error=first_line(exc),
+            redo_wal=redo,
+            redo_error=redo_error,
+            **base,
+        )
+    if redo is None and data_dir is not None:
+        redo, offline_error = _redo_offline(data_dir, bin_dir, base["data_dir_exists"])
+        redo_error = offline_error if redo is None else None
     return StandbyFacts(
         measured_at=now,
         reachable=True,
@@ -87,5 +193,45 @@ def read_standby_facts(connector: str, dsn: str, site_root: Path) -> StandbyFact
         replay_lsn=replay_lsn,
         heartbeat_at=heartbeat,
         replay_timestamp=replay_ts,
+        redo_wal=redo,
+        redo_error=redo_error,
         **base,
     )
+
+
+def _redo_offline(
+    data_dir: Path | None, bin_dir: Path | None, exists: bool | None
+) -> tuple[str | None, str | None]:
+    if data_dir is None:
+        return None, "the standby does not answer and no data_dir was given"
+    if exists is False:
+        return None, f"[standby].data_dir {data_dir} does not exist"
+    return controldata_redo(data_dir, bin_dir)
+
+
+def ask_standby_status(
+    transport: Transport,
+    command: list[str],
+    connector: str,
+    clock: Callable[[], float],
+    timeout: float,
+) -> tuple[StandbyFacts, bool]:
+    """`standby status --json` run at the site over `transport` (SSH): the facts, and
+    whether logship there answered at all.
+
+    Without a usable answer (logship missing there, a broken config...) the facts say
+    the standby is unreachable and why; nothing else is made up.
+    """
+    argv = [*command, "standby", "status", connector, "--json"]
+    status, out, err = transport.run_command(argv, timeout=timeout)
+    try:
+        return StandbyFacts.from_json(out), True
+    except (ValueError, TypeError):
+        reason = err.decode(errors="replace").strip().splitlines()
+        facts = StandbyFacts(
+            connector=connector,
+            measured_at=clock(),
+            reachable=False,
+            error=f"`standby status` exited {status}: " + (reason[-1] if reason else "no output"),
+        )
+        return facts, False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 from collections.abc import Iterable
@@ -46,6 +47,10 @@ class LocalDirTransport:
 
     def remove(self, path: PurePosixPath) -> None:
         Path(path).unlink(missing_ok=True)
+
+    def rmdir(self, path: PurePosixPath) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.rmdir(path)
 
     def run_command(self, argv: list[str], timeout: float) -> tuple[int, bytes, bytes]:
         done = subprocess.run(argv, capture_output=True, timeout=timeout, check=False)

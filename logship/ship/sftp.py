@@ -214,6 +214,17 @@ class SftpTransport:
         with contextlib.suppress(FileNotFoundError):
             self._sftp.remove(str(path))
 
+    def rmdir(self, path: PurePosixPath) -> None:
+        try:
+            self._sftp.rmdir(str(path))
+        except FileNotFoundError:
+            pass
+        except OSError:
+            # SFTP reports most rmdir failures as a generic "Failure": a folder
+            # that is gone meanwhile is not one.
+            if self.stat_mode(path) is not None:
+                raise
+
     def run_command(self, argv: list[str], timeout: float) -> tuple[int, bytes, bytes]:
         # The remote side gets a shell string: every argument is quoted, and the
         # arguments come from the config, never from file names.

@@ -18,7 +18,7 @@ from logship.errors import HostKeyRefused
 from logship.lag import replay_rate
 from logship.logs import event
 from logship.manifest import SiteLayout
-from logship.replay.standby_status import StandbyFacts
+from logship.replay.standby_status import ask_standby_status
 from logship.ship.shipper import ShipConflict, ship_file
 from logship.ship.transport import Transport, is_temp_name
 from logship.spool import entry_for, retire
@@ -207,22 +207,12 @@ class SiteWorker(threading.Thread):
         assert self._transport is not None
         for target in self.targets:
             self._refresh_promoted(self._transport, target)
-            argv = [*self.site.command, "standby", "status", target.connector, "--json"]
-            status, out, err = self._transport.run_command(argv, timeout=SAMPLE_TIMEOUT)
-            try:
-                facts = StandbyFacts.from_json(out)
+            facts, answered = ask_standby_status(
+                self._transport, self.site.command, target.connector, self._clock, SAMPLE_TIMEOUT
+            )
+            if answered:
                 self._sample_errors.pop(target.connector, None)
-            except (ValueError, TypeError):
-                # No usable answer (logship missing there, a broken config...): keep
-                # what the manifest tells and say why the rest is unknown.
-                reason = err.decode(errors="replace").strip().splitlines()
-                facts = StandbyFacts(
-                    connector=target.connector,
-                    measured_at=self._clock(),
-                    reachable=False,
-                    error=f"`standby status` exited {status}: "
-                    + (reason[-1] if reason else "no output"),
-                )
+            else:
                 self._warn_once(target.connector, facts.error)
             previous = self.catalog.standby_progress(target.connector)
             rate = replay_rate(

@@ -37,6 +37,10 @@ class Transport(Protocol):
         """Remove a file; no error when it is already gone."""
         ...
 
+    def rmdir(self, path: PurePosixPath) -> None:
+        """Remove an empty directory; no error when it is already gone."""
+        ...
+
     def run_command(self, argv: list[str], timeout: float) -> tuple[int, bytes, bytes]:
         """Run a command at the site: (exit status, stdout, stderr)."""
         ...

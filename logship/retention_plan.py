@@ -1,0 +1,205 @@
+"""Retention planning: which base backups stay, and from which WAL file on WAL stays.
+
+A pure function of what the site holds, the policy, the clock and what the standby
+still needs, so every rule is testable with plain values (no I/O here; see
+`logship.retention` for running it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from logship import walnames
+from logship.engines.postgresql import RetentionSection
+from logship.manifest import BackupRecord
+from logship.replay.standby_status import StandbyFacts
+from logship.walnames import WalKind
+
+DEFAULT_SEGMENT_SIZE = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class StandbyNeed:
+    """What the standby needs from the site's WAL, as far as it is known.
+
+    `keep_all_wal` (a reason) wins; else `redo_wal` is the oldest file it needs;
+    `present=False` means there is no standby, so the backups alone decide.
+    """
+
+    present: bool = True
+    redo_wal: str | None = None
+    keep_all_wal: str | None = None
+
+    @classmethod
+    def absent(cls) -> StandbyNeed:
+        return cls(present=False)
+
+    @classmethod
+    def needs_from(cls, redo_wal: str) -> StandbyNeed:
+        return cls(redo_wal=redo_wal)
+
+    @classmethod
+    def unknown(cls, reason: str) -> StandbyNeed:
+        return cls(keep_all_wal=reason)
+
+
+def standby_need(facts: StandbyFacts | None) -> StandbyNeed:
+    """Read the standby's facts (`standby status`) as a WAL need."""
+    if facts is None:
+        return StandbyNeed.unknown("the standby's state is not known (it was not asked)")
+    if facts.promoted:
+        return StandbyNeed.unknown(
+            "the standby was promoted (PROMOTED marker): its WAL history stays"
+        )
+    if facts.reachable and facts.in_recovery is False:
+        return StandbyNeed.unknown(
+            "the standby answers but is not in recovery (promoted outside logship?)"
+        )
+    if facts.redo_wal is not None and _segment(facts.redo_wal) is not None:
+        return StandbyNeed.needs_from(facts.redo_wal)
+    if not facts.reachable and facts.data_dir_exists is False:
+        return StandbyNeed.absent()
+    why = facts.redo_error or facts.error or "not reported by the standby site's logship"
+    return StandbyNeed.unknown(f"the standby's redo WAL file is unknown ({why})")
+
+
+@dataclass(frozen=True)
+class RetentionPlan:
+    keep: tuple[BackupRecord, ...]
+    delete_backups: tuple[BackupRecord, ...]
+    #: backup folders without a backup.json (none that is being written)
+    delete_incomplete: tuple[str, ...]
+    #: oldest first, so a run cut short leaves the sequence without a hole
+    delete_wal: tuple[str, ...]
+    #: WAL from this segment on stays; None when every WAL file stays
+    cutoff_wal: str | None
+    cutoff_reason: str
+
+
+def _segment(name: str) -> walnames.WalName | None:
+    """The segment a WAL-ish name belongs to (a .backup or .partial file's own)."""
+    parsed = walnames.parse(name[:24])
+    return parsed if parsed is not None and parsed.kind is WalKind.SEGMENT else None
+
+
+def segment_number(name: str, segment_size: int) -> int | None:
+    """Where a segment, .partial or .backup file sits in the WAL stream; None for a
+    .history file or a name that is not WAL."""
+    parsed = walnames.parse(name, allow_partial=True)
+    if parsed is None or parsed.kind is WalKind.HISTORY:
+        return None
+    segment = _segment(name)
+    return None if segment is None else segment.segment_number(segment_size)
+
+
+def _order(backup: BackupRecord) -> tuple[float, str]:
+    return backup.started_at, backup.backup_id
+
+
+def backups_to_keep(
+    backups: Sequence[BackupRecord], policy: RetentionSection, now: float
+) -> list[BackupRecord]:
+    """The kept backups, oldest first: the newest `keep_backups`, those younger than
+    `keep_within`, and always the newest one."""
+    ordered = sorted(backups, key=_order)
+    if not ordered:
+        return []
+    if policy.keep_backups is None and policy.keep_within is None:
+        return ordered
+    kept = {ordered[-1].backup_id}
+    if policy.keep_backups is not None:
+        kept.update(b.backup_id for b in ordered[-policy.keep_backups :])
+    if policy.keep_within is not None:
+        kept.update(b.backup_id for b in ordered if now - b.finished_at < policy.keep_within)
+    return [b for b in ordered if b.backup_id in kept]
+
+
+def _wal_cutoff(
+    kept: Sequence[BackupRecord],
+    standby: StandbyNeed,
+    unreadable: Mapping[str, str],
+    segment_size: int,
+) -> tuple[str | None, str]:
+    """(first WAL file that stays, why); (None, why) when every WAL file stays."""
+    if unreadable:
+        names = ", ".join(sorted(unreadable))
+        return None, f"every WAL file stays: backup record(s) of {names} cannot be read"
+    starts: list[tuple[int, BackupRecord]] = []
+    for backup in kept:
+        start = backup.start_wal
+        number = None if start is None else segment_number(start, segment_size)
+        if number is None:
+            return None, (
+                f"every WAL file stays: backup {backup.backup_id} has no start WAL "
+                "(recorded by an older logship), so what it needs is not known"
+            )
+        starts.append((number, backup))
+    start_number, oldest = min(starts, key=lambda item: item[0])
+    assert oldest.start_wal is not None
+    if standby.keep_all_wal is not None:
+        return None, f"every WAL file stays: {standby.keep_all_wal}"
+    if standby.redo_wal is not None:
+        redo_number = segment_number(standby.redo_wal, segment_size)
+        if redo_number is not None and redo_number < start_number:
+            return standby.redo_wal, (
+                f"the standby still needs WAL from its redo point {standby.redo_wal}, "
+                f"before backup {oldest.backup_id}'s start {oldest.start_wal}"
+            )
+    return oldest.start_wal, f"start of the oldest kept backup {oldest.backup_id}"
+
+
+def plan_retention(
+    backups: Sequence[BackupRecord],
+    incomplete: Iterable[str],
+    wal_names: Iterable[str],
+    policy: RetentionSection,
+    now: float,
+    standby: StandbyNeed,
+    *,
+    segment_size: int = DEFAULT_SEGMENT_SIZE,
+    unreadable: Mapping[str, str] | None = None,
+) -> RetentionPlan:
+    """What to delete at the site. No I/O.
+
+    `backups` are the complete ones (with a backup.json), `incomplete` the folders
+    without one that no running backup is writing, `wal_names` the site's WAL as
+    manifest names (no `.zst`), `unreadable` backup ids whose record cannot be
+    read (kept, and with them every WAL file).
+    """
+    unreadable = unreadable or {}
+    incomplete = sorted(incomplete)
+    if not backups:
+        return RetentionPlan(
+            (), (), (), (), None, "no complete base backup at the site: nothing is deleted"
+        )
+    if policy.keep_backups is None and policy.keep_within is None:
+        return RetentionPlan(
+            tuple(sorted(backups, key=_order)),
+            (),
+            (),
+            (),
+            None,
+            "no retention rule is set (keep_backups and keep_within): everything stays",
+        )
+    kept = backups_to_keep(backups, policy, now)
+    kept_ids = {b.backup_id for b in kept}
+    deleted = tuple(b for b in sorted(backups, key=_order) if b.backup_id not in kept_ids)
+    cutoff, reason = _wal_cutoff(kept, standby, unreadable, segment_size)
+    delete_wal: list[tuple[int, str]] = []
+    if cutoff is not None:
+        limit = segment_number(cutoff, segment_size)
+        assert limit is not None
+        for name in set(wal_names):
+            number = segment_number(name, segment_size)
+            # .history files have no number: every timeline switch stays readable.
+            if number is not None and number < limit:
+                delete_wal.append((number, name))
+    return RetentionPlan(
+        keep=tuple(kept),
+        delete_backups=deleted,
+        delete_incomplete=tuple(incomplete),
+        delete_wal=tuple(name for _, name in sorted(delete_wal)),
+        cutoff_wal=cutoff,
+        cutoff_reason=reason,
+    )
