@@ -65,6 +65,9 @@ class ScheduleRunner:
         # A catch-up run and the cron run of one schedule must not overlap either;
         # APScheduler's max_instances only covers one job id.
         self._running = {name: threading.Lock() for name in config.schedules}
+        # Jobs of different schedules wait for each other per connector: retention
+        # deleting the backup or WAL a drill is replaying would fail the drill.
+        self._connector_busy = {name: threading.Lock() for name in config.connectors}
 
     def install(self) -> None:
         """Add every schedule to the (not yet started) scheduler, catch-ups included."""
@@ -132,7 +135,8 @@ class ScheduleRunner:
             return
         try:
             for connector in schedule.connectors:
-                self._run_one(schedule, connector)
+                with self._connector_busy[connector]:
+                    self._run_one(schedule, connector)
         finally:
             lock.release()
 
