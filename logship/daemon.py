@@ -36,6 +36,8 @@ log = logging.getLogger("logship.daemon")
 
 LOCK_NAME = "logship.lock"
 MONITOR_INTERVAL = 1.0
+#: on stop, how long scheduled jobs get to finish before their SSH links are cut
+ABORT_GRACE_S = 10.0
 
 
 class StateDirLock:
@@ -102,6 +104,7 @@ class Daemon:
         spools, workers = self._build(catalog)
         watcher = SpoolWatcher(spools, self._events)
         scheduler = BackgroundScheduler(timezone="UTC")
+        schedules: ScheduleRunner | None = None
         monitor = Monitor(self.config, catalog, build_sinks(self.config, catalog), self._clock)
         jobs = [
             job
@@ -149,6 +152,8 @@ class Daemon:
             event(log, logging.INFO, "started", connectors=sorted(self.config.connectors))
             self._ingest_until_stopped(catalog, workers)
         finally:
+            if schedules is not None:
+                schedules.abort(grace=ABORT_GRACE_S)
             scheduler.shutdown(wait=True)
             for job in jobs:
                 job.close()

@@ -56,7 +56,7 @@ def run_action(
             config, connector, transport, catalog, clock, drill_after_backup, cancel
         )
     if action == "drill":
-        result = remote_drill(config, connector, transport, catalog, None, clock)
+        result = remote_drill(config, connector, transport, catalog, None, clock, cancel)
         return ActionOutcome(_drill_summary(result))
     if action == "retention":
         return _retention(config, connector, transport, catalog, clock)
@@ -77,7 +77,9 @@ def _base_backup(
     record = take_base_backup(config, connector, transport, clock, catalog=catalog, cancel=cancel)
     summary = f"backup {record.backup_id} ({record.size} bytes in {record.duration_s:.1f}s)"
     if drill_after:
-        result = remote_drill(config, connector, transport, catalog, record.backup_id, clock)
+        result = remote_drill(
+            config, connector, transport, catalog, record.backup_id, clock, cancel
+        )
         summary += f"; {_drill_summary(result)}"
     return ActionOutcome(summary)
 
@@ -96,6 +98,7 @@ def remote_drill(
     catalog: Catalog,
     backup_id: str | None,
     clock: Clock,
+    cancel: threading.Event | None = None,
 ) -> DrillResult:
     """Run `logship drill` at the connector's site over SSH and record the outcome.
 
@@ -104,7 +107,16 @@ def remote_drill(
     """
     connector = config.connector(connector_name)
     site = config.site_of(connector)
-    argv = [*site.command, "drill", connector.name, "--backup", backup_id or "latest", "--json"]
+    argv = [
+        *site.command,
+        "drill",
+        connector.name,
+        "--backup",
+        backup_id or "latest",
+        "--json",
+        # Without a terminal sshd sends no hangup: a cut link must still end the drill.
+        "--stop-when-stdin-closes",
+    ]
     drill_id = catalog.start_drill(connector.name, backup_id, clock())
     result: DrillResult | None = None
     try:
@@ -113,14 +125,25 @@ def remote_drill(
         )
         result = _parse_drill(out)
         if result is None:
-            detail = first_line(err.decode("utf-8", "replace")) or f"exit {status}"
+            lines = err.decode("utf-8", "replace").strip().splitlines()
+            detail = f"exit {status}" + (f": {lines[-1]}" if lines else ", no output")
             raise OperationFailed(f"drill at site {site.name} gave no result: {detail}")
         if not result.passed:
             raise OperationFailed(f"drill of {result.backup_id} failed: {result.error}")
     except Exception as exc:
-        error = first_line(exc)
-        catalog.finish_drill(drill_id, now=clock(), error=error, **_drill_facts(result, backup_id))
-        event(log, logging.ERROR, "drill failed", connector=connector.name, error=error)
+        # The daemon stopping cuts the drill's SSH link: no verdict on the backup.
+        interrupted = cancel is not None and cancel.is_set()
+        error = "interrupted: the daemon stopped" if interrupted else first_line(exc)
+        catalog.finish_drill(
+            drill_id,
+            now=clock(),
+            error=error,
+            interrupted=interrupted,
+            **_drill_facts(result, backup_id),
+        )
+        what = "drill interrupted" if interrupted else "drill failed"
+        level = logging.WARNING if interrupted else logging.ERROR
+        event(log, level, what, connector=connector.name, error=error)
         raise
     catalog.finish_drill(drill_id, now=clock(), error=None, **_drill_facts(result, backup_id))
     event(

@@ -68,6 +68,8 @@ class ScheduleRunner:
         # Jobs of different schedules wait for each other per connector: retention
         # deleting the backup or WAL a drill is replaying would fail the drill.
         self._connector_busy = {name: threading.Lock() for name in config.connectors}
+        self._active: set[Transport] = set()
+        self._active_changed = threading.Condition()
 
     def install(self) -> None:
         """Add every schedule to the (not yet started) scheduler, catch-ups included."""
@@ -115,8 +117,12 @@ class ScheduleRunner:
                 self._update(schedule, connector)
 
     def _next_run_at(self, schedule: ScheduleConfig) -> float | None:
-        job = self._scheduler.get_job(f"schedule-{schedule.name}")
-        return job.next_run_time.timestamp() if job and job.next_run_time else None
+        # From the trigger, not the scheduler: a job finishing while the daemon
+        # stops would wait for the scheduler's lock, which shutdown holds while it
+        # waits for that very job.
+        now = datetime.fromtimestamp(self._clock(), UTC)
+        fire = schedule.trigger().get_next_fire_time(None, now)
+        return fire.timestamp() if fire is not None else None
 
     def _update(self, schedule: ScheduleConfig, connector: str, **fields: object) -> None:
         self._catalog.update_schedule(
@@ -127,6 +133,18 @@ class ScheduleRunner:
             next_run_at=self._next_run_at(schedule),
             **fields,
         )
+
+    def abort(self, grace: float) -> None:
+        """On daemon stop: give running jobs `grace` seconds, then cut their links.
+
+        A base backup stops by itself between two writes (it watches the stop
+        event); a drill waits on the site for up to an hour, so its SSH session is
+        closed instead, and the drill at the site cleans up on the hangup.
+        """
+        with self._active_changed:
+            self._active_changed.wait_for(lambda: not self._active, timeout=grace)
+            for transport in list(self._active):
+                transport.close()
 
     def run(self, schedule: ScheduleConfig) -> None:
         lock = self._running[schedule.name]
@@ -149,6 +167,8 @@ class ScheduleRunner:
         try:
             connector = self._config.connector(connector_name)
             transport = self._connect(self._config.site_of(connector))
+            with self._active_changed:
+                self._active.add(transport)
             try:
                 outcome = run_action(
                     schedule.action,
@@ -161,6 +181,9 @@ class ScheduleRunner:
                     cancel=self._stop,
                 )
             finally:
+                with self._active_changed:
+                    self._active.discard(transport)
+                    self._active_changed.notify_all()
                 transport.close()
         except Exception as exc:
             error = first_line(exc)

@@ -143,3 +143,40 @@ def test_scheduled_backup_is_drilled_and_a_standby_restored_from_it_replays(
     dep.wait_replayed(dep.switch_wal())
     assert dep.standby.query("select count(*) from t") == [(900,)]
     assert dep.stop_daemon() == 0
+
+
+def test_stopping_the_daemon_cuts_a_running_drill_without_a_verdict(
+    deployment: Deployment,
+) -> None:
+    dep = deployment
+    # A drill that would sit in its query for minutes: only the stop can end it soon.
+    connector_file = dep.config_dir / "connectors" / f"{dep.connector}.toml"
+    connector_file.write_text(
+        connector_file.read_text() + '\n[drill]\nquery = "select pg_sleep(600)"\n'
+    )
+    due = float(int(time.time()) + 8)
+    _write_schedule(
+        dep,
+        "nightly",
+        f'action = "base-backup"\nconnectors = ["main"]\ncron = "{_cron_at(due)}"\n',
+    )
+    dep.start_daemon()
+    scratch = dep.incoming / dep.connector / "drill"
+
+    def drill_querying() -> bool:
+        log = list(scratch.glob("run-*/postgresql.log"))
+        return bool(log) and "ready to accept connections" in log[0].read_text()
+
+    wait_for(drill_querying, 180, "the drill to reach its query")
+    started = time.monotonic()
+    assert dep.stop_daemon(timeout=120) == 0
+    assert time.monotonic() - started < 60
+    catalog = Catalog(f"sqlite:///{dep.state_dir / 'catalog.db'}")
+    try:
+        assert catalog.last_drill(dep.connector) is None  # no verdict either way
+        assert [b.state for b in catalog.backups(dep.connector)] == ["done"]
+    finally:
+        catalog.close()
+    # The drill at the site noticed the cut link, stopped its server and tidied up.
+    wait_for(lambda: not list(scratch.glob("run-*")), 60, "the drill's scratch folder to go")
+    assert _entry(dep)["drill_state"] is None

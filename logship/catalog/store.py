@@ -412,26 +412,31 @@ class Catalog:
             s.commit()
             return row.id
 
-    def finish_drill(self, drill_id: int, *, now: float, error: str | None, **facts: Any) -> None:
-        """Mark a drill passed (with `Drill` column values in `facts`) or failed."""
+    def finish_drill(
+        self,
+        drill_id: int,
+        *,
+        now: float,
+        error: str | None,
+        interrupted: bool = False,
+        **facts: Any,
+    ) -> None:
+        """Mark a drill passed (with `Drill` column values in `facts`), failed, or
+        interrupted (stopped from here: it proved nothing either way)."""
+        state = "interrupted" if interrupted else "failed" if error else "passed"
         with self.session() as s:
             s.execute(
                 update(Drill)
                 .where(Drill.id == drill_id)
-                .values(
-                    finished_at=now, state="failed" if error else "passed", error=error, **facts
-                )
+                .values(finished_at=now, state=state, error=error, **facts)
             )
             s.commit()
 
     def last_drill(self, connector: str, *, passed: bool = False) -> Drill | None:
-        """The newest finished drill (the newest that passed, when `passed`)."""
-        query = select(Drill).where(Drill.connector == connector)
-        query = (
-            query.where(Drill.state == "passed")
-            if passed
-            else query.where(Drill.state != "running")
-        )
+        """The newest drill with a verdict (the newest that passed, when `passed`);
+        running and interrupted drills have none."""
+        verdicts = ["passed"] if passed else ["passed", "failed"]
+        query = select(Drill).where(Drill.connector == connector, Drill.state.in_(verdicts))
         with self.session() as s:
             return s.scalars(
                 query.order_by(Drill.started_at.desc(), Drill.id.desc()).limit(1)

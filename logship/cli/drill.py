@@ -8,8 +8,10 @@ line on stderr, like every other verb.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
@@ -46,6 +48,22 @@ def _stop_signals_unwind() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+def _hang_up_when_stdin_closes() -> None:
+    """SIGHUP ourselves when stdin reaches EOF.
+
+    sshd sends no SIGHUP to a command run without a terminal when the session
+    goes; the daemon keeps the session's stdin open instead, so EOF here means the
+    daemon stopped or the link broke, and the scratch server must not outlive it.
+    """
+
+    def watch() -> None:
+        while sys.stdin.buffer.read1(4096):
+            pass
+        os.kill(os.getpid(), signal.SIGHUP)
+
+    threading.Thread(target=watch, name="stdin-watch", daemon=True).start()
+
+
 def _seconds(value: float | None) -> str:
     return "—" if value is None else f"{value:.1f} s"
 
@@ -66,6 +84,8 @@ def _summary(result: DrillResult, query: str) -> str:
 def run(args: argparse.Namespace) -> int:
     config = load_config(config_path(args.config))
     show_progress = not args.json and sys.stdout.isatty()
+    if args.stop_when_stdin_closes:
+        _hang_up_when_stdin_closes()
     with _stop_signals_unwind(), phase_progress(show_progress, _PHASES) as on_progress:
         result = run_drill(config, args.connector, args.backup, progress_callback=on_progress)
     if args.json:

@@ -83,6 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("connector")
     p.add_argument("--backup", help="backup id or 'latest' (default: latest)")
     p.add_argument("--json", action="store_true", help="the result as one JSON object")
+    p.add_argument(
+        "--stop-when-stdin-closes",
+        action="store_true",
+        help="abort (and clean up) when stdin reaches EOF: how the daemon runs it over SSH",
+    )
 
     p = sub.add_parser("retention", help=VERBS["retention"][1])
     p.add_argument("connector")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import signal
 from types import FrameType
 
@@ -22,5 +23,7 @@ def run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    # A daemon that seems stuck can be asked where each thread is: kill -USR1 PID.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     daemon.run()
     return 0
