@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 import zstandard
+from restore_command_shell import expand_placeholders
 
 from logship.basebackup import (
     TarScanner,
@@ -267,20 +268,6 @@ def _unquote_conf(literal: str) -> str:
     return "".join(out)
 
 
-def _expand_placeholders(command: str, walname: str, dest: str) -> str:
-    """PostgreSQL's %-substitution in restore_command (%f, %p, %%; other % kept)."""
-    out, i = [], 0
-    while i < len(command):
-        pair = command[i : i + 2]
-        if pair in ("%f", "%p", "%%"):
-            out.append({"%f": walname, "%p": dest, "%%": "%"}[pair])
-            i += 2
-        else:
-            out.append(command[i])
-            i += 1
-    return "".join(out)
-
-
 def test_restore_command_survives_both_quotings() -> None:
     config = Path("/etc/it's a 50%p dir/logship.toml")
     python = "/opt/venv with space/bin/python"
@@ -289,7 +276,7 @@ def test_restore_command_survives_both_quotings() -> None:
     seen_by_postgres = _unquote_conf(literal)
     assert seen_by_postgres == line
     # PostgreSQL replaces %f/%p and turns %% into % left to right; then /bin/sh splits.
-    expanded = _expand_placeholders(seen_by_postgres, "000000010000000000000003", "pg_wal/X")
+    expanded = expand_placeholders(seen_by_postgres, "000000010000000000000003", "pg_wal/X")
     assert shlex.split(expanded) == [
         python,
         "-m",

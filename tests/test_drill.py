@@ -16,6 +16,7 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 from offline_config import write_offline_config
+from restore_command_shell import expand_placeholders
 
 from logship.cli.main import build_parser
 from logship.config.load import load_config
@@ -129,20 +130,6 @@ def test_last_replayed_segment_from_the_timeline_history() -> None:
         last_replayed_segment("# nothing\n", MIB16)
 
 
-def _expand(command: str, walname: str, dest: str) -> list[str]:
-    """What /bin/sh runs after PostgreSQL replaced %f, %p and %% in restore_command."""
-    out, i = [], 0
-    while i < len(command):
-        pair = command[i : i + 2]
-        if pair in ("%f", "%p", "%%"):
-            out.append({"%f": walname, "%p": dest, "%%": "%"}[pair])
-            i += 2
-        else:
-            out.append(command[i])
-            i += 1
-    return shlex.split("".join(out))
-
-
 def _unquote(literal: str) -> str:
     assert literal.startswith("'") and literal.endswith("'")
     return literal[1:-1].replace("''", "'").replace("\\\\", "\\")
@@ -162,7 +149,9 @@ def test_drill_settings_isolate_the_scratch_copy() -> None:
     assert settings["archive_cleanup_command"] == "''"
     assert settings["primary_conninfo"] == "''"
     assert settings["recovery_target_timeline"] == "'latest'"
-    argv = _expand(_unquote(settings["restore_command"]), "00000002.history", "pg_wal/X")
+    argv = shlex.split(
+        expand_placeholders(_unquote(settings["restore_command"]), "00000002.history", "pg_wal/X")
+    )
     assert argv[3:] == [
         "--config",
         "/etc/l.toml",
