@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
-
-import psycopg
+from typing import TYPE_CHECKING, Any
 
 from logship.errors import first_line
 from logship.logs import event
+
+if TYPE_CHECKING:
+    import psycopg
 
 log = logging.getLogger("logship.heartbeat")
 
@@ -52,6 +53,9 @@ class PrimaryProbe:
 
     def run(self) -> dict[str, Any]:
         """Beat (when enabled) and return the primary's facts, or the error."""
+        # Imported on use: engine discovery imports this module for every verb.
+        import psycopg
+
         try:
             conn = self._connect()
             if self._heartbeat:
@@ -90,6 +94,8 @@ class PrimaryProbe:
         }
 
     def _connect(self) -> psycopg.Connection:
+        import psycopg
+
         if self._conn is None or self._conn.closed:
             self._conn = psycopg.connect(self._dsn, connect_timeout=5, autocommit=True)
             if self._heartbeat:
