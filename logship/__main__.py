@@ -1,3 +1,3 @@
-from logship.cli.main import main
+from logship.cli.main import run
 
-raise SystemExit(main())
+run()

@@ -7,9 +7,13 @@ per WAL segment.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import logging
+import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from logship.errors import EXIT_FAILED, EXIT_USAGE, LogshipError
 
@@ -140,3 +144,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_FAILED
+
+
+def run() -> NoReturn:
+    """The `logship` command: `main`, then an exit that skips the interpreter's teardown.
+
+    Tearing down SQLAlchemy, pydantic and paramiko costs about 0.15 s on every call
+    (measured: 0.50 s against 0.35 s for the same imports), which scripts polling
+    `status --json` and a short `base-backup` pay each time. Every verb has closed
+    what it opened by the time `main` returns, and logship registers no exit
+    handlers, so only the output streams and logging need flushing here.
+    """
+    code = main()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe or stream
+            stream.flush()
+    logging.shutdown()
+    os._exit(code)
