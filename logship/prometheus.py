@@ -72,6 +72,17 @@ FIGURES = (
         "When the last base backup finished (Unix time).",
         lambda s: _timestamp(s.last_base_backup_at),
     ),
+    _Figure(
+        "logship_rebuild_rto_seconds",
+        "Restore plus replay time of the newest restore drill that passed: the "
+        "measured time to rebuild a standby from its newest backup.",
+        lambda s: s.rebuild_rto_s,
+    ),
+    _Figure(
+        "logship_drill_failed",
+        "1 when the newest restore drill failed, 0 when it passed (absent before any).",
+        lambda s: None if s.drill_state is None else float(s.drill_state == "failed"),
+    ),
 )
 
 

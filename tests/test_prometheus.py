@@ -7,6 +7,7 @@ import socket
 import time
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -79,6 +80,21 @@ def test_scrape_shows_the_figures_of_the_last_sample(sink: PrometheusSink) -> No
     assert value(samples, "logship_pending_bytes", **orders) == 0
     backup = value(samples, "logship_last_base_backup_timestamp_seconds", **orders)
     assert backup == 1714530600.0  # 2024-05-01T02:30:00Z
+    # No drill yet: neither drill figure is made up.
+    assert value(samples, "logship_rebuild_rto_seconds", **orders) is None
+    assert value(samples, "logship_drill_failed", **orders) is None
+
+
+def test_drill_figures(sink: PrometheusSink) -> None:
+    passed = replace(_status("a"), drill_state="passed", rebuild_rto_s=42.5)
+    failed = replace(_status("b"), drill_state="failed", rebuild_rto_s=30.0)
+    sink.observe([passed, failed], 1000.0)
+    samples = scrape(sink.address[1])
+    assert value(samples, "logship_rebuild_rto_seconds", connector="a") == 42.5
+    assert value(samples, "logship_drill_failed", connector="a") == 0
+    # The last drill that passed still measured a rebuild; the failure is beside it.
+    assert value(samples, "logship_rebuild_rto_seconds", connector="b") == 30.0
+    assert value(samples, "logship_drill_failed", connector="b") == 1
 
 
 def test_none_figures_are_absent_not_zero(sink: PrometheusSink) -> None:
