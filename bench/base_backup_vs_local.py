@@ -92,19 +92,7 @@ def write_config(directory: Path, server: SshServer, incoming: Path, cluster: Pg
     directory.chmod(0o755)
     (directory / "connectors").chmod(0o755)
     config = directory / "logship.toml"
-    config.write_text(
-        f"""[logship]
-state_dir = "{directory / "state"}"
-
-[sites.dr]
-host = "{server.host}"
-port = {server.port}
-user = "{server.login_user.name}"
-identity_file = "{server.client_key}"
-known_hosts = "{server.known_hosts}"
-root = "{incoming}"
-"""
-    )
+    config.write_text(common.main_config_text(directory / "state", server, incoming))
     for compression in LOGSHIP_VARIANTS.values():
         (directory / "connectors" / f"bench-{compression}.toml").write_text(
             f"""kind = "postgresql"

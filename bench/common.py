@@ -245,6 +245,21 @@ def site_for(server: SshServer, root: Path, name: str = "bench") -> SiteConfig:
     )
 
 
+def main_config_text(state_dir: Path, server: SshServer, incoming: Path) -> str:
+    """logship.toml for a primary whose one site `dr` is `server`'s `incoming` folder."""
+    return f"""[logship]
+state_dir = "{state_dir}"
+
+[sites.dr]
+host = "{server.host}"
+port = {server.port}
+user = "{server.login_user.name}"
+identity_file = "{server.client_key}"
+known_hosts = "{server.known_hosts}"
+root = "{incoming}"
+"""
+
+
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
     """Poll ``predicate`` with backoff until true; TimeoutError naming ``what``."""
     deadline = time.monotonic() + timeout

@@ -130,19 +130,7 @@ def write_archive_config(directory: Path, server: SshServer, incoming: Path) -> 
     """A config like a real primary's: archive-wal reads only the spool location."""
     (directory / "connectors").mkdir(parents=True)
     config = directory / "logship.toml"
-    config.write_text(
-        f"""[logship]
-state_dir = "{directory / "state"}"
-
-[sites.dr]
-host = "{server.host}"
-port = {server.port}
-user = "{server.login_user.name}"
-identity_file = "{server.client_key}"
-known_hosts = "{server.known_hosts}"
-root = "{incoming}"
-"""
-    )
+    config.write_text(common.main_config_text(directory / "state", server, incoming))
     (directory / "connectors" / f"{CONNECTOR}.toml").write_text(
         """kind = "postgresql"
 site = "dr"
