@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from sqlalchemy import BigInteger, Float, Index, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Float, Index, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -177,3 +177,53 @@ class LagSample(Base):
     apply_lag_s: Mapped[float | None] = mapped_column(Float, default=None)
     pending_files: Mapped[int | None] = mapped_column(default=None)
     pending_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
+
+
+class TreeFile(Base):
+    """One path of a files connector's source tree: the state map the mirror converges on.
+
+    `path` is the path relative to the source as bytes: file names may be any bytes.
+    """
+
+    __tablename__ = "tree_files"
+    __table_args__ = (
+        UniqueConstraint("connector", "path"),
+        Index("ix_tree_files_state", "connector", "state"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    connector: Mapped[str] = mapped_column(String(200))
+    path: Mapped[bytes] = mapped_column(LargeBinary)
+    kind: Mapped[str] = mapped_column(String(10))  # file, dir, symlink
+    mode: Mapped[int] = mapped_column()
+    size: Mapped[int] = mapped_column(BigInteger)
+    mtime_ns: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str | None] = mapped_column(String(64), default=None)
+    link_target: Mapped[bytes | None] = mapped_column(LargeBinary, default=None)
+    #: pending: changed here, not yet durable at the site; shipped: the site has it;
+    #: deleting: gone here, still to be removed at the site
+    state: Mapped[str] = mapped_column(String(20))
+    #: when the change was first seen: exposure counts from here
+    changed_at: Mapped[float] = mapped_column(Float)
+    shipped_at: Mapped[float | None] = mapped_column(Float, default=None)
+    attempts: Mapped[int] = mapped_column(default=0)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    next_try_at: Mapped[float | None] = mapped_column(Float, default=None)
+
+
+class TreeVerify(Base):
+    """One `verify` of a files connector: the site's tree against the source."""
+
+    __tablename__ = "tree_verifies"
+    __table_args__ = (Index("ix_tree_verifies_connector_started", "connector", "started_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    connector: Mapped[str] = mapped_column(String(200))
+    started_at: Mapped[float] = mapped_column(Float)
+    finished_at: Mapped[float | None] = mapped_column(Float, default=None)
+    state: Mapped[str] = mapped_column(String(20))  # running, clean, drift, failed
+    checked: Mapped[int | None] = mapped_column(default=None)
+    drift: Mapped[int | None] = mapped_column(default=None)
+    pending: Mapped[int | None] = mapped_column(default=None)
+    detail: Mapped[str | None] = mapped_column(Text, default=None)  # JSON: first differences
+    error: Mapped[str | None] = mapped_column(Text, default=None)

@@ -28,6 +28,7 @@ _LOCAL_PATH_KEYS = {
     "data_dir",
     "bin_dir",
     "scratch_dir",
+    "source",
 }
 
 

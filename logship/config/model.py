@@ -102,7 +102,7 @@ class ConnectorBase(Strict):
     compression: Literal["zstd", "none"] = "zstd"
 
 
-ScheduleAction = Literal["base-backup", "retention", "drill"]
+ScheduleAction = Literal["base-backup", "retention", "drill", "verify"]
 
 
 class ScheduleConfig(Strict):

@@ -35,6 +35,8 @@ class Engine(Protocol):
     config_model: type[ConnectorBase]
     #: the `schedules/*.toml` actions that make sense for this kind
     schedule_actions: frozenset[str]
+    #: True: files arrive in `state_dir/spool/<connector>` and ship from there
+    uses_spool: bool
 
     def accepts(self, name: str) -> bool:
         """True for a spool file name this engine ships."""

@@ -66,6 +66,8 @@ class PostgresEngine:
     kind: str = "postgresql"
     config_model: type[ConnectorBase] = PostgresConnector
     schedule_actions: frozenset[str] = frozenset({"base-backup", "retention", "drill"})
+    #: WAL arrives in the spool through archive-wal or basic_archive
+    uses_spool: bool = True
 
     def accepts(self, name: str) -> bool:
         return walnames.is_archivable(name)

@@ -1,0 +1,1 @@
+"""A source tree as the files connector sees it: paths, types, modes, contents."""
