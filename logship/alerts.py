@@ -31,7 +31,7 @@ from logship.logs import event
 
 log = logging.getLogger("logship.alerts")
 
-Trigger = Literal["transition", "repeat", "drill_failed"]
+Trigger = Literal["transition", "repeat", "drill_failed", "drift"]
 
 #: alerts waiting for delivery; beyond this the hooks cannot keep up and newer
 #: alerts are dropped (and logged) rather than growing memory without bound
@@ -78,6 +78,7 @@ class Alert:
             "LOGSHIP_EVENT": self.trigger,
             "LOGSHIP_DRILL_STATE": status.drill_state,
             "LOGSHIP_DRILL_ERROR": status.drill_error,
+            "LOGSHIP_DRIFT_FILES": status.drift_files,
         }
         # A hook tests "-n $VAR": an unmeasured figure is empty, never a made-up 0.
         return {key: "" if value is None else str(value) for key, value in facts.items()}
@@ -89,6 +90,8 @@ class _Tracked:
     last_fired: float | None
     #: the finish time of the last failed drill announced
     drill_failed_at: str | None = None
+    #: the finish time of the last verify with drift announced
+    drift_at: str | None = None
 
 
 def redact_url(url: str) -> str:
@@ -151,6 +154,18 @@ class AlertSink:
             drill_alert = self._decide_drill(status, now)
             if drill_alert is not None:
                 self._enqueue(drill_alert)
+            drift_alert = self._decide_drift(status, now)
+            if drift_alert is not None:
+                self._enqueue(drift_alert)
+
+    def _decide_drift(self, status: ConnectorStatus, now: float) -> Alert | None:
+        """A verify that found drift is announced once per run: the site's copy of the
+        tree is not what a failover would need, whatever the lag says."""
+        tracked = self._tracked[status.name]  # _decide has filled it in
+        if not status.drift_files or status.verified_at == tracked.drift_at:
+            return None
+        tracked.drift_at = status.verified_at
+        return Alert(status, status.state, "drift", now)
 
     def _decide_drill(self, status: ConnectorStatus, now: float) -> Alert | None:
         """A failed restore drill is announced once, whatever the lag state is: the

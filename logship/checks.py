@@ -23,6 +23,7 @@ import psycopg
 
 from logship.config.model import Config, SiteConfig
 from logship.durable import DIR_MODE, FILE_MODE
+from logship.engines import engine_for
 from logship.engines.postgresql import PostgresConnector
 from logship.errors import EXIT_FAILED, EXIT_OK, EXIT_REFUSED, HostKeyRefused, LogshipError
 from logship.manifest import SiteLayout
@@ -477,7 +478,9 @@ def run_setup_checks(
     """Local dirs, then each site over SSH, then each primary's archive settings."""
     selected = [config.connector(name) for name in connectors]
     runner.run("state-dir", check_private_dir, config.logship.state_dir)
-    for connector in selected:
+    # A files connector has no spool and no incoming folder: it mirrors its tree.
+    spooled = [c for c in selected if engine_for(c.kind).uses_spool]
+    for connector in spooled:
         spool = config.spool_dir(connector.name)
         runner.run(f"spool {connector.name}", check_private_dir, spool)
         runner.run(f"spool-files {connector.name}", check_spool_files, spool)
@@ -489,7 +492,7 @@ def run_setup_checks(
             continue
         try:
             runner.run(f"site-root {site_name}", check_site_root, site, transport)
-            for connector in selected:
+            for connector in spooled:
                 if connector.site != site_name:
                     continue
                 args = (site, connector.name, transport)

@@ -30,6 +30,7 @@ from logship.schedule import ScheduleRunner
 from logship.ship.site_worker import ShipTarget, SiteWorker
 from logship.ship.transport import Transport
 from logship.spool import entry_for, retire
+from logship.tree.worker import MirrorWorker
 from logship.watch import SpoolEvent, SpoolWatcher, WatchedSpool
 
 log = logging.getLogger("logship.daemon")
@@ -102,6 +103,7 @@ class Daemon:
         lock.acquire()
         catalog = Catalog(self.config.catalog_url)
         spools, workers = self._build(catalog)
+        mirrors = self._build_mirrors(catalog)
         watcher = SpoolWatcher(spools, self._events)
         scheduler = BackgroundScheduler(timezone="UTC")
         schedules: ScheduleRunner | None = None
@@ -149,6 +151,8 @@ class Daemon:
             schedules.publish_next_runs()
             for worker in workers.values():
                 worker.start()
+            for mirror in mirrors:
+                mirror.start()
             event(log, logging.INFO, "started", connectors=sorted(self.config.connectors))
             self._ingest_until_stopped(catalog, workers)
         finally:
@@ -165,6 +169,9 @@ class Daemon:
                 # An upload in flight finishes: a worker checks the stop flag
                 # only between files.
                 worker.join()
+            for mirror in mirrors:
+                mirror.wake()
+                mirror.join()
             catalog.close()
             lock.release()
             event(log, logging.INFO, "stopped")
@@ -174,6 +181,8 @@ class Daemon:
         targets: dict[str, list[ShipTarget]] = {}
         for name, connector in sorted(self.config.connectors.items()):
             engine = engine_for(connector.kind)
+            if not engine.uses_spool:
+                continue
             spool_dir = self.config.spool_dir(name)
             spools.append(WatchedSpool(name, spool_dir, engine.accepts))
             site = self.config.site_of(connector)
@@ -198,6 +207,22 @@ class Daemon:
             for site, site_targets in targets.items()
         }
         return spools, workers
+
+    def _build_mirrors(self, catalog: Catalog) -> list[MirrorWorker]:
+        """One worker (thread and SSH link) per connector that mirrors a tree itself."""
+        return [
+            MirrorWorker(
+                connector,
+                self.config.site_of(connector),
+                catalog,
+                self._connect,
+                self._clock,
+                self.config.logship.reconcile_interval,
+                self._stop,
+            )
+            for _, connector in sorted(self.config.connectors.items())
+            if not engine_for(connector.kind).uses_spool
+        ]
 
     def _ingest_until_stopped(self, catalog: Catalog, workers: dict[str, SiteWorker]) -> None:
         while not self._stop.is_set():

@@ -60,6 +60,8 @@ def run_action(
         return ActionOutcome(_drill_summary(result))
     if action == "retention":
         return _retention(config, connector, transport, catalog, clock)
+    if action == "verify":
+        return _verify(config, connector, transport, catalog, clock)
     raise ValueError(f"unknown action {action!r}")
 
 
@@ -191,4 +193,16 @@ def _retention(
     report = run_retention(
         config, connector, transport, catalog, standby=standby, dry_run=False, clock=clock
     )
+    return ActionOutcome(report.summary())
+
+
+def _verify(
+    config: Config, connector: str, transport: Transport, catalog: Catalog, clock: Clock
+) -> ActionOutcome:
+    from logship.tree.verify_run import run_verify
+
+    report = run_verify(config, connector, catalog, clock, transport=transport)
+    if not report.clean:
+        # Drift is a failed job: the schedule's row and `status` show it as one.
+        raise OperationFailed(f"verify found drift: {report.summary()}")
     return ActionOutcome(report.summary())

@@ -64,6 +64,15 @@ class DrillRow(Protocol):
     replay_s: float | None
 
 
+class VerifyRow(Protocol):
+    """What status needs from a `TreeVerify` row (a files connector's `verify`)."""
+
+    state: str  # clean, drift, failed
+    finished_at: float | None
+    drift: int | None
+    error: str | None
+
+
 @dataclass(frozen=True)
 class JobFacts:
     """What the scheduled jobs of a connector last did and will do next."""
@@ -72,6 +81,8 @@ class JobFacts:
     last_job: tuple[str, float, str | None] | None = None  # (action, finished, error)
     last_drill: DrillRow | None = None
     last_passed_drill: DrillRow | None = None
+    #: the newest finished `verify` of a files connector
+    last_verify: VerifyRow | None = None
 
 
 class ProgressRow(Protocol):
@@ -145,6 +156,11 @@ class ConnectorStatus:
     drill_error: str | None = None
     #: restore + replay seconds of the newest drill that passed: a measured rebuild
     rebuild_rto_s: float | None = None
+    #: the newest `verify` (files connectors): paths that differ at the site (null
+    #: when it failed or never ran), when it finished, and why it failed
+    drift_files: int | None = None
+    verified_at: str | None = None
+    verify_error: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -181,6 +197,9 @@ class ConnectorStatus:
             "drill_at": self.drill_at,
             "drill_error": self.drill_error,
             "rebuild_rto_s": self.rebuild_rto_s,
+            "drift_files": self.drift_files,
+            "verified_at": self.verified_at,
+            "verify_error": self.verify_error,
         }
 
     @classmethod
@@ -470,4 +489,17 @@ def _job_fields(jobs: JobFacts) -> dict[str, Any]:
         "drill_at": iso_utc(drill.finished_at) if drill else None,
         "drill_error": drill.error if drill else None,
         "rebuild_rto_s": rebuild,
+        **_verify_fields(jobs.last_verify),
+    }
+
+
+def _verify_fields(verify: VerifyRow | None) -> dict[str, Any]:
+    if verify is None:
+        return {"drift_files": None, "verified_at": None, "verify_error": None}
+    failed = verify.state == "failed"
+    return {
+        # A verify that could not compare knows nothing about drift: null, not 0.
+        "drift_files": None if failed else verify.drift,
+        "verified_at": iso_utc(verify.finished_at),
+        "verify_error": verify.error if failed else None,
     }

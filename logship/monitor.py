@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from logship import lag
 from logship.catalog.store import Catalog
 from logship.config.model import Config
+from logship.engines import engine_for
 from logship.logs import event
+from logship.tree import rows as tree_rows
+from logship.tree.status import files_status
 
 log = logging.getLogger("logship.monitor")
 
@@ -32,6 +35,9 @@ def collect_statuses(
     statuses = []
     for name in names:
         connector = config.connector(name)
+        if not engine_for(connector.kind).uses_spool:
+            statuses.append(_tree_status(connector, catalog, now))
+            continue
         site_status = progress = backup = primary = None
         files = None
         jobs = lag.JobFacts()
@@ -60,7 +66,23 @@ def collect_statuses(
     return statuses
 
 
+def _tree_status(connector: Any, catalog: Catalog | None, now: float) -> lag.ConnectorStatus:
+    """A connector that mirrors a tree: no spool, no WAL, no standby database."""
+    return files_status(
+        name=connector.name,
+        kind=connector.kind,
+        site=connector.site,
+        rpo_target_s=connector.rpo,
+        now=now,
+        tree=tree_rows.summary(catalog, connector.name) if catalog is not None else None,
+        site_status=catalog.site_status(connector.site) if catalog is not None else None,
+        jobs=_job_facts(catalog, connector.name) if catalog is not None else None,
+    )
+
+
 def _job_facts(catalog: Catalog, connector: str) -> lag.JobFacts:
+    from logship.tree.verify_rows import last_verify
+
     rows = catalog.schedules(connector)  # soonest planned first
     planned = [(row.job, row.next_run_at) for row in rows if row.next_run_at is not None]
     finished = [
@@ -73,6 +95,7 @@ def _job_facts(catalog: Catalog, connector: str) -> lag.JobFacts:
         last_job=max(finished, key=lambda job: job[1], default=None),
         last_drill=catalog.last_drill(connector),
         last_passed_drill=catalog.last_drill(connector, passed=True),
+        last_verify=last_verify(catalog, connector),
     )
 
 

@@ -175,6 +175,7 @@ def test_hook_gets_the_facts_in_env_and_on_stdin(
         "LOGSHIP_EVENT": "transition",
         "LOGSHIP_DRILL_STATE": "",
         "LOGSHIP_DRILL_ERROR": "",
+        "LOGSHIP_DRIFT_FILES": "",
     }
     assert call["stdin"] == {
         **breach.to_json(),

@@ -316,6 +316,9 @@ def test_json_has_exactly_the_contract_fields_and_extras() -> None:
         "drill_at",
         "drill_error",
         "rebuild_rto_s",
+        "drift_files",
+        "verified_at",
+        "verify_error",
     ]
     assert data["last_base_backup_at"] == "2023-11-14T22:13:20Z"
     assert data["state"] == "ok" and type(data["state"]) is str

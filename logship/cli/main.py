@@ -27,6 +27,8 @@ VERBS: dict[str, tuple[str, str]] = {
     "standby": ("standby", "standby-site actions (restore, status)"),
     "drill": ("drill", "prove a base backup restores: scratch restore, replay, query"),
     "retention": ("retention", "delete old base backups and the WAL only they needed"),
+    "verify": ("verify", "compare a files connector's tree with the site's copy, report drift"),
+    "tree-digest": ("tree_digest", "list the site's copy of a files tree with sha256 (for verify)"),
     "status": ("status", "lag and RPO per connector"),
     "dashboard": ("dashboard", "live terminal view of lag and RPO"),
     "promote": ("promote", "checked, manual failover at the standby site"),
@@ -99,6 +101,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="list what would be deleted, delete nothing"
     )
     p.add_argument("--json", action="store_true", help="the result as one JSON object")
+
+    p = sub.add_parser("verify", help=VERBS["verify"][1])
+    p.add_argument("connector")
+    p.add_argument("--json", action="store_true", help="the result as one JSON object")
+
+    p = sub.add_parser("tree-digest", help=VERBS["tree-digest"][1])
+    p.add_argument("connector")
 
     p = sub.add_parser("status", help=VERBS["status"][1])
     p.add_argument("connector", nargs="?")

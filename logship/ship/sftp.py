@@ -42,6 +42,11 @@ def _tuned_transport(sock: Any, **kwargs: Any) -> paramiko.Transport:
     return transport
 
 
+def _wire(path: PurePosixPath | bytes) -> str | bytes:
+    """A path as paramiko sends it: bytes pass through untouched (any file name)."""
+    return path if isinstance(path, bytes) else str(path)
+
+
 def where(site: SiteConfig) -> str:
     return f"{site.user}@{site.host}:{site.port}"
 
@@ -120,47 +125,61 @@ class SftpTransport:
         transport = self._client.get_transport()
         return transport is not None and transport.is_active()
 
-    def _fsync_handle(self, handle: bytes) -> None:
+    @property
+    def sftp(self) -> paramiko.SFTPClient:
+        """The SFTP session, for callers that need bytes paths (file trees)."""
+        return self._sftp
+
+    def fsync_handle(self, handle: bytes) -> None:
         # paramiko has no public call for OpenSSH's fsync extension.
         self._sftp._request(CMD_EXTENDED, "fsync@openssh.com", handle)
 
-    def _fsync_dir(self, directory: PurePosixPath) -> None:
+    def fsync_dir(self, directory: PurePosixPath | bytes) -> None:
         # OpenSSH's sftp-server opens a directory with open(2), so its handle can
         # be fsynced; servers that refuse are remembered and not asked again.
         if not self._dir_fsync:
             return
         try:
-            with self._sftp.open(str(directory), "r") as handle:
-                self._fsync_handle(handle.handle)
+            with self._sftp.open(_wire(directory), "r") as handle:
+                self.fsync_handle(handle.handle)
         except OSError:
             self._dir_fsync = False
+
+    def open_for_upload(self, path: PurePosixPath | bytes) -> paramiko.SFTPFile:
+        """A new private (0600) remote file tuned for throughput: big pipelined writes."""
+        remote = self._sftp.open(_wire(path), "wb", bufsize=WRITE_BUFFER)
+        remote.MAX_REQUEST_SIZE = WRITE_REQUEST_SIZE
+        remote.set_pipelined(True)
+        remote.chmod(0o600)
+        return remote
+
+    def finish_upload(self, remote: paramiko.SFTPFile) -> None:
+        """Make what was written to `remote` durable (the file stays open)."""
+        remote.flush()
+        # Every pipelined write must be acknowledged before the fsync.
+        self._sftp._finish_responses(remote)
+        self.fsync_handle(remote.handle)
 
     def put_atomic(self, path: PurePosixPath, chunks: Iterable[bytes]) -> int:
         tmp = path.with_name(f"{TEMP_PREFIX}{path.name}.{secrets.token_hex(4)}")
         written = 0
         try:
-            with self._sftp.open(str(tmp), "wb", bufsize=WRITE_BUFFER) as remote:
-                remote.MAX_REQUEST_SIZE = WRITE_REQUEST_SIZE
-                remote.set_pipelined(True)
-                self._sftp.chmod(str(tmp), 0o600)
+            with self.open_for_upload(tmp) as remote:
                 for chunk in chunks:
                     remote.write(chunk)
                     written += len(chunk)
-                remote.flush()
-                # Every pipelined write must be acknowledged before the fsync.
-                self._sftp._finish_responses(remote)
-                self._fsync_handle(remote.handle)
+                self.finish_upload(remote)
             self._sftp.posix_rename(str(tmp), str(path))
         except BaseException:
-            self._remove_quietly(tmp)
+            self.remove_quietly(tmp)
             raise
-        self._fsync_dir(path.parent)
+        self.fsync_dir(path.parent)
         return written
 
-    def _remove_quietly(self, path: PurePosixPath) -> None:
+    def remove_quietly(self, path: PurePosixPath | bytes) -> None:
         try:
             if self.is_alive:
-                self._sftp.remove(str(path))
+                self._sftp.remove(_wire(path))
         except (OSError, paramiko.SSHException):
             pass
 

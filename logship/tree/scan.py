@@ -72,14 +72,15 @@ def lstat_entry(source: Path, relative: bytes) -> TreeEntry | None:
     return entry_for(root, relative, st)
 
 
-def scan_tree(source: Path, rules: ExcludeRules) -> Iterator[TreeEntry]:
-    """Every mirrored entry below `source`, parents before children.
+def scan_tree(source: Path, rules: ExcludeRules, below: bytes = b"") -> Iterator[TreeEntry]:
+    """Every mirrored entry below `source` (or only below its folder `below`),
+    parents before children; paths stay relative to `source`.
 
     Excluded directories are not entered. Entries that vanish while the walk runs
     are skipped: the watcher or the next scan sees their removal.
     """
     root = os.fsencode(source)
-    pending: list[bytes] = [b""]
+    pending: list[bytes] = [below]
     while pending:
         folder = pending.pop()
         try:

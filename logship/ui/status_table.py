@@ -10,7 +10,9 @@ from rich import box
 from rich.table import Table
 from rich.text import Text
 
+from logship.engines import engine_for
 from logship.lag import ConnectorStatus, State
+from logship.tree.status import NOT_APPLICABLE
 
 if TYPE_CHECKING:  # the table only reads a summary's fields
     from logship.history import WindowSummary
@@ -120,11 +122,27 @@ def _notes(status: ConnectorStatus) -> Text:
         notes.append(
             f"restore drill failed at {status.drill_at}: {status.drill_error}", style="red"
         )
-    # A job that failed because its drill did is said once, by the drill's line.
+    if status.drift_files:
+        if notes:
+            notes.append("\n")
+        notes.append(f"{status.name}: ", style="bold")
+        notes.append(
+            f"verify found {status.drift_files} difference"
+            f"{'' if status.drift_files == 1 else 's'} at site {status.site} at "
+            f"{status.verified_at} (run `logship verify {status.name}` for the paths)",
+            style="bold red",
+        )
+    elif status.verify_error:
+        if notes:
+            notes.append("\n")
+        notes.append(f"{status.name}: ", style="bold")
+        notes.append(f"verify failed at {status.verified_at}: {status.verify_error}", style="red")
+    # A job that failed because its drill (or verify) did is said once, by that line.
     drill_said = status.drill_state == "failed" and (status.drill_error or "") in (
         status.last_job_error or ""
     )
-    if status.last_job_error and not drill_said:
+    verify_said = status.last_job == "verify" and bool(status.drift_files or status.verify_error)
+    if status.last_job_error and not drill_said and not verify_said:
         if notes:
             notes.append("\n")
         notes.append(f"{status.name}: ", style="bold")
@@ -140,9 +158,22 @@ def _notes(status: ConnectorStatus) -> Text:
     return notes
 
 
+def _replays(kind: str) -> bool:
+    """True for an engine whose site replays what it receives (a standby database)."""
+    try:
+        return engine_for(kind).uses_spool
+    except KeyError:
+        return True
+
+
 def null_reasons(status: ConnectorStatus) -> list[str]:
     """Why a figure shows as unknown: a null is never left unexplained."""
     reasons = []
+    if not _replays(status.kind):
+        if status.pending_files is None:
+            reasons.append("no catalog yet: start `logship run` at the primary site")
+        reasons.append(f"apply lag, last applied: {NOT_APPLICABLE}")
+        return reasons
     if status.pending_files is None:
         reasons.append("no catalog yet: start `logship run` at the primary site")
     elif status.rpo_exposure_s is None:

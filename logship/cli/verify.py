@@ -1,0 +1,91 @@
+"""`logship verify CONNECTOR [--json]`: run at the primary site, for a files connector.
+
+Compares the source tree with the site's copy (type, mode, size, sha256, link
+target per path) and records the outcome, which `status`, the dashboard and the
+alerts show. Exit 0 when clean, 1 on drift or when it could not compare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import TYPE_CHECKING
+
+from logship.config.files import config_path
+from logship.config.load import load_config
+from logship.config.model import Config
+from logship.errors import EXIT_FAILED, LogshipError, OperationFailed, first_line
+from logship.tree.verify import VerifyReport, display_path
+from logship.tree.verify_run import files_connector, run_verify
+
+if TYPE_CHECKING:
+    from logship.catalog.store import Catalog
+
+#: differences listed one by one; the totals count them all (--json lists all)
+SHOW_DIFFERENCES = 50
+
+
+def _open_catalog(config: Config) -> Catalog:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from logship.catalog.store import Catalog
+    from logship.durable import ensure_private_dir
+
+    try:
+        if config.logship.catalog_url is None:
+            # The default SQLite catalog lives in state_dir, which may not exist yet.
+            ensure_private_dir(config.logship.state_dir)
+        return Catalog(config.catalog_url)
+    except (OSError, SQLAlchemyError) as exc:
+        raise OperationFailed(
+            f"cannot open the catalog {config.catalog_url}: {first_line(exc)} (run as the "
+            "user that runs the logship daemon)"
+        ) from None
+
+
+def render(report: VerifyReport) -> None:
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    console = Console(highlight=False)
+    if report.differences:
+        table = Table(box=box.SIMPLE_HEAD, pad_edge=False, title_justify="left")
+        table.add_column("path", overflow="fold")
+        table.add_column("difference (source → site)", overflow="fold")
+        for difference in report.differences[:SHOW_DIFFERENCES]:
+            # Text(), not markup: a file name may contain "[" and "]".
+            table.add_row(Text(display_path(difference.path)), Text(difference.describe()))
+        if hidden := report.drift - SHOW_DIFFERENCES:
+            table.caption = f"… and {hidden} more (see --json)"
+        console.print(table)
+    style = "green" if report.clean else "bold red"
+    console.print(Text(report.summary(), style=style))
+    if not report.pending_known:
+        console.print(
+            Text("no mirror state in the catalog: no path counted as pending", style="dim")
+        )
+
+
+def run(args: argparse.Namespace) -> int:
+    config = load_config(config_path(args.config))
+    connector = files_connector(config, args.connector)
+    catalog = _open_catalog(config)
+    try:
+        report = run_verify(config, connector.name, catalog, time.time)
+    except LogshipError as exc:
+        if args.json:
+            failed = {"connector": connector.name, "state": "failed", "error": str(exc)}
+            print(json.dumps(failed))
+        print(f"logship verify: {exc}", file=sys.stderr)
+        return exc.exit_code
+    finally:
+        catalog.close()
+    if args.json:
+        print(json.dumps(report.to_json()))
+    else:
+        render(report)
+    return 0 if report.clean else EXIT_FAILED

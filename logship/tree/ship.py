@@ -1,0 +1,212 @@
+"""Catalog -> site: make the mirror match every row that is not durable there yet.
+
+One round, in an order that keeps the site consistent: removals deepest first,
+then folders parents first, then files and links, then folder mtimes (last,
+because every change inside a folder moves its mtime at the site).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+from logship.catalog.models import TreeFile
+from logship.catalog.store import Catalog
+from logship.logs import event
+from logship.tree import rows
+from logship.tree.scan import EntryKind, TreeEntry, lstat_entry
+
+log = logging.getLogger("logship.tree")
+
+RETRY_START = 1.0
+RETRY_MAX = 300.0
+
+
+class SourceChanged(Exception):
+    """The source changed under an upload; the site keeps what it had."""
+
+
+class TreeSite(Protocol):
+    """The mirror root at a site (see logship.ship.sftp_tree.SftpTreeSite)."""
+
+    def put_file(
+        self,
+        relative: bytes,
+        local: bytes,
+        *,
+        unchanged: Callable[[os.stat_result, os.stat_result], bool],
+    ) -> tuple[str, int, os.stat_result]: ...
+
+    def put_symlink(self, relative: bytes, target: bytes) -> None: ...
+
+    def make_dir(self, relative: bytes, mode: int) -> None: ...
+
+    def set_dir_times(self, relative: bytes, mtime_ns: int) -> None: ...
+
+    def remove(self, relative: bytes) -> None: ...
+
+
+def same_file(before: os.stat_result, after: os.stat_result) -> bool:
+    """Nothing wrote to, replaced or truncated the file between the two lstats."""
+    return (before.st_ino, before.st_size, before.st_mtime_ns, before.st_ctime_ns) == (
+        after.st_ino,
+        after.st_size,
+        after.st_mtime_ns,
+        after.st_ctime_ns,
+    )
+
+
+def retry_delay(attempts: int) -> float:
+    return min(RETRY_START * 2**attempts, RETRY_MAX)
+
+
+class TreeShipper:
+    def __init__(
+        self,
+        catalog: Catalog,
+        connector: str,
+        source: Path,
+        settle: float,
+        clock: Callable[[], float],
+    ) -> None:
+        self._catalog = catalog
+        self._connector = connector
+        self._root = os.fsencode(source)
+        self._source = source
+        self._settle = settle
+        self._clock = clock
+
+    def ship_round(
+        self, site: TreeSite, alive: Callable[[], bool], stopping: Callable[[], bool]
+    ) -> int:
+        """Ship what is due; returns how many paths reached the site.
+
+        A failure of one path is recorded on its row (retried with backoff); a
+        failure of the link itself is raised for the worker to reconnect.
+        """
+        due = rows.due(self._catalog, self._connector, self._clock())
+        if not due:
+            return 0
+        removals = sorted((r for r in due if r.state == rows.DELETING), key=_path, reverse=True)
+        folders = sorted(
+            (r for r in due if r.state == rows.PENDING and r.kind == EntryKind.DIR), key=_path
+        )
+        others = sorted(
+            (r for r in due if r.state == rows.PENDING and r.kind != EntryKind.DIR), key=_path
+        )
+        touched_dirs: set[bytes] = set()
+        done = 0
+        for row in [*removals, *folders, *others]:
+            if stopping():
+                break  # what is left stays pending in the catalog
+            try:
+                if self._ship(site, row):
+                    done += 1
+                    touched_dirs.add(row.path.rpartition(b"/")[0])
+            except Exception as exc:
+                if not alive():
+                    raise
+                self._failed(row, exc)
+        self._restore_dir_times(site, touched_dirs, {r.path for r in folders})
+        return done
+
+    def _ship(self, site: TreeSite, row: TreeFile) -> bool:
+        now = self._clock()
+        if row.state == rows.DELETING:
+            site.remove(row.path)
+            rows.mark_removed(self._catalog, row.id)
+            event(log, logging.INFO, "removed", connector=self._connector, path=_show(row))
+            return True
+        if row.kind == EntryKind.DIR:
+            site.make_dir(row.path, row.mode)
+            # Marked shipped once its mtime is set, after its contents.
+            return True
+        current = lstat_entry(self._source, row.path)
+        if current is None or current.kind != row.kind:
+            # Changed since it was recorded: the watcher or the scan records it again.
+            rows.retry_later(self._catalog, row.id, now + self._settle)
+            return False
+        if current.kind is EntryKind.SYMLINK:
+            assert current.link_target is not None
+            site.put_symlink(row.path, current.link_target)
+            rows.mark_shipped(self._catalog, row.id, current, None, self._clock())
+            event(log, logging.INFO, "shipped", connector=self._connector, path=_show(row))
+            return True
+        return self._ship_file(site, row, now)
+
+    def _ship_file(self, site: TreeSite, row: TreeFile, now: float) -> bool:
+        local = os.path.join(self._root, row.path)
+        # ctime moves on every write and cannot be set back (unlike mtime): a file
+        # written in pieces is shipped once nothing has touched it for `settle`.
+        age = now - os.lstat(local).st_ctime
+        if age < self._settle:
+            rows.retry_later(self._catalog, row.id, now + self._settle - age)
+            return False
+        try:
+            sha256, size, shipped = site.put_file(row.path, local, unchanged=same_file)
+        except SourceChanged:
+            rows.retry_later(self._catalog, row.id, self._clock() + self._settle)
+            event(
+                log,
+                logging.INFO,
+                "changed while shipping",
+                connector=self._connector,
+                path=_show(row),
+            )
+            return False
+        entry = TreeEntry(
+            row.path,
+            EntryKind.FILE,
+            stat.S_IMODE(shipped.st_mode),
+            size,
+            shipped.st_mtime_ns,
+        )
+        rows.mark_shipped(self._catalog, row.id, entry, sha256, self._clock())
+        event(log, logging.INFO, "shipped", connector=self._connector, path=_show(row), bytes=size)
+        return True
+
+    def _restore_dir_times(self, site: TreeSite, touched: set[bytes], shipped: set[bytes]) -> None:
+        if not touched and not shipped:
+            return
+        known = rows.rows_for(self._catalog, self._connector, touched | shipped)
+        for path in sorted(touched | shipped, reverse=True):
+            row = known.get(path)
+            if row is None or row.kind != EntryKind.DIR or row.state == rows.DELETING:
+                continue
+            if row.state == rows.PENDING and path not in shipped:
+                continue  # made later in its own round
+            try:
+                site.set_dir_times(path, row.mtime_ns)
+            except FileNotFoundError:
+                continue
+            if path in shipped:
+                rows.mark_shipped(self._catalog, row.id, rows.entry_of(row), None, self._clock())
+
+    def _failed(self, row: TreeFile, exc: Exception) -> None:
+        error = f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, FileNotFoundError) and row.state == rows.PENDING:
+            # The source vanished: not an error, its removal is recorded next.
+            rows.retry_later(self._catalog, row.id, self._clock() + self._settle)
+            return
+        rows.mark_failed(self._catalog, row.id, error, self._clock() + retry_delay(row.attempts))
+        event(
+            log,
+            logging.WARNING,
+            "ship failed",
+            connector=self._connector,
+            path=_show(row),
+            error=error,
+            attempts=row.attempts + 1,
+        )
+
+
+def _path(row: TreeFile) -> bytes:
+    return row.path
+
+
+def _show(row: TreeFile) -> str:
+    return rows.show_path(row.path)

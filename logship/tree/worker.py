@@ -1,0 +1,219 @@
+"""One thread per files connector: watch the tree, keep a connection, converge the site.
+
+Every catalog write for the tree happens on this thread, in one direction:
+watcher events and scans -> catalog rows -> the site -> rows marked shipped.
+The catalog is the queue, so a restart (or a link back up) resumes from it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from logship.catalog.store import Catalog
+from logship.config.model import SiteConfig
+from logship.engines.files import FilesConnector
+from logship.logs import event
+from logship.ship.transport import Transport
+from logship.tree.exclude import ExcludeRules
+from logship.tree.ship import TreeShipper, TreeSite
+from logship.tree.track import Tracker
+from logship.tree.watcher import TreeWatcher
+
+log = logging.getLogger("logship.tree")
+
+BACKOFF_START = 0.5
+BACKOFF_MAX = 30.0
+#: how often settled watcher events are looked at when nothing else happens
+TICK = 0.1
+
+
+def sftp_tree_site(transport: Transport, connector: FilesConnector) -> TreeSite:
+    """The mirror root over this transport; only SFTP can carry a file tree."""
+    from logship.ship.sftp import SftpTransport
+    from logship.ship.sftp_tree import SftpTreeSite
+
+    if not isinstance(transport, SftpTransport):
+        raise TypeError(f"a files connector needs an SFTP link, not {type(transport).__name__}")
+    site = SftpTreeSite(transport, connector.standby.target)
+    site.ensure_root()
+    return site
+
+
+class MirrorWorker(threading.Thread):
+    def __init__(
+        self,
+        connector: FilesConnector,
+        site: SiteConfig,
+        catalog: Catalog,
+        connect: Callable[[SiteConfig], Transport],
+        clock: Callable[[], float],
+        reconcile_interval: float,
+        stop: threading.Event,
+        open_site: Callable[[Transport, FilesConnector], TreeSite] = sftp_tree_site,
+    ) -> None:
+        super().__init__(name=f"mirror-{connector.name}", daemon=True)
+        self.connector = connector
+        self.site = site
+        self.catalog = catalog
+        self._connect = connect
+        self._clock = clock
+        self._reconcile_interval = reconcile_interval
+        self._stopping = stop
+        self._open_site = open_site
+        self._wake = threading.Event()
+        self._transport: Transport | None = None
+        self._tree: TreeSite | None = None
+        self._backoff = BACKOFF_START
+        self._next_connect = 0.0
+        self._next_reconcile = 0.0
+        self._link_up: bool | None = None
+        self._root_error: str | None = None
+        self.tracker = Tracker(
+            catalog,
+            connector.name,
+            connector.source,
+            ExcludeRules(connector.exclude),
+            propagate_deletes=connector.delete,
+        )
+        self.shipper = TreeShipper(
+            catalog, connector.name, connector.source, connector.settle, clock
+        )
+        self.watcher = TreeWatcher(connector.source)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def run(self) -> None:
+        watching = False
+        try:
+            while not self._stopping.is_set():
+                if not watching:
+                    watching = self._start_watching()
+                self._track(watching)
+                if self._tree is None and not self._try_connect():
+                    self._idle()
+                    continue
+                tree = self._tree
+                assert tree is not None
+                try:
+                    shipped = self.shipper.ship_round(tree, self._alive, self._stopping.is_set)
+                except Exception as exc:  # OSError, EOFError, paramiko's SSHException, ...
+                    self._lost(exc)
+                    continue
+                if not shipped:
+                    self._idle()
+        finally:
+            if watching:
+                self.watcher.stop()
+            self._disconnect()
+
+    def _idle(self) -> None:
+        self._wake.wait(TICK)
+        self._wake.clear()
+
+    # -- the tree -> the catalog ---------------------------------------------------
+
+    def _start_watching(self) -> bool:
+        """Watch the source; until it exists, only scans (which find nothing) run."""
+        try:
+            self.watcher.start()
+        except OSError as exc:
+            if self._next_reconcile == 0.0:
+                event(
+                    log,
+                    logging.WARNING,
+                    "source not watchable",
+                    connector=self.connector.name,
+                    error=str(exc),
+                )
+            self.watcher = TreeWatcher(self.connector.source)
+            return False
+        # Events from before the watch are lost: scan right after it starts.
+        self._next_reconcile = 0.0
+        return True
+
+    def _track(self, watching: bool) -> None:
+        if not self.connector.source.is_dir():
+            # An unmounted or missing source must not read as "everything deleted".
+            return
+        now = self._clock()
+        overflow = watching and self.watcher.take_overflow()
+        if overflow or time.monotonic() >= self._next_reconcile:
+            if overflow:
+                event(log, logging.WARNING, "events lost: rescan", connector=self.connector.name)
+            changes = self.tracker.reconcile(now)
+            self._next_reconcile = time.monotonic() + self._reconcile_interval
+            if changes:
+                event(
+                    log, logging.INFO, "reconciled", connector=self.connector.name, changes=changes
+                )
+        if watching:
+            for touched in self.watcher.take_settled(self.connector.settle):
+                self.tracker.touch(touched, now)
+
+    # -- the link ------------------------------------------------------------------
+
+    def _alive(self) -> bool:
+        transport = self._transport
+        return transport is not None and bool(getattr(transport, "is_alive", True))
+
+    def _try_connect(self) -> bool:
+        if time.monotonic() < self._next_connect:
+            return False
+        try:
+            transport = self._connect(self.site)
+        except Exception as exc:
+            self._down(f"site {self.site.name} unreachable: {exc}", str(exc))
+            self._retry_later()
+            return False
+        self.catalog.set_site_status(self.site.name, True, None, self._clock())
+        self._journal_link(True, f"connected to site {self.site.name}")
+        try:
+            tree = self._open_site(transport, self.connector)
+        except Exception as exc:
+            # The link is fine (other connectors of this site keep shipping);
+            # only this mirror's root is not usable.
+            transport.close()
+            message = f"mirror root {self.connector.standby.target} unusable: {exc}"
+            if self._root_error != message:
+                event(log, logging.ERROR, message, connector=self.connector.name)
+                self.catalog.add_event(self.connector.name, self._clock(), "error", message)
+            self._root_error = message
+            self._retry_later()
+            return False
+        self._root_error = None
+        self._transport, self._tree = transport, tree
+        self._backoff = BACKOFF_START
+        event(log, logging.INFO, "connected", site=self.site.name, connector=self.connector.name)
+        return True
+
+    def _retry_later(self) -> None:
+        self._next_connect = time.monotonic() + self._backoff
+        self._backoff = min(self._backoff * 2, BACKOFF_MAX)
+
+    def _lost(self, exc: BaseException) -> None:
+        self._down(f"link to site {self.site.name} lost: {exc}", str(exc))
+        self._disconnect()
+        self._next_connect = time.monotonic() + self._backoff
+
+    def _down(self, message: str, error: str) -> None:
+        event(log, logging.WARNING, "site unreachable", site=self.site.name, error=error)
+        self.catalog.set_site_status(self.site.name, False, error, self._clock())
+        self._journal_link(False, message)
+
+    def _journal_link(self, up: bool, message: str) -> None:
+        if self._link_up == up:
+            return
+        self._link_up = up
+        self.catalog.add_event(self.connector.name, self._clock(), "link", message)
+
+    def _disconnect(self) -> None:
+        transport, self._transport, self._tree = self._transport, None, None
+        if transport is not None:
+            try:
+                transport.close()
+            except Exception as exc:
+                event(log, logging.DEBUG, "close failed", site=self.site.name, error=str(exc))

@@ -1,0 +1,459 @@
+"""The files connector's mirror on real parts: a watched tree, a real sshd, SFTP."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from logship.catalog.store import Catalog
+from logship.config.load import load_config
+from logship.config.model import Config
+from logship.monitor import collect_statuses
+from logship.sandbox import OsUser
+from logship.sandbox.deployment import wait_for
+from logship.sandbox.sshd import SshServer
+from logship.ship.sftp import SftpTransport
+from logship.tree import rows
+from logship.tree.exclude import ExcludeRules
+from logship.tree.names import is_temp_name
+from logship.tree.status import files_status
+from logship.tree.watcher import TreeWatcher
+from logship.tree.worker import MirrorWorker
+from logship.ui.status_table import null_reasons
+
+CONNECTOR = "app"
+AWKWARD = [
+    b"with space.conf",
+    b'quote\'s "double".txt',
+    b"dollar $HOME `id`.sh",
+    b"new\nline",
+    b"latin1-\xe9t\xe9.txt",  # not UTF-8
+    b"-starts-with-dash",
+]
+
+
+@dataclass
+class Site:
+    base: Path
+    user: OsUser
+    sshd: SshServer
+
+
+@pytest.fixture(scope="module")
+def site() -> Iterator[Site]:
+    user = OsUser.for_postgres()
+    base = Path(tempfile.mkdtemp(prefix="logship-files-", dir="/tmp"))
+    base.chmod(0o755)
+    sshd = SshServer(base / "ssh", user)
+    try:
+        sshd.start()
+        yield Site(base, user, sshd)
+    finally:
+        sshd.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@dataclass
+class Setup:
+    config: Config
+    source: Path
+    target: Path
+
+
+_counter = iter(range(1000))
+
+
+def _setup(site: Site, *, delete: bool = True, settle: str = "0.3s") -> Setup:
+    n = next(_counter)
+    root = site.base / f"case{n}"
+    root.mkdir(mode=0o755)
+    source = root / "src"
+    source.mkdir()
+    standby = root / "standby"
+    standby.mkdir(mode=0o755)
+    site.user.chown(standby)
+    target = standby / "app"  # created by the mirror, as the SSH user
+    conf = root / "conf"
+    (conf / "connectors").mkdir(parents=True)
+    (conf / "logship.toml").write_text(
+        f"""[logship]
+state_dir = "{root / "state"}"
+reconcile_interval = "2s"
+
+[sites.dr]
+host = "{site.sshd.host}"
+port = {site.sshd.port}
+user = "{site.user.name}"
+identity_file = "{site.sshd.client_key}"
+known_hosts = "{site.sshd.known_hosts}"
+root = "{root / "incoming"}"
+connect_timeout = "3s"
+"""
+    )
+    (conf / "connectors" / f"{CONNECTOR}.toml").write_text(
+        f"""kind = "files"
+site = "dr"
+rpo = "60s"
+source = "{source}"
+exclude = ["*.tmp", "*.swp", "cache/"]
+delete = {"true" if delete else "false"}
+settle = "{settle}"
+
+[standby]
+target = "{target}"
+"""
+    )
+    (root / "state").mkdir(mode=0o700)
+    return Setup(load_config(conf / "logship.toml"), source, target)
+
+
+@dataclass
+class Running:
+    catalog: Catalog
+    worker: MirrorWorker
+    stop: threading.Event
+
+
+@pytest.fixture
+def running() -> Iterator[list[Running]]:
+    started: list[Running] = []
+    yield started
+    for run in started:
+        run.stop.set()
+        run.worker.wake()
+        run.worker.join(timeout=30)
+        run.catalog.close()
+
+
+def _start(setup: Setup, running: list[Running]) -> Running:
+    config = setup.config
+    catalog = Catalog(config.catalog_url)
+    stop = threading.Event()
+    connector = config.connectors[CONNECTOR]
+    worker = MirrorWorker(
+        connector,
+        config.site_of(connector),
+        catalog,
+        SftpTransport,
+        time.time,
+        config.logship.reconcile_interval,
+        stop,
+    )
+    worker.start()
+    run = Running(catalog, worker, stop)
+    running.append(run)
+    return run
+
+
+def snapshot(root: Path) -> dict[bytes, tuple[object, ...]]:
+    """Every path below `root`: type, mode, size, sha256 / link target, mtime (s)."""
+    found: dict[bytes, tuple[object, ...]] = {}
+    top = os.fsencode(root)
+    if not os.path.isdir(top):
+        return found
+    for folder, dirs, files in os.walk(top):
+        for name in dirs + files:
+            full = os.path.join(folder, name)
+            rel = full[len(top) + 1 :]
+            if is_temp_name(rel):
+                found[rel] = ("temp",)
+                continue
+            st = os.lstat(full)
+            mode = stat.S_IMODE(st.st_mode)
+            if stat.S_ISLNK(st.st_mode):
+                found[rel] = ("link", os.readlink(full))
+            elif stat.S_ISDIR(st.st_mode):
+                found[rel] = ("dir", mode)
+            else:
+                digest = hashlib.sha256(Path(os.fsdecode(full)).read_bytes()).hexdigest()
+                found[rel] = ("file", mode, st.st_size, digest, int(st.st_mtime))
+    return found
+
+
+RULES = ExcludeRules(["*.tmp", "*.swp", "cache/"])
+
+
+def _shipped(rel: bytes, kind: object) -> bool:
+    parts = rel.split(b"/")
+    ancestors = (b"/".join(parts[:depth]) for depth in range(1, len(parts)))
+    if any(RULES.excludes(folder, is_dir=True) for folder in ancestors):
+        return False
+    return not RULES.excludes(rel, is_dir=kind == "dir")
+
+
+def _wanted(source: Path) -> dict[bytes, tuple[object, ...]]:
+    return {k: v for k, v in snapshot(source).items() if _shipped(k, v[0])}
+
+
+def _converged(setup: Setup, timeout: float = 20) -> None:
+    def check() -> bool:
+        return snapshot(setup.target) == _wanted(setup.source)
+
+    try:
+        wait_for(check, timeout, "the mirror to match the source")
+    except TimeoutError:
+        src = _wanted(setup.source)
+        dst = snapshot(setup.target)
+        diff = {
+            k: (src.get(k), dst.get(k)) for k in set(src) | set(dst) if src.get(k) != dst.get(k)
+        }
+        raise AssertionError(f"trees differ: {diff}") from None
+
+
+def _populate(source: Path) -> None:
+    root = os.fsencode(source)
+    (source / "etc").mkdir()
+    (source / "etc" / "app.conf").write_text("port = 8080\n")
+    (source / "bin").mkdir()
+    script = source / "bin" / "run.sh"
+    script.write_text("#!/bin/sh\necho hi\n")
+    script.chmod(0o750)
+    (source / "empty").mkdir(mode=0o705)
+    (source / "empty").chmod(0o705)
+    os.symlink("etc/app.conf", source / "current.conf")
+    os.symlink("/nonexistent/dangling", source / "dangling")
+    for name in AWKWARD:
+        with open(os.path.join(root, b"etc", name), "wb") as out:
+            out.write(name * 3)
+    (source / "scratch.tmp").write_text("never shipped")
+    (source / "etc" / ".app.conf.swp").write_text("never shipped")
+    (source / "cache" / "deep").mkdir(parents=True)
+    (source / "cache" / "deep" / "blob").write_text("never shipped")
+
+
+def _status(setup: Setup, catalog: Catalog):  # type: ignore[no-untyped-def]
+    (status,) = collect_statuses(setup.config, catalog, [CONNECTOR], time.time())
+    return status
+
+
+def test_initial_sync_then_edits_creates_deletes_and_renames(
+    site: Site, running: list[Running]
+) -> None:
+    setup = _setup(site)
+    _populate(setup.source)
+    run = _start(setup, running)
+    _converged(setup)
+    assert not (setup.target / "cache").exists()
+    assert not (setup.target / "scratch.tmp").exists()
+    status = _status(setup, run.catalog)
+    assert status.kind == "files"
+    assert status.state == "ok"
+    assert status.pending_files == 0 and status.pending_bytes == 0
+    assert status.rpo_exposure_s == 0.0 and status.transport_lag_s == 0.0
+    assert status.apply_lag_s is None and status.last_applied is None
+    assert isinstance(status.last_shipped, str)
+    assert any("not applicable to a files connector" in r for r in null_reasons(status))
+    assert "standby not sampled" not in " ".join(null_reasons(status))
+    json.dumps(status.to_json())
+
+    # Edits, a mode change, new folders several levels deep written at once,
+    # a deletion, and renames of a file and of a folder.
+    (setup.source / "etc" / "app.conf").write_text("port = 9090\n")
+    (setup.source / "bin" / "run.sh").chmod(0o700)
+    deep = setup.source / "plugins" / "a" / "b" / "c"
+    deep.mkdir(parents=True)
+    (deep / "plugin.py").write_text("print('deep')\n")
+    (setup.source / "plugins" / "a" / "top.txt").write_text("top\n")
+    os.unlink(os.path.join(os.fsencode(setup.source), b"etc", AWKWARD[3]))
+    os.rename(setup.source / "current.conf", setup.source / "now.conf")
+    os.rename(setup.source / "bin", setup.source / "sbin")
+    (setup.source / "more.tmp").write_text("excluded")
+    _converged(setup)
+    assert not (setup.target / "bin").exists()
+    wait_for(lambda: _status(setup, run.catalog).pending_files == 0, 10, "nothing pending")
+    assert rows.pending_paths(run.catalog, CONNECTOR) == set()
+
+
+def test_delete_false_keeps_deleted_paths_at_the_site(site: Site, running: list[Running]) -> None:
+    setup = _setup(site, delete=False)
+    (setup.source / "keep.txt").write_text("keep me\n")
+    _start(setup, running)
+    wait_for(lambda: (setup.target / "keep.txt").exists(), 20, "keep.txt shipped")
+    (setup.source / "keep.txt").unlink()
+    (setup.source / "new.txt").write_text("new\n")
+    wait_for(lambda: (setup.target / "new.txt").exists(), 20, "new.txt shipped")
+    assert (setup.target / "keep.txt").read_text() == "keep me\n"
+
+
+def test_link_down_during_changes_then_the_trees_converge(
+    site: Site, running: list[Running]
+) -> None:
+    setup = _setup(site)
+    _populate(setup.source)
+    run = _start(setup, running)
+    _converged(setup)
+    site.sshd.cut()
+    try:
+        (setup.source / "etc" / "app.conf").write_text("changed while down\n")
+        (setup.source / "offline" / "x").mkdir(parents=True)
+        (setup.source / "offline" / "x" / "f").write_bytes(b"\x00" * 70000)
+        (setup.source / "empty").rmdir()
+        os.rename(setup.source / "etc", setup.source / "etc2")
+        wait_for(lambda: _status(setup, run.catalog).state == "down", 20, "the link seen down")
+        status = _status(setup, run.catalog)
+        assert status.pending_files and status.pending_files > 0
+        assert rows.pending_paths(run.catalog, CONNECTOR)
+    finally:
+        site.sshd.start()
+    _converged(setup, timeout=60)
+    wait_for(lambda: _status(setup, run.catalog).state == "ok", 20, "ok again")
+
+
+def test_a_file_written_slowly_ships_only_complete(site: Site, running: list[Running]) -> None:
+    setup = _setup(site, settle="0.5s")
+    _start(setup, running)
+    wait_for(lambda: setup.target.is_dir(), 20, "the mirror root")
+    pieces = [bytes([65 + i]) * 50_000 for i in range(6)]
+    full = b"".join(pieces)
+    seen: set[bytes] = set()
+    done = threading.Event()
+
+    def watch() -> None:
+        target = setup.target / "slow.bin"
+        while not done.is_set():
+            with contextlib.suppress(FileNotFoundError):
+                seen.add(target.read_bytes())
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        with open(setup.source / "slow.bin", "wb") as out:
+            for piece in pieces:
+                out.write(piece)
+                out.flush()
+                time.sleep(0.15)  # the slow writer being simulated, shorter than settle
+        wait_for(
+            lambda: (
+                (setup.target / "slow.bin").exists()
+                and (setup.target / "slow.bin").read_bytes() == full
+            ),
+            20,
+            "slow.bin shipped",
+        )
+    finally:
+        done.set()
+        watcher.join()
+    assert seen <= {full}
+
+
+def test_the_daemon_mirrors_a_large_file_and_odd_names(site: Site) -> None:
+    setup = _setup(site)
+    _populate(setup.source)
+    big = setup.source / "data" / "big.bin"
+    big.parent.mkdir()
+    block = os.urandom(1 << 20)
+    with open(big, "wb") as out:
+        for i in range(100):
+            out.write(block[i:] + block[:i])
+    config_path = setup.config.path
+    log_path = config_path.parent / "run.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "logship", "--config", str(config_path), "run"],
+            stdout=log,
+            stderr=log,
+        )
+    try:
+        _converged(setup, timeout=60)
+        assert (setup.target / "data" / "big.bin").stat().st_size == 100 << 20
+        # A change after the start travels too.
+        (setup.source / "etc" / "late.conf").write_text("late\n")
+        _converged(setup, timeout=20)
+        out = subprocess.run(
+            [sys.executable, "-m", "logship", "--config", str(config_path), "status", "--json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert out.returncode == 0, out.stderr
+        (entry,) = json.loads(out.stdout)["connectors"]
+        assert entry["kind"] == "files"
+        assert entry["state"] == "ok"
+        assert entry["pending_files"] == 0 and entry["rpo_exposure_s"] == 0.0
+        assert entry["apply_lag_s"] is None and entry["last_applied"] is None
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=60)
+    assert code == 0, log_path.read_text()[-3000:]
+    assert '"stopped"' in log_path.read_text()
+
+
+def test_an_inotify_overflow_asks_for_a_rescan(tmp_path: Path) -> None:
+    watcher = TreeWatcher(tmp_path)
+    watcher.start()
+    try:
+        assert not watcher.take_overflow()
+        # What watchdog does when the kernel drops events: it only logs.
+        logging.getLogger("watchdog.observers.inotify_c").warning(
+            "Inotify queue overflowed; filesystem events were lost"
+        )
+        assert watcher.take_overflow()
+        assert not watcher.take_overflow()
+    finally:
+        watcher.stop()
+
+
+def test_odd_names_are_shown_escaped() -> None:
+    assert rows.show_path(b"etc/a b.conf") == "etc/a b.conf"
+    assert rows.show_path(b"new\nline") == "new\\nline"
+    assert rows.show_path(b"caf\xe9") == "caf\\xe9"
+    assert rows.show_path("é".encode()) == "é"
+
+
+def test_files_state_follows_exposure_and_the_link() -> None:
+    tree = rows.TreeSummary(
+        rows=3,
+        pending_files=1,
+        pending_bytes=10,
+        oldest_pending_at=1000.0,
+        failing=0,
+        first_error=None,
+        last_shipped=b"a",
+        last_shipped_at=990.0,
+    )
+    up = SimpleNamespace(reachable=True, error=None)
+
+    def state(now: float, site: object = up) -> str:
+        status = files_status(
+            name="app",
+            kind="files",
+            site="dr",
+            rpo_target_s=60,
+            now=now,
+            tree=tree,
+            site_status=site,  # type: ignore[arg-type]
+        )
+        return str(status.state)
+
+    assert state(1010) == "ok"
+    assert state(1040) == "warn"
+    assert state(1061) == "breach"
+    assert state(1010, SimpleNamespace(reachable=False, error="cut")) == "down"
+    idle = files_status(
+        name="app",
+        kind="files",
+        site="dr",
+        rpo_target_s=60,
+        now=5000,
+        tree=None,
+        site_status=None,
+    )
+    assert idle.pending_files is None and idle.rpo_exposure_s is None
