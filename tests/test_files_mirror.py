@@ -30,7 +30,8 @@ from logship.sandbox import OsUser
 from logship.sandbox.deployment import wait_for
 from logship.sandbox.sshd import SshServer
 from logship.ship.sftp import SftpTransport
-from logship.tree import rows
+from logship.ship.sftp_tree import SftpTreeSite
+from logship.tree import rows, ship
 from logship.tree.exclude import ExcludeRules
 from logship.tree.names import is_temp_name
 from logship.tree.status import files_status
@@ -457,3 +458,84 @@ def test_files_state_follows_exposure_and_the_link() -> None:
         site_status=None,
     )
     assert idle.pending_files is None and idle.rpo_exposure_s is None
+
+
+def _tree_site(setup: Setup) -> tuple[SftpTransport, SftpTreeSite]:
+    connector = setup.config.connectors[CONNECTOR]
+    transport = SftpTransport(setup.config.site_of(connector))
+    tree = SftpTreeSite(transport, setup.target)
+    tree.ensure_root()
+    return transport, tree
+
+
+def _small_files(source: Path, count: int) -> list[tuple[bytes, bytes]]:
+    files = []
+    for n in range(count):
+        path = source / f"f{n:03d}.conf"
+        path.write_bytes(f"file {n}\n".encode() * (n + 1))
+        path.chmod(0o755 if n % 3 == 0 else 0o640)
+        files.append((os.fsencode(path.name), os.fsencode(path)))
+    return files
+
+
+def test_a_batch_cut_before_its_renames_leaves_no_visible_file(site: Site) -> None:
+    setup = _setup(site)
+    files = _small_files(setup.source, 20)
+    transport, tree = _tree_site(setup)
+    try:
+        assert tree._syncfs_usable()
+        real = tree._syncfs
+
+        def link_lost() -> None:
+            raise EOFError("link lost")
+
+        tree._syncfs = link_lost  # type: ignore[method-assign]
+        with pytest.raises(EOFError):
+            tree.put_files(files, unchanged=ship.same_file)
+        # Written and closed, but never renamed: only hidden temps at the site.
+        left = snapshot(setup.target)
+        assert left and set(left.values()) == {("temp",)}
+
+        tree._syncfs = real  # type: ignore[method-assign]
+        outcomes = tree.put_files(files, unchanged=ship.same_file)
+        assert all(isinstance(o, ship.Shipped) for o in outcomes)
+        assert snapshot(setup.target) == snapshot(setup.source)
+    finally:
+        transport.close()
+
+
+def test_a_batch_without_sync_at_the_site_fsyncs_each_file(site: Site) -> None:
+    setup = _setup(site)
+    files = _small_files(setup.source, 12)
+    transport, tree = _tree_site(setup)
+    try:
+        tree._syncfs_works = False  # a site where `sync -f` cannot run
+        outcomes = tree.put_files(files, unchanged=ship.same_file)
+        for (_, local), outcome in zip(files, outcomes, strict=True):
+            assert isinstance(outcome, ship.Shipped)
+            assert (
+                outcome.sha256 == hashlib.sha256(Path(os.fsdecode(local)).read_bytes()).hexdigest()
+            )
+        assert snapshot(setup.target) == snapshot(setup.source)
+    finally:
+        transport.close()
+
+
+def test_a_file_changed_during_its_batch_is_not_renamed(site: Site) -> None:
+    setup = _setup(site)
+    files = _small_files(setup.source, 5)
+    transport, tree = _tree_site(setup)
+    changed = setup.source / "f002.conf"
+
+    def unchanged(before: os.stat_result, after: os.stat_result) -> bool:
+        return after.st_ino != changed.stat().st_ino and ship.same_file(before, after)
+
+    try:
+        outcomes = tree.put_files(files, unchanged=unchanged)
+        assert isinstance(outcomes[2], ship.SourceChanged)
+        assert sum(isinstance(o, ship.Shipped) for o in outcomes) == 4
+        found = snapshot(setup.target)
+        assert b"f002.conf" not in found and ("temp",) not in found.values()
+        assert len(found) == 4
+    finally:
+        transport.close()

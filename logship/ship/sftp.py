@@ -134,6 +134,13 @@ class SftpTransport:
         # paramiko has no public call for OpenSSH's fsync extension.
         self._sftp._request(CMD_EXTENDED, "fsync@openssh.com", handle)
 
+    @property
+    def dir_fsync_supported(self) -> bool:
+        return self._dir_fsync
+
+    def dir_fsync_refused(self) -> None:
+        self._dir_fsync = False
+
     def fsync_dir(self, directory: PurePosixPath | bytes) -> None:
         # OpenSSH's sftp-server opens a directory with open(2), so its handle can
         # be fsynced; servers that refuse are remembered and not asked again.

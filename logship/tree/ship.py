@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -24,10 +25,25 @@ log = logging.getLogger("logship.tree")
 
 RETRY_START = 1.0
 RETRY_MAX = 300.0
+#: files up to this size go in pipelined batches (read whole into memory)
+BATCH_FILE_MAX = 1024 * 1024
+#: a batch ends at this many files or bytes, whichever comes first: bounds the
+#: memory held and the work a failure of the link throws away
+BATCH_FILES = 512
+BATCH_BYTES = 16 * 1024 * 1024
 
 
 class SourceChanged(Exception):
     """The source changed under an upload; the site keeps what it had."""
+
+
+@dataclass(frozen=True)
+class Shipped:
+    """A file of a batch that is durable at the site under its final name."""
+
+    sha256: str
+    size: int
+    before: os.stat_result
 
 
 class TreeSite(Protocol):
@@ -40,6 +56,13 @@ class TreeSite(Protocol):
         *,
         unchanged: Callable[[os.stat_result, os.stat_result], bool],
     ) -> tuple[str, int, os.stat_result]: ...
+
+    def put_files(
+        self,
+        files: Sequence[tuple[bytes, bytes]],
+        *,
+        unchanged: Callable[[os.stat_result, os.stat_result], bool],
+    ) -> Sequence[Shipped | Exception]: ...
 
     def put_symlink(self, relative: bytes, target: bytes) -> None: ...
 
@@ -98,21 +121,114 @@ class TreeShipper:
         others = sorted(
             (r for r in due if r.state == rows.PENDING and r.kind != EntryKind.DIR), key=_path
         )
+        small = [r for r in others if r.kind == EntryKind.FILE and r.size <= BATCH_FILE_MAX]
+        batched = {r.id for r in small}
+        single = [r for r in others if r.id not in batched]
         touched_dirs: set[bytes] = set()
         done = 0
-        for row in [*removals, *folders, *others]:
+        # Folders exist before anything lands in them; small files then go in
+        # batches, the rest one by one.
+        for row in [*removals, *folders]:
             if stopping():
                 break  # what is left stays pending in the catalog
-            try:
-                if self._ship(site, row):
-                    done += 1
-                    touched_dirs.add(row.path.rpartition(b"/")[0])
-            except Exception as exc:
-                if not alive():
-                    raise
-                self._failed(row, exc)
+            if self._ship_one(site, row, alive):
+                done += 1
+                touched_dirs.add(row.path.rpartition(b"/")[0])
+        for batch in _batches(small):
+            if stopping():
+                break
+            shipped = self._ship_batch(site, batch, alive)
+            done += len(shipped)
+            touched_dirs.update(path.rpartition(b"/")[0] for path in shipped)
+        for row in single:
+            if stopping():
+                break
+            if self._ship_one(site, row, alive):
+                done += 1
+                touched_dirs.add(row.path.rpartition(b"/")[0])
         self._restore_dir_times(site, touched_dirs, {r.path for r in folders})
         return done
+
+    def _ship_one(self, site: TreeSite, row: TreeFile, alive: Callable[[], bool]) -> bool:
+        try:
+            return self._ship(site, row)
+        except Exception as exc:
+            if not alive():
+                raise
+            self._failed(row, exc)
+            return False
+
+    def _ship_batch(
+        self, site: TreeSite, batch: list[TreeFile], alive: Callable[[], bool]
+    ) -> list[bytes]:
+        """Small files in one pipelined upload and one catalog transaction."""
+        now = self._clock()
+        ready: list[TreeFile] = []
+        for row in batch:
+            try:
+                if self._settled(row, now):
+                    ready.append(row)
+            except Exception as exc:
+                self._failed(row, exc)
+        if not ready:
+            return []
+        files = [(row.path, os.path.join(self._root, row.path)) for row in ready]
+        try:
+            outcomes = site.put_files(files, unchanged=same_file)
+        except Exception as exc:
+            if not alive():
+                raise
+            # Nothing of this batch is known durable: all of it goes again.
+            for row in ready:
+                self._failed(row, exc)
+            return []
+        shipped: list[tuple[int, TreeEntry, str | None]] = []
+        for row, outcome in zip(ready, outcomes, strict=True):
+            if isinstance(outcome, Shipped):
+                entry = TreeEntry(
+                    row.path,
+                    EntryKind.FILE,
+                    stat.S_IMODE(outcome.before.st_mode),
+                    outcome.size,
+                    outcome.before.st_mtime_ns,
+                )
+                shipped.append((row.id, entry, outcome.sha256))
+            elif isinstance(outcome, SourceChanged):
+                rows.retry_later(self._catalog, row.id, self._clock() + self._settle)
+                event(
+                    log,
+                    logging.INFO,
+                    "changed while shipping",
+                    connector=self._connector,
+                    path=_show(row),
+                )
+            else:
+                self._failed(row, outcome)
+        # Every file of the batch is durable at the site: one commit says so.
+        rows.mark_shipped_many(self._catalog, shipped, self._clock())
+        by_id = {row.id: row for row in ready}
+        for row_id, entry, _ in shipped:
+            event(
+                log,
+                logging.INFO,
+                "shipped",
+                connector=self._connector,
+                path=_show(by_id[row_id]),
+                bytes=entry.size,
+            )
+        return [entry.path for _, entry, _ in shipped]
+
+    def _settled(self, row: TreeFile, now: float) -> bool:
+        """The file is still a file and untouched for `settle`; else it is put back."""
+        current = lstat_entry(self._source, row.path)
+        if current is None or current.kind != row.kind:
+            rows.retry_later(self._catalog, row.id, now + self._settle)
+            return False
+        age = now - os.lstat(os.path.join(self._root, row.path)).st_ctime
+        if age < self._settle:
+            rows.retry_later(self._catalog, row.id, now + self._settle - age)
+            return False
+        return True
 
     def _ship(self, site: TreeSite, row: TreeFile) -> bool:
         now = self._clock()
@@ -173,6 +289,7 @@ class TreeShipper:
         if not touched and not shipped:
             return
         known = rows.rows_for(self._catalog, self._connector, touched | shipped)
+        made: list[tuple[int, TreeEntry, str | None]] = []
         for path in sorted(touched | shipped, reverse=True):
             row = known.get(path)
             if row is None or row.kind != EntryKind.DIR or row.state == rows.DELETING:
@@ -184,7 +301,9 @@ class TreeShipper:
             except FileNotFoundError:
                 continue
             if path in shipped:
-                rows.mark_shipped(self._catalog, row.id, rows.entry_of(row), None, self._clock())
+                made.append((row.id, rows.entry_of(row), None))
+        # One commit for all new folders of the round, not one each.
+        rows.mark_shipped_many(self._catalog, made, self._clock())
 
     def _failed(self, row: TreeFile, exc: Exception) -> None:
         error = f"{type(exc).__name__}: {exc}"
@@ -202,6 +321,21 @@ class TreeShipper:
             error=error,
             attempts=row.attempts + 1,
         )
+
+
+def _batches(files: list[TreeFile]) -> list[list[TreeFile]]:
+    batches: list[list[TreeFile]] = []
+    current: list[TreeFile] = []
+    size = 0
+    for row in files:
+        if current and (len(current) >= BATCH_FILES or size + row.size > BATCH_BYTES):
+            batches.append(current)
+            current, size = [], 0
+        current.append(row)
+        size += row.size
+    if current:
+        batches.append(current)
+    return batches
 
 
 def _path(row: TreeFile) -> bytes:
