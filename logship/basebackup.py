@@ -33,6 +33,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from logship import walnames
 from logship.backup_lock import backup_lock
+from logship.catalog.opening import open_catalog
 from logship.config.model import Config
 from logship.engines.pg_tools import find_program
 from logship.engines.postgresql import PostgresConnector
@@ -403,16 +404,6 @@ class _BaseBackupStream:
         self._stderr.join(timeout=10)
 
 
-def _open_catalog(config: Config) -> Catalog:
-    from logship.catalog.store import Catalog
-    from logship.durable import ensure_private_dir
-
-    if config.logship.catalog_url is None:
-        # The default SQLite catalog lives in state_dir, which may not exist yet.
-        ensure_private_dir(config.logship.state_dir)
-    return Catalog(config.catalog_url)
-
-
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, KeyboardInterrupt | BackupInterrupted):
         return "interrupted"
@@ -525,7 +516,7 @@ def take_base_backup(
         )
         try:
             own_catalog = catalog is None
-            active = _open_catalog(config) if catalog is None else catalog
+            active = open_catalog(config) if catalog is None else catalog
             try:
                 return _record_and_ship(
                     stream, connector, layout, transport, active, backup_id, started_at, clock

@@ -47,10 +47,10 @@ def _temp_files(dep: Deployment) -> list[Path]:
 
 
 def _growing_temp(dep: Deployment) -> Path | None:
-    """The backup's temp file once a few MiB are in it: the stream is under way."""
+    """The backup's temp file once its first MiB is in it: the stream is under way."""
     for path in _temp_files(dep):
         try:
-            if path.stat().st_size > 4 * 1024 * 1024:
+            if path.stat().st_size > 1024 * 1024:
                 return path
         except FileNotFoundError:
             continue

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -168,5 +167,9 @@ def run() -> NoReturn:
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError):  # a closed pipe or stream
             stream.flush()
-    logging.shutdown()
+    # Only verbs that log have imported logging; archive-wal, once per WAL segment,
+    # should not pay for importing it just to shut it down.
+    logging = sys.modules.get("logging")
+    if logging is not None:
+        logging.shutdown()
     os._exit(code)

@@ -12,35 +12,16 @@ import time
 from typing import TYPE_CHECKING
 
 from logship.basebackup import postgres_connector
+from logship.catalog.opening import open_catalog
 from logship.config.files import config_path
 from logship.config.load import load_config
-from logship.config.model import Config
-from logship.errors import OperationFailed, first_line
 from logship.retention import RetentionReport
 
 if TYPE_CHECKING:
-    from logship.catalog.store import Catalog
+    pass
 
 #: WAL names listed one by one up to this many; beyond, the first and the last
 LIST_WAL = 8
-
-
-def _open_catalog(config: Config) -> Catalog:
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from logship.catalog.store import Catalog
-    from logship.durable import ensure_private_dir
-
-    try:
-        if config.logship.catalog_url is None:
-            # The default SQLite catalog lives in state_dir, which may not exist yet.
-            ensure_private_dir(config.logship.state_dir)
-        return Catalog(config.catalog_url)
-    except (OSError, SQLAlchemyError) as exc:
-        raise OperationFailed(
-            f"cannot open the catalog {config.catalog_url}: {first_line(exc)} (run as the "
-            "user that runs the logship daemon)"
-        ) from None
 
 
 def _size(count: int) -> str:
@@ -96,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
 
     config = load_config(config_path(args.config))
     connector = postgres_connector(config, args.connector)
-    catalog = _open_catalog(config)
+    catalog = open_catalog(config)
     try:
         transport = SftpTransport(config.site_of(connector))
         try:

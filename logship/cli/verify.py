@@ -13,36 +13,18 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
+from logship.catalog.opening import open_catalog
 from logship.config.files import config_path
 from logship.config.load import load_config
-from logship.config.model import Config
-from logship.errors import EXIT_FAILED, LogshipError, OperationFailed, first_line
+from logship.errors import EXIT_FAILED, LogshipError
 from logship.tree.verify import VerifyReport, display_path
 from logship.tree.verify_run import files_connector, run_verify
 
 if TYPE_CHECKING:
-    from logship.catalog.store import Catalog
+    pass
 
 #: differences listed one by one; the totals count them all (--json lists all)
 SHOW_DIFFERENCES = 50
-
-
-def _open_catalog(config: Config) -> Catalog:
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from logship.catalog.store import Catalog
-    from logship.durable import ensure_private_dir
-
-    try:
-        if config.logship.catalog_url is None:
-            # The default SQLite catalog lives in state_dir, which may not exist yet.
-            ensure_private_dir(config.logship.state_dir)
-        return Catalog(config.catalog_url)
-    except (OSError, SQLAlchemyError) as exc:
-        raise OperationFailed(
-            f"cannot open the catalog {config.catalog_url}: {first_line(exc)} (run as the "
-            "user that runs the logship daemon)"
-        ) from None
 
 
 def render(report: VerifyReport) -> None:
@@ -73,7 +55,7 @@ def render(report: VerifyReport) -> None:
 def run(args: argparse.Namespace) -> int:
     config = load_config(config_path(args.config))
     connector = files_connector(config, args.connector)
-    catalog = _open_catalog(config)
+    catalog = open_catalog(config)
     try:
         report = run_verify(config, connector.name, catalog, time.time)
     except LogshipError as exc:

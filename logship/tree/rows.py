@@ -7,7 +7,6 @@ not yet durable at the site), `shipped` (the site has exactly this), `deleting`
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
@@ -17,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from logship.catalog.models import TreeFile
 from logship.catalog.store import Catalog
+from logship.tree.names import show_path
 from logship.tree.scan import EntryKind, TreeEntry
 
 PENDING = "pending"
@@ -163,25 +163,7 @@ def mark_shipped(
     catalog: Catalog, row_id: int, entry: TreeEntry, sha256: str | None, now: float
 ) -> None:
     """The site now durably has `entry` (as it was when shipped)."""
-    with catalog.session() as s:
-        s.execute(
-            update(TreeFile)
-            .where(TreeFile.id == row_id)
-            .values(
-                state=SHIPPED,
-                kind=str(entry.kind),
-                mode=entry.mode,
-                size=entry.size,
-                mtime_ns=entry.mtime_ns,
-                link_target=entry.link_target,
-                sha256=sha256,
-                shipped_at=now,
-                attempts=0,
-                error=None,
-                next_try_at=None,
-            )
-        )
-        s.commit()
+    mark_shipped_many(catalog, [(row_id, entry, sha256)], now)
 
 
 def mark_shipped_many(
@@ -302,20 +284,3 @@ def summary(catalog: Catalog, connector: str) -> TreeSummary:
         last_shipped=last[0] if last else None,
         last_shipped_at=last[1] if last else None,
     )
-
-
-def show_path(path: bytes) -> str:
-    """A path for people: undecodable bytes and control characters escaped, never a crash."""
-    text = os.fsdecode(path)
-    out = []
-    for char in text:
-        code = ord(char)
-        if 0xDC80 <= code <= 0xDCFF:
-            out.append(f"\\x{code - 0xDC00:02x}")
-        elif char == "\\":
-            out.append("\\\\")
-        elif not char.isprintable():
-            out.append(char.encode("unicode_escape").decode("ascii"))
-        else:
-            out.append(char)
-    return "".join(out)

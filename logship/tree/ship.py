@@ -185,23 +185,10 @@ class TreeShipper:
         shipped: list[tuple[int, TreeEntry, str | None]] = []
         for row, outcome in zip(ready, outcomes, strict=True):
             if isinstance(outcome, Shipped):
-                entry = TreeEntry(
-                    row.path,
-                    EntryKind.FILE,
-                    stat.S_IMODE(outcome.before.st_mode),
-                    outcome.size,
-                    outcome.before.st_mtime_ns,
-                )
+                entry = _file_entry(row.path, outcome.before, outcome.size)
                 shipped.append((row.id, entry, outcome.sha256))
             elif isinstance(outcome, SourceChanged):
-                rows.retry_later(self._catalog, row.id, self._clock() + self._settle)
-                event(
-                    log,
-                    logging.INFO,
-                    "changed while shipping",
-                    connector=self._connector,
-                    path=_show(row),
-                )
+                self._changed_while_shipping(row)
             else:
                 self._failed(row, outcome)
         # Every file of the batch is durable at the site: one commit says so.
@@ -220,15 +207,34 @@ class TreeShipper:
 
     def _settled(self, row: TreeFile, now: float) -> bool:
         """The file is still a file and untouched for `settle`; else it is put back."""
+        return self._same_kind(row, now) is not None and self._untouched(row, now)
+
+    def _same_kind(self, row: TreeFile, now: float) -> TreeEntry | None:
+        """The path as it is now, if still of the kind recorded; else it is put back
+        (the watcher or the scan records it again)."""
         current = lstat_entry(self._source, row.path)
         if current is None or current.kind != row.kind:
             rows.retry_later(self._catalog, row.id, now + self._settle)
-            return False
+            return None
+        return current
+
+    def _untouched(self, row: TreeFile, now: float) -> bool:
+        """Nothing has touched the file for `settle`; else it is put back until then.
+
+        ctime moves on every write and cannot be set back (unlike mtime): a file
+        written in pieces is shipped once, complete.
+        """
         age = now - os.lstat(os.path.join(self._root, row.path)).st_ctime
         if age < self._settle:
             rows.retry_later(self._catalog, row.id, now + self._settle - age)
             return False
         return True
+
+    def _changed_while_shipping(self, row: TreeFile) -> None:
+        rows.retry_later(self._catalog, row.id, self._clock() + self._settle)
+        event(
+            log, logging.INFO, "changed while shipping", connector=self._connector, path=_show(row)
+        )
 
     def _ship(self, site: TreeSite, row: TreeFile) -> bool:
         now = self._clock()
@@ -241,10 +247,8 @@ class TreeShipper:
             site.make_dir(row.path, row.mode)
             # Marked shipped once its mtime is set, after its contents.
             return True
-        current = lstat_entry(self._source, row.path)
-        if current is None or current.kind != row.kind:
-            # Changed since it was recorded: the watcher or the scan records it again.
-            rows.retry_later(self._catalog, row.id, now + self._settle)
+        current = self._same_kind(row, now)
+        if current is None:
             return False
         if current.kind is EntryKind.SYMLINK:
             assert current.link_target is not None
@@ -255,32 +259,15 @@ class TreeShipper:
         return self._ship_file(site, row, now)
 
     def _ship_file(self, site: TreeSite, row: TreeFile, now: float) -> bool:
-        local = os.path.join(self._root, row.path)
-        # ctime moves on every write and cannot be set back (unlike mtime): a file
-        # written in pieces is shipped once nothing has touched it for `settle`.
-        age = now - os.lstat(local).st_ctime
-        if age < self._settle:
-            rows.retry_later(self._catalog, row.id, now + self._settle - age)
+        if not self._untouched(row, now):
             return False
+        local = os.path.join(self._root, row.path)
         try:
             sha256, size, shipped = site.put_file(row.path, local, unchanged=same_file)
         except SourceChanged:
-            rows.retry_later(self._catalog, row.id, self._clock() + self._settle)
-            event(
-                log,
-                logging.INFO,
-                "changed while shipping",
-                connector=self._connector,
-                path=_show(row),
-            )
+            self._changed_while_shipping(row)
             return False
-        entry = TreeEntry(
-            row.path,
-            EntryKind.FILE,
-            stat.S_IMODE(shipped.st_mode),
-            size,
-            shipped.st_mtime_ns,
-        )
+        entry = _file_entry(row.path, shipped, size)
         rows.mark_shipped(self._catalog, row.id, entry, sha256, self._clock())
         event(log, logging.INFO, "shipped", connector=self._connector, path=_show(row), bytes=size)
         return True
@@ -340,6 +327,11 @@ def _batches(files: list[TreeFile]) -> list[list[TreeFile]]:
 
 def _path(row: TreeFile) -> bytes:
     return row.path
+
+
+def _file_entry(path: bytes, st: os.stat_result, size: int) -> TreeEntry:
+    """The entry a file was shipped as: the lstat taken around its upload."""
+    return TreeEntry(path, EntryKind.FILE, stat.S_IMODE(st.st_mode), size, st.st_mtime_ns)
 
 
 def _show(row: TreeFile) -> str:

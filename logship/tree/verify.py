@@ -13,13 +13,13 @@ the outcome.
 from __future__ import annotations
 
 import base64
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from logship.tree.digest import DigestEntry
+from logship.tree.names import show_path as display_path
 from logship.tree.scan import EntryKind
 
 if TYPE_CHECKING:
@@ -35,27 +35,6 @@ class Problem(StrEnum):
     SHA256 = "sha256"
     LINK_TARGET = "link_target"
     UNREADABLE = "unreadable"  # its content could not be read on one side
-
-
-def display_path(path: bytes) -> str:
-    """A path for people: decoded as the OS would, with what cannot be shown escaped.
-
-    A newline in a name must not break a report line, and an invalid UTF-8 byte
-    shows as \\xNN rather than a replacement character that hides which byte it is.
-    Backslashes are doubled so the escapes stay unambiguous.
-    """
-    out = []
-    for char in os.fsdecode(path):
-        code = ord(char)
-        if 0xDC80 <= code <= 0xDCFF:  # surrogateescape: a byte that is not UTF-8
-            out.append(f"\\x{code - 0xDC00:02x}")
-        elif char == "\\":
-            out.append("\\\\")
-        elif not char.isprintable():
-            out.append(char.encode("unicode_escape").decode("ascii"))
-        else:
-            out.append(char)
-    return "".join(out)
 
 
 def path_json(path: bytes) -> dict[str, str]:
