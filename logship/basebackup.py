@@ -518,14 +518,36 @@ def take_base_backup(
             own_catalog = catalog is None
             active = open_catalog(config) if catalog is None else catalog
             try:
-                return _record_and_ship(
+                record = _record_and_ship(
                     stream, connector, layout, transport, active, backup_id, started_at, clock
                 )
+                _record_consistency_point(config, connector, active, record)
+                return record
             finally:
                 if own_catalog:
                     active.close()
         finally:
             stream.close()
+
+
+def _record_consistency_point(
+    config: Config, connector: PostgresConnector, catalog: Catalog, record: BackupRecord
+) -> None:
+    """Pair the backup's stop LSN with the file state of the site's files connectors."""
+    from logship import consistency
+
+    files = consistency.files_connectors_for(config, connector.name)
+    if not files or record.stop_lsn is None:
+        return
+    consistency.record_point(
+        catalog,
+        database=connector.name,
+        files=files,
+        lsn=record.stop_lsn,
+        timeline=record.timeline,
+        taken_at=record.finished_at,
+        reason=f"base backup {record.backup_id}",
+    )
 
 
 def _record_and_ship(

@@ -12,7 +12,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -22,7 +22,7 @@ from logship.catalog.store import Catalog, NewFile
 from logship.config.model import Config, SiteConfig
 from logship.durable import ensure_private_dir, sha256_of
 from logship.engines import BackgroundJob, engine_for
-from logship.errors import SafetyRefusal
+from logship.errors import OperationFailed, SafetyRefusal
 from logship.logs import event
 from logship.manifest import SiteLayout
 from logship.monitor import Monitor, build_sinks
@@ -154,7 +154,7 @@ class Daemon:
             for mirror in mirrors:
                 mirror.start()
             event(log, logging.INFO, "started", connectors=sorted(self.config.connectors))
-            self._ingest_until_stopped(catalog, workers)
+            self._ingest_until_stopped(catalog, workers, [*workers.values(), *mirrors])
         finally:
             if schedules is not None:
                 schedules.abort(grace=ABORT_GRACE_S)
@@ -224,8 +224,23 @@ class Daemon:
             if not engine_for(connector.kind).uses_spool
         ]
 
-    def _ingest_until_stopped(self, catalog: Catalog, workers: dict[str, SiteWorker]) -> None:
+    def _ingest_until_stopped(
+        self,
+        catalog: Catalog,
+        workers: dict[str, SiteWorker],
+        threads: Sequence[threading.Thread],
+    ) -> None:
         while not self._stop.is_set():
+            # A shipping thread that died (an unexpected error; its traceback is on
+            # stderr) would leave the daemon up but shipping nothing: exit instead,
+            # nonzero, so that the service manager restarts it.
+            dead = [thread.name for thread in threads if not thread.is_alive()]
+            if dead and not self._stop.is_set():
+                event(log, logging.ERROR, "shipping thread died", threads=dead)
+                raise OperationFailed(
+                    f"shipping thread(s) {', '.join(dead)} stopped on an unexpected error "
+                    "(see the log); the daemon exits so that it can be restarted"
+                )
             try:
                 spool_event = self._events.get(timeout=0.5)
             except queue.Empty:

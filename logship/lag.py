@@ -161,6 +161,12 @@ class ConnectorStatus:
     drift_files: int | None = None
     verified_at: str | None = None
     verify_error: str | None = None
+    #: files connectors: rounds that changed the site so far, the newest complete
+    #: consistency point and when it completed, and how many are still open
+    sync_generation: int | None = None
+    consistency_point: str | None = None
+    consistency_at: str | None = None
+    consistency_open: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -200,6 +206,10 @@ class ConnectorStatus:
             "drift_files": self.drift_files,
             "verified_at": self.verified_at,
             "verify_error": self.verify_error,
+            "sync_generation": self.sync_generation,
+            "consistency_point": self.consistency_point,
+            "consistency_at": self.consistency_at,
+            "consistency_open": self.consistency_open,
         }
 
     @classmethod

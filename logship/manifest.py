@@ -75,6 +75,16 @@ class SiteLayout:
         """Where restore drills record their results (`<backup id>.json`)."""
         return self.root / "drills"
 
+    @property
+    def generations_log(self) -> PurePosixPath:
+        """A files connector's sync generations, one JSON line each (append only)."""
+        return self.root / "generations.jsonl"
+
+    @property
+    def consistency_dir(self) -> PurePosixPath:
+        """A files connector's completed consistency points (`<point id>.json`)."""
+        return self.root / "consistency"
+
 
 @dataclass(frozen=True)
 class ManifestRecord:

@@ -12,13 +12,13 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from logship import lag
+from logship import consistency, lag
 from logship.catalog.store import Catalog
 from logship.config.model import Config
 from logship.engines import engine_for
 from logship.logs import event
 from logship.tree import rows as tree_rows
-from logship.tree.status import files_status
+from logship.tree.status import PointFacts, files_status
 
 log = logging.getLogger("logship.monitor")
 
@@ -77,6 +77,20 @@ def _tree_status(connector: Any, catalog: Catalog | None, now: float) -> lag.Con
         tree=tree_rows.summary(catalog, connector.name) if catalog is not None else None,
         site_status=catalog.site_status(connector.site) if catalog is not None else None,
         jobs=_job_facts(catalog, connector.name) if catalog is not None else None,
+        points=_point_facts(catalog, connector.name) if catalog is not None else None,
+    )
+
+
+def _point_facts(catalog: Catalog, connector: str) -> PointFacts:
+    newest = consistency.newest_complete(catalog, connector)
+    return PointFacts(
+        generation=consistency.current_generation(catalog, connector),
+        newest_complete=(
+            (newest.point_id, newest.complete_at)
+            if newest is not None and newest.complete_at is not None
+            else None
+        ),
+        open=len(consistency.open_parts(catalog, connector)),
     )
 
 

@@ -91,6 +91,9 @@ def _setup(site: Site, *, delete: bool = True, settle: str = "0.3s") -> Setup:
     standby.mkdir(mode=0o755)
     site.user.chown(standby)
     target = standby / "app"  # created by the mirror, as the SSH user
+    incoming = root / "incoming"  # the site root: generations log, consistency points
+    incoming.mkdir(mode=0o700)
+    site.user.chown(incoming)
     conf = root / "conf"
     (conf / "connectors").mkdir(parents=True)
     (conf / "logship.toml").write_text(
@@ -104,7 +107,7 @@ port = {site.sshd.port}
 user = "{site.user.name}"
 identity_file = "{site.sshd.client_key}"
 known_hosts = "{site.sshd.known_hosts}"
-root = "{root / "incoming"}"
+root = "{incoming}"
 connect_timeout = "3s"
 """
     )

@@ -319,6 +319,10 @@ def test_json_has_exactly_the_contract_fields_and_extras() -> None:
         "drift_files",
         "verified_at",
         "verify_error",
+        "sync_generation",
+        "consistency_point",
+        "consistency_at",
+        "consistency_open",
     ]
     assert data["last_base_backup_at"] == "2023-11-14T22:13:20Z"
     assert data["state"] == "ok" and type(data["state"]) is str

@@ -227,3 +227,43 @@ class TreeVerify(Base):
     pending: Mapped[int | None] = mapped_column(default=None)
     detail: Mapped[str | None] = mapped_column(Text, default=None)  # JSON: first differences
     error: Mapped[str | None] = mapped_column(Text, default=None)
+
+
+class TreeGeneration(Base):
+    """A files connector's sync generation: one more per round that changes the site.
+
+    The site keeps the same numbers in its generations log, so a consistency
+    point recorded here can be matched with what the site holds after a promote.
+    """
+
+    __tablename__ = "tree_generations"
+
+    connector: Mapped[str] = mapped_column(String(200), primary_key=True)
+    generation: Mapped[int] = mapped_column(BigInteger)
+    at: Mapped[float] = mapped_column(Float)
+
+
+class ConsistencyPoint(Base):
+    """One files connector's part of a consistency point: a database LSN paired
+    with the sync generation at which the tree, as scanned then, was durable at
+    the site. One row per (point, files connector)."""
+
+    __tablename__ = "consistency_points"
+    __table_args__ = (
+        UniqueConstraint("point_id", "files"),
+        Index("ix_consistency_points_files", "files", "complete_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    point_id: Mapped[str] = mapped_column(String(100))
+    database: Mapped[str] = mapped_column(String(200), index=True)
+    files: Mapped[str] = mapped_column(String(200))
+    lsn: Mapped[str] = mapped_column(String(40))
+    timeline: Mapped[int | None] = mapped_column(default=None)
+    taken_at: Mapped[float] = mapped_column(Float)
+    reason: Mapped[str] = mapped_column(Text)
+    #: the scan of the tree that the point's file state is taken from
+    scanned_at: Mapped[float | None] = mapped_column(Float, default=None)
+    #: the first generation at which every change seen by that scan was durable
+    generation: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    complete_at: Mapped[float | None] = mapped_column(Float, default=None)

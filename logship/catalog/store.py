@@ -272,11 +272,19 @@ class Catalog:
     # -- sites -----------------------------------------------------------------
 
     def set_site_status(self, site: str, reachable: bool, error: str | None, now: float) -> None:
+        values = {"reachable": reachable, "error": error, "checked_at": now}
+        change = update(SiteStatus).where(SiteStatus.site == site).values(**values)
         with self.session() as s:
-            status = s.get(SiteStatus, site) or SiteStatus(site=site)
-            status.reachable, status.error, status.checked_at = reachable, error, now
-            s.add(status)
-            s.commit()
+            if s.execute(change).rowcount == 0:
+                s.add(SiteStatus(site=site, **values))
+            try:
+                s.commit()
+            except IntegrityError:
+                # Every connector of a site reports on it: another one's thread
+                # inserted the first row meanwhile.
+                s.rollback()
+                s.execute(change)
+                s.commit()
 
     def site_status(self, site: str) -> SiteStatus | None:
         with self.session() as s:

@@ -27,6 +27,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "drill": ("drill", "prove a base backup restores: scratch restore, replay, query"),
     "retention": ("retention", "delete old base backups and the WAL only they needed"),
     "verify": ("verify", "compare a files connector's tree with the site's copy, report drift"),
+    "mark": ("mark", "take a consistency point: the primary's LSN paired with the files' state"),
     "tree-digest": ("tree_digest", "list the site's copy of a files tree with sha256 (for verify)"),
     "status": ("status", "lag and RPO per connector"),
     "dashboard": ("dashboard", "live terminal view of lag and RPO"),
@@ -104,6 +105,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", help=VERBS["verify"][1])
     p.add_argument("connector")
     p.add_argument("--json", action="store_true", help="the result as one JSON object")
+
+    p = sub.add_parser("mark", help=VERBS["mark"][1])
+    p.add_argument("connector", help="a database connector")
+    p.add_argument(
+        "--wait", type=float, default=30.0, help="seconds to wait for completion (default 30)"
+    )
+    p.add_argument("--json", action="store_true", help="the point as one JSON object")
 
     p = sub.add_parser("tree-digest", help=VERBS["tree-digest"][1])
     p.add_argument("connector")

@@ -15,6 +15,7 @@ from logship.basebackup import postgres_connector
 from logship.config.files import config_path
 from logship.config.load import load_config
 from logship.config.model import Config
+from logship.consistency import files_connectors_for
 from logship.errors import UsageError, first_line
 from logship.replay.promote import PromoteOptions, Promotion, Step, Verdict
 
@@ -83,7 +84,12 @@ def run(args: argparse.Namespace) -> int:
     title = "dry run: nothing is changed" if options.dry_run else "promoting"
     print(f"promote {connector.name} ({title})", flush=True)
     outcome = Promotion(
-        connector, Path(site.root), options, _print, record_event=_catalog_recorder(config)
+        connector,
+        Path(site.root),
+        options,
+        _print,
+        record_event=_catalog_recorder(config),
+        files=files_connectors_for(config, connector.name),
     ).run()
     if outcome.dry_run:
         print("dry run: every check passed; promote without --dry-run to do it", file=sys.stdout)

@@ -33,7 +33,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -45,6 +45,7 @@ from logship.durable import write_bytes_atomically
 from logship.engines.postgresql import PostgresConnector
 from logship.errors import ConfigError, OperationFailed, SafetyRefusal, first_line
 from logship.manifest import SiteLayout
+from logship.replay.files_report import files_report
 from logship.replay.primary_check import PrimaryAnswer, primary_check_dsn, probe_primary
 from logship.replay.shipped_wal import ShippedFile, ShippedWal, read_manifest
 from logship.replay.standby_status import HEARTBEAT_QUERY
@@ -237,6 +238,7 @@ class PromoteOutcome:
     rto_s: float | None = None
     old_timeline: int | None = None
     new_timeline: int | None = None
+    files: list[dict[str, Any]] = field(default_factory=list)
 
 
 NEXT_STEPS = (
@@ -261,11 +263,13 @@ class Promotion:
         *,
         probe: Callable[[str], PrimaryAnswer] = probe_primary,
         record_event: Callable[[dict[str, Any]], str] | None = None,
+        files: Sequence[str] = (),
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self._record_event = record_event
+        self._files = list(files)
         self.connector = connector
         self._site_root = site_root
         self.layout = SiteLayout.for_connector(site_root.as_posix(), connector.name)
@@ -318,6 +322,7 @@ class Promotion:
             state = self._drain(standby, state, wal)
             loss = self._loss(state, wal)
             self._refuse_now()
+            self._files_report(state)
             self._promote(standby, state, loss, started)
         except psycopg.Error as exc:
             # Mid-plan (the standby restarted, a role lacks rights for pg_promote):
@@ -475,6 +480,7 @@ class Promotion:
                 f"{state.replay_lsn_text}){extra}",
             )
         self._loss(state, wal, so_far=True)
+        self._files_report(state)
         self._step("fence", Verdict.WOULD, f"write {self.layout.promoted_marker}")
         self._step(
             "promote",
@@ -609,6 +615,21 @@ class Promotion:
             self._step(name, Verdict.OK, detail)
         return loss
 
+    # -- files -------------------------------------------------------------------
+
+    def _files_report(self, state: StandbyState) -> None:
+        """Which file state goes with the database as replayed (logship.consistency)."""
+        for name in self._files:
+            report = files_report(
+                self._site_root,
+                name,
+                self.connector.name,
+                state.timeline,
+                state.replay_lsn or 0,
+            )
+            self.outcome.files.append(report.to_json())
+            self._step(f"files {name}", Verdict.INFO, report.line())
+
     # -- promote -----------------------------------------------------------------
 
     def _record(self, loss: LossReport, state: str, rto_s: float | None) -> dict[str, Any]:
@@ -625,6 +646,7 @@ class Promotion:
             "loss": loss.to_json(),
             "rto_s": None if rto_s is None else round(rto_s, 3),
             "forced": self._forced,
+            "files": self.outcome.files,
         }
 
     def _promote(

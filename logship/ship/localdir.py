@@ -24,6 +24,16 @@ class LocalDirTransport:
         write_chunks_atomically(Path(path), counted())
         return written
 
+    def append_durably(self, path: PurePosixPath, data: bytes) -> None:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
     def read_bytes(self, path: PurePosixPath) -> bytes | None:
         try:
             return Path(path).read_bytes()

@@ -183,6 +183,18 @@ class SftpTransport:
         self.fsync_dir(path.parent)
         return written
 
+    def append_durably(self, path: PurePosixPath, data: bytes) -> None:
+        """Append `data` to a private log file, created when missing, and fsync it.
+
+        OpenSSH's sftp-server opens with O_APPEND: the data lands at the end
+        whatever the offset, so two writers never overwrite each other.
+        """
+        with self._sftp.open(str(path), "ab") as remote:
+            remote.chmod(0o600)
+            remote.write(data)
+            remote.flush()
+            self.fsync_handle(remote.handle)
+
     def remove_quietly(self, path: PurePosixPath | bytes) -> None:
         try:
             if self.is_alive:

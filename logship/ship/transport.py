@@ -17,6 +17,10 @@ class Transport(Protocol):
         """
         ...
 
+    def append_durably(self, path: PurePosixPath, data: bytes) -> None:
+        """Append to a private (0600) log file, created when missing; fsync it."""
+        ...
+
     def read_bytes(self, path: PurePosixPath) -> bytes | None:
         """The file's content, or None when it does not exist."""
         ...

@@ -104,14 +104,21 @@ class TreeShipper:
         self._clock = clock
 
     def ship_round(
-        self, site: TreeSite, alive: Callable[[], bool], stopping: Callable[[], bool]
+        self,
+        site: TreeSite,
+        alive: Callable[[], bool],
+        stopping: Callable[[], bool],
+        begin: Callable[[list[bytes]], None] = lambda paths: None,
     ) -> int:
         """Ship what is due; returns how many paths reached the site.
 
+        `begin` is told the paths the round is about to change, before the first
+        change (the site's generations log); nothing is changed when it raises.
         A failure of one path is recorded on its row (retried with backoff); a
         failure of the link itself is raised for the worker to reconnect.
         """
-        due = rows.due(self._catalog, self._connector, self._clock())
+        now = self._clock()
+        due = rows.due(self._catalog, self._connector, now)
         if not due:
             return 0
         removals = sorted((r for r in due if r.state == rows.DELETING), key=_path, reverse=True)
@@ -119,8 +126,16 @@ class TreeShipper:
             (r for r in due if r.state == rows.PENDING and r.kind == EntryKind.DIR), key=_path
         )
         others = sorted(
-            (r for r in due if r.state == rows.PENDING and r.kind != EntryKind.DIR), key=_path
+            (
+                r
+                for r in due
+                if r.state == rows.PENDING and r.kind != EntryKind.DIR and self._ready(r, now)
+            ),
+            key=_path,
         )
+        if not (removals or folders or others):
+            return 0
+        begin([r.path for r in (*removals, *folders, *others)])
         small = [r for r in others if r.kind == EntryKind.FILE and r.size <= BATCH_FILE_MAX]
         batched = {r.id for r in small}
         single = [r for r in others if r.id not in batched]
@@ -162,14 +177,9 @@ class TreeShipper:
         self, site: TreeSite, batch: list[TreeFile], alive: Callable[[], bool]
     ) -> list[bytes]:
         """Small files in one pipelined upload and one catalog transaction."""
+        # Looked at again: a batch late in a long round may run seconds after the plan.
         now = self._clock()
-        ready: list[TreeFile] = []
-        for row in batch:
-            try:
-                if self._settled(row, now):
-                    ready.append(row)
-            except Exception as exc:
-                self._failed(row, exc)
+        ready = [row for row in batch if self._ready(row, now)]
         if not ready:
             return []
         files = [(row.path, os.path.join(self._root, row.path)) for row in ready]
@@ -205,9 +215,13 @@ class TreeShipper:
             )
         return [entry.path for _, entry, _ in shipped]
 
-    def _settled(self, row: TreeFile, now: float) -> bool:
-        """The file is still a file and untouched for `settle`; else it is put back."""
-        return self._same_kind(row, now) is not None and self._untouched(row, now)
+    def _ready(self, row: TreeFile, now: float) -> bool:
+        """The path is still of its kind and untouched for `settle`; else it is put back."""
+        try:
+            return self._same_kind(row, now) is not None and self._untouched(row, now)
+        except Exception as exc:
+            self._failed(row, exc)
+            return False
 
     def _same_kind(self, row: TreeFile, now: float) -> TreeEntry | None:
         """The path as it is now, if still of the kind recorded; else it is put back
@@ -256,10 +270,10 @@ class TreeShipper:
             rows.mark_shipped(self._catalog, row.id, current, None, self._clock())
             event(log, logging.INFO, "shipped", connector=self._connector, path=_show(row))
             return True
-        return self._ship_file(site, row, now)
+        return self._ship_file(site, row)
 
-    def _ship_file(self, site: TreeSite, row: TreeFile, now: float) -> bool:
-        if not self._untouched(row, now):
+    def _ship_file(self, site: TreeSite, row: TreeFile) -> bool:
+        if not self._untouched(row, self._clock()):
             return False
         local = os.path.join(self._root, row.path)
         try:

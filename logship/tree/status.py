@@ -7,7 +7,18 @@ so apply lag and "last applied" do not apply and stay null.
 
 from __future__ import annotations
 
-from logship.lag import ConnectorStatus, JobFacts, SiteRow, _job_fields, _rounded, classify
+from dataclasses import dataclass
+from typing import Any
+
+from logship.lag import (
+    ConnectorStatus,
+    JobFacts,
+    SiteRow,
+    _job_fields,
+    _rounded,
+    classify,
+    iso_utc,
+)
 from logship.tree.rows import TreeSummary, show_path
 
 NOT_APPLICABLE = "not applicable to a files connector"
@@ -23,6 +34,7 @@ def files_status(
     tree: TreeSummary | None,
     site_status: SiteRow | None,
     jobs: JobFacts | None = None,
+    points: PointFacts | None = None,
 ) -> ConnectorStatus:
     """`tree` is None without a catalog: then nothing is known and figures are null."""
     exposure: float | None = None
@@ -58,4 +70,26 @@ def files_status(
         last_base_backup_at=None,
         site_error=site_error,
         **_job_fields(jobs or JobFacts()),
+        **_point_fields(points),
     )
+
+
+@dataclass(frozen=True)
+class PointFacts:
+    """A files connector's sync generation and consistency points, from the catalog."""
+
+    generation: int
+    newest_complete: tuple[str, float] | None  # point id, completed at
+    open: int
+
+
+def _point_fields(points: PointFacts | None) -> dict[str, Any]:
+    if points is None:
+        return {}
+    newest = points.newest_complete
+    return {
+        "sync_generation": points.generation,
+        "consistency_point": newest[0] if newest else None,
+        "consistency_at": iso_utc(newest[1]) if newest else None,
+        "consistency_open": points.open,
+    }

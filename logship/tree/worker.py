@@ -12,12 +12,15 @@ import threading
 import time
 from collections.abc import Callable
 
+from logship import consistency
 from logship.catalog.store import Catalog
 from logship.config.model import SiteConfig
 from logship.engines.files import FilesConnector
 from logship.logs import event
+from logship.manifest import SiteLayout
 from logship.ship.transport import Transport
 from logship.tree.exclude import ExcludeRules
+from logship.tree.generations import GenerationRecord
 from logship.tree.ship import TreeShipper, TreeSite
 from logship.tree.track import Tracker
 from logship.tree.watcher import TreeWatcher
@@ -82,6 +85,8 @@ class MirrorWorker(threading.Thread):
             catalog, connector.name, connector.source, connector.settle, clock
         )
         self.watcher = TreeWatcher(connector.source)
+        self.name = connector.name
+        self._layout = SiteLayout.for_connector(site.root, connector.name)
 
     def wake(self) -> None:
         self._wake.set()
@@ -99,7 +104,10 @@ class MirrorWorker(threading.Thread):
                 tree = self._tree
                 assert tree is not None
                 try:
-                    shipped = self.shipper.ship_round(tree, self._alive, self._stopping.is_set)
+                    shipped = self.shipper.ship_round(
+                        tree, self._alive, self._stopping.is_set, self._begin_generation
+                    )
+                    self._complete_points()
                 except Exception as exc:  # OSError, EOFError, paramiko's SSHException, ...
                     self._lost(exc)
                     continue
@@ -153,6 +161,54 @@ class MirrorWorker(threading.Thread):
         if watching:
             for touched in self.watcher.take_settled(self.connector.settle):
                 self.tracker.touch(touched, now)
+        self._take_up_points()
+
+    # -- consistency points --------------------------------------------------------
+
+    def _take_up_points(self) -> None:
+        """A new point's file state is the tree as a scan finds it now."""
+        fresh = [p.id for p in consistency.open_parts(self.catalog, self.name) if not p.scanned_at]
+        if not fresh:
+            return
+        now = self._clock()
+        self.tracker.reconcile(now)
+        consistency.mark_scanned(self.catalog, fresh, now)
+
+    def _begin_generation(self, paths: list[bytes]) -> None:
+        """The site's log learns of a round before the round changes anything."""
+        assert self._transport is not None
+        now = self._clock()
+        generation = consistency.next_generation(self.catalog, self.name, now)
+        record = GenerationRecord.for_round(generation, now, paths)
+        self._transport.append_durably(self._layout.generations_log, record.to_line())
+
+    def _complete_points(self) -> None:
+        """Points whose scanned changes are all durable at the site are written there."""
+        transport = self._transport
+        assert transport is not None
+        for part in consistency.open_parts(self.catalog, self.name):
+            if part.scanned_at is None:
+                continue
+            if not consistency.durable_since(self.catalog, self.name, part.scanned_at):
+                break  # a later point cannot complete before an earlier one
+            now = self._clock()
+            generation = consistency.current_generation(self.catalog, self.name)
+            point = consistency.SitePoint.from_row(part, generation=generation, complete_at=now)
+            transport.makedirs(self._layout.consistency_dir)
+            transport.put_atomic(
+                self._layout.consistency_dir / f"{part.point_id}.json", [point.to_bytes()]
+            )
+            consistency.mark_complete(self.catalog, part.id, generation, now)
+            event(
+                log,
+                logging.INFO,
+                "consistency point complete",
+                connector=self.name,
+                point=part.point_id,
+                database=part.database,
+                lsn=part.lsn,
+                generation=generation,
+            )
 
     # -- the link ------------------------------------------------------------------
 
@@ -172,12 +228,16 @@ class MirrorWorker(threading.Thread):
         self.catalog.set_site_status(self.site.name, True, None, self._clock())
         self._journal_link(True, f"connected to site {self.site.name}")
         try:
+            where = f"mirror root {self.connector.standby.target}"
             tree = self._open_site(transport, self.connector)
+            # Where the generations log and consistency points go.
+            where = f"site folder {self._layout.root}"
+            transport.makedirs(self._layout.root)
         except Exception as exc:
             # The link is fine (other connectors of this site keep shipping);
-            # only this mirror's root is not usable.
+            # only this mirror's folders are not usable.
             transport.close()
-            message = f"mirror root {self.connector.standby.target} unusable: {exc}"
+            message = f"{where} unusable: {exc}"
             if self._root_error != message:
                 event(log, logging.ERROR, message, connector=self.connector.name)
                 self.catalog.add_event(self.connector.name, self._clock(), "error", message)
