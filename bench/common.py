@@ -245,8 +245,19 @@ def site_for(server: SshServer, root: Path, name: str = "bench") -> SiteConfig:
     )
 
 
-def main_config_text(state_dir: Path, server: SshServer, incoming: Path) -> str:
-    """logship.toml for a primary whose one site `dr` is `server`'s `incoming` folder."""
+def main_config_text(
+    state_dir: Path, server: SshServer, incoming: Path, *, site_config: Path | None = None
+) -> str:
+    """logship.toml for a primary whose one site `dr` is `server`'s `incoming` folder.
+
+    With `site_config`, logship runs at the site too (this interpreter, that
+    config), as in a real deployment where both sites have it installed.
+    """
+    command = (
+        f"command = {json.dumps([sys.executable, '-m', 'logship', '--config', str(site_config)])}\n"
+        if site_config is not None
+        else ""
+    )
     return f"""[logship]
 state_dir = "{state_dir}"
 
@@ -257,7 +268,7 @@ user = "{server.login_user.name}"
 identity_file = "{server.client_key}"
 known_hosts = "{server.known_hosts}"
 root = "{incoming}"
-"""
+{command}"""
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
@@ -270,6 +281,66 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None
             raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
         time.sleep(min(delay, remaining))
         delay = min(delay * 2, 1.0)
+
+
+def _disk_writes() -> tuple[int, ...]:
+    """Sectors written and I/Os in flight per block device (from /proc/diskstats)."""
+    counts: list[int] = []
+    with open("/proc/diskstats") as stats:
+        for line in stats:
+            fields = line.split()
+            if not fields[2].startswith(("loop", "ram")):
+                counts += [int(fields[9]), int(fields[11])]
+    return tuple(counts)
+
+
+def settle_disk(quiet_for: float = 1.0, timeout: float = 120) -> None:
+    """Flush, then wait until no block device has written anything for `quiet_for`.
+
+    Deleting a copied tree, or ext4's lazy inode-table init on a new file
+    system, keeps the disk busy after `sync` returns: file creation was seen
+    40x slower then. Each timed variant starts on a quiet disk instead.
+    """
+    os.sync()
+    deadline = time.monotonic() + timeout
+    before = _disk_writes()
+    quiet_since = time.monotonic()
+    while time.monotonic() - quiet_since < quiet_for:
+        if time.monotonic() > deadline:
+            log(f"the disk did not go quiet within {timeout:g}s; timing anyway")
+            return
+        time.sleep(0.1)  # a sampling interval, not a wait for a condition
+        now = _disk_writes()
+        if now != before:
+            before, quiet_since = now, time.monotonic()
+
+
+@contextlib.contextmanager
+def site_filesystem(path: Path, size_mib: int = 2048) -> Iterator[str]:
+    """A new ext4 mounted at `path` for the site's copies, when running as root.
+
+    Created with every inode table and the journal initialized up front: on a
+    new VM disk ext4 initializes them lazily, and creating files in groups not
+    yet initialized was seen 40x slower, at random, for rsync and logship
+    alike. A small file system of its own makes every run start the same.
+    Yields a description for the report; without root, a plain folder.
+    """
+    path.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0 or shutil.which("mkfs.ext4") is None:
+        yield "a folder on the machine's own file system"
+        return
+    image = path.with_suffix(".img")
+    image.unlink(missing_ok=True)
+    with open(image, "wb") as out:
+        out.truncate(size_mib * 1024 * 1024)
+    mkfs = ["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", str(image)]
+    subprocess.run(mkfs, check=True, capture_output=True)
+    subprocess.run(["mount", "-o", "loop", str(image), str(path)], check=True)
+    try:
+        yield f"a new {size_mib} MiB ext4 (loop device, all inode tables initialized)"
+    finally:
+        subprocess.run(["umount", str(path)], check=False)
+        image.unlink(missing_ok=True)
 
 
 def run_timed(

@@ -152,7 +152,7 @@ def fresh_dir(path: Path, user: OsUser) -> Path:
     shutil.rmtree(path, ignore_errors=True)
     common.private_dir(path, user)
     path.chmod(0o755)
-    os.sync()
+    common.settle_disk()
     return path
 
 
@@ -204,7 +204,11 @@ def write_config(directory: Path, server: SshServer, source: Path, target: Path)
     directory.chmod(0o755)
     (directory / "connectors").chmod(0o755)
     config = directory / "logship.toml"
-    config.write_text(common.main_config_text(directory / "state", server, directory / "incoming"))
+    config.write_text(
+        common.main_config_text(
+            directory / "state", server, directory / "incoming", site_config=config
+        )
+    )
     (directory / "connectors" / f"{CONNECTOR}.toml").write_text(
         f"""kind = "files"
 site = "dr"
@@ -350,7 +354,7 @@ def rounds(
         config = write_config(conf_dir, server, source, target)
         common.private_dir(conf_dir / "state", user)
         common.private_dir(conf_dir / "incoming", user)
-        os.sync()
+        common.settle_disk()
         daemon = Daemon(config, user, env, root / "logship-run.log")
         try:
             seconds = wait_converged(daemon, target, entries, timeout=1800)
@@ -500,7 +504,12 @@ def main(argv: list[str] | None = None) -> int:
             f"tree: {tree.files} files, {tree.folders} folders, "
             f"{tree.total_bytes / 1024 / 1024:.1f} MiB in {time.monotonic() - started:.1f}s"
         )
-        with common.ssh_server(root / "sshd", user) as server:
+        with (
+            common.ssh_server(root / "sshd", user) as server,
+            common.site_filesystem(root / "site") as site_fs,
+        ):
+            log(f"site: {site_fs}")
+            report.env["site_filesystem"] = site_fs
             results = rounds(server, root, user, tree, source, args, variants)
         report_results(report, results, tree)
     report.print_table()

@@ -81,7 +81,11 @@ class Setup:
 _counter = iter(range(1000))
 
 
-def _setup(site: Site, *, delete: bool = True, settle: str = "0.3s") -> Setup:
+def _setup(
+    site: Site, *, delete: bool = True, settle: str = "0.3s", receiver: bool = True
+) -> Setup:
+    """`receiver`: logship runs at the site (batches through `tree-receive`); without
+    it the site has no logship and every batch goes over SFTP alone."""
     n = next(_counter)
     root = site.base / f"case{n}"
     root.mkdir(mode=0o755)
@@ -109,6 +113,7 @@ identity_file = "{site.sshd.client_key}"
 known_hosts = "{site.sshd.known_hosts}"
 root = "{incoming}"
 connect_timeout = "3s"
+command = {json.dumps(_site_command(conf) if receiver else ["/nonexistent/logship"])}
 """
     )
     (conf / "connectors" / f"{CONNECTOR}.toml").write_text(
@@ -126,6 +131,10 @@ target = "{target}"
     )
     (root / "state").mkdir(mode=0o700)
     return Setup(load_config(conf / "logship.toml"), source, target)
+
+
+def _site_command(conf: Path) -> list[str]:
+    return [sys.executable, "-m", "logship", "--config", str(conf / "logship.toml")]
 
 
 @dataclass
@@ -247,13 +256,17 @@ def _status(setup: Setup, catalog: Catalog):  # type: ignore[no-untyped-def]
     return status
 
 
+@pytest.mark.parametrize("receiver", [True, False], ids=["tree-receive", "sftp-only"])
 def test_initial_sync_then_edits_creates_deletes_and_renames(
-    site: Site, running: list[Running]
+    site: Site, running: list[Running], receiver: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
-    setup = _setup(site)
+    caplog.set_level(logging.INFO, "logship.tree")
+    setup = _setup(site, receiver=receiver)
     _populate(setup.source)
     run = _start(setup, running)
     _converged(setup)
+    fallback = [r for r in caplog.records if "no tree-receive" in r.getMessage()]
+    assert bool(fallback) is not receiver
     assert not (setup.target / "cache").exists()
     assert not (setup.target / "scratch.tmp").exists()
     status = _status(setup, run.catalog)

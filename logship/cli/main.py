@@ -29,6 +29,10 @@ VERBS: dict[str, tuple[str, str]] = {
     "verify": ("verify", "compare a files connector's tree with the site's copy, report drift"),
     "mark": ("mark", "take a consistency point: the primary's LSN paired with the files' state"),
     "tree-digest": ("tree_digest", "list the site's copy of a files tree with sha256 (for verify)"),
+    "tree-receive": (
+        "tree_receive",
+        "land batches of a files mirror at the site (the daemon runs it)",
+    ),
     "status": ("status", "lag and RPO per connector"),
     "dashboard": ("dashboard", "live terminal view of lag and RPO"),
     "promote": ("promote", "checked, manual failover at the standby site"),
@@ -114,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="the point as one JSON object")
 
     p = sub.add_parser("tree-digest", help=VERBS["tree-digest"][1])
+    p.add_argument("connector")
+
+    p = sub.add_parser("tree-receive", help=VERBS["tree-receive"][1])
     p.add_argument("connector")
 
     p = sub.add_parser("status", help=VERBS["status"][1])

@@ -126,6 +126,11 @@ class SftpTransport:
         return transport is not None and transport.is_active()
 
     @property
+    def client(self) -> paramiko.SSHClient:
+        """The SSH connection, for callers that open channels of their own."""
+        return self._client
+
+    @property
     def sftp(self) -> paramiko.SFTPClient:
         """The SFTP session, for callers that need bytes paths (file trees)."""
         return self._sftp

@@ -13,26 +13,32 @@ files costs.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import shlex
 import stat
+import struct
 from collections.abc import Callable, Sequence
 from pathlib import PurePosixPath
 
 import paramiko
 from paramiko.message import Message
 from paramiko.sftp import (
+    CMD_ATTRS,
     CMD_CLOSE,
     CMD_EXTENDED,
     CMD_FSETSTAT,
     CMD_HANDLE,
+    CMD_LSTAT,
+    CMD_MKDIR,
     CMD_NAME,
     CMD_OPEN,
     CMD_OPENDIR,
     CMD_READDIR,
     CMD_REMOVE,
+    CMD_SETSTAT,
     CMD_STATUS,
     CMD_WRITE,
     SFTP_FLAG_CREATE,
@@ -45,9 +51,11 @@ from paramiko.sftp_attr import SFTPAttributes
 
 from logship.logs import event
 from logship.ship.sftp import SftpTransport
-from logship.tree.names import TEMP_PREFIX
+from logship.ship.tree_stream import TreeStream
+from logship.tree.names import temp_name
 from logship.tree.scan import READ_CHUNK
 from logship.tree.ship import Shipped, SourceChanged
+from logship.tree.stream import file_frame
 
 log = logging.getLogger("logship.tree")
 
@@ -58,18 +66,13 @@ SYNC_TIMEOUT_S = 120.0
 
 
 _CHUNK = 255 * 1024  # OpenSSH's largest write request
+#: queued requests are sent once this many bytes wait (two SSH packets' worth)
+FLUSH_AT = 64 * 1024
 
 
 def _before(outcome: object) -> os.stat_result:
     assert isinstance(outcome, Shipped)
     return outcome.before
-
-
-def temp_name(name: bytes) -> bytes:
-    # One fixed temp per final name: a retry reuses it, so an upload cut short
-    # leaves at most one leftover, which the next upload of that path replaces.
-    # Hashed to stay within NAME_MAX whatever the name's length.
-    return TEMP_PREFIX + hashlib.sha256(name).hexdigest()[:16].encode()
 
 
 def _missing(exc: OSError) -> bool:
@@ -88,15 +91,48 @@ class _Replies:
     def __init__(self, sftp: paramiko.SFTPClient) -> None:
         self._sftp = sftp
         self._got: dict[int, tuple[int, Message]] = {}
+        self._out = bytearray()
 
     def send(self, kind: int, *args: object) -> int:
-        return int(self._sftp._async_request(self, kind, *args))
+        """Queue one request; it goes out with the next `flush` (or a wait for a reply).
+
+        Built as paramiko's `_async_request` builds it, but not sent alone: one
+        SSH packet per small request costs more CPU than the data of a small
+        file, so requests leave in packets of up to FLUSH_AT bytes.
+        """
+        sftp = self._sftp
+        msg = Message()
+        with sftp._lock:
+            num = int(sftp.request_number)
+            msg.add_int(num)
+            for item in args:
+                if isinstance(item, int64):
+                    msg.add_int64(item)
+                elif isinstance(item, int):
+                    msg.add_int(item)
+                elif isinstance(item, SFTPAttributes):
+                    item._pack(msg)
+                else:
+                    msg.add_string(item)
+            sftp._expecting[num] = self
+            sftp.request_number += 1
+        packet = msg.asbytes()
+        self._out += struct.pack(">IB", len(packet) + 1, kind) + packet
+        if len(self._out) >= FLUSH_AT:
+            self.flush()
+        return num
+
+    def flush(self) -> None:
+        if self._out:
+            out, self._out = bytes(self._out), bytearray()
+            self._sftp._write_all(out)
 
     def _async_response(self, kind: int, msg: Message, num: int) -> None:
         # paramiko hands over every reply addressed to this object here.
         self._got[num] = (kind, msg)
 
     def _wait(self, num: int) -> tuple[int, Message]:
+        self.flush()
         while num not in self._got:
             self._sftp._read_response()
         return self._got.pop(num)
@@ -114,6 +150,20 @@ class _Replies:
             return OSError(str(exc))
         return None
 
+    def attrs(self, num: int) -> SFTPAttributes | OSError | None:
+        """An (l)stat's attributes; None when the path does not exist."""
+        kind, msg = self._wait(num)
+        if kind == CMD_ATTRS:
+            return SFTPAttributes._from_msg(msg)
+        if kind == CMD_STATUS:
+            try:
+                self._sftp._convert_status(msg)
+            except OSError as exc:
+                return None if _missing(exc) else exc
+            except EOFError as exc:
+                return OSError(str(exc))
+        return OSError(f"unexpected SFTP reply {kind}")
+
     def handle(self, num: int) -> bytes | OSError:
         kind, msg = self._wait(num)
         if kind == CMD_HANDLE:
@@ -129,13 +179,90 @@ class _Replies:
 class SftpTreeSite:
     """File operations below `root` at the site; paths are relative bytes."""
 
-    def __init__(self, transport: SftpTransport, root: PurePosixPath) -> None:
+    def __init__(
+        self,
+        transport: SftpTransport,
+        root: PurePosixPath,
+        receiver: list[str] | None = None,
+    ) -> None:
         self._transport = transport
         self._sftp = transport.sftp
         self._root = os.fsencode(str(root))
         self._root_text = str(root)
         # None until tried: whether `sync -f` runs at the site (see _syncfs).
         self._syncfs_works: bool | None = None
+        #: how to start `tree-receive` at the site; None: SFTP alone
+        self._receiver = receiver
+        self._stream: TreeStream | None = None
+
+    def close(self) -> None:
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            # The connection may be going away with it.
+            with contextlib.suppress(OSError, paramiko.SSHException, EOFError):
+                stream.close()
+
+    def launch_receiver(self) -> None:
+        """Start `tree-receive` at the site now; the first batch waits for it."""
+        if self._stream is None and self._receiver is not None:
+            try:
+                self._stream = TreeStream.launch(self._transport.client, self._receiver)
+            except (OSError, paramiko.SSHException) as exc:
+                self._no_receiver(exc)
+
+    def _batch_stream(self) -> TreeStream | None:
+        """The receiver at the site, once it is up; None when there is none."""
+        self.launch_receiver()
+        if self._stream is not None:
+            try:
+                self._stream.wait_ready()
+            except (OSError, paramiko.SSHException) as exc:
+                self._stream = None
+                self._no_receiver(exc)
+        return self._stream
+
+    def _no_receiver(self, exc: Exception) -> None:
+        if not self._transport.is_alive:
+            raise exc
+        event(
+            log,
+            logging.INFO,
+            "no tree-receive at the site: batches over SFTP",
+            root=self._root_text,
+            error=str(exc),
+        )
+        self._receiver = None
+
+    def _put_batch_streamed(
+        self,
+        stream: TreeStream,
+        files: Sequence[tuple[bytes, bytes]],
+        outcomes: list[Shipped | Exception],
+        contents: dict[int, bytes],
+    ) -> list[Shipped | Exception] | None:
+        """The batch through the receiver; None when the stream broke (then SFTP)."""
+        sent = sorted(contents)
+        frames = []
+        for i in sent:
+            before = _before(outcomes[i])
+            frames.append(
+                file_frame(
+                    files[i][0], stat.S_IMODE(before.st_mode), before.st_mtime_ns, contents[i]
+                )
+            )
+        try:
+            errors = stream.put_batch(frames)
+        except (OSError, paramiko.SSHException, EOFError) as exc:
+            if not self._transport.is_alive:
+                raise
+            event(log, logging.WARNING, "tree-receive broke: SFTP", error=str(exc))
+            self.close()
+            self._receiver = None
+            return None
+        for i, error in zip(sent, errors, strict=True):
+            if error is not None:
+                outcomes[i] = OSError(error)
+        return outcomes
 
     def _abs(self, relative: bytes) -> bytes:
         return self._root + b"/" + relative if relative else self._root
@@ -251,14 +378,23 @@ class SftpTreeSite:
         """
         outcomes: list[Shipped | Exception] = []
         contents: dict[int, bytes] = {}
+        stream = self._batch_stream()
         for index, (_, local) in enumerate(files):
             try:
                 data, before = self._read_small(local)
+                # Through the stream a file is in place before the site answers:
+                # it must be a complete copy as read, not checked afterwards.
+                if stream is not None and not unchanged(before, os.lstat(local)):
+                    raise SourceChanged("changed while being read")
             except (OSError, SourceChanged) as exc:
                 outcomes.append(exc)
                 continue
             contents[index] = data
             outcomes.append(Shipped(hashlib.sha256(data).hexdigest(), len(data), before))
+        if stream is not None and contents:
+            streamed = self._put_batch_streamed(stream, files, outcomes, contents)
+            if streamed is not None:
+                return streamed
         fsync_each = not self._syncfs_usable()
         replies = _Replies(self._sftp)
         temps = {i: self._temp_for(files[i][0]) for i in contents}
@@ -411,21 +547,82 @@ class SftpTreeSite:
             raise
         self._transport.fsync_dir(self._parent(relative))
 
-    def make_dir(self, relative: bytes, mode: int) -> None:
-        path = self._abs(relative)
-        found = self.lstat(relative)
-        if found is not None and not stat.S_ISDIR(found.st_mode or 0):
-            self.remove(relative)
-            found = None
-        if found is None:
-            self._sftp.mkdir(path, mode=0o700)
-            self._transport.fsync_dir(self._parent(relative))
-        # The mode is set outright: mkdir's is subject to the server's umask.
-        self._sftp.chmod(path, mode)
+    def make_dirs(self, folders: Sequence[tuple[bytes, int]]) -> list[OSError | None]:
+        """Folders with their modes; what is in the way of one is removed first.
 
-    def set_dir_times(self, relative: bytes, mtime_ns: int) -> None:
-        seconds = mtime_ns // 1_000_000_000
-        self._sftp.utime(self._abs(relative), (seconds, seconds))
+        Pipelined: every lstat at once, then the missing folders one depth at a
+        time (a parent exists before its children are asked for), their new
+        entries made durable together, then every mode. Returns the error of
+        each folder that could not be made, None for the others.
+        """
+        outcomes: list[OSError | None] = [None] * len(folders)
+        replies = _Replies(self._sftp)
+        lstats = [replies.send(CMD_LSTAT, self._abs(relative)) for relative, _ in folders]
+        missing: dict[int, list[int]] = {}
+        for i, num in enumerate(lstats):
+            relative = folders[i][0]
+            found = replies.attrs(num)
+            if isinstance(found, OSError):
+                outcomes[i] = found
+                continue
+            if found is not None and not stat.S_ISDIR(found.st_mode or 0):
+                try:
+                    self.remove(relative)
+                except OSError as exc:
+                    outcomes[i] = exc
+                    continue
+                found = None
+            if found is None:
+                missing.setdefault(relative.count(b"/"), []).append(i)
+        private = SFTPAttributes()
+        private.st_mode = 0o700
+        made: list[int] = []
+        for depth in sorted(missing):
+            nums = {
+                i: replies.send(CMD_MKDIR, self._abs(folders[i][0]), private)
+                for i in missing[depth]
+            }
+            for i, num in nums.items():
+                failed = replies.status(num)
+                if failed is not None and not self._is_dir(folders[i][0]):
+                    outcomes[i] = failed  # a folder made meanwhile is fine
+                else:
+                    made.append(i)
+        if made:
+            if self._syncfs_usable():
+                self._syncfs()
+            else:
+                parents = {self._parent(folders[i][0]) for i in made}
+                self._fsync_dirs(replies, sorted(parents))
+        # Modes set outright: mkdir's is subject to the server's umask.
+        chmods: dict[int, int] = {}
+        for i, (relative, mode) in enumerate(folders):
+            if outcomes[i] is None:
+                attrs = SFTPAttributes()
+                attrs.st_mode = mode
+                chmods[i] = replies.send(CMD_SETSTAT, self._abs(relative), attrs)
+        for i, num in chmods.items():
+            outcomes[i] = replies.status(num)
+        return outcomes
+
+    def _is_dir(self, relative: bytes) -> bool:
+        found = self.lstat(relative)
+        return found is not None and stat.S_ISDIR(found.st_mode or 0)
+
+    def set_dir_times(self, folders: Sequence[tuple[bytes, int]]) -> list[bool]:
+        """Folder mtimes, pipelined; False for a folder that is gone (any other
+        error is raised). Setting one folder's times never moves another's."""
+        replies = _Replies(self._sftp)
+        nums = []
+        for relative, mtime_ns in folders:
+            attrs = SFTPAttributes()
+            attrs.st_atime = attrs.st_mtime = mtime_ns // 1_000_000_000
+            nums.append(replies.send(CMD_SETSTAT, self._abs(relative), attrs))
+        outcomes = [replies.status(num) for num in nums]
+        failed = next((e for e in outcomes if e is not None and not _missing(e)), None)
+        if failed is not None:
+            raise failed
+        return [error is None for error in outcomes]
 
     def remove(self, relative: bytes) -> None:
         """Remove whatever is at `relative` (a folder with all it holds); gone is fine."""

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 #: a file being written at the site before its atomic rename into place; a
 #: leftover one (a cut link) is the mirror's to clean up, never part of the tree
 TEMP_PREFIX = b".logship-tmp."
+
+
+def temp_name(name: bytes) -> bytes:
+    """The temp a file named `name` is written to before its rename, in the same folder.
+
+    One fixed temp per final name: a retry reuses it, so an upload cut short
+    leaves at most one leftover, which the next upload of that path replaces.
+    Hashed to stay within NAME_MAX whatever the name's length.
+    """
+    return TEMP_PREFIX + hashlib.sha256(name).hexdigest()[:16].encode()
 
 
 def is_temp_name(path: bytes) -> bool:

@@ -11,8 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from sqlalchemy import case, delete, func, or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import bindparam, case, delete, func, insert, or_, select, update
 
 from logship.catalog.models import TreeFile
 from logship.catalog.store import Catalog
@@ -88,19 +87,35 @@ def record_changed(
                     )
                 ).all()
             }
+            new = [entry for entry in chunk if entry.path not in known]
+            if new:
+                # New paths (all of them in a first scan) in one executemany:
+                # ORM objects cost more than the rest of the scan.
+                s.execute(insert(TreeFile), [_new_row(connector, entry, now) for entry in new])
             for entry in chunk:
-                _apply_change(s, known.get(entry.path), connector, entry, now)
+                if (row := known.get(entry.path)) is not None:
+                    _apply_change(row, entry, now)
         s.commit()
     return len(entries)
 
 
-def _apply_change(
-    s: Session, row: TreeFile | None, connector: str, entry: TreeEntry, now: float
-) -> None:
-    if row is None:
-        row = TreeFile(connector=connector, path=entry.path, changed_at=now)
-        s.add(row)
-    elif row.state == SHIPPED:
+def _new_row(connector: str, entry: TreeEntry, now: float) -> dict[str, object]:
+    return {
+        "connector": connector,
+        "path": entry.path,
+        "kind": str(entry.kind),
+        "mode": entry.mode,
+        "size": entry.size,
+        "mtime_ns": entry.mtime_ns,
+        "link_target": entry.link_target,
+        "state": PENDING,
+        "changed_at": now,
+        "attempts": 0,
+    }
+
+
+def _apply_change(row: TreeFile, entry: TreeEntry, now: float) -> None:
+    if row.state == SHIPPED:
         row.changed_at = now
     # Already pending or deleting: exposure keeps counting from the first change
     # the site has not seen.
@@ -173,25 +188,45 @@ def mark_shipped_many(
     if not shipped:
         return
     with catalog.session() as s:
-        for row_id, entry, sha256 in shipped:
-            s.execute(
-                update(TreeFile)
-                .where(TreeFile.id == row_id)
-                .values(
-                    state=SHIPPED,
-                    kind=str(entry.kind),
-                    mode=entry.mode,
-                    size=entry.size,
-                    mtime_ns=entry.mtime_ns,
-                    link_target=entry.link_target,
-                    sha256=sha256,
-                    shipped_at=now,
-                    attempts=0,
-                    error=None,
-                    next_try_at=None,
-                )
-            )
+        # One executemany of a Core statement: per-row ORM updates cost more
+        # than the upload of a batch of small files.
+        s.connection().execute(
+            _MARK_SHIPPED,
+            [
+                {
+                    "row_id": row_id,
+                    "new_kind": str(entry.kind),
+                    "new_mode": entry.mode,
+                    "new_size": entry.size,
+                    "new_mtime_ns": entry.mtime_ns,
+                    "new_link_target": entry.link_target,
+                    "new_sha256": sha256,
+                    "shipped": now,
+                }
+                for row_id, entry, sha256 in shipped
+            ],
+        )
         s.commit()
+
+
+_TREE_FILES = TreeFile.__table__
+_MARK_SHIPPED = (
+    update(_TREE_FILES)
+    .where(_TREE_FILES.c.id == bindparam("row_id"))
+    .values(
+        state=SHIPPED,
+        kind=bindparam("new_kind"),
+        mode=bindparam("new_mode"),
+        size=bindparam("new_size"),
+        mtime_ns=bindparam("new_mtime_ns"),
+        link_target=bindparam("new_link_target"),
+        sha256=bindparam("new_sha256"),
+        shipped_at=bindparam("shipped"),
+        attempts=0,
+        error=None,
+        next_try_at=None,
+    )
+)
 
 
 def mark_removed(catalog: Catalog, row_id: int) -> None:

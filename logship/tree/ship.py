@@ -66,11 +66,13 @@ class TreeSite(Protocol):
 
     def put_symlink(self, relative: bytes, target: bytes) -> None: ...
 
-    def make_dir(self, relative: bytes, mode: int) -> None: ...
+    def make_dirs(self, folders: Sequence[tuple[bytes, int]]) -> Sequence[OSError | None]: ...
 
-    def set_dir_times(self, relative: bytes, mtime_ns: int) -> None: ...
+    def set_dir_times(self, folders: Sequence[tuple[bytes, int]]) -> Sequence[bool]: ...
 
     def remove(self, relative: bytes) -> None: ...
+
+    def close(self) -> None: ...
 
 
 def same_file(before: os.stat_result, after: os.stat_result) -> bool:
@@ -143,12 +145,16 @@ class TreeShipper:
         done = 0
         # Folders exist before anything lands in them; small files then go in
         # batches, the rest one by one.
-        for row in [*removals, *folders]:
+        for row in removals:
             if stopping():
                 break  # what is left stays pending in the catalog
             if self._ship_one(site, row, alive):
                 done += 1
                 touched_dirs.add(row.path.rpartition(b"/")[0])
+        if folders and not stopping():
+            made = self._ship_folders(site, folders, alive)
+            done += len(made)
+            touched_dirs.update(path.rpartition(b"/")[0] for path in made)
         for batch in _batches(small):
             if stopping():
                 break
@@ -172,6 +178,30 @@ class TreeShipper:
                 raise
             self._failed(row, exc)
             return False
+
+    def _ship_folders(
+        self, site: TreeSite, folders: list[TreeFile], alive: Callable[[], bool]
+    ) -> list[bytes]:
+        """All new folders of a round in one pipelined pass (parents sort first).
+
+        They are marked shipped later, once their mtimes are set after their
+        contents (see _restore_dir_times).
+        """
+        try:
+            outcomes = site.make_dirs([(row.path, row.mode) for row in folders])
+        except Exception as exc:
+            if not alive():
+                raise
+            for row in folders:
+                self._failed(row, exc)
+            return []
+        made: list[bytes] = []
+        for row, outcome in zip(folders, outcomes, strict=True):
+            if outcome is None:
+                made.append(row.path)
+            else:
+                self._failed(row, outcome)
+        return made
 
     def _ship_batch(
         self, site: TreeSite, batch: list[TreeFile], alive: Callable[[], bool]
@@ -203,16 +233,28 @@ class TreeShipper:
                 self._failed(row, outcome)
         # Every file of the batch is durable at the site: one commit says so.
         rows.mark_shipped_many(self._catalog, shipped, self._clock())
-        by_id = {row.id: row for row in ready}
-        for row_id, entry, _ in shipped:
+        if shipped:
+            # One line per batch: a first sync ships thousands of files a second.
+            # Each file's shipped_at is in the catalog; --debug lists them here too.
             event(
                 log,
                 logging.INFO,
-                "shipped",
+                "shipped batch",
                 connector=self._connector,
-                path=_show(by_id[row_id]),
-                bytes=entry.size,
+                files=len(shipped),
+                bytes=sum(entry.size for _, entry, _ in shipped),
+                first=rows.show_path(shipped[0][1].path),
             )
+            if log.isEnabledFor(logging.DEBUG):
+                for _, entry, _ in shipped:
+                    event(
+                        log,
+                        logging.DEBUG,
+                        "shipped",
+                        connector=self._connector,
+                        path=rows.show_path(entry.path),
+                        bytes=entry.size,
+                    )
         return [entry.path for _, entry, _ in shipped]
 
     def _ready(self, row: TreeFile, now: float) -> bool:
@@ -257,10 +299,6 @@ class TreeShipper:
             rows.mark_removed(self._catalog, row.id)
             event(log, logging.INFO, "removed", connector=self._connector, path=_show(row))
             return True
-        if row.kind == EntryKind.DIR:
-            site.make_dir(row.path, row.mode)
-            # Marked shipped once its mtime is set, after its contents.
-            return True
         current = self._same_kind(row, now)
         if current is None:
             return False
@@ -290,19 +328,20 @@ class TreeShipper:
         if not touched and not shipped:
             return
         known = rows.rows_for(self._catalog, self._connector, touched | shipped)
-        made: list[tuple[int, TreeEntry, str | None]] = []
-        for path in sorted(touched | shipped, reverse=True):
+        due: list[TreeFile] = []
+        for path in sorted(touched | shipped):
             row = known.get(path)
             if row is None or row.kind != EntryKind.DIR or row.state == rows.DELETING:
                 continue
             if row.state == rows.PENDING and path not in shipped:
                 continue  # made later in its own round
-            try:
-                site.set_dir_times(path, row.mtime_ns)
-            except FileNotFoundError:
-                continue
-            if path in shipped:
-                made.append((row.id, rows.entry_of(row), None))
+            due.append(row)
+        set_at = site.set_dir_times([(row.path, row.mtime_ns) for row in due])
+        made = [
+            (row.id, rows.entry_of(row), None)
+            for row, was_set in zip(due, set_at, strict=True)
+            if was_set and row.path in shipped
+        ]
         # One commit for all new folders of the round, not one each.
         rows.mark_shipped_many(self._catalog, made, self._clock())
 

@@ -18,8 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from watchdog.events import (
-    EVENT_TYPE_CLOSED_NO_WRITE,
-    EVENT_TYPE_OPENED,
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirModifiedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
     FileSystemEvent,
     FileSystemEventHandler,
 )
@@ -27,7 +34,20 @@ from watchdog.observers import Observer
 
 #: watchdog reports a kernel queue overflow only through this logger
 _OVERFLOW_LOGGER = "watchdog.observers.inotify_c"
-_IGNORED = frozenset({EVENT_TYPE_OPENED, EVENT_TYPE_CLOSED_NO_WRITE})
+#: the events that can mean a change; opens and read-only closes are not even
+#: asked of inotify: the mirror reads every file it ships, and each read would
+#: come back as events to handle
+CHANGE_EVENTS: list[type[FileSystemEvent]] = [
+    FileCreatedEvent,
+    DirCreatedEvent,
+    FileModifiedEvent,
+    DirModifiedEvent,
+    FileMovedEvent,
+    DirMovedEvent,
+    FileDeletedEvent,
+    DirDeletedEvent,
+    FileClosedEvent,
+]
 
 
 @dataclass(frozen=True)
@@ -78,8 +98,6 @@ class TreeWatcher(FileSystemEventHandler):
             self._touched[relative] = (self._clock(), deep or was_deep)
 
     def on_any_event(self, event: FileSystemEvent) -> None:
-        if event.event_type in _IGNORED:
-            return
         deep = event.is_directory and event.event_type in ("created", "moved")
         self._touch(event.src_path, deep and event.event_type == "created")
         if event.dest_path:
@@ -93,7 +111,7 @@ class TreeWatcher(FileSystemEventHandler):
         if watch_logger.getEffectiveLevel() > logging.WARNING:
             watch_logger.setLevel(logging.WARNING)
         # A bytes path makes watchdog report bytes paths: no name is ever decoded.
-        self._observer.schedule(self, self._root, recursive=True)
+        self._observer.schedule(self, self._root, recursive=True, event_filter=CHANGE_EVENTS)
         self._observer.start()
 
     def stop(self) -> None:

@@ -40,8 +40,10 @@ def sftp_tree_site(transport: Transport, connector: FilesConnector) -> TreeSite:
 
     if not isinstance(transport, SftpTransport):
         raise TypeError(f"a files connector needs an SFTP link, not {type(transport).__name__}")
-    site = SftpTreeSite(transport, connector.standby.target)
+    receiver = [*transport.site.command, "tree-receive", connector.name]
+    site = SftpTreeSite(transport, connector.standby.target, receiver)
     site.ensure_root()
+    site.launch_receiver()
     return site
 
 
@@ -271,7 +273,10 @@ class MirrorWorker(threading.Thread):
         self.catalog.add_event(self.connector.name, self._clock(), "link", message)
 
     def _disconnect(self) -> None:
+        tree = self._tree
         transport, self._transport, self._tree = self._transport, None, None
+        if tree is not None:
+            tree.close()
         if transport is not None:
             try:
                 transport.close()

@@ -1,0 +1,39 @@
+"""`logship tree-receive CONNECTOR`: run at the standby site by the files mirror.
+
+Reads batches of small files on stdin and lands them under `[standby].target`
+(see logship.tree.receive and logship.tree.stream). The mirror starts one per
+connection over SSH, with only the connector's name as argument, and falls
+back to SFTP alone when it cannot run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from logship.config.files import config_path
+from logship.config.load import load_config
+from logship.tree.receive import Receiver
+from logship.tree.stream import reply_line
+from logship.tree.verify_run import files_connector
+
+
+def run(args: argparse.Namespace) -> int:
+    out = sys.stdout.buffer
+    try:
+        config = load_config(config_path(args.config))
+        connector = files_connector(config, args.connector)
+    except Exception as exc:
+        # The mirror reads this line and ships over SFTP alone instead.
+        out.write(reply_line({"error": str(exc)}))
+        out.flush()
+        raise
+    target = Path(connector.standby.target)
+    if not target.is_dir():
+        message = f"[standby].target {target} is not a folder at this site"
+        out.write(reply_line({"error": message}))
+        out.flush()
+        return 1
+    Receiver(target).serve(sys.stdin.buffer, out)
+    return 0

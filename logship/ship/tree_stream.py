@@ -1,0 +1,102 @@
+"""The mirror's end of the batch stream to `logship tree-receive` at the site.
+
+See logship.tree.stream for the format. One receiver process per SSH
+connection, started on the first batch; when it cannot start (no logship at
+the site, the connector not in the site's config), or breaks, the mirror ships
+over SFTP alone.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from collections.abc import Sequence
+
+import paramiko
+
+from logship.tree.stream import COMMIT
+
+#: frames go out in writes of about this size
+SEND_CHUNK = 256 * 1024
+#: the first line, and each batch's replies (two syncfs at the site), within this
+REPLY_TIMEOUT_S = 120.0
+
+
+class TreeStream:
+    def __init__(self, channel: paramiko.Channel, argv: list[str]) -> None:
+        self._channel = channel
+        self._replies = channel.makefile("rb")
+        self._argv = argv
+        self._ready = False
+
+    @classmethod
+    def launch(cls, client: paramiko.SSHClient, argv: list[str]) -> TreeStream:
+        """Start the receiver without waiting for it (it starts while folders are
+        made); `wait_ready` tells whether it came up."""
+        transport = client.get_transport()
+        if transport is None or not transport.is_active():
+            raise OSError("the SSH connection is closed")
+        channel = transport.open_session()
+        channel.settimeout(REPLY_TIMEOUT_S)
+        # The site gets a shell string: every argument quoted, none from a file name.
+        channel.exec_command(shlex.join(argv))
+        return cls(channel, argv)
+
+    def wait_ready(self) -> None:
+        """Its first line; OSError with its reason when it did not come up."""
+        if self._ready:
+            return
+        command = shlex.join(self._argv)
+        try:
+            hello = self._line()
+        except OSError:
+            stderr = self._channel.makefile_stderr("rb").read(2000).decode(errors="replace")
+            self.close()
+            raise OSError(f"{command} did not start: {stderr.strip()[-300:]}") from None
+        if hello.get("ready") is not True:
+            self.close()
+            raise OSError(f"{command}: {hello.get('error') or hello}")
+        self._ready = True
+
+    def _line(self) -> dict[str, object]:
+        try:
+            line = self._replies.readline()
+        except TimeoutError as exc:  # socket.timeout
+            raise OSError(f"tree-receive did not answer: {exc}") from None
+        if not line:
+            raise OSError("tree-receive ended")
+        try:
+            content = json.loads(line)
+        except ValueError:
+            raise OSError(f"tree-receive said {line[:200]!r}") from None
+        if not isinstance(content, dict):
+            raise OSError(f"tree-receive said {line[:200]!r}")
+        return content
+
+    def put_batch(self, frames: Sequence[bytes]) -> list[str | None]:
+        """Send a batch and commit it: the error of each file, None when it landed."""
+        out = bytearray()
+        for frame in frames:
+            out += frame
+            if len(out) >= SEND_CHUNK:
+                self._channel.sendall(bytes(out))
+                out.clear()
+        out += COMMIT
+        self._channel.sendall(bytes(out))
+        errors: list[str | None] = []
+        for index in range(len(frames)):
+            reply = self._line()
+            if reply.get("i") != index:
+                raise OSError(f"tree-receive answered {reply} for file {index}")
+            error = reply.get("error")
+            errors.append(None if error is None else str(error))
+        done = self._line()
+        if done.get("done") != len(frames):
+            raise OSError(f"tree-receive ended the batch with {done}")
+        return errors
+
+    def close(self) -> None:
+        try:
+            self._channel.shutdown_write()
+        finally:
+            self._channel.close()

@@ -1,0 +1,138 @@
+"""`tree-receive` at the site: batches of files from the stream, landed atomically.
+
+Each file is written to its temp name in its folder (the same name the SFTP
+path uses, so a leftover of either is replaced by the next upload), mode and
+mtime set. On commit: one syncfs of the target's file system, every rename,
+one more syncfs, then one reply line per file. A file that cannot be written
+gets an error line and leaves no temp; the batch goes on.
+
+A path is checked before use: relative, no empty, "." or ".." component, and
+its folder, resolved, must lie inside the target: a symlink at the site can
+never lead a write outside the mirror.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import os
+import stat
+from pathlib import Path
+from typing import IO
+
+from logship.tree.names import TEMP_PREFIX, temp_name
+from logship.tree.stream import COMMIT, FileFrame, read_frame, reply_line
+
+#: a batch file is read whole: bigger files go over SFTP, streamed
+MAX_FILE = 8 * 1024 * 1024
+
+
+def _libc_syncfs() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name, use_errno=True).syncfs if name else None
+    except (OSError, AttributeError):
+        return None
+
+
+class Receiver:
+    def __init__(self, target: Path) -> None:
+        self._target = target
+        self._root = os.fsencode(target)
+        self._real_root = os.path.realpath(self._root)
+        self._syncfs = _libc_syncfs()
+        self._folders: dict[bytes, bool] = {}  # folder -> inside the target
+
+    def serve(self, stdin: IO[bytes], stdout: IO[bytes]) -> None:
+        stdout.write(reply_line({"ready": True}))
+        stdout.flush()
+        batch: list[tuple[bytes, bytes, str | None]] = []  # temp, final, error
+        while True:
+            frame = read_frame(stdin, MAX_FILE)
+            if frame is None:
+                break
+            if frame == COMMIT:
+                self._commit(batch, stdout)
+                batch = []
+                self._folders.clear()  # the tree may change between batches
+            else:
+                assert isinstance(frame, FileFrame)
+                batch.append(self._write(frame))
+        # The client went away mid-batch: nothing of it was renamed into place.
+        for temp, _, error in batch:
+            if error is None:
+                _remove(temp)
+
+    def _inside(self, folder: bytes) -> bool:
+        known = self._folders.get(folder)
+        if known is None:
+            real = os.path.realpath(folder)
+            known = real == self._real_root or real.startswith(self._real_root + b"/")
+            self._folders[folder] = known
+        return known
+
+    def _write(self, frame: FileFrame) -> tuple[bytes, bytes, str | None]:
+        parts = frame.path.split(b"/")
+        if frame.path.startswith(b"/") or any(p in (b"", b".", b"..") for p in parts):
+            return b"", b"", f"refused path {frame.path!r}"
+        if b"\0" in frame.path or parts[-1].startswith(TEMP_PREFIX):
+            return b"", b"", f"refused path {frame.path!r}"
+        folder = os.path.join(self._root, *parts[:-1]) if len(parts) > 1 else self._root
+        final = os.path.join(folder, parts[-1])
+        temp = os.path.join(folder, temp_name(parts[-1]))
+        try:
+            if not self._inside(folder):
+                return b"", b"", f"{frame.path!r}: its folder leads outside the mirror root"
+            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+            fd = os.open(temp, flags, 0o600)
+            try:
+                view = memoryview(frame.data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fchmod(fd, stat.S_IMODE(frame.mode))
+                os.utime(fd, ns=(frame.mtime_ns, frame.mtime_ns))
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            _remove(temp)
+            return temp, final, f"{type(exc).__name__}: {exc.strerror or exc}"
+        return temp, final, None
+
+    def _sync(self) -> None:
+        """syncfs(2) of the target's file system; sync(2) where there is none."""
+        if self._syncfs is None:
+            os.sync()
+            return
+        fd = os.open(self._root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            if self._syncfs(fd) != 0:
+                raise OSError(ctypes.get_errno(), "syncfs failed")
+        finally:
+            os.close(fd)
+
+    def _commit(self, batch: list[tuple[bytes, bytes, str | None]], stdout: IO[bytes]) -> None:
+        errors = [error for _, _, error in batch]
+        if any(error is None for error in errors):
+            self._sync()  # the temps' data and metadata, before any rename
+            for index, (temp, final, error) in enumerate(batch):
+                if error is not None:
+                    continue
+                try:
+                    os.rename(temp, final)
+                except OSError as exc:
+                    # A folder in the way (its removal has not come yet): the
+                    # client retries the file later.
+                    _remove(temp)
+                    errors[index] = f"{type(exc).__name__}: {exc.strerror or exc}"
+            self._sync()  # the renames
+        for index, error in enumerate(errors):
+            stdout.write(reply_line({"i": index, "error": error}))
+        stdout.write(reply_line({"done": len(batch)}))
+        stdout.flush()
+
+
+def _remove(path: bytes) -> None:
+    if path:
+        with contextlib.suppress(OSError):
+            os.unlink(path)

@@ -1,0 +1,125 @@
+"""`tree-receive` at the site: batches landed atomically, hostile input refused."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from logship.tree.names import TEMP_PREFIX, is_temp_name
+from logship.tree.receive import MAX_FILE, Receiver
+from logship.tree.stream import COMMIT, StreamError, file_frame
+
+MTIME_NS = 1_700_000_000_123_456_789
+
+
+def _serve(target: Path, stream: bytes) -> list[dict[str, object]]:
+    out = io.BytesIO()
+    Receiver(target).serve(io.BytesIO(stream), out)
+    return [json.loads(line) for line in out.getvalue().splitlines()]
+
+
+def _leftovers(target: Path) -> list[str]:
+    return [
+        os.path.join(folder, name)
+        for folder, _, names in os.walk(target)
+        for name in names
+        if is_temp_name(os.fsencode(name))
+    ]
+
+
+def test_a_batch_lands_with_modes_and_mtimes_after_its_commit(tmp_path: Path) -> None:
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "app.conf").write_text("old\n")
+    odd = b"etc/new\nline \xe9.sh"
+    stream = (
+        file_frame(b"etc/app.conf", 0o640, MTIME_NS, b"new\n")
+        + file_frame(odd, 0o755, MTIME_NS, b"#!/bin/sh\n")
+        + file_frame(b"top.txt", 0o600, MTIME_NS, b"")
+        + COMMIT
+    )
+    replies = _serve(tmp_path, stream)
+    assert replies == [
+        {"ready": True},
+        {"i": 0, "error": None},
+        {"i": 1, "error": None},
+        {"i": 2, "error": None},
+        {"done": 3},
+    ]
+    assert (tmp_path / "etc" / "app.conf").read_text() == "new\n"
+    st = os.stat(os.path.join(os.fsencode(tmp_path), odd))
+    assert stat.S_IMODE(st.st_mode) == 0o755 and st.st_mtime_ns == MTIME_NS
+    assert (tmp_path / "top.txt").read_bytes() == b""
+    assert _leftovers(tmp_path) == []
+
+
+def test_a_batch_cut_before_its_commit_changes_nothing_visible(tmp_path: Path) -> None:
+    (tmp_path / "app.conf").write_text("old\n")
+    replies = _serve(tmp_path, file_frame(b"app.conf", 0o644, MTIME_NS, b"half"))
+    assert replies == [{"ready": True}]
+    assert (tmp_path / "app.conf").read_text() == "old\n"
+    assert _leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    "path",
+    [b"../escape", b"/etc/passwd", b"a/../../escape", b"./x", b"a//b", b"a/", TEMP_PREFIX + b"x"],
+)
+def test_paths_that_leave_the_root_or_name_a_temp_are_refused(tmp_path: Path, path: bytes) -> None:
+    target = tmp_path / "target"
+    (target / "a").mkdir(parents=True)
+    replies = _serve(target, file_frame(path, 0o644, MTIME_NS, b"x") + COMMIT)
+    assert replies[1]["i"] == 0 and "refused path" in str(replies[1]["error"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["target"]
+    assert sorted(os.listdir(target / "a")) == []
+
+
+def test_a_symlinked_folder_at_the_site_never_leads_a_write_outside(tmp_path: Path) -> None:
+    target = tmp_path / "target"
+    outside = tmp_path / "outside"
+    target.mkdir()
+    outside.mkdir()
+    (target / "link").symlink_to(outside)
+    replies = _serve(
+        target,
+        file_frame(b"link/evil", 0o644, MTIME_NS, b"x")
+        + file_frame(b"fine", 0o644, MTIME_NS, b"ok")
+        + COMMIT,
+    )
+    assert "outside the mirror root" in str(replies[1]["error"])
+    assert replies[2] == {"i": 1, "error": None}
+    assert list(outside.iterdir()) == [] and (target / "fine").read_text() == "ok"
+
+
+def test_a_folder_in_the_way_fails_that_file_only(tmp_path: Path) -> None:
+    (tmp_path / "was-a-folder").mkdir()
+    (tmp_path / "was-a-folder" / "inside").write_text("x")
+    replies = _serve(
+        tmp_path,
+        file_frame(b"was-a-folder", 0o644, MTIME_NS, b"now a file")
+        + file_frame(b"other", 0o644, MTIME_NS, b"fine")
+        + COMMIT,
+    )
+    assert replies[1]["error"] and replies[2] == {"i": 1, "error": None}
+    assert (tmp_path / "was-a-folder").is_dir() and (tmp_path / "other").read_text() == "fine"
+    assert _leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    "stream",
+    [
+        b"X",  # an unknown frame
+        b"F\x00",  # a header cut short
+        b"F" + (0).to_bytes(4, "big") + bytes(20),  # an empty path
+        b"F" + (1).to_bytes(4, "big") + bytes(12) + (MAX_FILE + 1).to_bytes(8, "big"),
+    ],
+    ids=["unknown", "cut", "empty-path", "too-big"],
+)
+def test_a_broken_stream_is_an_error_not_a_write(tmp_path: Path, stream: bytes) -> None:
+    with pytest.raises(StreamError):
+        _serve(tmp_path, stream)
+    assert list(tmp_path.iterdir()) == []
