@@ -10,6 +10,7 @@ import json
 import logging
 import sys
 import time
+import warnings
 from typing import Any
 
 _FIELDS = "logship_fields"
@@ -36,6 +37,13 @@ def setup_logging(debug: bool = False, stream: Any = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if debug else logging.INFO)
+    # Python warnings become log lines too: stderr stays JSON lines. watchdog
+    # warns when a new folder's watch is added twice (once for the folder,
+    # once by the recursive walk of its parent): harmless, and frequent.
+    logging.captureWarnings(True)
+    warnings.filterwarnings(
+        "ignore", message="Callback with id .* already exists", category=RuntimeWarning
+    )
     # paramiko and apscheduler are chatty at INFO; their problems surface through ours.
     for noisy in ("paramiko", "apscheduler", "watchdog"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.WARNING)

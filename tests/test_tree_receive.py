@@ -6,12 +6,13 @@ import io
 import json
 import os
 import stat
+import time
 from pathlib import Path
 
 import pytest
 
 from logship.tree.names import TEMP_PREFIX, is_temp_name
-from logship.tree.receive import MAX_FILE, Receiver
+from logship.tree.receive import MAX_FILE, STALE_TEMP_S, Receiver
 from logship.tree.stream import COMMIT, StreamError, file_frame
 
 MTIME_NS = 1_700_000_000_123_456_789
@@ -44,7 +45,7 @@ def test_a_batch_lands_with_modes_and_mtimes_after_its_commit(tmp_path: Path) ->
     )
     replies = _serve(tmp_path, stream)
     assert replies == [
-        {"ready": True},
+        {"ready": True, "swept": 0},
         {"i": 0, "error": None},
         {"i": 1, "error": None},
         {"i": 2, "error": None},
@@ -60,7 +61,7 @@ def test_a_batch_lands_with_modes_and_mtimes_after_its_commit(tmp_path: Path) ->
 def test_a_batch_cut_before_its_commit_changes_nothing_visible(tmp_path: Path) -> None:
     (tmp_path / "app.conf").write_text("old\n")
     replies = _serve(tmp_path, file_frame(b"app.conf", 0o644, MTIME_NS, b"half"))
-    assert replies == [{"ready": True}]
+    assert replies == [{"ready": True, "swept": 0}]
     assert (tmp_path / "app.conf").read_text() == "old\n"
     assert _leftovers(tmp_path) == []
 
@@ -123,3 +124,24 @@ def test_a_broken_stream_is_an_error_not_a_write(tmp_path: Path, stream: bytes) 
     with pytest.raises(StreamError):
         _serve(tmp_path, stream)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_only_temps_untouched_for_long_are_swept(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    stale = tmp_path / "a" / (TEMP_PREFIX.decode() + "0123456789abcdef")
+    fresh = tmp_path / (TEMP_PREFIX.decode() + "fedcba9876543210")
+    kept = tmp_path / "a" / "real.conf"
+    for path in (stale, fresh, kept):
+        path.write_text("x")
+    # ctime cannot be set back: the fresh temp is touched until its ctime is
+    # later than the stale one's (file times tick in jiffies), and both are
+    # judged from a point in the future between the two.
+    deadline = time.monotonic() + 10
+    while os.lstat(fresh).st_ctime <= os.lstat(stale).st_ctime:
+        assert time.monotonic() < deadline, "file times do not move"
+        os.utime(fresh)
+    between = (os.lstat(stale).st_ctime + os.lstat(fresh).st_ctime) / 2
+    receiver = Receiver(tmp_path)
+    assert receiver.sweep_stale_temps(now=between + STALE_TEMP_S - 1) == 0
+    assert receiver.sweep_stale_temps(now=between + STALE_TEMP_S) == 1
+    assert not stale.exists() and fresh.exists() and kept.exists()

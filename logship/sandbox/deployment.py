@@ -178,7 +178,8 @@ data_dir = "{self.standby.data_dir}"
             )
         return result
 
-    def start_daemon(self) -> subprocess.Popen[bytes]:
+    def start_daemon(self, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """`logship run`; `env` adds variables (the fault suite's crash points)."""
         if self._daemon is not None and self._daemon.poll() is None:
             return self._daemon
         log = open(self.daemon_log, "ab")  # noqa: SIM115 - handed to the child
@@ -194,6 +195,7 @@ data_dir = "{self.standby.data_dir}"
                 stdout=log,
                 stderr=log,
                 cwd=self.root,
+                env={**os.environ, **env} if env else None,
             )
         finally:
             log.close()

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from logship.durable import read_chunks, sha256_of
 from logship.errors import OperationFailed
+from logship.faults import crash_point
 from logship.manifest import ManifestRecord, SiteLayout
 from logship.ship.transport import Transport
 from logship.spool import SpoolEntry
@@ -62,7 +63,8 @@ def ship_file(
     # Uncompressed, the stored bytes are the raw bytes: hash them once.
     stored = _Hashing(_zstd(iter(raw))) if compression == "zstd" else raw
     target = layout.stored_wal(entry.name, compression)
-    transport.put_atomic(target, stored)
+    transport.put_atomic(target, _crash_mid_upload(stored))
+    crash_point("ship-before-record")
     record = ManifestRecord(
         name=entry.name,
         size=raw.size,
@@ -75,5 +77,22 @@ def ship_file(
         arrived_at=clock(),
     )
     # The record goes last: a record always describes a complete, durable file.
-    transport.put_atomic(layout.record_path(entry.name), [record.to_json()])
+    transport.put_atomic(layout.record_path(entry.name), _crash_mid_record(record.to_json()))
     return record
+
+
+def _crash_mid_upload(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """The chunks, with a crash point once the temp holds some of them."""
+    for index, chunk in enumerate(chunks):
+        if index == 1:
+            crash_point("ship-mid-upload")
+        yield chunk
+    crash_point("ship-mid-upload")  # a file of one chunk: all of it, not renamed
+
+
+def _crash_mid_record(content: bytes) -> Iterator[bytes]:
+    """The record's bytes, with a crash point while its temp is open at the site."""
+    half = len(content) // 2
+    yield content[:half]
+    crash_point("ship-mid-record")
+    yield content[half:]

@@ -15,6 +15,7 @@ from pathlib import Path
 from logship.catalog.store import Catalog
 from logship.config.model import SiteConfig
 from logship.errors import HostKeyRefused
+from logship.faults import crash_point
 from logship.lag import replay_rate
 from logship.logs import event
 from logship.manifest import SiteLayout
@@ -187,7 +188,9 @@ class SiteWorker(threading.Thread):
                     self.catalog.mark_conflict(row.id, str(exc))
                     self.catalog.add_event(target.connector, self._clock(), "error", str(exc))
                     continue
+                crash_point("ship-before-catalog")
                 self.catalog.mark_shipped(row.id, record.sha256, record.stored_size, self._clock())
+                crash_point("ship-before-retire")
                 retire(target.spool_dir, row.name, record.sha256)
                 event(
                     log,

@@ -18,6 +18,7 @@ import ctypes
 import ctypes.util
 import os
 import stat
+import time
 from pathlib import Path
 from typing import IO
 
@@ -26,6 +27,8 @@ from logship.tree.stream import COMMIT, FileFrame, read_frame, reply_line
 
 #: a batch file is read whole: bigger files go over SFTP, streamed
 MAX_FILE = 8 * 1024 * 1024
+#: a temp untouched this long is a leftover (see Receiver.sweep_stale_temps)
+STALE_TEMP_S = 600.0
 
 
 def _libc_syncfs() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
@@ -45,7 +48,8 @@ class Receiver:
         self._folders: dict[bytes, bool] = {}  # folder -> inside the target
 
     def serve(self, stdin: IO[bytes], stdout: IO[bytes]) -> None:
-        stdout.write(reply_line({"ready": True}))
+        swept = self.sweep_stale_temps()
+        stdout.write(reply_line({"ready": True, "swept": swept}))
         stdout.flush()
         batch: list[tuple[bytes, bytes, str | None]] = []  # temp, final, error
         while True:
@@ -63,6 +67,27 @@ class Receiver:
         for temp, _, error in batch:
             if error is None:
                 _remove(temp)
+
+    def sweep_stale_temps(self, now: float | None = None) -> int:
+        """Remove temps an upload cut short left behind, once no upload can own them.
+
+        A temp is replaced by the next upload of its path, but a path deleted
+        at the source meanwhile is never uploaded again. Each write, chmod and
+        utime moves a file's ctime, so a temp untouched for STALE_TEMP_S
+        belongs to no upload in flight (over SFTP or this stream).
+        """
+        cutoff = (time.time() if now is None else now) - STALE_TEMP_S
+        swept = 0
+        for folder, _, names in os.walk(self._root):
+            for name in names:
+                if not name.startswith(TEMP_PREFIX):
+                    continue
+                path = os.path.join(folder, name)
+                with contextlib.suppress(OSError):
+                    if os.lstat(path).st_ctime < cutoff:
+                        os.unlink(path)
+                        swept += 1
+        return swept
 
     def _inside(self, folder: bytes) -> bool:
         known = self._folders.get(folder)
