@@ -12,8 +12,22 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def printable(text: str) -> str:
+    """`text` with control and other unprintable characters escaped (\\n, \\x00, ...)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
 class LogshipError(Exception):
-    """An error reported as one line (what, where, what to do) with an exit code."""
+    """An error reported as one line (what, where, what to do) with an exit code.
+
+    The line holds what a user wrote (a key, a file name) and may quote it: a
+    newline or a control character in there is shown escaped, never raw.
+    """
+
+    def __str__(self) -> str:
+        return printable(super().__str__())
 
     exit_code = EXIT_FAILED
 
