@@ -24,6 +24,13 @@ class LocalDirTransport:
         write_chunks_atomically(Path(path), counted())
         return written
 
+    def free_bytes(self, path: PurePosixPath) -> int | None:
+        try:
+            st = os.statvfs(path)
+        except OSError:
+            return None
+        return st.f_bavail * st.f_frsize
+
     def append_durably(self, path: PurePosixPath, data: bytes) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:

@@ -18,14 +18,13 @@ from pathlib import PurePosixPath
 from typing import Any
 
 import paramiko
-from paramiko.sftp import CMD_EXTENDED
+from paramiko.sftp import CMD_EXTENDED, CMD_EXTENDED_REPLY
 
 from logship.config.model import SiteConfig
 from logship.errors import ConfigError, HostKeyRefused, OperationFailed
+from logship.ship.sftp_replies import RemoteUpload
 from logship.ship.transport import TEMP_PREFIX
 
-WRITE_REQUEST_SIZE = 255 * 1024
-WRITE_BUFFER = 4 * WRITE_REQUEST_SIZE
 PREFERRED_CIPHERS = (
     "aes128-gcm@openssh.com",
     "aes256-gcm@openssh.com",
@@ -157,30 +156,13 @@ class SftpTransport:
         except OSError:
             self._dir_fsync = False
 
-    def open_for_upload(self, path: PurePosixPath | bytes) -> paramiko.SFTPFile:
-        """A new private (0600) remote file tuned for throughput: big pipelined writes."""
-        remote = self._sftp.open(_wire(path), "wb", bufsize=WRITE_BUFFER)
-        remote.MAX_REQUEST_SIZE = WRITE_REQUEST_SIZE
-        remote.set_pipelined(True)
-        remote.chmod(0o600)
-        return remote
-
-    def finish_upload(self, remote: paramiko.SFTPFile) -> None:
-        """Make what was written to `remote` durable (the file stays open)."""
-        remote.flush()
-        # Every pipelined write must be acknowledged before the fsync.
-        self._sftp._finish_responses(remote)
-        self.fsync_handle(remote.handle)
-
     def put_atomic(self, path: PurePosixPath, chunks: Iterable[bytes]) -> int:
         tmp = path.with_name(f"{TEMP_PREFIX}{path.name}.{secrets.token_hex(4)}")
-        written = 0
         try:
-            with self.open_for_upload(tmp) as remote:
-                for chunk in chunks:
-                    remote.write(chunk)
-                    written += len(chunk)
-                self.finish_upload(remote)
+            # Big pipelined writes, each acknowledged before the fsync.
+            with RemoteUpload(self._sftp, str(tmp)) as remote:
+                written = remote.write_all(chunks)
+                remote.finish()
             self._sftp.posix_rename(str(tmp), str(path))
         except BaseException:
             self.remove_quietly(tmp)
@@ -199,6 +181,17 @@ class SftpTransport:
             remote.write(data)
             remote.flush()
             self.fsync_handle(remote.handle)
+
+    def free_bytes(self, path: PurePosixPath) -> int | None:
+        # OpenSSH's statvfs extension; a server without it cannot tell.
+        try:
+            kind, msg = self._sftp._request(CMD_EXTENDED, "statvfs@openssh.com", str(path))
+        except (OSError, paramiko.SSHException):
+            return None
+        if kind != CMD_EXTENDED_REPLY:
+            return None
+        _bsize, frsize, _blocks, _bfree, bavail = (msg.get_int64() for _ in range(5))
+        return int(bavail * frsize)
 
     def remove_quietly(self, path: PurePosixPath | bytes) -> None:
         try:

@@ -19,14 +19,11 @@ import logging
 import os
 import shlex
 import stat
-import struct
 from collections.abc import Callable, Sequence
 from pathlib import PurePosixPath
 
 import paramiko
-from paramiko.message import Message
 from paramiko.sftp import (
-    CMD_ATTRS,
     CMD_CLOSE,
     CMD_EXTENDED,
     CMD_FSETSTAT,
@@ -39,7 +36,6 @@ from paramiko.sftp import (
     CMD_READDIR,
     CMD_REMOVE,
     CMD_SETSTAT,
-    CMD_STATUS,
     CMD_WRITE,
     SFTP_FLAG_CREATE,
     SFTP_FLAG_READ,
@@ -51,6 +47,7 @@ from paramiko.sftp_attr import SFTPAttributes
 
 from logship.logs import event
 from logship.ship.sftp import SftpTransport
+from logship.ship.sftp_replies import WRITE_REQUEST_SIZE, RemoteUpload, Replies, missing
 from logship.ship.tree_stream import TreeStream
 from logship.tree.names import temp_name
 from logship.tree.scan import READ_CHUNK
@@ -65,115 +62,9 @@ BATCH_READ_MAX = 4 * 1024 * 1024
 SYNC_TIMEOUT_S = 120.0
 
 
-_CHUNK = 255 * 1024  # OpenSSH's largest write request
-#: queued requests are sent once this many bytes wait (two SSH packets' worth)
-FLUSH_AT = 64 * 1024
-
-
 def _before(outcome: object) -> os.stat_result:
     assert isinstance(outcome, Shipped)
     return outcome.before
-
-
-def _missing(exc: OSError) -> bool:
-    return isinstance(exc, FileNotFoundError) or exc.errno == 2
-
-
-class _Replies:
-    """Requests sent on the SFTP channel without waiting; replies collected later.
-
-    The OpenSSH server answers requests in order, so many files' opens, writes,
-    setstats and closes can be on the wire at once: one round trip per phase of
-    a batch instead of several per file. Replies are small (a status or a
-    handle), so thousands fit in the channel's window without being read.
-    """
-
-    def __init__(self, sftp: paramiko.SFTPClient) -> None:
-        self._sftp = sftp
-        self._got: dict[int, tuple[int, Message]] = {}
-        self._out = bytearray()
-
-    def send(self, kind: int, *args: object) -> int:
-        """Queue one request; it goes out with the next `flush` (or a wait for a reply).
-
-        Built as paramiko's `_async_request` builds it, but not sent alone: one
-        SSH packet per small request costs more CPU than the data of a small
-        file, so requests leave in packets of up to FLUSH_AT bytes.
-        """
-        sftp = self._sftp
-        msg = Message()
-        with sftp._lock:
-            num = int(sftp.request_number)
-            msg.add_int(num)
-            for item in args:
-                if isinstance(item, int64):
-                    msg.add_int64(item)
-                elif isinstance(item, int):
-                    msg.add_int(item)
-                elif isinstance(item, SFTPAttributes):
-                    item._pack(msg)
-                else:
-                    msg.add_string(item)
-            sftp._expecting[num] = self
-            sftp.request_number += 1
-        packet = msg.asbytes()
-        self._out += struct.pack(">IB", len(packet) + 1, kind) + packet
-        if len(self._out) >= FLUSH_AT:
-            self.flush()
-        return num
-
-    def flush(self) -> None:
-        if self._out:
-            out, self._out = bytes(self._out), bytearray()
-            self._sftp._write_all(out)
-
-    def _async_response(self, kind: int, msg: Message, num: int) -> None:
-        # paramiko hands over every reply addressed to this object here.
-        self._got[num] = (kind, msg)
-
-    def _wait(self, num: int) -> tuple[int, Message]:
-        self.flush()
-        while num not in self._got:
-            self._sftp._read_response()
-        return self._got.pop(num)
-
-    def status(self, num: int) -> OSError | None:
-        """The error a status reply carries, None for OK."""
-        kind, msg = self._wait(num)
-        if kind != CMD_STATUS:
-            return OSError(f"unexpected SFTP reply {kind}")
-        try:
-            self._sftp._convert_status(msg)
-        except OSError as exc:
-            return exc
-        except EOFError as exc:
-            return OSError(str(exc))
-        return None
-
-    def attrs(self, num: int) -> SFTPAttributes | OSError | None:
-        """An (l)stat's attributes; None when the path does not exist."""
-        kind, msg = self._wait(num)
-        if kind == CMD_ATTRS:
-            return SFTPAttributes._from_msg(msg)
-        if kind == CMD_STATUS:
-            try:
-                self._sftp._convert_status(msg)
-            except OSError as exc:
-                return None if _missing(exc) else exc
-            except EOFError as exc:
-                return OSError(str(exc))
-        return OSError(f"unexpected SFTP reply {kind}")
-
-    def handle(self, num: int) -> bytes | OSError:
-        kind, msg = self._wait(num)
-        if kind == CMD_HANDLE:
-            return msg.get_binary()
-        if kind == CMD_STATUS:
-            try:
-                self._sftp._convert_status(msg)
-            except (OSError, EOFError) as exc:
-                return OSError(str(exc))
-        return OSError(f"unexpected SFTP reply {kind}")
 
 
 class SftpTreeSite:
@@ -280,7 +171,7 @@ class SftpTreeSite:
         try:
             return self._sftp.lstat(self._abs(relative))
         except OSError as exc:
-            if _missing(exc):
+            if missing(exc):
                 return None
             raise
 
@@ -336,17 +227,18 @@ class SftpTreeSite:
             digest = hashlib.sha256()
             size = 0
             try:
-                with self._transport.open_for_upload(temp) as remote:
+                with RemoteUpload(self._sftp, temp) as remote:
                     while chunk := source.read(READ_CHUNK):
                         digest.update(chunk)
                         remote.write(chunk)
                         size += len(chunk)
-                    remote.flush()
                     # The server handles requests in order, so these land after
                     # the last write, and the one fsync covers them too.
-                    remote.chmod(stat.S_IMODE(before.st_mode))
-                    remote.utime((int(before.st_atime), int(before.st_mtime)))
-                    self._transport.finish_upload(remote)
+                    attrs = SFTPAttributes()
+                    attrs.st_mode = stat.S_IMODE(before.st_mode)
+                    attrs.st_atime, attrs.st_mtime = int(before.st_atime), int(before.st_mtime)
+                    remote.set_attrs(attrs)
+                    remote.finish()
                 after = os.lstat(local)
                 if size != before.st_size or not unchanged(before, after):
                     raise SourceChanged("changed while being uploaded")
@@ -396,7 +288,7 @@ class SftpTreeSite:
             if streamed is not None:
                 return streamed
         fsync_each = not self._syncfs_usable()
-        replies = _Replies(self._sftp)
+        replies = Replies(self._sftp)
         temps = {i: self._temp_for(files[i][0]) for i in contents}
         opens = {}
         private = SFTPAttributes()
@@ -415,8 +307,10 @@ class SftpTreeSite:
         for i, handle in handles.items():
             data, before = contents[i], _before(outcomes[i])
             nums = [
-                replies.send(CMD_WRITE, handle, int64(offset), data[offset : offset + _CHUNK])
-                for offset in range(0, len(data), _CHUNK)
+                replies.send(
+                    CMD_WRITE, handle, int64(offset), data[offset : offset + WRITE_REQUEST_SIZE]
+                )
+                for offset in range(0, len(data), WRITE_REQUEST_SIZE)
             ]
             attrs = SFTPAttributes()
             attrs.st_mode = stat.S_IMODE(before.st_mode)
@@ -483,12 +377,12 @@ class SftpTreeSite:
             raise SourceChanged("changed while being read")
         return data, before
 
-    def _drop_temps(self, replies: _Replies, temps: Sequence[bytes]) -> None:
+    def _drop_temps(self, replies: Replies, temps: Sequence[bytes]) -> None:
         nums = [replies.send(CMD_REMOVE, temp) for temp in temps]
         for num in nums:
             replies.status(num)  # gone already is fine
 
-    def _fsync_dirs(self, replies: _Replies, folders: Sequence[bytes]) -> None:
+    def _fsync_dirs(self, replies: Replies, folders: Sequence[bytes]) -> None:
         if not self._transport.dir_fsync_supported:
             return
         # As fsync_dir does, one request at a time: the server opens a folder
@@ -556,9 +450,9 @@ class SftpTreeSite:
         each folder that could not be made, None for the others.
         """
         outcomes: list[OSError | None] = [None] * len(folders)
-        replies = _Replies(self._sftp)
+        replies = Replies(self._sftp)
         lstats = [replies.send(CMD_LSTAT, self._abs(relative)) for relative, _ in folders]
-        missing: dict[int, list[int]] = {}
+        absent: dict[int, list[int]] = {}
         for i, num in enumerate(lstats):
             relative = folders[i][0]
             found = replies.attrs(num)
@@ -573,14 +467,13 @@ class SftpTreeSite:
                     continue
                 found = None
             if found is None:
-                missing.setdefault(relative.count(b"/"), []).append(i)
+                absent.setdefault(relative.count(b"/"), []).append(i)
         private = SFTPAttributes()
         private.st_mode = 0o700
         made: list[int] = []
-        for depth in sorted(missing):
+        for depth in sorted(absent):
             nums = {
-                i: replies.send(CMD_MKDIR, self._abs(folders[i][0]), private)
-                for i in missing[depth]
+                i: replies.send(CMD_MKDIR, self._abs(folders[i][0]), private) for i in absent[depth]
             }
             for i, num in nums.items():
                 failed = replies.status(num)
@@ -612,14 +505,14 @@ class SftpTreeSite:
     def set_dir_times(self, folders: Sequence[tuple[bytes, int]]) -> list[bool]:
         """Folder mtimes, pipelined; False for a folder that is gone (any other
         error is raised). Setting one folder's times never moves another's."""
-        replies = _Replies(self._sftp)
+        replies = Replies(self._sftp)
         nums = []
         for relative, mtime_ns in folders:
             attrs = SFTPAttributes()
             attrs.st_atime = attrs.st_mtime = mtime_ns // 1_000_000_000
             nums.append(replies.send(CMD_SETSTAT, self._abs(relative), attrs))
         outcomes = [replies.status(num) for num in nums]
-        failed = next((e for e in outcomes if e is not None and not _missing(e)), None)
+        failed = next((e for e in outcomes if e is not None and not missing(e)), None)
         if failed is not None:
             raise failed
         return [error is None for error in outcomes]

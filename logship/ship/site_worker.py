@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,10 @@ log = logging.getLogger("logship.ship")
 
 BACKOFF_START = 0.5
 BACKOFF_MAX = 30.0
+MIB = 1024 * 1024
+#: room a file needs beyond its own size (its manifest record, the file system's
+#: own blocks) before a failed write is put down to a full disk
+FREE_MARGIN = MIB
 BATCH = 64
 SAMPLE_TIMEOUT = 20.0
 
@@ -66,6 +71,10 @@ class SiteWorker(threading.Thread):
         self._promoted: set[str] = set()
         self._sample_errors: dict[str, str | None] = {}
         self._link_up: bool | None = None  # the last link state told to the journal
+        #: the site refusing writes while the link is fine (disk full, say)
+        self._write_error: str | None = None
+        self._write_retry_at = 0.0
+        self._write_backoff = BACKOFF_START
 
     def wake(self) -> None:
         self._wake.set()
@@ -167,6 +176,8 @@ class SiteWorker(threading.Thread):
     def _ship_round(self) -> int:
         assert self._transport is not None
         shipped = 0
+        if time.monotonic() < self._write_retry_at:
+            return shipped  # the site could not take the last file: not yet
         for target in self.targets:
             if target.connector in self._promoted:
                 continue
@@ -188,6 +199,15 @@ class SiteWorker(threading.Thread):
                     self.catalog.mark_conflict(row.id, str(exc))
                     self.catalog.add_event(target.connector, self._clock(), "error", str(exc))
                     continue
+                except Exception as exc:
+                    if not getattr(self._transport, "is_alive", True):
+                        raise  # the link itself: reconnect
+                    # The site answers but cannot take the file (full, read-only,
+                    # permissions): say why, keep the link, try again later.
+                    self._write_failed(target, row.id, entry.size, row.name, exc)
+                    return shipped
+                if self._write_error is not None:
+                    self._write_recovered()
                 crash_point("ship-before-catalog")
                 self.catalog.mark_shipped(row.id, record.sha256, record.stored_size, self._clock())
                 crash_point("ship-before-retire")
@@ -204,6 +224,39 @@ class SiteWorker(threading.Thread):
                 )
                 shipped += 1
         return shipped
+
+    def _write_failed(
+        self, target: ShipTarget, row_id: int, size: int, name: str, exc: Exception
+    ) -> None:
+        assert self._transport is not None
+        where = target.layout.wal_dir
+        free = self._transport.free_bytes(where)
+        if free is not None and free < size + FREE_MARGIN:
+            message = (
+                f"site {self.site.name}: no space left for {name} in {where} "
+                f"({free / MIB:.1f} MiB free, it needs up to {size / MIB:.1f} MiB); "
+                "shipping resumes once space is freed there"
+            )
+        else:
+            message = f"site {self.site.name}: writing {name} failed: {exc}"
+        self.catalog.set_error(row_id, message)
+        self.catalog.set_site_status(self.site.name, True, message, self._clock())
+        if message != self._write_error:
+            event(log, logging.ERROR, "site write failed", site=self.site.name, error=message)
+            self.catalog.add_event(target.connector, self._clock(), "error", message)
+        self._write_error = message
+        self._write_retry_at = time.monotonic() + self._write_backoff
+        self._write_backoff = min(self._write_backoff * 2, BACKOFF_MAX)
+
+    def _write_recovered(self) -> None:
+        event(log, logging.INFO, "site write resumed", site=self.site.name)
+        self.catalog.set_site_status(self.site.name, True, None, self._clock())
+        for target in self.targets:
+            self.catalog.add_event(
+                target.connector, self._clock(), "link", f"site {self.site.name} takes files again"
+            )
+        self._write_error = None
+        self._write_backoff = BACKOFF_START
 
     def _sample_standby(self) -> None:
         """Ask the site how the standby is doing (over SSH: no database port crosses)."""
@@ -244,7 +297,8 @@ class SiteWorker(threading.Thread):
                 self._clock(),
                 **measured,
             )
-        self.catalog.set_site_status(self.site.name, True, None, self._clock())
+        # Reachable; a write the site refused stays the error until one succeeds.
+        self.catalog.set_site_status(self.site.name, True, self._write_error, self._clock())
 
     def _warn_once(self, connector: str, error: str | None) -> None:
         if self._sample_errors.get(connector) != error:

@@ -45,6 +45,11 @@ class Transport(Protocol):
         """Remove an empty directory; no error when it is already gone."""
         ...
 
+    def free_bytes(self, path: PurePosixPath) -> int | None:
+        """Bytes an unprivileged writer may still use on `path`'s file system (None:
+        the site cannot tell)."""
+        ...
+
     def run_command(self, argv: list[str], timeout: float) -> tuple[int, bytes, bytes]:
         """Run a command at the site: (exit status, stdout, stderr)."""
         ...

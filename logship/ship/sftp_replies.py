@@ -1,0 +1,210 @@
+"""SFTP requests in flight, each reply checked: what paramiko's pipelining lacks.
+
+paramiko's pipelined `SFTPFile.write` files its requests under no owner, and
+a reply that arrives while something else waits is dropped: a write the
+server refused (a full disk) goes unnoticed, and the fsync that follows
+succeeds on a short file. Here every request belongs to a `Replies`, which
+keeps its replies until they are asked for, so no error is lost whoever reads
+the channel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import struct
+from collections import deque
+from collections.abc import Iterable
+
+import paramiko
+from paramiko.message import Message
+from paramiko.sftp import (
+    CMD_ATTRS,
+    CMD_CLOSE,
+    CMD_EXTENDED,
+    CMD_FSETSTAT,
+    CMD_HANDLE,
+    CMD_OPEN,
+    CMD_STATUS,
+    CMD_WRITE,
+    SFTP_FLAG_CREATE,
+    SFTP_FLAG_TRUNC,
+    SFTP_FLAG_WRITE,
+    int64,
+)
+from paramiko.sftp_attr import SFTPAttributes
+
+#: queued requests are sent once this many bytes wait (two SSH packets' worth)
+FLUSH_AT = 64 * 1024
+#: OpenSSH's largest write request
+WRITE_REQUEST_SIZE = 255 * 1024
+#: writes of one upload in flight at most (16 MiB): memory stays bounded
+MAX_WRITES_IN_FLIGHT = 64
+
+
+def missing(exc: OSError) -> bool:
+    return isinstance(exc, FileNotFoundError) or exc.errno == 2
+
+
+class Replies:
+    """Requests sent on the SFTP channel without waiting; replies collected later.
+
+    The OpenSSH server answers requests in order, so many files' opens, writes,
+    setstats and closes can be on the wire at once: one round trip per phase of
+    a batch instead of several per file. Replies are small (a status or a
+    handle), so thousands fit in the channel's window without being read.
+    """
+
+    def __init__(self, sftp: paramiko.SFTPClient) -> None:
+        self._sftp = sftp
+        self._got: dict[int, tuple[int, Message]] = {}
+        self._out = bytearray()
+
+    def send(self, kind: int, *args: object) -> int:
+        """Queue one request; it goes out with the next `flush` (or a wait for a reply).
+
+        Built as paramiko's `_async_request` builds it, but not sent alone: one
+        SSH packet per small request costs more CPU than the data of a small
+        file, so requests leave in packets of up to FLUSH_AT bytes.
+        """
+        sftp = self._sftp
+        msg = Message()
+        with sftp._lock:
+            num = int(sftp.request_number)
+            msg.add_int(num)
+            for item in args:
+                if isinstance(item, int64):
+                    msg.add_int64(item)
+                elif isinstance(item, int):
+                    msg.add_int(item)
+                elif isinstance(item, SFTPAttributes):
+                    item._pack(msg)
+                else:
+                    msg.add_string(item)
+            sftp._expecting[num] = self
+            sftp.request_number += 1
+        packet = msg.asbytes()
+        self._out += struct.pack(">IB", len(packet) + 1, kind) + packet
+        if len(self._out) >= FLUSH_AT:
+            self.flush()
+        return num
+
+    def flush(self) -> None:
+        if self._out:
+            out, self._out = bytes(self._out), bytearray()
+            self._sftp._write_all(out)
+
+    def _async_response(self, kind: int, msg: Message, num: int) -> None:
+        # paramiko hands over every reply addressed to this object here.
+        self._got[num] = (kind, msg)
+
+    def _wait(self, num: int) -> tuple[int, Message]:
+        self.flush()
+        while num not in self._got:
+            self._sftp._read_response()
+        return self._got.pop(num)
+
+    def status(self, num: int) -> OSError | None:
+        """The error a status reply carries, None for OK."""
+        kind, msg = self._wait(num)
+        if kind != CMD_STATUS:
+            return OSError(f"unexpected SFTP reply {kind}")
+        try:
+            self._sftp._convert_status(msg)
+        except OSError as exc:
+            return exc
+        except EOFError as exc:
+            return OSError(str(exc))
+        return None
+
+    def attrs(self, num: int) -> SFTPAttributes | OSError | None:
+        """An (l)stat's attributes; None when the path does not exist."""
+        kind, msg = self._wait(num)
+        if kind == CMD_ATTRS:
+            return SFTPAttributes._from_msg(msg)
+        if kind == CMD_STATUS:
+            try:
+                self._sftp._convert_status(msg)
+            except OSError as exc:
+                return None if missing(exc) else exc
+            except EOFError as exc:
+                return OSError(str(exc))
+        return OSError(f"unexpected SFTP reply {kind}")
+
+    def handle(self, num: int) -> bytes | OSError:
+        kind, msg = self._wait(num)
+        if kind == CMD_HANDLE:
+            return msg.get_binary()
+        if kind == CMD_STATUS:
+            try:
+                self._sftp._convert_status(msg)
+            except (OSError, EOFError) as exc:
+                return OSError(str(exc))
+        return OSError(f"unexpected SFTP reply {kind}")
+
+
+class RemoteUpload:
+    """A new private (0600) file at the site, written in pipelined requests.
+
+    Every write's reply is checked before `finish` returns: a refused write
+    (a full disk, a quota) raises instead of leaving a short file behind.
+    """
+
+    def __init__(self, sftp: paramiko.SFTPClient, path: bytes | str) -> None:
+        self._replies = Replies(sftp)
+        private = SFTPAttributes()
+        private.st_mode = 0o600  # the server's umask can only narrow it
+        flags = SFTP_FLAG_WRITE | SFTP_FLAG_CREATE | SFTP_FLAG_TRUNC
+        found = self._replies.handle(self._replies.send(CMD_OPEN, path, flags, private))
+        if isinstance(found, OSError):
+            raise found
+        self.handle = found
+        self._offset = 0
+        self._in_flight: deque[int] = deque()
+        self._closed = False
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        for start in range(0, len(view), WRITE_REQUEST_SIZE):
+            piece = bytes(view[start : start + WRITE_REQUEST_SIZE])
+            self._in_flight.append(
+                self._replies.send(CMD_WRITE, self.handle, int64(self._offset), piece)
+            )
+            self._offset += len(piece)
+            while len(self._in_flight) > MAX_WRITES_IN_FLIGHT:
+                self._check(self._in_flight.popleft())
+
+    def write_all(self, chunks: Iterable[bytes]) -> int:
+        for chunk in chunks:
+            self.write(chunk)
+        return self._offset
+
+    def set_attrs(self, attrs: SFTPAttributes) -> None:
+        self._in_flight.append(self._replies.send(CMD_FSETSTAT, self.handle, attrs))
+
+    def finish(self) -> None:
+        """Wait for every request and make the content durable (fsync@openssh.com)."""
+        while self._in_flight:
+            self._check(self._in_flight.popleft())
+        self._check(self._replies.send(CMD_EXTENDED, "fsync@openssh.com", self.handle))
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._check(self._replies.send(CMD_CLOSE, self.handle))
+
+    def _check(self, num: int) -> None:
+        error = self._replies.status(num)
+        if error is not None:
+            raise error
+
+    def __enter__(self) -> RemoteUpload:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if exc_info[0] is None:
+            self.close()
+            return
+        # The error being raised says more than a failed close would.
+        with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
+            self.close()

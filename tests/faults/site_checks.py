@@ -1,0 +1,58 @@
+"""What every fault test checks at the end: the site holds each archived segment
+once, bit-identical, under its final name, with no gap."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import zstandard
+
+from logship import walnames
+from logship.archive import tombstone_path
+from logship.manifest import SiteLayout
+from logship.sandbox.deployment import Deployment
+
+
+def site_layout(dep: Deployment) -> SiteLayout:
+    return SiteLayout.for_connector(dep.incoming.as_posix(), dep.connector)
+
+
+def last_archived(dep: Deployment) -> str:
+    ((last,),) = dep.primary.query("select last_archived_wal from pg_stat_archiver")
+    return str(last) if last else ""
+
+
+def all_shipped(dep: Deployment) -> bool:
+    """PostgreSQL's last archived segment is at the site and the spool is empty."""
+    last = last_archived(dep)
+    spool = [p for p in dep.spool_dir.iterdir() if walnames.is_archivable(p.name)]
+    return bool(last) and not spool and Path(site_layout(dep).record_path(last)).exists()
+
+
+def check_site(dep: Deployment) -> int:
+    """Every archived segment at the site once, bit-identical; returns how many."""
+    layout = site_layout(dep)
+    wal_dir, manifest_dir = Path(layout.wal_dir), Path(layout.manifest_dir)
+    stored = sorted(p.name for p in wal_dir.iterdir())
+    records = {p.name[: -len(".json")] for p in manifest_dir.iterdir() if p.suffix == ".json"}
+    # Nothing but complete segments under their final names: no temp, no duplicate.
+    bases = [name.removesuffix(".zst") for name in stored]
+    assert len(bases) == len(set(bases)), stored
+    assert set(bases) == records, set(bases) ^ records
+    assert not [p for p in manifest_dir.iterdir() if p.suffix != ".json"]
+    segments = sorted(n for n in records if walnames.parse(n) and len(n) == 24)
+    numbers = [int(n[8:16], 16) * 0x100 + int(n[16:], 16) for n in segments]
+    assert numbers == list(range(numbers[0], numbers[0] + len(numbers))), "a gap"
+    for name in records:
+        record = json.loads((manifest_dir / f"{name}.json").read_text())
+        data = (wal_dir / record["stored_name"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == record["stored_sha256"]
+        if record["compression"] == "zstd":
+            data = zstandard.ZstdDecompressor().decompressobj().decompress(data)
+        assert hashlib.sha256(data).hexdigest() == record["sha256"]
+        # What PostgreSQL handed to archive-wal, as the spool recorded it.
+        tombstone = tombstone_path(dep.spool_dir, name)
+        assert tombstone.read_text().strip() == record["sha256"], name
+    return len(records)
