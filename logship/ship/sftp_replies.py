@@ -88,6 +88,27 @@ class Replies:
             self.flush()
         return num
 
+    def send_write(self, handle: bytes, offset: int, data: bytes) -> int:
+        """A write request, built in one join: a 255 KiB payload is copied once here,
+        not four times as through paramiko's Message."""
+        sftp = self._sftp
+        with sftp._lock:
+            num = int(sftp.request_number)
+            sftp._expecting[num] = self
+            sftp.request_number += 1
+        head = struct.pack(">IBII", 0, CMD_WRITE, num, len(handle))
+        tail = struct.pack(">QI", offset, len(data))
+        size = len(head) - 4 + len(handle) + len(tail) + len(data)
+        packet = b"".join((struct.pack(">I", size), head[4:], handle, tail, data))
+        if len(packet) >= FLUSH_AT:
+            self.flush()
+            sftp._write_all(packet)
+        else:
+            self._out += packet
+            if len(self._out) >= FLUSH_AT:
+                self.flush()
+        return num
+
     def flush(self) -> None:
         if self._out:
             out, self._out = bytes(self._out), bytearray()
@@ -166,9 +187,7 @@ class RemoteUpload:
         view = memoryview(data)
         for start in range(0, len(view), WRITE_REQUEST_SIZE):
             piece = bytes(view[start : start + WRITE_REQUEST_SIZE])
-            self._in_flight.append(
-                self._replies.send(CMD_WRITE, self.handle, int64(self._offset), piece)
-            )
+            self._in_flight.append(self._replies.send_write(self.handle, self._offset, piece))
             self._offset += len(piece)
             while len(self._in_flight) > MAX_WRITES_IN_FLIGHT:
                 self._check(self._in_flight.popleft())

@@ -36,12 +36,10 @@ from paramiko.sftp import (
     CMD_READDIR,
     CMD_REMOVE,
     CMD_SETSTAT,
-    CMD_WRITE,
     SFTP_FLAG_CREATE,
     SFTP_FLAG_READ,
     SFTP_FLAG_TRUNC,
     SFTP_FLAG_WRITE,
-    int64,
 )
 from paramiko.sftp_attr import SFTPAttributes
 
@@ -307,9 +305,7 @@ class SftpTreeSite:
         for i, handle in handles.items():
             data, before = contents[i], _before(outcomes[i])
             nums = [
-                replies.send(
-                    CMD_WRITE, handle, int64(offset), data[offset : offset + WRITE_REQUEST_SIZE]
-                )
+                replies.send_write(handle, offset, data[offset : offset + WRITE_REQUEST_SIZE])
                 for offset in range(0, len(data), WRITE_REQUEST_SIZE)
             ]
             attrs = SFTPAttributes()
