@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import stat
 from pathlib import Path
 
 import zstandard
@@ -27,6 +29,8 @@ def last_archived(dep: Deployment) -> str:
 def all_shipped(dep: Deployment) -> bool:
     """PostgreSQL's last archived segment is at the site and the spool is empty."""
     last = last_archived(dep)
+    if not last or not dep.spool_dir.is_dir():
+        return False
     spool = [p for p in dep.spool_dir.iterdir() if walnames.is_archivable(p.name)]
     return bool(last) and not spool and Path(site_layout(dep).record_path(last)).exists()
 
@@ -55,4 +59,10 @@ def check_site(dep: Deployment) -> int:
         # What PostgreSQL handed to archive-wal, as the spool recorded it.
         tombstone = tombstone_path(dep.spool_dir, name)
         assert tombstone.read_text().strip() == record["sha256"], name
+    # Private at the site: every file 0600, every folder 0700.
+    for folder, dirs, files in os.walk(Path(layout.root)):
+        for name in dirs:
+            assert stat.S_IMODE(os.lstat(os.path.join(folder, name)).st_mode) == 0o700, name
+        for name in files:
+            assert stat.S_IMODE(os.lstat(os.path.join(folder, name)).st_mode) == 0o600, name
     return len(records)
