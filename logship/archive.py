@@ -8,6 +8,7 @@ into the same spool and gets the same meaning from the mtime of its copy.
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 from dataclasses import dataclass
@@ -108,4 +109,20 @@ def archive_wal(spool_dir: Path, source: Path, *, now_ns: int | None = None) -> 
             f"{exc.filename}: permission denied (the spool must belong to the "
             "user PostgreSQL runs as)"
         ) from None
+    except OSError as exc:
+        # The temp is gone (see above) and exit 1 makes PostgreSQL try again later.
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise OperationFailed(
+                f"spool {spool_dir}: no space left for {name} ({_free_mib(spool_dir)} MiB "
+                "free); PostgreSQL retries it, and its pg_wal grows until space is freed"
+            ) from None
+        raise OperationFailed(f"spool {spool_dir}: writing {name} failed: {exc}") from None
     return ArchiveResult(name, already_archived=False)
+
+
+def _free_mib(directory: Path) -> str:
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return "?"
+    return f"{st.f_bavail * st.f_frsize / (1024 * 1024):.1f}"
