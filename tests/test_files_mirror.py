@@ -269,6 +269,8 @@ def test_initial_sync_then_edits_creates_deletes_and_renames(
     assert bool(fallback) is not receiver
     assert not (setup.target / "cache").exists()
     assert not (setup.target / "scratch.tmp").exists()
+    # The site's tree can match a moment before the catalog's commit says so.
+    wait_for(lambda: _status(setup, run.catalog).pending_files == 0, 10, "nothing pending")
     status = _status(setup, run.catalog)
     assert status.kind == "files"
     assert status.state == "ok"
@@ -405,15 +407,22 @@ def test_the_daemon_mirrors_a_large_file_and_odd_names(site: Site) -> None:
         # A change after the start travels too.
         (setup.source / "etc" / "late.conf").write_text("late\n")
         _converged(setup, timeout=20)
-        out = subprocess.run(
-            [sys.executable, "-m", "logship", "--config", str(config_path), "status", "--json"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        assert out.returncode == 0, out.stderr
-        (entry,) = json.loads(out.stdout)["connectors"]
+
+        def status_entry() -> dict[str, object]:
+            out = subprocess.run(
+                [sys.executable, "-m", "logship", "--config", str(config_path), "status", "--json"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            assert out.returncode == 0, out.stderr
+            (entry,) = json.loads(out.stdout)["connectors"]
+            return dict(entry)
+
+        # The site's tree can match a moment before the catalog's commit says so.
+        wait_for(lambda: status_entry()["pending_files"] == 0, 20, "nothing pending")
+        entry = status_entry()
         assert entry["kind"] == "files"
         assert entry["state"] == "ok"
         assert entry["pending_files"] == 0 and entry["rpo_exposure_s"] == 0.0
