@@ -18,6 +18,7 @@ from logship import walnames
 from logship.durable import (
     DIR_MODE,
     FILE_MODE,
+    free_bytes,
     fsync_dir,
     read_chunks,
     sha256_of,
@@ -113,16 +114,12 @@ def archive_wal(spool_dir: Path, source: Path, *, now_ns: int | None = None) -> 
         # The temp is gone (see above) and exit 1 makes PostgreSQL try again later.
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise OperationFailed(
-                f"spool {spool_dir}: no space left for {name} ({_free_mib(spool_dir)} MiB "
-                "free); PostgreSQL retries it, and its pg_wal grows until space is freed"
+                f"spool {spool_dir}: no space left for {name} ({_mib(free_bytes(spool_dir))} "
+                "MiB free); PostgreSQL retries it, and its pg_wal grows until space is freed"
             ) from None
         raise OperationFailed(f"spool {spool_dir}: writing {name} failed: {exc}") from None
     return ArchiveResult(name, already_archived=False)
 
 
-def _free_mib(directory: Path) -> str:
-    try:
-        st = os.statvfs(directory)
-    except OSError:
-        return "?"
-    return f"{st.f_bavail * st.f_frsize / (1024 * 1024):.1f}"
+def _mib(size: int | None) -> str:
+    return "?" if size is None else f"{size / (1024 * 1024):.1f}"

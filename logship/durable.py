@@ -61,6 +61,16 @@ def write_bytes_atomically(final: Path, data: bytes, *, mtime_ns: int | None = N
     write_chunks_atomically(final, [data], mtime_ns=mtime_ns)
 
 
+def free_bytes(path: Path) -> int | None:
+    """Bytes an unprivileged writer may still use on `path`'s file system (None:
+    it cannot be asked)."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
 def read_chunks(path: Path, chunk_size: int = COPY_CHUNK) -> Iterable[bytes]:
     with open(path, "rb") as src:
         while chunk := src.read(chunk_size):

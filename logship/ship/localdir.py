@@ -8,7 +8,7 @@ import subprocess
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
-from logship.durable import DIR_MODE, write_chunks_atomically
+from logship.durable import DIR_MODE, free_bytes, write_chunks_atomically
 
 
 class LocalDirTransport:
@@ -25,11 +25,7 @@ class LocalDirTransport:
         return written
 
     def free_bytes(self, path: PurePosixPath) -> int | None:
-        try:
-            st = os.statvfs(path)
-        except OSError:
-            return None
-        return st.f_bavail * st.f_frsize
+        return free_bytes(Path(path))
 
     def append_durably(self, path: PurePosixPath, data: bytes) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)

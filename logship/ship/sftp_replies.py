@@ -66,48 +66,48 @@ class Replies:
         SSH packet per small request costs more CPU than the data of a small
         file, so requests leave in packets of up to FLUSH_AT bytes.
         """
-        sftp = self._sftp
+        num = self._register()
         msg = Message()
-        with sftp._lock:
-            num = int(sftp.request_number)
-            msg.add_int(num)
-            for item in args:
-                if isinstance(item, int64):
-                    msg.add_int64(item)
-                elif isinstance(item, int):
-                    msg.add_int(item)
-                elif isinstance(item, SFTPAttributes):
-                    item._pack(msg)
-                else:
-                    msg.add_string(item)
-            sftp._expecting[num] = self
-            sftp.request_number += 1
-        packet = msg.asbytes()
-        self._out += struct.pack(">IB", len(packet) + 1, kind) + packet
-        if len(self._out) >= FLUSH_AT:
-            self.flush()
+        msg.add_int(num)
+        for item in args:
+            if isinstance(item, int64):
+                msg.add_int64(item)
+            elif isinstance(item, int):
+                msg.add_int(item)
+            elif isinstance(item, SFTPAttributes):
+                item._pack(msg)
+            else:
+                msg.add_string(item)
+        body = msg.asbytes()
+        self._queue(struct.pack(">IB", len(body) + 1, kind) + body)
         return num
 
     def send_write(self, handle: bytes, offset: int, data: bytes) -> int:
         """A write request, built in one join: a 255 KiB payload is copied once here,
         not four times as through paramiko's Message."""
+        num = self._register()
+        size = 1 + 4 + 4 + len(handle) + 8 + 4 + len(data)  # type, id, handle, offset, data
+        head = struct.pack(">IBII", size, CMD_WRITE, num, len(handle))
+        self._queue(b"".join((head, handle, struct.pack(">QI", offset, len(data)), data)))
+        return num
+
+    def _register(self) -> int:
+        """A request number whose reply paramiko hands to this object."""
         sftp = self._sftp
         with sftp._lock:
             num = int(sftp.request_number)
             sftp._expecting[num] = self
             sftp.request_number += 1
-        head = struct.pack(">IBII", 0, CMD_WRITE, num, len(handle))
-        tail = struct.pack(">QI", offset, len(data))
-        size = len(head) - 4 + len(handle) + len(tail) + len(data)
-        packet = b"".join((struct.pack(">I", size), head[4:], handle, tail, data))
-        if len(packet) >= FLUSH_AT:
-            self.flush()
-            sftp._write_all(packet)
-        else:
-            self._out += packet
-            if len(self._out) >= FLUSH_AT:
-                self.flush()
         return num
+
+    def _queue(self, packet: bytes) -> None:
+        if len(packet) >= FLUSH_AT:  # a big write goes straight out, not copied again
+            self.flush()
+            self._sftp._write_all(packet)
+            return
+        self._out += packet
+        if len(self._out) >= FLUSH_AT:
+            self.flush()
 
     def flush(self) -> None:
         if self._out:
@@ -124,11 +124,8 @@ class Replies:
             self._sftp._read_response()
         return self._got.pop(num)
 
-    def status(self, num: int) -> OSError | None:
+    def _error(self, msg: Message) -> OSError | None:
         """The error a status reply carries, None for OK."""
-        kind, msg = self._wait(num)
-        if kind != CMD_STATUS:
-            return OSError(f"unexpected SFTP reply {kind}")
         try:
             self._sftp._convert_status(msg)
         except OSError as exc:
@@ -137,29 +134,28 @@ class Replies:
             return OSError(str(exc))
         return None
 
+    def status(self, num: int) -> OSError | None:
+        """The error a status reply carries, None for OK."""
+        kind, msg = self._wait(num)
+        if kind != CMD_STATUS:
+            return OSError(f"unexpected SFTP reply {kind}")
+        return self._error(msg)
+
     def attrs(self, num: int) -> SFTPAttributes | OSError | None:
         """An (l)stat's attributes; None when the path does not exist."""
         kind, msg = self._wait(num)
         if kind == CMD_ATTRS:
             return SFTPAttributes._from_msg(msg)
-        if kind == CMD_STATUS:
-            try:
-                self._sftp._convert_status(msg)
-            except OSError as exc:
-                return None if missing(exc) else exc
-            except EOFError as exc:
-                return OSError(str(exc))
+        if kind == CMD_STATUS and (error := self._error(msg)) is not None:
+            return None if missing(error) else error
         return OSError(f"unexpected SFTP reply {kind}")
 
     def handle(self, num: int) -> bytes | OSError:
         kind, msg = self._wait(num)
         if kind == CMD_HANDLE:
             return msg.get_binary()
-        if kind == CMD_STATUS:
-            try:
-                self._sftp._convert_status(msg)
-            except (OSError, EOFError) as exc:
-                return OSError(str(exc))
+        if kind == CMD_STATUS and (error := self._error(msg)) is not None:
+            return error
         return OSError(f"unexpected SFTP reply {kind}")
 
 

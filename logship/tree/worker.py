@@ -87,7 +87,6 @@ class MirrorWorker(threading.Thread):
             catalog, connector.name, connector.source, connector.settle, clock
         )
         self.watcher = TreeWatcher(connector.source)
-        self.name = connector.name
         self._layout = SiteLayout.for_connector(site.root, connector.name)
 
     def wake(self) -> None:
@@ -169,7 +168,11 @@ class MirrorWorker(threading.Thread):
 
     def _take_up_points(self) -> None:
         """A new point's file state is the tree as a scan finds it now."""
-        fresh = [p.id for p in consistency.open_parts(self.catalog, self.name) if not p.scanned_at]
+        fresh = [
+            p.id
+            for p in consistency.open_parts(self.catalog, self.connector.name)
+            if not p.scanned_at
+        ]
         if not fresh:
             return
         now = self._clock()
@@ -180,7 +183,7 @@ class MirrorWorker(threading.Thread):
         """The site's log learns of a round before the round changes anything."""
         assert self._transport is not None
         now = self._clock()
-        generation = consistency.next_generation(self.catalog, self.name, now)
+        generation = consistency.next_generation(self.catalog, self.connector.name, now)
         record = GenerationRecord.for_round(generation, now, paths)
         self._transport.append_durably(self._layout.generations_log, record.to_line())
 
@@ -188,13 +191,13 @@ class MirrorWorker(threading.Thread):
         """Points whose scanned changes are all durable at the site are written there."""
         transport = self._transport
         assert transport is not None
-        for part in consistency.open_parts(self.catalog, self.name):
+        for part in consistency.open_parts(self.catalog, self.connector.name):
             if part.scanned_at is None:
                 continue
-            if not consistency.durable_since(self.catalog, self.name, part.scanned_at):
+            if not consistency.durable_since(self.catalog, self.connector.name, part.scanned_at):
                 break  # a later point cannot complete before an earlier one
             now = self._clock()
-            generation = consistency.current_generation(self.catalog, self.name)
+            generation = consistency.current_generation(self.catalog, self.connector.name)
             point = consistency.SitePoint.from_row(part, generation=generation, complete_at=now)
             transport.makedirs(self._layout.consistency_dir)
             transport.put_atomic(
@@ -205,7 +208,7 @@ class MirrorWorker(threading.Thread):
                 log,
                 logging.INFO,
                 "consistency point complete",
-                connector=self.name,
+                connector=self.connector.name,
                 point=part.point_id,
                 database=part.database,
                 lsn=part.lsn,
