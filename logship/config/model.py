@@ -33,6 +33,9 @@ class SiteConfig(Strict):
     known_hosts: Path
     root: PurePosixPath
     connect_timeout: Seconds = 10.0
+    #: a site that answers nothing for this long is treated as lost (a stalled link
+    #: gives no error of its own)
+    io_timeout: Seconds = Field(default=30.0, gt=0)
     #: how to run logship at that site (for `standby status`), as an argument list
     command: list[str] = Field(default=["logship"], min_length=1)
 

@@ -45,6 +45,10 @@ class Deployment:
     check_dsn: bool = False
     primary_port: int = field(default_factory=free_port)
     standby_port: int = field(default_factory=free_port)
+    #: where the daemon reaches the site's sshd, when not directly (a relay)
+    site_address: tuple[str, int] | None = None
+    #: the site's io_timeout, when not the default
+    io_timeout: str | None = None
 
     def __post_init__(self) -> None:
         self.root = self.root.absolute()
@@ -94,6 +98,7 @@ class Deployment:
         self.config_dir.mkdir(parents=True, exist_ok=True)
         (self.config_dir / "connectors").mkdir(exist_ok=True)
         self.config_dir.chmod(0o755)
+        host, port = self.site_address or (self.sshd.host, self.sshd.port)
         self.config_path.write_text(
             f"""[logship]
 state_dir = "{self.state_dir}"
@@ -101,12 +106,13 @@ reconcile_interval = "5s"
 lag_sample_interval = "1s"
 
 [sites.dr]
-host = "{self.sshd.host}"
-port = {self.sshd.port}
+host = "{host}"
+port = {port}
 user = "{self.user.name}"
 identity_file = "{self.sshd.client_key}"
 known_hosts = "{self.sshd.known_hosts}"
 root = "{self.incoming}"
+{f'io_timeout = "{self.io_timeout}"' if self.io_timeout else ""}
 command = {json.dumps([*logship_command(), "--config", str(self.config_path)])}
 """
         )

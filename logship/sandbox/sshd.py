@@ -132,12 +132,21 @@ class SshServer:
         path.chmod(mode)
 
     def _write_known_hosts(self) -> None:
+        self._write_private(self.known_hosts, self._known_lines(HOST, self._port), 0o644)
+
+    def _known_lines(self, host: str, port: int) -> str:
         lines = []
         for key_type in _HOST_KEY_TYPES:
             pub = self.host_key(key_type).with_name(f"ssh_host_{key_type}_key.pub")
             algo, blob = pub.read_text(encoding="ascii").split()[:2]
-            lines.append(f"[{HOST}]:{self._port} {algo} {blob}\n")
-        self._write_private(self.known_hosts, "".join(lines), 0o644)
+            lines.append(f"[{host}]:{port} {algo} {blob}\n")
+        return "".join(lines)
+
+    def trust_address(self, host: str, port: int) -> None:
+        """Add this server's host keys to known_hosts under another address: a relay
+        in front of it is the same server, reached another way."""
+        with open(self.known_hosts, "a", encoding="utf-8") as out:
+            out.write(self._known_lines(host, port))
 
     def _write_config(self) -> None:
         def path(p: Path) -> str:

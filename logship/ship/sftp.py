@@ -67,6 +67,10 @@ def open_client(site: SiteConfig) -> paramiko.SSHClient:
     except OSError as exc:
         raise OperationFailed(f"site {site.name}: cannot reach {where(site)}: {exc}") from None
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    # Data the site has not acknowledged for io_timeout ends the connection, also
+    # when it stops reading (zero window): otherwise a write to a black hole blocks
+    # for the kernel's 15 minutes of retries, deep inside paramiko.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(site.io_timeout * 1000))
     try:
         client.connect(
             site.host,
@@ -117,6 +121,8 @@ class SftpTransport:
         self.site = site
         self._client = open_client(site)
         self._sftp = self._client.open_sftp()
+        # Every reply the site owes us comes within io_timeout, or the link is lost.
+        self._sftp.get_channel().settimeout(site.io_timeout)
         self._dir_fsync = True
 
     @property
@@ -269,7 +275,6 @@ class SftpTransport:
         return stdout.channel.recv_exit_status(), out, err
 
     def close(self) -> None:
-        try:
-            self._sftp.close()
-        finally:
-            self._client.close()
+        # Closing the SSH connection ends the SFTP session with it. A goodbye on the
+        # SFTP channel first could block for good on a stalled link.
+        self._client.close()

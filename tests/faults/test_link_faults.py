@@ -1,0 +1,125 @@
+"""Link faults between the primary and the site, on a real network path.
+
+The daemon reaches the site's sshd across a veth pair into a private network
+namespace, rate-limited with `tc tbf`, through a user-space relay that adds
+delay, stalls (a black hole: nothing moves, nobody is told) or resets the
+connection mid-file. Afterwards every archived segment is at the site once,
+bit-identical, and no temp is ever visible as a segment.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from site_checks import all_shipped, check_site, site_layout
+
+from logship.sandbox.deployment import Deployment, wait_for
+from logship.sandbox.netns import SiteLink, why_unavailable
+from logship.sandbox.relay import DelayRelay
+from logship.ship.transport import is_temp_name
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(why_unavailable() is not None, reason=str(why_unavailable())),
+]
+
+
+@pytest.fixture
+def linked(deployment: Deployment) -> Iterator[tuple[Deployment, SiteLink, DelayRelay]]:
+    """The deployment with its site behind a namespace link and a relay."""
+    dep = deployment
+    link = SiteLink.create()
+    relay = None
+    try:
+        relay = DelayRelay((dep.sshd.host, dep.sshd.port), link.ns_ip, link.netns)
+        dep.sshd.trust_address(*relay.address)
+        dep.site_address = relay.address
+        dep.write_config()
+        yield dep, link, relay
+    finally:
+        dep.stop_daemon(timeout=30)
+        if relay is not None:
+            relay.close()
+        link.destroy()
+
+
+def _status(dep: Deployment) -> dict[str, Any]:
+    out = dep.logship("status", dep.connector, "--json", check=False)
+    assert out.returncode == 0, out.stderr
+    (entry,) = json.loads(out.stdout)["connectors"]
+    return entry
+
+
+def _uploading(dep: Deployment) -> bool:
+    """A segment's temp is at the site with some bytes in it: mid-file."""
+    wal_dir = Path(site_layout(dep).wal_dir)
+    if not wal_dir.is_dir():
+        return False
+    return any(is_temp_name(p.name) and p.stat().st_size > 0 for p in wal_dir.iterdir())
+
+
+def _log_events(dep: Deployment) -> list[dict[str, Any]]:
+    lines = dep.daemon_log.read_text().splitlines()
+    return [json.loads(line) for line in lines if line.startswith("{")]
+
+
+def test_a_slow_far_link_ships_everything(
+    linked: tuple[Deployment, SiteLink, DelayRelay],
+) -> None:
+    dep, link, relay = linked
+    link.shape(mbit=50)
+    relay.delay_s = 0.025  # 50 ms round trip
+    dep.start_daemon()
+    dep.primary.pgbench("-i", "-s", "2", "-q")
+    dep.switch_wal()
+    wait_for(lambda: all_shipped(dep), 180, "every archived segment shipped")
+    assert check_site(dep) >= 2
+    assert relay.bytes_up > 1024 * 1024, "the site was reached some other way"
+
+
+def test_a_connection_reset_mid_file_is_retried_cleanly(
+    linked: tuple[Deployment, SiteLink, DelayRelay],
+) -> None:
+    dep, link, relay = linked
+    dep.compression = "none"  # 16 MiB a segment: several seconds on this link
+    dep.write_config()
+    link.shape(mbit=40)
+    dep.start_daemon()
+    dep.primary.pgbench("-i", "-s", "2", "-q")
+    dep.switch_wal()
+    wait_for(lambda: _uploading(dep), 120, "an upload in progress")
+    assert relay.cut() >= 1
+    wait_for(lambda: all_shipped(dep), 240, "every archived segment shipped after the reset")
+    assert check_site(dep) >= 2
+    events = [e.get("event") for e in _log_events(dep)]
+    assert "link lost" in events, events
+    assert "connected" in events[events.index("link lost") :], "it never reconnected"
+
+
+def test_a_stalled_link_is_declared_down_and_recovers(
+    linked: tuple[Deployment, SiteLink, DelayRelay],
+) -> None:
+    """A black hole gives no error at all: only a timeout can notice it."""
+    dep, link, relay = linked
+    dep.compression = "none"
+    dep.rpo = "5s"
+    dep.io_timeout = "5s"
+    dep.write_config()
+    link.shape(mbit=40)
+    dep.start_daemon()
+    dep.primary.pgbench("-i", "-s", "2", "-q")
+    dep.switch_wal()
+    wait_for(lambda: _uploading(dep), 120, "an upload in progress")
+    relay.stall()
+    try:
+        # io_timeout is 5 s: a reply overdue, or data unacknowledged, that long.
+        wait_for(lambda: _status(dep)["state"] == "down", 30, "the stalled link reported down")
+    finally:
+        relay.stall(False)
+    wait_for(lambda: all_shipped(dep), 240, "every archived segment shipped after the stall")
+    assert check_site(dep) >= 2
+    wait_for(lambda: _status(dep)["state"] != "down", 60, "the link back up")
