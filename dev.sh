@@ -20,6 +20,7 @@ missing=()
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 command -v runuser >/dev/null || missing+=(util-linux)
 command -v tmux >/dev/null || missing+=(tmux)  # the dashboard's real-terminal test
+command -v tc >/dev/null || missing+=(iproute2)  # link faults: namespaces, tc tbf
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
     echo "installing ${missing[*]} ..." >&2

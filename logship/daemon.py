@@ -19,7 +19,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from logship.catalog.models import FileState
 from logship.catalog.store import Catalog, NewFile
-from logship.config.model import Config, SiteConfig
+from logship.config.model import Config, ConnectorBase, SiteConfig
 from logship.durable import ensure_private_dir, sha256_of
 from logship.engines import BackgroundJob, engine_for
 from logship.errors import OperationFailed, SafetyRefusal
@@ -192,6 +192,7 @@ class Daemon:
                     spool_dir=spool_dir,
                     compression=connector.compression,
                     layout=SiteLayout.for_connector(site.root, name),
+                    keep_bytes=_keep_bytes(connector),
                 )
             )
         workers = {
@@ -270,7 +271,12 @@ class Daemon:
             # PostgreSQL pushing it again. Same content is done; different is a
             # conflict that must stay visible.
             if sha256_of(entry.path) == existing.sha256:
-                retire(self.config.spool_dir(entry.connector), entry.name, existing.sha256)
+                retire(
+                    self.config.spool_dir(entry.connector),
+                    entry.name,
+                    existing.sha256,
+                    keep=_keep_bytes(self.config.connectors[entry.connector]) > 0,
+                )
             else:
                 event(
                     log,
@@ -280,3 +286,8 @@ class Daemon:
                     file=entry.name,
                 )
         return False
+
+
+def _keep_bytes(connector: ConnectorBase) -> int:
+    """How much of its shipped WAL a connector keeps in the spool (see spool.KEPT_DIR)."""
+    return int(getattr(connector, "keep_shipped_mib", 0)) * 1024 * 1024

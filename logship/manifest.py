@@ -7,6 +7,8 @@ Layout under `<site root>/<connector>/`:
     base/<backup id>/         base backups (base.tar.zst, backup_manifest, backup.json)
     drills/<backup id>.json   the last restore drill of each backup
     restored.json             the WAL file the standby last asked for and was handed
+    refused/<name>.json       a file restore-wal refused as corrupt (the primary's
+                              daemon ships it again from its spool)
     PROMOTED                  marker: this standby was promoted; ship nothing more
 
 A record is written only after its file is durable, so a record always describes
@@ -50,6 +52,13 @@ class SiteLayout:
     @property
     def restored_marker(self) -> PurePosixPath:
         return self.root / "restored.json"
+
+    @property
+    def refused_dir(self) -> PurePosixPath:
+        return self.root / "refused"
+
+    def refused_note(self, name: str) -> PurePosixPath:
+        return self.refused_dir / f"{name}.json"
 
     @property
     def promoted_marker(self) -> PurePosixPath:

@@ -33,6 +33,7 @@ from logship.retention_site import (
     site_segment_size,
 )
 from logship.ship.transport import Transport
+from logship.spool import kept_path
 
 if TYPE_CHECKING:
     from logship.catalog.store import Catalog
@@ -206,11 +207,13 @@ class _Applier:
         return deleted
 
     def _forget(self, names: Sequence[str]) -> None:
-        """The primary site's traces of WAL gone from the site: tombstones, catalog rows."""
+        """The primary site's traces of WAL gone from the site: tombstones, kept copies,
+        catalog rows."""
         failed = 0
         for name in names:
             try:
                 tombstone_path(self.spool_dir, name).unlink(missing_ok=True)
+                kept_path(self.spool_dir, name).unlink(missing_ok=True)
             except OSError:
                 failed += 1
         if failed:

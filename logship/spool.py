@@ -7,8 +7,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from logship import walnames
 from logship.archive import tombstone_path
 from logship.durable import ensure_private_dir, fsync_dir, write_bytes_atomically
+
+#: shipped files kept until the standby has restored them: a copy found corrupt at
+#: the site can be shipped again
+KEPT_DIR = ".kept"
 
 
 @dataclass(frozen=True)
@@ -44,10 +49,76 @@ def scan(connector: str, spool_dir: Path, accepts: Callable[[str], bool]) -> lis
     return entries
 
 
-def retire(spool_dir: Path, name: str, sha256: str) -> None:
-    """Remove a shipped file, leaving its sha256 so a re-push can still be judged."""
+def kept_path(spool_dir: Path, name: str) -> Path:
+    """Where a shipped file's copy waits until the standby has restored it."""
+    return spool_dir / KEPT_DIR / name
+
+
+def retire(spool_dir: Path, name: str, sha256: str, *, keep: bool) -> None:
+    """Take a shipped file out of the queue, leaving its sha256 so a re-push can still
+    be judged; with `keep`, the file itself moves aside (see prune_kept)."""
     tombstone = tombstone_path(spool_dir, name)
     ensure_private_dir(tombstone.parent)
     write_bytes_atomically(tombstone, sha256.encode() + b"\n")
-    (spool_dir / name).unlink(missing_ok=True)
+    if keep:
+        kept = kept_path(spool_dir, name)
+        ensure_private_dir(kept.parent)
+        try:
+            os.replace(spool_dir / name, kept)
+        except FileNotFoundError:
+            pass
+        else:
+            fsync_dir(kept.parent)
+    else:
+        (spool_dir / name).unlink(missing_ok=True)
     fsync_dir(spool_dir)
+
+
+def shipped_sha256(spool_dir: Path, name: str) -> str | None:
+    """The sha256 recorded when `name` was shipped, if it was."""
+    try:
+        return tombstone_path(spool_dir, name).read_text().strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def prune_kept(spool_dir: Path, restored_upto: str | None, max_bytes: int) -> int:
+    """Drop kept copies the standby no longer needs, then the oldest beyond
+    `max_bytes`; returns how many were dropped.
+
+    A segment at or before `restored_upto` (the last one the standby was handed,
+    checksum verified) cannot be asked for again by that standby.
+    """
+    folder = spool_dir / KEPT_DIR
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return 0
+    kept: list[tuple[float, int, Path]] = []
+    dropped = 0
+    for name in names:
+        path = folder / name
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            continue
+        parsed = walnames.parse(name)
+        restored = (
+            restored_upto is not None
+            and parsed is not None
+            and parsed.kind is walnames.WalKind.SEGMENT
+            and name <= restored_upto
+        )
+        if restored:
+            path.unlink(missing_ok=True)
+            dropped += 1
+        else:
+            kept.append((st.st_mtime, st.st_size, path))
+    total = sum(size for _, size, _ in kept)
+    for _, size, path in sorted(kept):
+        if total <= max_bytes:
+            break
+        path.unlink(missing_ok=True)
+        total -= size
+        dropped += 1
+    return dropped

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from logship.archive import archive_wal, tombstone_path
+from logship.durable import sha256_of
 from logship.errors import OperationFailed, UsageError
-from logship.spool import retire
+from logship.spool import kept_path, prune_kept, retire, shipped_sha256
 
 SEGMENT = "000000010000000000000003"
 
@@ -48,7 +49,7 @@ def test_repush_after_shipping_is_judged_by_the_tombstone(tmp_path: Path) -> Non
     archive_wal(spool, _wal(tmp_path))
     import hashlib
 
-    retire(spool, SEGMENT, hashlib.sha256(b"x" * 1024).hexdigest())
+    retire(spool, SEGMENT, hashlib.sha256(b"x" * 1024).hexdigest(), keep=False)
     assert not (spool / SEGMENT).exists()
     assert tombstone_path(spool, SEGMENT).exists()
     assert archive_wal(spool, _wal(tmp_path)).already_archived
@@ -95,3 +96,22 @@ def test_cli_exit_codes(tmp_path: Path) -> None:
         [*cmd, "archive-wal", "nope", str(other)], capture_output=True, text=True, check=False
     )
     assert unknown.returncode == 2 and "nope" in unknown.stderr
+
+
+def test_kept_copies_go_once_restored_or_over_the_limit(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    names = [f"0000000100000000000000{i:02X}" for i in range(1, 5)]
+    for age, name in enumerate(reversed(names)):
+        archive_wal(spool, _wal(tmp_path, name, content=name.encode() * 64))
+        src = spool / name
+        os.utime(src, (1000 - age, 1000 - age))  # the first name is the oldest
+        retire(spool, name, sha256_of(src), keep=True)
+        assert not src.exists() and kept_path(spool, name).exists()
+        assert shipped_sha256(spool, name) == sha256_of(kept_path(spool, name))
+    size = kept_path(spool, names[0]).stat().st_size
+    # Restored up to the second: the first two go; a limit of one file drops the
+    # older of the other two.
+    assert prune_kept(spool, names[1], 10 * size) == 2
+    assert prune_kept(spool, None, size) == 1
+    assert [n for n in names if kept_path(spool, n).exists()] == [names[3]]
+    assert prune_kept(spool, None, 0) == 1

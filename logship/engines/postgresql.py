@@ -59,6 +59,9 @@ class PostgresConnector(ConnectorBase):
     #: a row the daemon rewrites on the primary, read back on the standby: apply lag
     heartbeat: bool = True
     heartbeat_interval: Seconds = 1.0
+    #: shipped segments stay in the spool (up to this much) until the standby has
+    #: restored them, so one found corrupt at the site is shipped again; 0: none
+    keep_shipped_mib: int = Field(default=1024, ge=0)
 
 
 @dataclass(frozen=True)

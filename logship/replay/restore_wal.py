@@ -116,6 +116,21 @@ def _note_restored(layout: SiteLayout, name: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def _note_refused(layout: SiteLayout, name: str, reason: str) -> None:
+    """Leave word for the primary's daemon, which ships the file again if it still
+    has it (best effort: the refusal itself is what keeps the standby safe)."""
+    note = Path(layout.refused_note(name))
+    tmp = note.with_name(f".tmp.{note.name}.{os.getpid()}")
+    try:
+        note.parent.mkdir(mode=0o700, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(json.dumps({"name": name, "at": time.time(), "reason": reason}))
+        os.replace(tmp, note)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+
+
 def restore_wal(
     site_root: Path, connector: str, walname: str, dest: Path, *, mark: bool = True
 ) -> None:
@@ -131,14 +146,18 @@ def restore_wal(
             f"{walname!r} is not a WAL segment, .history, .backup or .partial name; refusing"
         )
     layout = SiteLayout.for_connector(site_root.as_posix(), connector)
-    record = _read_record(layout, walname)
-    source = Path(layout.wal_dir / record.stored_name)
     tmp = dest.with_name(f".{dest.name}.logship-{os.getpid()}")
     try:
-        _copy_verified(record, source, tmp)
+        record = _read_record(layout, walname)
+        _copy_verified(record, Path(layout.wal_dir / record.stored_name), tmp)
         os.replace(tmp, dest)
+    except Refused as exc:
+        tmp.unlink(missing_ok=True)
+        _note_refused(layout, walname, str(exc))
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    Path(layout.refused_note(walname)).unlink(missing_ok=True)
     if mark and parsed.kind is walnames.WalKind.SEGMENT:
         _note_restored(layout, walname)

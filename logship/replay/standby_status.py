@@ -37,6 +37,7 @@ select extract(epoch from beat_at)::float8 from logship.heartbeat where connecto
 REDO_QUERY = "select redo_wal_file from pg_control_checkpoint()"
 CONTROLDATA_REDO = "Latest checkpoint's REDO WAL file:"
 CONTROLDATA_TIMEOUT = 30.0
+MAX_REFUSED = 32
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,8 @@ class StandbyFacts:
     #: whether [standby].data_dir exists at the site (None: not known), so "no
     #: standby at all" can be told from "a standby whose needs are unknown"
     data_dir_exists: bool | None = None
+    #: files restore-wal refused as corrupt, oldest first (see SiteLayout.refused_dir)
+    refused: tuple[str, ...] = ()
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -72,7 +75,13 @@ class StandbyFacts:
             raise ValueError("standby facts must be a JSON object")
         # Keys added by a newer logship at the other site are skipped, not fatal.
         known = {f.name for f in fields(cls)}
-        return cls(**{key: value for key, value in raw.items() if key in known})
+        values = {key: value for key, value in raw.items() if key in known}
+        # These become paths in the primary's spool: only well-formed WAL names.
+        refused = values.get("refused") or ()
+        if not isinstance(refused, list | tuple) or not all(isinstance(n, str) for n in refused):
+            raise ValueError("refused must be a list of WAL file names")
+        values["refused"] = tuple(n for n in refused if walnames.parse(n, allow_partial=True))
+        return cls(**values)
 
 
 def _restored(layout: SiteLayout) -> tuple[str | None, float | None]:
@@ -81,6 +90,15 @@ def _restored(layout: SiteLayout) -> tuple[str | None, float | None]:
         return str(marker["name"]), float(marker["at"])
     except (OSError, ValueError, KeyError, TypeError):
         return None, None
+
+
+def _refused(layout: SiteLayout) -> tuple[str, ...]:
+    try:
+        notes = os.listdir(layout.refused_dir)
+    except OSError:
+        return ()
+    names = (n.removesuffix(".json") for n in notes if n.endswith(".json"))
+    return tuple(sorted(n for n in names if walnames.parse(n, allow_partial=True)))[:MAX_REFUSED]
 
 
 def _data_dir_exists(data_dir: Path | None) -> bool | None:
@@ -157,6 +175,7 @@ def read_standby_facts(
         "restored_at": restored_at,
         "promoted": promoted,
         "data_dir_exists": _data_dir_exists(data_dir),
+        "refused": _refused(layout),
     }
     redo: str | None = None
     redo_error: str | None = None

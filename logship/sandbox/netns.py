@@ -120,7 +120,9 @@ class SiteLink:
 
     def unshape(self) -> None:
         with contextlib.suppress(subprocess.CalledProcessError):
-            subprocess.run(["tc", "qdisc", "del", "dev", self.host_if, "root"], check=True)
+            subprocess.run(
+                ["tc", "qdisc", "del", "dev", self.host_if, "root"], check=True, capture_output=True
+            )
         with contextlib.suppress(subprocess.CalledProcessError):
             self.in_ns("tc", "qdisc", "del", "dev", self.ns_if, "root")
 

@@ -56,6 +56,8 @@ class SshServer:
         self._port = port if port is not None else free_port()
         self.sshd = Path(sshd)
         self._proc: subprocess.Popen[bytes] | None = None
+        #: what sshd runs for SFTP (a command line); see use_sftp_subsystem()
+        self.sftp_subsystem = "internal-sftp"
         self._prepared = False
 
     # -- paths and properties ----------------------------------------------------------
@@ -142,6 +144,16 @@ class SshServer:
             lines.append(f"[{host}]:{port} {algo} {blob}\n")
         return "".join(lines)
 
+    def use_sftp_subsystem(self, command: str) -> None:
+        """Serve SFTP with `command` from the next connection on (sshd restarts)."""
+        self.sftp_subsystem = command
+        running = self.is_running()
+        self.stop()
+        if self._prepared:
+            self._write_config()
+        if running:
+            self.start()
+
     def trust_address(self, host: str, port: int) -> None:
         """Add this server's host keys to known_hosts under another address: a relay
         in front of it is the same server, reached another way."""
@@ -168,7 +180,7 @@ class SshServer:
             # ownership checks on authorized_keys' ancestors would reject.
             "StrictModes no",
             f"AllowUsers {self.login_user.name}",
-            "Subsystem sftp internal-sftp",
+            f"Subsystem sftp {self.sftp_subsystem}",
             "LogLevel VERBOSE",
         ]
         self.config_file.write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -48,9 +48,15 @@ def ship_file(
     entry: SpoolEntry,
     compression: str,
     clock: Callable[[], float],
+    *,
+    replace: bool = False,
 ) -> ManifestRecord:
-    """Make `entry` durable at the site with its manifest record; idempotent."""
-    existing = transport.read_bytes(layout.record_path(entry.name))
+    """Make `entry` durable at the site with its manifest record; idempotent.
+
+    `replace` ships it even over a record already there: the site's copy was
+    found corrupt, and `entry` was checked against what was shipped first.
+    """
+    existing = None if replace else transport.read_bytes(layout.record_path(entry.name))
     if existing is not None:
         record = ManifestRecord.from_json(existing)
         if record.sha256 == sha256_of(entry.path):

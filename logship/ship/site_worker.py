@@ -15,6 +15,7 @@ from pathlib import Path
 
 from logship.catalog.store import Catalog
 from logship.config.model import SiteConfig
+from logship.durable import sha256_of
 from logship.errors import HostKeyRefused
 from logship.faults import crash_point
 from logship.lag import replay_rate
@@ -23,7 +24,7 @@ from logship.manifest import SiteLayout
 from logship.replay.standby_status import ask_standby_status
 from logship.ship.shipper import ShipConflict, ship_file
 from logship.ship.transport import Transport, is_temp_name
-from logship.spool import entry_for, retire
+from logship.spool import entry_for, kept_path, prune_kept, retire, shipped_sha256
 
 log = logging.getLogger("logship.ship")
 
@@ -43,6 +44,8 @@ class ShipTarget:
     spool_dir: Path
     compression: str
     layout: SiteLayout
+    #: shipped WAL kept in the spool until the standby restored it (0: none)
+    keep_bytes: int = 0
 
 
 class SiteWorker(threading.Thread):
@@ -73,6 +76,8 @@ class SiteWorker(threading.Thread):
         self._link_up: bool | None = None  # the last link state told to the journal
         #: the site refusing writes while the link is fine (disk full, say)
         self._write_error: str | None = None
+        #: per connector: files the standby refused that no kept copy can replace
+        self._unrepairable: dict[str, str] = {}
         self._write_retry_at = 0.0
         self._write_backoff = BACKOFF_START
 
@@ -211,7 +216,8 @@ class SiteWorker(threading.Thread):
                 crash_point("ship-before-catalog")
                 self.catalog.mark_shipped(row.id, record.sha256, record.stored_size, self._clock())
                 crash_point("ship-before-retire")
-                retire(target.spool_dir, row.name, record.sha256)
+                retire(target.spool_dir, row.name, record.sha256, keep=target.keep_bytes > 0)
+                prune_kept(target.spool_dir, None, target.keep_bytes)
                 event(
                     log,
                     logging.INFO,
@@ -240,22 +246,22 @@ class SiteWorker(threading.Thread):
         else:
             message = f"site {self.site.name}: writing {name} failed: {exc}"
         self.catalog.set_error(row_id, message)
-        self.catalog.set_site_status(self.site.name, True, message, self._clock())
         if message != self._write_error:
             event(log, logging.ERROR, "site write failed", site=self.site.name, error=message)
             self.catalog.add_event(target.connector, self._clock(), "error", message)
         self._write_error = message
+        self._set_reachable()
         self._write_retry_at = time.monotonic() + self._write_backoff
         self._write_backoff = min(self._write_backoff * 2, BACKOFF_MAX)
 
     def _write_recovered(self) -> None:
         event(log, logging.INFO, "site write resumed", site=self.site.name)
-        self.catalog.set_site_status(self.site.name, True, None, self._clock())
+        self._write_error = None
+        self._set_reachable()
         for target in self.targets:
             self.catalog.add_event(
                 target.connector, self._clock(), "link", f"site {self.site.name} takes files again"
             )
-        self._write_error = None
         self._write_backoff = BACKOFF_START
 
     def _sample_standby(self) -> None:
@@ -297,8 +303,59 @@ class SiteWorker(threading.Thread):
                 self._clock(),
                 **measured,
             )
+            if facts.last_restored is not None:
+                prune_kept(target.spool_dir, facts.last_restored, target.keep_bytes)
+            self._repair(target, facts.refused)
         # Reachable; a write the site refused stays the error until one succeeds.
-        self.catalog.set_site_status(self.site.name, True, self._write_error, self._clock())
+        self._set_reachable()
+
+    def _set_reachable(self) -> None:
+        """The link is up; the status shows what still stands in the way, if anything."""
+        problems = [self._write_error, *self._unrepairable.values()]
+        error = "; ".join(p for p in problems if p) or None
+        self.catalog.set_site_status(self.site.name, True, error, self._clock())
+
+    def _repair(self, target: ShipTarget, refused: tuple[str, ...]) -> None:
+        """Ship again what restore-wal refused as corrupt, from the spool's kept copy
+        when it matches what was shipped; say loudly when there is none."""
+        assert self._transport is not None
+        lost = []
+        for name in refused:
+            expected = shipped_sha256(target.spool_dir, name)
+            kept = kept_path(target.spool_dir, name)
+            entry = entry_for(target.connector, kept)
+            if entry is None or expected is None or sha256_of(kept) != expected:
+                lost.append(name)
+                continue
+            ship_file(
+                self._transport,
+                target.layout,
+                entry,
+                target.compression,
+                self._clock,
+                replace=True,
+            )
+            self._transport.remove(target.layout.refused_note(name))
+            message = (
+                f"{name} was refused as corrupt at site {self.site.name}; "
+                "shipped again from the spool's kept copy"
+            )
+            event(log, logging.WARNING, "re-shipped", connector=target.connector, file=name)
+            self.catalog.add_event(target.connector, self._clock(), "error", message)
+        key = target.connector
+        if not lost:
+            self._unrepairable.pop(key, None)
+            return
+        message = (
+            f"{target.connector}: {', '.join(lost)} refused as corrupt at site "
+            f"{self.site.name}, and the spool has no good copy left: the standby cannot "
+            "replay past it. Copy the segment from the primary's pg_wal if it is still "
+            f"there, or take a new base backup (logship base-backup {target.connector})"
+        )
+        if self._unrepairable.get(key) != message:
+            event(log, logging.ERROR, "corrupt at the site", connector=key, files=lost)
+            self.catalog.add_event(key, self._clock(), "error", message)
+        self._unrepairable[key] = message
 
     def _warn_once(self, connector: str, error: str | None) -> None:
         if self._sample_errors.get(connector) != error:

@@ -7,12 +7,13 @@ import hashlib
 import json
 import os
 import stat
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import zstandard
 
 from logship import walnames
-from logship.archive import tombstone_path
+from logship.archive import SHIPPED_DIR, tombstone_path
 from logship.manifest import SiteLayout
 from logship.sandbox.deployment import Deployment
 
@@ -66,3 +67,58 @@ def check_site(dep: Deployment) -> int:
         for name in files:
             assert stat.S_IMODE(os.lstat(os.path.join(folder, name)).st_mode) == 0o600, name
     return len(records)
+
+
+@dataclass
+class SiteAudit:
+    """What the site holds against what the primary archived, counted, not asserted."""
+
+    segments: int = 0
+    #: shipped by the primary (a spool tombstone) but absent at the site, or a gap
+    missing: list[str] = field(default_factory=list)
+    #: stored bytes or content that differ from the manifest or from what was archived
+    corrupt: list[str] = field(default_factory=list)
+    #: anything else in the WAL folder: temps, duplicates, files without a record
+    strays: list[str] = field(default_factory=list)
+
+
+def _content_sha256(record: dict[str, object], data: bytes) -> str:
+    if record["compression"] == "zstd":
+        data = zstandard.ZstdDecompressor().decompressobj().decompress(data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def audit_site(dep: Deployment) -> SiteAudit:
+    layout = site_layout(dep)
+    wal_dir, manifest_dir = Path(layout.wal_dir), Path(layout.manifest_dir)
+    audit = SiteAudit()
+    records = {p.name[: -len(".json")]: p for p in manifest_dir.iterdir() if p.suffix == ".json"}
+    stored_names: set[str] = set()
+    for name, path in sorted(records.items()):
+        record = json.loads(path.read_text())
+        stored = wal_dir / record["stored_name"]
+        stored_names.add(stored.name)
+        if not stored.exists():
+            audit.missing.append(name)
+            continue
+        data = stored.read_bytes()
+        tombstone = tombstone_path(dep.spool_dir, name)
+        archived = tombstone.read_text().strip() if tombstone.exists() else record["sha256"]
+        if (
+            hashlib.sha256(data).hexdigest() != record["stored_sha256"]
+            or _content_sha256(record, data) != record["sha256"]
+            or archived != record["sha256"]
+        ):
+            audit.corrupt.append(name)
+    audit.strays = sorted(p.name for p in wal_dir.iterdir() if p.name not in stored_names)
+    shipped = {p.name for p in (dep.spool_dir / SHIPPED_DIR).iterdir()}
+    audit.missing += sorted(shipped - set(records))
+    segments = sorted(n for n in records if walnames.parse(n) and len(n) == 24)
+    audit.segments = len(segments)
+    numbers = [int(n[8:16], 16) * 0x100 + int(n[16:], 16) for n in segments]
+    if numbers:
+        have = set(numbers)
+        audit.missing += [
+            f"gap at {n:016X}" for n in range(numbers[0], numbers[-1] + 1) if n not in have
+        ]
+    return audit
