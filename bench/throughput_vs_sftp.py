@@ -9,6 +9,7 @@ each figure means. JSON lines on stdout, progress and a table on stderr.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import signal
@@ -123,6 +124,86 @@ def logship_ship_all(site: SiteConfig, files: list[Path], compression: str) -> R
     return Run(time.perf_counter() - start, stored_bytes=stored, cipher=cipher)
 
 
+def logship_daemon_all(
+    server: SshServer,
+    files: list[Path],
+    workdir: Path,
+    incoming: Path,
+    compression: str,
+    connections: int,
+) -> Run:
+    """`logship run` as in production: the files are renamed into its spool at once
+    (as archive-wal leaves them) and timed until the daemon logged each one shipped,
+    so the watcher, the catalog and the site worker's connections are all in it."""
+    if workdir.exists():
+        subprocess.run(["rm", "-rf", str(workdir)], check=True)
+    stage = workdir / "stage"
+    stage.mkdir(parents=True)
+    (workdir / "connectors").mkdir()
+    for path in files:
+        os.link(path, stage / path.name)  # same file system: the rename below is instant
+    config = workdir / "logship.toml"
+    text = common.main_config_text(workdir / "state", server, incoming)
+    # No standby to ask and no spool rescans while timing; the lanes under test.
+    text = text.replace(
+        "[sites.dr]\n", 'lag_sample_interval = "1h"\nreconcile_interval = "1h"\n\n[sites.dr]\n'
+    )
+    config.write_text(text + f"connections = {connections}\n")
+    (workdir / "connectors" / f"{CONNECTOR}.toml").write_text(
+        f"""kind = "postgresql"
+site = "dr"
+rpo = "60s"
+compression = "{compression}"
+heartbeat = false
+keep_shipped_mib = 0
+
+[primary]
+dsn = "host=/nonexistent port=5432 dbname=postgres"
+
+[standby]
+dsn = "host=/nonexistent port=5433 dbname=postgres"
+data_dir = "/nonexistent"
+"""
+    )
+    spool = workdir / "state" / "spool" / CONNECTOR
+    spool.mkdir(parents=True, mode=0o700)
+    log_path = workdir / "daemon.log"
+
+    def events(name: str) -> list[dict[str, object]]:
+        lines = log_path.read_text().splitlines()
+        return [e for e in map(_json_or_none, lines) if e and e.get("event") == name]
+
+    with open(log_path, "wb") as out:
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "logship", "--config", str(config), "run"],
+            stdout=out,
+            stderr=out,
+        )
+    try:
+        common.wait_until(lambda: bool(events("connected")), 60, "the daemon connected")
+        start = time.perf_counter()
+        for path in files:
+            os.rename(stage / path.name, spool / path.name)
+        while len(shipped := events("shipped")) < len(files):
+            if daemon.poll() is not None:
+                raise RuntimeError(f"the daemon exited {daemon.returncode}: see {log_path}")
+            time.sleep(0.01)
+        seconds = time.perf_counter() - start
+    finally:
+        daemon.terminate()
+        daemon.wait(60)
+    stored = sum(int(str(e["stored_bytes"])) for e in shipped)
+    return Run(seconds, stored_bytes=stored, cipher=f"{connections} connection(s)")
+
+
+def _json_or_none(line: str) -> dict[str, object] | None:
+    try:
+        value = json.loads(line)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
 # -- archive-wal ---------------------------------------------------------------------
 
 
@@ -195,6 +276,10 @@ def archive_latencies(
 # -- transfers ---------------------------------------------------------------------
 
 VARIANTS = ("sftp", "sftp-aes128-gcm", "sftp-aes128-gcm-fsync", "logship-none", "logship-zstd")
+#: `logship run` end to end, by compression and number of connections
+DAEMON_VARIANTS = tuple(
+    f"daemon-{compression}-c{n}" for compression in ("none", "zstd") for n in (1, 2, 3)
+)
 
 
 def transfer_runs(
@@ -212,13 +297,18 @@ def transfer_runs(
         "logship-none": lambda: logship_ship_all(site, files, "none"),
         "logship-zstd": lambda: logship_ship_all(site, files, "zstd"),
     }
-    runs: dict[str, list[Run]] = {name: [] for name in VARIANTS}
+    for name in DAEMON_VARIANTS:
+        _, compression, count = name.split("-")
+        runners[name] = lambda c=compression, n=int(count[1:]): logship_daemon_all(
+            server, files, root / "daemon", incoming, c, n
+        )
+    runs: dict[str, list[Run]] = {name: [] for name in runners}
     mib = sum(f.stat().st_size for f in files) / MIB
     # Round 0 is a warm-up, not reported: the first writes to fresh disk blocks of
     # a VM and cold caches made it the slowest round by far. Then round-robin, so
     # that drift of the machine hits every variant alike.
     for round_no in range(repeat + 1):
-        for name in VARIANTS:
+        for name in runners:
             common.empty_dir(incoming)  # also syncs: no dirty pages from the last run
             common.private_dir(remote, user)
             run = runners[name]()
@@ -277,6 +367,20 @@ def report_transfers(
                 f"1 connection, cipher {runs[name][0].cipher}; raw MiB/s; temp, fsync, "
                 f"rename, dir fsync, manifest record; {spread(rates)}; "
                 f"{value / sftp_fsync.value:.2f}x sftp put -f"
+            ),
+            runs=rates,
+        )
+    for name in DAEMON_VARIANTS:
+        value, rates = rate(name)
+        _, compression, count = name.split("-")
+        report.add(
+            f"logship_run_{compression}_{count}",
+            value,
+            "MiB/s",
+            baseline=sftp_aes,
+            detail=(
+                f"logship run, {count[1:]} connection(s), {compression}: renamed into the "
+                f"spool until logged shipped; {spread(rates)}"
             ),
             runs=rates,
         )

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from logship.catalog.models import FileState
+from logship.catalog.models import FileState, SpoolFile
 from logship.catalog.store import Catalog, NewFile
 from logship.config.model import Config, ConnectorBase, SiteConfig
 from logship.durable import ensure_private_dir, sha256_of
@@ -29,7 +29,7 @@ from logship.monitor import Monitor, build_sinks
 from logship.schedule import ScheduleRunner
 from logship.ship.site_worker import ShipTarget, SiteWorker
 from logship.ship.transport import Transport
-from logship.spool import entry_for, retire
+from logship.spool import SpoolEntry, entry_for, retire
 from logship.tree.worker import MirrorWorker
 from logship.watch import SpoolEvent, SpoolWatcher, WatchedSpool
 
@@ -37,6 +37,8 @@ log = logging.getLogger("logship.daemon")
 
 LOCK_NAME = "logship.lock"
 MONITOR_INTERVAL = 1.0
+#: spool events recorded in one catalog commit at most
+INGEST_BATCH = 512
 #: on stop, how long scheduled jobs get to finish before their SSH links are cut
 ABORT_GRACE_S = 10.0
 
@@ -243,29 +245,49 @@ class Daemon:
                     "(see the log); the daemon exits so that it can be restarted"
                 )
             try:
-                spool_event = self._events.get(timeout=0.5)
+                batch = [self._events.get(timeout=0.5)]
             except queue.Empty:
                 continue
-            if self._ingest(catalog, spool_event):
-                connector = self.config.connectors[spool_event.connector]
-                workers[connector.site].wake()
+            # Whatever else already waits goes into the same commit.
+            while len(batch) < INGEST_BATCH:
+                try:
+                    batch.append(self._events.get_nowait())
+                except queue.Empty:
+                    break
+            for connector_name in self._ingest(catalog, batch):
+                workers[self.config.connectors[connector_name].site].wake()
 
-    def _ingest(self, catalog: Catalog, spool_event: SpoolEvent) -> bool:
-        """Record a spool file in the catalog; True when it waits to be shipped."""
-        entry = entry_for(spool_event.connector, spool_event.path)
-        if entry is None:
-            return False  # already shipped and retired
-        engine = engine_for(self.config.connectors[entry.connector].kind)
-        new = NewFile(
-            connector=entry.connector,
-            name=entry.name,
-            order_key=engine.ship_order(entry.name),
-            size=entry.size,
-            closed_at=entry.closed_at,
-        )
-        existing = catalog.add_discovered(new, self._clock())
-        if existing is None or existing.state == FileState.DISCOVERED:
-            return True
+    def _ingest(self, catalog: Catalog, spool_events: list[SpoolEvent]) -> set[str]:
+        """Record spool files in the catalog; returns the connectors with files that
+        wait to be shipped."""
+        entries: dict[tuple[str, str], SpoolEntry] = {}
+        news = []
+        for spool_event in spool_events:
+            entry = entry_for(spool_event.connector, spool_event.path)
+            if entry is None:
+                continue  # already shipped and retired
+            engine = engine_for(self.config.connectors[entry.connector].kind)
+            entries[(entry.connector, entry.name)] = entry
+            news.append(
+                NewFile(
+                    connector=entry.connector,
+                    name=entry.name,
+                    order_key=engine.ship_order(entry.name),
+                    size=entry.size,
+                    closed_at=entry.closed_at,
+                )
+            )
+        known = catalog.add_discovered_many(news, self._clock())
+        waiting = set()
+        for key, entry in entries.items():
+            existing = known.get(key)
+            if existing is None or existing.state == FileState.DISCOVERED:
+                waiting.add(entry.connector)
+            else:
+                self._pushed_again(entry, existing)
+        return waiting
+
+    def _pushed_again(self, entry: SpoolEntry, existing: SpoolFile) -> None:
         if existing.state in (FileState.SHIPPED, FileState.APPLIED) and existing.sha256:
             # Back in the spool after shipping: a crash before it was retired, or
             # PostgreSQL pushing it again. Same content is done; different is a
@@ -285,7 +307,6 @@ class Daemon:
                     connector=entry.connector,
                     file=entry.name,
                 )
-        return False
 
 
 def _keep_bytes(connector: ConnectorBase) -> int:

@@ -107,6 +107,10 @@ class NewSample:
     pending_bytes: int | None
 
 
+#: names per `IN (...)`: well under SQLite's limit on bound parameters
+_IN_CHUNK = 500
+
+
 class Catalog:
     def __init__(self, url: str) -> None:
         self.engine = make_engine(url)
@@ -123,30 +127,54 @@ class Catalog:
 
     def add_discovered(self, new: NewFile, now: float) -> SpoolFile | None:
         """Insert a discovered file: None when new, the existing row when already known."""
+        return self.add_discovered_many([new], now).get((new.connector, new.name))
+
+    def add_discovered_many(
+        self, news: Sequence[NewFile], now: float
+    ) -> dict[tuple[str, str], SpoolFile]:
+        """Insert discovered files in one commit (a burst after an outage can be
+        thousands); returns the rows of those already known, by (connector, name)."""
+        existing: dict[tuple[str, str], SpoolFile] = {}
+        by_connector: dict[str, list[str]] = {}
+        for new in news:
+            by_connector.setdefault(new.connector, []).append(new.name)
         with self.session() as s:
-            existing = s.scalars(
-                select(SpoolFile).where(
-                    SpoolFile.connector == new.connector, SpoolFile.name == new.name
+            for connector, names in by_connector.items():
+                for start in range(0, len(names), _IN_CHUNK):
+                    chunk = names[start : start + _IN_CHUNK]
+                    for row in s.scalars(
+                        select(SpoolFile).where(
+                            SpoolFile.connector == connector, SpoolFile.name.in_(chunk)
+                        )
+                    ):
+                        existing[(row.connector, row.name)] = row
+            fresh = {
+                (n.connector, n.name): n for n in news if (n.connector, n.name) not in existing
+            }
+            s.add_all(
+                SpoolFile(
+                    connector=new.connector,
+                    name=new.name,
+                    order_key=new.order_key,
+                    size=new.size,
+                    closed_at=new.closed_at,
+                    discovered_at=now,
+                    state=FileState.DISCOVERED,
                 )
-            ).first()
-            if existing is not None:
-                return existing
-            row = SpoolFile(
-                connector=new.connector,
-                name=new.name,
-                order_key=new.order_key,
-                size=new.size,
-                closed_at=new.closed_at,
-                discovered_at=now,
-                state=FileState.DISCOVERED,
+                for new in fresh.values()
             )
-            s.add(row)
             try:
                 s.commit()
             except IntegrityError:
-                s.rollback()  # a concurrent reconcile inserted it first
-                return None
-            return None
+                s.rollback()  # a concurrent reconcile inserted some first
+                if len(news) == 1:
+                    return existing
+            else:
+                return existing
+        for new in fresh.values():  # one at a time now, each judged on its own
+            if (row := self.add_discovered(new, now)) is not None:
+                existing[(new.connector, new.name)] = row
+        return existing
 
     def pending(self, connector: str, limit: int = 100) -> list[SpoolFile]:
         with self.session() as s:

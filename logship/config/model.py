@@ -36,6 +36,8 @@ class SiteConfig(Strict):
     #: a site that answers nothing for this long is treated as lost (a stalled link
     #: gives no error of its own)
     io_timeout: Seconds = Field(default=30.0, gt=0)
+    #: SSH connections that ship a backlog side by side (one is always kept)
+    connections: int = Field(default=2, ge=1, le=16)
     #: how to run logship at that site (for `standby status`), as an argument list
     command: list[str] = Field(default=["logship"], min_length=1)
 

@@ -47,8 +47,9 @@ class Deployment:
     standby_port: int = field(default_factory=free_port)
     #: where the daemon reaches the site's sshd, when not directly (a relay)
     site_address: tuple[str, int] | None = None
-    #: the site's io_timeout, when not the default
+    #: the site's io_timeout and connections, when not the defaults
     io_timeout: str | None = None
+    connections: int | None = None
 
     def __post_init__(self) -> None:
         self.root = self.root.absolute()
@@ -113,6 +114,7 @@ identity_file = "{self.sshd.client_key}"
 known_hosts = "{self.sshd.known_hosts}"
 root = "{self.incoming}"
 {f'io_timeout = "{self.io_timeout}"' if self.io_timeout else ""}
+{f"connections = {self.connections}" if self.connections else ""}
 command = {json.dumps([*logship_command(), "--config", str(self.config_path)])}
 """
         )

@@ -20,11 +20,12 @@ from logship.errors import HostKeyRefused
 from logship.faults import crash_point
 from logship.lag import replay_rate
 from logship.logs import event
-from logship.manifest import SiteLayout
+from logship.manifest import ManifestRecord, SiteLayout
 from logship.replay.standby_status import ask_standby_status
+from logship.ship.lanes import Lanes
 from logship.ship.shipper import ShipConflict, ship_file
 from logship.ship.transport import Transport, is_temp_name
-from logship.spool import entry_for, kept_path, prune_kept, retire, shipped_sha256
+from logship.spool import SpoolEntry, entry_for, kept_path, prune_kept, retire, shipped_sha256
 
 log = logging.getLogger("logship.ship")
 
@@ -36,6 +37,23 @@ MIB = 1024 * 1024
 FREE_MARGIN = MIB
 BATCH = 64
 SAMPLE_TIMEOUT = 20.0
+
+
+@dataclass(frozen=True)
+class _Job:
+    index: int  # place in the queue
+    row_id: int
+    name: str
+    entry: SpoolEntry
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    job: _Job
+    transport: Transport
+    #: which of the site's connections shipped it (0: the worker's own)
+    connection: int
+    result: ManifestRecord | Exception
 
 
 @dataclass(frozen=True)
@@ -69,6 +87,7 @@ class SiteWorker(threading.Thread):
         self._stopping = stop
         self._wake = threading.Event()
         self._transport: Transport | None = None
+        self._lanes = Lanes(site, connect, site.connections - 1)
         self._backoff = BACKOFF_START
         self._next_sample = 0.0
         self._promoted: set[str] = set()
@@ -104,6 +123,7 @@ class SiteWorker(threading.Thread):
                     self._wake.clear()
         finally:
             self._disconnect()
+            self._lanes.shutdown()
 
     # -- connection ------------------------------------------------------------
 
@@ -169,6 +189,7 @@ class SiteWorker(threading.Thread):
         self._disconnect()
 
     def _disconnect(self) -> None:
+        self._lanes.close()
         if self._transport is not None:
             try:
                 self._transport.close()
@@ -186,50 +207,113 @@ class SiteWorker(threading.Thread):
         for target in self.targets:
             if target.connector in self._promoted:
                 continue
+            jobs: list[_Job] = []
             for row in self.catalog.pending(target.connector, BATCH):
-                if self._stopping.is_set():
-                    return shipped
                 entry = entry_for(target.connector, target.spool_dir / row.name)
                 if entry is None:
                     self.catalog.set_error(row.id, "missing from the spool")
                     continue
-                try:
-                    record = ship_file(
-                        self._transport, target.layout, entry, target.compression, self._clock
-                    )
-                except ShipConflict as exc:
-                    event(
-                        log, logging.ERROR, "conflict", connector=target.connector, error=str(exc)
-                    )
-                    self.catalog.mark_conflict(row.id, str(exc))
-                    self.catalog.add_event(target.connector, self._clock(), "error", str(exc))
-                    continue
-                except Exception as exc:
-                    if not getattr(self._transport, "is_alive", True):
-                        raise  # the link itself: reconnect
-                    # The site answers but cannot take the file (full, read-only,
-                    # permissions): say why, keep the link, try again later.
-                    self._write_failed(target, row.id, entry.size, row.name, exc)
-                    return shipped
-                if self._write_error is not None:
-                    self._write_recovered()
-                crash_point("ship-before-catalog")
-                self.catalog.mark_shipped(row.id, record.sha256, record.stored_size, self._clock())
-                crash_point("ship-before-retire")
-                retire(target.spool_dir, row.name, record.sha256, keep=target.keep_bytes > 0)
-                prune_kept(target.spool_dir, None, target.keep_bytes)
-                event(
-                    log,
-                    logging.INFO,
-                    "shipped",
-                    connector=target.connector,
-                    file=row.name,
-                    bytes=record.size,
-                    stored_bytes=record.stored_size,
-                    lag_s=round(record.arrived_at - record.closed_at, 3),
-                )
-                shipped += 1
+                jobs.append(_Job(len(jobs), row.id, row.name, entry))
+            if not jobs:
+                continue
+            settled, refused = self._settle(target, self._ship_jobs(target, jobs))
+            shipped += settled
+            if refused or self._stopping.is_set():
+                return shipped
         return shipped
+
+    def _settle(self, target: ShipTarget, outcomes: list[_Outcome]) -> tuple[int, bool]:
+        """Record what a round did: (files shipped, whether the site refused one).
+
+        What reached the site is recorded first, in queue order, even when another
+        file of the round failed; a lost main connection is raised after that.
+        """
+        shipped, refused = 0, False
+        lost: Exception | None = None
+        connector = target.connector
+        for outcome in sorted(
+            outcomes, key=lambda o: (isinstance(o.result, Exception), o.job.index)
+        ):
+            job, result = outcome.job, outcome.result
+            if isinstance(result, ShipConflict):
+                event(log, logging.ERROR, "conflict", connector=connector, error=str(result))
+                self.catalog.mark_conflict(job.row_id, str(result))
+                self.catalog.add_event(connector, self._clock(), "error", str(result))
+            elif not isinstance(result, Exception):
+                self._record_shipped(target, job, result, outcome.connection)
+                shipped += 1
+            elif getattr(outcome.transport, "is_alive", True):
+                # The site answers but cannot take the file (full, read-only,
+                # permissions): say why, keep the link, try again later.
+                if not refused:
+                    self._write_failed(target, job.row_id, job.entry.size, job.name, result)
+                refused = True
+            elif outcome.transport is self._transport:
+                lost = lost or result  # the link itself: reconnect
+            else:
+                event(log, logging.INFO, "lane lost", site=self.site.name, error=str(result))
+                self._lanes.drop(outcome.transport)
+        if lost is not None:
+            raise lost
+        return shipped, refused
+
+    def _ship_jobs(self, target: ShipTarget, jobs: list[_Job]) -> list[_Outcome]:
+        """Ship `jobs` across this worker's connection and its lanes, one list of
+        files per connection, each in queue order."""
+        assert self._transport is not None
+        extra = self._lanes.ready() if len(jobs) > 1 else []
+        transports = [self._transport, *extra]
+        shares = [jobs[i :: len(transports)] for i in range(len(transports))]
+        futures = [
+            self._lanes.submit(self._ship_share, transport, index, target, share)
+            for index, (transport, share) in enumerate(zip(transports, shares, strict=True))
+            if index and share
+        ]
+        outcomes = self._ship_share(self._transport, 0, target, shares[0])
+        for future in futures:
+            outcomes += future.result()
+        return outcomes
+
+    def _ship_share(
+        self, transport: Transport, connection: int, target: ShipTarget, share: list[_Job]
+    ) -> list[_Outcome]:
+        outcomes = []
+        for job in share:
+            if self._stopping.is_set():
+                break
+            try:
+                record = ship_file(
+                    transport, target.layout, job.entry, target.compression, self._clock
+                )
+            except Exception as exc:  # sorted out by the caller, on its own thread
+                outcomes.append(_Outcome(job, transport, connection, exc))
+                if isinstance(exc, ShipConflict):
+                    continue
+                break  # this connection takes nothing more this round
+            outcomes.append(_Outcome(job, transport, connection, record))
+        return outcomes
+
+    def _record_shipped(
+        self, target: ShipTarget, job: _Job, record: ManifestRecord, connection: int
+    ) -> None:
+        if self._write_error is not None:
+            self._write_recovered()
+        crash_point("ship-before-catalog")
+        self.catalog.mark_shipped(job.row_id, record.sha256, record.stored_size, self._clock())
+        crash_point("ship-before-retire")
+        retire(target.spool_dir, job.name, record.sha256, keep=target.keep_bytes > 0)
+        prune_kept(target.spool_dir, None, target.keep_bytes)
+        event(
+            log,
+            logging.INFO,
+            "shipped",
+            connector=target.connector,
+            file=job.name,
+            bytes=record.size,
+            stored_bytes=record.stored_size,
+            lag_s=round(record.arrived_at - record.closed_at, 3),
+            connection=connection,
+        )
 
     def _write_failed(
         self, target: ShipTarget, row_id: int, size: int, name: str, exc: Exception
