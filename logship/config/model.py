@@ -37,7 +37,7 @@ class SiteConfig(Strict):
     #: gives no error of its own)
     io_timeout: Seconds = Field(default=30.0, gt=0)
     #: SSH connections that ship a backlog side by side (one is always kept)
-    connections: int = Field(default=2, ge=1, le=16)
+    connections: int = Field(default=4, ge=1, le=16)
     #: how to run logship at that site (for `standby status`), as an argument list
     command: list[str] = Field(default=["logship"], min_length=1)
 
