@@ -246,24 +246,31 @@ def site_for(server: SshServer, root: Path, name: str = "bench") -> SiteConfig:
 
 
 def main_config_text(
-    state_dir: Path, server: SshServer, incoming: Path, *, site_config: Path | None = None
+    state_dir: Path,
+    server: SshServer,
+    incoming: Path,
+    *,
+    site_config: Path | None = None,
+    address: tuple[str, int] | None = None,
 ) -> str:
     """logship.toml for a primary whose one site `dr` is `server`'s `incoming` folder.
 
     With `site_config`, logship runs at the site too (this interpreter, that
-    config), as in a real deployment where both sites have it installed.
+    config), as in a real deployment where both sites have it installed. With
+    `address`, the site is reached there instead (a relay in front of `server`).
     """
     command = (
         f"command = {json.dumps([sys.executable, '-m', 'logship', '--config', str(site_config)])}\n"
         if site_config is not None
         else ""
     )
+    host, port = address or (server.host, server.port)
     return f"""[logship]
 state_dir = "{state_dir}"
 
 [sites.dr]
-host = "{server.host}"
-port = {server.port}
+host = "{host}"
+port = {port}
 user = "{server.login_user.name}"
 identity_file = "{server.client_key}"
 known_hosts = "{server.known_hosts}"

@@ -131,6 +131,7 @@ def logship_daemon_all(
     incoming: Path,
     compression: str,
     connections: int,
+    address: tuple[str, int] | None = None,
 ) -> Run:
     """`logship run` as in production: the files are renamed into its spool at once
     (as archive-wal leaves them) and timed until the daemon logged each one shipped,
@@ -143,7 +144,7 @@ def logship_daemon_all(
     for path in files:
         os.link(path, stage / path.name)  # same file system: the rename below is instant
     config = workdir / "logship.toml"
-    text = common.main_config_text(workdir / "state", server, incoming)
+    text = common.main_config_text(workdir / "state", server, incoming, address=address)
     # No standby to ask and no spool rescans while timing; the lanes under test.
     text = text.replace(
         "[sites.dr]\n", 'lag_sample_interval = "1h"\nreconcile_interval = "1h"\n\n[sites.dr]\n'
@@ -278,7 +279,7 @@ def archive_latencies(
 VARIANTS = ("sftp", "sftp-aes128-gcm", "sftp-aes128-gcm-fsync", "logship-none", "logship-zstd")
 #: `logship run` end to end, by compression and number of connections
 DAEMON_VARIANTS = tuple(
-    f"daemon-{compression}-c{n}" for compression in ("none", "zstd") for n in (1, 2, 3)
+    f"daemon-{compression}-c{n}" for compression in ("none", "zstd") for n in (1, 2, 4)
 )
 
 

@@ -22,9 +22,8 @@ from pathlib import Path
 
 import common
 from common import MIB, Report, log, median
-from throughput_vs_sftp import AES_GCM, Run, _stop, logship_ship_all, sftp_put_all
+from throughput_vs_sftp import AES_GCM, Run, _stop, logship_daemon_all, sftp_put_all
 
-from logship.config.model import SiteConfig
 from logship.sandbox import OsUser, SshServer
 from logship.sandbox.netns import SiteLink, why_unavailable
 
@@ -43,6 +42,14 @@ class Profile:
 
 
 PROFILES = (Profile("40ms-200mbit", 0.040, 200), Profile("100ms-1gbit", 0.100, 1000))
+#: `logship run` variants: (compression, SSH connections)
+VARIANTS = {
+    "logship-none-c1": ("none", 1),
+    "logship-none-c4": ("none", 4),
+    "logship-zstd-c1": ("zstd", 1),
+    "logship-zstd-c2": ("zstd", 2),
+    "logship-zstd-c4": ("zstd", 4),
+}
 
 
 @dataclass
@@ -108,13 +115,10 @@ def profile_runs(
     user: OsUser,
     repeat: int,
 ) -> dict[str, list[Run]]:
-    runs: dict[str, list[Run]] = {"sftp": [], "logship-none": [], "logship-zstd": []}
+    runs: dict[str, list[Run]] = {name: [] for name in ("sftp", *VARIANTS)}
     mib = sum(f.stat().st_size for f in files) / MIB
     with shaped_path(server, profile) as (host, port):
         via = Via(host, port, server.client_key, server.known_hosts, server.login_user)
-        site: SiteConfig = common.site_for(server, incoming).model_copy(
-            update={"host": host, "port": port}
-        )
         remote = incoming / "sftp"
         for round_no in range(1, repeat + 1):
             for name in runs:
@@ -123,7 +127,16 @@ def profile_runs(
                 if name == "sftp":
                     run = sftp_put_all(via, files, remote, root / "batch.txt", AES_GCM)  # type: ignore[arg-type]
                 else:
-                    run = logship_ship_all(site, files, name.removeprefix("logship-"))
+                    compression, connections = VARIANTS[name]
+                    run = logship_daemon_all(
+                        server,
+                        files,
+                        root / "daemon",
+                        incoming,
+                        compression,
+                        connections,
+                        address=(host, port),
+                    )
                 rate = mib / run.seconds
                 log(f"{profile.name} round {round_no}/{repeat} {name}: {rate:.1f} MiB/s")
                 runs[name].append(run)
@@ -148,16 +161,16 @@ def report_profile(
         detail=f"OpenSSH sftp -b -c aes128-gcm, plain put; {len(rates)} runs",
         runs=rates,
     )
-    for label in ("none", "zstd"):
-        value, rates = rate(f"logship-{label}")
+    for name, (compression, connections) in VARIANTS.items():
+        value, rates = rate(name)
         report.add(
-            f"{profile.name}_logship_{label}",
+            f"{profile.name}_logship_{compression}_c{connections}",
             value,
             "MiB/s",
             baseline=sftp,
             detail=(
-                f"raw MiB/s, 1 connection; {value / profile.link_mib_s:.2f}x the link rate; "
-                f"{len(rates)} runs"
+                f"logship run, raw MiB/s, {connections} connection(s); "
+                f"{value / profile.link_mib_s:.2f}x the link rate; {len(rates)} runs"
             ),
             runs=rates,
         )

@@ -115,3 +115,19 @@ def test_kept_copies_go_once_restored_or_over_the_limit(tmp_path: Path) -> None:
     assert prune_kept(spool, None, size) == 1
     assert [n for n in names if kept_path(spool, n).exists()] == [names[3]]
     assert prune_kept(spool, None, 0) == 1
+
+
+def test_a_copy_across_file_systems_falls_back_to_reading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """copy_file_range refuses some pairs of file systems (EXDEV): same bytes anyway."""
+    import errno
+
+    def refuse(*args: object) -> int:
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "copy_file_range", refuse)
+    spool = tmp_path / "spool"
+    content = os.urandom(3 * 1024 * 1024 + 17)
+    archive_wal(spool, _wal(tmp_path, content=content))
+    assert (spool / SEGMENT).read_bytes() == content

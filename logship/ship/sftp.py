@@ -165,15 +165,18 @@ class SftpTransport:
     def put_atomic(self, path: PurePosixPath, chunks: Iterable[bytes]) -> int:
         tmp = path.with_name(f"{TEMP_PREFIX}{path.name}.{secrets.token_hex(4)}")
         try:
-            # Big pipelined writes, each acknowledged before the fsync.
+            # Big pipelined writes, each acknowledged before the rename; then close,
+            # rename and the folder's fsync, in two round trips, not six (the
+            # difference on a far link).
             with RemoteUpload(self._sftp, str(tmp)) as remote:
                 written = remote.write_all(chunks)
                 remote.finish()
-            self._sftp.posix_rename(str(tmp), str(path))
+                folder = str(path.parent) if self._dir_fsync else None
+                if not remote.rename_durably(str(path), folder):
+                    self._dir_fsync = False  # a server that cannot: not asked again
         except BaseException:
             self.remove_quietly(tmp)
             raise
-        self.fsync_dir(path.parent)
         return written
 
     def append_durably(self, path: PurePosixPath, data: bytes) -> None:

@@ -27,6 +27,7 @@ from paramiko.sftp import (
     CMD_STATUS,
     CMD_WRITE,
     SFTP_FLAG_CREATE,
+    SFTP_FLAG_READ,
     SFTP_FLAG_TRUNC,
     SFTP_FLAG_WRITE,
     int64,
@@ -39,6 +40,9 @@ FLUSH_AT = 64 * 1024
 WRITE_REQUEST_SIZE = 255 * 1024
 #: writes of one upload in flight at most (16 MiB): memory stays bounded
 MAX_WRITES_IN_FLIGHT = 64
+
+
+_NO_ATTRS = SFTPAttributes()
 
 
 def missing(exc: OSError) -> bool:
@@ -175,6 +179,7 @@ class RemoteUpload:
         if isinstance(found, OSError):
             raise found
         self.handle = found
+        self._path = path
         self._offset = 0
         self._in_flight: deque[int] = deque()
         self._closed = False
@@ -197,10 +202,41 @@ class RemoteUpload:
         self._in_flight.append(self._replies.send(CMD_FSETSTAT, self.handle, attrs))
 
     def finish(self) -> None:
-        """Wait for every request and make the content durable (fsync@openssh.com)."""
+        """Make the content durable (fsync@openssh.com) and check every reply.
+
+        The fsync goes out right behind the writes: the server answers in order, so
+        one round trip covers both, and a refused write still raises here.
+        """
+        fsync = self._replies.send(CMD_EXTENDED, "fsync@openssh.com", self.handle)
         while self._in_flight:
             self._check(self._in_flight.popleft())
-        self._check(self._replies.send(CMD_EXTENDED, "fsync@openssh.com", self.handle))
+        self._check(fsync)
+
+    def rename_durably(self, target: bytes | str, folder: bytes | str | None) -> bool:
+        """After `finish`: close, rename to `target` and open `folder`, in one round
+        trip; then fsync `folder` and close it, in another. Returns False when the
+        folder could not be fsynced (a server that refuses it); raises when the
+        close or the rename failed.
+        """
+        self._closed = True
+        replies = self._replies
+        close = replies.send(CMD_CLOSE, self.handle)
+        rename = replies.send(CMD_EXTENDED, "posix-rename@openssh.com", self._path, target)
+        opened = (
+            None if folder is None else replies.send(CMD_OPEN, folder, SFTP_FLAG_READ, _NO_ATTRS)
+        )
+        self._check(close)
+        self._check(rename)
+        if opened is None:
+            return True
+        found = replies.handle(opened)
+        if isinstance(found, OSError):
+            return False
+        fsync = replies.send(CMD_EXTENDED, "fsync@openssh.com", found)
+        close_folder = replies.send(CMD_CLOSE, found)
+        error = replies.status(fsync)
+        replies.status(close_folder)
+        return error is None
 
     def close(self) -> None:
         if self._closed:
