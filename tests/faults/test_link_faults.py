@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from link_site import behind_relay
 from site_checks import all_shipped, check_site, site_layout
 
 from logship.sandbox.deployment import Deployment, wait_for
@@ -31,20 +32,8 @@ pytestmark = [
 @pytest.fixture
 def linked(deployment: Deployment) -> Iterator[tuple[Deployment, SiteLink, DelayRelay]]:
     """The deployment with its site behind a namespace link and a relay."""
-    dep = deployment
-    link = SiteLink.create()
-    relay = None
-    try:
-        relay = DelayRelay((dep.sshd.host, dep.sshd.port), link.ns_ip, link.netns)
-        dep.sshd.trust_address(*relay.address)
-        dep.site_address = relay.address
-        dep.write_config()
-        yield dep, link, relay
-    finally:
-        dep.stop_daemon(timeout=30)
-        if relay is not None:
-            relay.close()
-        link.destroy()
+    with behind_relay(deployment) as (link, relay):
+        yield deployment, link, relay
 
 
 def _status(dep: Deployment) -> dict[str, Any]:

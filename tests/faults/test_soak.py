@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from link_site import behind_relay
 from site_checks import all_shipped, audit_site, site_layout
 
 from logship.faults import ENV
@@ -151,21 +152,10 @@ class Soak:
 @pytest.fixture
 def soak_site(deployment: Deployment) -> Iterator[tuple[Deployment, SiteLink, DelayRelay]]:
     dep = deployment
-    link = SiteLink.create()
-    relay = None
-    try:
-        relay = DelayRelay((dep.sshd.host, dep.sshd.port), link.ns_ip, link.netns)
-        dep.sshd.trust_address(*relay.address)
-        dep.site_address = relay.address
-        dep.io_timeout = "5s"
-        dep.rpo = "30s"
-        dep.write_config()
+    dep.io_timeout = "5s"
+    dep.rpo = "30s"
+    with behind_relay(dep) as (link, relay):
         yield dep, link, relay
-    finally:
-        dep.stop_daemon(timeout=30)
-        if relay is not None:
-            relay.close()
-        link.destroy()
 
 
 def test_soak(soak_site: tuple[Deployment, SiteLink, DelayRelay]) -> None:
