@@ -6,7 +6,9 @@ files, so a restart resumes exactly where the previous run stopped.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -54,6 +56,15 @@ class _Outcome:
     #: which of the site's connections shipped it (0: the worker's own)
     connection: int
     result: ManifestRecord | Exception
+
+
+@dataclass
+class _Settled:
+    """What one round has done so far."""
+
+    shipped: int = 0
+    refused: bool = False  # the site answered but refused a file
+    lost: Exception | None = None  # the main connection broke
 
 
 @dataclass(frozen=True)
@@ -216,82 +227,95 @@ class SiteWorker(threading.Thread):
                 jobs.append(_Job(len(jobs), row.id, row.name, entry))
             if not jobs:
                 continue
-            settled, refused = self._settle(target, self._ship_jobs(target, jobs))
+            settled, refused = self._ship_jobs(target, jobs)
             shipped += settled
             if refused or self._stopping.is_set():
                 return shipped
         return shipped
 
-    def _settle(self, target: ShipTarget, outcomes: list[_Outcome]) -> tuple[int, bool]:
-        """Record what a round did: (files shipped, whether the site refused one).
-
-        What reached the site is recorded first, in queue order, even when another
-        file of the round failed; a lost main connection is raised after that.
-        """
-        shipped, refused = 0, False
-        lost: Exception | None = None
-        connector = target.connector
-        for outcome in sorted(
-            outcomes, key=lambda o: (isinstance(o.result, Exception), o.job.index)
-        ):
-            job, result = outcome.job, outcome.result
-            if isinstance(result, ShipConflict):
-                event(log, logging.ERROR, "conflict", connector=connector, error=str(result))
-                self.catalog.mark_conflict(job.row_id, str(result))
-                self.catalog.add_event(connector, self._clock(), "error", str(result))
-            elif not isinstance(result, Exception):
-                self._record_shipped(target, job, result, outcome.connection)
-                shipped += 1
-            elif getattr(outcome.transport, "is_alive", True):
-                # The site answers but cannot take the file (full, read-only,
-                # permissions): say why, keep the link, try again later.
-                if not refused:
-                    self._write_failed(target, job.row_id, job.entry.size, job.name, result)
-                refused = True
-            elif outcome.transport is self._transport:
-                lost = lost or result  # the link itself: reconnect
-            else:
-                event(log, logging.INFO, "lane lost", site=self.site.name, error=str(result))
-                self._lanes.drop(outcome.transport)
-        if lost is not None:
-            raise lost
-        return shipped, refused
-
-    def _ship_jobs(self, target: ShipTarget, jobs: list[_Job]) -> list[_Outcome]:
-        """Ship `jobs` across this worker's connection and its lanes, one list of
-        files per connection, each in queue order."""
+    def _ship_jobs(self, target: ShipTarget, jobs: list[_Job]) -> tuple[int, bool]:
+        """Ship `jobs` across this worker's connection and its lanes (one share of the
+        files each, in queue order), recording each file as soon as it is at the
+        site. Returns (files shipped, whether the site refused one); a lost main
+        connection is raised once every lane has stopped."""
         assert self._transport is not None
         extra = self._lanes.ready() if len(jobs) > 1 else []
         transports = [self._transport, *extra]
         shares = [jobs[i :: len(transports)] for i in range(len(transports))]
+        done: queue.Queue[_Outcome] = queue.Queue()
         futures = [
-            self._lanes.submit(self._ship_share, transport, index, target, share)
+            self._lanes.submit(self._ship_share, transport, index, target, share, done.put)
             for index, (transport, share) in enumerate(zip(transports, shares, strict=True))
             if index and share
         ]
-        outcomes = self._ship_share(self._transport, 0, target, shares[0])
+        settle = _Settled()
+
+        def drain() -> None:
+            # Only this thread touches the catalog's queue state and the spool.
+            while True:
+                try:
+                    self._settle(target, done.get_nowait(), settle)
+                except queue.Empty:
+                    return
+
+        self._ship_share(self._transport, 0, target, shares[0], done.put, between=drain)
         for future in futures:
-            outcomes += future.result()
-        return outcomes
+            while not future.done():
+                drain()
+                with contextlib.suppress(TimeoutError):
+                    future.exception(timeout=0.05)
+            future.result()  # a bug in a lane is raised here, not lost
+        drain()
+        if settle.lost is not None:
+            raise settle.lost
+        return settle.shipped, settle.refused
+
+    def _settle(self, target: ShipTarget, outcome: _Outcome, settle: _Settled) -> None:
+        job, result = outcome.job, outcome.result
+        connector = target.connector
+        if isinstance(result, ShipConflict):
+            event(log, logging.ERROR, "conflict", connector=connector, error=str(result))
+            self.catalog.mark_conflict(job.row_id, str(result))
+            self.catalog.add_event(connector, self._clock(), "error", str(result))
+        elif not isinstance(result, Exception):
+            self._record_shipped(target, job, result, outcome.connection)
+            settle.shipped += 1
+        elif getattr(outcome.transport, "is_alive", True):
+            # The site answers but cannot take the file (full, read-only,
+            # permissions): say why, keep the link, try again later.
+            if not settle.refused:
+                self._write_failed(target, job.row_id, job.entry.size, job.name, result)
+            settle.refused = True
+        elif outcome.transport is self._transport:
+            settle.lost = settle.lost or result  # the link itself: reconnect
+        else:
+            event(log, logging.INFO, "lane lost", site=self.site.name, error=str(result))
+            self._lanes.drop(outcome.transport)
 
     def _ship_share(
-        self, transport: Transport, connection: int, target: ShipTarget, share: list[_Job]
-    ) -> list[_Outcome]:
-        outcomes = []
+        self,
+        transport: Transport,
+        connection: int,
+        target: ShipTarget,
+        share: list[_Job],
+        report: Callable[[_Outcome], None],
+        between: Callable[[], None] | None = None,
+    ) -> None:
         for job in share:
             if self._stopping.is_set():
-                break
+                return
             try:
                 record = ship_file(
                     transport, target.layout, job.entry, target.compression, self._clock
                 )
-            except Exception as exc:  # sorted out by the caller, on its own thread
-                outcomes.append(_Outcome(job, transport, connection, exc))
+            except Exception as exc:  # sorted out by the worker's own thread
+                report(_Outcome(job, transport, connection, exc))
                 if isinstance(exc, ShipConflict):
                     continue
-                break  # this connection takes nothing more this round
-            outcomes.append(_Outcome(job, transport, connection, record))
-        return outcomes
+                return  # this connection takes nothing more this round
+            report(_Outcome(job, transport, connection, record))
+            if between is not None:
+                between()
 
     def _record_shipped(
         self, target: ShipTarget, job: _Job, record: ManifestRecord, connection: int
