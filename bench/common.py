@@ -508,6 +508,31 @@ def wal_segments(dest: Path, count: int, *, synthetic: bool = False) -> WalSet:
     return synthetic_wal(dest, count)
 
 
+@dataclass(frozen=True)
+class ShipSetup:
+    """WAL to ship and a private sshd site to ship it to, in one temp folder."""
+
+    root: Path
+    user: OsUser
+    wal: WalSet
+    server: SshServer
+    incoming: Path
+
+    @property
+    def raw_mib(self) -> float:
+        return self.wal.total_bytes / MIB
+
+
+@contextlib.contextmanager
+def ship_setup(count: int, *, synthetic: bool) -> Iterator[ShipSetup]:
+    user = bench_user()
+    with reachable_tempdir() as root:
+        wal = wal_segments(root / "wal", count, synthetic=synthetic)
+        log(f"{len(wal.files)} files, {wal.total_bytes / MIB:.0f} MiB: {wal.source}")
+        with ssh_server(root / "sshd", user) as server:
+            yield ShipSetup(root, user, wal, server, private_dir(root / "incoming", user))
+
+
 def empty_dir(path: Path) -> None:
     """Remove everything inside ``path`` (kept), then flush it all to disk."""
     for child in path.iterdir():

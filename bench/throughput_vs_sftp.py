@@ -460,20 +460,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--files and --repeat must be at least 1")
     signal.signal(signal.SIGTERM, _stop)
 
-    env = common.environment()
-    report = Report(BENCH, env)
-    user = common.bench_user()
-    with common.reachable_tempdir() as root:
-        wal = common.wal_segments(root / "wal", args.files, synthetic=args.synthetic)
-        raw_mib = wal.total_bytes / MIB
-        log(f"{len(wal.files)} files, {raw_mib:.0f} MiB: {wal.source}")
-        with common.ssh_server(root / "sshd", user) as server:
-            incoming = common.private_dir(root / "incoming", user)
-            runs = transfer_runs(server, wal.files, root, incoming, user, args.repeat)
-            report_transfers(report, runs, raw_mib, wal.source)
-            log(f"archive-wal: {len(wal.files)} calls, each a new process")
-            times = archive_latencies(wal.files, root / "archive", server, incoming)
-            report_archive(report, times)
+    report = Report(BENCH, common.environment())
+    with common.ship_setup(args.files, synthetic=args.synthetic) as bench:
+        files, server, incoming = bench.wal.files, bench.server, bench.incoming
+        runs = transfer_runs(server, files, bench.root, incoming, bench.user, args.repeat)
+        report_transfers(report, runs, bench.raw_mib, bench.wal.source)
+        log(f"archive-wal: {len(files)} calls, each a new process")
+        times = archive_latencies(files, bench.root / "archive", server, incoming)
+        report_archive(report, times)
     report.print_table()
     return 0
 

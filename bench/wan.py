@@ -191,16 +191,18 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _stop)
     profiles = [p for p in PROFILES if not args.profile or p.name in args.profile]
     report = Report(BENCH, common.environment())
-    user = common.bench_user()
-    with common.reachable_tempdir() as root:
-        wal = common.wal_segments(root / "wal", args.files, synthetic=args.synthetic)
-        raw_mib = wal.total_bytes / MIB
-        log(f"{len(wal.files)} files, {raw_mib:.0f} MiB: {wal.source}")
-        with common.ssh_server(root / "sshd", user) as server:
-            incoming = common.private_dir(root / "incoming", user)
-            for profile in profiles:
-                runs = profile_runs(server, profile, wal.files, root, incoming, user, args.repeat)
-                report_profile(report, profile, runs, raw_mib)
+    with common.ship_setup(args.files, synthetic=args.synthetic) as bench:
+        for profile in profiles:
+            runs = profile_runs(
+                bench.server,
+                profile,
+                bench.wal.files,
+                bench.root,
+                bench.incoming,
+                bench.user,
+                args.repeat,
+            )
+            report_profile(report, profile, runs, bench.raw_mib)
     report.print_table()
     return 0
 

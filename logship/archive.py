@@ -27,12 +27,21 @@ from logship.durable import (
 from logship.errors import OperationFailed, UsageError
 
 SHIPPED_DIR = ".shipped"
-COPY_CHUNK = 16 * 1024 * 1024
+#: bytes per copy_file_range call: a whole default-sized segment at once
+KERNEL_COPY_BYTES = 16 * 1024 * 1024
 
 
 def tombstone_path(spool_dir: Path, name: str) -> Path:
     """Where the sha256 of a shipped (and removed) spool file is kept."""
     return spool_dir / SHIPPED_DIR / name
+
+
+def shipped_sha256(spool_dir: Path, name: str) -> str | None:
+    """The sha256 its tombstone recorded when `name` was shipped; None if it was not."""
+    try:
+        return tombstone_path(spool_dir, name).read_text().strip()
+    except FileNotFoundError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -53,7 +62,7 @@ def _same_content(a: Path, b: Path) -> bool:
                 return True
 
 
-def _check_repush(final: Path, tombstone: Path, source: Path) -> bool:
+def _check_repush(final: Path, source: Path) -> bool:
     """True when `name` was archived before with identical content; raise on different."""
     if final.exists():
         if _same_content(final, source):
@@ -62,12 +71,13 @@ def _check_repush(final: Path, tombstone: Path, source: Path) -> bool:
             f"{final.name} is already in the spool at {final} with different "
             "content; refusing to overwrite it (investigate before removing either copy)"
         )
-    if tombstone.exists():
-        if tombstone.read_text().strip() == sha256_of(source):
+    recorded = shipped_sha256(final.parent, final.name)
+    if recorded is not None:
+        if recorded == sha256_of(source):
             return True
         raise OperationFailed(
-            f"{final.name} was already shipped with a different sha256 "
-            f"(recorded in {tombstone}); refusing to archive different content"
+            f"{final.name} was already shipped with a different sha256 (recorded in "
+            f"{tombstone_path(final.parent, final.name)}); refusing to archive different content"
         )
     return False
 
@@ -80,9 +90,8 @@ def archive_wal(spool_dir: Path, source: Path, *, now_ns: int | None = None) -> 
     if not spool_dir.is_dir():
         spool_dir.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
     final = spool_dir / name
-    tombstone = tombstone_path(spool_dir, name)
     try:
-        if _check_repush(final, tombstone, source):
+        if _check_repush(final, source):
             return ArchiveResult(name, already_archived=True)
         tmp = temp_name_for(final)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
@@ -96,7 +105,7 @@ def archive_wal(spool_dir: Path, source: Path, *, now_ns: int | None = None) -> 
             try:
                 os.link(tmp, final)
             except FileExistsError:
-                if _check_repush(final, tombstone, source):
+                if _check_repush(final, source):
                     return ArchiveResult(name, already_archived=True)
                 raise
         finally:
@@ -125,7 +134,7 @@ def _copy_into(source: Path, out_fd: int) -> None:
     with open(source, "rb") as src:
         in_fd = src.fileno()
         try:
-            while os.copy_file_range(in_fd, out_fd, COPY_CHUNK):
+            while os.copy_file_range(in_fd, out_fd, KERNEL_COPY_BYTES):
                 pass
             return
         except OSError as exc:

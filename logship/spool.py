@@ -74,14 +74,6 @@ def retire(spool_dir: Path, name: str, sha256: str, *, keep: bool) -> None:
     fsync_dir(spool_dir)
 
 
-def shipped_sha256(spool_dir: Path, name: str) -> str | None:
-    """The sha256 recorded when `name` was shipped, if it was."""
-    try:
-        return tombstone_path(spool_dir, name).read_text().strip() or None
-    except FileNotFoundError:
-        return None
-
-
 def prune_kept(spool_dir: Path, restored_upto: str | None, max_bytes: int) -> int:
     """Drop kept copies the standby no longer needs, then the oldest beyond
     `max_bytes`; returns how many were dropped.

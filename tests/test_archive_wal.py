@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from logship.archive import archive_wal, tombstone_path
+from logship.archive import archive_wal, shipped_sha256, tombstone_path
 from logship.durable import sha256_of
 from logship.errors import OperationFailed, UsageError
-from logship.spool import kept_path, prune_kept, retire, shipped_sha256
+from logship.spool import kept_path, prune_kept, retire
 
 SEGMENT = "000000010000000000000003"
 

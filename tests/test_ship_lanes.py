@@ -3,10 +3,8 @@ lands once, whole, under its final name."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
-from faults.site_checks import all_shipped, check_site
+from faults.site_checks import all_shipped, check_site, log_events
 
 from logship import walnames
 from logship.sandbox.deployment import Deployment, wait_for
@@ -29,9 +27,5 @@ def test_a_backlog_ships_over_every_connection(deployment: Deployment) -> None:
     dep.start_daemon()
     wait_for(lambda: all_shipped(dep), 120, "the backlog shipped")
     assert check_site(dep) >= 6
-    shipped = [
-        event
-        for event in map(json.loads, filter(None, dep.daemon_log.read_text().splitlines()))
-        if event.get("event") == "shipped"
-    ]
+    shipped = [event for event in log_events(dep) if event.get("event") == "shipped"]
     assert {event["connection"] for event in shipped} == {0, 1, 2}

@@ -105,30 +105,33 @@ def _copy_verified(record: ManifestRecord, source: Path, tmp: Path) -> None:
         )
 
 
-def _note_restored(layout: SiteLayout, name: str) -> None:
-    """Tell the primary's daemon how far the standby got (best effort, not durable)."""
-    marker = Path(layout.restored_marker)
-    tmp = marker.with_name(f".tmp.{marker.name}.{os.getpid()}")
+def _write_note(path: Path, payload: dict[str, object]) -> None:
+    """A small private JSON file for the primary's daemon, replaced whole (best
+    effort: these notes are never what keeps the standby safe)."""
+    tmp = path.with_name(f".tmp.{path.name}.{os.getpid()}")
     try:
-        tmp.write_text(json.dumps({"name": name, "at": time.time()}))
-        os.replace(tmp, marker)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(json.dumps(payload))
+        os.replace(tmp, path)
     except OSError:
         tmp.unlink(missing_ok=True)
+
+
+def _note_restored(layout: SiteLayout, name: str) -> None:
+    """Tell the primary's daemon how far the standby got (not durable)."""
+    _write_note(Path(layout.restored_marker), {"name": name, "at": time.time()})
 
 
 def _note_refused(layout: SiteLayout, name: str, reason: str) -> None:
     """Leave word for the primary's daemon, which ships the file again if it still
-    has it (best effort: the refusal itself is what keeps the standby safe)."""
+    has it."""
     note = Path(layout.refused_note(name))
-    tmp = note.with_name(f".tmp.{note.name}.{os.getpid()}")
     try:
         note.parent.mkdir(mode=0o700, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(json.dumps({"name": name, "at": time.time(), "reason": reason}))
-        os.replace(tmp, note)
     except OSError:
-        tmp.unlink(missing_ok=True)
+        return
+    _write_note(note, {"name": name, "at": time.time(), "reason": reason})
 
 
 def restore_wal(

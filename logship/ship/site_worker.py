@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from logship.archive import shipped_sha256
 from logship.catalog.store import Catalog
 from logship.config.model import SiteConfig
 from logship.durable import sha256_of
@@ -27,7 +28,7 @@ from logship.replay.standby_status import ask_standby_status
 from logship.ship.lanes import Lanes
 from logship.ship.shipper import ShipConflict, ship_file
 from logship.ship.transport import Transport, is_temp_name
-from logship.spool import SpoolEntry, entry_for, kept_path, prune_kept, retire, shipped_sha256
+from logship.spool import SpoolEntry, entry_for, kept_path, prune_kept, retire
 
 log = logging.getLogger("logship.ship")
 
@@ -43,7 +44,6 @@ SAMPLE_TIMEOUT = 20.0
 
 @dataclass(frozen=True)
 class _Job:
-    index: int  # place in the queue
     row_id: int
     name: str
     entry: SpoolEntry
@@ -224,7 +224,7 @@ class SiteWorker(threading.Thread):
                 if entry is None:
                     self.catalog.set_error(row.id, "missing from the spool")
                     continue
-                jobs.append(_Job(len(jobs), row.id, row.name, entry))
+                jobs.append(_Job(row.id, row.name, entry))
             if not jobs:
                 continue
             settled, refused = self._ship_jobs(target, jobs)

@@ -9,6 +9,7 @@ import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import zstandard
 
@@ -16,6 +17,20 @@ from logship import walnames
 from logship.archive import SHIPPED_DIR, tombstone_path
 from logship.manifest import SiteLayout
 from logship.sandbox.deployment import Deployment
+
+
+def status_entry(dep: Deployment) -> dict[str, Any]:
+    """The connector's entry in `status --json`."""
+    out = dep.logship("status", dep.connector, "--json", check=False)
+    assert out.returncode == 0, out.stderr
+    (entry,) = json.loads(out.stdout)["connectors"]
+    return entry  # type: ignore[no-any-return]
+
+
+def log_events(dep: Deployment) -> list[dict[str, Any]]:
+    """The daemon's structured log lines so far."""
+    lines = dep.daemon_log.read_text().splitlines()
+    return [json.loads(line) for line in lines if line.startswith("{")]
 
 
 def site_layout(dep: Deployment) -> SiteLayout:

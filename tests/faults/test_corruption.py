@@ -4,23 +4,14 @@ or says plainly that it cannot."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
 import pytest
-from site_checks import check_site, site_layout
+from site_checks import check_site, log_events, site_layout, status_entry
 
 from logship.manifest import ManifestRecord
 from logship.sandbox.deployment import Deployment, wait_for
 from logship.spool import kept_path
-
-
-def _status(dep: Deployment) -> dict[str, Any]:
-    out = dep.logship("status", dep.connector, "--json", check=False)
-    assert out.returncode == 0, out.stderr
-    (entry,) = json.loads(out.stdout)["connectors"]
-    return entry
 
 
 def _corrupt_next_segment(dep: Deployment) -> tuple[str, str]:
@@ -65,13 +56,13 @@ def test_a_segment_refused_as_corrupt_is_shipped_again(deployment: Deployment) -
     # byte fails the checksum or, inside a zstd frame, the decompression itself.
     assert f"{segment}: " in dep.standby.log_file.read_text(), "the bad copy came first"
     assert "refusing" in dep.standby.log_file.read_text()
-    events = [json.loads(line) for line in dep.daemon_log.read_text().splitlines() if "{" in line]
+    events = log_events(dep)
     assert any(e.get("event") == "re-shipped" and e.get("file") == segment for e in events)
     assert not Path(site_layout(dep).refused_note(segment)).exists()
     check_site(dep)  # bit-identical again
     # Restored by the standby, so no longer kept.
     wait_for(lambda: not kept_path(dep.spool_dir, segment).exists(), 30, "the kept copy pruned")
-    assert _status(dep)["site_error"] is None
+    assert status_entry(dep)["site_error"] is None
 
 
 @pytest.mark.e2e
@@ -82,11 +73,11 @@ def test_a_corrupt_segment_with_no_good_copy_left_is_reported(deployment: Deploy
     dep.standby.start()
 
     def reported() -> str | None:
-        error = _status(dep)["site_error"]
+        error = status_entry(dep)["site_error"]
         return error if error and segment in error else None
 
     error = wait_for(reported, 60, "the corrupt segment reported")
     assert "no good copy" in error and "base-backup" in error, error
     _never_replayed(dep, lsn)
-    events = [json.loads(line) for line in dep.daemon_log.read_text().splitlines() if "{" in line]
+    events = log_events(dep)
     assert any(e.get("event") == "corrupt at the site" for e in events)

@@ -9,14 +9,12 @@ bit-identical, and no temp is ever visible as a segment.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from link_site import behind_relay
-from site_checks import all_shipped, check_site, site_layout
+from site_checks import all_shipped, check_site, log_events, site_layout, status_entry
 
 from logship.sandbox.deployment import Deployment, wait_for
 from logship.sandbox.netns import SiteLink, why_unavailable
@@ -36,13 +34,6 @@ def linked(deployment: Deployment) -> Iterator[tuple[Deployment, SiteLink, Delay
         yield deployment, link, relay
 
 
-def _status(dep: Deployment) -> dict[str, Any]:
-    out = dep.logship("status", dep.connector, "--json", check=False)
-    assert out.returncode == 0, out.stderr
-    (entry,) = json.loads(out.stdout)["connectors"]
-    return entry
-
-
 def _uploading(dep: Deployment) -> bool:
     """A segment's temp is at the site with some bytes in it: mid-file."""
     wal_dir = Path(site_layout(dep).wal_dir)
@@ -51,9 +42,16 @@ def _uploading(dep: Deployment) -> bool:
     return any(is_temp_name(p.name) and p.stat().st_size > 0 for p in wal_dir.iterdir())
 
 
-def _log_events(dep: Deployment) -> list[dict[str, Any]]:
-    lines = dep.daemon_log.read_text().splitlines()
-    return [json.loads(line) for line in lines if line.startswith("{")]
+def _mid_upload(dep: Deployment, link: SiteLink) -> None:
+    """Start shipping 16 MiB segments (no compression) over a 40 Mbit/s link, which
+    takes seconds each, and return once one is half way to the site."""
+    dep.compression = "none"
+    dep.write_config()
+    link.shape(mbit=40)
+    dep.start_daemon()
+    dep.primary.pgbench("-i", "-s", "2", "-q")
+    dep.switch_wal()
+    wait_for(lambda: _uploading(dep), 120, "an upload in progress")
 
 
 def test_a_slow_far_link_ships_everything(
@@ -74,17 +72,11 @@ def test_a_connection_reset_mid_file_is_retried_cleanly(
     linked: tuple[Deployment, SiteLink, DelayRelay],
 ) -> None:
     dep, link, relay = linked
-    dep.compression = "none"  # 16 MiB a segment: several seconds on this link
-    dep.write_config()
-    link.shape(mbit=40)
-    dep.start_daemon()
-    dep.primary.pgbench("-i", "-s", "2", "-q")
-    dep.switch_wal()
-    wait_for(lambda: _uploading(dep), 120, "an upload in progress")
+    _mid_upload(dep, link)
     assert relay.cut() >= 1
     wait_for(lambda: all_shipped(dep), 240, "every archived segment shipped after the reset")
     assert check_site(dep) >= 2
-    events = [e.get("event") for e in _log_events(dep)]
+    events = [e.get("event") for e in log_events(dep)]
     assert "link lost" in events, events
     assert "connected" in events[events.index("link lost") :], "it never reconnected"
 
@@ -94,21 +86,15 @@ def test_a_stalled_link_is_declared_down_and_recovers(
 ) -> None:
     """A black hole gives no error at all: only a timeout can notice it."""
     dep, link, relay = linked
-    dep.compression = "none"
     dep.rpo = "5s"
     dep.io_timeout = "5s"
-    dep.write_config()
-    link.shape(mbit=40)
-    dep.start_daemon()
-    dep.primary.pgbench("-i", "-s", "2", "-q")
-    dep.switch_wal()
-    wait_for(lambda: _uploading(dep), 120, "an upload in progress")
+    _mid_upload(dep, link)
     relay.stall()
     try:
         # io_timeout is 5 s: a reply overdue, or data unacknowledged, that long.
-        wait_for(lambda: _status(dep)["state"] == "down", 30, "the stalled link reported down")
+        wait_for(lambda: status_entry(dep)["state"] == "down", 30, "the stalled link reported down")
     finally:
         relay.stall(False)
     wait_for(lambda: all_shipped(dep), 240, "every archived segment shipped after the stall")
     assert check_site(dep) >= 2
-    wait_for(lambda: _status(dep)["state"] != "down", 60, "the link back up")
+    wait_for(lambda: status_entry(dep)["state"] != "down", 60, "the link back up")

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from site_checks import all_shipped, check_site, site_layout
+from site_checks import all_shipped, check_site, site_layout, status_entry
 
 from logship.sandbox.deployment import Deployment, wait_for
 from logship.sandbox.osuser import is_root
@@ -18,13 +18,6 @@ from logship.ship.transport import is_temp_name
 
 MIB = 1024 * 1024
 SITE_FS_MIB = 48
-
-
-def _status(dep: Deployment) -> dict[str, object]:
-    out = dep.logship("status", dep.connector, "--json", check=False)
-    assert out.returncode == 0, out.stderr
-    (entry,) = json.loads(out.stdout)["connectors"]
-    return entry
 
 
 @pytest.mark.e2e
@@ -60,17 +53,17 @@ def test_a_full_site_fails_cleanly_alerts_and_resumes(deployment: Deployment) ->
         dep.switch_wal()
 
         def refused() -> bool:
-            error = str(_status(dep).get("site_error") or "")
+            error = str(status_entry(dep).get("site_error") or "")
             return "no space left" in error
 
         try:
             wait_for(refused, 60, "the status to name the full disk")
         except TimeoutError:
-            print(_status(dep), dep.daemon_log.read_text()[-4000:])
+            print(status_entry(dep), dep.daemon_log.read_text()[-4000:])
             raise
-        entry = _status(dep)
+        entry = status_entry(dep)
         assert "MiB free" in str(entry["site_error"])
-        wait_for(lambda: _status(dep)["state"] == "breach", 60, "the RPO breached")
+        wait_for(lambda: status_entry(dep)["state"] == "breach", 60, "the RPO breached")
         wal_dir = Path(site_layout(dep).wal_dir)
         assert not [p for p in wal_dir.iterdir() if is_temp_name(p.name)], "a temp was left"
         wait_for(lambda: "breach" in fired.read_text(), 60, "the alert hook run for breach")
@@ -79,7 +72,7 @@ def test_a_full_site_fails_cleanly_alerts_and_resumes(deployment: Deployment) ->
         filler.unlink()  # space is back
         wait_for(lambda: all_shipped(dep), 120, "shipping resumed and caught up")
         assert check_site(dep) >= 2
-        wait_for(lambda: _status(dep)["site_error"] is None, 30, "the error cleared")
+        wait_for(lambda: status_entry(dep)["site_error"] is None, 30, "the error cleared")
     finally:
         dep.stop_daemon()
         subprocess.run(["umount", "-l", str(incoming)], check=False)
