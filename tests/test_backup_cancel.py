@@ -12,17 +12,18 @@ import contextlib
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
 from logship.catalog.store import Catalog
-from logship.sandbox.deployment import Deployment, logship_command, wait_for
+from logship.sandbox.deployment import Deployment, logship_command
 from logship.sandbox.procs import child_pids, kill_tree
 from logship.ship.transport import TEMP_PREFIX
 
 #: enough incompressible-ish data that streaming it takes a few seconds
-BLOB_ROWS = 120_000
+BLOB_ROWS = 240_000  # a stream that lasts long enough to be caught mid-way
 
 
 def _start_backup(dep: Deployment) -> subprocess.Popen[bytes]:
@@ -57,6 +58,17 @@ def _growing_temp(dep: Deployment) -> Path | None:
     return None
 
 
+def _wait_under_way(dep: Deployment, timeout: float = 120) -> Path:
+    """The backup's temp once it holds its first MiB. Polled finely: the whole stream
+    can take well under a second here, and a coarse poll would miss it."""
+    deadline = time.monotonic() + timeout
+    while (temp := _growing_temp(dep)) is None:
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"timed out after {timeout:g}s waiting for the backup stream")
+        time.sleep(0.005)
+    return temp
+
+
 def _catalog_states(dep: Deployment) -> list[tuple[str, str, str | None]]:
     catalog = Catalog(f"sqlite:///{dep.state_dir / 'catalog.db'}")
     try:
@@ -83,7 +95,7 @@ def test_killed_backup_leaves_nothing_restorable_and_the_next_one_succeeds(
     dep = loaded
     proc = _start_backup(dep)
     try:
-        temp = wait_for(lambda: _growing_temp(dep), 120, "the backup stream to be under way")
+        temp = _wait_under_way(dep)
         killed_id = temp.parent.name
         kill_tree(proc.pid)
         proc.wait(timeout=30)
@@ -116,7 +128,7 @@ def test_sigterm_mid_stream_removes_the_temp_file_and_records_the_failure(
     dep = loaded
     proc = _start_backup(dep)
     try:
-        temp = wait_for(lambda: _growing_temp(dep), 120, "the backup stream to be under way")
+        temp = _wait_under_way(dep)
         # Signal logship itself: runuser would only pass the signal on.
         for pid in child_pids(proc.pid) or [proc.pid]:
             with contextlib.suppress(ProcessLookupError):
