@@ -38,6 +38,7 @@ class FileRow(Protocol):
     """What lag needs from a catalog file row (`SpoolFile` satisfies it)."""
 
     name: str
+    order_key: str
     size: int
     closed_at: float
     state: str
@@ -239,18 +240,52 @@ def segment_size(rows: Sequence[FileRow]) -> int:
 
 
 @dataclass(frozen=True)
+class DurablePrefix:
+    """The newest segment that, with every file before it, is durable at the site
+    with no segment missing before it.
+
+    A walk over a connector's rows finds it; later walks may start after it,
+    because a file's state only moves forward (discovered, then shipped, then
+    applied) and retention removes only durable files. A file that turns up
+    before it later invalidates it (the catalog drops it). This is what keeps
+    `status` fast with millions of rows: only the rows after it are read.
+    """
+
+    name: str
+    order_key: str
+    closed_at: float
+    segment_size: int
+
+
+@dataclass(frozen=True)
 class _Walk:
-    newest_durable: FileRow | None  # newest segment with every earlier one durable
+    newest_durable: FileRow | DurablePrefix | None  # newest segment, every earlier one durable
     gap: Gap | None
+    segment_size: int
+    #: as newest_durable, but every earlier file of any kind durable too (a backup
+    #: label does not hold replay up, yet a pending one must stay in later walks)
+    prefix_end: FileRow | DurablePrefix | None
+
+    @property
+    def prefix(self) -> DurablePrefix | None:
+        end = self.prefix_end
+        if end is None or isinstance(end, DurablePrefix):
+            return end
+        return DurablePrefix(end.name, end.order_key, end.closed_at, self.segment_size)
 
 
-def _walk(rows: Sequence[FileRow]) -> _Walk:
-    seg_size = segment_size(rows)
-    newest_durable: FileRow | None = None
-    prefix_intact = True
+def _walk(rows: Sequence[FileRow], start: DurablePrefix | None = None) -> _Walk:
+    """One pass in ship order; `rows` are those after `start` when there is one."""
+    seg_size = start.segment_size if start is not None else segment_size(rows)
+    newest_durable: FileRow | DurablePrefix | None = start
+    prefix_end = start
+    prefix_intact = every_durable = True
     gap: Gap | None = None
     previous: tuple[walnames.WalName, int] | None = None
+    if start is not None and (parsed_start := walnames.parse(start.name)) is not None:
+        previous = (parsed_start, parsed_start.segment_number(seg_size))
     for row in rows:
+        every_durable = every_durable and is_durable(row)
         parsed = walnames.parse(row.name)
         if parsed is None or parsed.kind is WalKind.BACKUP:
             continue  # a backup label holds no data replay needs
@@ -277,8 +312,10 @@ def _walk(rows: Sequence[FileRow]) -> _Walk:
         prefix_intact = prefix_intact and is_durable(row)
         if prefix_intact:
             newest_durable = row
+            if every_durable:
+                prefix_end = row
         previous = (parsed, number)
-    return _Walk(newest_durable, gap)
+    return _Walk(newest_durable, gap, seg_size, prefix_end)
 
 
 def find_gap(rows: Sequence[FileRow]) -> Gap | None:
@@ -289,6 +326,45 @@ def find_gap(rows: Sequence[FileRow]) -> Gap | None:
 def _exposure(walk: _Walk, now: float) -> float | None:
     newest = walk.newest_durable
     return None if newest is None else max(0.0, now - newest.closed_at)
+
+
+@dataclass(frozen=True)
+class QueueFacts:
+    """What `status` shows about a connector's files, from one walk over its rows."""
+
+    walk: _Walk
+    pending_files: int
+    pending_bytes: int
+    oldest_pending_closed_at: float | None
+    last_shipped: str | None
+    newest_applied: str | None
+
+    @property
+    def prefix(self) -> DurablePrefix | None:
+        """Where the next walk may start (see `DurablePrefix`)."""
+        return self.walk.prefix
+
+
+def queue_facts(
+    rows: Sequence[FileRow],
+    start: DurablePrefix | None = None,
+    applied_before: str | None = None,
+) -> QueueFacts:
+    """The queue figures from `rows` in ship order: every row of the connector, or
+    only those after `start`, with `applied_before` the newest applied file before
+    them (files up to `start` are all durable, so none of them is pending)."""
+    walk = _walk(rows, start)
+    pending = pending_rows(rows)
+    durable = [row.name for row in rows if is_durable(row)]
+    applied = [row.name for row in rows if row.state == FileState.APPLIED]
+    return QueueFacts(
+        walk=walk,
+        pending_files=len(pending),
+        pending_bytes=sum(row.size for row in pending),
+        oldest_pending_closed_at=min((row.closed_at for row in pending), default=None),
+        last_shipped=durable[-1] if durable else (start.name if start is not None else None),
+        newest_applied=applied[-1] if applied else applied_before,
+    )
 
 
 def rpo_exposure_s(rows: Sequence[FileRow], now: float) -> float | None:
@@ -302,25 +378,28 @@ def pending_rows(rows: Sequence[FileRow]) -> list[FileRow]:
     return [row for row in rows if not is_durable(row)]
 
 
+def _transport_lag(oldest_pending_closed_at: float | None, now: float) -> float:
+    return 0.0 if oldest_pending_closed_at is None else max(0.0, now - oldest_pending_closed_at)
+
+
 def transport_lag_s(rows: Sequence[FileRow], now: float) -> float:
     """Age of the oldest closed-but-not-shipped file; 0.0 when nothing is pending."""
-    pending = pending_rows(rows)
-    if not pending:
-        return 0.0
-    return max(0.0, now - min(row.closed_at for row in pending))
+    return _transport_lag(queue_facts(rows).oldest_pending_closed_at, now)
 
 
 def last_shipped(rows: Sequence[FileRow]) -> str | None:
-    durable = [row.name for row in rows if is_durable(row)]
-    return durable[-1] if durable else None
+    return queue_facts(rows).last_shipped
+
+
+def _last_applied(progress: ProgressRow | None, newest_applied: str | None) -> str | None:
+    if progress is not None and progress.last_restored:
+        return progress.last_restored
+    return newest_applied
 
 
 def last_applied(rows: Sequence[FileRow], progress: ProgressRow | None) -> str | None:
     """What the standby last fetched for replay; else the newest row marked applied."""
-    if progress is not None and progress.last_restored:
-        return progress.last_restored
-    applied = [row.name for row in rows if row.state == FileState.APPLIED]
-    return applied[-1] if applied else None
+    return _last_applied(progress, queue_facts(rows).newest_applied)
 
 
 def apply_lag_s(progress: ProgressRow | None, now: float) -> float | None:
@@ -426,7 +505,8 @@ def connector_status(
     site: str,
     rpo_target_s: float,
     now: float,
-    files: Sequence[FileRow] | None,
+    files: Sequence[FileRow] | None = None,
+    queue: QueueFacts | None = None,
     site_status: SiteRow | None = None,
     progress: ProgressRow | None = None,
     last_base_backup_at: float | None = None,
@@ -435,15 +515,17 @@ def connector_status(
 ) -> ConnectorStatus:
     """Everything `status` shows for one connector.
 
-    `files` is None when there is no catalog yet: then nothing about the queue is
-    known and the queue figures are null rather than a made-up 0.
+    The queue comes as every file row (`files`) or as figures already walked
+    (`queue`, see `queue_facts`). With neither there is no catalog yet: then
+    nothing about the queue is known and its figures are null rather than a
+    made-up 0.
     """
-    known = files is not None
-    rows: Sequence[FileRow] = files or ()
-    walk = _walk(rows)
+    if queue is None and files is not None:
+        queue = queue_facts(files)
+    facts = queue or queue_facts(())
+    walk = facts.walk
     exposure = _exposure(walk, now)
-    transport = transport_lag_s(rows, now) if known else None
-    pending = pending_rows(rows)
+    transport = _transport_lag(facts.oldest_pending_closed_at, now) if queue is not None else None
     reachable = None if site_status is None else bool(site_status.reachable)
     backlog = replay_backlog_bytes(primary, progress)
     return ConnectorStatus(
@@ -461,10 +543,10 @@ def connector_status(
         rpo_exposure_s=_rounded(exposure),
         transport_lag_s=_rounded(transport),
         apply_lag_s=_rounded(apply_lag_s(progress, now)),
-        pending_files=len(pending) if known else None,
-        pending_bytes=sum(row.size for row in pending) if known else None,
-        last_shipped=last_shipped(rows),
-        last_applied=last_applied(rows, progress),
+        pending_files=facts.pending_files if queue is not None else None,
+        pending_bytes=facts.pending_bytes if queue is not None else None,
+        last_shipped=facts.last_shipped,
+        last_applied=_last_applied(progress, facts.newest_applied),
         last_base_backup_at=iso_utc(last_base_backup_at),
         gap=walk.gap,
         site_error=site_status.error if site_status is not None else None,

@@ -30,8 +30,16 @@ class StatusSink(Protocol):
 
 
 def collect_statuses(
-    config: Config, catalog: Catalog | None, names: Sequence[str], now: float
+    config: Config,
+    catalog: Catalog | None,
+    names: Sequence[str],
+    now: float,
+    *,
+    remember: bool = False,
 ) -> list[lag.ConnectorStatus]:
+    """Every connector's status. With `remember` (the daemon's monitor) how far each
+    connector's files are durable is kept in the catalog, so that the next walk,
+    this process's or `status`'s, reads only the rows after it."""
     statuses = []
     for name in names:
         connector = config.connector(name)
@@ -39,10 +47,10 @@ def collect_statuses(
             statuses.append(_tree_status(connector, catalog, now))
             continue
         site_status = progress = backup = primary = None
-        files = None
+        queue = None
         jobs = lag.JobFacts()
         if catalog is not None:
-            files = catalog.files(name)
+            queue = _queue_facts(catalog, name, remember)
             site_status = catalog.site_status(connector.site)
             progress = catalog.standby_progress(name)
             backup = catalog.last_backup(name)
@@ -55,7 +63,7 @@ def collect_statuses(
                 site=connector.site,
                 rpo_target_s=connector.rpo,
                 now=now,
-                files=files,
+                queue=queue,
                 site_status=site_status,
                 progress=progress,
                 last_base_backup_at=backup.finished_at if backup is not None else None,
@@ -64,6 +72,17 @@ def collect_statuses(
             )
         )
     return statuses
+
+
+def _queue_facts(catalog: Catalog, name: str, remember: bool) -> lag.QueueFacts:
+    start = catalog.walk_checkpoint(name)
+    rows = catalog.files(name, after=start.order_key if start is not None else None)
+    facts = lag.queue_facts(
+        rows, start, catalog.newest_applied(name) if start is not None else None
+    )
+    if remember and facts.prefix is not None and facts.prefix != start:
+        catalog.save_walk_checkpoint(name, facts.prefix)
+    return facts
 
 
 def _tree_status(connector: Any, catalog: Catalog | None, now: float) -> lag.ConnectorStatus:
@@ -129,7 +148,7 @@ class Monitor:
 
     def sample(self) -> list[lag.ConnectorStatus]:
         now = self._clock()
-        statuses = collect_statuses(self._config, self._catalog, self._names, now)
+        statuses = collect_statuses(self._config, self._catalog, self._names, now, remember=True)
         for sink in self._sinks:
             try:
                 sink.observe(statuses, now)

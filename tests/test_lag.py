@@ -8,6 +8,7 @@ import pytest
 from contract import CONTRACT_FIELDS
 
 from logship import lag, walnames
+from logship.engines.postgresql import ENGINE
 from logship.lag import Gap, State
 
 MIB = 1024 * 1024
@@ -22,6 +23,10 @@ class Row:
     state: str = "shipped"
     closed_at: float = NOW - 10
     size: int = SEG
+
+    @property
+    def order_key(self) -> str:
+        return ENGINE.ship_order(self.name)
 
 
 @dataclass(frozen=True)

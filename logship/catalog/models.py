@@ -24,6 +24,8 @@ class SpoolFile(Base):
     __table_args__ = (
         UniqueConstraint("connector", "name"),
         Index("ix_spool_files_queue", "connector", "state", "order_key"),
+        # The rows after a durable prefix, in ship order (see `lag.DurablePrefix`).
+        Index("ix_spool_files_order", "connector", "order_key"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -40,6 +42,22 @@ class SpoolFile(Base):
     shipped_at: Mapped[float | None] = mapped_column(Float, default=None)
     applied_at: Mapped[float | None] = mapped_column(Float, default=None)
     error: Mapped[str | None] = mapped_column(Text, default=None)
+
+
+class WalkCheckpoint(Base):
+    """How far a connector's files are known durable with no gap (see `lag.DurablePrefix`).
+
+    A cache of a walk over the file rows, so that `status` and the daemon's
+    monitor walk only the rows after it instead of every row ever shipped.
+    """
+
+    __tablename__ = "walk_checkpoints"
+
+    connector: Mapped[str] = mapped_column(String(200), primary_key=True)
+    order_key: Mapped[str] = mapped_column(String(300))
+    name: Mapped[str] = mapped_column(String(255))
+    closed_at: Mapped[float] = mapped_column(Float)
+    segment_size: Mapped[int] = mapped_column(BigInteger)
 
 
 class BaseBackup(Base):

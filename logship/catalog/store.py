@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +23,9 @@ from logship.catalog.models import (
     SiteStatus,
     SpoolFile,
     StandbyProgress,
+    WalkCheckpoint,
 )
+from logship.lag import DurablePrefix
 
 
 def _sqlite_pragmas(dbapi_conn: object, _record: object) -> None:
@@ -53,6 +55,7 @@ def _create_tables(engine: Engine, attempts: int = 5) -> None:
         try:
             Base.metadata.create_all(engine)
             _add_missing_columns(engine)
+            _add_missing_indexes(engine)
             return
         except DBAPIError as exc:
             if not _lost_race(exc) or attempt == attempts - 1:
@@ -82,6 +85,49 @@ def _add_missing_columns(engine: Engine) -> None:
         with engine.begin() as conn:
             for statement in statements:
                 conn.execute(text(statement))
+
+
+def _drop_passed_checkpoints(s: Session, news: Iterable[NewFile]) -> None:
+    """A new row at or before a connector's durable prefix invalidates it: the walk
+    must see that row again (see `DurablePrefix`)."""
+    earliest: dict[str, str] = {}
+    for new in news:
+        if new.connector not in earliest or new.order_key < earliest[new.connector]:
+            earliest[new.connector] = new.order_key
+    for connector, order_key in earliest.items():
+        checkpoint = s.get(WalkCheckpoint, connector)
+        if checkpoint is not None and order_key <= checkpoint.order_key:
+            s.delete(checkpoint)
+
+
+def _drop_checkpoint_if_named(s: Session, connector: str, names: Sequence[str]) -> None:
+    """Retention may remove the prefix's own row or rows after it; the next walk then
+    starts from the rows left, as a walk over them alone would."""
+    checkpoint = s.get(WalkCheckpoint, connector)
+    if checkpoint is None:
+        return
+    at_or_after = s.scalars(
+        select(SpoolFile.id)
+        .where(
+            SpoolFile.connector == connector,
+            SpoolFile.name.in_(names),
+            SpoolFile.order_key >= checkpoint.order_key,
+        )
+        .limit(1)
+    ).first()
+    if at_or_after is not None:
+        s.delete(checkpoint)
+
+
+def _add_missing_indexes(engine: Engine) -> None:
+    """create_all makes a table's indexes only with the table: add those an older
+    logship's catalog lacks (one pass over the rows, once)."""
+    inspector = inspect(engine)
+    for table in Base.metadata.sorted_tables:
+        existing = {index["name"] for index in inspector.get_indexes(table.name)}
+        for index in table.indexes:
+            if index.name not in existing:
+                index.create(engine, checkfirst=True)
 
 
 @dataclass(frozen=True)
@@ -151,6 +197,7 @@ class Catalog:
             fresh = {
                 (n.connector, n.name): n for n in news if (n.connector, n.name) not in existing
             }
+            _drop_passed_checkpoints(s, fresh.values())
             s.add_all(
                 SpoolFile(
                     connector=new.connector,
@@ -225,15 +272,57 @@ class Catalog:
                 select(SpoolFile).where(SpoolFile.connector == connector, SpoolFile.name == name)
             ).first()
 
-    def files(self, connector: str) -> Sequence[SpoolFile]:
+    def files(self, connector: str, after: str | None = None) -> Sequence[SpoolFile]:
+        """A connector's rows in ship order; only those past order key `after` if given."""
+        query = select(SpoolFile).where(SpoolFile.connector == connector)
+        if after is not None:
+            query = query.where(SpoolFile.order_key > after)
         with self.session() as s:
-            return list(
-                s.scalars(
-                    select(SpoolFile)
-                    .where(SpoolFile.connector == connector)
-                    .order_by(SpoolFile.order_key)
+            return list(s.scalars(query.order_by(SpoolFile.order_key)))
+
+    def newest_applied(self, connector: str) -> str | None:
+        with self.session() as s:
+            return s.scalars(
+                select(SpoolFile.name)
+                .where(SpoolFile.connector == connector, SpoolFile.state == FileState.APPLIED)
+                .order_by(SpoolFile.order_key.desc())
+                .limit(1)
+            ).first()
+
+    # -- the durable prefix (a cache of the lag walk) ------------------------------
+
+    def walk_checkpoint(self, connector: str) -> DurablePrefix | None:
+        with self.session() as s:
+            row = s.get(WalkCheckpoint, connector)
+            if row is None:
+                return None
+            return DurablePrefix(row.name, row.order_key, row.closed_at, row.segment_size)
+
+    def save_walk_checkpoint(self, connector: str, prefix: DurablePrefix) -> bool:
+        """Remember where the next walk may start; False when the rows moved on meanwhile.
+
+        The walk read its rows before this transaction: a file that turned up before
+        `prefix` since then (still pending, as every new row is) makes it wrong, so it
+        is checked here, in the same transaction as the write.
+        """
+        with self.session() as s:
+            pending_before = s.scalars(
+                select(SpoolFile.id)
+                .where(
+                    SpoolFile.connector == connector,
+                    SpoolFile.state.in_([FileState.DISCOVERED, FileState.CONFLICT]),
+                    SpoolFile.order_key <= prefix.order_key,
                 )
-            )
+                .limit(1)
+            ).first()
+            if pending_before is not None:
+                return False
+            row = s.get(WalkCheckpoint, connector) or WalkCheckpoint(connector=connector)
+            row.order_key, row.name = prefix.order_key, prefix.name
+            row.closed_at, row.segment_size = prefix.closed_at, prefix.segment_size
+            s.add(row)
+            s.commit()
+            return True
 
     def count_by_state(self, connector: str) -> dict[str, int]:
         with self.session() as s:
@@ -486,6 +575,7 @@ class Catalog:
         with self.session() as s:
             for start in range(0, len(names), 500):
                 batch = list(names[start : start + 500])
+                _drop_checkpoint_if_named(s, connector, batch)
                 result = s.execute(
                     delete(SpoolFile).where(
                         SpoolFile.connector == connector,
