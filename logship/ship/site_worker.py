@@ -234,19 +234,20 @@ class SiteWorker(threading.Thread):
         return shipped
 
     def _ship_jobs(self, target: ShipTarget, jobs: list[_Job]) -> tuple[int, bool]:
-        """Ship `jobs` across this worker's connection and its lanes (one share of the
-        files each, in queue order), recording each file as soon as it is at the
-        site. Returns (files shipped, whether the site refused one); a lost main
-        connection is raised once every lane has stopped."""
+        """Ship `jobs` across this worker's connection and its lanes, each taking the
+        next file in queue order as soon as it is free (so a slow file holds up no
+        other), recording each file as soon as it is at the site. Returns (files
+        shipped, whether the site refused one); a lost main connection is raised
+        once every lane has stopped."""
         assert self._transport is not None
-        extra = self._lanes.ready() if len(jobs) > 1 else []
-        transports = [self._transport, *extra]
-        shares = [jobs[i :: len(transports)] for i in range(len(transports))]
+        extra = self._lanes.ready()[: len(jobs) - 1] if len(jobs) > 1 else []
+        todo: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        for job in jobs:
+            todo.put(job)
         done: queue.Queue[_Outcome] = queue.Queue()
         futures = [
-            self._lanes.submit(self._ship_share, transport, index, target, share, done.put)
-            for index, (transport, share) in enumerate(zip(transports, shares, strict=True))
-            if index and share
+            self._lanes.submit(self._ship_from, transport, index, target, todo, done.put)
+            for index, transport in enumerate(extra, start=1)
         ]
         settle = _Settled()
 
@@ -258,7 +259,7 @@ class SiteWorker(threading.Thread):
                 except queue.Empty:
                     return
 
-        self._ship_share(self._transport, 0, target, shares[0], done.put, between=drain)
+        self._ship_from(self._transport, 0, target, todo, done.put, between=drain)
         for future in futures:
             while not future.done():
                 drain()
@@ -292,17 +293,19 @@ class SiteWorker(threading.Thread):
             event(log, logging.INFO, "lane lost", site=self.site.name, error=str(result))
             self._lanes.drop(outcome.transport)
 
-    def _ship_share(
+    def _ship_from(
         self,
         transport: Transport,
         connection: int,
         target: ShipTarget,
-        share: list[_Job],
+        todo: queue.SimpleQueue[_Job],
         report: Callable[[_Outcome], None],
         between: Callable[[], None] | None = None,
     ) -> None:
-        for job in share:
-            if self._stopping.is_set():
+        while not self._stopping.is_set():
+            try:
+                job = todo.get_nowait()
+            except queue.Empty:
                 return
             try:
                 record = ship_file(
