@@ -58,11 +58,17 @@ def _growing_temp(dep: Deployment) -> Path | None:
     return None
 
 
-def _wait_under_way(dep: Deployment, timeout: float = 120) -> Path:
+def _wait_under_way(dep: Deployment, proc: subprocess.Popen[bytes], timeout: float = 120) -> Path:
     """The backup's temp once it holds its first MiB. Polled finely: the whole stream
     can take well under a second here, and a coarse poll would miss it."""
     deadline = time.monotonic() + timeout
     while (temp := _growing_temp(dep)) is None:
+        if proc.poll() is not None:
+            _, err = proc.communicate()
+            raise AssertionError(
+                f"the backup exited {proc.returncode} before its stream was seen: "
+                f"{err.decode(errors='replace')[-2000:]}"
+            )
         if time.monotonic() >= deadline:
             raise TimeoutError(f"timed out after {timeout:g}s waiting for the backup stream")
         time.sleep(0.005)
@@ -95,7 +101,7 @@ def test_killed_backup_leaves_nothing_restorable_and_the_next_one_succeeds(
     dep = loaded
     proc = _start_backup(dep)
     try:
-        temp = _wait_under_way(dep)
+        temp = _wait_under_way(dep, proc)
         killed_id = temp.parent.name
         kill_tree(proc.pid)
         proc.wait(timeout=30)
@@ -128,12 +134,13 @@ def test_sigterm_mid_stream_removes_the_temp_file_and_records_the_failure(
     dep = loaded
     proc = _start_backup(dep)
     try:
-        temp = _wait_under_way(dep)
+        temp = _wait_under_way(dep, proc)
         # Signal logship itself: runuser would only pass the signal on.
         for pid in child_pids(proc.pid) or [proc.pid]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
-        assert proc.wait(timeout=60) != 0
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode != 0, err.decode(errors="replace")[-2000:]
     finally:
         if proc.poll() is None:
             kill_tree(proc.pid)
