@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -56,10 +57,10 @@ def _plain_promote(dep: Deployment) -> float:
     return time.monotonic() - started
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5, help="promotes of each kind")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     report = Report("promote_rto", environment())
     walls: list[float] = []
     reported: list[float] = []
@@ -109,7 +110,8 @@ def main() -> None:
         runs=reported,
     )
     report.print_table()
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

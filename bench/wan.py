@@ -49,6 +49,7 @@ VARIANTS = {
     "logship-zstd-c1": ("zstd", 1),
     "logship-zstd-c2": ("zstd", 2),
     "logship-zstd-c4": ("zstd", 4),
+    "logship-zstd-c8": ("zstd", 8),
 }
 
 
@@ -114,8 +115,9 @@ def profile_runs(
     incoming: Path,
     user: OsUser,
     repeat: int,
+    variants: list[str],
 ) -> dict[str, list[Run]]:
-    runs: dict[str, list[Run]] = {name: [] for name in ("sftp", *VARIANTS)}
+    runs: dict[str, list[Run]] = {name: [] for name in ("sftp", *variants)}
     mib = sum(f.stat().st_size for f in files) / MIB
     with shaped_path(server, profile) as (host, port):
         via = Via(host, port, server.client_key, server.known_hosts, server.login_user)
@@ -162,6 +164,8 @@ def report_profile(
         runs=rates,
     )
     for name, (compression, connections) in VARIANTS.items():
+        if name not in runs:
+            continue
         value, rates = rate(name)
         report.add(
             f"{profile.name}_logship_{compression}_c{connections}",
@@ -184,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--profile", choices=[p.name for p in PROFILES], action="append", help="default: all"
     )
+    parser.add_argument(
+        "--variant", choices=list(VARIANTS), action="append", help="logship variants; default: all"
+    )
     args = parser.parse_args(argv)
     if (why := why_unavailable()) is not None:
         log(f"skipped: {why}")
@@ -201,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
                 bench.incoming,
                 bench.user,
                 args.repeat,
+                args.variant or list(VARIANTS),
             )
             report_profile(report, profile, runs, bench.raw_mib)
     report.print_table()
