@@ -132,7 +132,8 @@ def site_segment_size(
     if catalog is not None:
         from logship.lag import segment_size
 
-        return segment_size(catalog.files(connector))
+        prefix = catalog.walk_checkpoint(connector)  # read off the rows already
+        return prefix.segment_size if prefix is not None else segment_size(catalog.files(connector))
     return DEFAULT_SEGMENT_SIZE
 
 
