@@ -132,10 +132,15 @@ def logship_daemon_all(
     compression: str,
     connections: int,
     address: tuple[str, int] | None = None,
+    feed: Callable[[Path, Path], None] = os.rename,
 ) -> Run:
     """`logship run` as in production: the files are renamed into its spool at once
     (as archive-wal leaves them) and timed until the daemon logged each one shipped,
-    so the watcher, the catalog and the site worker's connections are all in it."""
+    so the watcher, the catalog and the site worker's connections are all in it.
+
+    `feed(staged, in_spool)` is how each file enters the spool, in order, with the
+    clock running: by default a rename from a staging folder on the same file system.
+    """
     if workdir.exists():
         subprocess.run(["rm", "-rf", str(workdir)], check=True)
     stage = workdir / "stage"
@@ -184,7 +189,7 @@ data_dir = "/nonexistent"
         common.wait_until(lambda: bool(events("connected")), 60, "the daemon connected")
         start = time.perf_counter()
         for path in files:
-            os.rename(stage / path.name, spool / path.name)
+            feed(stage / path.name, spool / path.name)
         while len(shipped := events("shipped")) < len(files):
             if daemon.poll() is not None:
                 raise RuntimeError(f"the daemon exited {daemon.returncode}: see {log_path}")
