@@ -63,12 +63,17 @@ def retire(spool_dir: Path, name: str, sha256: str, *, keep: bool) -> None:
     if keep:
         kept = kept_path(spool_dir, name)
         ensure_private_dir(kept.parent)
+        # A link and an unlink, not a rename: inotify reports a rename out of the
+        # watched folder as an unpaired move, which watchdog holds back for half a
+        # second, and every spool event queued behind it (the next segment) waits.
         try:
-            os.replace(spool_dir / name, kept)
+            kept.unlink(missing_ok=True)
+            os.link(spool_dir / name, kept)
         except FileNotFoundError:
             pass
         else:
             fsync_dir(kept.parent)
+            (spool_dir / name).unlink(missing_ok=True)
     else:
         (spool_dir / name).unlink(missing_ok=True)
     fsync_dir(spool_dir)
