@@ -232,6 +232,25 @@ def ssh_server(workdir: Path, user: OsUser) -> Iterator[SshServer]:
         server.stop()
 
 
+def ssh_client_options(server: SshServer) -> list[str]:
+    """OpenSSH client options for the private sshd: its key, strict host-key
+    checking against its own known_hosts, never a prompt."""
+    return [
+        "-i",
+        str(server.client_key),
+        "-o",
+        f"UserKnownHostsFile={server.known_hosts}",
+        "-o",
+        "GlobalKnownHostsFile=/dev/null",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "IdentitiesOnly=yes",
+    ]
+
+
 def site_for(server: SshServer, root: Path, name: str = "bench") -> SiteConfig:
     """The logship site config that reaches ``server`` as its login user."""
     return SiteConfig(
@@ -395,6 +414,20 @@ def _archived(directory: Path) -> list[Path]:
     )
 
 
+def wal_generation_settings(archive: Path) -> dict[str, str]:
+    """A cluster that makes test WAL fast and archives every segment whole."""
+    return {
+        "archive_mode": "on",
+        "archive_library": "basic_archive",
+        "basic_archive.archive_directory": str(archive),
+        # WAL content is what matters; not waiting on every commit's flush
+        # only makes the same kind of WAL faster.
+        "synchronous_commit": "off",
+        "checkpoint_timeout": "30s",
+        "max_wal_size": "2GB",
+    }
+
+
 def real_wal(dest: Path, count: int, *, scale: int = 20, tpcb_budget: float = 240) -> WalSet:
     """``count`` real 16 MiB segments from a throwaway PostgreSQL 15 cluster.
 
@@ -420,18 +453,7 @@ def real_wal(dest: Path, count: int, *, scale: int = 20, tpcb_budget: float = 24
 
     try:
         cluster.initdb()
-        cluster.configure(
-            {
-                "archive_mode": "on",
-                "archive_library": "basic_archive",
-                "basic_archive.archive_directory": str(archive),
-                # WAL content is what matters; not waiting on every commit's flush
-                # only makes the same kind of WAL faster.
-                "synchronous_commit": "off",
-                "checkpoint_timeout": "30s",
-                "max_wal_size": "2GB",
-            }
-        )
+        cluster.configure(wal_generation_settings(archive))
         cluster.start()
 
         def init_round() -> None:

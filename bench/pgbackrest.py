@@ -165,16 +165,7 @@ def make_wal(
     `while_running` (stanza-create) needs the cluster up.
     """
     cluster.initdb()
-    cluster.configure(
-        {
-            "archive_mode": "on",
-            "archive_library": "basic_archive",
-            "basic_archive.archive_directory": str(archive),
-            "synchronous_commit": "off",
-            "checkpoint_timeout": "30s",
-            "max_wal_size": "2GB",
-        }
-    )
+    cluster.configure(common.wal_generation_settings(archive))
     cluster.start()
     while_running()
     log(f"generating {count} WAL segments: pgbench -i -s {SCALE}")
@@ -435,22 +426,7 @@ class PgBackRest:
         ssh = self.workdir / "ssh"
         ssh.write_text(
             "#!/bin/sh\nexec ssh -F /dev/null "
-            + shlex.join(
-                [
-                    "-i",
-                    str(self.server.client_key),
-                    "-o",
-                    f"UserKnownHostsFile={self.server.known_hosts}",
-                    "-o",
-                    "GlobalKnownHostsFile=/dev/null",
-                    "-o",
-                    "StrictHostKeyChecking=yes",
-                    "-o",
-                    "BatchMode=yes",
-                    "-o",
-                    "IdentitiesOnly=yes",
-                ]
-            )
+            + shlex.join(common.ssh_client_options(self.server))
             + ' "$@"\n'
         )
         ssh.chmod(0o755)
