@@ -35,8 +35,9 @@ from logship.tree import rows, ship
 from logship.tree.exclude import ExcludeRules
 from logship.tree.names import is_temp_name
 from logship.tree.status import files_status
+from logship.tree.track import Tracker
 from logship.tree.watcher import TreeWatcher
-from logship.tree.worker import MirrorWorker
+from logship.tree.worker import MirrorWorker, sftp_tree_site
 from logship.ui.status_table import null_reasons
 
 CONNECTOR = "app"
@@ -510,13 +511,14 @@ def _tree_site(setup: Setup) -> tuple[SftpTransport, SftpTreeSite]:
     return transport, tree
 
 
-def _small_files(source: Path, count: int) -> list[tuple[bytes, bytes]]:
+def _small_files(source: Path, count: int) -> list[ship.BatchFile]:
     files = []
     for n in range(count):
         path = source / f"f{n:03d}.conf"
         path.write_bytes(f"file {n}\n".encode() * (n + 1))
         path.chmod(0o755 if n % 3 == 0 else 0o640)
-        files.append((os.fsencode(path.name), os.fsencode(path)))
+        data, before = ship.read_small(os.fsencode(path), ship.BATCH_READ_MAX)
+        files.append(ship.BatchFile(os.fsencode(path.name), data, before))
     return files
 
 
@@ -533,14 +535,13 @@ def test_a_batch_cut_before_its_renames_leaves_no_visible_file(site: Site) -> No
 
         tree._syncfs = link_lost  # type: ignore[method-assign]
         with pytest.raises(EOFError):
-            tree.put_files(files, unchanged=ship.same_file)
+            tree.start_files(files).finish()
         # Written and closed, but never renamed: only hidden temps at the site.
         left = snapshot(setup.target)
         assert left and set(left.values()) == {("temp",)}
 
         tree._syncfs = real  # type: ignore[method-assign]
-        outcomes = tree.put_files(files, unchanged=ship.same_file)
-        assert all(isinstance(o, ship.Shipped) for o in outcomes)
+        assert tree.start_files(files).finish() == [None] * len(files)
         assert snapshot(setup.target) == snapshot(setup.source)
     finally:
         transport.close()
@@ -552,32 +553,43 @@ def test_a_batch_without_sync_at_the_site_fsyncs_each_file(site: Site) -> None:
     transport, tree = _tree_site(setup)
     try:
         tree._syncfs_works = False  # a site where `sync -f` cannot run
-        outcomes = tree.put_files(files, unchanged=ship.same_file)
-        for (_, local), outcome in zip(files, outcomes, strict=True):
-            assert isinstance(outcome, ship.Shipped)
-            assert (
-                outcome.sha256 == hashlib.sha256(Path(os.fsdecode(local)).read_bytes()).hexdigest()
-            )
+        assert tree.start_files(files).finish() == [None] * len(files)
         assert snapshot(setup.target) == snapshot(setup.source)
     finally:
         transport.close()
 
 
-def test_a_file_changed_during_its_batch_is_not_renamed(site: Site) -> None:
+def test_a_file_changed_during_its_batch_is_not_shipped(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file whose lstat after the read differs from the one before stays pending,
+    and nothing of it reaches the site; the rest of its batch lands (here through
+    `tree-receive`, which puts a file in place before answering)."""
     setup = _setup(site)
-    files = _small_files(setup.source, 5)
-    transport, tree = _tree_site(setup)
-    changed = setup.source / "f002.conf"
+    connector = setup.config.connectors[CONNECTOR]
+    _small_files(setup.source, 5)
+    changed_ino = (setup.source / "f002.conf").stat().st_ino
+    real_same_file = ship.same_file
 
-    def unchanged(before: os.stat_result, after: os.stat_result) -> bool:
-        return after.st_ino != changed.stat().st_ino and ship.same_file(before, after)
+    def same_file(before: os.stat_result, after: os.stat_result) -> bool:
+        return after.st_ino != changed_ino and real_same_file(before, after)
 
+    monkeypatch.setattr(ship, "same_file", same_file)
+    catalog = Catalog(setup.config.catalog_url)
+    transport = SftpTransport(setup.config.site_of(connector))
     try:
-        outcomes = tree.put_files(files, unchanged=unchanged)
-        assert isinstance(outcomes[2], ship.SourceChanged)
-        assert sum(isinstance(o, ship.Shipped) for o in outcomes) == 4
+        Tracker(
+            catalog, CONNECTOR, setup.source, ExcludeRules([]), propagate_deletes=True
+        ).reconcile(time.time())
+        tree = sftp_tree_site(transport, connector)
+        shipper = ship.TreeShipper(catalog, CONNECTOR, setup.source, 0.0, time.time)
+        assert shipper.ship_round(tree, lambda: True, lambda: False) == 4
+        tree.close()
         found = snapshot(setup.target)
         assert b"f002.conf" not in found and ("temp",) not in found.values()
         assert len(found) == 4
+        left = rows.all_rows(catalog, CONNECTOR)[b"f002.conf"]
+        assert left.state == rows.PENDING and left.next_try_at is not None
     finally:
         transport.close()
+        catalog.close()

@@ -145,3 +145,81 @@ def test_only_temps_untouched_for_long_are_swept(tmp_path: Path) -> None:
     assert receiver.sweep_stale_temps(now=between + STALE_TEMP_S - 1) == 0
     assert receiver.sweep_stale_temps(now=between + STALE_TEMP_S) == 1
     assert not stale.exists() and fresh.exists() and kept.exists()
+
+
+class _Recording(Receiver):
+    """A receiver that notes the order of its syncs and renames."""
+
+    def __init__(self, target: Path, fail_sync: bool = False) -> None:
+        super().__init__(target)
+        self.steps: list[str] = []
+        self._fail_sync = fail_sync
+
+    def sync(self) -> None:
+        if self._fail_sync:
+            raise OSError(5, "syncfs failed")
+        super().sync()
+        self.steps.append("sync")
+
+    def rename_all(self, batch: list[tuple[bytes, bytes, str | None]]) -> list[str | None]:
+        errors = super().rename_all(batch)
+        self.steps.append(f"renamed {len(batch)}")
+        return errors
+
+
+class _KeptOpen(io.BytesIO):
+    """stdout that stays readable after the receiver closes it, and notes each
+    batch's answer in `steps`."""
+
+    def __init__(self, steps: list[str] | None = None) -> None:
+        super().__init__()
+        self._steps = steps
+
+    def write(self, data: bytes) -> int:  # type: ignore[override]
+        if self._steps is not None and b'"done"' in data:
+            self._steps.append("answered")
+        return super().write(data)
+
+    def close(self) -> None:
+        self.closed_by_receiver = True
+
+
+def test_batches_back_to_back_are_answered_in_order_each_after_a_sync(tmp_path: Path) -> None:
+    """Batches arrive faster than they commit: a batch's renames may share the
+    next batch's syncfs, but no batch is answered before a syncfs after its renames."""
+    sizes = [3, 1, 4, 2]
+    stream = b""
+    for batch, size in enumerate(sizes):
+        for n in range(size):
+            stream += file_frame(f"b{batch}-{n}".encode(), 0o644, MTIME_NS, b"x" * n)
+        stream += COMMIT
+    receiver = _Recording(tmp_path)
+    out = _KeptOpen(receiver.steps)
+    receiver.serve(io.BytesIO(stream), out)
+    replies = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [r["done"] for r in replies if "done" in r] == sizes
+    assert all(r["error"] is None for r in replies if "i" in r)
+    steps = receiver.steps
+    renamed_at = [i for i, step in enumerate(steps) if step.startswith("renamed")]
+    answered_at = [i for i, step in enumerate(steps) if step == "answered"]
+    assert len(renamed_at) == len(answered_at) == len(sizes), steps
+    for renamed, answered in zip(renamed_at, answered_at, strict=True):
+        assert renamed < answered and "sync" in steps[renamed:answered], steps
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        f"b{b}-{n}" for b, size in enumerate(sizes) for n in range(size)
+    )
+    assert _leftovers(tmp_path) == []
+
+
+def test_a_failed_sync_ends_the_answers_and_renames_nothing(tmp_path: Path) -> None:
+    stream = file_frame(b"a.conf", 0o644, MTIME_NS, b"a") + COMMIT
+    stream += file_frame(b"b.conf", 0o644, MTIME_NS, b"b") + COMMIT
+    out = _KeptOpen()
+    with pytest.raises(OSError, match="syncfs failed"):
+        _Recording(tmp_path, fail_sync=True).serve(io.BytesIO(stream), out)
+    # Only the ready line: the client sees the stream end and ships over SFTP.
+    assert [json.loads(line) for line in out.getvalue().splitlines()] == [
+        {"ready": True, "swept": 0}
+    ]
+    assert getattr(out, "closed_by_receiver", False)
+    assert not (tmp_path / "a.conf").exists() and not (tmp_path / "b.conf").exists()

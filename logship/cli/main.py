@@ -122,6 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("tree-receive", help=VERBS["tree-receive"][1])
     p.add_argument("connector")
+    p.add_argument(
+        "--no-sweep",
+        action="store_true",
+        help="leave stale temps alone (another receiver of the connection sweeps them)",
+    )
 
     p = sub.add_parser("status", help=VERBS["status"][1])
     p.add_argument("connector", nargs="?")

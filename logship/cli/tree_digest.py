@@ -14,11 +14,11 @@ from pathlib import Path
 
 from logship.config.files import config_path
 from logship.config.load import load_config
+from logship.engines.files import files_connector
 from logship.errors import OperationFailed, first_line
 from logship.tree.digest import digest_tree, end_line
 from logship.tree.exclude import ExcludeRules
 from logship.tree.verify import display_path
-from logship.tree.verify_run import files_connector
 
 
 def _target_problem(target: Path) -> str | None:

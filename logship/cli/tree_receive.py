@@ -14,9 +14,9 @@ from pathlib import Path
 
 from logship.config.files import config_path
 from logship.config.load import load_config
+from logship.engines.files import files_connector
 from logship.tree.receive import Receiver
 from logship.tree.stream import reply_line
-from logship.tree.verify_run import files_connector
 
 
 def run(args: argparse.Namespace) -> int:
@@ -35,5 +35,5 @@ def run(args: argparse.Namespace) -> int:
         out.write(reply_line({"error": message}))
         out.flush()
         return 1
-    Receiver(target).serve(sys.stdin.buffer, out)
+    Receiver(target).serve(sys.stdin.buffer, out, sweep=not args.no_sweep)
     return 0

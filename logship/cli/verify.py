@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING
 from logship.catalog.opening import open_catalog
 from logship.config.files import config_path
 from logship.config.load import load_config
+from logship.engines.files import files_connector
 from logship.errors import EXIT_FAILED, LogshipError
 from logship.tree.verify import VerifyReport, display_path
-from logship.tree.verify_run import files_connector, run_verify
+from logship.tree.verify_run import run_verify
 
 if TYPE_CHECKING:
     pass

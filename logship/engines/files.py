@@ -13,8 +13,9 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from logship.config.model import ConnectorBase, Seconds, Strict
+from logship.config.model import Config, ConnectorBase, Seconds, Strict
 from logship.engines import BackgroundJob
+from logship.errors import UsageError
 
 
 class FilesStandby(Strict):
@@ -69,3 +70,14 @@ class FilesEngine:
 
 
 ENGINE = FilesEngine()
+
+
+def files_connector(config: Config, name: str) -> FilesConnector:
+    """The files connector `name`; UsageError for a connector of another kind."""
+    connector = config.connector(name)
+    if not isinstance(connector, FilesConnector):
+        raise UsageError(
+            f"connector {name!r} is kind {connector.kind!r}; this works on file trees, "
+            'for kind = "files" connectors'
+        )
+    return connector

@@ -49,20 +49,16 @@ from logship.ship.sftp_replies import WRITE_REQUEST_SIZE, RemoteUpload, Replies,
 from logship.ship.tree_stream import TreeStream
 from logship.tree.names import temp_name
 from logship.tree.scan import READ_CHUNK
-from logship.tree.ship import Shipped, SourceChanged
+from logship.tree.ship import BatchFile, BatchUpload, SourceChanged
 from logship.tree.stream import file_frame
 
 log = logging.getLogger("logship.tree")
 
-#: a batched file is read whole into memory: a file grown past this since it
-#: was recorded is left for the streaming path
-BATCH_READ_MAX = 4 * 1024 * 1024
 SYNC_TIMEOUT_S = 120.0
-
-
-def _before(outcome: object) -> os.stat_result:
-    assert isinstance(outcome, Shipped)
-    return outcome.before
+#: `tree-receive` processes per connection, batches taking turns: one writes
+#: its temps while the other syncs and renames (the file system's work runs on
+#: two cores; see docs/benchmarks.md, files_vs_rsync)
+RECEIVERS = 2
 
 
 class SftpTreeSite:
@@ -82,33 +78,43 @@ class SftpTreeSite:
         self._syncfs_works: bool | None = None
         #: how to start `tree-receive` at the site; None: SFTP alone
         self._receiver = receiver
-        self._stream: TreeStream | None = None
+        self._streams: list[TreeStream] = []
+        self._turn = 0
 
     def close(self) -> None:
-        stream, self._stream = self._stream, None
-        if stream is not None:
+        streams, self._streams = self._streams, []
+        for stream in streams:
             # The connection may be going away with it.
             with contextlib.suppress(OSError, paramiko.SSHException, EOFError):
                 stream.close()
 
     def launch_receiver(self) -> None:
-        """Start `tree-receive` at the site now; the first batch waits for it."""
-        if self._stream is None and self._receiver is not None:
-            try:
-                self._stream = TreeStream.launch(self._transport.client, self._receiver)
-            except (OSError, paramiko.SSHException) as exc:
-                self._no_receiver(exc)
+        """Start the `tree-receive`s at the site now; the first batch waits for them."""
+        if self._streams or self._receiver is None:
+            return
+        try:
+            for n in range(RECEIVERS):
+                # One of them sweeps stale temps at its start; one sweep is enough.
+                argv = self._receiver if n == 0 else [*self._receiver, "--no-sweep"]
+                self._streams.append(TreeStream.launch(self._transport.client, argv))
+        except (OSError, paramiko.SSHException) as exc:
+            self.close()
+            self._no_receiver(exc)
 
     def _batch_stream(self) -> TreeStream | None:
-        """The receiver at the site, once it is up; None when there is none."""
+        """The receiver whose turn it is, once it is up; None when there is none."""
         self.launch_receiver()
-        if self._stream is not None:
-            try:
-                self._stream.wait_ready()
-            except (OSError, paramiko.SSHException) as exc:
-                self._stream = None
-                self._no_receiver(exc)
-        return self._stream
+        if not self._streams:
+            return None
+        stream = self._streams[self._turn % len(self._streams)]
+        self._turn += 1
+        try:
+            stream.wait_ready()
+        except (OSError, paramiko.SSHException) as exc:
+            self.close()
+            self._no_receiver(exc)
+            return None
+        return stream
 
     def _no_receiver(self, exc: Exception) -> None:
         if not self._transport.is_alive:
@@ -122,36 +128,23 @@ class SftpTreeSite:
         )
         self._receiver = None
 
-    def _put_batch_streamed(
-        self,
-        stream: TreeStream,
-        files: Sequence[tuple[bytes, bytes]],
-        outcomes: list[Shipped | Exception],
-        contents: dict[int, bytes],
-    ) -> list[Shipped | Exception] | None:
-        """The batch through the receiver; None when the stream broke (then SFTP)."""
-        sent = sorted(contents)
-        frames = []
-        for i in sent:
-            before = _before(outcomes[i])
-            frames.append(
-                file_frame(
-                    files[i][0], stat.S_IMODE(before.st_mode), before.st_mtime_ns, contents[i]
-                )
-            )
+    def _send_streamed(self, stream: TreeStream, files: Sequence[BatchFile]) -> BatchUpload:
+        frames = [file_frame(f.relative, f.mode, f.before.st_mtime_ns, f.data) for f in files]
         try:
-            errors = stream.put_batch(frames)
+            stream.send_batch(frames)
         except (OSError, paramiko.SSHException, EOFError) as exc:
-            if not self._transport.is_alive:
-                raise
+            self._stream_broke(exc)
+            return _Done(self._put_over_sftp(files))
+        return _StreamedBatch(self, stream, files)
+
+    def _stream_broke(self, exc: Exception) -> None:
+        """Batches go over SFTP from now on; the link itself failing is raised."""
+        if not self._transport.is_alive:
+            raise exc
+        if self._streams:
             event(log, logging.WARNING, "tree-receive broke: SFTP", error=str(exc))
             self.close()
-            self._receiver = None
-            return None
-        for i, error in zip(sent, errors, strict=True):
-            if error is not None:
-                outcomes[i] = OSError(error)
-        return outcomes
+        self._receiver = None
 
     def _abs(self, relative: bytes) -> bytes:
         return self._root + b"/" + relative if relative else self._root
@@ -247,55 +240,38 @@ class SftpTreeSite:
         self._transport.fsync_dir(self._parent(relative))
         return digest.hexdigest(), size, before
 
-    def put_files(
-        self,
-        files: Sequence[tuple[bytes, bytes]],
-        *,
-        unchanged: Callable[[os.stat_result, os.stat_result], bool],
-    ) -> list[Shipped | Exception]:
-        """Upload small files (relative, local) as one batch; an outcome for each.
+    def start_files(self, files: Sequence[BatchFile]) -> BatchUpload:
+        """Send a batch of small files read whole; `finish` once it is durable.
 
-        The same guarantees as `put_file`, in phases pipelined over all files:
-        each is written to its temp name (mode and mtime set), the temps are made
-        durable, renamed over the final names, and the renames made durable
-        before this returns. Durability comes from one `sync -f ROOT` (syncfs of
-        the site's file system, run through the SSH exec channel with only the
-        configured root as argument) before and one after the renames; a site
-        where that cannot run gets an fsync of each temp and of each touched
-        folder instead, pipelined too. A file that fails or changed while being
-        read gets its exception (SourceChanged, OSError) and leaves no temp; a
-        failure of the link itself is raised.
+        Through `tree-receive` at the site the batch is one stream of frames,
+        and the next batch can be sent before this one is answered. Over SFTP
+        (no receiver, or it broke) the same guarantees as `put_file`, in phases
+        pipelined over all files, before this returns: each file is written to
+        its temp name (mode and mtime set), the temps are made durable, renamed
+        over the final names, and the renames made durable. Durability comes
+        from one `sync -f ROOT` (syncfs of the site's file system, run through
+        the SSH exec channel with only the configured root as argument) before
+        and one after the renames; a site where that cannot run gets an fsync of
+        each temp and of each touched folder instead, pipelined too. A file that
+        fails gets its OSError and leaves no temp; a failure of the link itself
+        is raised.
         """
-        outcomes: list[Shipped | Exception] = []
-        contents: dict[int, bytes] = {}
         stream = self._batch_stream()
-        for index, (_, local) in enumerate(files):
-            try:
-                data, before = self._read_small(local)
-                # Through the stream a file is in place before the site answers:
-                # it must be a complete copy as read, not checked afterwards.
-                if stream is not None and not unchanged(before, os.lstat(local)):
-                    raise SourceChanged("changed while being read")
-            except (OSError, SourceChanged) as exc:
-                outcomes.append(exc)
-                continue
-            contents[index] = data
-            outcomes.append(Shipped(hashlib.sha256(data).hexdigest(), len(data), before))
-        if stream is not None and contents:
-            streamed = self._put_batch_streamed(stream, files, outcomes, contents)
-            if streamed is not None:
-                return streamed
+        if stream is not None:
+            return self._send_streamed(stream, files)
+        return _Done(self._put_over_sftp(files))
+
+    def _put_over_sftp(self, files: Sequence[BatchFile]) -> list[OSError | None]:
+        outcomes: list[OSError | None] = [None] * len(files)
         fsync_each = not self._syncfs_usable()
         replies = Replies(self._sftp)
-        temps = {i: self._temp_for(files[i][0]) for i in contents}
-        opens = {}
+        temps = [self._temp_for(f.relative) for f in files]
         private = SFTPAttributes()
         private.st_mode = 0o600  # the server's umask can only narrow it
-        for i, temp in temps.items():
-            flags = SFTP_FLAG_WRITE | SFTP_FLAG_CREATE | SFTP_FLAG_TRUNC
-            opens[i] = replies.send(CMD_OPEN, temp, flags, private)
+        flags = SFTP_FLAG_WRITE | SFTP_FLAG_CREATE | SFTP_FLAG_TRUNC
+        opens = [replies.send(CMD_OPEN, temp, flags, private) for temp in temps]
         handles: dict[int, bytes] = {}
-        for i, num in opens.items():
+        for i, num in enumerate(opens):
             found = replies.handle(num)
             if isinstance(found, OSError):
                 outcomes[i] = found
@@ -303,13 +279,13 @@ class SftpTreeSite:
                 handles[i] = found
         pending: dict[int, list[int]] = {}
         for i, handle in handles.items():
-            data, before = contents[i], _before(outcomes[i])
+            data, before = files[i].data, files[i].before
             nums = [
                 replies.send_write(handle, offset, data[offset : offset + WRITE_REQUEST_SIZE])
                 for offset in range(0, len(data), WRITE_REQUEST_SIZE)
             ]
             attrs = SFTPAttributes()
-            attrs.st_mode = stat.S_IMODE(before.st_mode)
+            attrs.st_mode = files[i].mode
             attrs.st_atime, attrs.st_mtime = int(before.st_atime), int(before.st_mtime)
             nums.append(replies.send(CMD_FSETSTAT, handle, attrs))
             if fsync_each:
@@ -319,59 +295,34 @@ class SftpTreeSite:
         for i, nums in pending.items():
             errors = [replies.status(num) for num in nums]
             errors.append(replies.status(closes[i]))
-            failed = next((e for e in errors if e is not None), None)
-            if failed is not None:
-                outcomes[i] = failed
-                continue
-            # The source must not have moved while it was read (as in put_file).
-            try:
-                after = os.lstat(files[i][1])
-            except OSError as exc:
-                outcomes[i] = exc
-                continue
-            if not unchanged(_before(outcomes[i]), after):
-                outcomes[i] = SourceChanged("changed while being uploaded")
-        ready = [i for i in handles if isinstance(outcomes[i], Shipped)]
-        self._drop_temps(replies, [temps[i] for i in temps if i not in ready])
+            outcomes[i] = next((e for e in errors if e is not None), None)
+        ready = [i for i in handles if outcomes[i] is None]
+        self._drop_temps(replies, [temps[i] for i in handles if outcomes[i] is not None])
         if not ready:
             return outcomes
         if not fsync_each:
             self._syncfs()  # the temps' data and metadata, before any rename
         renames = {
             i: replies.send(
-                CMD_EXTENDED, "posix-rename@openssh.com", temps[i], self._abs(files[i][0])
+                CMD_EXTENDED, "posix-rename@openssh.com", temps[i], self._abs(files[i].relative)
             )
             for i in ready
         }
         for i, num in renames.items():
-            failed = replies.status(num)
-            if failed is None:
+            if replies.status(num) is None:
                 continue
             try:
                 # A folder in the way, or another reason put_file would handle.
-                self._rename_into_place(temps[i], files[i][0])
+                self._rename_into_place(temps[i], files[i].relative)
             except OSError as exc:
                 self._transport.remove_quietly(temps[i])
                 outcomes[i] = exc
         if fsync_each:
-            folders = {self._parent(files[i][0]) for i in ready}
+            folders = {self._parent(files[i].relative) for i in ready}
             self._fsync_dirs(replies, sorted(folders))
         else:
             self._syncfs()  # the renames
         return outcomes
-
-    def _read_small(self, local: bytes) -> tuple[bytes, os.stat_result]:
-        fd = os.open(local, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        with os.fdopen(fd, "rb") as source:
-            before = os.fstat(source.fileno())
-            if not stat.S_ISREG(before.st_mode):
-                raise SourceChanged("no longer a regular file")
-            if before.st_size > BATCH_READ_MAX:
-                raise SourceChanged("grew past the batch size")
-            data = source.read(BATCH_READ_MAX + 1)
-        if len(data) != before.st_size:
-            raise SourceChanged("changed while being read")
-        return data, before
 
     def _drop_temps(self, replies: Replies, temps: Sequence[bytes]) -> None:
         nums = [replies.send(CMD_REMOVE, temp) for temp in temps]
@@ -540,3 +491,32 @@ class SftpTreeSite:
                 raise
             self.remove(relative)
             self._sftp.posix_rename(temp, self._abs(relative))
+
+
+class _Done:
+    """A batch that is durable already (it went over SFTP)."""
+
+    def __init__(self, outcomes: list[OSError | None]) -> None:
+        self._outcomes = outcomes
+
+    def finish(self) -> list[OSError | None]:
+        return self._outcomes
+
+
+class _StreamedBatch:
+    """A batch sent to `tree-receive`; its answers are read in `finish`."""
+
+    def __init__(self, site: SftpTreeSite, stream: TreeStream, files: Sequence[BatchFile]) -> None:
+        self._site = site
+        self._stream = stream
+        self._files = files
+
+    def finish(self) -> list[OSError | None]:
+        try:
+            errors = self._stream.collect(len(self._files))
+        except (OSError, paramiko.SSHException, EOFError) as exc:
+            # What the receiver did of this batch is unknown: all of it again,
+            # over SFTP (landing a file twice is harmless).
+            self._site._stream_broke(exc)
+            return self._site._put_over_sftp(self._files)
+        return [None if error is None else OSError(error) for error in errors]

@@ -73,8 +73,8 @@ class TreeStream:
             raise OSError(f"tree-receive said {line[:200]!r}")
         return content
 
-    def put_batch(self, frames: Sequence[bytes]) -> list[str | None]:
-        """Send a batch and commit it: the error of each file, None when it landed."""
+    def send_batch(self, frames: Sequence[bytes]) -> None:
+        """Send a batch and its commit; `collect` its answers later, in order."""
         out = bytearray()
         for frame in frames:
             out += frame
@@ -83,15 +83,18 @@ class TreeStream:
                 out.clear()
         out += COMMIT
         self._channel.sendall(bytes(out))
+
+    def collect(self, count: int) -> list[str | None]:
+        """The answers to the oldest batch sent: each file's error, None when it landed."""
         errors: list[str | None] = []
-        for index in range(len(frames)):
+        for index in range(count):
             reply = self._line()
             if reply.get("i") != index:
                 raise OSError(f"tree-receive answered {reply} for file {index}")
             error = reply.get("error")
             errors.append(None if error is None else str(error))
         done = self._line()
-        if done.get("done") != len(frames):
+        if done.get("done") != count:
             raise OSError(f"tree-receive ended the batch with {done}")
         return errors
 

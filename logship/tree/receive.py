@@ -6,6 +6,13 @@ mtime set. On commit: one syncfs of the target's file system, every rename,
 one more syncfs, then one reply line per file. A file that cannot be written
 gets an error line and leaves no temp; the batch goes on.
 
+Two threads make a pipeline: the reader writes the temps of the next batch
+while the committer syncs and renames the batch before it (syncfs and the
+file operations wait on the disk and the kernel, not on Python). When the
+next batch is already waiting, a batch's second syncfs is the next batch's
+first: one syncfs makes both the renames and the new temps durable, and the
+batch's replies follow it.
+
 A path is checked before use: relative, no empty, "." or ".." component, and
 its folder, resolved, must lie inside the target: a symlink at the site can
 never lead a write outside the mirror.
@@ -17,7 +24,9 @@ import contextlib
 import ctypes
 import ctypes.util
 import os
+import queue
 import stat
+import threading
 import time
 from pathlib import Path
 from typing import IO
@@ -47,22 +56,26 @@ class Receiver:
         self._syncfs = _libc_syncfs()
         self._folders: dict[bytes, bool] = {}  # folder -> inside the target
 
-    def serve(self, stdin: IO[bytes], stdout: IO[bytes]) -> None:
-        swept = self.sweep_stale_temps()
+    def serve(self, stdin: IO[bytes], stdout: IO[bytes], *, sweep: bool = True) -> None:
+        swept = self.sweep_stale_temps() if sweep else 0
         stdout.write(reply_line({"ready": True, "swept": swept}))
         stdout.flush()
-        batch: list[tuple[bytes, bytes, str | None]] = []  # temp, final, error
-        while True:
-            frame = read_frame(stdin, MAX_FILE)
-            if frame is None:
-                break
-            if frame == COMMIT:
-                self._commit(batch, stdout)
-                batch = []
-                self._folders.clear()  # the tree may change between batches
-            else:
-                assert isinstance(frame, FileFrame)
-                batch.append(self._write(frame))
+        committer = _Committer(self, stdout)
+        batch: list[_Written] = []
+        try:
+            while not committer.failed:
+                frame = read_frame(stdin, MAX_FILE)
+                if frame is None:
+                    break
+                if frame == COMMIT:
+                    committer.commit(batch)
+                    batch = []
+                    self._folders.clear()  # the tree may change between batches
+                else:
+                    assert isinstance(frame, FileFrame)
+                    batch.append(self._write(frame))
+        finally:
+            committer.finish()
         # The client went away mid-batch: nothing of it was renamed into place.
         for temp, _, error in batch:
             if error is None:
@@ -97,7 +110,7 @@ class Receiver:
             self._folders[folder] = known
         return known
 
-    def _write(self, frame: FileFrame) -> tuple[bytes, bytes, str | None]:
+    def _write(self, frame: FileFrame) -> _Written:
         parts = frame.path.split(b"/")
         if frame.path.startswith(b"/") or any(p in (b"", b".", b"..") for p in parts):
             return b"", b"", f"refused path {frame.path!r}"
@@ -124,7 +137,7 @@ class Receiver:
             return temp, final, f"{type(exc).__name__}: {exc.strerror or exc}"
         return temp, final, None
 
-    def _sync(self) -> None:
+    def sync(self) -> None:
         """syncfs(2) of the target's file system; sync(2) where there is none."""
         if self._syncfs is None:
             os.sync()
@@ -136,25 +149,86 @@ class Receiver:
         finally:
             os.close(fd)
 
-    def _commit(self, batch: list[tuple[bytes, bytes, str | None]], stdout: IO[bytes]) -> None:
+    def rename_all(self, batch: list[_Written]) -> list[str | None]:
+        """Every written temp of `batch` renamed over its final name; each one's error."""
         errors = [error for _, _, error in batch]
-        if any(error is None for error in errors):
-            self._sync()  # the temps' data and metadata, before any rename
-            for index, (temp, final, error) in enumerate(batch):
-                if error is not None:
-                    continue
-                try:
-                    os.rename(temp, final)
-                except OSError as exc:
-                    # A folder in the way (its removal has not come yet): the
-                    # client retries the file later.
-                    _remove(temp)
-                    errors[index] = f"{type(exc).__name__}: {exc.strerror or exc}"
-            self._sync()  # the renames
+        for index, (temp, final, error) in enumerate(batch):
+            if error is not None:
+                continue
+            try:
+                os.rename(temp, final)
+            except OSError as exc:
+                # A folder in the way (its removal has not come yet): the
+                # client retries the file later.
+                _remove(temp)
+                errors[index] = f"{type(exc).__name__}: {exc.strerror or exc}"
+        return errors
+
+
+#: a written file of a batch: temp, final name, error (None: the temp is written)
+_Written = tuple[bytes, bytes, "str | None"]
+
+
+class _Committer:
+    """The committer thread: syncs, renames and answers batches in order."""
+
+    def __init__(self, receiver: Receiver, stdout: IO[bytes]) -> None:
+        self._receiver = receiver
+        self._stdout = stdout
+        self._batches: queue.SimpleQueue[list[_Written] | None] = queue.SimpleQueue()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="committer", daemon=True)
+        self._thread.start()
+
+    @property
+    def failed(self) -> bool:
+        return self._error is not None
+
+    def commit(self, batch: list[_Written]) -> None:
+        self._batches.put(batch)
+
+    def finish(self) -> None:
+        """Commit what was handed over, then stop; a failure of the thread is raised."""
+        self._batches.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def _run(self) -> None:
+        try:
+            self._commit_all()
+        except BaseException as exc:
+            self._error = exc
+            # No more answers: the client sees the stream end and ships over
+            # SFTP, and the reader stops at the next frame.
+            with contextlib.suppress(OSError):
+                self._stdout.close()
+
+    def _commit_all(self) -> None:
+        synced = self._receiver.sync
+        unanswered: list[str | None] | None = None  # renamed, not yet synced
+        while (batch := self._batches.get()) is not None:
+            if any(error is None for _, _, error in batch) or unanswered is not None:
+                synced()  # this batch's temps, and the renames of the one before
+            if unanswered is not None:
+                self._answer(unanswered)
+                unanswered = None
+            errors = self._receiver.rename_all(batch)
+            if not self._batches.empty() and any(error is None for error in errors):
+                unanswered = errors  # the next batch's first syncfs covers these renames
+                continue
+            if any(error is None for error in errors):
+                synced()  # the renames
+            self._answer(errors)
+        if unanswered is not None:
+            synced()
+            self._answer(unanswered)
+
+    def _answer(self, errors: list[str | None]) -> None:
         for index, error in enumerate(errors):
-            stdout.write(reply_line({"i": index, "error": error}))
-        stdout.write(reply_line({"done": len(batch)}))
-        stdout.flush()
+            self._stdout.write(reply_line({"i": index, "error": error}))
+        self._stdout.write(reply_line({"done": len(errors)}))
+        self._stdout.flush()
 
 
 def _remove(path: bytes) -> None:

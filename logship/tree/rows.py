@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from sqlalchemy import bindparam, case, delete, func, insert, or_, select, update
+from sqlalchemy import ColumnElement, case, delete, func, or_, select, update
 
 from logship.catalog.models import TreeFile
 from logship.catalog.store import Catalog
@@ -25,45 +25,65 @@ NOT_DURABLE = (PENDING, DELETING)
 T = TypeVar("T")
 
 
-def entry_of(row: TreeFile) -> TreeEntry:
+@dataclass(frozen=True, slots=True)
+class TreeRow:
+    """A `TreeFile` row as read: a plain record, not a live ORM object (a tree of
+    many thousand paths is read on every scan and every round)."""
+
+    id: int
+    path: bytes
+    kind: str
+    mode: int
+    size: int
+    mtime_ns: int
+    sha256: str | None
+    link_target: bytes | None
+    state: str
+    changed_at: float
+    shipped_at: float | None
+    attempts: int
+    error: str | None
+    next_try_at: float | None
+
+
+_ROW_COLUMNS = [getattr(TreeFile, name) for name in TreeRow.__dataclass_fields__]
+
+
+def _read_rows(catalog: Catalog, *where: ColumnElement[bool]) -> list[TreeRow]:
+    with catalog.session() as s:
+        result = s.execute(select(*_ROW_COLUMNS).where(*where))
+        return [TreeRow(*found) for found in result]
+
+
+def entry_of(row: TreeRow) -> TreeEntry:
     return TreeEntry(
         row.path, EntryKind(row.kind), row.mode, row.size, row.mtime_ns, row.link_target
     )
 
 
-def all_rows(catalog: Catalog, connector: str) -> dict[bytes, TreeFile]:
-    with catalog.session() as s:
-        rows = s.scalars(select(TreeFile).where(TreeFile.connector == connector)).all()
-        return {row.path: row for row in rows}
+def all_rows(catalog: Catalog, connector: str) -> dict[bytes, TreeRow]:
+    return {row.path: row for row in _read_rows(catalog, TreeFile.connector == connector)}
 
 
-def rows_below(catalog: Catalog, connector: str, folder: bytes) -> dict[bytes, TreeFile]:
+def rows_below(catalog: Catalog, connector: str, folder: bytes) -> dict[bytes, TreeRow]:
     """The row of `folder` and of every path below it (all rows for the root, b"")."""
     if not folder:
         return all_rows(catalog, connector)
     prefix = folder + b"/"
     # Compared as a byte prefix rather than with LIKE: "%" and "_" are valid name bytes.
-    with catalog.session() as s:
-        found = s.scalars(
-            select(TreeFile).where(
-                TreeFile.connector == connector,
-                or_(
-                    TreeFile.path == folder,
-                    func.substr(TreeFile.path, 1, len(prefix)) == prefix,
-                ),
-            )
-        ).all()
-        return {row.path: row for row in found}
+    found = _read_rows(
+        catalog,
+        TreeFile.connector == connector,
+        or_(TreeFile.path == folder, func.substr(TreeFile.path, 1, len(prefix)) == prefix),
+    )
+    return {row.path: row for row in found}
 
 
-def rows_for(catalog: Catalog, connector: str, paths: Iterable[bytes]) -> dict[bytes, TreeFile]:
-    found: dict[bytes, TreeFile] = {}
-    with catalog.session() as s:
-        for chunk in _chunks(list(paths)):
-            query = select(TreeFile).where(
-                TreeFile.connector == connector, TreeFile.path.in_(chunk)
-            )
-            found.update((row.path, row) for row in s.scalars(query).all())
+def rows_for(catalog: Catalog, connector: str, paths: Iterable[bytes]) -> dict[bytes, TreeRow]:
+    found: dict[bytes, TreeRow] = {}
+    for chunk in _chunks(list(paths)):
+        rows = _read_rows(catalog, TreeFile.connector == connector, TreeFile.path.in_(chunk))
+        found.update((row.path, row) for row in rows)
     return found
 
 
@@ -89,9 +109,14 @@ def record_changed(
             }
             new = [entry for entry in chunk if entry.path not in known]
             if new:
-                # New paths (all of them in a first scan) in one executemany:
-                # ORM objects cost more than the rest of the scan.
-                s.execute(insert(TreeFile), [_new_row(connector, entry, now) for entry in new])
+                # New paths (all of them in a first scan) in one executemany
+                # straight to the driver: ORM objects, or binding each row
+                # through SQLAlchemy, cost more than the rest of the scan.
+                connection = s.connection()
+                connection.exec_driver_sql(
+                    _driver_sql(connection.dialect.paramstyle, _INSERT_NEW),
+                    [_new_row(connector, entry, now) for entry in new],
+                )
             for entry in chunk:
                 if (row := known.get(entry.path)) is not None:
                     _apply_change(row, entry, now)
@@ -99,19 +124,24 @@ def record_changed(
     return len(entries)
 
 
-def _new_row(connector: str, entry: TreeEntry, now: float) -> dict[str, object]:
-    return {
-        "connector": connector,
-        "path": entry.path,
-        "kind": str(entry.kind),
-        "mode": entry.mode,
-        "size": entry.size,
-        "mtime_ns": entry.mtime_ns,
-        "link_target": entry.link_target,
-        "state": PENDING,
-        "changed_at": now,
-        "attempts": 0,
-    }
+_INSERT_NEW = (
+    f"INSERT INTO {TreeFile.__tablename__} (connector, path, kind, mode, size, mtime_ns, "
+    "link_target, state, changed_at, attempts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0)"
+)
+
+
+def _new_row(connector: str, entry: TreeEntry, now: float) -> tuple[object, ...]:
+    return (
+        connector,
+        entry.path,
+        str(entry.kind),
+        entry.mode,
+        entry.size,
+        entry.mtime_ns,
+        entry.link_target,
+        PENDING,
+        now,
+    )
 
 
 def _apply_change(row: TreeFile, entry: TreeEntry, now: float) -> None:
@@ -160,18 +190,14 @@ def _chunks(paths: Sequence[T], size: int = 500) -> Iterable[Sequence[T]]:
         yield paths[start : start + size]
 
 
-def due(catalog: Catalog, connector: str, now: float) -> list[TreeFile]:
+def due(catalog: Catalog, connector: str, now: float) -> list[TreeRow]:
     """Rows waiting for the site whose retry time (if any) has come."""
-    with catalog.session() as s:
-        return list(
-            s.scalars(
-                select(TreeFile).where(
-                    TreeFile.connector == connector,
-                    TreeFile.state.in_(NOT_DURABLE),
-                    or_(TreeFile.next_try_at.is_(None), TreeFile.next_try_at <= now),
-                )
-            ).all()
-        )
+    return _read_rows(
+        catalog,
+        TreeFile.connector == connector,
+        TreeFile.state.in_(NOT_DURABLE),
+        or_(TreeFile.next_try_at.is_(None), TreeFile.next_try_at <= now),
+    )
 
 
 def mark_shipped(
@@ -188,45 +214,42 @@ def mark_shipped_many(
     if not shipped:
         return
     with catalog.session() as s:
-        # One executemany of a Core statement: per-row ORM updates cost more
-        # than the upload of a batch of small files.
-        s.connection().execute(
-            _MARK_SHIPPED,
+        connection = s.connection()
+        # One executemany straight to the driver: binding each row through
+        # SQLAlchemy cost more than reading, hashing and uploading the file.
+        connection.exec_driver_sql(
+            _driver_sql(connection.dialect.paramstyle, _MARK_SHIPPED),
             [
-                {
-                    "row_id": row_id,
-                    "new_kind": str(entry.kind),
-                    "new_mode": entry.mode,
-                    "new_size": entry.size,
-                    "new_mtime_ns": entry.mtime_ns,
-                    "new_link_target": entry.link_target,
-                    "new_sha256": sha256,
-                    "shipped": now,
-                }
+                (
+                    str(entry.kind),
+                    entry.mode,
+                    entry.size,
+                    entry.mtime_ns,
+                    entry.link_target,
+                    sha256,
+                    now,
+                    row_id,
+                )
                 for row_id, entry, sha256 in shipped
             ],
         )
         s.commit()
 
 
-_TREE_FILES = TreeFile.__table__
 _MARK_SHIPPED = (
-    update(_TREE_FILES)
-    .where(_TREE_FILES.c.id == bindparam("row_id"))
-    .values(
-        state=SHIPPED,
-        kind=bindparam("new_kind"),
-        mode=bindparam("new_mode"),
-        size=bindparam("new_size"),
-        mtime_ns=bindparam("new_mtime_ns"),
-        link_target=bindparam("new_link_target"),
-        sha256=bindparam("new_sha256"),
-        shipped_at=bindparam("shipped"),
-        attempts=0,
-        error=None,
-        next_try_at=None,
-    )
+    f"UPDATE {TreeFile.__tablename__} SET state = '{SHIPPED}', kind = ?, mode = ?, size = ?, "
+    "mtime_ns = ?, link_target = ?, sha256 = ?, shipped_at = ?, attempts = 0, error = NULL, "
+    "next_try_at = NULL WHERE id = ?"
 )
+
+
+def _driver_sql(paramstyle: str, statement: str) -> str:
+    """`statement` (written with ? placeholders) in the driver's own paramstyle."""
+    if paramstyle == "qmark":  # sqlite3
+        return statement
+    if paramstyle in ("format", "pyformat"):  # psycopg
+        return statement.replace("%", "%%").replace("?", "%s")
+    raise ValueError(f"no positional placeholders for paramstyle {paramstyle!r}")
 
 
 def mark_removed(catalog: Catalog, row_id: int) -> None:

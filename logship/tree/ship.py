@@ -7,18 +7,21 @@ because every change inside a folder moves its mtime at the site).
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import logging
 import os
 import stat
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from logship.catalog.models import TreeFile
 from logship.catalog.store import Catalog
 from logship.logs import event
 from logship.tree import rows
+from logship.tree.rows import TreeRow
 from logship.tree.scan import EntryKind, TreeEntry, lstat_entry
 
 log = logging.getLogger("logship.tree")
@@ -27,10 +30,20 @@ RETRY_START = 1.0
 RETRY_MAX = 300.0
 #: files up to this size go in pipelined batches (read whole into memory)
 BATCH_FILE_MAX = 1024 * 1024
+#: a batched file grown past this since it was recorded is left for the next
+#: round, which sees its new size
+BATCH_READ_MAX = 4 * 1024 * 1024
 #: a batch ends at this many files or bytes, whichever comes first: bounds the
 #: memory held and the work a failure of the link throws away
 BATCH_FILES = 512
 BATCH_BYTES = 16 * 1024 * 1024
+#: batches sent and not yet finished: the next batch is read and sent while the
+#: site lands the one before
+BATCHES_IN_FLIGHT = 3
+#: files whose arrival at the site is recorded in one catalog transaction: an
+#: fsync per batch held up the next batch (until then a crash only means
+#: shipping them again)
+MARK_ROWS = 2048
 
 
 class SourceChanged(Exception):
@@ -38,12 +51,25 @@ class SourceChanged(Exception):
 
 
 @dataclass(frozen=True)
-class Shipped:
-    """A file of a batch that is durable at the site under its final name."""
+class BatchFile:
+    """A small file read whole for a batch: the copy the site gets, as it was read."""
 
-    sha256: str
-    size: int
+    relative: bytes
+    data: bytes
+    #: fstat at the read; the shipped mode and mtime come from it
     before: os.stat_result
+
+    @property
+    def mode(self) -> int:
+        return stat.S_IMODE(self.before.st_mode)
+
+
+class BatchUpload(Protocol):
+    """A batch on its way to the site (see TreeSite.start_files)."""
+
+    def finish(self) -> Sequence[OSError | None]:
+        """Once the batch is durable at the site: each file's error, None when it landed."""
+        ...
 
 
 class TreeSite(Protocol):
@@ -57,12 +83,9 @@ class TreeSite(Protocol):
         unchanged: Callable[[os.stat_result, os.stat_result], bool],
     ) -> tuple[str, int, os.stat_result]: ...
 
-    def put_files(
-        self,
-        files: Sequence[tuple[bytes, bytes]],
-        *,
-        unchanged: Callable[[os.stat_result, os.stat_result], bool],
-    ) -> Sequence[Shipped | Exception]: ...
+    def start_files(self, files: Sequence[BatchFile]) -> BatchUpload:
+        """Send a batch; the next may be read and sent before this one is finished."""
+        ...
 
     def put_symlink(self, relative: bytes, target: bytes) -> None: ...
 
@@ -127,20 +150,28 @@ class TreeShipper:
         folders = sorted(
             (r for r in due if r.state == rows.PENDING and r.kind == EntryKind.DIR), key=_path
         )
-        others = sorted(
-            (
-                r
-                for r in due
-                if r.state == rows.PENDING and r.kind != EntryKind.DIR and self._ready(r, now)
-            ),
-            key=_path,
+        files = [r for r in due if r.state == rows.PENDING and r.kind != EntryKind.DIR]
+        # A small file is looked at once, when its batch reads it (see _load).
+        small = sorted(
+            (r for r in files if r.kind == EntryKind.FILE and r.size <= BATCH_FILE_MAX), key=_path
         )
-        if not (removals or folders or others):
-            return 0
-        begin([r.path for r in (*removals, *folders, *others)])
-        small = [r for r in others if r.kind == EntryKind.FILE and r.size <= BATCH_FILE_MAX]
         batched = {r.id for r in small}
-        single = [r for r in others if r.id not in batched]
+        single = sorted(
+            (r for r in files if r.id not in batched and self._ready(r, now)), key=_path
+        )
+        if not (removals or folders or small or single):
+            return 0
+        planned = [r.path for r in (*removals, *folders, *small, *single)]
+        begun = False
+
+        def begin_once() -> None:
+            # Not before something is about to change: a round of files still
+            # being written must not append a generation to the site's log.
+            nonlocal begun
+            if not begun:
+                begin(planned)
+                begun = True
+
         touched_dirs: set[bytes] = set()
         done = 0
         # Folders exist before anything lands in them; small files then go in
@@ -148,29 +179,30 @@ class TreeShipper:
         for row in removals:
             if stopping():
                 break  # what is left stays pending in the catalog
+            begin_once()
             if self._ship_one(site, row, alive):
                 done += 1
                 touched_dirs.add(row.path.rpartition(b"/")[0])
         if folders and not stopping():
+            begin_once()
             made = self._ship_folders(site, folders, alive)
             done += len(made)
             touched_dirs.update(path.rpartition(b"/")[0] for path in made)
-        for batch in _batches(small):
-            if stopping():
-                break
-            shipped = self._ship_batch(site, batch, alive)
-            done += len(shipped)
-            touched_dirs.update(path.rpartition(b"/")[0] for path in shipped)
+        shipped = self._ship_batches(site, small, alive, stopping, begin_once)
+        done += len(shipped)
+        touched_dirs.update(path.rpartition(b"/")[0] for path in shipped)
         for row in single:
             if stopping():
                 break
+            begin_once()
             if self._ship_one(site, row, alive):
                 done += 1
                 touched_dirs.add(row.path.rpartition(b"/")[0])
-        self._restore_dir_times(site, touched_dirs, {r.path for r in folders})
+        if begun:
+            self._restore_dir_times(site, touched_dirs, {r.path for r in folders})
         return done
 
-    def _ship_one(self, site: TreeSite, row: TreeFile, alive: Callable[[], bool]) -> bool:
+    def _ship_one(self, site: TreeSite, row: TreeRow, alive: Callable[[], bool]) -> bool:
         try:
             return self._ship(site, row)
         except Exception as exc:
@@ -180,7 +212,7 @@ class TreeShipper:
             return False
 
     def _ship_folders(
-        self, site: TreeSite, folders: list[TreeFile], alive: Callable[[], bool]
+        self, site: TreeSite, folders: list[TreeRow], alive: Callable[[], bool]
     ) -> list[bytes]:
         """All new folders of a round in one pipelined pass (parents sort first).
 
@@ -203,36 +235,118 @@ class TreeShipper:
                 self._failed(row, outcome)
         return made
 
-    def _ship_batch(
-        self, site: TreeSite, batch: list[TreeFile], alive: Callable[[], bool]
+    def _ship_batches(
+        self,
+        site: TreeSite,
+        small: list[TreeRow],
+        alive: Callable[[], bool],
+        stopping: Callable[[], bool],
+        begin: Callable[[], None],
     ) -> list[bytes]:
-        """Small files in one pipelined upload and one catalog transaction."""
-        # Looked at again: a batch late in a long round may run seconds after the plan.
-        now = self._clock()
-        ready = [row for row in batch if self._ready(row, now)]
-        if not ready:
-            return []
-        files = [(row.path, os.path.join(self._root, row.path)) for row in ready]
+        """Small files in batches, each read and sent while the site lands the ones
+        before; the catalog learns what is durable every MARK_ROWS files (one
+        commit, one fsync) and at the end, a link failure included."""
+        shipped: list[bytes] = []
+        unmarked: list[tuple[int, TreeEntry, str | None]] = []
+        in_flight: deque[tuple[list[_Loaded], BatchUpload]] = deque()
+
+        def finish_oldest() -> None:
+            unmarked.extend(self._finish_batch(*in_flight.popleft(), alive))
+            if len(unmarked) >= MARK_ROWS:
+                self._mark_shipped(unmarked)
+                shipped.extend(entry.path for _, entry, _ in unmarked)
+                unmarked.clear()
+
         try:
-            outcomes = site.put_files(files, unchanged=same_file)
+            for batch in _batches(small):
+                if stopping():
+                    break
+                loaded = self._load(batch)
+                if not loaded:
+                    continue
+                begin()
+                try:
+                    upload = site.start_files([item.file for item in loaded])
+                except Exception as exc:
+                    if not alive():
+                        raise
+                    for item in loaded:
+                        self._failed(item.row, exc)
+                    continue
+                in_flight.append((loaded, upload))
+                if len(in_flight) >= BATCHES_IN_FLIGHT:
+                    finish_oldest()
+            while in_flight:
+                finish_oldest()
+        finally:
+            # What is durable at the site is recorded even when the link broke.
+            self._mark_shipped(unmarked)
+            shipped.extend(entry.path for _, entry, _ in unmarked)
+        return shipped
+
+    def _load(self, batch: list[TreeRow]) -> list[_Loaded]:
+        """The batch's files read whole, each settled and unchanged while read.
+
+        A file that is not ready is put back (see _load_one); nothing of the
+        batch has reached the site yet.
+        """
+        # Looked at now: a batch late in a long round may run seconds after the plan.
+        now = self._clock()
+        loaded: list[_Loaded] = []
+        for row in batch:
+            try:
+                item = self._load_one(row, now)
+            except Exception as exc:
+                self._failed(row, exc)
+                continue
+            if item is not None:
+                loaded.append(item)
+        return loaded
+
+    def _load_one(self, row: TreeRow, now: float) -> _Loaded | None:
+        local = self._root + b"/" + row.path
+        try:
+            data, before = read_small(local, BATCH_READ_MAX)
+        except NotRegularFile:
+            # Now a folder, a link or something else: the watcher or the scan
+            # records it again.
+            rows.retry_later(self._catalog, row.id, now + self._settle)
+            return None
+        except SourceChanged:
+            self._changed_while_shipping(row)
+            return None
+        age = now - before.st_ctime
+        if age < self._settle:
+            # Still being written (see _untouched).
+            rows.retry_later(self._catalog, row.id, now + self._settle - age)
+            return None
+        # Through the stream a file is in place before the site answers: it must
+        # be a complete copy as read, not checked afterwards.
+        if not same_file(before, os.lstat(local)):
+            self._changed_while_shipping(row)
+            return None
+        return _Loaded(row, BatchFile(row.path, data, before), hashlib.sha256(data).hexdigest())
+
+    def _finish_batch(
+        self, loaded: list[_Loaded], upload: BatchUpload, alive: Callable[[], bool]
+    ) -> list[tuple[int, TreeEntry, str | None]]:
+        """The batch's files now durable at the site, to be marked shipped."""
+        try:
+            outcomes = upload.finish()
         except Exception as exc:
             if not alive():
                 raise
             # Nothing of this batch is known durable: all of it goes again.
-            for row in ready:
-                self._failed(row, exc)
+            for item in loaded:
+                self._failed(item.row, exc)
             return []
         shipped: list[tuple[int, TreeEntry, str | None]] = []
-        for row, outcome in zip(ready, outcomes, strict=True):
-            if isinstance(outcome, Shipped):
-                entry = _file_entry(row.path, outcome.before, outcome.size)
-                shipped.append((row.id, entry, outcome.sha256))
-            elif isinstance(outcome, SourceChanged):
-                self._changed_while_shipping(row)
+        for item, error in zip(loaded, outcomes, strict=True):
+            if error is None:
+                entry = _file_entry(item.row.path, item.file.before, len(item.file.data))
+                shipped.append((item.row.id, entry, item.sha256))
             else:
-                self._failed(row, outcome)
-        # Every file of the batch is durable at the site: one commit says so.
-        rows.mark_shipped_many(self._catalog, shipped, self._clock())
+                self._failed(item.row, error)
         if shipped:
             # One line per batch: a first sync ships thousands of files a second.
             # Each file's shipped_at is in the catalog; --debug lists them here too.
@@ -255,9 +369,12 @@ class TreeShipper:
                         path=rows.show_path(entry.path),
                         bytes=entry.size,
                     )
-        return [entry.path for _, entry, _ in shipped]
+        return shipped
 
-    def _ready(self, row: TreeFile, now: float) -> bool:
+    def _mark_shipped(self, shipped: list[tuple[int, TreeEntry, str | None]]) -> None:
+        rows.mark_shipped_many(self._catalog, shipped, self._clock())
+
+    def _ready(self, row: TreeRow, now: float) -> bool:
         """The path is still of its kind and untouched for `settle`; else it is put back."""
         try:
             return self._same_kind(row, now) is not None and self._untouched(row, now)
@@ -265,7 +382,7 @@ class TreeShipper:
             self._failed(row, exc)
             return False
 
-    def _same_kind(self, row: TreeFile, now: float) -> TreeEntry | None:
+    def _same_kind(self, row: TreeRow, now: float) -> TreeEntry | None:
         """The path as it is now, if still of the kind recorded; else it is put back
         (the watcher or the scan records it again)."""
         current = lstat_entry(self._source, row.path)
@@ -274,7 +391,7 @@ class TreeShipper:
             return None
         return current
 
-    def _untouched(self, row: TreeFile, now: float) -> bool:
+    def _untouched(self, row: TreeRow, now: float) -> bool:
         """Nothing has touched the file for `settle`; else it is put back until then.
 
         ctime moves on every write and cannot be set back (unlike mtime): a file
@@ -286,13 +403,13 @@ class TreeShipper:
             return False
         return True
 
-    def _changed_while_shipping(self, row: TreeFile) -> None:
+    def _changed_while_shipping(self, row: TreeRow) -> None:
         rows.retry_later(self._catalog, row.id, self._clock() + self._settle)
         event(
             log, logging.INFO, "changed while shipping", connector=self._connector, path=_show(row)
         )
 
-    def _ship(self, site: TreeSite, row: TreeFile) -> bool:
+    def _ship(self, site: TreeSite, row: TreeRow) -> bool:
         now = self._clock()
         if row.state == rows.DELETING:
             site.remove(row.path)
@@ -310,7 +427,7 @@ class TreeShipper:
             return True
         return self._ship_file(site, row)
 
-    def _ship_file(self, site: TreeSite, row: TreeFile) -> bool:
+    def _ship_file(self, site: TreeSite, row: TreeRow) -> bool:
         if not self._untouched(row, self._clock()):
             return False
         local = os.path.join(self._root, row.path)
@@ -328,7 +445,7 @@ class TreeShipper:
         if not touched and not shipped:
             return
         known = rows.rows_for(self._catalog, self._connector, touched | shipped)
-        due: list[TreeFile] = []
+        due: list[TreeRow] = []
         for path in sorted(touched | shipped):
             row = known.get(path)
             if row is None or row.kind != EntryKind.DIR or row.state == rows.DELETING:
@@ -345,7 +462,7 @@ class TreeShipper:
         # One commit for all new folders of the round, not one each.
         rows.mark_shipped_many(self._catalog, made, self._clock())
 
-    def _failed(self, row: TreeFile, exc: Exception) -> None:
+    def _failed(self, row: TreeRow, exc: Exception) -> None:
         error = f"{type(exc).__name__}: {exc}"
         if isinstance(exc, FileNotFoundError) and row.state == rows.PENDING:
             # The source vanished: not an error, its removal is recorded next.
@@ -363,9 +480,51 @@ class TreeShipper:
         )
 
 
-def _batches(files: list[TreeFile]) -> list[list[TreeFile]]:
-    batches: list[list[TreeFile]] = []
-    current: list[TreeFile] = []
+@dataclass(frozen=True)
+class _Loaded:
+    row: TreeRow
+    file: BatchFile
+    sha256: str
+
+
+class NotRegularFile(Exception):
+    """The path is no longer a regular file."""
+
+
+def read_small(local: bytes, limit: int) -> tuple[bytes, os.stat_result]:
+    """The whole file and its fstat; SourceChanged when it is over `limit` or
+    changed size while read, NotRegularFile when it is not a file any more."""
+    try:
+        # O_NONBLOCK: a file replaced by a fifo must not block the read.
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        fd = os.open(local, flags)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # a symlink now
+            raise NotRegularFile(str(exc)) from None
+        raise
+    try:
+        before = os.fstat(fd)
+        if not stat.S_ISREG(before.st_mode):
+            raise NotRegularFile("no longer a regular file")
+        if before.st_size > limit:
+            raise SourceChanged("grew past the batch size")
+        # Up to one byte more than the size: a file that grew meanwhile shows it.
+        chunks: list[bytes] = []
+        wanted = before.st_size + 1
+        while wanted > 0 and (chunk := os.read(fd, wanted)):
+            chunks.append(chunk)
+            wanted -= len(chunk)
+    finally:
+        os.close(fd)
+    data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    if len(data) != before.st_size:
+        raise SourceChanged("changed while being read")
+    return data, before
+
+
+def _batches(files: list[TreeRow]) -> list[list[TreeRow]]:
+    batches: list[list[TreeRow]] = []
+    current: list[TreeRow] = []
     size = 0
     for row in files:
         if current and (len(current) >= BATCH_FILES or size + row.size > BATCH_BYTES):
@@ -378,7 +537,7 @@ def _batches(files: list[TreeFile]) -> list[list[TreeFile]]:
     return batches
 
 
-def _path(row: TreeFile) -> bytes:
+def _path(row: TreeRow) -> bytes:
     return row.path
 
 
@@ -387,5 +546,5 @@ def _file_entry(path: bytes, st: os.stat_result, size: int) -> TreeEntry:
     return TreeEntry(path, EntryKind.FILE, stat.S_IMODE(st.st_mode), size, st.st_mtime_ns)
 
 
-def _show(row: TreeFile) -> str:
+def _show(row: TreeRow) -> str:
     return rows.show_path(row.path)

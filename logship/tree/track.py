@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from logship.catalog.models import TreeFile
 from logship.catalog.store import Catalog
 from logship.tree import rows
 from logship.tree.exclude import ExcludeRules
+from logship.tree.rows import TreeRow
 from logship.tree.scan import EntryKind, TreeEntry, lstat_entry, scan_tree
 from logship.tree.watcher import Touched
 
@@ -88,11 +88,11 @@ class Tracker:
         return changed
 
     @staticmethod
-    def _live(row: TreeFile) -> bool:
+    def _live(row: TreeRow) -> bool:
         return row.state != rows.DELETING
 
     @staticmethod
-    def _differs(entry: TreeEntry, row: TreeFile | None) -> bool:
+    def _differs(entry: TreeEntry, row: TreeRow | None) -> bool:
         if row is None or row.state == rows.DELETING:
             return True
         return not entry.same_metadata(rows.entry_of(row))

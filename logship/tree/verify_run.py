@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 
 from logship.catalog.store import Catalog
 from logship.config.model import Config
-from logship.engines.files import FilesConnector
-from logship.errors import LogshipError, OperationFailed, UsageError, first_line
+from logship.engines.files import FilesConnector, files_connector
+from logship.errors import LogshipError, OperationFailed, first_line
 from logship.logs import event
 from logship.tree.digest import DigestEnd, DigestEntry, DigestFormatError, digest_tree, parse_line
 from logship.tree.exclude import ExcludeRules
@@ -31,16 +31,6 @@ log = logging.getLogger("logship.verify")
 Clock = Callable[[], float]
 #: the site hashes its whole tree before the listing ends; a large tree takes long
 VERIFY_SSH_TIMEOUT_S = 3600.0
-
-
-def files_connector(config: Config, name: str) -> FilesConnector:
-    connector = config.connector(name)
-    if not isinstance(connector, FilesConnector):
-        raise UsageError(
-            f"connector {name!r} is kind {connector.kind!r}; verify compares file trees, "
-            'for kind = "files" connectors'
-        )
-    return connector
 
 
 def _lines(out: bytes) -> Iterator[bytes]:

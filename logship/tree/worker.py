@@ -11,6 +11,8 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 
 from logship import consistency
 from logship.catalog.store import Catalog
@@ -47,6 +49,18 @@ def sftp_tree_site(transport: Transport, connector: FilesConnector) -> TreeSite:
     return site
 
 
+@dataclass(frozen=True)
+class _LinkAttempt:
+    """How connecting went: a link and mirror root, or why not."""
+
+    transport: Transport | None = None
+    tree: TreeSite | None = None
+    #: connecting failed
+    unreachable: Exception | None = None
+    #: connected, but the mirror root or the site folder is not usable
+    root_error: str | None = None
+
+
 class MirrorWorker(threading.Thread):
     def __init__(
         self,
@@ -70,6 +84,7 @@ class MirrorWorker(threading.Thread):
         self._open_site = open_site
         self._wake = threading.Event()
         self._transport: Transport | None = None
+        self._ahead: Future[_LinkAttempt] | None = None
         self._tree: TreeSite | None = None
         self._backoff = BACKOFF_START
         self._next_connect = 0.0
@@ -94,6 +109,9 @@ class MirrorWorker(threading.Thread):
 
     def run(self) -> None:
         watching = False
+        # The SSH handshake and the receiver's start at the site overlap the
+        # first scan of the tree.
+        self._connect_ahead()
         try:
             while not self._stopping.is_set():
                 if not watching:
@@ -118,6 +136,14 @@ class MirrorWorker(threading.Thread):
             if watching:
                 self.watcher.stop()
             self._disconnect()
+            self._drop_ahead()
+
+    def _drop_ahead(self) -> None:
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and (attempt := ahead.result()).transport is not None:
+            if attempt.tree is not None:
+                attempt.tree.close()
+            attempt.transport.close()
 
     def _idle(self) -> None:
         self._wake.wait(TICK)
@@ -221,17 +247,13 @@ class MirrorWorker(threading.Thread):
         transport = self._transport
         return transport is not None and bool(getattr(transport, "is_alive", True))
 
-    def _try_connect(self) -> bool:
-        if time.monotonic() < self._next_connect:
-            return False
+    def _open_link(self) -> _LinkAttempt:
+        """Connect and open the mirror root: network only, no catalog, so that it
+        can run on another thread while the first scan runs."""
         try:
             transport = self._connect(self.site)
         except Exception as exc:
-            self._down(f"site {self.site.name} unreachable: {exc}", str(exc))
-            self._retry_later()
-            return False
-        self.catalog.set_site_status(self.site.name, True, None, self._clock())
-        self._journal_link(True, f"connected to site {self.site.name}")
+            return _LinkAttempt(unreachable=exc)
         try:
             where = f"mirror root {self.connector.standby.target}"
             tree = self._open_site(transport, self.connector)
@@ -242,15 +264,39 @@ class MirrorWorker(threading.Thread):
             # The link is fine (other connectors of this site keep shipping);
             # only this mirror's folders are not usable.
             transport.close()
-            message = f"{where} unusable: {exc}"
-            if self._root_error != message:
-                event(log, logging.ERROR, message, connector=self.connector.name)
-                self.catalog.add_event(self.connector.name, self._clock(), "error", message)
-            self._root_error = message
+            return _LinkAttempt(root_error=f"{where} unusable: {exc}")
+        return _LinkAttempt(transport=transport, tree=tree)
+
+    def _connect_ahead(self) -> None:
+        """Start connecting now; the first `_try_connect` takes the outcome."""
+        runner = ThreadPoolExecutor(1, thread_name_prefix=f"connect-{self.connector.name}")
+        self._ahead = runner.submit(self._open_link)
+        runner.shutdown(wait=False)
+
+    def _try_connect(self) -> bool:
+        if time.monotonic() < self._next_connect:
+            return False
+        ahead, self._ahead = self._ahead, None
+        attempt = ahead.result() if ahead is not None else self._open_link()
+        if attempt.unreachable is not None:
+            exc = attempt.unreachable
+            self._down(f"site {self.site.name} unreachable: {exc}", str(exc))
             self._retry_later()
             return False
+        self.catalog.set_site_status(self.site.name, True, None, self._clock())
+        self._journal_link(True, f"connected to site {self.site.name}")
+        if attempt.root_error is not None:
+            if self._root_error != attempt.root_error:
+                event(log, logging.ERROR, attempt.root_error, connector=self.connector.name)
+                self.catalog.add_event(
+                    self.connector.name, self._clock(), "error", attempt.root_error
+                )
+            self._root_error = attempt.root_error
+            self._retry_later()
+            return False
+        assert attempt.transport is not None and attempt.tree is not None
         self._root_error = None
-        self._transport, self._tree = transport, tree
+        self._transport, self._tree = attempt.transport, attempt.tree
         self._backoff = BACKOFF_START
         event(log, logging.INFO, "connected", site=self.site.name, connector=self.connector.name)
         return True
