@@ -50,6 +50,8 @@ class Deployment:
     #: the site's io_timeout and connections, when not the defaults
     io_timeout: str | None = None
     connections: int | None = None
+    #: how the daemon runs logship at the site, when not this same one
+    site_command: list[str] | None = None
 
     def __post_init__(self) -> None:
         self.root = self.root.absolute()
@@ -115,7 +117,7 @@ known_hosts = "{self.sshd.known_hosts}"
 root = "{self.incoming}"
 {f'io_timeout = "{self.io_timeout}"' if self.io_timeout else ""}
 {f"connections = {self.connections}" if self.connections else ""}
-command = {json.dumps([*logship_command(), "--config", str(self.config_path)])}
+command = {json.dumps(self.site_command or [*logship_command(), "--config", str(self.config_path)])}
 """
         )
         (self.config_dir / "connectors" / f"{self.connector}.toml").write_text(

@@ -12,6 +12,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from logship.faults import crash_point
 from logship.lag import replay_rate
 from logship.logs import event
 from logship.manifest import ManifestRecord, SiteLayout
-from logship.replay.standby_status import ask_standby_status
+from logship.replay.standby_status import StandbyFacts, ask_standby_status
 from logship.ship.lanes import Lanes
 from logship.ship.shipper import ShipConflict, ship_file
 from logship.ship.transport import Transport, is_temp_name
@@ -101,6 +102,11 @@ class SiteWorker(threading.Thread):
         self._lanes = Lanes(site, connect, site.connections - 1)
         self._backoff = BACKOFF_START
         self._next_sample = 0.0
+        #: `standby status` asked at the site on a helper thread: the answer takes
+        #: a process start there (0.1-0.3 s, up to SAMPLE_TIMEOUT), which the
+        #: next segment must not wait behind
+        self._asker = ThreadPoolExecutor(1, thread_name_prefix=f"ask-{site.name}")
+        self._asking: Future[list[tuple[StandbyFacts, bool]]] | None = None
         self._promoted: set[str] = set()
         self._sample_errors: dict[str, str | None] = {}
         self._link_up: bool | None = None  # the last link state told to the journal
@@ -123,9 +129,7 @@ class SiteWorker(threading.Thread):
                     continue
                 try:
                     shipped = self._ship_round()
-                    if self._clock() >= self._next_sample:
-                        self._sample_standby()
-                        self._next_sample = self._clock() + self._sample_interval
+                    self._sample_standby()
                 except Exception as exc:  # OSError, EOFError, paramiko's SSHException, ...
                     self._lost(exc)
                     continue
@@ -135,6 +139,7 @@ class SiteWorker(threading.Thread):
         finally:
             self._disconnect()
             self._lanes.shutdown()
+            self._asker.shutdown(wait=False)
 
     # -- connection ------------------------------------------------------------
 
@@ -200,6 +205,8 @@ class SiteWorker(threading.Thread):
         self._disconnect()
 
     def _disconnect(self) -> None:
+        # An ask in flight fails with the connection; its answer is not wanted.
+        self._asking = None
         self._lanes.close()
         if self._transport is not None:
             try:
@@ -376,13 +383,38 @@ class SiteWorker(threading.Thread):
         self._write_backoff = BACKOFF_START
 
     def _sample_standby(self) -> None:
-        """Ask the site how the standby is doing (over SSH: no database port crosses)."""
+        """Ask the site how the standby is doing (over SSH: no database port
+        crosses), every `lag_sample_interval`; record the answer once it is in.
+
+        Only the asking runs on the helper thread (on a channel of its own);
+        the catalog, the spool and the SFTP session stay with this thread.
+        """
         assert self._transport is not None
+        asking = self._asking
+        if asking is not None:
+            if not asking.done():
+                return
+            self._asking = None
+            # A failure of the link (raised here) is handled as one of shipping.
+            self._record_standby(asking.result())
+            self._next_sample = self._clock() + self._sample_interval
+        if self._clock() < self._next_sample:
+            return
         for target in self.targets:
             self._refresh_promoted(self._transport, target)
-            facts, answered = ask_standby_status(
-                self._transport, self.site.command, target.connector, self._clock, SAMPLE_TIMEOUT
+        self._asking = self._asker.submit(self._ask_standby, self._transport)
+        self._asking.add_done_callback(lambda _: self.wake())
+
+    def _ask_standby(self, transport: Transport) -> list[tuple[StandbyFacts, bool]]:
+        return [
+            ask_standby_status(
+                transport, self.site.command, target.connector, self._clock, SAMPLE_TIMEOUT
             )
+            for target in self.targets
+        ]
+
+    def _record_standby(self, answers: list[tuple[StandbyFacts, bool]]) -> None:
+        for target, (facts, answered) in zip(self.targets, answers, strict=True):
             if answered:
                 self._sample_errors.pop(target.connector, None)
             else:

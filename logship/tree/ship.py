@@ -508,15 +508,13 @@ def read_small(local: bytes, limit: int) -> tuple[bytes, os.stat_result]:
             raise NotRegularFile("no longer a regular file")
         if before.st_size > limit:
             raise SourceChanged("grew past the batch size")
-        # Up to one byte more than the size: a file that grew meanwhile shows it.
-        chunks: list[bytes] = []
-        wanted = before.st_size + 1
-        while wanted > 0 and (chunk := os.read(fd, wanted)):
-            chunks.append(chunk)
-            wanted -= len(chunk)
+        # One byte more than the size is asked for: a file that grew since the
+        # fstat shows it here, one that grows later in the caller's lstat.
+        data = os.read(fd, before.st_size + 1)
+        while len(data) < before.st_size and (more := os.read(fd, before.st_size + 1 - len(data))):
+            data += more  # a short read (a network file system)
     finally:
         os.close(fd)
-    data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
     if len(data) != before.st_size:
         raise SourceChanged("changed while being read")
     return data, before
