@@ -612,8 +612,9 @@ def run_latency(setup: Setup, daemon: Daemon, report: Report, seconds: int, clie
         median(samples) * 1000,
         "ms",
         detail=f"one `standby status` over SSH as the site worker runs it, median of "
-        f"{len(samples)} with no load; shipping waits for it every lag_sample_interval "
-        f"({load_config(setup.config).logship.lag_sample_interval:g} s)",
+        f"{len(samples)} with no load; the site worker asks every lag_sample_interval "
+        f"({load_config(setup.config).logship.lag_sample_interval:g} s), on a helper "
+        "thread beside shipping",
         runs=[t * 1000 for t in samples],
     )
     set_conf(setup.cluster, archive_command=setup.timed_command)

@@ -9,6 +9,8 @@ from logship.catalog.models import FileState
 from logship.catalog.store import Catalog, NewFile
 from logship.sandbox import OsUser, PgCluster, free_port
 from logship.sandbox.deployment import Deployment, wait_for
+from logship.tree import rows
+from logship.tree.scan import EntryKind, TreeEntry
 
 
 def test_second_daemon_on_the_same_state_dir_refuses(deployment: Deployment) -> None:
@@ -38,6 +40,31 @@ def _exercise(catalog: Catalog) -> None:
     assert catalog.file("c", "000000010000000000000001").state == FileState.APPLIED
     catalog.set_site_status("dr", False, "boom", now)
     assert catalog.site_status("dr").error == "boom"
+    _exercise_tree(catalog)
+
+
+def _exercise_tree(catalog: Catalog) -> None:
+    """A files connector's rows: the statements that go straight to the driver
+    (first-scan inserts, shipped marks) in each backend's own placeholders."""
+    now = time.time()
+    # Any bytes but "/" and NUL; "%" and "?" must not be taken for placeholders.
+    odd = b"100% sure?\xff.conf"
+    entries = [
+        TreeEntry(b"etc", EntryKind.DIR, 0o755, 0, 1),
+        TreeEntry(b"etc/" + odd, EntryKind.FILE, 0o640, 12, 2),
+        TreeEntry(b"link", EntryKind.SYMLINK, 0o777, 3, 3, b"etc"),
+    ]
+    assert rows.record_changed(catalog, "app", entries, now) == 3
+    due = {row.path: row for row in rows.due(catalog, "app", now)}
+    assert set(due) == {b"etc", b"etc/" + odd, b"link"}
+    assert due[b"link"].link_target == b"etc" and due[b"etc/" + odd].mode == 0o640
+    shipped = [(due[b"etc/" + odd].id, entries[1], "cd" * 32)]
+    rows.mark_shipped_many(catalog, shipped, now + 1)
+    after = rows.all_rows(catalog, "app")
+    assert after[b"etc/" + odd].state == rows.SHIPPED
+    assert after[b"etc/" + odd].sha256 == "cd" * 32 and after[b"etc/" + odd].shipped_at == now + 1
+    assert {p for p, row in after.items() if row.state == rows.PENDING} == {b"etc", b"link"}
+    assert rows.summary(catalog, "app").pending_files == 2
 
 
 def test_catalog_on_sqlite(tmp_path: Path) -> None:

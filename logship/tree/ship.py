@@ -198,8 +198,7 @@ class TreeShipper:
             if self._ship_one(site, row, alive):
                 done += 1
                 touched_dirs.add(row.path.rpartition(b"/")[0])
-        if begun:
-            self._restore_dir_times(site, touched_dirs, {r.path for r in folders})
+        self._restore_dir_times(site, touched_dirs, {r.path for r in folders})
         return done
 
     def _ship_one(self, site: TreeSite, row: TreeRow, alive: Callable[[], bool]) -> bool:
