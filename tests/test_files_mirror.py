@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import os
+import shlex
 import shutil
 import signal
 import stat
@@ -83,10 +84,16 @@ _counter = iter(range(1000))
 
 
 def _setup(
-    site: Site, *, delete: bool = True, settle: str = "0.3s", receiver: bool = True
+    site: Site,
+    *,
+    delete: bool = True,
+    settle: str = "0.3s",
+    receiver: bool = True,
+    site_logship: list[str] | None = None,
 ) -> Setup:
     """`receiver`: logship runs at the site (batches through `tree-receive`); without
-    it the site has no logship and every batch goes over SFTP alone."""
+    it the site has no logship and every batch goes over SFTP alone. `site_logship`:
+    how the site runs it, when not as this same logship."""
     n = next(_counter)
     root = site.base / f"case{n}"
     root.mkdir(mode=0o755)
@@ -114,7 +121,7 @@ identity_file = "{site.sshd.client_key}"
 known_hosts = "{site.sshd.known_hosts}"
 root = "{incoming}"
 connect_timeout = "3s"
-command = {json.dumps(_site_command(conf) if receiver else ["/nonexistent/logship"])}
+command = {json.dumps(_site_command(conf, site_logship) if receiver else ["/nonexistent/logship"])}
 """
     )
     (conf / "connectors" / f"{CONNECTOR}.toml").write_text(
@@ -134,8 +141,8 @@ target = "{target}"
     return Setup(load_config(conf / "logship.toml"), source, target)
 
 
-def _site_command(conf: Path) -> list[str]:
-    return [sys.executable, "-m", "logship", "--config", str(conf / "logship.toml")]
+def _site_command(conf: Path, logship: list[str] | None = None) -> list[str]:
+    return [*(logship or [sys.executable, "-m", "logship"]), "--config", str(conf / "logship.toml")]
 
 
 @dataclass
@@ -250,6 +257,29 @@ def _populate(source: Path) -> None:
     (source / "etc" / ".app.conf.swp").write_text("never shipped")
     (source / "cache" / "deep").mkdir(parents=True)
     (source / "cache" / "deep" / "blob").write_text("never shipped")
+
+
+def test_a_site_logship_without_no_sweep_still_takes_batches(
+    site: Site, running: list[Running], caplog: pytest.LogCaptureFixture
+) -> None:
+    """An older logship at the site refuses the second receiver's --no-sweep: the
+    batches go to the first one, not all over SFTP."""
+    caplog.set_level(logging.INFO, "logship.tree")
+    older = site.base / f"older-logship-{next(_counter)}"
+    older.write_text(
+        "#!/bin/sh\n"
+        'case " $* " in *" --no-sweep "*) echo "unrecognized arguments: --no-sweep" >&2; '
+        "exit 2;; esac\n"
+        f'exec {shlex.join([sys.executable, "-m", "logship"])} "$@"\n'
+    )
+    older.chmod(0o755)
+    setup = _setup(site, site_logship=[str(older)])
+    _populate(setup.source)
+    _start(setup, running)
+    _converged(setup)
+    messages = [r.getMessage() for r in caplog.records]
+    assert not [m for m in messages if "no tree-receive" in m]
+    assert [m for m in messages if m.startswith("shipped batch")]
 
 
 def _status(setup: Setup, catalog: Catalog):  # type: ignore[no-untyped-def]

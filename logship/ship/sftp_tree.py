@@ -104,17 +104,21 @@ class SftpTreeSite:
     def _batch_stream(self) -> TreeStream | None:
         """The receiver whose turn it is, once it is up; None when there is none."""
         self.launch_receiver()
-        if not self._streams:
-            return None
-        stream = self._streams[self._turn % len(self._streams)]
-        self._turn += 1
-        try:
-            stream.wait_ready()
-        except (OSError, paramiko.SSHException) as exc:
-            self.close()
-            self._no_receiver(exc)
-            return None
-        return stream
+        while self._streams:
+            stream = self._streams[self._turn % len(self._streams)]
+            self._turn += 1
+            try:
+                stream.wait_ready()
+                return stream
+            except (OSError, paramiko.SSHException) as exc:
+                # The others may be up (an older logship at the site rejects the
+                # second one's --no-sweep): batches go to those.
+                self._streams.remove(stream)
+                with contextlib.suppress(OSError, paramiko.SSHException, EOFError):
+                    stream.close()
+                if not self._streams:
+                    self._no_receiver(exc)
+        return None
 
     def _no_receiver(self, exc: Exception) -> None:
         if not self._transport.is_alive:
