@@ -31,6 +31,7 @@ from types import FrameType
 from typing import Any
 
 import common
+import psycopg
 from common import MIB, PG_BIN, SEGMENT_SIZE, Report, log, mean, median
 from psycopg import sql
 
@@ -418,8 +419,9 @@ def set_conf(cluster: PgCluster, **settings: str) -> None:
     """ALTER SYSTEM and reload: archive_command and synchronous_commit change at runtime."""
     with cluster.connect() as conn:
         for name, value in settings.items():
+            _load_module_of(conn, name)
             conn.execute(
-                sql.SQL("alter system set {} = {}").format(sql.Identifier(name), sql.Literal(value))
+                sql.SQL("alter system set {} = {}").format(_setting(name), sql.Literal(value))
             )
         conn.execute("select pg_reload_conf()")
     # The archiver and new sessions read it on their next loop; a moment is plenty.
@@ -429,9 +431,21 @@ def set_conf(cluster: PgCluster, **settings: str) -> None:
 def reset_conf(cluster: PgCluster, *names: str) -> None:
     with cluster.connect() as conn:
         for name in names:
-            conn.execute(sql.SQL("alter system reset {}").format(sql.Identifier(name)))
+            _load_module_of(conn, name)
+            conn.execute(sql.SQL("alter system reset {}").format(_setting(name)))
         conn.execute("select pg_reload_conf()")
     time.sleep(0.5)
+
+
+def _load_module_of(conn: psycopg.Connection[Any], name: str) -> None:
+    """A module's setting is known to ALTER SYSTEM once the module is loaded."""
+    if "." in name:
+        conn.execute(sql.SQL("load {}").format(sql.Literal(name.split(".")[0])))
+
+
+def _setting(name: str) -> sql.Composable:
+    """A setting's name; a module's (`basic_archive.archive_directory`) as prefix.name."""
+    return sql.SQL(".").join(sql.Identifier(part) for part in name.split("."))
 
 
 def lsn_bytes(text: str) -> int:
@@ -834,14 +848,48 @@ class Sample:
     lsn: int
 
 
-def run_keepup(setup: Setup, daemon: Daemon, report: Report, seconds: int, clients: int) -> None:
-    log(
-        f"keep-up: pgbench -c {clients} {KEEPUP_SETTINGS} for {seconds}s, "
-        f"backlog sampled every {SAMPLE_S}s"
-    )
-    set_conf(setup.cluster, archive_command=setup.plain_command, **KEEPUP_SETTINGS)
+def wait_archiver_switched(setup: Setup, timeout: float = 180) -> None:
+    """Until a segment closed now is archived: a new archive_library takes effect
+    when the postmaster restarts the archiver, which can take up to a minute."""
+    with setup.cluster.connect() as conn:
+        conn.execute("create table if not exists archiver_probe (n int)")
+        conn.execute("insert into archiver_probe values (1)")
+        row = conn.execute("select pg_walfile_name(pg_switch_wal())").fetchone()
+        closed = str(row[0]) if row else ""
+        deadline = time.monotonic() + timeout
+        while True:
+            done = conn.execute("select last_archived_wal from pg_stat_archiver").fetchone()
+            if done and done[0] is not None and str(done[0]) >= closed:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the archiver did not archive {closed} in {timeout:.0f}s")
+            time.sleep(0.2)
+
+
+def run_keepup(
+    setup: Setup,
+    daemon: Daemon,
+    report: Report,
+    seconds: int,
+    clients: int,
+    archive_library: bool = False,
+) -> None:
+    settings = dict(KEEPUP_SETTINGS)
+    how = "archive_command = archive-wal"
+    if archive_library:
+        # PostgreSQL's own module writes each segment into the spool: no process
+        # per segment, so .ready waits only for a file copy.
+        settings["archive_library"] = "basic_archive"
+        settings["basic_archive.archive_directory"] = str(setup.spool)
+        how = "archive_library = basic_archive into the spool"
+    log(f"keep-up: pgbench -c {clients} {settings} for {seconds}s, every {SAMPLE_S}s")
     try:
+        # The daemon first: it makes the spool, which basic_archive needs to exist
+        # (after three failures PostgreSQL's archiver waits a minute).
         daemon.start()
+        set_conf(setup.cluster, archive_command=setup.plain_command, **settings)
+        if archive_library:
+            wait_archiver_switched(setup)
         wait_drained(setup, daemon)
         setup.cluster.execute("checkpoint")
         shipped_before = set(daemon.shipped())
@@ -879,7 +927,7 @@ def run_keepup(setup: Setup, daemon: Daemon, report: Report, seconds: int, clien
     finally:
         # Not to hide the error that got here, if any.
         with contextlib.suppress(Exception):
-            reset_conf(setup.cluster, *KEEPUP_SETTINGS)
+            reset_conf(setup.cluster, *settings)
     shipped = {k: v for k, v in daemon.shipped().items() if k not in shipped_before}
     db = catalog_copy(setup, setup.root / "catalog-keepup.db")
     closed_at = dict(
@@ -902,7 +950,7 @@ def run_keepup(setup: Setup, daemon: Daemon, report: Report, seconds: int, clien
         lags,
         history,
         cores,
-        daemon.note,
+        f"; {how}{daemon.note}",
     )
 
 
@@ -1304,6 +1352,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-seconds", type=int, default=120)
     parser.add_argument("--keepup-seconds", type=int, default=300)
     parser.add_argument("--keepup-clients", type=int, default=8)
+    parser.add_argument(
+        "--archive-library",
+        action="store_true",
+        help="keep-up with archive_library = 'basic_archive' writing into the spool "
+        "instead of archive_command = archive-wal",
+    )
     parser.add_argument("--overhead-runs", type=int, default=6, help="rounds of each mode")
     parser.add_argument("--overhead-seconds", type=int, default=30)
     parser.add_argument(
@@ -1348,7 +1402,14 @@ def main(argv: list[str] | None = None) -> int:
                 if "latency" in phases:
                     run_latency(setup, daemon, report, args.latency_seconds, args.clients)
                 if "keepup" in phases:
-                    run_keepup(setup, daemon, report, args.keepup_seconds, args.keepup_clients)
+                    run_keepup(
+                        setup,
+                        daemon,
+                        report,
+                        args.keepup_seconds,
+                        args.keepup_clients,
+                        archive_library=args.archive_library,
+                    )
                 if "overhead" in phases:
                     run_overhead(
                         setup,
