@@ -41,6 +41,7 @@ from logship.replay.standby_status import ask_standby_status
 from logship.sandbox import OsUser, PgCluster, SshServer, free_port
 from logship.sandbox.procs import kill_tree
 from logship.ship.sftp import SftpTransport
+from logship.walnames import lsn_to_int
 
 BENCH = "live"
 CONNECTOR = "bench"
@@ -67,6 +68,12 @@ def percentile(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)
     rank = max(1, -(-len(ordered) * q // 100))  # ceil without floats
     return ordered[int(rank) - 1]
+
+
+def add_p50_p99(report: Report, name: str, values: Sequence[float], unit: str, detail: str) -> None:
+    """`NAME_p50` (with `detail`) and `NAME_p99` of `values`."""
+    report.add(f"{name}_p50", percentile(values, 50), unit, detail=detail)
+    report.add(f"{name}_p99", percentile(values, 99), unit)
 
 
 def met(ok: bool) -> str:
@@ -448,13 +455,8 @@ def _setting(name: str) -> sql.Composable:
     return sql.SQL(".").join(sql.Identifier(part) for part in name.split("."))
 
 
-def lsn_bytes(text: str) -> int:
-    high, low = text.split("/")
-    return (int(high, 16) << 32) + int(low, 16)
-
-
 def current_lsn(cluster: PgCluster) -> int:
-    return lsn_bytes(str(cluster.query("select pg_current_wal_lsn()::text")[0][0]))
+    return lsn_to_int(str(cluster.query("select pg_current_wal_lsn()::text")[0][0]))
 
 
 def wal_syncs(cluster: PgCluster) -> tuple[int, float]:
@@ -750,32 +752,32 @@ def report_latency(
     )
     report.add("latency_segments", n, "segments", detail=f"{failures} archive_command failures")
     own = [s.shipped - s.close_time for s in segments]
-    report.add(
-        "latency_from_logship_close_p50",
-        percentile(own, 50),
+    add_p50_p99(
+        report,
+        "latency_from_logship_close",
+        own,
         "s",
-        detail=f"from archive-wal's close time (spool mtime, as status measures); "
+        f"from archive-wal's close time (spool mtime, as status measures); "
         f"p99 {percentile(own, 99):.3f} s",
     )
-    report.add("latency_from_logship_close_p99", percentile(own, 99), "s")
     from_pg = [s.shipped - s.closed_by_pg for s in segments if s.closed_by_pg is not None]
     if from_pg:
-        report.add(
-            "latency_from_pg_close_p50",
-            percentile(from_pg, 50),
+        add_p50_p99(
+            report,
+            "latency_from_pg_close",
+            from_pg,
             "s",
-            detail=f"from the .ready file's mtime (segment finished); p99 "
+            f"from the .ready file's mtime (segment finished); p99 "
             f"{percentile(from_pg, 99):.3f} s; {len(from_pg)} of {n} segments seen",
         )
-        report.add("latency_from_pg_close_p99", percentile(from_pg, 99), "s")
     archive = [(s.returned - s.handed_over) * 1000 for s in segments]
-    report.add(
-        "archive_command_p50",
-        percentile(archive, 50),
+    add_p50_p99(
+        report,
+        "archive_command",
+        archive,
         "ms",
-        detail="handover -> archive-wal returned (a shell and `date` included)",
+        "handover -> archive-wal returned (a shell and `date` included)",
     )
-    report.add("archive_command_p99", percentile(archive, 99), "ms")
     # Where the time goes, per segment, as medians (ms).
     steps: dict[str, list[float]] = {}
     for segment in segments:
@@ -904,7 +906,7 @@ def run_keepup(
                 ready, spool = ready_segments(setup), spool_segments(setup)
                 # A segment is in both between archive-wal's link into the spool and
                 # PostgreSQL renaming .ready to .done: the union counts it once.
-                lsn = lsn_bytes(str(row[0])) if row else 0
+                lsn = lsn_to_int(str(row[0])) if row else 0
                 return Sample(time.time(), len(ready), len(spool), len(ready | spool), lsn)
 
             samples.append(sample())
@@ -1035,14 +1037,14 @@ def report_keepup(
         f"drained {drain:.1f} s after pgbench ended",
     )
     if lags:
-        report.add(
-            "keepup_latency_p50",
-            percentile(lags, 50),
+        add_p50_p99(
+            report,
+            "keepup_latency",
+            lags,
             "s",
-            detail=f"archive-wal's close time -> `shipped` logged, {len(lags)} segments; "
+            f"archive-wal's close time -> `shipped` logged, {len(lags)} segments; "
             f"p99 {percentile(lags, 99):.3f} s, max {max(lags):.3f} s",
         )
-        report.add("keepup_latency_p99", percentile(lags, 99), "s")
     worst_exposure, worst_transport, worst_pending, count = history
     if count and worst_transport is not None:
         report.add(

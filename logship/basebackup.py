@@ -37,7 +37,7 @@ from logship.catalog.opening import open_catalog
 from logship.config.model import Config
 from logship.engines.pg_tools import find_program
 from logship.engines.postgresql import PostgresConnector
-from logship.errors import OperationFailed, SafetyRefusal, UsageError
+from logship.errors import OperationFailed, SafetyRefusal
 from logship.manifest import BACKUP_MANIFEST_NAME, BackupRecord, SiteLayout
 from logship.ship.transport import Transport
 
@@ -66,13 +66,9 @@ def backup_id_for(timestamp: float) -> str:
 
 
 def postgres_connector(config: Config, name: str) -> PostgresConnector:
-    connector = config.connector(name)
-    if not isinstance(connector, PostgresConnector):
-        raise UsageError(
-            f"connector {name!r} is kind {connector.kind!r}; base backups are for "
-            'kind = "postgresql" connectors'
-        )
-    return connector
+    return config.connector_of_kind(
+        name, PostgresConnector, 'base backups are for kind = "postgresql" connectors'
+    )
 
 
 def pg_basebackup_command(program: Path, dsn: str, label: str) -> list[str]:

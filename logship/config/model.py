@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
@@ -184,6 +184,9 @@ def cron_trigger(expression: str, timezone: str) -> Any:
     raise ValueError(f"has {len(fields)} fields; expected 5 (or 6 with seconds first)")
 
 
+C = TypeVar("C", bound=ConnectorBase)
+
+
 class Config(BaseModel):
     model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
 
@@ -204,6 +207,15 @@ class Config(BaseModel):
         except KeyError:
             known = ", ".join(sorted(self.connectors)) or "none configured"
             raise UsageError(f"unknown connector {name!r} (known: {known})") from None
+
+    def connector_of_kind(self, name: str, kind: type[C], what_for: str) -> C:
+        """The connector `name` if it is a `kind`; UsageError saying `what_for` if not."""
+        from logship.errors import UsageError
+
+        connector = self.connector(name)
+        if not isinstance(connector, kind):
+            raise UsageError(f"connector {name!r} is kind {connector.kind!r}; {what_for}")
+        return connector
 
     def site_of(self, connector: ConnectorBase) -> SiteConfig:
         return self.sites[connector.site]

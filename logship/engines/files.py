@@ -15,7 +15,6 @@ from pydantic import Field, field_validator
 
 from logship.config.model import Config, ConnectorBase, Seconds, Strict
 from logship.engines import BackgroundJob
-from logship.errors import UsageError
 
 
 class FilesStandby(Strict):
@@ -73,11 +72,6 @@ ENGINE = FilesEngine()
 
 
 def files_connector(config: Config, name: str) -> FilesConnector:
-    """The files connector `name`; UsageError for a connector of another kind."""
-    connector = config.connector(name)
-    if not isinstance(connector, FilesConnector):
-        raise UsageError(
-            f"connector {name!r} is kind {connector.kind!r}; this works on file trees, "
-            'for kind = "files" connectors'
-        )
-    return connector
+    return config.connector_of_kind(
+        name, FilesConnector, 'this works on file trees, for kind = "files" connectors'
+    )

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from sqlalchemy import ColumnElement, case, delete, func, or_, select, update
+from sqlalchemy.orm import Session
 
 from logship.catalog.models import TreeFile
 from logship.catalog.store import Catalog
@@ -109,14 +110,8 @@ def record_changed(
             }
             new = [entry for entry in chunk if entry.path not in known]
             if new:
-                # New paths (all of them in a first scan) in one executemany
-                # straight to the driver: ORM objects, or binding each row
-                # through SQLAlchemy, cost more than the rest of the scan.
-                connection = s.connection()
-                connection.exec_driver_sql(
-                    _driver_sql(connection.dialect.paramstyle, _INSERT_NEW),
-                    [_new_row(connector, entry, now) for entry in new],
-                )
+                # New paths: all of them in a first scan.
+                _executemany(s, _INSERT_NEW, [_new_row(connector, entry, now) for entry in new])
             for entry in chunk:
                 if (row := known.get(entry.path)) is not None:
                     _apply_change(row, entry, now)
@@ -214,11 +209,9 @@ def mark_shipped_many(
     if not shipped:
         return
     with catalog.session() as s:
-        connection = s.connection()
-        # One executemany straight to the driver: binding each row through
-        # SQLAlchemy cost more than reading, hashing and uploading the file.
-        connection.exec_driver_sql(
-            _driver_sql(connection.dialect.paramstyle, _MARK_SHIPPED),
+        _executemany(
+            s,
+            _MARK_SHIPPED,
             [
                 (
                     str(entry.kind),
@@ -243,13 +236,20 @@ _MARK_SHIPPED = (
 )
 
 
-def _driver_sql(paramstyle: str, statement: str) -> str:
-    """`statement` (written with ? placeholders) in the driver's own paramstyle."""
-    if paramstyle == "qmark":  # sqlite3
-        return statement
+def _executemany(s: Session, statement: str, params: list[tuple[object, ...]]) -> None:
+    """`statement` (written with ? placeholders) once per row, straight to the driver.
+
+    For the tree's bulk writes (a first scan's inserts, a batch's shipped marks):
+    binding each row through SQLAlchemy cost more than reading, hashing and
+    uploading the file.
+    """
+    connection = s.connection()
+    paramstyle = connection.dialect.paramstyle
     if paramstyle in ("format", "pyformat"):  # psycopg
-        return statement.replace("%", "%%").replace("?", "%s")
-    raise ValueError(f"no positional placeholders for paramstyle {paramstyle!r}")
+        statement = statement.replace("%", "%%").replace("?", "%s")
+    elif paramstyle != "qmark":  # sqlite3 takes it as written
+        raise ValueError(f"no positional placeholders for paramstyle {paramstyle!r}")
+    connection.exec_driver_sql(statement, params)
 
 
 def mark_removed(catalog: Catalog, row_id: int) -> None:
