@@ -65,6 +65,12 @@ def _exercise_tree(catalog: Catalog) -> None:
     assert after[b"etc/" + odd].sha256 == "cd" * 32 and after[b"etc/" + odd].shipped_at == now + 1
     assert {p for p, row in after.items() if row.state == rows.PENDING} == {b"etc", b"link"}
     assert rows.summary(catalog, "app").pending_files == 2
+    # Paths the catalog has are found by the driver-level lookup and updated in place.
+    changed = TreeEntry(b"etc/" + odd, EntryKind.FILE, 0o600, 13, 4)
+    assert rows.record_changed(catalog, "app", [changed, entries[0]], now + 2) == 2
+    again = rows.all_rows(catalog, "app")
+    assert len(again) == 3 and again[b"etc/" + odd].state == rows.PENDING
+    assert again[b"etc/" + odd].size == 13 and again[b"etc/" + odd].sha256 is None
 
 
 def test_catalog_on_sqlite(tmp_path: Path) -> None:

@@ -68,7 +68,10 @@ def test_a_batch_cut_before_its_commit_changes_nothing_visible(tmp_path: Path) -
 
 @pytest.mark.parametrize(
     "path",
-    [b"../escape", b"/etc/passwd", b"a/../../escape", b"./x", b"a//b", b"a/", TEMP_PREFIX + b"x"],
+    [
+        *(b"../escape", b"/etc/passwd", b"a/../../escape", b"./x", b"a//b", b"a/", b"a/./b"),
+        *(b"..", b".", b"a/..", b"a\0b", TEMP_PREFIX + b"x", b"a/" + TEMP_PREFIX + b"x"),
+    ],
 )
 def test_paths_that_leave_the_root_or_name_a_temp_are_refused(tmp_path: Path, path: bytes) -> None:
     target = tmp_path / "target"

@@ -32,12 +32,13 @@ from pathlib import Path
 from typing import IO
 
 from logship.tree.names import TEMP_PREFIX, temp_name
-from logship.tree.stream import COMMIT, FileFrame, read_frame, reply_line
+from logship.tree.stream import COMMIT, FileFrame, landed_line, read_frame, reply_line
 
 #: a batch file is read whole: bigger files go over SFTP, streamed
 MAX_FILE = 8 * 1024 * 1024
 #: a temp untouched this long is a leftover (see Receiver.sweep_stale_temps)
 STALE_TEMP_S = 600.0
+_CREATE_TEMP = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def _libc_syncfs() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
@@ -111,23 +112,29 @@ class Receiver:
         return known
 
     def _write(self, frame: FileFrame) -> _Written:
-        parts = frame.path.split(b"/")
-        if frame.path.startswith(b"/") or any(p in (b"", b".", b"..") for p in parts):
-            return b"", b"", f"refused path {frame.path!r}"
-        if b"\0" in frame.path or parts[-1].startswith(TEMP_PREFIX):
-            return b"", b"", f"refused path {frame.path!r}"
-        folder = os.path.join(self._root, *parts[:-1]) if len(parts) > 1 else self._root
-        final = os.path.join(folder, parts[-1])
-        temp = os.path.join(folder, temp_name(parts[-1]))
+        path = frame.path
+        parent, _, name = path.rpartition(b"/")
+        # No empty, "." or ".." component, not absolute: checked on the whole
+        # path at once (this runs for every file of a first sync).
+        framed = b"/" + path + b"/"
+        if b"//" in framed or b"/./" in framed or b"/../" in framed:
+            return b"", b"", f"refused path {path!r}"
+        if b"\0" in path or name.startswith(TEMP_PREFIX):
+            return b"", b"", f"refused path {path!r}"
+        folder = self._root + b"/" + parent if parent else self._root
+        final = folder + b"/" + name
+        temp = folder + b"/" + temp_name(name)
         try:
             if not self._inside(folder):
-                return b"", b"", f"{frame.path!r}: its folder leads outside the mirror root"
-            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
-            fd = os.open(temp, flags, 0o600)
+                return b"", b"", f"{path!r}: its folder leads outside the mirror root"
+            fd = os.open(temp, _CREATE_TEMP, 0o600)
             try:
-                view = memoryview(frame.data)
-                while view:
-                    view = view[os.write(fd, view) :]
+                data = frame.data
+                written = os.write(fd, data)
+                if written < len(data):
+                    view = memoryview(data)[written:]
+                    while view:
+                        view = view[os.write(fd, view) :]
                 os.fchmod(fd, stat.S_IMODE(frame.mode))
                 os.utime(fd, ns=(frame.mtime_ns, frame.mtime_ns))
             finally:
@@ -225,9 +232,12 @@ class _Committer:
             self._answer(unanswered)
 
     def _answer(self, errors: list[str | None]) -> None:
-        for index, error in enumerate(errors):
-            self._stdout.write(reply_line({"i": index, "error": error}))
-        self._stdout.write(reply_line({"done": len(errors)}))
+        lines = [
+            landed_line(index) if error is None else reply_line({"i": index, "error": error})
+            for index, error in enumerate(errors)
+        ]
+        lines.append(reply_line({"done": len(errors)}))
+        self._stdout.write(b"".join(lines))
         self._stdout.flush()
 
 

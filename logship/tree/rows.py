@@ -48,12 +48,24 @@ class TreeRow:
 
 
 _ROW_COLUMNS = [getattr(TreeFile, name) for name in TreeRow.__dataclass_fields__]
+_SELECT_ROWS = (
+    f"SELECT {', '.join(TreeRow.__dataclass_fields__)} FROM {TreeFile.__tablename__} WHERE "
+)
 
 
 def _read_rows(catalog: Catalog, *where: ColumnElement[bool]) -> list[TreeRow]:
     with catalog.session() as s:
         result = s.execute(select(*_ROW_COLUMNS).where(*where))
         return [TreeRow(*found) for found in result]
+
+
+def _read_rows_sql(catalog: Catalog, where: str, params: tuple[object, ...]) -> list[TreeRow]:
+    """`_read_rows` for the hot queries, `where` written with ? placeholders: a
+    round of a first sync reads every row of the tree, and SQLAlchemy's result
+    processing per row cost more than the query."""
+    with catalog.session() as s:
+        found = s.connection().exec_driver_sql(_driver_sql(s, _SELECT_ROWS + where), params)
+        return [TreeRow(*row) for row in found]
 
 
 def entry_of(row: TreeRow) -> TreeEntry:
@@ -63,7 +75,7 @@ def entry_of(row: TreeRow) -> TreeEntry:
 
 
 def all_rows(catalog: Catalog, connector: str) -> dict[bytes, TreeRow]:
-    return {row.path: row for row in _read_rows(catalog, TreeFile.connector == connector)}
+    return {row.path: row for row in _read_rows_sql(catalog, "connector = ?", (connector,))}
 
 
 def rows_below(catalog: Catalog, connector: str, folder: bytes) -> dict[bytes, TreeRow]:
@@ -99,26 +111,35 @@ def record_changed(
     entries = list(entries)
     with catalog.session() as s:
         for chunk in _chunks(entries):
-            known = {
-                row.path: row
-                for row in s.scalars(
-                    select(TreeFile).where(
-                        TreeFile.connector == connector,
-                        TreeFile.path.in_([entry.path for entry in chunk]),
-                    )
-                ).all()
+            paths = [entry.path for entry in chunk]
+            marks = ", ".join("?" * len(paths))
+            existing = {
+                path
+                for (path,) in s.connection().exec_driver_sql(
+                    _driver_sql(s, f"{_SELECT_PATHS} AND path IN ({marks})"), (connector, *paths)
+                )
             }
-            new = [entry for entry in chunk if entry.path not in known]
+            new = [entry for entry in chunk if entry.path not in existing]
             if new:
                 # New paths: all of them in a first scan.
                 _executemany(s, _INSERT_NEW, [_new_row(connector, entry, now) for entry in new])
-            for entry in chunk:
-                if (row := known.get(entry.path)) is not None:
-                    _apply_change(row, entry, now)
+            if existing:
+                known = {
+                    row.path: row
+                    for row in s.scalars(
+                        select(TreeFile).where(
+                            TreeFile.connector == connector, TreeFile.path.in_(existing)
+                        )
+                    )
+                }
+                for entry in chunk:
+                    if (row := known.get(entry.path)) is not None:
+                        _apply_change(row, entry, now)
         s.commit()
     return len(entries)
 
 
+_SELECT_PATHS = f"SELECT path FROM {TreeFile.__tablename__} WHERE connector = ?"
 _INSERT_NEW = (
     f"INSERT INTO {TreeFile.__tablename__} (connector, path, kind, mode, size, mtime_ns, "
     "link_target, state, changed_at, attempts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0)"
@@ -187,11 +208,10 @@ def _chunks(paths: Sequence[T], size: int = 500) -> Iterable[Sequence[T]]:
 
 def due(catalog: Catalog, connector: str, now: float) -> list[TreeRow]:
     """Rows waiting for the site whose retry time (if any) has come."""
-    return _read_rows(
+    return _read_rows_sql(
         catalog,
-        TreeFile.connector == connector,
-        TreeFile.state.in_(NOT_DURABLE),
-        or_(TreeFile.next_try_at.is_(None), TreeFile.next_try_at <= now),
+        "connector = ? AND state IN (?, ?) AND (next_try_at IS NULL OR next_try_at <= ?)",
+        (connector, *NOT_DURABLE, now),
     )
 
 
@@ -243,13 +263,17 @@ def _executemany(s: Session, statement: str, params: list[tuple[object, ...]]) -
     binding each row through SQLAlchemy cost more than reading, hashing and
     uploading the file.
     """
-    connection = s.connection()
-    paramstyle = connection.dialect.paramstyle
+    s.connection().exec_driver_sql(_driver_sql(s, statement), params)
+
+
+def _driver_sql(s: Session, statement: str) -> str:
+    """`statement`, written with ? placeholders, in the driver's own paramstyle."""
+    paramstyle = s.connection().dialect.paramstyle
     if paramstyle in ("format", "pyformat"):  # psycopg
-        statement = statement.replace("%", "%%").replace("?", "%s")
-    elif paramstyle != "qmark":  # sqlite3 takes it as written
+        return statement.replace("%", "%%").replace("?", "%s")
+    if paramstyle != "qmark":  # sqlite3 takes it as written
         raise ValueError(f"no positional placeholders for paramstyle {paramstyle!r}")
-    connection.exec_driver_sql(statement, params)
+    return statement
 
 
 def mark_removed(catalog: Catalog, row_id: int) -> None:

@@ -35,7 +35,7 @@ class StreamError(Exception):
     """The stream is not in the expected format: the peer is not what it should be."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FileFrame:
     path: bytes
     mode: int
@@ -72,3 +72,9 @@ def read_frame(stream: IO[bytes], max_size: int) -> FileFrame | bytes | None:
 
 def reply_line(content: dict[str, Any]) -> bytes:
     return json.dumps(content).encode() + b"\n"
+
+
+def landed_line(index: int) -> bytes:
+    """`reply_line({"i": index, "error": None})`, byte for byte, without json: a
+    first sync answers thousands of these a second."""
+    return b'{"i": %d, "error": null}\n' % index
