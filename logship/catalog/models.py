@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from sqlalchemy import BigInteger, Float, Index, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Float, Index, LargeBinary, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -207,6 +207,24 @@ class TreeFile(Base):
     __table_args__ = (
         UniqueConstraint("connector", "path"),
         Index("ix_tree_files_state", "connector", "state"),
+        # The monitor asks every second for the failing paths and the newest
+        # shipped one: without these, two walks of every row of the tree. Only
+        # failing rows are in the first: SQLite's planner (no statistics) takes
+        # it over the state index only when it constrains a second column, and
+        # PostgreSQL's index rows are too small for any error text.
+        Index(
+            "ix_tree_files_failing",
+            "connector",
+            "error",
+            sqlite_where=text("error IS NOT NULL"),
+        ).ddl_if(dialect="sqlite"),
+        Index(
+            "ix_tree_files_failing_pg",
+            "connector",
+            "changed_at",
+            postgresql_where=text("error IS NOT NULL"),
+        ).ddl_if(dialect="postgresql"),
+        Index("ix_tree_files_shipped", "connector", "shipped_at", "id"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
