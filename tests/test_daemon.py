@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from sqlalchemy import inspect
+
 from logship.catalog.models import FileState
 from logship.catalog.store import Catalog, NewFile
 from logship.sandbox import OsUser, PgCluster, free_port
@@ -94,6 +96,16 @@ def test_catalog_on_postgresql(reachable_dir: Path, pg_user: OsUser) -> None:
             _exercise(catalog)
         finally:
             catalog.close()
+        # Reopened: the indexes of the other backend stay absent, and that is fine.
+        reopened = Catalog(url)
+        try:
+            with reopened.engine.connect() as conn:
+                names = {index["name"] for index in inspect(conn).get_indexes("tree_files")}
+            assert {"ix_tree_files_failing_pg", "ix_tree_files_shipped"} <= names
+            assert "ix_tree_files_failing" not in names
+            assert rows.summary(reopened, "app").failing == 0
+        finally:
+            reopened.close()
 
 
 def test_order_keys_sort_history_first() -> None:
