@@ -211,7 +211,7 @@ class TreeFile(Base):
         # shipped one: without these, two walks of every row of the tree. Only
         # failing rows are in the first: SQLite's planner (no statistics) takes
         # it over the state index only when it constrains a second column, and
-        # PostgreSQL's index rows are too small for any error text.
+        # PostgreSQL caps an index row at about 2.7 kB, less than an error may be.
         Index(
             "ix_tree_files_failing",
             "connector",
