@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
 import os
 import stat
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from logship.cli.tree_receive import _frames_in
 from logship.tree.names import TEMP_PREFIX, is_temp_name
 from logship.tree.receive import MAX_FILE, STALE_TEMP_S, Receiver
 from logship.tree.stream import COMMIT, StreamError, file_frame
@@ -226,3 +229,30 @@ def test_a_failed_sync_ends_the_answers_and_renames_nothing(tmp_path: Path) -> N
     ]
     assert getattr(out, "closed_by_receiver", False)
     assert not (tmp_path / "a.conf").exists() and not (tmp_path / "b.conf").exists()
+
+
+def test_frames_come_in_through_a_large_pipe_or_any_other_stdin(tmp_path: Path) -> None:
+    """tree-receive reads stdin with a large buffer and grows its pipe from sshd
+    (8 KiB reads woke sshd every 8 KiB); stdin that is not a pipe works as is."""
+    frames = file_frame(b"a.conf", 0o644, MTIME_NS, b"x" * 100_000) + COMMIT
+    read_end, write_end = os.pipe()
+
+    def send() -> None:
+        os.write(write_end, frames)
+        os.close(write_end)  # the end of the stream
+
+    try:
+        with _frames_in(read_end) as stream:
+            assert fcntl.fcntl(read_end, fcntl.F_GETPIPE_SZ) >= 128 * 1024
+            writer = threading.Thread(target=send)
+            writer.start()
+            Receiver(tmp_path).serve(stream, io.BytesIO())
+            writer.join()
+    finally:
+        os.close(read_end)
+    assert (tmp_path / "a.conf").read_bytes() == b"x" * 100_000
+    source = tmp_path / "frames"
+    source.write_bytes(file_frame(b"b.conf", 0o600, MTIME_NS, b"y") + COMMIT)
+    with open(source, "rb") as raw, _frames_in(raw.fileno()) as stream:
+        Receiver(tmp_path).serve(stream, io.BytesIO())
+    assert (tmp_path / "b.conf").read_bytes() == b"y"

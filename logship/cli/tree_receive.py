@@ -9,8 +9,11 @@ back to SFTP alone when it cannot run.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import sys
 from pathlib import Path
+from typing import IO
 
 from logship.config.files import config_path
 from logship.config.load import load_config
@@ -35,5 +38,18 @@ def run(args: argparse.Namespace) -> int:
         out.write(reply_line({"error": message}))
         out.flush()
         return 1
-    Receiver(target).serve(sys.stdin.buffer, out, sweep=not args.no_sweep)
+    with _frames_in(sys.stdin.fileno()) as frames:
+        Receiver(target).serve(frames, out, sweep=not args.no_sweep)
     return 0
+
+
+#: stdin is read in pieces of up to this size, and its pipe (from sshd) grown to it
+FRAMES_BUFFER = 1024 * 1024
+
+
+def _frames_in(fd: int) -> IO[bytes]:
+    """stdin with a large buffer: Python's default 8 KiB made a read(2), and a
+    wakeup of sshd on the other end, every 8 KiB of a batch."""
+    with contextlib.suppress(OSError):  # not a pipe, or a smaller limit here
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, FRAMES_BUFFER)
+    return open(fd, "rb", buffering=FRAMES_BUFFER, closefd=False)
