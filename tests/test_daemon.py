@@ -66,6 +66,13 @@ def _exercise_tree(catalog: Catalog) -> None:
     assert after[b"etc/" + odd].state == rows.SHIPPED
     assert after[b"etc/" + odd].sha256 == "cd" * 32 and after[b"etc/" + odd].shipped_at == now + 1
     assert {p for p, row in after.items() if row.state == rows.PENDING} == {b"etc", b"link"}
+    # A folder and what is below it, by byte prefix; and rows by path.
+    assert set(rows.rows_below(catalog, "app", b"etc")) == {b"etc", b"etc/" + odd}
+    assert set(rows.rows_below(catalog, "app", b"et")) == set()
+    assert set(rows.rows_for(catalog, "app", [b"link", b"etc/" + odd, b"none"])) == {
+        b"link",
+        b"etc/" + odd,
+    }
     assert rows.summary(catalog, "app").pending_files == 2
     # Paths the catalog has are found by the driver-level lookup and updated in place.
     changed = TreeEntry(b"etc/" + odd, EntryKind.FILE, 0o600, 13, 4)

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from logship.config.durations import parse_duration
+from logship.errors import UsageError
 
 Seconds = Annotated[float, BeforeValidator(parse_duration)]
 
@@ -200,8 +201,6 @@ class Config(BaseModel):
     history: HistorySection = HistorySection()
 
     def connector(self, name: str) -> Any:
-        from logship.errors import UsageError
-
         try:
             return self.connectors[name]
         except KeyError:
@@ -210,8 +209,6 @@ class Config(BaseModel):
 
     def connector_of_kind(self, name: str, kind: type[C], what_for: str) -> C:
         """The connector `name` if it is a `kind`; UsageError saying `what_for` if not."""
-        from logship.errors import UsageError
-
         connector = self.connector(name)
         if not isinstance(connector, kind):
             raise UsageError(f"connector {name!r} is kind {connector.kind!r}; {what_for}")

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from sqlalchemy import ColumnElement, case, delete, func, or_, select, update
+from sqlalchemy import case, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from logship.catalog.models import TreeFile
@@ -47,24 +47,21 @@ class TreeRow:
     next_try_at: float | None
 
 
-_ROW_COLUMNS = [getattr(TreeFile, name) for name in TreeRow.__dataclass_fields__]
 _SELECT_ROWS = (
-    f"SELECT {', '.join(TreeRow.__dataclass_fields__)} FROM {TreeFile.__tablename__} WHERE "
+    f"SELECT {', '.join(TreeRow.__dataclass_fields__)} FROM {TreeFile.__tablename__} "
+    "WHERE connector = ?"
 )
 
 
-def _read_rows(catalog: Catalog, *where: ColumnElement[bool]) -> list[TreeRow]:
+def _read_rows(
+    catalog: Catalog, connector: str, where: str = "", params: Sequence[object] = ()
+) -> list[TreeRow]:
+    """The connector's rows (those matching `where`, written with ? placeholders),
+    read straight from the driver: a round of a first sync reads every row of
+    the tree, and SQLAlchemy's result processing per row cost more than the query."""
+    statement = f"{_SELECT_ROWS} AND {where}" if where else _SELECT_ROWS
     with catalog.session() as s:
-        result = s.execute(select(*_ROW_COLUMNS).where(*where))
-        return [TreeRow(*found) for found in result]
-
-
-def _read_rows_sql(catalog: Catalog, where: str, params: tuple[object, ...]) -> list[TreeRow]:
-    """`_read_rows` for the hot queries, `where` written with ? placeholders: a
-    round of a first sync reads every row of the tree, and SQLAlchemy's result
-    processing per row cost more than the query."""
-    with catalog.session() as s:
-        found = s.connection().exec_driver_sql(_driver_sql(s, _SELECT_ROWS + where), params)
+        found = s.connection().exec_driver_sql(_driver_sql(s, statement), (connector, *params))
         return [TreeRow(*row) for row in found]
 
 
@@ -75,7 +72,7 @@ def entry_of(row: TreeRow) -> TreeEntry:
 
 
 def all_rows(catalog: Catalog, connector: str) -> dict[bytes, TreeRow]:
-    return {row.path: row for row in _read_rows_sql(catalog, "connector = ?", (connector,))}
+    return {row.path: row for row in _read_rows(catalog, connector)}
 
 
 def rows_below(catalog: Catalog, connector: str, folder: bytes) -> dict[bytes, TreeRow]:
@@ -85,9 +82,7 @@ def rows_below(catalog: Catalog, connector: str, folder: bytes) -> dict[bytes, T
     prefix = folder + b"/"
     # Compared as a byte prefix rather than with LIKE: "%" and "_" are valid name bytes.
     found = _read_rows(
-        catalog,
-        TreeFile.connector == connector,
-        or_(TreeFile.path == folder, func.substr(TreeFile.path, 1, len(prefix)) == prefix),
+        catalog, connector, "(path = ? OR substr(path, 1, ?) = ?)", (folder, len(prefix), prefix)
     )
     return {row.path: row for row in found}
 
@@ -95,7 +90,7 @@ def rows_below(catalog: Catalog, connector: str, folder: bytes) -> dict[bytes, T
 def rows_for(catalog: Catalog, connector: str, paths: Iterable[bytes]) -> dict[bytes, TreeRow]:
     found: dict[bytes, TreeRow] = {}
     for chunk in _chunks(list(paths)):
-        rows = _read_rows(catalog, TreeFile.connector == connector, TreeFile.path.in_(chunk))
+        rows = _read_rows(catalog, connector, f"path IN ({_marks(chunk)})", chunk)
         found.update((row.path, row) for row in rows)
     return found
 
@@ -112,11 +107,11 @@ def record_changed(
     with catalog.session() as s:
         for chunk in _chunks(entries):
             paths = [entry.path for entry in chunk]
-            marks = ", ".join("?" * len(paths))
             existing = {
                 path
                 for (path,) in s.connection().exec_driver_sql(
-                    _driver_sql(s, f"{_SELECT_PATHS} AND path IN ({marks})"), (connector, *paths)
+                    _driver_sql(s, f"{_SELECT_PATHS} AND path IN ({_marks(paths)})"),
+                    (connector, *paths),
                 )
             }
             new = [entry for entry in chunk if entry.path not in existing]
@@ -208,10 +203,11 @@ def _chunks(paths: Sequence[T], size: int = 500) -> Iterable[Sequence[T]]:
 
 def due(catalog: Catalog, connector: str, now: float) -> list[TreeRow]:
     """Rows waiting for the site whose retry time (if any) has come."""
-    return _read_rows_sql(
+    return _read_rows(
         catalog,
-        "connector = ? AND state IN (?, ?) AND (next_try_at IS NULL OR next_try_at <= ?)",
-        (connector, *NOT_DURABLE, now),
+        connector,
+        "state IN (?, ?) AND (next_try_at IS NULL OR next_try_at <= ?)",
+        (*NOT_DURABLE, now),
     )
 
 
@@ -264,6 +260,11 @@ def _executemany(s: Session, statement: str, params: list[tuple[object, ...]]) -
     uploading the file.
     """
     s.connection().exec_driver_sql(_driver_sql(s, statement), params)
+
+
+def _marks(values: Sequence[object]) -> str:
+    """The placeholders of an IN list of `values`."""
+    return ", ".join("?" * len(values))
 
 
 def _driver_sql(s: Session, statement: str) -> str:
