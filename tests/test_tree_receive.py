@@ -7,6 +7,8 @@ import io
 import json
 import os
 import stat
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -256,3 +258,78 @@ def test_frames_come_in_through_a_large_pipe_or_any_other_stdin(tmp_path: Path) 
     with open(source, "rb") as raw, _frames_in(raw.fileno()) as stream:
         Receiver(tmp_path).serve(stream, io.BytesIO())
     assert (tmp_path / "b.conf").read_bytes() == b"y"
+
+
+SITE_MAIN = """
+[logship]
+state_dir = "state"
+
+[sites.dr]
+host = "dr.example.net"
+user = "logship"
+identity_file = "id_ed25519"
+known_hosts = "known_hosts"
+root = "/var/lib/logship/incoming"
+"""
+
+FILES_CONNECTOR = """
+kind = "files"
+site = "dr"
+rpo = "60s"
+source = "/opt/app"
+[standby]
+target = "{target}"
+"""
+
+
+def _site_config(tmp_path: Path, connectors: dict[str, str]) -> Path:
+    (tmp_path / "connectors").mkdir()
+    for stem, text in connectors.items():
+        (tmp_path / "connectors" / f"{stem}.toml").write_text(text)
+    (tmp_path / "logship.toml").write_text(SITE_MAIN)
+    return tmp_path / "logship.toml"
+
+
+def test_the_target_read_without_the_model_is_the_models(tmp_path: Path) -> None:
+    from logship.config.files import read_files_target
+    from logship.config.load import load_config
+    from logship.engines.files import files_connector
+
+    path = _site_config(tmp_path, {"app": FILES_CONNECTOR.format(target="/srv/app mirror")})
+    expected = files_connector(load_config(path), "app").standby.target
+    assert read_files_target(path, "app") == expected
+
+
+@pytest.mark.parametrize(
+    ("connectors", "message"),
+    [
+        ({"app": FILES_CONNECTOR.format(target="relative/app")}, "absolute folder"),
+        ({"app": FILES_CONNECTOR.format(target="/")}, "absolute folder"),
+        ({"app": FILES_CONNECTOR.replace('target = "{target}"', "")}, "standby.target': missing"),
+        ({"app": FILES_CONNECTOR.replace("files", "postgresql", 1)}, 'not kind = "files"'),
+        ({"other": FILES_CONNECTOR.format(target="/srv/app")}, "no connector named 'app'"),
+        (
+            {
+                "one": 'name = "app"\n' + FILES_CONNECTOR.format(target="/srv/one"),
+                "two": 'name = "app"\n' + FILES_CONNECTOR.format(target="/srv/two"),
+            },
+            "defined twice",
+        ),
+    ],
+    ids=["relative", "root", "missing", "not-files", "unknown", "twice"],
+)
+def test_a_receiver_without_a_usable_target_answers_one_error_line(
+    tmp_path: Path, connectors: dict[str, str], message: str
+) -> None:
+    path = _site_config(tmp_path, connectors)
+    result = subprocess.run(
+        [sys.executable, "-m", "logship", "--config", str(path), "tree-receive", "app"],
+        input=b"",
+        capture_output=True,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    # The mirror reads this line and falls back to SFTP; the user reads stderr.
+    (line,) = result.stdout.splitlines()
+    assert message in json.loads(line)["error"]
+    assert message in result.stderr.decode() and b"Traceback" not in result.stderr

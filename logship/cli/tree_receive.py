@@ -15,9 +15,7 @@ import sys
 from pathlib import Path
 from typing import IO
 
-from logship.config.files import config_path
-from logship.config.load import load_config
-from logship.engines.files import files_connector
+from logship.config.files import config_path, read_files_target
 from logship.tree.receive import Receiver
 from logship.tree.stream import reply_line
 
@@ -25,14 +23,12 @@ from logship.tree.stream import reply_line
 def run(args: argparse.Namespace) -> int:
     out = sys.stdout.buffer
     try:
-        config = load_config(config_path(args.config))
-        connector = files_connector(config, args.connector)
+        target = Path(read_files_target(config_path(args.config), args.connector))
     except Exception as exc:
         # The mirror reads this line and ships over SFTP alone instead.
         out.write(reply_line({"error": str(exc)}))
         out.flush()
         raise
-    target = Path(connector.standby.target)
     if not target.is_dir():
         message = f"[standby].target {target} is not a folder at this site"
         out.write(reply_line({"error": message}))
