@@ -21,6 +21,7 @@ from typing import Protocol
 from logship.catalog.store import Catalog
 from logship.logs import event
 from logship.tree import rows
+from logship.tree.marks import Mark, ShippedMarks
 from logship.tree.rows import TreeRow
 from logship.tree.scan import EntryKind, TreeEntry, lstat_entry
 
@@ -244,17 +245,20 @@ class TreeShipper:
     ) -> list[bytes]:
         """Small files in batches, each read and sent while the site lands the ones
         before; the catalog learns what is durable every MARK_ROWS files (one
-        commit, one fsync) and at the end, a link failure included."""
+        commit, one fsync, beside the shipping: see logship.tree.marks) and at
+        the end, a link failure included."""
         shipped: list[bytes] = []
-        unmarked: list[tuple[int, TreeEntry, str | None]] = []
+        unmarked: list[Mark] = []
+        marks = ShippedMarks(self._catalog, self._clock)
         in_flight: deque[tuple[list[_Loaded], BatchUpload]] = deque()
 
         def finish_oldest() -> None:
+            nonlocal unmarked
             unmarked.extend(self._finish_batch(*in_flight.popleft(), alive))
             if len(unmarked) >= MARK_ROWS:
-                self._mark_shipped(unmarked)
+                marks.add(unmarked)
                 shipped.extend(entry.path for _, entry, _ in unmarked)
-                unmarked.clear()
+                unmarked = []
 
         try:
             for batch in _batches(small):
@@ -279,7 +283,7 @@ class TreeShipper:
                 finish_oldest()
         finally:
             # What is durable at the site is recorded even when the link broke.
-            self._mark_shipped(unmarked)
+            marks.finish(unmarked)
             shipped.extend(entry.path for _, entry, _ in unmarked)
         return shipped
 
@@ -328,7 +332,7 @@ class TreeShipper:
 
     def _finish_batch(
         self, loaded: list[_Loaded], upload: BatchUpload, alive: Callable[[], bool]
-    ) -> list[tuple[int, TreeEntry, str | None]]:
+    ) -> list[Mark]:
         """The batch's files now durable at the site, to be marked shipped."""
         try:
             outcomes = upload.finish()
@@ -339,7 +343,7 @@ class TreeShipper:
             for item in loaded:
                 self._failed(item.row, exc)
             return []
-        shipped: list[tuple[int, TreeEntry, str | None]] = []
+        shipped: list[Mark] = []
         for item, error in zip(loaded, outcomes, strict=True):
             if error is None:
                 entry = _file_entry(item.row.path, item.file.before, len(item.file.data))
@@ -369,9 +373,6 @@ class TreeShipper:
                         bytes=entry.size,
                     )
         return shipped
-
-    def _mark_shipped(self, shipped: list[tuple[int, TreeEntry, str | None]]) -> None:
-        rows.mark_shipped_many(self._catalog, shipped, self._clock())
 
     def _ready(self, row: TreeRow, now: float) -> bool:
         """The path is still of its kind and untouched for `settle`; else it is put back."""
