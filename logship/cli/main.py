@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import importlib
 import os
 import sys
@@ -153,7 +154,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    module = importlib.import_module(f"logship.cli.{VERBS[args.verb][0]}")
+    # Importing a verb's modules (SQLAlchemy, pydantic, paramiko for most) makes
+    # objects that live as long as the process; the cycle collector's passes
+    # over them found nothing and cost a quarter of the import time (about 0.1 s).
+    gc.disable()
+    try:
+        module = importlib.import_module(f"logship.cli.{VERBS[args.verb][0]}")
+    finally:
+        gc.enable()
     try:
         return int(module.run(args) or 0)
     except LogshipError as exc:
