@@ -57,12 +57,16 @@ def _read_rows(
     catalog: Catalog, connector: str, where: str = "", params: Sequence[object] = ()
 ) -> list[TreeRow]:
     """The connector's rows (those matching `where`, written with ? placeholders),
-    read straight from the driver: a round of a first sync reads every row of
+    read with the driver's own cursor: a round of a first sync reads every row of
     the tree, and SQLAlchemy's result processing per row cost more than the query."""
     statement = f"{_SELECT_ROWS} AND {where}" if where else _SELECT_ROWS
     with catalog.session() as s:
-        found = s.connection().exec_driver_sql(_driver_sql(s, statement), (connector, *params))
-        return [TreeRow(*row) for row in found]
+        cursor = s.connection().connection.cursor()
+        try:
+            cursor.execute(_driver_sql(s, statement), (connector, *params))
+            return [TreeRow(*row) for row in cursor.fetchall()]
+        finally:
+            cursor.close()
 
 
 def entry_of(row: TreeRow) -> TreeEntry:
