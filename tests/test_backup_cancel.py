@@ -123,6 +123,10 @@ def test_killed_backup_leaves_nothing_restorable_and_the_next_one_succeeds(
     assert states[0][:2] == (killed_id, "failed") and "interrupted" in (states[0][2] or "")
     assert states[1][1] == "done"
     dep.logship("standby", "restore", dep.connector)
+    # WAL written after the backup (autovacuum on the new table, for one) is in
+    # a segment only the daemon ships: without it the switch below could never
+    # be replayed.
+    dep.start_daemon()
     dep.wait_replayed(dep.switch_wal())
     assert dep.standby.query("select count(*) from blob") == [(BLOB_ROWS,)]
 
