@@ -90,6 +90,7 @@ def _setup(
     settle: str = "0.3s",
     receiver: bool = True,
     site_logship: list[str] | None = None,
+    io_timeout: str = "30s",
 ) -> Setup:
     """`receiver`: logship runs at the site (batches through `tree-receive`); without
     it the site has no logship and every batch goes over SFTP alone. `site_logship`:
@@ -121,6 +122,7 @@ identity_file = "{site.sshd.client_key}"
 known_hosts = "{site.sshd.known_hosts}"
 root = "{incoming}"
 connect_timeout = "3s"
+io_timeout = "{io_timeout}"
 command = {json.dumps(_site_command(conf, site_logship) if receiver else ["/nonexistent/logship"])}
 """
     )
@@ -280,6 +282,26 @@ def test_a_site_logship_without_no_sweep_still_takes_batches(
     messages = [r.getMessage() for r in caplog.records]
     assert not [m for m in messages if "no tree-receive" in m]
     assert [m for m in messages if m.startswith("shipped batch")]
+
+
+def test_a_site_logship_that_never_answers_costs_the_io_timeout_then_sftp(
+    site: Site, running: list[Running], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A receiver stuck at its start (it reads its stdin and never says it is
+    ready): the mirror gives up on it after the site's io_timeout, not after the
+    two minutes a batch's answer may take, and ships over SFTP."""
+    caplog.set_level(logging.INFO, "logship.tree")
+    stuck = site.base / f"stuck-logship-{next(_counter)}"
+    # cat ends when the mirror closes the channel: nothing is left running.
+    stuck.write_text("#!/bin/sh\nexec cat > /dev/null\n")
+    stuck.chmod(0o755)
+    setup = _setup(site, site_logship=[str(stuck)], io_timeout="2s")
+    _populate(setup.source)
+    _start(setup, running)
+    _converged(setup, timeout=30)
+    fallback = [r for r in caplog.records if "no tree-receive" in r.getMessage()]
+    assert fallback, [r.getMessage() for r in caplog.records]
+    assert "did not start" in fallback[0].__dict__["logship_fields"]["error"]
 
 
 def _status(setup: Setup, catalog: Catalog):  # type: ignore[no-untyped-def]

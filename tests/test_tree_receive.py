@@ -50,7 +50,7 @@ def test_a_batch_lands_with_modes_and_mtimes_after_its_commit(tmp_path: Path) ->
     )
     replies = _serve(tmp_path, stream)
     assert replies == [
-        {"ready": True, "swept": 0},
+        {"ready": True},
         {"i": 0, "error": None},
         {"i": 1, "error": None},
         {"i": 2, "error": None},
@@ -66,7 +66,7 @@ def test_a_batch_lands_with_modes_and_mtimes_after_its_commit(tmp_path: Path) ->
 def test_a_batch_cut_before_its_commit_changes_nothing_visible(tmp_path: Path) -> None:
     (tmp_path / "app.conf").write_text("old\n")
     replies = _serve(tmp_path, file_frame(b"app.conf", 0o644, MTIME_NS, b"half"))
-    assert replies == [{"ready": True, "swept": 0}]
+    assert replies == [{"ready": True}]
     assert (tmp_path / "app.conf").read_text() == "old\n"
     assert _leftovers(tmp_path) == []
 
@@ -132,6 +132,29 @@ def test_a_broken_stream_is_an_error_not_a_write(tmp_path: Path, stream: bytes) 
     with pytest.raises(StreamError):
         _serve(tmp_path, stream)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_receiver_is_ready_and_lands_batches_while_it_still_sweeps(tmp_path: Path) -> None:
+    release = threading.Event()
+    sweeping = threading.Event()
+
+    class _SlowSweep(Receiver):
+        def sweep_stale_temps(self, now: float | None = None) -> int:
+            sweeping.set()
+            release.wait(30)  # a large tree's walk
+            return 0
+
+    out = io.BytesIO()
+    try:
+        _SlowSweep(tmp_path).serve(
+            io.BytesIO(file_frame(b"app.conf", 0o644, MTIME_NS, b"new\n") + COMMIT), out
+        )
+        assert sweeping.wait(10)
+        replies = [json.loads(line) for line in out.getvalue().splitlines()]
+        assert replies == [{"ready": True}, {"i": 0, "error": None}, {"done": 1}]
+        assert (tmp_path / "app.conf").read_text() == "new\n" and not release.is_set()
+    finally:
+        release.set()
 
 
 def test_only_temps_untouched_for_long_are_swept(tmp_path: Path) -> None:
@@ -226,9 +249,7 @@ def test_a_failed_sync_ends_the_answers_and_renames_nothing(tmp_path: Path) -> N
     with pytest.raises(OSError, match="syncfs failed"):
         _Recording(tmp_path, fail_sync=True).serve(io.BytesIO(stream), out)
     # Only the ready line: the client sees the stream end and ships over SFTP.
-    assert [json.loads(line) for line in out.getvalue().splitlines()] == [
-        {"ready": True, "swept": 0}
-    ]
+    assert [json.loads(line) for line in out.getvalue().splitlines()] == [{"ready": True}]
     assert getattr(out, "closed_by_receiver", False)
     assert not (tmp_path / "a.conf").exists() and not (tmp_path / "b.conf").exists()
 

@@ -35,7 +35,7 @@ class SiteConfig(Strict):
     root: PurePosixPath
     connect_timeout: Seconds = 10.0
     #: a site that answers nothing for this long is treated as lost (a stalled link
-    #: gives no error of its own)
+    #: gives no error of its own); a `tree-receive` not ready by then, as absent
     io_timeout: Seconds = Field(default=30.0, gt=0)
     #: SSH connections that ship a backlog side by side (one is always kept)
     connections: int = Field(default=4, ge=1, le=16)

@@ -96,7 +96,9 @@ class SftpTreeSite:
             for n in range(RECEIVERS):
                 # One of them sweeps stale temps at its start; one sweep is enough.
                 argv = self._receiver if n == 0 else [*self._receiver, "--no-sweep"]
-                self._streams.append(TreeStream.launch(self._transport.client, argv))
+                self._streams.append(
+                    TreeStream.launch(self._transport.client, argv, self._transport.site.io_timeout)
+                )
         except (OSError, paramiko.SSHException) as exc:
             self.close()
             self._no_receiver(exc)

@@ -8,8 +8,10 @@ over SFTP alone.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shlex
+import time
 from collections import deque
 from collections.abc import Sequence
 
@@ -26,16 +28,22 @@ REPLY_READ = 64 * 1024
 
 
 class TreeStream:
-    def __init__(self, channel: paramiko.Channel, argv: list[str]) -> None:
+    def __init__(
+        self, channel: paramiko.Channel, argv: list[str], ready_by: float | None = None
+    ) -> None:
         self._channel = channel
         self._replies = _Lines(channel)
         self._argv = argv
         self._ready = False
+        #: time.monotonic() by which its first line must have come (None: no limit
+        #: of its own, the channel's timeout)
+        self._ready_by = ready_by
 
     @classmethod
-    def launch(cls, client: paramiko.SSHClient, argv: list[str]) -> TreeStream:
+    def launch(cls, client: paramiko.SSHClient, argv: list[str], ready_within: float) -> TreeStream:
         """Start the receiver without waiting for it (it starts while folders are
-        made); `wait_ready` tells whether it came up."""
+        made); `wait_ready` tells whether it came up within `ready_within` seconds."""
+        ready_by = time.monotonic() + ready_within
         transport = client.get_transport()
         if transport is None or not transport.is_active():
             raise OSError("the SSH connection is closed")
@@ -43,19 +51,32 @@ class TreeStream:
         channel.settimeout(REPLY_TIMEOUT_S)
         # The site gets a shell string: every argument quoted, none from a file name.
         channel.exec_command(shlex.join(argv))
-        return cls(channel, argv)
+        return cls(channel, argv, ready_by)
 
     def wait_ready(self) -> None:
-        """Its first line; OSError with its reason when it did not come up."""
+        """Its first line; OSError with its reason when it did not come up in time.
+
+        A receiver that hangs at its start (the site's config on a stuck mount,
+        say) must cost the mirror the site's io_timeout, not the two syncfs a
+        batch's answer may wait for; receivers started together share the wait.
+        """
         if self._ready:
             return
         command = shlex.join(self._argv)
+        if self._ready_by is not None:
+            self._channel.settimeout(max(0.01, self._ready_by - time.monotonic()))
         try:
             hello = self._line()
-        except OSError:
-            stderr = self._channel.makefile_stderr("rb").read(2000).decode(errors="replace")
+        except OSError as exc:
+            self._channel.settimeout(0.5)  # whatever it said before it failed, if anything
+            stderr = b""
+            with contextlib.suppress(OSError, EOFError):
+                stderr = self._channel.makefile_stderr("rb").read(2000)
             self.close()
-            raise OSError(f"{command} did not start: {stderr.strip()[-300:]}") from None
+            said = stderr.decode(errors="replace").strip()[-300:] or str(exc)
+            raise OSError(f"{command} did not start: {said}") from None
+        finally:
+            self._channel.settimeout(REPLY_TIMEOUT_S)
         if hello.get("ready") is not True:
             self.close()
             raise OSError(f"{command}: {hello.get('error') or hello}")

@@ -58,9 +58,13 @@ class Receiver:
         self._folders: dict[bytes, bool] = {}  # folder -> inside the target
 
     def serve(self, stdin: IO[bytes], stdout: IO[bytes], *, sweep: bool = True) -> None:
-        swept = self.sweep_stale_temps() if sweep else 0
-        stdout.write(reply_line({"ready": True, "swept": swept}))
+        stdout.write(reply_line({"ready": True}))
         stdout.flush()
+        if sweep:
+            # Beside the batches, not before the answer: on a large tree the walk
+            # takes longer than the mirror waits for a receiver to come up. A
+            # batch's temps are new, so the sweep never takes one of them.
+            threading.Thread(target=self.sweep_stale_temps, name="sweep", daemon=True).start()
         committer = _Committer(self, stdout)
         batch: list[_Written] = []
         try:
