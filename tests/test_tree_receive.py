@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from offline_config import write_offline_config
 
 from logship.cli.tree_receive import _frames_in
 from logship.tree.names import TEMP_PREFIX, is_temp_name
@@ -281,18 +282,6 @@ def test_frames_come_in_through_a_large_pipe_or_any_other_stdin(tmp_path: Path) 
     assert (tmp_path / "b.conf").read_bytes() == b"y"
 
 
-SITE_MAIN = """
-[logship]
-state_dir = "state"
-
-[sites.dr]
-host = "dr.example.net"
-user = "logship"
-identity_file = "id_ed25519"
-known_hosts = "known_hosts"
-root = "/var/lib/logship/incoming"
-"""
-
 FILES_CONNECTOR = """
 kind = "files"
 site = "dr"
@@ -304,11 +293,11 @@ target = "{target}"
 
 
 def _site_config(tmp_path: Path, connectors: dict[str, str]) -> Path:
-    (tmp_path / "connectors").mkdir()
+    """The site's config: two database connectors, and these files connectors."""
+    path = write_offline_config(tmp_path, make_state=False)
     for stem, text in connectors.items():
         (tmp_path / "connectors" / f"{stem}.toml").write_text(text)
-    (tmp_path / "logship.toml").write_text(SITE_MAIN)
-    return tmp_path / "logship.toml"
+    return path
 
 
 def test_the_target_read_without_the_model_is_the_models(tmp_path: Path) -> None:
