@@ -53,18 +53,20 @@ def _exercise_tree(catalog: Catalog) -> None:
     odd = b"100% sure?\xff.conf"
     entries = [
         TreeEntry(b"etc", EntryKind.DIR, 0o755, 0, 1),
-        TreeEntry(b"etc/" + odd, EntryKind.FILE, 0o640, 12, 2),
+        TreeEntry(b"etc/" + odd, EntryKind.FILE, 0o640, 12, 2, None, CTIME_NS),
         TreeEntry(b"link", EntryKind.SYMLINK, 0o777, 3, 3, b"etc"),
     ]
     assert rows.record_changed(catalog, "app", entries, now) == 3
     due = {row.path: row for row in rows.due(catalog, "app", now)}
     assert set(due) == {b"etc", b"etc/" + odd, b"link"}
     assert due[b"link"].link_target == b"etc" and due[b"etc/" + odd].mode == 0o640
+    assert due[b"etc/" + odd].ctime_ns == CTIME_NS and due[b"etc"].ctime_ns is None
     shipped = [(due[b"etc/" + odd].id, entries[1], "cd" * 32)]
     rows.mark_shipped_many(catalog, shipped, now + 1)
     after = rows.all_rows(catalog, "app")
     assert after[b"etc/" + odd].state == rows.SHIPPED
     assert after[b"etc/" + odd].sha256 == "cd" * 32 and after[b"etc/" + odd].shipped_at == now + 1
+    assert after[b"etc/" + odd].ctime_ns == CTIME_NS
     assert {p for p, row in after.items() if row.state == rows.PENDING} == {b"etc", b"link"}
     # A folder and what is below it, by byte prefix; and rows by path.
     assert set(rows.rows_below(catalog, "app", b"etc")) == {b"etc", b"etc/" + odd}
@@ -75,11 +77,16 @@ def _exercise_tree(catalog: Catalog) -> None:
     }
     assert rows.summary(catalog, "app").pending_files == 2
     # Paths the catalog has are found by the driver-level lookup and updated in place.
-    changed = TreeEntry(b"etc/" + odd, EntryKind.FILE, 0o600, 13, 4)
+    changed = TreeEntry(b"etc/" + odd, EntryKind.FILE, 0o600, 13, 4, None, CTIME_NS + 1)
     assert rows.record_changed(catalog, "app", [changed, entries[0]], now + 2) == 2
     again = rows.all_rows(catalog, "app")
     assert len(again) == 3 and again[b"etc/" + odd].state == rows.PENDING
     assert again[b"etc/" + odd].size == 13 and again[b"etc/" + odd].sha256 is None
+    assert again[b"etc/" + odd].ctime_ns == CTIME_NS + 1
+
+
+#: a ctime in nanoseconds: far beyond 32 bits, the column must be 64-bit
+CTIME_NS = 1_795_000_000_123_456_789
 
 
 def test_catalog_on_sqlite(tmp_path: Path) -> None:

@@ -353,6 +353,42 @@ def test_initial_sync_then_edits_creates_deletes_and_renames(
     assert rows.pending_paths(run.catalog, CONNECTOR) == set()
 
 
+def _rewrite_keeping_size_and_mtime(path: Path, body: bytes) -> None:
+    """New content of the same length, the old mtime put back (as `cp -p` over
+    the file, or a deploy tool that keeps times, would leave it)."""
+    before = path.stat()
+    assert len(body) == before.st_size
+    path.write_bytes(body)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = path.stat()
+    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+
+
+def test_a_rewrite_keeping_size_and_mtime_reaches_the_site_live_and_after_a_restart(
+    site: Site, running: list[Running]
+) -> None:
+    """Only the ctime tells these rewrites apart from an untouched file: the
+    watcher's event while running, the first scan after a restart."""
+    setup = _setup(site)
+    _populate(setup.source)
+    conf = setup.source / "etc" / "app.conf"
+    run = _start(setup, running)
+    _converged(setup)
+    _rewrite_keeping_size_and_mtime(conf, b"port = 9191\n")
+    _converged(setup)  # compares sha256 too
+
+    run.stop.set()
+    run.worker.wake()
+    run.worker.join(timeout=30)
+    assert not run.worker.is_alive()
+    _rewrite_keeping_size_and_mtime(conf, b"port = 7272\n")
+    script = setup.source / "bin" / "run.sh"
+    _rewrite_keeping_size_and_mtime(script, script.read_bytes().replace(b"hi", b"ho"))
+    _start(setup, running)
+    _converged(setup)
+    assert (setup.target / "etc" / "app.conf").read_bytes() == b"port = 7272\n"
+
+
 def test_delete_false_keeps_deleted_paths_at_the_site(site: Site, running: list[Running]) -> None:
     setup = _setup(site, delete=False)
     (setup.source / "keep.txt").write_text("keep me\n")

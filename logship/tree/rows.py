@@ -37,6 +37,7 @@ class TreeRow:
     mode: int
     size: int
     mtime_ns: int
+    ctime_ns: int | None
     sha256: str | None
     link_target: bytes | None
     state: str
@@ -71,7 +72,13 @@ def _read_rows(
 
 def entry_of(row: TreeRow) -> TreeEntry:
     return TreeEntry(
-        row.path, EntryKind(row.kind), row.mode, row.size, row.mtime_ns, row.link_target
+        row.path,
+        EntryKind(row.kind),
+        row.mode,
+        row.size,
+        row.mtime_ns,
+        row.link_target,
+        row.ctime_ns,
     )
 
 
@@ -141,7 +148,7 @@ def record_changed(
 _SELECT_PATHS = f"SELECT path FROM {TreeFile.__tablename__} WHERE connector = ?"
 _INSERT_NEW = (
     f"INSERT INTO {TreeFile.__tablename__} (connector, path, kind, mode, size, mtime_ns, "
-    "link_target, state, changed_at, attempts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0)"
+    "ctime_ns, link_target, state, changed_at, attempts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)"
 )
 
 
@@ -153,6 +160,7 @@ def _new_row(connector: str, entry: TreeEntry, now: float) -> tuple[object, ...]
         entry.mode,
         entry.size,
         entry.mtime_ns,
+        entry.ctime_ns,
         entry.link_target,
         PENDING,
         now,
@@ -168,6 +176,7 @@ def _apply_change(row: TreeFile, entry: TreeEntry, now: float) -> None:
     row.mode = entry.mode
     row.size = entry.size
     row.mtime_ns = entry.mtime_ns
+    row.ctime_ns = entry.ctime_ns
     row.link_target = entry.link_target
     row.sha256 = None
     row.state = PENDING
@@ -238,6 +247,7 @@ def mark_shipped_many(
                     entry.mode,
                     entry.size,
                     entry.mtime_ns,
+                    entry.ctime_ns,
                     entry.link_target,
                     sha256,
                     now,
@@ -251,8 +261,8 @@ def mark_shipped_many(
 
 _MARK_SHIPPED = (
     f"UPDATE {TreeFile.__tablename__} SET state = '{SHIPPED}', kind = ?, mode = ?, size = ?, "
-    "mtime_ns = ?, link_target = ?, sha256 = ?, shipped_at = ?, attempts = 0, error = NULL, "
-    "next_try_at = NULL WHERE id = ?"
+    "mtime_ns = ?, ctime_ns = ?, link_target = ?, sha256 = ?, shipped_at = ?, attempts = 0, "
+    "error = NULL, next_try_at = NULL WHERE id = ?"
 )
 
 

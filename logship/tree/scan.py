@@ -36,16 +36,27 @@ class TreeEntry:
     size: int  # bytes of a file; 0 for directories; len(target) for links
     mtime_ns: int
     link_target: bytes | None = None
+    #: a file's status change time. Every write moves it and nothing can set it
+    #: back, unlike mtime: a rewrite that keeps the size and restores the mtime
+    #: (`cp -p`, `touch -r`, a deploy tool keeping times) still shows here. None
+    #: for folders (theirs moves with every entry made inside them) and links,
+    #: and for a row an older logship recorded.
+    ctime_ns: int | None = None
 
     def same_metadata(self, other: TreeEntry) -> bool:
-        """True when nothing lstat shows has changed (content is judged by sha256)."""
-        return (self.kind, self.mode, self.size, self.mtime_ns, self.link_target) == (
+        """True when nothing lstat shows has changed (content is judged by sha256).
+
+        A ctime is compared only when both sides know it.
+        """
+        if (self.kind, self.mode, self.size, self.mtime_ns, self.link_target) != (
             other.kind,
             other.mode,
             other.size,
             other.mtime_ns,
             other.link_target,
-        )
+        ):
+            return False
+        return self.ctime_ns is None or other.ctime_ns is None or self.ctime_ns == other.ctime_ns
 
 
 def entry_for(root: bytes, relative: bytes, st: os.stat_result) -> TreeEntry | None:
@@ -53,7 +64,9 @@ def entry_for(root: bytes, relative: bytes, st: os.stat_result) -> TreeEntry | N
     devices)."""
     mode = stat.S_IMODE(st.st_mode)
     if stat.S_ISREG(st.st_mode):
-        return TreeEntry(relative, EntryKind.FILE, mode, st.st_size, st.st_mtime_ns)
+        return TreeEntry(
+            relative, EntryKind.FILE, mode, st.st_size, st.st_mtime_ns, None, st.st_ctime_ns
+        )
     if stat.S_ISDIR(st.st_mode):
         return TreeEntry(relative, EntryKind.DIR, mode, 0, st.st_mtime_ns)
     if stat.S_ISLNK(st.st_mode):

@@ -541,7 +541,8 @@ def _path(row: TreeRow) -> bytes:
 
 def _file_entry(path: bytes, st: os.stat_result, size: int) -> TreeEntry:
     """The entry a file was shipped as: the lstat taken around its upload."""
-    return TreeEntry(path, EntryKind.FILE, stat.S_IMODE(st.st_mode), size, st.st_mtime_ns)
+    mode = stat.S_IMODE(st.st_mode)
+    return TreeEntry(path, EntryKind.FILE, mode, size, st.st_mtime_ns, None, st.st_ctime_ns)
 
 
 def _show(row: TreeRow) -> str:
