@@ -12,6 +12,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from logship.catalog.models import (
+    POSTGRESQL_INDEXES,
     Base,
     BaseBackup,
     Drill,
@@ -121,13 +122,20 @@ def _drop_checkpoint_if_named(s: Session, connector: str, names: Sequence[str]) 
 
 def _add_missing_indexes(engine: Engine) -> None:
     """create_all makes a table's indexes only with the table: add those an older
-    logship's catalog lacks (one pass over the rows, once)."""
+    logship's catalog lacks (one pass over the rows, once), and on PostgreSQL
+    those of POSTGRESQL_INDEXES (a new catalog's too)."""
     inspector = inspect(engine)
+    own = POSTGRESQL_INDEXES if engine.dialect.name == "postgresql" else {}
     for table in Base.metadata.sorted_tables:
         existing = {index["name"] for index in inspector.get_indexes(table.name)}
         for index in table.indexes:
             if index.name not in existing:
                 index.create(engine, checkfirst=True)
+        missing = [statement for name, statement in own.get(table.name, ()) if name not in existing]
+        if missing:
+            with engine.begin() as conn:
+                for statement in missing:
+                    conn.execute(text(statement))
 
 
 @dataclass(frozen=True)
