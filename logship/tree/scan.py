@@ -59,14 +59,18 @@ class TreeEntry:
         return self.ctime_ns is None or other.ctime_ns is None or self.ctime_ns == other.ctime_ns
 
 
+def file_entry(relative: bytes, st: os.stat_result, size: int) -> TreeEntry:
+    """A regular file's entry from its (l/f)stat, with `size` bytes of content."""
+    mode = stat.S_IMODE(st.st_mode)
+    return TreeEntry(relative, EntryKind.FILE, mode, size, st.st_mtime_ns, ctime_ns=st.st_ctime_ns)
+
+
 def entry_for(root: bytes, relative: bytes, st: os.stat_result) -> TreeEntry | None:
     """The entry for an lstat result; None for what is not mirrored (sockets, fifos,
     devices)."""
     mode = stat.S_IMODE(st.st_mode)
     if stat.S_ISREG(st.st_mode):
-        return TreeEntry(
-            relative, EntryKind.FILE, mode, st.st_size, st.st_mtime_ns, None, st.st_ctime_ns
-        )
+        return file_entry(relative, st, st.st_size)
     if stat.S_ISDIR(st.st_mode):
         return TreeEntry(relative, EntryKind.DIR, mode, 0, st.st_mtime_ns)
     if stat.S_ISLNK(st.st_mode):

@@ -23,7 +23,7 @@ from logship.logs import event
 from logship.tree import rows
 from logship.tree.marks import Mark, ShippedMarks
 from logship.tree.rows import TreeRow
-from logship.tree.scan import EntryKind, TreeEntry, lstat_entry
+from logship.tree.scan import EntryKind, TreeEntry, file_entry, lstat_entry
 
 log = logging.getLogger("logship.tree")
 
@@ -346,7 +346,8 @@ class TreeShipper:
         shipped: list[Mark] = []
         for item, error in zip(loaded, outcomes, strict=True):
             if error is None:
-                entry = _file_entry(item.row.path, item.file.before, len(item.file.data))
+                # As shipped: the fstat the file was read with.
+                entry = file_entry(item.row.path, item.file.before, len(item.file.data))
                 shipped.append((item.row.id, entry, item.sha256))
             else:
                 self._failed(item.row, error)
@@ -436,7 +437,7 @@ class TreeShipper:
         except SourceChanged:
             self._changed_while_shipping(row)
             return False
-        entry = _file_entry(row.path, shipped, size)
+        entry = file_entry(row.path, shipped, size)  # the lstat taken around its upload
         rows.mark_shipped(self._catalog, row.id, entry, sha256, self._clock())
         event(log, logging.INFO, "shipped", connector=self._connector, path=_show(row), bytes=size)
         return True
@@ -537,12 +538,6 @@ def _batches(files: list[TreeRow]) -> list[list[TreeRow]]:
 
 def _path(row: TreeRow) -> bytes:
     return row.path
-
-
-def _file_entry(path: bytes, st: os.stat_result, size: int) -> TreeEntry:
-    """The entry a file was shipped as: the lstat taken around its upload."""
-    mode = stat.S_IMODE(st.st_mode)
-    return TreeEntry(path, EntryKind.FILE, mode, size, st.st_mtime_ns, None, st.st_ctime_ns)
 
 
 def _show(row: TreeRow) -> str:
