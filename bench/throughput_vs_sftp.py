@@ -126,6 +126,8 @@ def logship_daemon_all(
     """`logship run` as in production: the files are renamed into its spool at once
     (as archive-wal leaves them) and timed until the daemon logged each one shipped,
     so the watcher, the catalog and the site worker's connections are all in it.
+    The clock starts once the daemon and its lanes are connected, as they are in a
+    daemon that has been running (each lane is a process start and an SSH login).
 
     `feed(staged, in_spool)` is how each file enters the spool, in order, with the
     clock running: by default a rename from a staging folder on the same file system.
@@ -176,6 +178,9 @@ data_dir = "/nonexistent"
         )
     try:
         common.wait_until(lambda: bool(events("connected")), 60, "the daemon connected")
+        common.wait_until(
+            lambda: len(events("lane connected")) >= connections - 1, 60, "its lanes connected"
+        )
         start = time.perf_counter()
         for path in files:
             feed(stage / path.name, spool / path.name)

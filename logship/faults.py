@@ -13,6 +13,9 @@ import os
 import signal
 
 ENV = "LOGSHIP_CRASH_AT"
+#: the pid of a process that dies with this one at a crash point (a lane
+#: process names the daemon it works for)
+WITH_ENV = "LOGSHIP_CRASH_WITH"
 
 
 def crash_point(name: str) -> None:
@@ -26,4 +29,6 @@ def crash_point(name: str) -> None:
         os.close(os.open(flag, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     except OSError:
         return  # crashed here before (or the flag cannot be made): go on
+    if with_pid := os.environ.get(WITH_ENV):
+        os.kill(int(with_pid), signal.SIGKILL)
     os.kill(os.getpid(), signal.SIGKILL)

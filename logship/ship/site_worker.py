@@ -15,6 +15,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 from logship.archive import shipped_sha256
 from logship.catalog.store import Catalog
@@ -26,7 +27,8 @@ from logship.lag import replay_rate
 from logship.logs import event
 from logship.manifest import ManifestRecord, SiteLayout
 from logship.replay.standby_status import StandbyFacts, ask_standby_status
-from logship.ship.lanes import Lanes
+from logship.ship.lane_process import LaneProcess
+from logship.ship.lanes import Lane, Lanes
 from logship.ship.shipper import ShipConflict, ship_file
 from logship.ship.transport import Transport, is_temp_name
 from logship.spool import SpoolEntry, entry_for, kept_path, prune_kept, retire
@@ -41,6 +43,8 @@ MIB = 1024 * 1024
 FREE_MARGIN = MIB
 BATCH = 64
 SAMPLE_TIMEOUT = 20.0
+#: a lane (a process and an SSH session) unused this long is closed until needed
+LANE_IDLE_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -53,8 +57,9 @@ class _Job:
 @dataclass(frozen=True)
 class _Outcome:
     job: _Job
-    transport: Transport
-    #: which of the site's connections shipped it (0: the worker's own)
+    #: the connection that shipped it: the worker's own transport or a lane
+    via: Transport | Lane
+    #: which of the site's connections that is (0: the worker's own)
     connection: int
     result: ManifestRecord | Exception
 
@@ -88,6 +93,7 @@ class SiteWorker(threading.Thread):
         clock: Callable[[], float],
         sample_interval: float,
         stop: threading.Event,
+        open_lane: Callable[[SiteConfig], Lane] = LaneProcess,
     ) -> None:
         super().__init__(name=f"ship-{site.name}", daemon=True)
         self.site = site
@@ -99,7 +105,7 @@ class SiteWorker(threading.Thread):
         self._stopping = stop
         self._wake = threading.Event()
         self._transport: Transport | None = None
-        self._lanes = Lanes(site, connect, site.connections - 1)
+        self._lanes = Lanes(site, open_lane, site.connections - 1)
         self._backoff = BACKOFF_START
         self._next_sample = 0.0
         #: `standby status` asked at the site on a helper thread: the answer takes
@@ -134,6 +140,7 @@ class SiteWorker(threading.Thread):
                     self._lost(exc)
                     continue
                 if not shipped:
+                    self._lanes.close_idle(LANE_IDLE_S)
                     self._wake.wait(timeout=1.0)
                     self._wake.clear()
         finally:
@@ -159,6 +166,7 @@ class SiteWorker(threading.Thread):
             self._journal_link(False, f"site {self.site.name} unreachable: {exc}")
             return False
         self._transport = transport
+        self._lanes.warm()
         self._backoff = BACKOFF_START
         self.catalog.set_site_status(self.site.name, True, None, self._clock())
         event(log, logging.INFO, "connected", site=self.site.name)
@@ -247,14 +255,13 @@ class SiteWorker(threading.Thread):
         shipped, whether the site refused one); a lost main connection is raised
         once every lane has stopped."""
         assert self._transport is not None
-        extra = self._lanes.ready()[: len(jobs) - 1] if len(jobs) > 1 else []
+        slots = self._lanes.usable()[: len(jobs) - 1]
         todo: queue.SimpleQueue[_Job] = queue.SimpleQueue()
         for job in jobs:
             todo.put(job)
         done: queue.Queue[_Outcome] = queue.Queue()
         futures = [
-            self._lanes.submit(self._ship_from, transport, index, target, todo, done.put)
-            for index, transport in enumerate(extra, start=1)
+            self._lanes.submit(self._ship_on_lane, slot, target, todo, done.put) for slot in slots
         ]
         settle = _Settled()
 
@@ -266,7 +273,12 @@ class SiteWorker(threading.Thread):
                 except queue.Empty:
                     return
 
-        self._ship_from(self._transport, 0, target, todo, done.put, between=drain)
+        here = self._transport
+
+        def ship_here(layout: SiteLayout, entry: SpoolEntry, compression: str) -> ManifestRecord:
+            return ship_file(here, layout, entry, compression, self._clock)
+
+        self._ship_from(here, ship_here, 0, target, todo, done.put, between=drain)
         for future in futures:
             while not future.done():
                 drain()
@@ -288,21 +300,35 @@ class SiteWorker(threading.Thread):
         elif not isinstance(result, Exception):
             self._record_shipped(target, job, result, outcome.connection)
             settle.shipped += 1
-        elif getattr(outcome.transport, "is_alive", True):
+        elif getattr(outcome.via, "is_alive", True):
             # The site answers but cannot take the file (full, read-only,
             # permissions): say why, keep the link, try again later.
             if not settle.refused:
                 self._write_failed(target, job.row_id, job.entry.size, job.name, result)
             settle.refused = True
-        elif outcome.transport is self._transport:
+        elif outcome.connection == 0:
             settle.lost = settle.lost or result  # the link itself: reconnect
         else:
             event(log, logging.INFO, "lane lost", site=self.site.name, error=str(result))
-            self._lanes.drop(outcome.transport)
+            self._lanes.drop(cast(Lane, outcome.via))
+
+    def _ship_on_lane(
+        self,
+        slot: int,
+        target: ShipTarget,
+        todo: queue.SimpleQueue[_Job],
+        report: Callable[[_Outcome], None],
+    ) -> None:
+        # Connecting here, not before the round: the worker's own connection is
+        # already shipping, and a lane joins in as soon as it is up.
+        lane = self._lanes.lane(slot)
+        if lane is not None:
+            self._ship_from(lane, lane.ship, slot + 1, target, todo, report)
 
     def _ship_from(
         self,
-        transport: Transport,
+        via: Transport | Lane,
+        ship: Callable[[SiteLayout, SpoolEntry, str], ManifestRecord],
         connection: int,
         target: ShipTarget,
         todo: queue.SimpleQueue[_Job],
@@ -315,15 +341,13 @@ class SiteWorker(threading.Thread):
             except queue.Empty:
                 return
             try:
-                record = ship_file(
-                    transport, target.layout, job.entry, target.compression, self._clock
-                )
+                record = ship(target.layout, job.entry, target.compression)
             except Exception as exc:  # sorted out by the worker's own thread
-                report(_Outcome(job, transport, connection, exc))
+                report(_Outcome(job, via, connection, exc))
                 if isinstance(exc, ShipConflict):
                     continue
                 return  # this connection takes nothing more this round
-            report(_Outcome(job, transport, connection, record))
+            report(_Outcome(job, via, connection, record))
             if between is not None:
                 between()
 

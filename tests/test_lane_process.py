@@ -1,0 +1,205 @@
+"""A lane process ships spool files over its own SSH connection (real sshd, real
+files), reports conflicts and lost links as the daemon's own connection would, and
+never outlives the daemon's interest in it."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import pytest
+
+from logship import faults
+from logship.config.model import SiteConfig
+from logship.errors import HostKeyRefused
+from logship.manifest import SiteLayout
+from logship.sandbox import OsUser
+from logship.sandbox.deployment import wait_for
+from logship.sandbox.sshd import SshServer
+from logship.ship.lane_process import LaneFailed, LaneProcess
+from logship.ship.shipper import ShipConflict
+from logship.spool import SpoolEntry, entry_for
+
+SEGMENT = "000000010000000000000003"
+
+
+@dataclass
+class Site:
+    base: Path
+    sshd: SshServer
+    config: SiteConfig
+    layout: SiteLayout
+
+
+@pytest.fixture(scope="module")
+def site() -> Iterator[Site]:
+    user = OsUser.for_postgres()
+    base = Path(tempfile.mkdtemp(prefix="logship-lane-", dir="/tmp"))
+    base.chmod(0o755)
+    root = base / "incoming"
+    root.mkdir(mode=0o700)
+    user.chown(root)
+    sshd = SshServer(base / "ssh", user)
+    try:
+        sshd.start()
+        config = SiteConfig(
+            name="dr",
+            host=sshd.host,
+            port=sshd.port,
+            user=user.name,
+            identity_file=sshd.client_key,
+            known_hosts=sshd.known_hosts,
+            root=PurePosixPath(root),
+        )
+        layout = SiteLayout.for_connector(config.root, "main")
+        for folder in (layout.wal_dir, layout.manifest_dir):
+            Path(folder).mkdir(parents=True, mode=0o700)
+            user.chown(Path(folder))
+        yield Site(base, sshd, config, layout)
+    finally:
+        sshd.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _spool_file(directory: Path, name: str, content: bytes) -> SpoolEntry:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / name
+    path.write_bytes(content)
+    entry = entry_for("main", path)
+    assert entry is not None
+    return entry
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    # A child not yet waited for is a zombie: gone for this purpose.
+    return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+
+
+@pytest.mark.parametrize("compression", ["none", "zstd"])
+def test_a_lane_process_ships_a_file_durably_with_its_record(
+    site: Site, tmp_path: Path, compression: str
+) -> None:
+    content = os.urandom(3 * 1024 * 1024) + bytes(5 * 1024 * 1024)
+    name = f"00000001000000000000001{'0' if compression == 'none' else '1'}"
+    entry = _spool_file(tmp_path, name, content)
+    lane = LaneProcess(site.config)
+    try:
+        assert lane.pid != os.getpid() and lane.is_alive
+        record = lane.ship(site.layout, entry, compression)
+    finally:
+        lane.close()
+    assert record.sha256 == hashlib.sha256(content).hexdigest()
+    assert record.size == len(content) and record.compression == compression
+    stored = Path(site.layout.stored_wal(name, compression))
+    assert stored.stat().st_size == record.stored_size
+    assert hashlib.sha256(stored.read_bytes()).hexdigest() == record.stored_sha256
+    assert Path(site.layout.record_path(name)).is_file()
+    # Closing it ends the child; nothing is left running.
+    assert _gone(lane.pid) and not lane.is_alive
+
+
+def test_a_conflict_is_a_ship_conflict_and_the_lane_stays_up(site: Site, tmp_path: Path) -> None:
+    lane = LaneProcess(site.config)
+    try:
+        first = _spool_file(tmp_path / "a", SEGMENT, b"first" * 1000)
+        lane.ship(site.layout, first, "none")
+        # Shipping it again is a no-op; other content under the same name is refused.
+        assert (
+            lane.ship(site.layout, first, "none").sha256
+            == hashlib.sha256(b"first" * 1000).hexdigest()
+        )
+        other = _spool_file(tmp_path / "b", SEGMENT, b"other" * 1000)
+        with pytest.raises(ShipConflict, match="different from the spool copy"):
+            lane.ship(site.layout, other, "none")
+        assert lane.is_alive
+    finally:
+        lane.close()
+
+
+def test_a_killed_lane_process_fails_its_file_and_is_no_longer_alive(
+    site: Site, tmp_path: Path
+) -> None:
+    lane = LaneProcess(site.config)
+    try:
+        os.kill(lane.pid, signal.SIGKILL)
+        entry = _spool_file(tmp_path, "000000010000000000000020", b"x" * 4096)
+        with pytest.raises(LaneFailed, match="lane process ended"):
+            lane.ship(site.layout, entry, "none")
+        assert not lane.is_alive
+    finally:
+        lane.close()
+    assert not Path(site.layout.record_path(entry.name)).exists()
+
+
+def test_an_unknown_host_key_refuses_the_lane_and_leaves_no_process(
+    site: Site, tmp_path: Path
+) -> None:
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    config = site.config.model_copy(update={"known_hosts": empty})
+    children_before = _children()
+    with pytest.raises(HostKeyRefused, match="refusing an unknown host key"):
+        LaneProcess(config)
+    assert _children() == children_before
+
+
+def _children() -> set[int]:
+    me = str(os.getpid())
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[1] == me and fields[0] != "Z":
+            found.add(int(stat.parent.name))
+    return found
+
+
+def test_a_crash_point_reached_in_a_lane_kills_the_daemon_too(site: Site, tmp_path: Path) -> None:
+    """For the fault suite a lane is part of the daemon: kill -9 at a crash point
+    there takes the daemon down as well, as it would without lanes."""
+    entry = _spool_file(tmp_path, "000000010000000000000030", os.urandom(2 * 1024 * 1024))
+    flag = tmp_path / "crashed"
+    script = textwrap.dedent(
+        """
+        import pickle, sys
+        from logship.ship.lane_process import LaneProcess
+        site, layout, entry = pickle.loads(bytes.fromhex(sys.argv[1]))
+        lane = LaneProcess(site)
+        print(lane.pid, flush=True)
+        lane.ship(layout, entry, "none")
+        print("survived", flush=True)
+        """
+    )
+    import pickle
+
+    arguments = pickle.dumps((site.config, site.layout, entry)).hex()
+    env = dict(os.environ, **{faults.ENV: f"ship-mid-upload:{flag}"})
+    daemon = subprocess.run(
+        [sys.executable, "-c", script, arguments],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert daemon.returncode == -signal.SIGKILL, daemon.stderr
+    assert flag.exists() and "survived" not in daemon.stdout
+    lane_pid = int(daemon.stdout.split()[0])
+    wait_for(lambda: _gone(lane_pid), 30, "the lane process gone with its daemon")
+    # Nothing half-written is visible under the segment's name.
+    assert not Path(site.layout.stored_wal(entry.name, "none")).exists()
