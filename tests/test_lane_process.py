@@ -203,3 +203,34 @@ def test_a_crash_point_reached_in_a_lane_kills_the_daemon_too(site: Site, tmp_pa
     wait_for(lambda: _gone(lane_pid), 30, "the lane process gone with its daemon")
     # Nothing half-written is visible under the segment's name.
     assert not Path(site.layout.stored_wal(entry.name, "none")).exists()
+
+
+def test_a_lane_process_ends_when_its_daemon_is_killed(site: Site, tmp_path: Path) -> None:
+    """Even with its stdin still open (here a leftover process holds the pipe, as a
+    file in flight would keep it busy), a lane does not outlive its daemon."""
+    script = textwrap.dedent(
+        """
+        import pickle, subprocess, sys, time
+        from logship.ship.lane_process import LaneProcess
+        lane = LaneProcess(pickle.loads(bytes.fromhex(sys.argv[1])))
+        fd = lane._to_child.fileno()
+        holder = subprocess.Popen(["sleep", "120"], pass_fds=[fd])
+        print(lane.pid, holder.pid, flush=True)
+        time.sleep(120)
+        """
+    )
+    import pickle
+
+    daemon = subprocess.Popen(
+        [sys.executable, "-c", script, pickle.dumps(site.config).hex()],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert daemon.stdout is not None
+    lane_pid, holder_pid = map(int, daemon.stdout.readline().split())
+    try:
+        daemon.kill()
+        daemon.wait(30)
+        wait_for(lambda: _gone(lane_pid), 30, "the lane process gone with its daemon")
+    finally:
+        os.kill(holder_pid, signal.SIGKILL)

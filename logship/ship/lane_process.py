@@ -23,6 +23,7 @@ import signal
 import struct
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -36,6 +37,8 @@ from logship.spool import SpoolEntry
 _LENGTH = struct.Struct(">I")
 #: how long a lane process may take to exit once told to, before it is killed
 EXIT_WAIT_S = 5.0
+#: how often a lane process checks that its daemon is still there
+PARENT_CHECK_S = 0.2
 
 
 @dataclass(frozen=True)
@@ -216,12 +219,22 @@ def serve(requests: BinaryIO, answers: BinaryIO) -> None:
         transport.close()
 
 
+def _exit_with(parent: int) -> None:
+    # A daemon killed with -9 closes our stdin, but a file in flight would still
+    # be finished first; a lane must not go on writing to the site for a daemon
+    # that is gone (and may be restarted, or the standby promoted, meanwhile).
+    while os.getppid() == parent:
+        time.sleep(PARENT_CHECK_S)
+    os._exit(1)
+
+
 def main() -> None:
     # The daemon decides when a lane ends (it closes our stdin, after the file in
     # flight): a Ctrl-C or a service stop sent to the whole group must not cut a
     # file short here while the daemon still waits for it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    threading.Thread(target=_exit_with, args=(os.getppid(),), daemon=True).start()
     # The answers get stdout's pipe to themselves: a stray print from a library
     # goes to stderr (the daemon's log) instead of corrupting a message.
     answers = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
