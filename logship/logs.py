@@ -49,5 +49,11 @@ def setup_logging(debug: bool = False, stream: Any = None) -> None:
         logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.WARNING)
 
 
-def event(logger: logging.Logger, level: int, name: str, **fields: Any) -> None:
-    logger.log(level, name, extra={_FIELDS: fields})
+def fields(**values: Any) -> dict[str, Any]:
+    """`extra=` for a plain logging call (one with exc_info, say): these fields
+    become keys of the JSON line, as with `event`."""
+    return {_FIELDS: values}
+
+
+def event(logger: logging.Logger, level: int, name: str, **values: Any) -> None:
+    logger.log(level, name, extra=fields(**values))

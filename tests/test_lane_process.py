@@ -5,6 +5,7 @@ never outlives the daemon's interest in it."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -234,3 +235,25 @@ def test_a_lane_process_ends_when_its_daemon_is_killed(site: Site, tmp_path: Pat
         wait_for(lambda: _gone(lane_pid), 30, "the lane process gone with its daemon")
     finally:
         os.kill(holder_pid, signal.SIGKILL)
+
+
+def test_a_failing_lane_process_says_why_in_one_json_line(site: Site) -> None:
+    """The child's stderr is the daemon's log: a bug in the child is one JSON line
+    there (with its traceback), not loose text."""
+    from logship.ship import lane_process
+
+    child = subprocess.Popen(
+        [sys.executable, "-m", "logship.ship.lane_process"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert child.stdin is not None and child.stdout is not None
+    lane_process._send(child.stdin, site.config)
+    assert lane_process._receive(child.stdout) is None  # connected
+    lane_process._send(child.stdin, "not a request")
+    _, err = child.communicate(timeout=30)
+    assert child.returncode == 1
+    lines = [json.loads(line) for line in err.decode().splitlines()]
+    assert [line["event"] for line in lines] == ["lane process failed"]
+    assert lines[0]["level"] == "error" and "AssertionError" in lines[0]["exception"]

@@ -16,6 +16,7 @@ its stdin closes, also when the daemon dies without a word (kill -9).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import pickle
 import select
@@ -31,9 +32,11 @@ from typing import BinaryIO
 from logship import faults
 from logship.config.model import SiteConfig
 from logship.errors import HostKeyRefused, OperationFailed
+from logship.logs import fields, setup_logging
 from logship.manifest import ManifestRecord, SiteLayout
 from logship.spool import SpoolEntry
 
+log = logging.getLogger("logship.ship")
 _LENGTH = struct.Struct(">I")
 #: how long a lane process may take to exit once told to, before it is killed
 EXIT_WAIT_S = 5.0
@@ -235,12 +238,20 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     threading.Thread(target=_exit_with, args=(os.getppid(),), daemon=True).start()
+    # stderr is the daemon's log: JSON lines there too.
+    setup_logging()
     # The answers get stdout's pipe to themselves: a stray print from a library
     # goes to stderr (the daemon's log) instead of corrupting a message.
     answers = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
-    with contextlib.suppress(BrokenPipeError):
+    try:
         serve(sys.stdin.buffer, answers)
+    except BrokenPipeError:
+        pass  # the daemon went away mid-answer
+    except Exception:
+        # A bug here: the daemon sees the lane end and drops it; the why is logged.
+        log.error("lane process failed", exc_info=True, extra=fields(pid=os.getpid()))
+        sys.exit(1)
 
 
 if __name__ == "__main__":
