@@ -34,6 +34,7 @@ from logship.config.model import SiteConfig
 from logship.errors import HostKeyRefused, OperationFailed
 from logship.logs import fields, setup_logging
 from logship.manifest import ManifestRecord, SiteLayout
+from logship.ship.shipper import ShipConflict, ship_file
 from logship.spool import SpoolEntry
 
 log = logging.getLogger("logship.ship")
@@ -136,8 +137,6 @@ class LaneProcess:
         Raises ShipConflict as `ship_file` does, LaneFailed for anything else
         (`is_alive` tells a refusing site from a lost link or a dead child).
         """
-        from logship.ship.shipper import ShipConflict
-
         try:
             _send(self._to_child, _Ship(layout, entry, compression))
             # No deadline of its own: every SFTP request in the child is bounded
@@ -181,8 +180,6 @@ class LaneProcess:
 
 
 def _failure(exc: BaseException, alive: bool) -> _Failed:
-    from logship.ship.shipper import ShipConflict
-
     return _Failed(
         message=str(exc) or type(exc).__name__,
         conflict=isinstance(exc, ShipConflict),
@@ -192,8 +189,8 @@ def _failure(exc: BaseException, alive: bool) -> _Failed:
 
 
 def serve(requests: BinaryIO, answers: BinaryIO) -> None:
+    # paramiko only here, in the child: the daemon's side needs none of it.
     from logship.ship.sftp import SftpTransport
-    from logship.ship.shipper import ship_file
 
     site = _receive(requests)
     assert isinstance(site, SiteConfig)

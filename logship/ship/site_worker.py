@@ -15,7 +15,6 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
 
 from logship.archive import shipped_sha256
 from logship.catalog.store import Catalog
@@ -55,11 +54,28 @@ class _Job:
 
 
 @dataclass(frozen=True)
+class _OwnConnection:
+    """The worker's own connection, shipping in this process as a lane does in its."""
+
+    transport: Transport
+    clock: Callable[[], float]
+
+    @property
+    def is_alive(self) -> bool:
+        return getattr(self.transport, "is_alive", True)
+
+    def ship(self, layout: SiteLayout, entry: SpoolEntry, compression: str) -> ManifestRecord:
+        return ship_file(self.transport, layout, entry, compression, self.clock)
+
+    def close(self) -> None:
+        self.transport.close()
+
+
+@dataclass(frozen=True)
 class _Outcome:
     job: _Job
-    #: the connection that shipped it: the worker's own transport or a lane
-    via: Transport | Lane
-    #: which of the site's connections that is (0: the worker's own)
+    lane: Lane
+    #: which of the site's connections shipped it (0: the worker's own)
     connection: int
     result: ManifestRecord | Exception
 
@@ -273,12 +289,8 @@ class SiteWorker(threading.Thread):
                 except queue.Empty:
                     return
 
-        here = self._transport
-
-        def ship_here(layout: SiteLayout, entry: SpoolEntry, compression: str) -> ManifestRecord:
-            return ship_file(here, layout, entry, compression, self._clock)
-
-        self._ship_from(here, ship_here, 0, target, todo, done.put, between=drain)
+        own = _OwnConnection(self._transport, self._clock)
+        self._ship_from(own, 0, target, todo, done.put, between=drain)
         for future in futures:
             while not future.done():
                 drain()
@@ -300,7 +312,7 @@ class SiteWorker(threading.Thread):
         elif not isinstance(result, Exception):
             self._record_shipped(target, job, result, outcome.connection)
             settle.shipped += 1
-        elif getattr(outcome.via, "is_alive", True):
+        elif outcome.lane.is_alive:
             # The site answers but cannot take the file (full, read-only,
             # permissions): say why, keep the link, try again later.
             if not settle.refused:
@@ -310,7 +322,7 @@ class SiteWorker(threading.Thread):
             settle.lost = settle.lost or result  # the link itself: reconnect
         else:
             event(log, logging.INFO, "lane lost", site=self.site.name, error=str(result))
-            self._lanes.drop(cast(Lane, outcome.via))
+            self._lanes.drop(outcome.lane)
 
     def _ship_on_lane(
         self,
@@ -323,12 +335,11 @@ class SiteWorker(threading.Thread):
         # already shipping, and a lane joins in as soon as it is up.
         lane = self._lanes.lane(slot)
         if lane is not None:
-            self._ship_from(lane, lane.ship, slot + 1, target, todo, report)
+            self._ship_from(lane, slot + 1, target, todo, report)
 
     def _ship_from(
         self,
-        via: Transport | Lane,
-        ship: Callable[[SiteLayout, SpoolEntry, str], ManifestRecord],
+        lane: Lane,
         connection: int,
         target: ShipTarget,
         todo: queue.SimpleQueue[_Job],
@@ -341,13 +352,13 @@ class SiteWorker(threading.Thread):
             except queue.Empty:
                 return
             try:
-                record = ship(target.layout, job.entry, target.compression)
+                record = lane.ship(target.layout, job.entry, target.compression)
             except Exception as exc:  # sorted out by the worker's own thread
-                report(_Outcome(job, via, connection, exc))
+                report(_Outcome(job, lane, connection, exc))
                 if isinstance(exc, ShipConflict):
                     continue
                 return  # this connection takes nothing more this round
-            report(_Outcome(job, via, connection, record))
+            report(_Outcome(job, lane, connection, record))
             if between is not None:
                 between()
 
