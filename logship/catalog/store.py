@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import create_engine, delete, event, func, inspect, select, text, update
-from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from logship.catalog.models import (
@@ -28,15 +30,34 @@ from logship.catalog.models import (
 )
 from logship.lag import DurablePrefix
 
+#: how long a process opening the SQLite catalog waits for another's lock
+_SQLITE_BUSY_S = 10.0
 
-def _sqlite_pragmas(dbapi_conn: object, _record: object) -> None:
-    cursor = dbapi_conn.cursor()  # type: ignore[attr-defined]
+
+def _sqlite_pragmas(dbapi_conn: sqlite3.Connection, _record: object) -> None:
+    cursor = dbapi_conn.cursor()
+    cursor.execute(f"PRAGMA busy_timeout={int(_SQLITE_BUSY_S * 1000)}")
     # WAL lets `status` read while the daemon writes; FULL keeps a committed
     # state change durable, which the queue relies on after a crash.
-    cursor.execute("PRAGMA journal_mode=WAL")
+    _switch_to_wal(cursor)
     cursor.execute("PRAGMA synchronous=FULL")
-    cursor.execute("PRAGMA busy_timeout=10000")
     cursor.close()
+
+
+def _switch_to_wal(cursor: sqlite3.Cursor) -> None:
+    # Two processes opening a new catalog at once both switch it to WAL. That
+    # takes a shared lock, then an exclusive one, and SQLite does not call the
+    # busy handler for such an upgrade (it could deadlock): the loser gets
+    # "database is locked" at once. Once switched, the file stays in WAL mode.
+    deadline = time.monotonic() + _SQLITE_BUSY_S
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def make_engine(url: str) -> Engine:
@@ -48,44 +69,40 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
-def _create_tables(engine: Engine, attempts: int = 5) -> None:
+#: any fixed number: the key of the PostgreSQL advisory lock under which every
+#: logship process checks and creates the catalog's tables
+_SCHEMA_LOCK_KEY = 0x6C6F6773
+
+
+def _create_tables(engine: Engine) -> None:
     # The daemon, base-backup and status may open a new catalog at the same
-    # moment; create_all's check-then-create can then lose the race to another
-    # process and find the table made meanwhile. Checking again settles it.
-    for attempt in range(attempts):
-        try:
-            Base.metadata.create_all(engine)
-            _add_missing_columns(engine)
-            _add_missing_indexes(engine)
-            return
-        except DBAPIError as exc:
-            if not _lost_race(exc) or attempt == attempts - 1:
-                raise
+    # moment. create_all checks, then creates, table by table: interleaved with
+    # another process, it finds a table made meanwhile and fails. So the whole
+    # check-and-create is one transaction that first takes the catalog's write
+    # lock; the others wait for it (SQLite: busy_timeout) and find all made.
+    with engine.begin() as conn:
+        if engine.dialect.name == "sqlite":
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        elif engine.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK_KEY})
+        Base.metadata.create_all(conn)
+        _add_missing_columns(conn)
+        _add_missing_indexes(conn)
 
 
-def _lost_race(exc: DBAPIError) -> bool:
-    text = str(exc).lower()
-    return "already exists" in text or "duplicate column" in text
-
-
-def _add_missing_columns(engine: Engine) -> None:
+def _add_missing_columns(conn: Connection) -> None:
     """Bring a catalog written by an older logship up to the current tables.
 
     Columns are only ever added, and always nullable, so an older catalog gains
     them with ALTER TABLE ADD COLUMN and no data is rewritten.
     """
-    inspector = inspect(engine)
-    statements = []
+    inspector = inspect(conn)
     for table in Base.metadata.sorted_tables:
         existing = {column["name"] for column in inspector.get_columns(table.name)}
         for column in table.columns:
             if column.name not in existing:
-                kind = column.type.compile(dialect=engine.dialect)
-                statements.append(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}')
-    if statements:
-        with engine.begin() as conn:
-            for statement in statements:
-                conn.execute(text(statement))
+                kind = column.type.compile(dialect=conn.dialect)
+                conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
 
 
 def _drop_passed_checkpoints(s: Session, news: Iterable[NewFile]) -> None:
@@ -120,22 +137,20 @@ def _drop_checkpoint_if_named(s: Session, connector: str, names: Sequence[str]) 
         s.delete(checkpoint)
 
 
-def _add_missing_indexes(engine: Engine) -> None:
+def _add_missing_indexes(conn: Connection) -> None:
     """create_all makes a table's indexes only with the table: add those an older
     logship's catalog lacks (one pass over the rows, once), and on PostgreSQL
     those of POSTGRESQL_INDEXES (a new catalog's too)."""
-    inspector = inspect(engine)
-    own = POSTGRESQL_INDEXES if engine.dialect.name == "postgresql" else {}
+    inspector = inspect(conn)
+    own = POSTGRESQL_INDEXES if conn.dialect.name == "postgresql" else {}
     for table in Base.metadata.sorted_tables:
         existing = {index["name"] for index in inspector.get_indexes(table.name)}
         for index in table.indexes:
             if index.name not in existing:
-                index.create(engine, checkfirst=True)
-        missing = [statement for name, statement in own.get(table.name, ()) if name not in existing]
-        if missing:
-            with engine.begin() as conn:
-                for statement in missing:
-                    conn.execute(text(statement))
+                index.create(conn, checkfirst=True)
+        for name, statement in own.get(table.name, ()):
+            if name not in existing:
+                conn.execute(text(statement))
 
 
 @dataclass(frozen=True)
