@@ -65,7 +65,13 @@ def test_a_full_site_fails_cleanly_alerts_and_resumes(deployment: Deployment) ->
         assert "MiB free" in str(entry["site_error"])
         wait_for(lambda: status_entry(dep)["state"] == "breach", 60, "the RPO breached")
         wal_dir = Path(site_layout(dep).wal_dir)
-        assert not [p for p in wal_dir.iterdir() if is_temp_name(p.name)], "a temp was left"
+        # The worker keeps trying (backing off): a temp exists while a try is
+        # under way, and must be gone after it, not pile up.
+        wait_for(
+            lambda: not [p for p in wal_dir.iterdir() if is_temp_name(p.name)],
+            30,
+            "no temp left by the failed uploads",
+        )
         wait_for(lambda: "breach" in fired.read_text(), 60, "the alert hook run for breach")
         assert dep.daemon is not None and dep.daemon.poll() is None, "the daemon must stay up"
 
