@@ -1,9 +1,10 @@
 """`archive-wal`: PostgreSQL's archive_command, a durable copy into the spool.
 
 Runs once per WAL segment inside PostgreSQL's serial archiver, so it imports only
-the stdlib. The spool file's mtime is the segment's close time: the moment
-PostgreSQL handed the segment over. PostgreSQL's `basic_archive` module writes
-into the same spool and gets the same meaning from the mtime of its copy.
+the stdlib, and not `dataclasses` (see walnames). The spool file's mtime is the
+segment's close time: the moment PostgreSQL handed the segment over. PostgreSQL's
+`basic_archive` module writes into the same spool and gets the same meaning from
+the mtime of its copy.
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ from __future__ import annotations
 import errno
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from logship import walnames
 from logship.durable import (
@@ -44,8 +45,7 @@ def shipped_sha256(spool_dir: Path, name: str) -> str | None:
         return None
 
 
-@dataclass(frozen=True)
-class ArchiveResult:
+class ArchiveResult(NamedTuple):
     name: str
     already_archived: bool
 

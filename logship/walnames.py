@@ -1,14 +1,15 @@
 """PostgreSQL WAL file names: what is accepted, and the order files must ship in.
 
 Stdlib only: this is imported by `archive-wal` and `restore-wal`, which PostgreSQL
-runs once per segment.
+runs once per segment. Records are NamedTuples, not dataclasses: `dataclasses`
+imports `inspect`, about 7 ms of each call's start.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from enum import StrEnum
+from typing import NamedTuple
 
 _SEGMENT = re.compile(r"^[0-9A-F]{24}$")
 _HISTORY = re.compile(r"^[0-9A-F]{8}\.history$")
@@ -23,8 +24,7 @@ class WalKind(StrEnum):
     PARTIAL = "partial"
 
 
-@dataclass(frozen=True, order=False)
-class WalName:
+class WalName(NamedTuple):
     name: str
     kind: WalKind
 

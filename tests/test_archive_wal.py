@@ -98,6 +98,28 @@ def test_cli_exit_codes(tmp_path: Path) -> None:
     assert unknown.returncode == 2 and "nope" in unknown.stderr
 
 
+#: modules archive-wal, started once per segment, must not load: each costs
+#: milliseconds of every call (dataclasses with inspect, hashlib) or far more
+HEAVY_MODULES = ("dataclasses", "hashlib", "logging", "pydantic", "sqlalchemy", "paramiko")
+
+
+def test_archive_wal_loads_no_heavy_module(tmp_path: Path) -> None:
+    (tmp_path / "connectors").mkdir()
+    (tmp_path / "logship.toml").write_text(f'[logship]\nstate_dir = "{tmp_path / "state"}"\n')
+    (tmp_path / "connectors" / "main.toml").write_text('kind = "postgresql"\nsite = "dr"\n')
+    config = str(tmp_path / "logship.toml")
+    argv = ["--config", config, "archive-wal", "main", str(_wal(tmp_path))]
+    script = (
+        "import sys\n"
+        "from logship.cli.main import main\n"  # what `logship` runs, without its os._exit
+        f"assert main({argv!r}) == 0\n"
+        f"print(sorted(m for m in {HEAVY_MODULES!r} if m in sys.modules))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert run.stdout.strip() == "[]", run.stdout + run.stderr
+    assert (tmp_path / "state" / "spool" / "main" / SEGMENT).exists()
+
+
 def test_kept_copies_go_once_restored_or_over_the_limit(tmp_path: Path) -> None:
     spool = tmp_path / "spool"
     names = [f"0000000100000000000000{i:02X}" for i in range(1, 5)]

@@ -1,16 +1,15 @@
 """Finding and parsing the TOML files, without validation.
 
 Stdlib only: `archive-wal` and `restore-wal` read their few keys through here
-because PostgreSQL runs them once per segment.
+because PostgreSQL runs them once per segment (records: NamedTuples, see walnames).
 """
 
 from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, NamedTuple
 
 from logship.errors import ConfigError
 
@@ -50,8 +49,7 @@ def resolve_path(raw: str, base: Path) -> Path:
     return path if path.is_absolute() else (base / path)
 
 
-@dataclass(frozen=True)
-class RawConfig:
+class RawConfig(NamedTuple):
     path: Path
     main: dict[str, Any]
     connectors: list[tuple[Path, dict[str, Any]]]
@@ -86,8 +84,7 @@ def spool_dir(state_dir: Path, connector: str) -> Path:
     return state_dir / "spool" / connector
 
 
-@dataclass(frozen=True)
-class HotPathConfig:
+class HotPathConfig(NamedTuple):
     """The few facts archive-wal and restore-wal need, read without pydantic."""
 
     connector: str
