@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from offline_config import write_offline_config
 
 from logship.archive import archive_wal, shipped_sha256, tombstone_path
 from logship.durable import sha256_of
@@ -104,11 +105,8 @@ HEAVY_MODULES = ("dataclasses", "hashlib", "logging", "pydantic", "sqlalchemy", 
 
 
 def test_archive_wal_loads_no_heavy_module(tmp_path: Path) -> None:
-    (tmp_path / "connectors").mkdir()
-    (tmp_path / "logship.toml").write_text(f'[logship]\nstate_dir = "{tmp_path / "state"}"\n')
-    (tmp_path / "connectors" / "main.toml").write_text('kind = "postgresql"\nsite = "dr"\n')
-    config = str(tmp_path / "logship.toml")
-    argv = ["--config", config, "archive-wal", "main", str(_wal(tmp_path))]
+    config = write_offline_config(tmp_path, {"main": "60s"}, make_state=False)
+    argv = ["--config", str(config), "archive-wal", "main", str(_wal(tmp_path))]
     script = (
         "import sys\n"
         "from logship.cli.main import main\n"  # what `logship` runs, without its os._exit

@@ -68,7 +68,8 @@ class _OwnConnection:
         return ship_file(self.transport, layout, entry, compression, self.clock)
 
     def close(self) -> None:
-        self.transport.close()
+        """Nothing: the worker's connection is also its control connection, and
+        the worker closes it on disconnect, never a round."""
 
 
 @dataclass(frozen=True)
