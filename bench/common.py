@@ -389,6 +389,38 @@ def run_timed(
     return elapsed
 
 
+def machine_cpu() -> tuple[float, float]:
+    """CPU-seconds the whole machine has spent busy and idle since boot (/proc/stat):
+    on loopback that is both ends, the kernel's share included."""
+    with open("/proc/stat") as stat:
+        ticks = [int(v) for v in stat.readline().split()[1:8]]
+    user, nice, system, idle, iowait, irq, softirq = ticks
+    hz = os.sysconf("SC_CLK_TCK")
+    return (user + nice + system + irq + softirq) / hz, (idle + iowait) / hz
+
+
+@dataclass(frozen=True)
+class Window:
+    """A timed stretch: its wall time and what the machine's CPUs did meanwhile."""
+
+    seconds: float
+    busy_cpu_s: float
+    idle_cpu_s: float
+
+
+class Stopwatch:
+    """Started when made; `stop()` gives the Window since then."""
+
+    def __init__(self) -> None:
+        self._busy, self._idle = machine_cpu()
+        self._start = time.perf_counter()
+
+    def stop(self) -> Window:
+        seconds = time.perf_counter() - self._start
+        busy, idle = machine_cpu()
+        return Window(seconds, busy - self._busy, idle - self._idle)
+
+
 # -- test data -----------------------------------------------------------------------
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import re
 import signal
@@ -18,16 +19,19 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from multiprocessing.synchronize import Event, Semaphore
 from pathlib import Path
 from types import FrameType
 
 import common
-from common import MIB, Report, log, mean, median, p95
+from common import MIB, Figure, Report, log, mean, median, p95
 
 from logship.config.model import SiteConfig
+from logship.durable import read_chunks
 from logship.manifest import SiteLayout
 from logship.sandbox import OsUser, SshServer
 from logship.ship.sftp import SftpTransport
+from logship.ship.sftp_replies import RemoteUpload
 from logship.ship.shipper import ship_file
 from logship.spool import entry_for
 
@@ -41,6 +45,13 @@ class Run:
     seconds: float
     stored_bytes: int = 0
     cipher: str = ""
+    #: the whole machine's CPU in the timed window (both ends, on loopback)
+    busy_cpu_s: float = 0.0
+    idle_cpu_s: float = 0.0
+
+    @classmethod
+    def of(cls, window: common.Window, stored_bytes: int = 0, cipher: str = "") -> Run:
+        return cls(window.seconds, stored_bytes, cipher, window.busy_cpu_s, window.idle_cpu_s)
 
 
 # -- OpenSSH sftp --------------------------------------------------------------------
@@ -78,15 +89,15 @@ def sftp_put_all(
         *(["-c", cipher] if cipher else []),
         f"{server.login_user.name}@{server.host}",
     ]
-    start = time.perf_counter()
+    watch = common.Stopwatch()
     proc = subprocess.run(
         cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=900, check=False
     )
-    seconds = time.perf_counter() - start
+    window = watch.stop()
     if proc.returncode != 0:
         raise RuntimeError(f"sftp exited {proc.returncode}: {proc.stderr[-2000:]}")
     found = re.search(r"kex: client->server cipher: (\S+)", proc.stderr)
-    return Run(seconds, cipher=found.group(1) if found else (cipher or "default"))
+    return Run.of(window, cipher=found.group(1) if found else (cipher or "default"))
 
 
 # -- logship -------------------------------------------------------------------------
@@ -94,7 +105,7 @@ def sftp_put_all(
 
 def logship_ship_all(site: SiteConfig, files: list[Path], compression: str) -> Run:
     """One SftpTransport (connection set-up included), `ship_file` for each file."""
-    start = time.perf_counter()
+    watch = common.Stopwatch()
     transport = SftpTransport(site)
     try:
         layout = SiteLayout.for_connector(site.root, f"{CONNECTOR}-{compression}")
@@ -110,7 +121,66 @@ def logship_ship_all(site: SiteConfig, files: list[Path], compression: str) -> R
         cipher = getattr(ssh, "local_cipher", "") if ssh is not None else ""
     finally:
         transport.close()
-    return Run(time.perf_counter() - start, stored_bytes=stored, cipher=cipher)
+    return Run.of(watch.stop(), stored_bytes=stored, cipher=cipher)
+
+
+def paramiko_put_all(
+    site: SiteConfig, files: list[Path], remote_dir: Path, processes: int, fsync: bool
+) -> Run:
+    """For reference, the transport alone: `processes` forked processes, each one
+    tuned SFTP connection writing its share of the files with logship's pipelined
+    writes and none of its safety: no hash, no temp name, rename or record. With
+    `fsync` each file is fsynced, as `put -f` does; without, nothing is, as with a
+    plain `put`. The clock starts once every connection is up."""
+    context = multiprocessing.get_context("fork")
+    ready = context.Semaphore(0)
+    go = context.Event()
+    children = [
+        context.Process(
+            target=_put_share, args=(site, files[i::processes], remote_dir, fsync, ready, go)
+        )
+        for i in range(processes)
+    ]
+    for child in children:
+        child.start()
+    try:
+        for _ in children:
+            if not ready.acquire(timeout=60):
+                raise RuntimeError("a paramiko process did not connect within 60 s")
+        watch = common.Stopwatch()
+        go.set()
+        for child in children:
+            child.join(900)
+        window = watch.stop()
+    finally:
+        for child in children:
+            if child.is_alive():
+                child.kill()
+                child.join()
+    if failed := [child.exitcode for child in children if child.exitcode != 0]:
+        raise RuntimeError(f"paramiko upload processes exited {failed}")
+    return Run.of(window, cipher=f"{processes} processes")
+
+
+def _put_share(
+    site: SiteConfig,
+    files: list[Path],
+    remote_dir: Path,
+    fsync: bool,
+    ready: Semaphore,
+    go: Event,
+) -> None:
+    transport = SftpTransport(site)
+    try:
+        ready.release()
+        go.wait()
+        for path in files:
+            with RemoteUpload(transport.sftp, str(remote_dir / path.name)) as upload:
+                upload.write_all(read_chunks(path))
+                if fsync:
+                    upload.finish()
+    finally:
+        transport.close()
 
 
 def logship_daemon_all(
@@ -181,19 +251,19 @@ data_dir = "/nonexistent"
         common.wait_until(
             lambda: len(events("lane connected")) >= connections - 1, 60, "its lanes connected"
         )
-        start = time.perf_counter()
+        watch = common.Stopwatch()
         for path in files:
             feed(stage / path.name, spool / path.name)
         while len(shipped := events("shipped")) < len(files):
             if daemon.poll() is not None:
                 raise RuntimeError(f"the daemon exited {daemon.returncode}: see {log_path}")
             time.sleep(0.01)
-        seconds = time.perf_counter() - start
+        window = watch.stop()
     finally:
         daemon.terminate()
         daemon.wait(60)
     stored = sum(int(str(e["stored_bytes"])) for e in shipped)
-    return Run(seconds, stored_bytes=stored, cipher=f"{connections} connection(s)")
+    return Run.of(window, stored_bytes=stored, cipher=f"{connections} connection(s)")
 
 
 def _json_or_none(line: str) -> dict[str, object] | None:
@@ -275,7 +345,6 @@ def archive_latencies(
 
 # -- transfers ---------------------------------------------------------------------
 
-VARIANTS = ("sftp", "sftp-aes128-gcm", "sftp-aes128-gcm-fsync", "logship-none", "logship-zstd")
 #: `logship run` end to end, by compression and number of connections
 DAEMON_VARIANTS = tuple(
     f"daemon-{compression}-c{n}" for compression in ("none", "zstd") for n in (1, 2, 4)
@@ -294,6 +363,8 @@ def transfer_runs(
         "sftp-aes128-gcm-fsync": lambda: sftp_put_all(
             server, files, remote, batch, AES_GCM, fsync=True
         ),
+        "paramiko-p2": lambda: paramiko_put_all(site, files, remote, 2, fsync=False),
+        "paramiko-fsync-p2": lambda: paramiko_put_all(site, files, remote, 2, fsync=True),
         "logship-none": lambda: logship_ship_all(site, files, "none"),
         "logship-zstd": lambda: logship_ship_all(site, files, "zstd"),
     }
@@ -313,7 +384,10 @@ def transfer_runs(
             common.private_dir(remote, user)
             run = runners[name]()
             label = f"round {round_no}/{repeat}" if round_no else "warm-up"
-            log(f"{label} {name}: {run.seconds:.2f}s, {mib / run.seconds:.0f} MiB/s")
+            log(
+                f"{label} {name}: {run.seconds:.2f}s, {mib / run.seconds:.0f} MiB/s, "
+                f"{run.busy_cpu_s / (mib / 1024):.2f} CPU-s/GiB"
+            )
             if round_no:
                 runs[name].append(run)
     common.empty_dir(incoming)
@@ -323,66 +397,66 @@ def transfer_runs(
 def report_transfers(
     report: Report, runs: dict[str, list[Run]], raw_mib: float, source: str
 ) -> None:
-    def spread(rates: list[float]) -> str:
-        return f"runs {min(rates):.0f}-{max(rates):.0f}"
+    reported: list[tuple[str, str]] = []  # (variant, figure), for the CPU figures
 
-    def rate(name: str) -> tuple[float, list[float]]:
+    def add(name: str, figure: str, baseline: Figure | None, detail: str) -> Figure:
         rates = [raw_mib / r.seconds for r in runs[name]]
-        return median(rates), rates
+        reported.append((name, figure))
+        detail += f"; runs {min(rates):.0f}-{max(rates):.0f}"
+        return report.add(
+            figure, median(rates), "MiB/s", baseline=baseline, detail=detail, runs=rates
+        )
 
-    value, rates = rate("sftp")
-    sftp_default = report.add(
+    sftp_default = add(
+        "sftp",
         "sftp_put_default_cipher",
-        value,
-        "MiB/s",
-        detail=f"OpenSSH sftp -b, cipher {runs['sftp'][0].cipher}; plain put; {spread(rates)}",
-        runs=rates,
+        None,
+        f"OpenSSH sftp -b, cipher {runs['sftp'][0].cipher}; plain put",
     )
-    value, rates = rate("sftp-aes128-gcm")
-    sftp_aes = report.add(
+    sftp_aes = add(
+        "sftp-aes128-gcm",
         "sftp_put_aes128_gcm",
-        value,
-        "MiB/s",
-        baseline=sftp_default,
-        detail=f"OpenSSH sftp -b -c aes128-gcm@openssh.com; plain put; {spread(rates)}",
-        runs=rates,
+        sftp_default,
+        "OpenSSH sftp -b -c aes128-gcm@openssh.com; plain put",
     )
-    value, rates = rate("sftp-aes128-gcm-fsync")
-    sftp_fsync = report.add(
+    sftp_fsync = add(
+        "sftp-aes128-gcm-fsync",
         "sftp_put_fsync_aes128_gcm",
-        value,
-        "MiB/s",
-        baseline=sftp_aes,
-        detail=f"sftp -c aes128-gcm@openssh.com, put -f: fsync each file; {spread(rates)}",
-        runs=rates,
+        sftp_aes,
+        "sftp -c aes128-gcm@openssh.com, put -f: fsync each file",
     )
+
+    def against_fsync(name: str) -> str:
+        rate = median([raw_mib / r.seconds for r in runs[name]])
+        return f"{rate / sftp_fsync.value:.2f}x sftp put -f"
+
+    for name, what in (
+        ("paramiko-p2", "nothing fsynced, as a plain put"),
+        ("paramiko-fsync-p2", "each file fsynced, as put -f"),
+    ):
+        add(
+            name,
+            name.replace("-", "_"),
+            sftp_aes,
+            f"reference: 2 processes, logship's SFTP writes alone (no hash, no temp name, "
+            f"rename or record); {what}; {against_fsync(name)}",
+        )
     for name, label in (("logship-none", "none"), ("logship-zstd", "zstd")):
-        value, rates = rate(name)
-        report.add(
+        add(
+            name,
             f"logship_ship_{label}",
-            value,
-            "MiB/s",
-            baseline=sftp_aes,
-            detail=(
-                f"1 connection, cipher {runs[name][0].cipher}; raw MiB/s; temp, fsync, "
-                f"rename, dir fsync, manifest record; {spread(rates)}; "
-                f"{value / sftp_fsync.value:.2f}x sftp put -f"
-            ),
-            runs=rates,
+            sftp_aes,
+            f"1 connection, cipher {runs[name][0].cipher}; raw MiB/s; temp, fsync, rename, "
+            f"dir fsync, manifest record; {against_fsync(name)}",
         )
     for name in DAEMON_VARIANTS:
-        value, rates = rate(name)
         _, compression, count = name.split("-")
-        report.add(
+        add(
+            name,
             f"logship_run_{compression}_{count}",
-            value,
-            "MiB/s",
-            baseline=sftp_aes,
-            detail=(
-                f"logship run, {count[1:]} connection(s), {compression}: renamed into the "
-                f"spool until logged shipped; {spread(rates)}"
-            ),
-            runs=rates,
+            sftp_aes,
+            f"logship run, {count[1:]} connection(s), {compression}: renamed into the "
+            "spool until logged shipped",
         )
     stored = runs["logship-zstd"][0].stored_bytes
     report.add(
@@ -391,6 +465,22 @@ def report_transfers(
         "x",
         detail=f"zstd level 1 on {source.split(':')[0]}",
     )
+    # What bounds a loopback run is the CPU both ends share: the cost per GiB of
+    # each way of shipping, and how much of the machine sat idle meanwhile.
+    cores = os.cpu_count() or 1
+    for name, figure in reported:
+        per_gib = [r.busy_cpu_s / (raw_mib / 1024) for r in runs[name]]
+        idle = median([r.idle_cpu_s / r.seconds for r in runs[name]])
+        report.add(
+            f"cpu_{figure}",
+            median(per_gib),
+            "CPU-s/GiB",
+            detail=(
+                f"the whole machine (both ends, the kernel included) in the timed window; "
+                f"{idle:.2f} of {cores} cores idle"
+            ),
+            runs=per_gib,
+        )
 
 
 def report_archive(report: Report, times: dict[str, list[float]]) -> None:
