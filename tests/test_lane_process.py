@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import signal
@@ -257,3 +258,30 @@ def test_a_failing_lane_process_says_why_in_one_json_line(site: Site) -> None:
     lines = [json.loads(line) for line in err.decode().splitlines()]
     assert [line["event"] for line in lines] == ["lane process failed"]
     assert lines[0]["level"] == "error" and "AssertionError" in lines[0]["exception"]
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_a_lane_process_logs_at_the_daemons_level(
+    site: Site, tmp_path: Path, capfd: pytest.CaptureFixture[str], debug: bool
+) -> None:
+    """A daemon run with --debug gets its lanes' debug lines too (the lane's SSH
+    session, say); without it a lane is as quiet as the daemon."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
+    name = f"00000001000000000000002{int(debug)}"
+    entry = _spool_file(tmp_path, name, os.urandom(4096))
+    try:
+        lane = LaneProcess(site.config)
+        try:
+            lane.ship(site.layout, entry, "none")
+        finally:
+            lane.close()
+    finally:
+        root.setLevel(level)
+    lines = [json.loads(line) for line in capfd.readouterr().err.splitlines()]
+    debug_lines = [line for line in lines if line["level"] == "debug"]
+    if debug:
+        assert debug_lines, lines
+    else:
+        assert not debug_lines, debug_lines

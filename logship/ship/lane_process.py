@@ -10,7 +10,7 @@ The two ends speak length-prefixed pickles over the child's stdin and stdout
 request with the same `ship_file` as the daemon's own connection, and exits when
 its stdin closes, also when the daemon dies without a word (kill -9).
 
-    python -m logship.ship.lane_process
+    python -m logship.ship.lane_process [--debug]
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ _LENGTH = struct.Struct(">I")
 EXIT_WAIT_S = 5.0
 #: how often a lane process checks that its daemon is still there
 PARENT_CHECK_S = 0.2
+DEBUG_FLAG = "--debug"
 
 
 @dataclass(frozen=True)
@@ -96,8 +97,11 @@ class LaneProcess:
             # A crash point a lane reaches kills the daemon as well: for the fault
             # suite a lane is part of the daemon, not a helper that may die alone.
             env[faults.WITH_ENV] = str(os.getpid())
+        argv = [sys.executable, "-m", "logship.ship.lane_process"]
+        if logging.getLogger().isEnabledFor(logging.DEBUG):
+            argv.append(DEBUG_FLAG)  # the daemon's --debug: its lanes log alike
         self._child = subprocess.Popen(
-            [sys.executable, "-m", "logship.ship.lane_process"],
+            argv,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=env,
@@ -235,8 +239,8 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     threading.Thread(target=_exit_with, args=(os.getppid(),), daemon=True).start()
-    # stderr is the daemon's log: JSON lines there too.
-    setup_logging()
+    # stderr is the daemon's log: JSON lines there too, at the daemon's level.
+    setup_logging(debug=DEBUG_FLAG in sys.argv[1:])
     # The answers get stdout's pipe to themselves: a stray print from a library
     # goes to stderr (the daemon's log) instead of corrupting a message.
     answers = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
