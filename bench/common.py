@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 from logship.config.model import SiteConfig
 from logship.sandbox import OsUser, PgCluster, SshServer, free_port
@@ -406,6 +406,32 @@ class Window:
     seconds: float
     busy_cpu_s: float
     idle_cpu_s: float
+
+
+class Timed(Protocol):
+    """A timed run with the machine's CPU in it (a Window, or a run made from one)."""
+
+    seconds: float
+    busy_cpu_s: float
+    idle_cpu_s: float
+
+
+def add_cpu_figure(report: Report, figure: str, runs: Sequence[Timed], raw_bytes: int) -> Figure:
+    """`cpu_<figure>`: the whole machine's busy CPU-seconds per GiB of `raw_bytes` in
+    each run's timed window (median), and how many cores sat idle meanwhile. On
+    loopback both ends share the machine, so this is what bounds a rate there."""
+    per_gib = [run.busy_cpu_s / (raw_bytes / (1024 * MIB)) for run in runs]
+    idle = median([run.idle_cpu_s / run.seconds for run in runs])
+    return report.add(
+        f"cpu_{figure}",
+        median(per_gib),
+        "CPU-s/GiB",
+        detail=(
+            "the whole machine (both ends, the kernel included) in the timed window; "
+            f"{idle:.2f} of {os.cpu_count() or 1} cores idle"
+        ),
+        runs=per_gib,
+    )
 
 
 class Stopwatch:

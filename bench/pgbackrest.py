@@ -125,11 +125,9 @@ class Archiver:
         self.durations.append(time.perf_counter() - start)
         os.rename(self.status_dir / f"{name}.ready", self.status_dir / f"{name}.done")
 
-    def archive_all(self, command: Sequence[str], env: dict[str, str]) -> float:
-        start = time.perf_counter()
+    def archive_all(self, command: Sequence[str], env: dict[str, str]) -> None:
         for name in self.names:
             self.archive(name, command, env)
-        return time.perf_counter() - start
 
 
 @dataclass
@@ -527,14 +525,16 @@ def push_run(pgbr: PgBackRest, archiver: Archiver, push: Push, check: bool) -> A
     pgbr.reset()
     archiver.make_ready()
     os.sync()
-    seconds = archiver.archive_all(pgbr.command(*push.options(), "archive-push"), pgbr.env)
+    watch = common.Stopwatch()
+    archiver.archive_all(pgbr.command(*push.options(), "archive-push"), pgbr.env)
+    window = watch.stop()
     pgbr.wait_idle()
     stored = pgbr.stored(archiver.names, push.compress)
     source = archiver.pgdata / "pg_wal" / archiver.names[-1]
     if check:
         pgbr.check_get(source)
     raw = len(archiver.names) * source.stat().st_size
-    return Archived(seconds, stored_bytes=stored, raw_bytes=raw, calls=archiver.durations)
+    return Archived.of(window, stored, raw_bytes=raw, calls=archiver.durations)
 
 
 def push_archiver_run(pgbr: PgBackRest, pg: PgArchiver, push: Push, check: bool) -> Archived:
@@ -544,16 +544,16 @@ def push_archiver_run(pgbr: PgBackRest, pg: PgArchiver, push: Push, check: bool)
     pgbr.reset()
     pg.stage()
     before = pg.counts()
-    start = time.perf_counter()
+    watch = common.Stopwatch()
     pg.wake()
     pg.wait_done()
-    seconds = time.perf_counter() - start
+    window = watch.stop()
     pgbr.wait_idle()
     pg.verify(before)
     stored = pgbr.stored(pg.names, push.compress)
     if check:
         pgbr.check_get(pg.masters[-1])
-    return Archived(seconds, stored_bytes=stored, raw_bytes=pg.raw_bytes)
+    return Archived.of(window, stored, raw_bytes=pg.raw_bytes)
 
 
 # -- logship -------------------------------------------------------------------------
@@ -608,7 +608,7 @@ def logship_run(
     )
     run = logship_daemon_all(server, files, workdir, incoming, compression, 4, feed=feed)
     raw = sum(f.stat().st_size for f in files)
-    return Archived(run.seconds, run.stored_bytes, raw_bytes=raw, calls=archiver.durations)
+    return Archived.of(run, run.stored_bytes, raw_bytes=raw, calls=archiver.durations)
 
 
 def pycache_dir(root: Path, user: OsUser) -> Path:
@@ -658,9 +658,7 @@ def logship_archiver_run(
         raise RuntimeError("the daemon shipped segments PostgreSQL has not marked archived")
     pg.verify(before)
     check_site(incoming, pg.names)
-    return Archived(
-        run.seconds, run.stored_bytes, raw_bytes=pg.raw_bytes, archiver_seconds=pg.seconds()
-    )
+    return Archived.of(run, run.stored_bytes, raw_bytes=pg.raw_bytes, archiver_seconds=pg.seconds())
 
 
 LOGSHIP = {
@@ -878,6 +876,9 @@ def report_runs(
             ),
             runs=rates,
         )
+    for name, measured in runs.items():
+        if measured:
+            common.add_cpu_figure(report, name, measured, measured[0].raw_bytes)
 
 
 # -- main ----------------------------------------------------------------------------

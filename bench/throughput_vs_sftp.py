@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from multiprocessing.synchronize import Event, Semaphore
 from pathlib import Path
 from types import FrameType
+from typing import Any, Self
 
 import common
 from common import MIB, Figure, Report, log, mean, median, p95
@@ -50,8 +51,9 @@ class Run:
     idle_cpu_s: float = 0.0
 
     @classmethod
-    def of(cls, window: common.Window, stored_bytes: int = 0, cipher: str = "") -> Run:
-        return cls(window.seconds, stored_bytes, cipher, window.busy_cpu_s, window.idle_cpu_s)
+    def of(cls, timed: common.Timed, stored_bytes: int = 0, cipher: str = "", **more: Any) -> Self:
+        """A run timed by `timed` (a Window, or another run), with what else it measured."""
+        return cls(timed.seconds, stored_bytes, cipher, timed.busy_cpu_s, timed.idle_cpu_s, **more)
 
 
 # -- OpenSSH sftp --------------------------------------------------------------------
@@ -465,22 +467,8 @@ def report_transfers(
         "x",
         detail=f"zstd level 1 on {source.split(':')[0]}",
     )
-    # What bounds a loopback run is the CPU both ends share: the cost per GiB of
-    # each way of shipping, and how much of the machine sat idle meanwhile.
-    cores = os.cpu_count() or 1
     for name, figure in reported:
-        per_gib = [r.busy_cpu_s / (raw_mib / 1024) for r in runs[name]]
-        idle = median([r.idle_cpu_s / r.seconds for r in runs[name]])
-        report.add(
-            f"cpu_{figure}",
-            median(per_gib),
-            "CPU-s/GiB",
-            detail=(
-                f"the whole machine (both ends, the kernel included) in the timed window; "
-                f"{idle:.2f} of {cores} cores idle"
-            ),
-            runs=per_gib,
-        )
+        common.add_cpu_figure(report, figure, runs[name], round(raw_mib * MIB))
 
 
 def report_archive(report: Report, times: dict[str, list[float]]) -> None:
