@@ -411,9 +411,14 @@ class Window:
 class Timed(Protocol):
     """A timed run with the machine's CPU in it (a Window, or a run made from one)."""
 
-    seconds: float
-    busy_cpu_s: float
-    idle_cpu_s: float
+    @property
+    def seconds(self) -> float: ...
+
+    @property
+    def busy_cpu_s(self) -> float: ...
+
+    @property
+    def idle_cpu_s(self) -> float: ...
 
 
 def add_cpu_figure(report: Report, figure: str, runs: Sequence[Timed], raw_bytes: int) -> Figure:
