@@ -391,12 +391,13 @@ def run_timed(
 
 def machine_cpu() -> tuple[float, float]:
     """CPU-seconds the whole machine has spent busy and idle since boot (/proc/stat):
-    on loopback that is both ends, the kernel's share included."""
+    on loopback that is both ends, the kernel's share included. Time the VM's host
+    gave to others (steal) counts as busy: it was not there to be used."""
     with open("/proc/stat") as stat:
-        ticks = [int(v) for v in stat.readline().split()[1:8]]
-    user, nice, system, idle, iowait, irq, softirq = ticks
+        ticks = [int(v) for v in stat.readline().split()[1:9]]
+    user, nice, system, idle, iowait, irq, softirq, steal = ticks
     hz = os.sysconf("SC_CLK_TCK")
-    return (user + nice + system + irq + softirq) / hz, (idle + iowait) / hz
+    return (user + nice + system + irq + softirq + steal) / hz, (idle + iowait) / hz
 
 
 @dataclass(frozen=True)

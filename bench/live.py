@@ -118,15 +118,6 @@ def cpu_seconds(pid: int | None) -> float:
     return total / _CLK_TCK
 
 
-def _machine_cpu() -> tuple[float, float]:
-    """Busy and idle CPU seconds of the whole machine, all cores (from /proc/stat)."""
-    with open("/proc/stat") as stat:
-        values = [int(v) for v in stat.readline().split()[1:9]]
-    user, nice, system, idle, iowait, irq, softirq, steal = values
-    busy = user + nice + system + irq + softirq + steal
-    return busy / _CLK_TCK, (idle + iowait) / _CLK_TCK
-
-
 #: the parts CpuMeter reports, in cores
 CPU_PARTS = ("postgres", "pgbench", "archive_command", "daemon", "site", "other", "idle")
 
@@ -143,7 +134,7 @@ class CpuMeter:
         self._t0 = 0.0
 
     def _snapshot(self) -> dict[str, float]:
-        busy, idle = _machine_cpu()
+        busy, idle = common.machine_cpu()
         postgres = cpu_seconds(self._postmaster)
         archiver = cpu_seconds(self._archiver)
         mine = os.times()

@@ -401,8 +401,11 @@ def report_transfers(
 ) -> None:
     reported: list[tuple[str, str]] = []  # (variant, figure), for the CPU figures
 
+    def rates_of(name: str) -> list[float]:
+        return [raw_mib / r.seconds for r in runs[name]]
+
     def add(name: str, figure: str, baseline: Figure | None, detail: str) -> Figure:
-        rates = [raw_mib / r.seconds for r in runs[name]]
+        rates = rates_of(name)
         reported.append((name, figure))
         detail += f"; runs {min(rates):.0f}-{max(rates):.0f}"
         return report.add(
@@ -429,8 +432,7 @@ def report_transfers(
     )
 
     def against_fsync(name: str) -> str:
-        rate = median([raw_mib / r.seconds for r in runs[name]])
-        return f"{rate / sftp_fsync.value:.2f}x sftp put -f"
+        return f"{median(rates_of(name)) / sftp_fsync.value:.2f}x sftp put -f"
 
     for name, what in (
         ("paramiko-p2", "nothing fsynced, as a plain put"),
