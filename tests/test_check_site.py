@@ -119,3 +119,35 @@ def test_check_fails_when_the_site_command_is_not_logship(deployment: Deployment
     result = logship(dep.config_path, "check")
     assert result.returncode == 1, _explain(result)
     assert _lines(result)["site-logship dr"].startswith("fail "), _explain(result)
+
+
+def test_check_only_warns_for_a_files_connector_without_logship_at_the_site(
+    deployment: Deployment,
+) -> None:
+    dep = deployment
+    source = dep.root / "src"
+    source.mkdir()
+    (dep.config_dir / "connectors" / "mirror.toml").write_text(
+        f'kind = "files"\nsite = "dr"\nrpo = "60s"\nsource = "{source}"\n\n'
+        f'[standby]\ntarget = "{dep.root / "standby-site" / "mirror"}"\n'
+    )
+    _set_site_command(dep, '["/nonexistent/bin/logship"]')
+    # Only the mirror uses the site: tree-receive is missed, which costs speed only.
+    result = logship(dep.config_path, "check", "mirror")
+    assert result.returncode == 0, _explain(result)
+    line = _lines(result)["site-logship dr"]
+    assert line.startswith("warn ") and "per-file SFTP" in line, _explain(result)
+    # With the database connector too, the same command fails the check.
+    result = logship(dep.config_path, "check")
+    assert result.returncode == 1, _explain(result)
+    assert _lines(result)["site-logship dr"].startswith("fail "), _explain(result)
+
+
+def test_check_warns_when_the_site_runs_another_version(deployment: Deployment) -> None:
+    dep = deployment
+    # A stand-in that answers --version like logship 9.9 (and nothing else).
+    _set_site_command(dep, '["sh", "-c", "echo logship 9.9", "sh"]')
+    result = logship(dep.config_path, "check")
+    line = _lines(result)["site-logship dr"]
+    assert line.startswith("warn ") and "logship 9.9" in line, _explain(result)
+    assert f"this primary runs {__version__}" in line

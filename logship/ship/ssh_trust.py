@@ -34,8 +34,8 @@ def refuse_unprotected_key(site: SiteConfig) -> None:
     path = site.identity_file
     try:
         mode = stat.S_IMODE(os.stat(path).st_mode)
-    except OSError:
-        return  # a missing key is reported where it is opened
+    except (OSError, ValueError):
+        return  # a missing (or unnamable) key is reported where it is opened
     if mode & 0o077:
         raise SafetyRefusal(
             f"sites.{site.name}.identity_file: {path} has mode {mode:04o}, readable beyond "
