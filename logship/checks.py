@@ -336,12 +336,12 @@ def check_standby_status(
         return warn(
             name,
             f"logship at the site answers `standby status`, the standby does not ({why}); "
-            f"restore it with `logship standby restore {connector}` there",
+            f"start it, or restore it with `logship standby restore {connector}` there",
         )
     return ok(
         name,
-        f"logship at the site answers `standby status`: standby replays "
-        f"(replay_lsn {printable(str(facts.replay_lsn))})",
+        f"logship at the site answers `standby status`: the standby answers (in recovery: "
+        f"{facts.in_recovery}, replay_lsn {printable(str(facts.replay_lsn))})",
     )
 
 

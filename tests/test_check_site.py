@@ -151,3 +151,12 @@ def test_check_warns_when_the_site_runs_another_version(deployment: Deployment) 
     line = _lines(result)["site-logship dr"]
     assert line.startswith("warn ") and "logship 9.9" in line, _explain(result)
     assert f"this primary runs {__version__}" in line
+
+
+def test_check_reads_a_running_standby_through_the_site_logship(deployment: Deployment) -> None:
+    dep = deployment
+    dep.standby_up()
+    result = logship(dep.config_path, "check", dep.connector)
+    assert result.returncode == 0, _explain(result)
+    status = _lines(result)[f"standby-status {dep.connector}"]
+    assert status.startswith("ok ") and "in recovery: True" in status, _explain(result)
