@@ -42,6 +42,16 @@ def test_check_refuses_a_revoked_host_key(deployment: Deployment) -> None:
     assert f"incoming {dep.connector}" not in _lines(result)
 
 
+def test_check_uses_the_host_key_that_is_not_revoked(deployment: Deployment) -> None:
+    dep = deployment
+    revoked = dep.sshd.host_key_types[0]  # the other type stays trusted
+    plain = dep.sshd.known_hosts.read_text()
+    dep.sshd.known_hosts.write_text(f"@revoked * {dep.sshd.host_public_key(revoked)}\n" + plain)
+    result = logship(dep.config_path, "check")
+    assert result.returncode == 0, _explain(result)
+    assert _lines(result)["ssh dr"].startswith("ok "), _explain(result)
+
+
 def test_check_keeps_plain_lines_beside_revoked_and_ca_lines(deployment: Deployment) -> None:
     dep = deployment
     other = _other_key(dep.root)
