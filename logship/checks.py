@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import os
 import pwd
+import re
 import secrets
 import shlex
 import stat
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -21,12 +23,21 @@ from typing import Any, TypeVar
 
 import psycopg
 
+from logship import __version__
 from logship.config.model import Config, SiteConfig
 from logship.durable import DIR_MODE, FILE_MODE
 from logship.engines import engine_for
 from logship.engines.postgresql import PostgresConnector
-from logship.errors import EXIT_FAILED, EXIT_OK, EXIT_REFUSED, HostKeyRefused, LogshipError
+from logship.errors import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_REFUSED,
+    LogshipError,
+    SafetyRefusal,
+    printable,
+)
 from logship.manifest import SiteLayout
+from logship.replay.standby_status import ask_standby_status
 from logship.ship.sftp import SftpTransport, where
 
 T = TypeVar("T")
@@ -93,7 +104,7 @@ class CheckRunner:
     ) -> tuple[CheckResult, T | None]:
         try:
             result, value = call()
-        except HostKeyRefused as exc:
+        except SafetyRefusal as exc:  # an unverifiable host, an unprotected key
             result, value = fail(name, str(exc), refused=True), None
         except Exception as exc:  # a check that breaks is a failed check, not a crashed run
             result, value = fail(name, describe_error(exc)), None
@@ -244,6 +255,94 @@ def check_incoming(
     if read_back != payload:
         return fail(name, f"{where(site)}:{directory}: a probe file read back different")
     return ok(name, f"{where(site)}:{directory}: writable (probe written durably and removed)")
+
+
+#: `--version` and `standby status` at the site: the latter reads the standby's
+#: control file with a timeout of its own (30 s) when the standby does not answer
+SITE_COMMAND_TIMEOUT = 60.0
+#: what of the site's output goes into a check line
+_MAX_QUOTE = 200
+_VERSION_LINE = re.compile(r"logship (\S+)")
+
+
+def _quote_site(text: bytes) -> str:
+    """The last non-empty line the site wrote, escaped and bounded: it is shown as is."""
+    lines = [line for line in text.decode(errors="replace").splitlines() if line.strip()]
+    last = printable(lines[-1].strip()) if lines else "no output"
+    return last if len(last) <= _MAX_QUOTE else last[:_MAX_QUOTE] + "..."
+
+
+def _site_run(transport: SftpTransport, argv: list[str]) -> tuple[int | None, bytes, bytes]:
+    """Run `argv` at the site; exit status None when it did not finish in time."""
+    try:
+        return transport.run_command(argv, timeout=SITE_COMMAND_TIMEOUT)
+    except TimeoutError:  # socket.timeout: no answer within the timeout
+        return None, b"", f"no answer within {SITE_COMMAND_TIMEOUT:g}s".encode()
+
+
+def check_site_logship(
+    name: str, site: SiteConfig, transport: SftpTransport, needed: bool
+) -> tuple[CheckResult, str | None]:
+    """`[sites.NAME] command` must run logship at the site: the daemon runs it there
+    for `standby status` (a PostgreSQL connector's apply lag) and `tree-receive`.
+
+    `needed` is False when only files connectors use the site: without it the mirror
+    falls back to one SFTP request per file, which costs speed only.
+    """
+    command = shlex.join(site.command)
+    status, out, err = _site_run(transport, [*site.command, "--version"])
+    match = _VERSION_LINE.fullmatch(out.decode(errors="replace").strip())
+    if status == 0 and match:
+        version = match.group(1)
+        detail = f"{where(site)}: `{command}` runs logship {printable(version)}"
+        if version != __version__:
+            return warn(name, f"{detail}, this primary runs {__version__}: upgrade one"), version
+        return ok(name, detail), version
+    said = _quote_site(err) if status != 0 else f"printed {_quote_site(out)!r}"
+    exited = "did not finish" if status is None else f"exited {status}"
+    problem = (
+        f"{where(site)}: `{command} --version` {exited} ({said}): it does not run logship; "
+        f"set [sites.{site.name}] command to how logship runs at the site, "
+        'e.g. ["/opt/logship/bin/logship", "--config", "/etc/logship/logship.toml"]'
+    )
+    if needed:
+        return fail(
+            name, problem + " (the daemon gets no standby facts, apply lag stays unknown)"
+        ), None
+    return warn(name, problem + " (the files mirror falls back to per-file SFTP: slower)"), None
+
+
+def check_standby_status(
+    name: str, site: SiteConfig, connector: str, transport: SftpTransport
+) -> CheckResult:
+    """What the daemon asks at each sample: the site's logship must answer it."""
+    command = shlex.join([*site.command, "standby", "status", connector, "--json"])
+    try:
+        facts, answered = ask_standby_status(
+            transport, site.command, connector, time.time, SITE_COMMAND_TIMEOUT
+        )
+    except TimeoutError:
+        facts, answered = None, False
+    if not answered or facts is None:
+        why = printable(facts.error) if facts is not None and facts.error else "no answer"
+        return fail(
+            name,
+            f"{where(site)}: `{command}` gives no standby facts ({why[:_MAX_QUOTE]}); "
+            f"the daemon runs it for apply lag: fix logship's config at the site (connector "
+            f"{connector}, [standby]) or the --config in [sites.{site.name}] command",
+        )
+    if not facts.reachable:
+        why = printable(facts.error or "not reachable")[:_MAX_QUOTE]
+        return warn(
+            name,
+            f"logship at the site answers `standby status`, the standby does not ({why}); "
+            f"start it, or restore it with `logship standby restore {connector}` there",
+        )
+    return ok(
+        name,
+        f"logship at the site answers `standby status`: the standby answers (in recovery: "
+        f"{facts.in_recovery}, replay_lsn {printable(str(facts.replay_lsn))})",
+    )
 
 
 # -- the primary PostgreSQL --------------------------------------------------------------
@@ -492,6 +591,20 @@ def run_setup_checks(
             continue
         try:
             runner.run(f"site-root {site_name}", check_site_root, site, transport)
+            here = [c for c in selected if c.site == site_name]
+            databases = [c.name for c in here if isinstance(c, PostgresConnector)]
+            version = runner.obtain(
+                f"site-logship {site_name}", check_site_logship, site, transport, bool(databases)
+            )
+            # Without logship at the site, one line says so; not one more per connector.
+            for connector_name in databases if version is not None else ():
+                runner.run(
+                    f"standby-status {connector_name}",
+                    check_standby_status,
+                    site,
+                    connector_name,
+                    transport,
+                )
             for connector in spooled:
                 if connector.site != site_name:
                     continue

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
+from logship import __version__
 from logship.errors import EXIT_FAILED, EXIT_USAGE, LogshipError
 
 # verb -> (module under logship.cli, one-line help)
@@ -55,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--config", help="path to logship.toml (default: $LOGSHIP_CONFIG or ./logship.toml)"
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    # `check` at the primary runs the site's command with --version to see that it is
+    # logship, and which one.
+    parser.add_argument("--version", action="version", version=f"logship {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser)
     sub.required = True
 

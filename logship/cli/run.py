@@ -12,6 +12,7 @@ from logship.config.files import config_path
 from logship.config.load import load_config
 from logship.daemon import Daemon
 from logship.logs import setup_logging
+from logship.ship.ssh_trust import refuse_unprotected_key
 
 
 def run(args: argparse.Namespace) -> int:
@@ -23,6 +24,10 @@ def run(args: argparse.Namespace) -> int:
     gc.disable()
     try:
         config = load_config(config_path(args.config))
+        # Refused before starting, not met later as a reconnect loop: as OpenSSH does,
+        # a private key others can read is not used (SafetyRefusal, exit 3).
+        for site in config.sites.values():
+            refuse_unprotected_key(site)
         setup_logging(debug=args.debug)
         daemon = Daemon(config)
         gc.freeze()

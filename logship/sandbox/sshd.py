@@ -101,6 +101,15 @@ class SshServer:
     def host_key(self, key_type: str) -> Path:
         return self.workdir / f"ssh_host_{key_type}_key"
 
+    @property
+    def host_key_types(self) -> tuple[str, ...]:
+        return _HOST_KEY_TYPES
+
+    def host_public_key(self, key_type: str) -> str:
+        """`algorithm base64` of one host key, as a known_hosts line carries it."""
+        pub = self.host_key(key_type).with_name(f"ssh_host_{key_type}_key.pub")
+        return " ".join(pub.read_text(encoding="ascii").split()[:2])
+
     def log_text(self) -> str:
         try:
             return self.log_file.read_text(encoding="utf-8", errors="replace")
@@ -137,12 +146,7 @@ class SshServer:
         self._write_private(self.known_hosts, self._known_lines(HOST, self._port), 0o644)
 
     def _known_lines(self, host: str, port: int) -> str:
-        lines = []
-        for key_type in _HOST_KEY_TYPES:
-            pub = self.host_key(key_type).with_name(f"ssh_host_{key_type}_key.pub")
-            algo, blob = pub.read_text(encoding="ascii").split()[:2]
-            lines.append(f"[{host}]:{port} {algo} {blob}\n")
-        return "".join(lines)
+        return "".join(f"[{host}]:{port} {self.host_public_key(t)}\n" for t in _HOST_KEY_TYPES)
 
     def use_sftp_subsystem(self, command: str) -> None:
         """Serve SFTP with `command` from the next connection on (sshd restarts)."""

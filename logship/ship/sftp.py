@@ -21,8 +21,15 @@ import paramiko
 from paramiko.sftp import CMD_EXTENDED, CMD_EXTENDED_REPLY
 
 from logship.config.model import SiteConfig
-from logship.errors import ConfigError, HostKeyRefused, OperationFailed
+from logship.errors import ConfigError, OperationFailed
 from logship.ship.sftp_replies import RemoteUpload
+from logship.ship.ssh_trust import (
+    RefuseUnknown,
+    UnknownHostKey,
+    read_known_hosts,
+    refusal,
+    refuse_unprotected_key,
+)
 from logship.ship.transport import TEMP_PREFIX
 
 PREFERRED_CIPHERS = (
@@ -59,9 +66,11 @@ def open_client(site: SiteConfig) -> paramiko.SSHClient:
         )
     if not site.identity_file.is_file():
         raise ConfigError(f"sites.{site.name}.identity_file: {site.identity_file} does not exist")
+    refuse_unprotected_key(site)
+    known = read_known_hosts(site.known_hosts)
     client = paramiko.SSHClient()
-    client.load_host_keys(str(site.known_hosts))
-    client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    known.install(client)
+    client.set_missing_host_key_policy(RefuseUnknown())
     try:
         sock = socket.create_connection((site.host, site.port), timeout=site.connect_timeout)
     except OSError as exc:
@@ -85,23 +94,14 @@ def open_client(site: SiteConfig) -> paramiko.SSHClient:
             auth_timeout=site.connect_timeout,
             transport_factory=_tuned_transport,
         )
-    except paramiko.BadHostKeyException as exc:
+    except (paramiko.BadHostKeyException, UnknownHostKey) as exc:
         client.close()
         sock.close()
-        raise HostKeyRefused(
-            f"site {site.name}: host key of {site.host}:{site.port} does NOT match "
-            f"{site.known_hosts} (got {exc.key.get_name()} "
-            f"{exc.key.fingerprint}); refusing to connect. If the standby host was "
-            "rebuilt, verify the new key out of band and update known_hosts"
-        ) from None
+        listed = isinstance(exc, paramiko.BadHostKeyException)
+        raise refusal(site, known, exc.key, listed) from None
     except paramiko.SSHException as exc:
         client.close()
         sock.close()
-        if "not found in known_hosts" in str(exc):
-            raise HostKeyRefused(
-                f"site {site.name}: {site.host}:{site.port} is not in {site.known_hosts}; "
-                "refusing an unknown host key (add it after checking its fingerprint)"
-            ) from None
         if isinstance(exc, paramiko.AuthenticationException):
             raise OperationFailed(
                 f"site {site.name}: {where(site)} refused key {site.identity_file}: {exc}"
