@@ -18,6 +18,7 @@ from pathlib import Path
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from logship.catalog.models import FileState, SpoolFile
+from logship.catalog.opening import open_catalog
 from logship.catalog.store import Catalog, NewFile
 from logship.config.model import Config, ConnectorBase, SiteConfig
 from logship.durable import ensure_private_dir, sha256_of
@@ -103,7 +104,8 @@ class Daemon:
         ensure_private_dir(state_dir)
         lock = StateDirLock(state_dir)
         lock.acquire()
-        catalog = Catalog(self.config.catalog_url)
+        # A catalog that cannot be opened: one line, the URL's password masked.
+        catalog = open_catalog(self.config)
         spools, workers = self._build(catalog)
         mirrors = self._build_mirrors(catalog)
         watcher = SpoolWatcher(spools, self._events)

@@ -1,16 +1,22 @@
-"""No secret on a child's command line: every local user can read it (`ps`).
+"""No secret on a child's command line, and none in an error line.
 
-A real PostgreSQL asks a role with a password (scram-sha-256 in pg_hba.conf) and a
-real base backup runs; pg_basebackup is reached through a `bin_dir` wrapper that
-records /proc/self/cmdline (what `ps` shows) and the password file it is handed
-before it execs the real program.
+A child's argv is readable by every local user (`ps`). A real PostgreSQL asks a
+role with a password (scram-sha-256 in pg_hba.conf) and a real base backup runs;
+pg_basebackup is reached through a `bin_dir` wrapper that records
+/proc/self/cmdline (what `ps` shows) and the password file it is handed before it
+execs the real program.
+
+A catalog that cannot be opened is reported by every verb that opens it, through
+the real CLI, without the password of its URL.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import stat
+import subprocess
 import sys
 import tempfile
 import time
@@ -23,6 +29,7 @@ import pytest
 from logship.basebackup import take_base_backup
 from logship.config.load import load_config
 from logship.engines.pg_secret import dsn_for_child
+from logship.errors import OperationFailed
 from logship.sandbox import OsUser, PgCluster, free_port
 from logship.ship.localdir import LocalDirTransport
 
@@ -81,13 +88,16 @@ def primary() -> Iterator[Primary]:
         shutil.rmtree(base, ignore_errors=True)
 
 
-def _config(directory: Path, dsn: str, bin_dir: Path) -> Path:
+def _config(
+    directory: Path, dsn: str, bin_dir: Path = PG_BIN, catalog_url: str | None = None
+) -> Path:
     (directory / "connectors").mkdir(parents=True)
     config = directory / "logship.toml"
+    catalog = "" if catalog_url is None else f"catalog_url = {json.dumps(catalog_url)}\n"
     config.write_text(
         f"""[logship]
 state_dir = "{directory / "state"}"
-
+{catalog}
 [sites.dr]
 host = "127.0.0.1"
 user = "nobody"
@@ -108,6 +118,16 @@ bin_dir = "{bin_dir}"
 [standby]
 dsn = "host=127.0.0.1 port=1"
 data_dir = "{directory / "unused"}"
+"""
+    )
+    (directory / "connectors" / "app-files.toml").write_text(
+        f"""kind = "files"
+site = "dr"
+rpo = "60s"
+source = "{directory}"
+
+[standby]
+target = "/srv/app-files"
 """
     )
     return config
@@ -169,3 +189,57 @@ def test_password_with_a_line_break_goes_in_the_environment() -> None:
     with dsn_for_child("host=db password='a\nb'") as child:
         assert "password" not in child.dsn
         assert child.env == {"PGPASSWORD": "a\nb"}
+
+
+CATALOG_SECRET = "TopSecret42"
+
+
+def _robot_dsn(primary: Primary) -> str:
+    quoted = PASSWORD.replace("\\", "\\\\")
+    where = f"host=127.0.0.1 port={primary.cluster.port} dbname=postgres"
+    return f"{where} user={ROLE} password='{quoted}'"
+
+
+def _logship(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "logship", "--config", str(config), *args],
+        cwd="/",
+        env={**os.environ, "NO_COLOR": "1"},
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"postgresql+psycopg://logship:{CATALOG_SECRET}@127.0.0.1:{{port}}/catalog",
+        # A URL SQLAlchemy cannot parse is masked all the same.
+        f"nosuchdb+driver://logship:{CATALOG_SECRET}@127.0.0.1:{{port}}/catalog",
+    ],
+)
+def test_catalog_password_is_never_printed(primary: Primary, tmp_path: Path, url: str) -> None:
+    closed = free_port()  # nothing listens: the catalog cannot be opened
+    catalog_url = url.format(port=closed)
+    config = _config(tmp_path, _robot_dsn(primary), catalog_url=catalog_url)
+    (tmp_path / "site").mkdir()
+    runs = {
+        "retention": _logship(config, "retention", CONNECTOR),
+        "verify": _logship(config, "verify", "app-files"),
+        "mark": _logship(config, "mark", CONNECTOR),
+        "status": _logship(config, "status"),
+        "run": _logship(config, "run"),
+    }
+    for verb, done in runs.items():
+        output = done.stdout + done.stderr
+        assert done.returncode != 0, (verb, output)
+        assert "catalog" in output, (verb, output)
+        assert CATALOG_SECRET not in output, (verb, output)
+    # base-backup opens the catalog once pg_basebackup has started.
+    with pytest.raises(OperationFailed, match="cannot open the catalog") as info:
+        take_base_backup(load_config(config), CONNECTOR, LocalDirTransport(), time.time)
+    assert CATALOG_SECRET not in str(info.value)
+    assert "***" in str(info.value)
