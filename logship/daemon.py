@@ -27,6 +27,7 @@ from logship.errors import OperationFailed, SafetyRefusal
 from logship.logs import event
 from logship.manifest import SiteLayout
 from logship.monitor import Monitor, build_sinks
+from logship.private_state import tighten_state
 from logship.schedule import ScheduleRunner
 from logship.ship.site_worker import ShipTarget, SiteWorker
 from logship.ship.transport import Transport
@@ -102,6 +103,16 @@ class Daemon:
     def run(self) -> None:
         state_dir = self.config.logship.state_dir
         ensure_private_dir(state_dir)
+        # Made by an older logship or a verb run under a loose umask: make it ours only.
+        for item in tighten_state(state_dir, self.config.catalog_url):
+            event(
+                log,
+                logging.WARNING,
+                "tightened permissions",
+                path=str(item.path),
+                mode=f"{item.old_mode:04o}",
+                now=f"{item.new_mode:04o}",
+            )
         lock = StateDirLock(state_dir)
         lock.acquire()
         # A catalog that cannot be opened: one line, the URL's password masked.
