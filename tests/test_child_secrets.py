@@ -243,3 +243,24 @@ def test_catalog_password_is_never_printed(primary: Primary, tmp_path: Path, url
         take_base_backup(load_config(config), CONNECTOR, LocalDirTransport(), time.time)
     assert CATALOG_SECRET not in str(info.value)
     assert "***" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql+psycopg://u:TopSecret42@h/db", "postgresql+psycopg://u:***@h/db"),
+        (
+            "postgresql+psycopg://u@h/db?password=TopSecret42&sslmode=require",
+            "postgresql+psycopg://u@h/db?password=***&sslmode=require",
+        ),
+        ("postgresql://u:TopSecret42@h:notaport/db", "postgresql://u:***@h:notaport/db"),
+        ("u:TopSecret42@h", "(catalog_url, not a valid URL)"),
+        ("sqlite:////var/lib/logship/catalog.db", "sqlite:////var/lib/logship/catalog.db"),
+    ],
+)
+def test_catalog_url_as_shown_and_error_text_scrubbed(url: str, shown: str) -> None:
+    from logship.catalog.opening import scrub, shown_url
+
+    assert shown_url(url) == shown
+    if "TopSecret42" in url and "://" in url:
+        assert "TopSecret42" not in scrub(f"failed for {url}: TopSecret42 rejected", url)

@@ -22,9 +22,17 @@ def shown_url(url: str) -> str:
     from sqlalchemy.exc import ArgumentError
 
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        parsed = make_url(url)
     except (ArgumentError, ValueError, TypeError):
-        return _USERINFO_PASSWORD.sub(lambda m: f"{m.group(1)}:{MASK}@", url)
+        if _USERINFO_PASSWORD.search(url):
+            return _USERINFO_PASSWORD.sub(lambda m: f"{m.group(1)}:{MASK}@", url)
+        # Not a URL at all: where a secret would sit in it is anyone's guess.
+        return "(catalog_url, not a valid URL)"
+    # libpq also takes a password (or sslpassword) as a query parameter.
+    secret_keys = [key for key in parsed.query if "password" in key.lower()]
+    if secret_keys:
+        parsed = parsed.update_query_dict(dict.fromkeys(secret_keys, MASK))
+    return parsed.render_as_string(hide_password=True).replace("%2A%2A%2A", MASK)
 
 
 def scrub(text: str, url: str) -> str:
@@ -33,13 +41,19 @@ def scrub(text: str, url: str) -> str:
     from sqlalchemy.exc import ArgumentError
 
     text = text.replace(url, shown_url(url))
+    secrets: list[str] = []
     try:
-        password = make_url(url).password
+        parsed = make_url(url)
+        secrets += [str(parsed.password or "")]
+        for key, value in parsed.query.items():
+            if "password" in key.lower():
+                secrets += [value] if isinstance(value, str) else list(value)
     except (ArgumentError, ValueError, TypeError):
         match = _USERINFO_PASSWORD.search(url)
-        password = match.group(2) if match else None
-    if password:
-        text = text.replace(str(password), MASK)
+        secrets += [match.group(2)] if match else []
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, MASK)
     return text
 
 
