@@ -119,6 +119,33 @@ def _split_credentials(url: str) -> tuple[str, dict[str, str]]:
     return parts._replace(netloc=_bare_netloc(parts)).geturl(), {"Authorization": f"Basic {token}"}
 
 
+#: what a hook gets of the daemon's environment, besides its LOGSHIP_* facts: enough
+#: to find programs and speak the locale, nothing that may hold a secret
+HOOK_ENV_KEYS = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR")
+
+
+def hook_environment(alert_env: dict[str, str]) -> dict[str, str]:
+    """The environment of a hook: a few of the daemon's variables and the alert's."""
+    inherited = {
+        key: value
+        for key, value in os.environ.items()
+        if key in HOOK_ENV_KEYS or key.startswith("LC_")
+    }
+    inherited.setdefault("PATH", os.defpath)
+    return {**inherited, **alert_env}
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Refuses every redirect: urllib would follow a POST's 302 as a GET to wherever
+    it points, Authorization header included, and the alert's body is lost anyway."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None  # urllib then raises HTTPError with the 3xx status
+
+
+_WEBHOOK_OPENER = urllib.request.build_opener(_NoRedirect)
+
+
 def _hook_name(argv: Sequence[str]) -> str:
     # Only the program: later arguments may carry a token.
     return os.path.basename(argv[0])
@@ -236,7 +263,9 @@ class AlertSink:
 
     def _deliver(self, alert: Alert) -> None:
         body = json.dumps(alert.payload()).encode()
-        env = {**os.environ, **alert.environment()}
+        # Not the daemon's whole environment: it may hold credentials (PGPASSWORD,
+        # a cloud key) that a hook, often a third party's script, has no need of.
+        env = hook_environment(alert.environment())
         for argv in self._config.hooks:
             self._run_hook(alert, list(argv), body, env)
         if self._config.webhook is not None:
@@ -297,10 +326,13 @@ class AlertSink:
         headers["Content-Type"] = "application/json"
         request = urllib.request.Request(target, data=body, method="POST", headers=headers)
         try:
-            with urllib.request.urlopen(request, timeout=self._config.timeout) as response:
+            with _WEBHOOK_OPENER.open(request, timeout=self._config.timeout) as response:
                 code = response.status
         except urllib.error.HTTPError as exc:
-            self._log(alert, logging.WARNING, webhook=shown, http_status=exc.code)
+            extra = {}
+            if 300 <= exc.code < 400:
+                extra["error"] = "redirect not followed: point alerts.webhook at the final URL"
+            self._log(alert, logging.WARNING, webhook=shown, http_status=exc.code, **extra)
             return
         except (OSError, ValueError) as exc:  # URLError, timeouts, refused, bad URL
             # str(URLError) names the reason, not the URL, so no token leaks here.

@@ -21,6 +21,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import os
 import re
 import subprocess
 import threading
@@ -35,6 +36,7 @@ from logship import walnames
 from logship.backup_lock import backup_lock
 from logship.catalog.opening import open_catalog
 from logship.config.model import Config
+from logship.engines.pg_secret import dsn_for_child
 from logship.engines.pg_tools import find_program
 from logship.engines.postgresql import PostgresConnector
 from logship.errors import OperationFailed, SafetyRefusal
@@ -313,6 +315,7 @@ class _BaseBackupStream:
         where: str,
         progress_callback: ProgressCallback | None,
         cancel: threading.Event | None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self._where = where
         self._cancel = cancel
@@ -324,7 +327,11 @@ class _BaseBackupStream:
         self.scanner = TarScanner()
         try:
             self._proc = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env={**os.environ, **env} if env else None,
             )
         except OSError as exc:
             raise OperationFailed(f"{where}: cannot run {command[0]}: {exc}") from None
@@ -501,29 +508,35 @@ def take_base_backup(
             setting=f"connector {connector.name}: [primary].bin_dir",
         )
         transport.makedirs(backup_dir)
-        # Started before the catalog is opened: pg_basebackup connects and waits for
-        # its checkpoint meanwhile, and nothing reads its output until _ship.
-        stream = _BaseBackupStream(
-            pg_basebackup_command(program, connector.primary.dsn, f"logship {backup_id}"),
-            connector.compression,
-            f"connector {connector.name}",
-            progress_callback,
-            cancel,
-        )
-        try:
-            own_catalog = catalog is None
-            active = open_catalog(config) if catalog is None else catalog
+        # The password goes in a private passfile, never on pg_basebackup's command
+        # line, which every local user can read; it is removed once the stream closes.
+        with dsn_for_child(
+            connector.primary.dsn, setting=f"connector {connector.name}: [primary].dsn"
+        ) as child:
+            # Started before the catalog is opened: pg_basebackup connects and waits
+            # for its checkpoint meanwhile, and nothing reads its output until _ship.
+            stream = _BaseBackupStream(
+                pg_basebackup_command(program, child.dsn, f"logship {backup_id}"),
+                connector.compression,
+                f"connector {connector.name}",
+                progress_callback,
+                cancel,
+                child.env,
+            )
             try:
-                record = _record_and_ship(
-                    stream, connector, layout, transport, active, backup_id, started_at, clock
-                )
-                _record_consistency_point(config, connector, active, record)
-                return record
+                own_catalog = catalog is None
+                active = open_catalog(config) if catalog is None else catalog
+                try:
+                    record = _record_and_ship(
+                        stream, connector, layout, transport, active, backup_id, started_at, clock
+                    )
+                    _record_consistency_point(config, connector, active, record)
+                    return record
+                finally:
+                    if own_catalog:
+                        active.close()
             finally:
-                if own_catalog:
-                    active.close()
-        finally:
-            stream.close()
+                stream.close()
 
 
 def _record_consistency_point(

@@ -18,6 +18,7 @@ from pathlib import Path
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from logship.catalog.models import FileState, SpoolFile
+from logship.catalog.opening import open_catalog
 from logship.catalog.store import Catalog, NewFile
 from logship.config.model import Config, ConnectorBase, SiteConfig
 from logship.durable import ensure_private_dir, sha256_of
@@ -26,6 +27,7 @@ from logship.errors import OperationFailed, SafetyRefusal
 from logship.logs import event
 from logship.manifest import SiteLayout
 from logship.monitor import Monitor, build_sinks
+from logship.private_state import tighten_state
 from logship.schedule import ScheduleRunner
 from logship.ship.site_worker import ShipTarget, SiteWorker
 from logship.ship.transport import Transport
@@ -101,9 +103,20 @@ class Daemon:
     def run(self) -> None:
         state_dir = self.config.logship.state_dir
         ensure_private_dir(state_dir)
+        # Made by an older logship or a verb run under a loose umask: make it ours only.
+        for item in tighten_state(state_dir, self.config.catalog_url):
+            event(
+                log,
+                logging.WARNING,
+                "tightened permissions",
+                path=str(item.path),
+                mode=f"{item.old_mode:04o}",
+                now=f"{item.new_mode:04o}",
+            )
         lock = StateDirLock(state_dir)
         lock.acquire()
-        catalog = Catalog(self.config.catalog_url)
+        # A catalog that cannot be opened: one line, the URL's password masked.
+        catalog = open_catalog(self.config)
         spools, workers = self._build(catalog)
         mirrors = self._build_mirrors(catalog)
         watcher = SpoolWatcher(spools, self._events)

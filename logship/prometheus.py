@@ -18,14 +18,19 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from logship.errors import ConfigError, OperationFailed
 from logship.lag import ConnectorStatus, State
+from logship.metrics_server import start_metrics_server
 
 LABELS = ("connector", "site", "kind")
+#: a client must have sent its request within this long, or its connection is closed
+IDLE_TIMEOUT_S = 10.0
+#: connections served at once; beyond, a new one is closed as soon as accepted
+MAX_CONNECTIONS = 32
 
 
 @dataclass(frozen=True)
@@ -167,7 +172,13 @@ class PrometheusSink:
         registry = CollectorRegistry(auto_describe=False)
         registry.register(self._collector)
         try:
-            self._server, self._thread = start_http_server(port, addr=host, registry=registry)
+            self._server, self._thread = start_metrics_server(
+                host,
+                port,
+                registry,
+                timeout=IDLE_TIMEOUT_S,
+                max_connections=MAX_CONNECTIONS,
+            )
         except OSError as exc:  # in use, not an address of this host, unresolvable
             reason = exc.strerror or str(exc)
             raise OperationFailed(f"metrics.listen = {listen!r}: cannot listen: {reason}") from None

@@ -592,3 +592,106 @@ def test_cut_link_under_pgbench_alerts_once_per_transition(
     ]
     assert [(line["previous"] or "", line["state"]) for line in logged] == [s[1:] for s in seen]
     assert all(line["exit_code"] == 0 for line in logged)
+
+
+# -- what leaves the daemon with an alert -------------------------------------------------
+
+
+class _Anything(http.server.BaseHTTPRequestHandler):
+    """Records every request; answers a redirect when `location` is set."""
+
+    received: list[tuple[str, str | None]]
+    location: str | None = None
+
+    def _any(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        self.rfile.read(length)
+        self.received.append((self.command, self.headers["Authorization"]))
+        if self.location is not None:
+            self.send_response(302)
+            self.send_header("Location", self.location)
+        else:
+            self.send_response(204)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_GET = do_POST = do_PUT = _any
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def _serve(host: str, **attrs: Any) -> tuple[http.server.HTTPServer, threading.Thread]:
+    handler = type("Handler", (_Anything,), attrs)
+    server = http.server.HTTPServer((host, 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    return server, thread
+
+
+def test_webhook_credentials_never_follow_a_redirect_to_another_host(
+    sinks: list[AlertSink], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A webhook that answers 302 to another host must not get the Basic auth there
+    (urllib follows a POST's 302 as a GET and keeps the Authorization header)."""
+    caplog.set_level(logging.INFO, logger="logship.alerts")
+    elsewhere: list[tuple[str, str | None]] = []
+    asked: list[tuple[str, str | None]] = []
+    other, other_thread = _serve("127.0.0.2", received=elsewhere)
+    try:
+        location = f"http://127.0.0.2:{other.server_address[1]}/collect"
+        first, first_thread = _serve("127.0.0.1", received=asked, location=location)
+        try:
+            url = f"http://alice:hunter2@127.0.0.1:{first.server_address[1]}/hook"
+            sink = new_sink(sinks, webhook=url, timeout=5)
+            feed(sink, (0, State.DOWN))
+        finally:
+            first.shutdown()
+            first.server_close()
+            first_thread.join(10)
+    finally:
+        other.shutdown()
+        other.server_close()
+        other_thread.join(10)
+    assert [method for method, _ in asked] == ["POST"]
+    assert elsewhere == []  # not followed at all: nothing, and no credentials, got there
+    (logged,) = alert_records(caplog)
+    assert logged["level"] == "WARNING" and logged["http_status"] == 302
+    assert "hunter2" not in caplog.text
+
+
+ENV_HOOK = """\
+import json, os, sys
+with open(sys.argv[1], "w", encoding="utf-8") as out:
+    json.dump(dict(os.environ), out)
+"""
+
+
+def test_a_hook_gets_only_what_it_needs_of_the_daemons_environment(
+    tmp_path: Path, sinks: list[AlertSink], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "daemon-only-secret")
+    monkeypatch.setenv("PGPASSWORD", "daemon-only-secret")
+    monkeypatch.setenv("LOGSHIP_CONFIG", "/etc/logship/logship.toml")
+    monkeypatch.setenv("LANG", "C.UTF-8")
+    monkeypatch.setenv("TZ", "UTC")
+    script = tmp_path / "env_hook.py"
+    script.write_text(ENV_HOOK)
+    out = tmp_path / "env.json"
+    sink = new_sink(sinks, hooks=[[sys.executable, str(script), str(out)]])
+    feed(sink, (0, State.DOWN))
+    env = json.loads(out.read_text())
+    assert "daemon-only-secret" not in json.dumps(env)
+    assert "LOGSHIP_CONFIG" not in env  # only the alert's own LOGSHIP_* variables
+    assert env["LOGSHIP_STATE"] == "down" and env["LOGSHIP_CONNECTOR"] == "orders"
+    assert env["PATH"] and env["LANG"] == "C.UTF-8" and env["TZ"] == "UTC"
+    allowed = {"PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR"}
+    extra = {
+        key
+        for key in env
+        if key not in allowed
+        and not key.startswith(("LC_", "LOGSHIP_"))
+        # the interpreter running the hook may add these itself
+        and key not in {"PWD", "SHLVL", "_"}
+    }
+    assert extra == set()

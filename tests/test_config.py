@@ -215,6 +215,30 @@ CASES = [
         "'timezone'",
     ),
     (
+        "deeply nested array",
+        GOOD_MAIN + "\n[extra]\nx = " + "[" * 10_000 + "]" * 10_000 + "\n",
+        GOOD_CONNECTOR,
+        GOOD_SCHEDULE,
+        "logship.toml",
+        "nested too deeply",
+    ),
+    (
+        "deeply nested inline table",
+        GOOD_MAIN,
+        GOOD_CONNECTOR + "x = " + "{a = " * 10_000 + "1" + "}" * 10_000 + "\n",
+        GOOD_SCHEDULE,
+        "orders.toml",
+        "nested too deeply",
+    ),
+    (
+        "connector name too long",
+        GOOD_MAIN,
+        'name = "' + "o" * 65 + '"\n' + GOOD_CONNECTOR,
+        GOOD_SCHEDULE.replace('["orders"]', '["' + "o" * 65 + '"]'),
+        "orders.toml",
+        "'name'",
+    ),
+    (
         "schedule with 7 cron fields",
         GOOD_MAIN,
         GOOD_CONNECTOR,
@@ -245,6 +269,7 @@ def test_config_error_exit_2_names_file_and_key(
     assert len(lines) == 1, result.stderr
     assert where in lines[0] and key in lines[0], lines[0]
     assert "Traceback" not in result.stderr
+    assert len(lines[0]) < 400, lines[0]  # a name of any length is cut short
 
 
 def test_missing_config_file_is_exit_2(tmp_path: Path) -> None:

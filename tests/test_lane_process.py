@@ -285,3 +285,36 @@ def test_a_lane_process_logs_at_the_daemons_level(
         assert debug_lines, lines
     else:
         assert not debug_lines, debug_lines
+
+
+PLANTED = """
+import importlib, pathlib, sys
+
+pathlib.Path({marker!r}).write_text("imported from the daemon's working directory")
+# Hand over to the real paramiko, so the lane works and only the marker tells.
+del sys.modules["paramiko"]
+sys.path[:] = [p for p in sys.path if p not in ("", {folder!r})]
+sys.modules["paramiko"] = importlib.import_module("paramiko")
+"""
+
+
+def test_a_module_planted_in_the_daemons_working_directory_is_not_imported(
+    site: Site, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lane is a new interpreter: with `python -m` in the daemon's cwd it would put
+    that folder first on its import path, so anyone able to write there would run
+    code as the daemon's user."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    marker = tmp_path / "planted-module-ran"
+    (cwd / "paramiko.py").write_text(PLANTED.format(marker=str(marker), folder=str(cwd)))
+    monkeypatch.chdir(cwd)
+    entry = _spool_file(tmp_path / "spool", "00000001000000000000007A", b"wal" * 1000)
+    lane = LaneProcess(site.config)
+    try:
+        lane_cwd = os.readlink(f"/proc/{lane.pid}/cwd")
+        lane.ship(site.layout, entry, "none")
+    finally:
+        lane.close()
+    assert not marker.exists(), marker.read_text()
+    assert lane_cwd == "/"

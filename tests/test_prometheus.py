@@ -152,6 +152,47 @@ def test_close_frees_the_port() -> None:
     again.close()  # closing twice is harmless
 
 
+def _closed_within(conn: socket.socket, seconds: float) -> bool:
+    """True when the server ends `conn` (EOF or reset) within `seconds`."""
+    conn.settimeout(seconds)
+    try:
+        return conn.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_idle_connections_are_capped_and_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Connections that send nothing (a scanner, a slowloris) hold a thread each: they
+    are capped, dropped after a timeout, and a scrape still answers meanwhile."""
+    from logship import prometheus
+
+    idle_timeout, cap = 4.0, 8
+    monkeypatch.setattr(prometheus, "IDLE_TIMEOUT_S", idle_timeout, raising=False)
+    monkeypatch.setattr(prometheus, "MAX_CONNECTIONS", cap, raising=False)
+    sink = PrometheusSink(f"127.0.0.1:{free_port()}")
+    held: list[socket.socket] = []
+    try:
+        address = sink.address
+        sink.observe([_status("orders")], 1000.0)
+        held += [socket.create_connection(address, timeout=10) for _ in range(cap - 1)]
+        # One slot is left: a scrape gets it at once.
+        assert value(scrape(address[1]), "logship_sample_timestamp_seconds") == 1000.0
+        # Over the cap: closed straight away, long before the idle timeout.
+        extra = [socket.create_connection(address, timeout=10) for _ in range(6)]
+        held += extra
+        closed_at_once = [_closed_within(conn, idle_timeout - 1.0) for conn in extra]
+        assert closed_at_once.count(True) >= len(extra) - 1, closed_at_once
+        # Every idle connection is dropped once the timeout has passed.
+        assert all(_closed_within(conn, idle_timeout + 20) for conn in held)
+        assert value(scrape(address[1]), "logship_sample_timestamp_seconds") == 1000.0
+    finally:
+        for conn in held:
+            conn.close()
+        sink.close()
+
+
 @pytest.mark.parametrize(
     "listen",
     [

@@ -156,8 +156,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: verbs whose files are meant for other OS users: the demo's sandbox hands its
+#: folders to the postgres user and sets their modes itself
+_SHARED_FILE_VERBS = frozenset({"demo"})
+#: logship's own files (state_dir, spool, catalog, locks) are for its user alone
+PRIVATE_UMASK = 0o077
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.verb not in _SHARED_FILE_VERBS:
+        # Before anything is created: a state_dir first made by archive-wal, or a
+        # catalog first made by base-backup, must not come out 0755 / 0644. Files
+        # meant for others (a mirror's, a restored data dir's) get explicit modes.
+        os.umask(PRIVATE_UMASK)
     # Importing a verb's modules (SQLAlchemy, pydantic, paramiko for most) makes
     # objects that live as long as the process; the cycle collector's passes
     # over them found nothing and cost a quarter of the import time (about 0.1 s).

@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy.engine import make_url
 
 from logship.basebackup import postgres_connector
+from logship.catalog.opening import scrub
 from logship.config.files import config_path
 from logship.config.load import load_config
 from logship.config.model import Config
@@ -63,7 +64,7 @@ def _catalog_recorder(config: Config) -> Callable[[dict[str, Any]], str]:
             finally:
                 catalog.close()
         except Exception as exc:  # the promote is done; the catalog is only a copy
-            return f"not written ({first_line(exc)})"
+            return f"not written ({scrub(first_line(exc), url)})"
         return "event recorded"
 
     return record

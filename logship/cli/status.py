@@ -18,6 +18,7 @@ from rich.console import Console
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
+from logship.catalog.opening import scrub, shown_url
 from logship.catalog.store import Catalog
 from logship.config.durations import parse_duration
 from logship.config.files import config_path
@@ -60,8 +61,8 @@ def open_catalog(config: Config) -> Catalog | None:
     try:
         return Catalog(url)
     except SQLAlchemyError as exc:
-        shown = make_url(url).render_as_string(hide_password=True)
-        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        shown = shown_url(url)
+        reason = scrub(str(getattr(exc, "orig", None) or exc).splitlines()[0], url)
         raise OperationFailed(f"catalog {shown}: cannot open: {reason}") from None
 
 

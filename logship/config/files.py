@@ -35,6 +35,12 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: cannot read config file (permission denied)") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except RecursionError:
+        # tomllib parses nested arrays and inline tables by recursion.
+        raise ConfigError(
+            f"{path}: arrays or inline tables nested too deeply (no setting needs more "
+            "than a few levels)"
+        ) from None
     except UnicodeDecodeError as exc:
         raise ConfigError(
             f"{path}: not valid TOML: byte {exc.start} is not UTF-8 (TOML files are UTF-8)"

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ValidationError
 
 from logship.config.files import connector_name, read_all, resolve_path
 from logship.config.model import (
+    CONNECTOR_NAME_MAX,
     AlertsSection,
     Config,
     HistorySection,
@@ -47,6 +48,12 @@ def _describe(exc: ValidationError) -> str:
         msg = "unknown key"
     elif err["type"] == "missing":
         msg = "missing"
+    elif key == "name" and err["type"] in ("string_too_long", "string_pattern_mismatch"):
+        # Only connectors constrain their name (it names folders at both sites).
+        msg = (
+            f"a connector name is 1 to {CONNECTOR_NAME_MAX} characters: a letter or digit, "
+            "then letters, digits, '_', '.' or '-' (set name = \"...\" or rename the file)"
+        )
     return f"key '{key}': {msg}"
 
 
@@ -73,6 +80,18 @@ def _resolve_paths(table: dict[str, Any], base: Path) -> dict[str, Any]:
 
 
 def load_config(path: Path) -> Config:
+    try:
+        return _load_config(path)
+    except RecursionError:
+        # Parsed TOML just under the parser's limit can still be too deep for the
+        # path resolution and validation that walk it.
+        raise ConfigError(
+            f"{path} (or a file in connectors/, schedules/): values nested too deeply "
+            "(no setting needs more than a few levels)"
+        ) from None
+
+
+def _load_config(path: Path) -> Config:
     raw = read_all(path)
     base = raw.base_dir
     main = _resolve_paths(raw.main, base)

@@ -98,10 +98,15 @@ class HistorySection(Strict):
     resolution: Seconds = 10.0
 
 
+CONNECTOR_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+CONNECTOR_NAME_MAX = 64
+
+
 class ConnectorBase(Strict):
     """Keys every connector has; each engine adds its own sections."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    #: it names folders and files at both sites, lock files and catalog rows
+    name: str = Field(pattern=CONNECTOR_NAME_PATTERN, max_length=CONNECTOR_NAME_MAX)
     kind: str
     site: str
     rpo: Seconds

@@ -10,7 +10,7 @@ The two ends speak length-prefixed pickles over the child's stdin and stdout
 request with the same `ship_file` as the daemon's own connection, and exits when
 its stdin closes, also when the daemon dies without a word (kill -9).
 
-    python -m logship.ship.lane_process [--debug]
+    python -I -m logship.ship.lane_process [--debug]
 """
 
 from __future__ import annotations
@@ -97,7 +97,10 @@ class LaneProcess:
             # A crash point a lane reaches kills the daemon as well: for the fault
             # suite a lane is part of the daemon, not a helper that may die alone.
             env[faults.WITH_ENV] = str(os.getpid())
-        argv = [sys.executable, "-m", "logship.ship.lane_process"]
+        # -I: the import path is the installed logship's alone. With `-m` alone the
+        # daemon's working directory would come first on it, and a module planted
+        # there would run as the daemon's user. cwd "/": nothing of it is needed.
+        argv = [sys.executable, "-I", "-m", "logship.ship.lane_process"]
         if logging.getLogger().isEnabledFor(logging.DEBUG):
             argv.append(DEBUG_FLAG)  # the daemon's --debug: its lanes log alike
         self._child = subprocess.Popen(
@@ -106,6 +109,7 @@ class LaneProcess:
             stdout=subprocess.PIPE,
             env=env,
             close_fds=True,
+            cwd="/",
         )
         assert self._child.stdin is not None and self._child.stdout is not None
         self._to_child: BinaryIO = self._child.stdin
