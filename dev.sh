@@ -47,7 +47,7 @@ if [ ! -x "$venv/bin/python" ]; then
   "$python" -m venv "$venv"
   "$venv/bin/python" -m pip install -q --upgrade pip
 fi
-chmod -R a+rX "$(dirname "$venv")"
+chmod a+rx "$(dirname "$venv")"
 # A regular (not editable) install: the postgres user may not be able to enter
 # this checkout, but it can always read the venv.
 "$venv/bin/python" -m pip install -q --disable-pip-version-check "$here[test]"
