@@ -154,6 +154,19 @@ class SshServer:
         if running:
             self.start()
 
+    def restrict_client_key(self, forced_command: str) -> None:
+        """Let the client key run only `forced_command`, as a restricted site does:
+        OpenSSH's `restrict` (no pty, forwarding or rc file) and `command=` (sshd
+        runs it whatever the client asks for, the request in SSH_ORIGINAL_COMMAND).
+        sshd reads authorized_keys at each login: no restart."""
+        if '"' in forced_command or "\\" in forced_command or "\n" in forced_command:
+            raise ValueError(f"cannot quote {forced_command!r} in authorized_keys")
+        if not self._prepared:
+            self._prepare()
+        pub = self.client_key.with_name(self.client_key.name + ".pub").read_text(encoding="ascii")
+        line = f'restrict,command="{forced_command}" {pub}'
+        self._write_private(self.authorized_keys, line, 0o600)
+
     def trust_address(self, host: str, port: int) -> None:
         """Add this server's host keys to known_hosts under another address: a relay
         in front of it is the same server, reached another way."""
