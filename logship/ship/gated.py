@@ -27,17 +27,14 @@ from typing import Any
 import paramiko
 
 from logship.config.model import SiteConfig
-from logship.errors import OperationFailed, SafetyRefusal, printable
-from logship.ship.sftp import open_client
+from logship.errors import OperationFailed, printable
+from logship.ship.sftp import SftpTransport, open_client
+from logship.ship.transport import RestrictedError
 from logship.site import gate_protocol as gp
 
 #: the first words of the commands the gate lets through
 ALLOWED_COMMANDS = frozenset({"standby", "drill", "--version"})
 _HEAD = struct.Struct(">II")
-
-
-class RestrictedError(SafetyRefusal):
-    """An operation a restricted key cannot make at its site."""
 
 
 class SiteRefused(OperationFailed):
@@ -268,10 +265,11 @@ class GatedTransport:
         self._client.close()
 
 
-def connect(site: SiteConfig) -> Any:
+__all__ = ["GatedTransport", "RestrictedError", "SiteRefused", "connect"]
+
+
+def connect(site: SiteConfig) -> GatedTransport | SftpTransport:
     """The Transport for `site`: GatedTransport when it is restricted, else SFTP."""
     if site.restricted:
         return GatedTransport(site)
-    from logship.ship.sftp import SftpTransport
-
     return SftpTransport(site)

@@ -29,7 +29,7 @@ from logship.replay.standby_status import StandbyFacts, ask_standby_status
 from logship.ship.lane_process import LaneProcess
 from logship.ship.lanes import Lane, Lanes
 from logship.ship.shipper import ShipConflict, ship_file
-from logship.ship.transport import Transport, is_temp_name
+from logship.ship.transport import RestrictedError, Transport, is_temp_name
 from logship.spool import SpoolEntry, entry_for, kept_path, prune_kept, retire
 
 log = logging.getLogger("logship.ship")
@@ -514,7 +514,9 @@ class SiteWorker(threading.Thread):
                 self._clock,
                 replace=True,
             )
-            self._transport.remove(target.layout.refused_note(name))
+            # A restricted site clears its refused notes itself.
+            with contextlib.suppress(RestrictedError):
+                self._transport.remove(target.layout.refused_note(name))
             message = (
                 f"{name} was refused as corrupt at site {self.site.name}; "
                 "shipped again from the spool's kept copy"
