@@ -258,10 +258,29 @@ def test_a_restricted_primary_ships_reads_lists_and_appends(gated: Gated, tmp_pa
             [*gated.site.command, "standby", "status", "main", "--json"], 60
         )
         assert b"refused" not in err and out.startswith(b"{"), (code, out, err)
+        code, out, err = transport.run_command(
+            [*gated.site.command, "drill", "main", "--backup", "latest", "--json"], 120
+        )
+        assert b"refused:" not in err, (code, out, err)  # through the gate; no backup yet
         with pytest.raises(RestrictedError):
             transport.run_command(["sync", "-f", str(gated.incoming)], 30)
     finally:
         transport.close()
+
+
+def test_check_reaches_a_restricted_site_and_leaves_nothing(gated: Gated) -> None:
+    from logship.checks import CheckRunner, CheckStatus, run_setup_checks
+    from logship.config.load import load_config
+
+    _ship_one(gated)
+    before = snapshot(gated.incoming)
+    runner = CheckRunner()
+    run_setup_checks(load_config(gated.config_path), ["main"], runner)
+    results = {r.name: r for r in runner.results}
+    for name in ("ssh dr", "site-root dr", "not-promoted main", "incoming main"):
+        assert results[name].status is CheckStatus.OK, results[name]
+    assert "site-gate" in results["ssh dr"].detail
+    assert snapshot(gated.incoming) == before  # no probe left behind
 
 
 # -- (b) the attack script --------------------------------------------------------
