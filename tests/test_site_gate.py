@@ -233,6 +233,11 @@ def test_a_restricted_primary_ships_reads_lists_and_appends(gated: Gated, tmp_pa
         assert stat.S_IMODE(stored.stat().st_mode) == 0o400
         assert stat.S_IMODE(Path(layout.wal_dir).stat().st_mode) == 0o700
         assert transport.listdir(layout.wal_dir) == [stored.name]
+        many = Path(layout.root) / "many"  # more names than a frame header holds
+        many.mkdir()
+        for index in range(5000):
+            (many / f"{index:024X}").touch()
+        assert len(transport.listdir(layout.root / "many")) == 5000
         assert os.listdir(layout.wal_dir) == [stored.name]
         assert transport.read_bytes(layout.wal_dir / "absent") is None
         assert transport.listdir(layout.root / "absent") == []

@@ -225,8 +225,16 @@ class GatedTransport:
             self._session(connector)  # opening it makes the connector's folder
 
     def listdir(self, path: PurePosixPath) -> list[str]:
-        names = self._ask(gp.LISTDIR, path)[0].get("names")
-        return [n for n in names if isinstance(n, str)] if isinstance(names, list) else []
+        data = self._ask(gp.LISTDIR, path)[1]
+        try:
+            names = json.loads(data)
+        except (ValueError, RecursionError):
+            raise OperationFailed(
+                f"site {self.site.name}: site-receive listed {path} badly"
+            ) from None
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise OperationFailed(f"site {self.site.name}: site-receive listed {path} badly")
+        return names
 
     def remove(self, path: PurePosixPath) -> None:
         raise RestrictedError(

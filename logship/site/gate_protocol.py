@@ -14,7 +14,7 @@ Every frame, both ways (integers big-endian):
     A {"path"} data               append to one of the site's append-only logs
     R {"path"}                    read a file (at most MAX_READ bytes)
     S {"path"}                    {"mode": st_mode | null}
-    L {"path"}                    {"names": [...]}
+    L {"path"}                    the names, a JSON list, as data
     V {"path"}                    {"free": bytes | null}
 
 Replies: K (done; header and data as the request says) or X {"error": "..."}.
