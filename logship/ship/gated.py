@@ -29,16 +29,12 @@ import paramiko
 from logship.config.model import SiteConfig
 from logship.errors import OperationFailed, printable
 from logship.ship.sftp import SftpTransport, open_client
-from logship.ship.transport import RestrictedError
+from logship.ship.transport import RestrictedError, SiteRefused
 from logship.site import gate_protocol as gp
 
 #: the first words of the commands the gate lets through
 ALLOWED_COMMANDS = frozenset({"standby", "drill", "--version"})
 _HEAD = struct.Struct(">II")
-
-
-class SiteRefused(OperationFailed):
-    """The site's `site-receive` refused one request; the channel goes on."""
 
 
 class _Session:

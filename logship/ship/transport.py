@@ -6,11 +6,16 @@ from collections.abc import Iterable
 from pathlib import PurePosixPath
 from typing import Protocol
 
-from logship.errors import SafetyRefusal
+from logship.errors import OperationFailed, SafetyRefusal
 
 
 class RestrictedError(SafetyRefusal):
     """An operation a restricted shipping key cannot make at its site (see ship.gated)."""
+
+
+class SiteRefused(OperationFailed):
+    """A restricted site refused one request (a name already taken by other
+    content, say); the link stands."""
 
 
 class Transport(Protocol):
