@@ -126,9 +126,10 @@ def test_a_put_links_a_new_file_and_never_replaces_one(tmp_path: Path) -> None:
 def test_temps_are_swept_once_stale_and_never_a_final_file(tmp_path: Path) -> None:
     wal = tmp_path / "main" / "wal"
     wal.mkdir(parents=True)
-    (wal / ".tmp.a").write_bytes(b"x")
-    (wal / ".tmp.b").write_bytes(b"y")
+    (wal / f".tmp.{'a' * 32}").write_bytes(b"x")
+    (wal / f".tmp.{'b' * 32}").write_bytes(b"y")
     (wal / "kept").write_bytes(b"z")
+    (wal / ".tmp.not-its-own").write_bytes(b"w")
     folder = ConnectorFolder(str(tmp_path), "main")
     try:
         # An upload in flight (touched just now) is left alone...
@@ -137,4 +138,4 @@ def test_temps_are_swept_once_stale_and_never_a_final_file(tmp_path: Path) -> No
         assert folder.sweep_stale_temps(now=time.time() + 601) == 2
     finally:
         folder.close()
-    assert sorted(os.listdir(wal)) == ["kept"]
+    assert sorted(os.listdir(wal)) == [".tmp.not-its-own", "kept"]

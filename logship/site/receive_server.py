@@ -44,6 +44,8 @@ _TEMP = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _APPEND = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+#: the temps this server makes (Upload): only these are ever swept
+_OWN_TEMP = re.compile(re.escape(TEMP_PREFIX) + r"[0-9a-f]{32}")
 
 
 class Refused(Exception):
@@ -204,13 +206,15 @@ class ConnectorFolder:
         """Remove temps an upload cut short left behind (kill -9, a lost link).
 
         Each write moves a file's ctime: one untouched for STALE_TEMP_S belongs
-        to no upload in flight here or in another connection's server.
+        to no upload in flight here or in another connection's server. Only
+        names of this server's own making are touched: a drill's scratch copy,
+        say, may hold files of any name.
         """
         cutoff = (time.time() if now is None else now) - STALE_TEMP_S
         swept = 0
         for _, _, names, dirfd in os.fwalk(dir_fd=self.fd, follow_symlinks=False):
             for name in names:
-                if not name.startswith(TEMP_PREFIX):
+                if not _OWN_TEMP.fullmatch(name):
                     continue
                 with contextlib.suppress(OSError):
                     if os.stat(name, dir_fd=dirfd, follow_symlinks=False).st_ctime < cutoff:
