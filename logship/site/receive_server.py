@@ -37,6 +37,11 @@ from logship.site import gate_protocol as gp
 
 #: the files a primary may append to (Transport.append_durably's callers)
 APPEND_ONLY = frozenset({"generations.jsonl"})
+#: the folders a primary writes into (SiteLayout): shipped WAL, its records, base
+#: backups, consistency points. What the site writes itself (PROMOTED,
+#: restored.json, refused/, drills/, a drill's scratch copy) the primary may read,
+#: never create: a forged marker, note or drill result could mislead the site.
+WRITE_ROOTS = frozenset({"wal", "manifest", "base", "consistency"})
 #: a temp untouched this long belongs to no upload in flight
 STALE_TEMP_S = 600.0
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -70,6 +75,16 @@ def split_path(path: Any, *, allow_root: bool = False) -> list[str]:
             raise Refused(f"refused path {path!r}")
         if len(part.encode("utf-8", "surrogateescape")) > gp.NAME_MAX:
             raise Refused(f"refused path {path!r}: a name is too long")
+    return parts
+
+
+def _writable(path: Any) -> list[str]:
+    """A path the primary may create: below one of WRITE_ROOTS."""
+    parts = split_path(path)
+    if parts[0] not in WRITE_ROOTS:
+        raise Refused(
+            f"refused path {path!r}: the primary writes only into {', '.join(sorted(WRITE_ROOTS))}"
+        )
     return parts
 
 
@@ -121,7 +136,7 @@ class ConnectorFolder:
     # -- requests --------------------------------------------------------------
 
     def mkdirs(self, path: Any) -> dict[str, Any]:
-        with self._folder(split_path(path), create=True):
+        with self._folder(_writable(path), create=True):
             return {}
 
     def stat(self, path: Any) -> dict[str, Any]:
@@ -198,7 +213,9 @@ class ConnectorFolder:
         return {}
 
     def begin_put(self, path: Any) -> Upload:
-        parts = split_path(path)
+        parts = _writable(path)
+        if len(parts) < 2:
+            raise Refused(f"refused path {path!r}: files go into {', '.join(sorted(WRITE_ROOTS))}")
         with self._folder(parts[:-1]) as folder:
             return Upload(os.dup(folder), parts[-1], path)
 
