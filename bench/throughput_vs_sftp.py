@@ -13,6 +13,7 @@ import json
 import multiprocessing
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -31,6 +32,7 @@ from logship.config.model import SiteConfig
 from logship.durable import read_chunks
 from logship.manifest import SiteLayout
 from logship.sandbox import OsUser, SshServer
+from logship.ship.gated import GatedTransport
 from logship.ship.sftp import SftpTransport
 from logship.ship.sftp_replies import RemoteUpload
 from logship.ship.shipper import ship_file
@@ -106,9 +108,10 @@ def sftp_put_all(
 
 
 def logship_ship_all(site: SiteConfig, files: list[Path], compression: str) -> Run:
-    """One SftpTransport (connection set-up included), `ship_file` for each file."""
+    """One SftpTransport (connection set-up included), `ship_file` for each file;
+    a GatedTransport (site-receive through site-gate) for a restricted site."""
     watch = common.Stopwatch()
-    transport = SftpTransport(site)
+    transport = GatedTransport(site) if site.restricted else SftpTransport(site)
     try:
         layout = SiteLayout.for_connector(site.root, f"{CONNECTOR}-{compression}")
         transport.makedirs(layout.wal_dir)
@@ -301,6 +304,36 @@ data_dir = "/var/lib/postgresql/15/standby"
     return config
 
 
+def restricted_site(server: SshServer, directory: Path, incoming: Path) -> SiteConfig:
+    """The site reached with a second key whose forced command is `site-gate`,
+    with a site config of its own that names the bench's connectors."""
+    (directory / "connectors").mkdir(parents=True)
+    config = directory / "logship.toml"
+    config.write_text(common.main_config_text(directory / "state", server, incoming))
+    for compression in ("none", "zstd"):
+        (directory / "connectors" / f"{CONNECTOR}-{compression}.toml").write_text(
+            f"""kind = "postgresql"
+site = "dr"
+rpo = "60s"
+compression = "{compression}"
+
+[primary]
+dsn = "host=/var/run/postgresql port=5432 dbname=postgres"
+
+[standby]
+dsn = "host=/var/run/postgresql port=5433 dbname=postgres"
+data_dir = "/var/lib/postgresql/15/standby"
+"""
+        )
+    for path in (directory, directory / "connectors"):
+        path.chmod(0o755)
+    script = str(Path(sys.executable).parent / "logship")
+    gate = shlex.join([script, "--config", str(config), "site-gate", "--site", "dr"])
+    key = server.add_restricted_key(gate)
+    site = common.site_for(server, incoming, name="dr")
+    return site.model_copy(update={"identity_file": key, "restricted": True})
+
+
 def archive_latencies(
     files: list[Path], workdir: Path, server: SshServer, incoming: Path
 ) -> dict[str, list[float]]:
@@ -357,6 +390,7 @@ def transfer_runs(
     server: SshServer, files: list[Path], root: Path, incoming: Path, user: OsUser, repeat: int
 ) -> dict[str, list[Run]]:
     site = common.site_for(server, incoming)
+    restricted = restricted_site(server, root / "restricted", incoming)
     batch = root / "batch.txt"
     remote = incoming / "sftp"
     runners: dict[str, Callable[[], Run]] = {
@@ -369,6 +403,8 @@ def transfer_runs(
         "paramiko-fsync-p2": lambda: paramiko_put_all(site, files, remote, 2, fsync=True),
         "logship-none": lambda: logship_ship_all(site, files, "none"),
         "logship-zstd": lambda: logship_ship_all(site, files, "zstd"),
+        "logship-restricted-none": lambda: logship_ship_all(restricted, files, "none"),
+        "logship-restricted-zstd": lambda: logship_ship_all(restricted, files, "zstd"),
     }
     for name in DAEMON_VARIANTS:
         _, compression, count = name.split("-")
@@ -461,6 +497,17 @@ def report_transfers(
             sftp_aes,
             f"logship run, {count[1:]} connection(s), {compression}: renamed into the "
             "spool until logged shipped",
+        )
+    for label in ("none", "zstd"):
+        name, plain = f"logship-restricted-{label}", rates_of(f"logship-{label}")
+        ratio = median(rates_of(name)) / median(plain)
+        add(
+            name,
+            f"logship_ship_restricted_{label}",
+            sftp_aes,
+            f"as logship_ship_{label}, through a restricted key (site-gate, site-receive: "
+            f"exclusive temp, fsync, sha256 check, link, dir fsync); {ratio:.2f}x "
+            f"logship_ship_{label}",
         )
     stored = runs["logship-zstd"][0].stored_bytes
     report.add(

@@ -196,12 +196,16 @@ def connect_site(
     name: str, site: SiteConfig, connect: Callable[[SiteConfig], SftpTransport]
 ) -> tuple[CheckResult, SftpTransport]:
     transport = connect(site)  # HostKeyRefused becomes a refusal in the runner
-    detail = f"{where(site)}: host key matches {site.known_hosts}; key login and SFTP work"
+    works = "site-gate (restricted key)" if site.restricted else "SFTP"
+    detail = f"{where(site)}: host key matches {site.known_hosts}; key login and {works} work"
     return ok(name, detail), transport
 
 
 def check_site_root(name: str, site: SiteConfig, transport: SftpTransport) -> CheckResult:
     root = site.root
+    if site.restricted:
+        # The key reaches only the connector folders below it; the site keeps the root.
+        return ok(name, f"{where(site)}:{root}: restricted site, the root is the site's own")
     st_mode = transport.stat_mode(root)
     if st_mode is None:
         try:
@@ -241,6 +245,12 @@ def check_incoming(
     """Write a probe the way shipped files are written (temp, fsync, rename), read it
     back and remove it."""
     directory = SiteLayout.for_connector(site.root, connector).root
+    if site.restricted:
+        # A probe could never be removed through a restricted key: only reach the folder.
+        transport.makedirs(directory)
+        free = transport.free_bytes(directory)
+        room = f", {free / 2**30:.1f} GiB free" if free is not None else ""
+        return ok(name, f"{where(site)}:{directory}: reachable through site-receive{room}")
     probe = directory / f".logship-check.{secrets.token_hex(4)}"
     payload = b"logship check probe\n"
     try:
@@ -572,9 +582,13 @@ def run_setup_checks(
     config: Config,
     connectors: Sequence[str],
     runner: CheckRunner,
-    connect: Callable[[SiteConfig], SftpTransport] = SftpTransport,
+    connect: Callable[[SiteConfig], SftpTransport] | None = None,
 ) -> None:
     """Local dirs, then each site over SSH, then each primary's archive settings."""
+    if connect is None:
+        from logship.ship.gated import connect as connect_any
+
+        connect = connect_any  # type: ignore[assignment]  # GatedTransport for restricted sites
     selected = [config.connector(name) for name in connectors]
     runner.run("state-dir", check_private_dir, config.logship.state_dir)
     # A files connector has no spool and no incoming folder: it mirrors its tree.

@@ -74,9 +74,9 @@ class StateDirLock:
 
 
 def _default_connect(site: SiteConfig) -> Transport:
-    from logship.ship.sftp import SftpTransport
+    from logship.ship.gated import connect
 
-    return SftpTransport(site)
+    return connect(site)
 
 
 def _record_facts(job: BackgroundJob, catalog: Catalog) -> None:

@@ -75,14 +75,14 @@ def _cancel_on_signals() -> threading.Event:
 
 def run(args: argparse.Namespace) -> int:
     from logship.basebackup import take_base_backup
-    from logship.ship.sftp import SftpTransport
+    from logship.ship.gated import connect
 
     cancel = _cancel_on_signals()
     config = load_config(config_path(args.config))
     connector = postgres_connector(config, args.connector)
     site = config.site_of(connector)
     started = time.monotonic()
-    transport = SftpTransport(site)
+    transport = connect(site)
     try:
         with progress_bar(sys.stdout.isatty(), f"base backup {connector.name}") as on_progress:
             record = take_base_backup(

@@ -35,6 +35,14 @@ VERBS: dict[str, tuple[str, str]] = {
         "tree_receive",
         "land batches of a files mirror at the site (the daemon runs it)",
     ),
+    "site-gate": (
+        "site_gate",
+        "forced command of a restricted shipping key: allow only logship's site commands",
+    ),
+    "site-receive": (
+        "site_receive",
+        "take new files from a restricted primary, never replacing one (site-gate runs it)",
+    ),
     "status": ("status", "lag and RPO per connector"),
     "dashboard": ("dashboard", "live terminal view of lag and RPO"),
     "promote": ("promote", "checked, manual failover at the standby site"),
@@ -132,6 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="leave stale temps alone (another receiver of the connection sweeps them)",
     )
+
+    p = sub.add_parser("site-gate", help=VERBS["site-gate"][1])
+    p.add_argument("--site", required=True, help="the [sites.NAME] this key ships to")
+
+    p = sub.add_parser("site-receive", help=VERBS["site-receive"][1])
+    p.add_argument("connector")
 
     p = sub.add_parser("status", help=VERBS["status"][1])
     p.add_argument("connector", nargs="?")

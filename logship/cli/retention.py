@@ -73,13 +73,14 @@ def render(report: RetentionReport) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from logship.retention import fetch_standby_facts, run_retention
-    from logship.ship.sftp import SftpTransport
+    from logship.ship.gated import connect
 
     config = load_config(config_path(args.config))
     connector = postgres_connector(config, args.connector)
     catalog = open_catalog(config)
     try:
-        transport = SftpTransport(config.site_of(connector))
+        # A restricted site refuses every removal (RestrictedError, exit 3).
+        transport = connect(config.site_of(connector))
         try:
             standby = fetch_standby_facts(config, connector.name, transport, time.time)
             report = run_retention(

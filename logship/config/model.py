@@ -41,6 +41,9 @@ class SiteConfig(Strict):
     connections: int = Field(default=4, ge=1, le=16)
     #: how to run logship at that site (for `standby status`), as an argument list
     command: list[str] = Field(default=["logship"], min_length=1)
+    #: the site's key is a `site-gate` forced command: add new files only, never
+    #: replace or remove one (retention runs at the site); see README
+    restricted: bool = False
 
     @field_validator("root")
     @classmethod

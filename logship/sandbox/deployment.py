@@ -52,6 +52,8 @@ class Deployment:
     connections: int | None = None
     #: how the daemon runs logship at the site, when not this same one
     site_command: list[str] | None = None
+    #: the site in restricted mode: the daemon's key is a `site-gate` forced command
+    restricted: bool = False
 
     def __post_init__(self) -> None:
         self.root = self.root.absolute()
@@ -118,6 +120,7 @@ root = "{self.incoming}"
 {f'io_timeout = "{self.io_timeout}"' if self.io_timeout else ""}
 {f"connections = {self.connections}" if self.connections else ""}
 command = {json.dumps(self.site_command or [*logship_command(), "--config", str(self.config_path)])}
+{"restricted = true" if self.restricted else ""}
 """
         )
         (self.config_dir / "connectors" / f"{self.connector}.toml").write_text(
@@ -163,6 +166,12 @@ data_dir = "{self.standby.data_dir}"
             self._private_dir(self.spool_dir.parent)
             self._private_dir(self.spool_dir)
         self.write_config()
+        if self.restricted:
+            # The installed script, not `python -m` (whose import path starts in
+            # the working directory: the login user's home under sshd).
+            script = str(Path(sys.executable).parent / "logship")
+            gate = [script, "--config", str(self.config_path), "site-gate", "--site", "dr"]
+            self.sshd.restrict_client_key(shlex.join(gate))
         self.primary.initdb()
         self.primary.configure(self.archive_settings())
         self.primary.start()

@@ -158,6 +158,35 @@ class SshServer:
         if running:
             self.start()
 
+    def restrict_client_key(self, forced_command: str) -> None:
+        """Let the client key run only `forced_command`, as a restricted site does:
+        OpenSSH's `restrict` (no pty, forwarding or rc file) and `command=` (sshd
+        runs it whatever the client asks for, the request in SSH_ORIGINAL_COMMAND).
+        sshd reads authorized_keys at each login: no restart."""
+        if '"' in forced_command or "\\" in forced_command or "\n" in forced_command:
+            raise ValueError(f"cannot quote {forced_command!r} in authorized_keys")
+        if not self._prepared:
+            self._prepare()
+        pub = self.client_key.with_name(self.client_key.name + ".pub").read_text(encoding="ascii")
+        line = f'restrict,command="{forced_command}" {pub}'
+        self._write_private(self.authorized_keys, line, 0o600)
+
+    def add_restricted_key(self, forced_command: str, name: str = "restricted") -> Path:
+        """A second client key (returned) that may only run `forced_command`; the
+        first key keeps its full access, as a site admin's would."""
+        if '"' in forced_command or "\\" in forced_command or "\n" in forced_command:
+            raise ValueError(f"cannot quote {forced_command!r} in authorized_keys")
+        if not self._prepared:
+            self._prepare()
+        key = self.workdir / f"client_{name}_ed25519"
+        self._keygen("ed25519", key, f"logship-sandbox-{name}-{self.login_user.name}")
+        self.login_user.chown(key)
+        key.chmod(0o600)
+        pub = key.with_name(key.name + ".pub").read_text(encoding="ascii")
+        with open(self.authorized_keys, "a", encoding="ascii") as out:
+            out.write(f'restrict,command="{forced_command}" {pub}')
+        return key
+
     def trust_address(self, host: str, port: int) -> None:
         """Add this server's host keys to known_hosts under another address: a relay
         in front of it is the same server, reached another way."""

@@ -198,12 +198,12 @@ def _failure(exc: BaseException, alive: bool) -> _Failed:
 
 def serve(requests: BinaryIO, answers: BinaryIO) -> None:
     # paramiko only here, in the child: the daemon's side needs none of it.
-    from logship.ship.sftp import SftpTransport
+    from logship.ship.gated import connect
 
     site = _receive(requests)
     assert isinstance(site, SiteConfig)
     try:
-        transport = SftpTransport(site)
+        transport = connect(site)  # SFTP, or site-receive at a restricted site
     except Exception as exc:  # told to the daemon, which decides what it means
         _send(answers, _failure(exc, alive=False))
         return

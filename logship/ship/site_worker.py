@@ -29,7 +29,7 @@ from logship.replay.standby_status import StandbyFacts, ask_standby_status
 from logship.ship.lane_process import LaneProcess
 from logship.ship.lanes import Lane, Lanes
 from logship.ship.shipper import ShipConflict, ship_file
-from logship.ship.transport import Transport, is_temp_name
+from logship.ship.transport import RestrictedError, SiteRefused, Transport, is_temp_name
 from logship.spool import SpoolEntry, entry_for, kept_path, prune_kept, retire
 
 log = logging.getLogger("logship.ship")
@@ -498,7 +498,8 @@ class SiteWorker(threading.Thread):
         """Ship again what restore-wal refused as corrupt, from the spool's kept copy
         when it matches what was shipped; say loudly when there is none."""
         assert self._transport is not None
-        lost = []
+        lost: list[str] = []
+        held: list[str] = []  # a restricted site keeps the bad copy (for now)
         for name in refused:
             expected = shipped_sha256(target.spool_dir, name)
             kept = kept_path(target.spool_dir, name)
@@ -506,15 +507,23 @@ class SiteWorker(threading.Thread):
             if entry is None or expected is None or sha256_of(kept) != expected:
                 lost.append(name)
                 continue
-            ship_file(
-                self._transport,
-                target.layout,
-                entry,
-                target.compression,
-                self._clock,
-                replace=True,
-            )
-            self._transport.remove(target.layout.refused_note(name))
+            try:
+                ship_file(
+                    self._transport,
+                    target.layout,
+                    entry,
+                    target.compression,
+                    self._clock,
+                    replace=True,
+                )
+            except SiteRefused:
+                # A restricted site keeps its copy until it sets it aside itself;
+                # then the next sample ships the good one.
+                held.append(name)
+                continue
+            # A restricted site clears its refused notes itself.
+            with contextlib.suppress(RestrictedError):
+                self._transport.remove(target.layout.refused_note(name))
             message = (
                 f"{name} was refused as corrupt at site {self.site.name}; "
                 "shipped again from the spool's kept copy"
@@ -522,17 +531,26 @@ class SiteWorker(threading.Thread):
             event(log, logging.WARNING, "re-shipped", connector=target.connector, file=name)
             self.catalog.add_event(target.connector, self._clock(), "error", message)
         key = target.connector
-        if not lost:
+        if not lost and not held:
             self._unrepairable.pop(key, None)
             return
-        message = (
-            f"{target.connector}: {', '.join(lost)} refused as corrupt at site "
-            f"{self.site.name}, and the spool has no good copy left: the standby cannot "
-            "replay past it. Copy the segment from the primary's pg_wal if it is still "
-            f"there, or take a new base backup (logship base-backup {target.connector})"
-        )
+        problems = []
+        if lost:
+            problems.append(
+                f"{target.connector}: {', '.join(lost)} refused as corrupt at site "
+                f"{self.site.name}, and the spool has no good copy left: the standby cannot "
+                "replay past it. Copy the segment from the primary's pg_wal if it is still "
+                f"there, or take a new base backup (logship base-backup {target.connector})"
+            )
+        if held:
+            problems.append(
+                f"{target.connector}: {', '.join(held)} refused as corrupt at site "
+                f"{self.site.name}, which is restricted and keeps its copy: the good one "
+                "is shipped once the site sets the bad one aside"
+            )
+        message = "; ".join(problems)
         if self._unrepairable.get(key) != message:
-            event(log, logging.ERROR, "corrupt at the site", connector=key, files=lost)
+            event(log, logging.ERROR, "corrupt at the site", connector=key, files=lost + held)
             self.catalog.add_event(key, self._clock(), "error", message)
         self._unrepairable[key] = message
 

@@ -6,6 +6,17 @@ from collections.abc import Iterable
 from pathlib import PurePosixPath
 from typing import Protocol
 
+from logship.errors import OperationFailed, SafetyRefusal
+
+
+class RestrictedError(SafetyRefusal):
+    """An operation a restricted shipping key cannot make at its site (see ship.gated)."""
+
+
+class SiteRefused(OperationFailed):
+    """A restricted site refused one request (a name already taken by other
+    content, say); the link stands."""
+
 
 class Transport(Protocol):
     """Idempotent file operations at one site; paths are as seen at that site."""
@@ -13,7 +24,10 @@ class Transport(Protocol):
     def put_atomic(self, path: PurePosixPath, chunks: Iterable[bytes]) -> int:
         """Write `path` complete or not at all (temp, fsync, rename, fsync dir).
 
-        Returns the number of bytes written. Replaces an existing file.
+        Returns the number of bytes written. Replaces an existing file, except at
+        a restricted site (GatedTransport): there the final name is made with
+        link(2), which never replaces; the same content again is a success,
+        other content is refused (SiteRefused).
         """
         ...
 
@@ -38,7 +52,8 @@ class Transport(Protocol):
         ...
 
     def remove(self, path: PurePosixPath) -> None:
-        """Remove a file; no error when it is already gone."""
+        """Remove a file; no error when it is already gone. RestrictedError at a
+        restricted site (as `rmdir`): retention runs there."""
         ...
 
     def rmdir(self, path: PurePosixPath) -> None:
