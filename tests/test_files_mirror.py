@@ -37,7 +37,7 @@ from logship.tree.exclude import ExcludeRules
 from logship.tree.names import is_temp_name
 from logship.tree.status import files_status
 from logship.tree.track import Tracker
-from logship.tree.watcher import TreeWatcher
+from logship.tree.watcher import Touched, TreeWatcher
 from logship.tree.worker import MirrorWorker, sftp_tree_site
 from logship.ui.status_table import null_reasons
 
@@ -681,3 +681,141 @@ def test_a_file_changed_during_its_batch_is_not_shipped(
     finally:
         transport.close()
         catalog.close()
+
+
+# -- a hostile source or site: nothing lands outside the mirror ---------------------
+
+
+@dataclass
+class Driven:
+    """The mirror's parts driven by hand: the watcher's events are the test's."""
+
+    setup: Setup
+    catalog: Catalog
+    transport: SftpTransport
+    tree: ship.TreeSite
+    tracker: Tracker
+    shipper: ship.TreeShipper
+
+    def round(self) -> int:
+        return self.shipper.ship_round(self.tree, lambda: True, lambda: False)
+
+    def settled(self, path: bytes, *, deep: bool = False) -> None:
+        self.tracker.touch(Touched(path, deep), time.time())
+
+
+@contextlib.contextmanager
+def _driven(site: Site, *, receiver: bool) -> Iterator[Driven]:
+    setup = _setup(site, receiver=receiver)
+    connector = setup.config.connectors[CONNECTOR]
+    catalog = Catalog(setup.config.catalog_url)
+    transport = SftpTransport(setup.config.site_of(connector))
+    try:
+        tree: ship.TreeSite
+        if receiver:
+            tree = sftp_tree_site(transport, connector)
+        else:
+            tree = SftpTreeSite(transport, setup.target)
+            tree.ensure_root()
+        tracker = Tracker(
+            catalog, CONNECTOR, setup.source, ExcludeRules([]), propagate_deletes=True
+        )
+        shipper = ship.TreeShipper(catalog, CONNECTOR, setup.source, 0.0, time.time)
+        yield Driven(setup, catalog, transport, tree, tracker, shipper)
+        tree.close()
+    finally:
+        transport.close()
+        catalog.close()
+
+
+def _victim(site: Site, setup: Setup) -> Path:
+    """A folder of the SSH user's outside the mirror, with a key file in it (as
+    its ~/.ssh would be)."""
+    outside = setup.target.parent / "dot-ssh"
+    outside.mkdir(mode=0o700)
+    keys = outside / "authorized_keys"
+    keys.write_text("ssh-ed25519 AAAAlegit admin\n")
+    for path in (outside, keys):
+        site.user.chown(path)
+    return outside
+
+
+@pytest.mark.parametrize(
+    ("receiver", "size"),
+    [(False, 100), (True, ship.BATCH_FILE_MAX + 1), (True, 100)],
+    ids=["sftp-only", "tree-receive-big-file", "tree-receive-small-file"],
+)
+def test_a_file_never_lands_through_a_link_its_folder_replaced(
+    site: Site, receiver: bool, size: int
+) -> None:
+    """The attack: ship a symlink `a` pointing outside the mirror, replace `a` at
+    the source by a folder, and keep the folder busy so that only `a/x` settles.
+    `a/x` must wait for `a` to reach the site as a folder, never go through the link."""
+    with _driven(site, receiver=receiver) as run:
+        source, target = run.setup.source, run.setup.target
+        outside = _victim(site, run.setup)
+        os.symlink(outside, source / "a")
+        run.tracker.reconcile(time.time())
+        assert run.round() == 1
+        assert (target / "a").is_symlink()
+
+        (source / "a").unlink()
+        (source / "a").mkdir()
+        payload = b"ssh-ed25519 AAAAattacker\n".ljust(size, b"#")
+        (source / "a" / "authorized_keys").write_bytes(payload)
+        run.settled(b"a/authorized_keys")  # the folder `a` itself is still busy
+        run.round()
+        assert (outside / "authorized_keys").read_text() == "ssh-ed25519 AAAAlegit admin\n"
+        assert sorted(os.listdir(outside)) == ["authorized_keys"]
+        left = rows.all_rows(run.catalog, CONNECTOR)[b"a/authorized_keys"]
+        assert left.state == rows.PENDING
+
+        # Once the folder settles it lands as a folder, then its file inside it.
+        run.settled(b"a", deep=True)
+        wait_for(
+            lambda: run.round() == 0 and not rows.pending_paths(run.catalog, CONNECTOR),
+            20,
+            "a/ shipped",
+        )
+        assert (target / "a").is_dir() and not (target / "a").is_symlink()
+        assert (target / "a" / "authorized_keys").read_bytes() == payload
+        assert (outside / "authorized_keys").read_text() == "ssh-ed25519 AAAAlegit admin\n"
+
+
+def test_sftp_never_writes_removes_or_sets_through_a_linked_folder_at_the_site(
+    site: Site,
+) -> None:
+    """Whatever the catalog believes, every SFTP operation looks at the folders above
+    its path first: one that is a link (or not a folder) is never gone through."""
+    setup = _setup(site, receiver=False)
+    transport, tree = _tree_site(setup)
+    try:
+        outside = _victim(site, setup)
+        sub = outside / "sub"
+        sub.mkdir(mode=0o700)
+        site.user.chown(sub)
+        os.utime(sub, (1_000_000_000, 1_000_000_000))
+        before = {p.name: (p.lstat().st_mode, p.lstat().st_mtime_ns) for p in outside.iterdir()}
+        os.symlink(outside, setup.target / "a")
+        os.symlink(outside, setup.target / "deep")
+
+        tree.remove(b"a/authorized_keys")
+        tree.remove(b"a/sub")
+        assert tree.set_dir_times([(b"a/sub", 2_000_000_000 * 10**9)]) == [False]
+        made = tree.make_dirs([(b"a/sub", 0o777), (b"a/new", 0o755), (b"deep/x/y", 0o755)])
+        assert all(outcome is not None for outcome in made), made
+        with pytest.raises(OSError, match="not a folder"):
+            tree.put_symlink(b"a/link", b"/etc/passwd")
+        (setup.source / "x").write_bytes(b"attacker\n" * 200_000)
+        with pytest.raises(OSError, match="not a folder"):
+            tree.put_file(b"a/big", os.fsencode(setup.source / "x"), unchanged=ship.same_file)
+        files = _small_files(setup.source, 2)
+        linked = [ship.BatchFile(b"a/" + f.relative, f.data, f.before) for f in files]
+        outcomes = tree.start_files([*linked, files[0]]).finish()
+        assert outcomes[0] is not None and outcomes[1] is not None and outcomes[2] is None
+
+        after = {p.name: (p.lstat().st_mode, p.lstat().st_mtime_ns) for p in outside.iterdir()}
+        assert after == before
+        assert (outside / "authorized_keys").read_text() == "ssh-ed25519 AAAAlegit admin\n"
+    finally:
+        transport.close()

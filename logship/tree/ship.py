@@ -160,6 +160,15 @@ class TreeShipper:
         single = sorted(
             (r for r in files if r.id not in batched and self._ready(r, now)), key=_path
         )
+        # A path is shipped only into a folder the site has as a folder: a parent
+        # the site may still hold as a link (or file) would lead the write
+        # wherever that link points.
+        waiting = self._without_parent(folders, {r.path for r in folders}, now)
+        folders = [r for r in folders if r.id not in waiting]
+        planned_dirs = {r.path for r in folders}
+        waiting |= self._without_parent([*small, *single], planned_dirs, now)
+        small = [r for r in small if r.id not in waiting]
+        single = [r for r in single if r.id not in waiting]
         if not (removals or folders or small or single):
             return 0
         planned = [r.path for r in (*removals, *folders, *small, *single)]
@@ -189,6 +198,12 @@ class TreeShipper:
             made = self._ship_folders(site, folders, alive)
             done += len(made)
             touched_dirs.update(path.rpartition(b"/")[0] for path in made)
+        else:
+            made = []
+        # A folder of the plan that did not land keeps its contents waiting too.
+        unmade = planned_dirs.difference(made)
+        small = [r for r in small if _parent(r.path) not in unmade]
+        single = [r for r in single if _parent(r.path) not in unmade]
         shipped = self._ship_batches(site, small, alive, stopping, begin_once)
         done += len(shipped)
         touched_dirs.update(path.rpartition(b"/")[0] for path in shipped)
@@ -201,6 +216,24 @@ class TreeShipper:
                 touched_dirs.add(row.path.rpartition(b"/")[0])
         self._restore_dir_times(site, touched_dirs, {r.path for r in folders})
         return done
+
+    def _without_parent(self, due: list[TreeRow], planned: set[bytes], now: float) -> set[int]:
+        """Ids of the `due` rows whose folder is neither shipped as a folder nor
+        planned as one this round; each is put back until it is (not a failure:
+        the watcher or the scan records the folder)."""
+        parents = {_parent(r.path) for r in due} - planned - {b""}
+        known = rows.rows_for(self._catalog, self._connector, parents)
+        folders = {
+            path
+            for path, row in known.items()
+            if row.kind == EntryKind.DIR and row.state == rows.SHIPPED
+        }
+        ready = folders | planned | {b""}
+        waiting = {r.id for r in due if _parent(r.path) not in ready}
+        for row in due:
+            if row.id in waiting:
+                rows.retry_later(self._catalog, row.id, now + max(self._settle, RETRY_START))
+        return waiting
 
     def _ship_one(self, site: TreeSite, row: TreeRow, alive: Callable[[], bool]) -> bool:
         try:
@@ -534,6 +567,10 @@ def _batches(files: list[TreeRow]) -> list[list[TreeRow]]:
     if current:
         batches.append(current)
     return batches
+
+
+def _parent(path: bytes) -> bytes:
+    return path.rpartition(b"/")[0]
 
 
 def _path(row: TreeRow) -> bytes:
