@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from types import SimpleNamespace
 
 import pytest
@@ -30,11 +30,12 @@ from logship.monitor import collect_statuses
 from logship.sandbox import OsUser
 from logship.sandbox.deployment import wait_for
 from logship.sandbox.sshd import SshServer
+from logship.ship import sftp, sftp_tree
 from logship.ship.sftp import SftpTransport
 from logship.ship.sftp_tree import SftpTreeSite
 from logship.tree import rows, ship
 from logship.tree.exclude import ExcludeRules
-from logship.tree.names import is_temp_name
+from logship.tree.names import TEMP_PREFIX, is_temp_name
 from logship.tree.status import files_status
 from logship.tree.track import Tracker
 from logship.tree.watcher import Touched, TreeWatcher
@@ -630,7 +631,11 @@ def test_a_batch_cut_before_its_renames_leaves_no_visible_file(site: Site) -> No
 
         tree._syncfs = real  # type: ignore[method-assign]
         assert tree.start_files(files).finish() == [None] * len(files)
-        assert snapshot(setup.target) == snapshot(setup.source)
+        # Each upload has a new temp name (see logship.tree.names.temp_name): the
+        # cut batch's stay hidden until a receiver's sweep finds them stale.
+        landed = snapshot(setup.target)
+        assert {k: v for k, v in landed.items() if v != ("temp",)} == snapshot(setup.source)
+        assert set(landed) - set(snapshot(setup.source)) == set(left)
     finally:
         transport.close()
 
@@ -817,5 +822,46 @@ def test_sftp_never_writes_removes_or_sets_through_a_linked_folder_at_the_site(
         after = {p.name: (p.lstat().st_mode, p.lstat().st_mtime_ns) for p in outside.iterdir()}
         assert after == before
         assert (outside / "authorized_keys").read_text() == "ssh-ed25519 AAAAlegit admin\n"
+    finally:
+        transport.close()
+
+
+def test_a_link_a_local_user_plants_at_a_temp_name_is_never_written_through(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second local user at the site, who can write in a mirrored folder, plants a
+    link at the name an upload's temp will have (an earlier logship's names were
+    predictable; here the test makes the name known) pointing at a file of the SSH
+    user. Every upload opens its temp exclusively: the victim stays as it was."""
+    setup = _setup(site, receiver=False)
+    transport, tree = _tree_site(setup)
+    try:
+        setup.target.chmod(0o755)
+        assert tree.make_dirs([(b"shared", 0o777)]) == [None]
+        shared = setup.target / "shared"
+        victim = setup.target.parent / "victim"
+        victim.write_text("precious\n")
+        site.user.chown(victim)
+        planted = TEMP_PREFIX + b"known"
+        monkeypatch.setattr(sftp_tree, "temp_name", lambda *_: planted)
+        monkeypatch.setattr(sftp.secrets, "token_hex", lambda *_: "known")
+        local_user = OsUser.from_name("nobody")
+        for name in (planted.decode(), ".tmp.wal.known"):
+            local_user.run(["ln", "-s", str(victim), str(shared / name)])
+
+        (small,) = _small_files(setup.source, 1)
+        (outcome,) = tree.start_files(
+            [ship.BatchFile(b"shared/a", small.data, small.before)]
+        ).finish()
+        assert outcome is not None
+        with pytest.raises(OSError):
+            tree.put_file(
+                b"shared/b", os.fsencode(setup.source / "f000.conf"), unchanged=ship.same_file
+            )
+        with pytest.raises(OSError):
+            transport.put_atomic(PurePosixPath(shared / "wal"), [b"segment"])
+        assert victim.read_text() == "precious\n"
+        # Nothing landed; at most the planted links are gone (unlinked, never followed).
+        assert set(os.listdir(shared)) <= {planted.decode(), ".tmp.wal.known"}
     finally:
         transport.close()

@@ -37,16 +37,19 @@ from paramiko.sftp import (
     CMD_READDIR,
     CMD_REMOVE,
     CMD_SETSTAT,
-    SFTP_FLAG_CREATE,
     SFTP_FLAG_READ,
-    SFTP_FLAG_TRUNC,
-    SFTP_FLAG_WRITE,
 )
 from paramiko.sftp_attr import SFTPAttributes
 
 from logship.logs import event
 from logship.ship.sftp import SftpTransport
-from logship.ship.sftp_replies import WRITE_REQUEST_SIZE, RemoteUpload, Replies, missing
+from logship.ship.sftp_replies import (
+    NEW_FILE,
+    WRITE_REQUEST_SIZE,
+    RemoteUpload,
+    Replies,
+    missing,
+)
 from logship.ship.tree_stream import TreeStream
 from logship.tree.names import show_path, temp_name
 from logship.tree.scan import READ_CHUNK
@@ -157,8 +160,8 @@ class SftpTreeSite:
         return self._root + b"/" + relative if relative else self._root
 
     def _temp_for(self, relative: bytes) -> bytes:
-        parent, _, name = relative.rpartition(b"/")
-        return self._abs(parent + b"/" + temp_name(name) if parent else temp_name(name))
+        parent = relative.rpartition(b"/")[0]
+        return self._abs(parent + b"/" + temp_name() if parent else temp_name())
 
     def _parent(self, relative: bytes) -> bytes:
         return self._abs(relative.rpartition(b"/")[0])
@@ -322,9 +325,8 @@ class SftpTreeSite:
         temps = [self._temp_for(f.relative) for f in files]
         private = SFTPAttributes()
         private.st_mode = 0o600  # the server's umask can only narrow it
-        flags = SFTP_FLAG_WRITE | SFTP_FLAG_CREATE | SFTP_FLAG_TRUNC
         opens = {
-            i: replies.send(CMD_OPEN, temp, flags, private)
+            i: replies.send(CMD_OPEN, temp, NEW_FILE, private)
             for i, temp in enumerate(temps)
             if outcomes[i] is None
         }

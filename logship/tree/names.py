@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
+import secrets
 
 #: a file being written at the site before its atomic rename into place; a
 #: leftover one (a cut link) is the mirror's to clean up, never part of the tree
 TEMP_PREFIX = b".logship-tmp."
 
 
-def temp_name(name: bytes) -> bytes:
-    """The temp a file named `name` is written to before its rename, in the same folder.
+def temp_name() -> bytes:
+    """A new temp name for a file written before its rename, in the same folder.
 
-    One fixed temp per final name: a retry reuses it, so an upload cut short
-    leaves at most one leftover, which the next upload of that path replaces.
-    Hashed to stay within NAME_MAX whatever the name's length.
+    Unpredictable, and always created exclusively (O_EXCL, SFTP's FXF_EXCL): a
+    local user at the site who can write in a mirrored folder cannot plant a
+    link at a temp name the mirror is about to open and have it write through
+    the link. A leftover of a cut upload is swept once stale (see
+    logship.tree.receive.Receiver.sweep_stale_temps).
     """
-    return TEMP_PREFIX + hashlib.sha256(name).hexdigest()[:16].encode()
+    return TEMP_PREFIX + secrets.token_hex(8).encode()
 
 
 def is_temp_name(path: bytes) -> bool:
