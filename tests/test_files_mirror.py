@@ -38,6 +38,7 @@ from logship.tree.exclude import ExcludeRules
 from logship.tree.names import TEMP_PREFIX, is_temp_name
 from logship.tree.status import files_status
 from logship.tree.track import Tracker
+from logship.tree.verify_run import run_verify
 from logship.tree.watcher import Touched, TreeWatcher
 from logship.tree.worker import MirrorWorker, sftp_tree_site
 from logship.ui.status_table import null_reasons
@@ -92,6 +93,7 @@ def _setup(
     receiver: bool = True,
     site_logship: list[str] | None = None,
     io_timeout: str = "30s",
+    extra: str = "",
 ) -> Setup:
     """`receiver`: logship runs at the site (batches through `tree-receive`); without
     it the site has no logship and every batch goes over SFTP alone. `site_logship`:
@@ -134,6 +136,7 @@ rpo = "60s"
 source = "{source}"
 exclude = ["*.tmp", "*.swp", "cache/"]
 delete = {"true" if delete else "false"}
+{extra}
 settle = "{settle}"
 
 [standby]
@@ -710,8 +713,8 @@ class Driven:
 
 
 @contextlib.contextmanager
-def _driven(site: Site, *, receiver: bool) -> Iterator[Driven]:
-    setup = _setup(site, receiver=receiver)
+def _driven(site: Site, *, receiver: bool, extra: str = "") -> Iterator[Driven]:
+    setup = _setup(site, receiver=receiver, extra=extra)
     connector = setup.config.connectors[CONNECTOR]
     catalog = Catalog(setup.config.catalog_url)
     transport = SftpTransport(setup.config.site_of(connector))
@@ -725,7 +728,14 @@ def _driven(site: Site, *, receiver: bool) -> Iterator[Driven]:
         tracker = Tracker(
             catalog, CONNECTOR, setup.source, ExcludeRules([]), propagate_deletes=True
         )
-        shipper = ship.TreeShipper(catalog, CONNECTOR, setup.source, 0.0, time.time)
+        shipper = ship.TreeShipper(
+            catalog,
+            CONNECTOR,
+            setup.source,
+            0.0,
+            time.time,
+            keep_write_bits=connector.keep_write_bits,
+        )
         yield Driven(setup, catalog, transport, tree, tracker, shipper)
         tree.close()
     finally:
@@ -865,3 +875,53 @@ def test_a_link_a_local_user_plants_at_a_temp_name_is_never_written_through(
         assert set(os.listdir(shared)) <= {planted.decode(), ".tmp.wal.known"}
     finally:
         transport.close()
+
+
+@pytest.mark.parametrize("receiver", [True, False], ids=["tree-receive", "sftp-only"])
+@pytest.mark.parametrize("keep", [False, True], ids=["default", "keep_write_bits"])
+def test_setuid_setgid_sticky_never_reach_the_site_and_write_bits_only_when_kept(
+    site: Site, receiver: bool, keep: bool
+) -> None:
+    """Modes at the site, whichever way a path travels (a folder, a batched file, a
+    large file over SFTP): never setuid, setgid or sticky on a file, never setuid or
+    setgid on a folder; group and other write only with keep_write_bits = true.
+    `verify` compares after the same masking and finds no drift."""
+    extra = f"keep_write_bits = {'true' if keep else 'false'}"
+    with _driven(site, receiver=receiver, extra=extra) as run:
+        source, target = run.setup.source, run.setup.target
+        modes = {
+            "suid": 0o4755,
+            "sgid-group-writable": 0o2775,
+            "sticky-world-writable": 0o1666,
+        }
+        for name, mode in modes.items():
+            (source / name).write_text(name)
+            (source / name).chmod(mode)
+        big = source / "big-suid"
+        big.write_bytes(b"x" * (ship.BATCH_FILE_MAX + 1))
+        big.chmod(0o4777)
+        shared = source / "shared"
+        shared.mkdir()
+        shared.chmod(0o2777)
+        tmp_like = source / "tmp-like"
+        tmp_like.mkdir()
+        tmp_like.chmod(0o1777)
+        run.tracker.reconcile(time.time())
+        wait_for(
+            lambda: run.round() == 0 and not rows.pending_paths(run.catalog, CONNECTOR),
+            20,
+            "shipped",
+        )
+        got = {p.name: stat.S_IMODE(p.lstat().st_mode) for p in target.iterdir()}
+        write = 0o022 if keep else 0
+        assert got == {
+            "suid": 0o755,
+            "sgid-group-writable": 0o755 | (0o020 & write),
+            "sticky-world-writable": 0o644 | (0o022 & write),
+            "big-suid": 0o755 | write,
+            "shared": 0o755 | write,
+            "tmp-like": 0o1755 | write,
+        }
+        if receiver:
+            report = run_verify(run.setup.config, CONNECTOR, run.catalog, time.time)
+            assert report.clean, [d.describe() for d in report.differences]

@@ -39,6 +39,9 @@ class FilesConnector(ConnectorBase):
     delete: bool = True
     #: a changed file ships once it has not changed for this long
     settle: Seconds = Field(default=0.5, ge=0)
+    #: keep group and other write at the site (setuid, setgid and sticky never
+    #: reach it; see logship.tree.modes)
+    keep_write_bits: bool = False
     standby: FilesStandby
 
     @field_validator("exclude")

@@ -51,6 +51,7 @@ from logship.ship.sftp_replies import (
     missing,
 )
 from logship.ship.tree_stream import TreeStream
+from logship.tree.modes import site_mode
 from logship.tree.names import show_path, temp_name
 from logship.tree.scan import READ_CHUNK
 from logship.tree.ship import BatchFile, BatchUpload, SourceChanged
@@ -258,10 +259,12 @@ class SftpTreeSite:
         local: bytes,
         *,
         unchanged: Callable[[os.stat_result, os.stat_result], bool],
+        keep_write_bits: bool = False,
     ) -> tuple[str, int, os.stat_result]:
         """Upload `local` (an absolute path) to `relative`: (sha256, size, lstat shipped).
 
-        Mode and mtime are set on the temp before the rename. `unchanged(before,
+        Mode (masked: see logship.tree.modes) and mtime are set on the temp
+        before the rename. `unchanged(before,
         after)` judges the source's lstat from before and after the upload; when
         it says no, the temp is removed and SourceChanged raised.
         """
@@ -283,7 +286,9 @@ class SftpTreeSite:
                     # The server handles requests in order, so these land after
                     # the last write, and the one fsync covers them too.
                     attrs = SFTPAttributes()
-                    attrs.st_mode = stat.S_IMODE(before.st_mode)
+                    attrs.st_mode = site_mode(
+                        before.st_mode, folder=False, keep_write_bits=keep_write_bits
+                    )
                     attrs.st_atime, attrs.st_mtime = int(before.st_atime), int(before.st_mtime)
                     remote.set_attrs(attrs)
                     remote.finish()

@@ -22,6 +22,7 @@ from logship.catalog.store import Catalog
 from logship.logs import event
 from logship.tree import rows
 from logship.tree.marks import Mark, ShippedMarks
+from logship.tree.modes import site_mode
 from logship.tree.rows import TreeRow
 from logship.tree.scan import EntryKind, TreeEntry, file_entry, lstat_entry
 
@@ -59,10 +60,13 @@ class BatchFile:
     data: bytes
     #: fstat at the read; the shipped mode and mtime come from it
     before: os.stat_result
+    #: the connector's keep_write_bits (see logship.tree.modes)
+    keep_write_bits: bool = False
 
     @property
     def mode(self) -> int:
-        return stat.S_IMODE(self.before.st_mode)
+        """The mode the site gets: the source's, masked (see logship.tree.modes)."""
+        return site_mode(self.before.st_mode, folder=False, keep_write_bits=self.keep_write_bits)
 
 
 class BatchUpload(Protocol):
@@ -82,6 +86,7 @@ class TreeSite(Protocol):
         local: bytes,
         *,
         unchanged: Callable[[os.stat_result, os.stat_result], bool],
+        keep_write_bits: bool = False,
     ) -> tuple[str, int, os.stat_result]: ...
 
     def start_files(self, files: Sequence[BatchFile]) -> BatchUpload:
@@ -121,8 +126,11 @@ class TreeShipper:
         source: Path,
         settle: float,
         clock: Callable[[], float],
+        *,
+        keep_write_bits: bool = False,
     ) -> None:
         self._catalog = catalog
+        self._keep_write_bits = keep_write_bits
         self._connector = connector
         self._root = os.fsencode(source)
         self._source = source
@@ -253,7 +261,13 @@ class TreeShipper:
         contents (see _restore_dir_times).
         """
         try:
-            outcomes = site.make_dirs([(row.path, row.mode) for row in folders])
+            keep = self._keep_write_bits
+            outcomes = site.make_dirs(
+                [
+                    (row.path, site_mode(row.mode, folder=True, keep_write_bits=keep))
+                    for row in folders
+                ]
+            )
         except Exception as exc:
             if not alive():
                 raise
@@ -361,7 +375,8 @@ class TreeShipper:
         if not same_file(before, os.lstat(local)):
             self._changed_while_shipping(row)
             return None
-        return _Loaded(row, BatchFile(row.path, data, before), hashlib.sha256(data).hexdigest())
+        batched = BatchFile(row.path, data, before, self._keep_write_bits)
+        return _Loaded(row, batched, hashlib.sha256(data).hexdigest())
 
     def _finish_batch(
         self, loaded: list[_Loaded], upload: BatchUpload, alive: Callable[[], bool]
@@ -466,7 +481,9 @@ class TreeShipper:
             return False
         local = os.path.join(self._root, row.path)
         try:
-            sha256, size, shipped = site.put_file(row.path, local, unchanged=same_file)
+            sha256, size, shipped = site.put_file(
+                row.path, local, unchanged=same_file, keep_write_bits=self._keep_write_bits
+            )
         except SourceChanged:
             self._changed_while_shipping(row)
             return False
