@@ -634,11 +634,7 @@ def test_a_batch_cut_before_its_renames_leaves_no_visible_file(site: Site) -> No
 
         tree._syncfs = real  # type: ignore[method-assign]
         assert tree.start_files(files).finish() == [None] * len(files)
-        # Each upload has a new temp name (see logship.tree.names.temp_name): the
-        # cut batch's stay hidden until a receiver's sweep finds them stale.
-        landed = snapshot(setup.target)
-        assert {k: v for k, v in landed.items() if v != ("temp",)} == snapshot(setup.source)
-        assert set(landed) - set(snapshot(setup.source)) == set(left)
+        assert snapshot(setup.target) == snapshot(setup.source)
     finally:
         transport.close()
 
@@ -842,7 +838,8 @@ def test_a_link_a_local_user_plants_at_a_temp_name_is_never_written_through(
     """A second local user at the site, who can write in a mirrored folder, plants a
     link at the name an upload's temp will have (an earlier logship's names were
     predictable; here the test makes the name known) pointing at a file of the SSH
-    user. Every upload opens its temp exclusively: the victim stays as it was."""
+    user. A temp is removed, then created exclusively: the upload lands and the
+    victim stays as it was, also when the link comes back between the two."""
     setup = _setup(site, receiver=False)
     transport, tree = _tree_site(setup)
     try:
@@ -853,26 +850,40 @@ def test_a_link_a_local_user_plants_at_a_temp_name_is_never_written_through(
         victim.write_text("precious\n")
         site.user.chown(victim)
         planted = TEMP_PREFIX + b"known"
-        monkeypatch.setattr(sftp_tree, "temp_name", lambda *_: planted)
+        monkeypatch.setattr(sftp_tree, "retry_temp_name", lambda *_: planted)
         monkeypatch.setattr(sftp.secrets, "token_hex", lambda *_: "known")
         local_user = OsUser.from_name("nobody")
-        for name in (planted.decode(), ".tmp.wal.known"):
-            local_user.run(["ln", "-s", str(victim), str(shared / name)])
 
+        def plant(name: str) -> None:
+            local_user.run(["ln", "-sfn", str(victim), str(shared / name)])
+
+        plant(planted.decode())
         (small,) = _small_files(setup.source, 1)
-        (outcome,) = tree.start_files(
-            [ship.BatchFile(b"shared/a", small.data, small.before)]
-        ).finish()
-        assert outcome is not None
+        batch = [ship.BatchFile(b"shared/a", small.data, small.before)]
+        assert tree.start_files(batch).finish() == [None]
+        assert (shared / "a").read_bytes() == small.data
+        plant(planted.decode())
+        local = os.fsencode(setup.source / "f000.conf")
+        tree.put_file(b"shared/b", local, unchanged=ship.same_file)
+        assert (shared / "b").read_bytes() == small.data
+
+        # The local user wins the race: the link is back right after the removal.
+        remove = transport.remove_quietly
+
+        def removed_then_planted(path: PurePosixPath | bytes) -> None:
+            remove(path)
+            plant(planted.decode())
+
+        monkeypatch.setattr(transport, "remove_quietly", removed_then_planted)
         with pytest.raises(OSError):
-            tree.put_file(
-                b"shared/b", os.fsencode(setup.source / "f000.conf"), unchanged=ship.same_file
-            )
+            tree.put_file(b"shared/c", local, unchanged=ship.same_file)
+        monkeypatch.undo()
+        plant(".tmp.wal.known")
+        monkeypatch.setattr(sftp.secrets, "token_hex", lambda *_: "known")
         with pytest.raises(OSError):
             transport.put_atomic(PurePosixPath(shared / "wal"), [b"segment"])
         assert victim.read_text() == "precious\n"
-        # Nothing landed; at most the planted links are gone (unlinked, never followed).
-        assert set(os.listdir(shared)) <= {planted.decode(), ".tmp.wal.known"}
+        assert not (shared / "c").exists() and not (shared / "wal").exists()
     finally:
         transport.close()
 

@@ -52,7 +52,7 @@ from logship.ship.sftp_replies import (
 )
 from logship.ship.tree_stream import TreeStream
 from logship.tree.modes import site_mode
-from logship.tree.names import show_path, temp_name
+from logship.tree.names import retry_temp_name, show_path
 from logship.tree.scan import READ_CHUNK
 from logship.tree.ship import BatchFile, BatchUpload, SourceChanged
 from logship.tree.stream import file_frame
@@ -162,7 +162,8 @@ class SftpTreeSite:
 
     def _temp_for(self, relative: bytes) -> bytes:
         parent = relative.rpartition(b"/")[0]
-        return self._abs(parent + b"/" + temp_name() if parent else temp_name())
+        temp = retry_temp_name(relative)
+        return self._abs(parent + b"/" + temp if parent else temp)
 
     def _parent(self, relative: bytes) -> bytes:
         return self._abs(relative.rpartition(b"/")[0])
@@ -270,6 +271,7 @@ class SftpTreeSite:
         """
         self._check_folders(relative)
         temp = self._temp_for(relative)
+        self._transport.remove_quietly(temp)  # a leftover of an earlier try
         fd = os.open(local, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         with os.fdopen(fd, "rb") as source:
             before = os.fstat(source.fileno())
@@ -330,11 +332,13 @@ class SftpTreeSite:
         temps = [self._temp_for(f.relative) for f in files]
         private = SFTPAttributes()
         private.st_mode = 0o600  # the server's umask can only narrow it
-        opens = {
-            i: replies.send(CMD_OPEN, temp, NEW_FILE, private)
-            for i, temp in enumerate(temps)
-            if outcomes[i] is None
-        }
+        wanted = [i for i in range(len(files)) if outcomes[i] is None]
+        # A leftover of an earlier try goes first (its reply is not waited for:
+        # the server handles requests in order, and gone already is fine).
+        dropped = [replies.send(CMD_REMOVE, temps[i]) for i in wanted]
+        opens = {i: replies.send(CMD_OPEN, temps[i], NEW_FILE, private) for i in wanted}
+        for num in dropped:
+            replies.status(num)
         handles: dict[int, bytes] = {}
         for i, num in opens.items():
             found = replies.handle(num)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hmac
 import os
 import secrets
 
 #: a file being written at the site before its atomic rename into place; a
 #: leftover one (a cut link) is the mirror's to clean up, never part of the tree
 TEMP_PREFIX = b".logship-tmp."
+#: this process's key for retry_temp_name: nobody else can compute its names
+_TEMP_KEY = secrets.token_bytes(32)
 
 
 def temp_name() -> bytes:
@@ -20,6 +23,18 @@ def temp_name() -> bytes:
     logship.tree.receive.Receiver.sweep_stale_temps).
     """
     return TEMP_PREFIX + secrets.token_hex(8).encode()
+
+
+def retry_temp_name(relative: bytes) -> bytes:
+    """The temp for the file at `relative` (the whole relative path) in this process.
+
+    The same on every try, so a retry removes the leftover of an upload cut short
+    and writes a new one in its place (over SFTP the site cannot clean up
+    itself); keyed with a secret of this process, so nobody at the site can
+    name it in advance. Removed first, then created exclusively: a link planted
+    in between makes the open fail, never a write through it.
+    """
+    return TEMP_PREFIX + hmac.new(_TEMP_KEY, relative, "sha256").hexdigest()[:16].encode()
 
 
 def is_temp_name(path: bytes) -> bool:
