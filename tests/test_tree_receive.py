@@ -401,3 +401,22 @@ def test_setuid_setgid_and_sticky_never_land_at_the_site(tmp_path: Path) -> None
     _serve(tmp_path, stream)
     assert stat.S_IMODE(os.stat(tmp_path / "suid").st_mode) == 0o755
     assert stat.S_IMODE(os.stat(tmp_path / "sticky").st_mode) == 0o644
+
+
+@pytest.mark.parametrize(("value", "kept"), [(None, False), ("true", True), ('"yes"', None)])
+def test_keep_write_bits_is_a_boolean_and_false_unless_set(
+    tmp_path: Path, value: str | None, kept: bool | None
+) -> None:
+    from logship.config.load import load_config
+    from logship.engines.files import files_connector
+    from logship.errors import ConfigError
+
+    text = FILES_CONNECTOR.format(target="/srv/app")
+    if value is not None:
+        text = text.replace("[standby]", f"keep_write_bits = {value}\n[standby]")
+    path = _site_config(tmp_path, {"app": text})
+    if kept is None:
+        with pytest.raises(ConfigError, match="keep_write_bits"):
+            load_config(path)
+        return
+    assert files_connector(load_config(path), "app").keep_write_bits is kept
