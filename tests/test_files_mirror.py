@@ -861,11 +861,13 @@ def test_a_link_a_local_user_plants_at_a_temp_name_is_never_written_through(
         (small,) = _small_files(setup.source, 1)
         batch = [ship.BatchFile(b"shared/a", small.data, small.before)]
         assert tree.start_files(batch).finish() == [None]
-        assert (shared / "a").read_bytes() == small.data
+        assert victim.read_text() == "precious\n"
+        assert not (shared / "a").is_symlink() and (shared / "a").read_bytes() == small.data
         plant(planted.decode())
         local = os.fsencode(setup.source / "f000.conf")
         tree.put_file(b"shared/b", local, unchanged=ship.same_file)
-        assert (shared / "b").read_bytes() == small.data
+        assert victim.read_text() == "precious\n"
+        assert not (shared / "b").is_symlink() and (shared / "b").read_bytes() == small.data
 
         # The local user wins the race: the link is back right after the removal.
         remove = transport.remove_quietly
