@@ -238,9 +238,7 @@ class TreeShipper:
         }
         ready = folders | planned | {b""}
         waiting = {r.id for r in due if _parent(r.path) not in ready}
-        for row in due:
-            if row.id in waiting:
-                rows.retry_later(self._catalog, row.id, now + max(self._settle, RETRY_START))
+        rows.retry_later_many(self._catalog, sorted(waiting), now + max(self._settle, RETRY_START))
         return waiting
 
     def _ship_one(self, site: TreeSite, row: TreeRow, alive: Callable[[], bool]) -> bool:
