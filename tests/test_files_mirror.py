@@ -938,3 +938,34 @@ def test_setuid_setgid_sticky_never_reach_the_site_and_write_bits_only_when_kept
         if receiver:
             report = run_verify(run.setup.config, CONNECTOR, run.catalog, time.time)
             assert report.clean, [d.describe() for d in report.differences]
+
+
+def test_folders_inside_a_folder_still_a_link_at_the_site_wait_without_failing(
+    site: Site,
+) -> None:
+    """`x` was shipped as a link; at the source it is now a folder holding x/a/b/f,
+    and only x/a has settled. Nothing below x is tried at the site (no error, no
+    attempt counted) until x itself lands as a folder."""
+    with _driven(site, receiver=False) as run:
+        source, target = run.setup.source, run.setup.target
+        outside = _victim(site, run.setup)
+        os.symlink(outside, source / "x")
+        run.tracker.reconcile(time.time())
+        assert run.round() == 1
+        (source / "x").unlink()
+        (source / "x" / "a" / "b").mkdir(parents=True)
+        (source / "x" / "a" / "b" / "f").write_text("f\n")
+        run.settled(b"x/a", deep=True)
+        run.round()
+        found = rows.all_rows(run.catalog, CONNECTOR)
+        for path in (b"x/a", b"x/a/b", b"x/a/b/f"):
+            assert found[path].state == rows.PENDING, path
+            assert (found[path].attempts, found[path].error) == (0, None), path
+        assert sorted(os.listdir(outside)) == ["authorized_keys"]
+        run.settled(b"x", deep=True)
+        wait_for(
+            lambda: run.round() == 0 and not rows.pending_paths(run.catalog, CONNECTOR),
+            20,
+            "x/ shipped",
+        )
+        assert (target / "x" / "a" / "b" / "f").read_text() == "f\n"

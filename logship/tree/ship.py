@@ -171,8 +171,11 @@ class TreeShipper:
         # A path is shipped only into a folder the site has as a folder: a parent
         # the site may still hold as a link (or file) would lead the write
         # wherever that link points.
-        waiting = self._without_parent(folders, {r.path for r in folders}, now)
-        folders = [r for r in folders if r.id not in waiting]
+        waiting: set[int] = set()
+        while more := self._without_parent(folders, {r.path for r in folders}, now):
+            # A folder put back takes the folders planned inside it along.
+            waiting |= more
+            folders = [r for r in folders if r.id not in more]
         planned_dirs = {r.path for r in folders}
         waiting |= self._without_parent([*small, *single], planned_dirs, now)
         small = [r for r in small if r.id not in waiting]
