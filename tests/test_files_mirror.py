@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from types import SimpleNamespace
 
 import pytest
@@ -30,14 +30,16 @@ from logship.monitor import collect_statuses
 from logship.sandbox import OsUser
 from logship.sandbox.deployment import wait_for
 from logship.sandbox.sshd import SshServer
+from logship.ship import sftp, sftp_tree
 from logship.ship.sftp import SftpTransport
 from logship.ship.sftp_tree import SftpTreeSite
 from logship.tree import rows, ship
 from logship.tree.exclude import ExcludeRules
-from logship.tree.names import is_temp_name
+from logship.tree.names import TEMP_PREFIX, is_temp_name
 from logship.tree.status import files_status
 from logship.tree.track import Tracker
-from logship.tree.watcher import TreeWatcher
+from logship.tree.verify_run import run_verify
+from logship.tree.watcher import Touched, TreeWatcher
 from logship.tree.worker import MirrorWorker, sftp_tree_site
 from logship.ui.status_table import null_reasons
 
@@ -91,6 +93,7 @@ def _setup(
     receiver: bool = True,
     site_logship: list[str] | None = None,
     io_timeout: str = "30s",
+    extra: str = "",
 ) -> Setup:
     """`receiver`: logship runs at the site (batches through `tree-receive`); without
     it the site has no logship and every batch goes over SFTP alone. `site_logship`:
@@ -133,6 +136,7 @@ rpo = "60s"
 source = "{source}"
 exclude = ["*.tmp", "*.swp", "cache/"]
 delete = {"true" if delete else "false"}
+{extra}
 settle = "{settle}"
 
 [standby]
@@ -681,3 +685,287 @@ def test_a_file_changed_during_its_batch_is_not_shipped(
     finally:
         transport.close()
         catalog.close()
+
+
+# -- a hostile source or site: nothing lands outside the mirror ---------------------
+
+
+@dataclass
+class Driven:
+    """The mirror's parts driven by hand: the watcher's events are the test's."""
+
+    setup: Setup
+    catalog: Catalog
+    transport: SftpTransport
+    tree: ship.TreeSite
+    tracker: Tracker
+    shipper: ship.TreeShipper
+
+    def round(self) -> int:
+        return self.shipper.ship_round(self.tree, lambda: True, lambda: False)
+
+    def settled(self, path: bytes, *, deep: bool = False) -> None:
+        self.tracker.touch(Touched(path, deep), time.time())
+
+
+@contextlib.contextmanager
+def _driven(site: Site, *, receiver: bool, extra: str = "") -> Iterator[Driven]:
+    setup = _setup(site, receiver=receiver, extra=extra)
+    connector = setup.config.connectors[CONNECTOR]
+    catalog = Catalog(setup.config.catalog_url)
+    transport = SftpTransport(setup.config.site_of(connector))
+    try:
+        tree: ship.TreeSite
+        if receiver:
+            tree = sftp_tree_site(transport, connector)
+        else:
+            tree = SftpTreeSite(transport, setup.target)
+            tree.ensure_root()
+        tracker = Tracker(
+            catalog, CONNECTOR, setup.source, ExcludeRules([]), propagate_deletes=True
+        )
+        shipper = ship.TreeShipper(
+            catalog,
+            CONNECTOR,
+            setup.source,
+            0.0,
+            time.time,
+            keep_write_bits=connector.keep_write_bits,
+        )
+        yield Driven(setup, catalog, transport, tree, tracker, shipper)
+        tree.close()
+    finally:
+        transport.close()
+        catalog.close()
+
+
+def _victim(site: Site, setup: Setup) -> Path:
+    """A folder of the SSH user's outside the mirror, with a key file in it (as
+    its ~/.ssh would be)."""
+    outside = setup.target.parent / "dot-ssh"
+    outside.mkdir(mode=0o700)
+    keys = outside / "authorized_keys"
+    keys.write_text("ssh-ed25519 AAAAlegit admin\n")
+    for path in (outside, keys):
+        site.user.chown(path)
+    return outside
+
+
+@pytest.mark.parametrize(
+    ("receiver", "size"),
+    [(False, 100), (True, ship.BATCH_FILE_MAX + 1), (True, 100)],
+    ids=["sftp-only", "tree-receive-big-file", "tree-receive-small-file"],
+)
+def test_a_file_never_lands_through_a_link_its_folder_replaced(
+    site: Site, receiver: bool, size: int
+) -> None:
+    """The attack: ship a symlink `a` pointing outside the mirror, replace `a` at
+    the source by a folder, and keep the folder busy so that only `a/x` settles.
+    `a/x` must wait for `a` to reach the site as a folder, never go through the link."""
+    with _driven(site, receiver=receiver) as run:
+        source, target = run.setup.source, run.setup.target
+        outside = _victim(site, run.setup)
+        os.symlink(outside, source / "a")
+        run.tracker.reconcile(time.time())
+        assert run.round() == 1
+        assert (target / "a").is_symlink()
+
+        (source / "a").unlink()
+        (source / "a").mkdir()
+        payload = b"ssh-ed25519 AAAAattacker\n".ljust(size, b"#")
+        (source / "a" / "authorized_keys").write_bytes(payload)
+        run.settled(b"a/authorized_keys")  # the folder `a` itself is still busy
+        run.round()
+        assert (outside / "authorized_keys").read_text() == "ssh-ed25519 AAAAlegit admin\n"
+        assert sorted(os.listdir(outside)) == ["authorized_keys"]
+        left = rows.all_rows(run.catalog, CONNECTOR)[b"a/authorized_keys"]
+        assert left.state == rows.PENDING
+
+        # Once the folder settles it lands as a folder, then its file inside it.
+        run.settled(b"a", deep=True)
+        wait_for(
+            lambda: run.round() == 0 and not rows.pending_paths(run.catalog, CONNECTOR),
+            20,
+            "a/ shipped",
+        )
+        assert (target / "a").is_dir() and not (target / "a").is_symlink()
+        assert (target / "a" / "authorized_keys").read_bytes() == payload
+        assert (outside / "authorized_keys").read_text() == "ssh-ed25519 AAAAlegit admin\n"
+
+
+def test_sftp_never_writes_removes_or_sets_through_a_linked_folder_at_the_site(
+    site: Site,
+) -> None:
+    """Whatever the catalog believes, every SFTP operation looks at the folders above
+    its path first: one that is a link (or not a folder) is never gone through."""
+    setup = _setup(site, receiver=False)
+    transport, tree = _tree_site(setup)
+    try:
+        outside = _victim(site, setup)
+        sub = outside / "sub"
+        sub.mkdir(mode=0o700)
+        site.user.chown(sub)
+        os.utime(sub, (1_000_000_000, 1_000_000_000))
+        before = {p.name: (p.lstat().st_mode, p.lstat().st_mtime_ns) for p in outside.iterdir()}
+        os.symlink(outside, setup.target / "a")
+        os.symlink(outside, setup.target / "deep")
+
+        tree.remove(b"a/authorized_keys")
+        tree.remove(b"a/sub")
+        assert tree.set_dir_times([(b"a/sub", 2_000_000_000 * 10**9)]) == [False]
+        made = tree.make_dirs([(b"a/sub", 0o777), (b"a/new", 0o755), (b"deep/x/y", 0o755)])
+        assert all(outcome is not None for outcome in made), made
+        with pytest.raises(OSError, match="not a folder"):
+            tree.put_symlink(b"a/link", b"/etc/passwd")
+        (setup.source / "x").write_bytes(b"attacker\n" * 200_000)
+        with pytest.raises(OSError, match="not a folder"):
+            tree.put_file(b"a/big", os.fsencode(setup.source / "x"), unchanged=ship.same_file)
+        files = _small_files(setup.source, 2)
+        linked = [ship.BatchFile(b"a/" + f.relative, f.data, f.before) for f in files]
+        outcomes = tree.start_files([*linked, files[0]]).finish()
+        assert outcomes[0] is not None and outcomes[1] is not None and outcomes[2] is None
+
+        after = {p.name: (p.lstat().st_mode, p.lstat().st_mtime_ns) for p in outside.iterdir()}
+        assert after == before
+        assert (outside / "authorized_keys").read_text() == "ssh-ed25519 AAAAlegit admin\n"
+    finally:
+        transport.close()
+
+
+def test_a_link_a_local_user_plants_at_a_temp_name_is_never_written_through(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second local user at the site, who can write in a mirrored folder, plants a
+    link at the name an upload's temp will have (an earlier logship's names were
+    predictable; here the test makes the name known) pointing at a file of the SSH
+    user. A temp is removed, then created exclusively: the upload lands and the
+    victim stays as it was, also when the link comes back between the two."""
+    setup = _setup(site, receiver=False)
+    transport, tree = _tree_site(setup)
+    try:
+        setup.target.chmod(0o755)
+        assert tree.make_dirs([(b"shared", 0o777)]) == [None]
+        shared = setup.target / "shared"
+        victim = setup.target.parent / "victim"
+        victim.write_text("precious\n")
+        site.user.chown(victim)
+        planted = TEMP_PREFIX + b"known"
+        monkeypatch.setattr(sftp_tree, "retry_temp_name", lambda *_: planted)
+        monkeypatch.setattr(sftp.secrets, "token_hex", lambda *_: "known")
+        local_user = OsUser.from_name("nobody")
+
+        def plant(name: str) -> None:
+            local_user.run(["ln", "-sfn", str(victim), str(shared / name)])
+
+        plant(planted.decode())
+        (small,) = _small_files(setup.source, 1)
+        batch = [ship.BatchFile(b"shared/a", small.data, small.before)]
+        assert tree.start_files(batch).finish() == [None]
+        assert victim.read_text() == "precious\n"
+        assert not (shared / "a").is_symlink() and (shared / "a").read_bytes() == small.data
+        plant(planted.decode())
+        local = os.fsencode(setup.source / "f000.conf")
+        tree.put_file(b"shared/b", local, unchanged=ship.same_file)
+        assert victim.read_text() == "precious\n"
+        assert not (shared / "b").is_symlink() and (shared / "b").read_bytes() == small.data
+
+        # The local user wins the race: the link is back right after the removal.
+        remove = transport.remove_quietly
+
+        def removed_then_planted(path: PurePosixPath | bytes) -> None:
+            remove(path)
+            plant(planted.decode())
+
+        monkeypatch.setattr(transport, "remove_quietly", removed_then_planted)
+        with pytest.raises(OSError):
+            tree.put_file(b"shared/c", local, unchanged=ship.same_file)
+        monkeypatch.undo()
+        plant(".tmp.wal.known")
+        monkeypatch.setattr(sftp.secrets, "token_hex", lambda *_: "known")
+        with pytest.raises(OSError):
+            transport.put_atomic(PurePosixPath(shared / "wal"), [b"segment"])
+        assert victim.read_text() == "precious\n"
+        assert not (shared / "c").exists() and not (shared / "wal").exists()
+    finally:
+        transport.close()
+
+
+@pytest.mark.parametrize("receiver", [True, False], ids=["tree-receive", "sftp-only"])
+@pytest.mark.parametrize("keep", [False, True], ids=["default", "keep_write_bits"])
+def test_setuid_setgid_sticky_never_reach_the_site_and_write_bits_only_when_kept(
+    site: Site, receiver: bool, keep: bool
+) -> None:
+    """Modes at the site, whichever way a path travels (a folder, a batched file, a
+    large file over SFTP): never setuid, setgid or sticky on a file, never setuid or
+    setgid on a folder; group and other write only with keep_write_bits = true.
+    `verify` compares after the same masking and finds no drift."""
+    extra = f"keep_write_bits = {'true' if keep else 'false'}"
+    with _driven(site, receiver=receiver, extra=extra) as run:
+        source, target = run.setup.source, run.setup.target
+        modes = {
+            "suid": 0o4755,
+            "sgid-group-writable": 0o2775,
+            "sticky-world-writable": 0o1666,
+        }
+        for name, mode in modes.items():
+            (source / name).write_text(name)
+            (source / name).chmod(mode)
+        big = source / "big-suid"
+        big.write_bytes(b"x" * (ship.BATCH_FILE_MAX + 1))
+        big.chmod(0o4777)
+        shared = source / "shared"
+        shared.mkdir()
+        shared.chmod(0o2777)
+        tmp_like = source / "tmp-like"
+        tmp_like.mkdir()
+        tmp_like.chmod(0o1777)
+        run.tracker.reconcile(time.time())
+        wait_for(
+            lambda: run.round() == 0 and not rows.pending_paths(run.catalog, CONNECTOR),
+            20,
+            "shipped",
+        )
+        got = {p.name: stat.S_IMODE(p.lstat().st_mode) for p in target.iterdir()}
+        write = 0o022 if keep else 0
+        assert got == {
+            "suid": 0o755,
+            "sgid-group-writable": 0o755 | (0o020 & write),
+            "sticky-world-writable": 0o644 | (0o022 & write),
+            "big-suid": 0o755 | write,
+            "shared": 0o755 | write,
+            "tmp-like": 0o1755 | write,
+        }
+        if receiver:
+            report = run_verify(run.setup.config, CONNECTOR, run.catalog, time.time)
+            assert report.clean, [d.describe() for d in report.differences]
+
+
+def test_folders_inside_a_folder_still_a_link_at_the_site_wait_without_failing(
+    site: Site,
+) -> None:
+    """`x` was shipped as a link; at the source it is now a folder holding x/a/b/f,
+    and only x/a has settled. Nothing below x is tried at the site (no error, no
+    attempt counted) until x itself lands as a folder."""
+    with _driven(site, receiver=False) as run:
+        source, target = run.setup.source, run.setup.target
+        outside = _victim(site, run.setup)
+        os.symlink(outside, source / "x")
+        run.tracker.reconcile(time.time())
+        assert run.round() == 1
+        (source / "x").unlink()
+        (source / "x" / "a" / "b").mkdir(parents=True)
+        (source / "x" / "a" / "b" / "f").write_text("f\n")
+        run.settled(b"x/a", deep=True)
+        run.round()
+        found = rows.all_rows(run.catalog, CONNECTOR)
+        for path in (b"x/a", b"x/a/b", b"x/a/b/f"):
+            assert found[path].state == rows.PENDING, path
+            assert (found[path].attempts, found[path].error) == (0, None), path
+        assert sorted(os.listdir(outside)) == ["authorized_keys"]
+        run.settled(b"x", deep=True)
+        wait_for(
+            lambda: run.round() == 0 and not rows.pending_paths(run.catalog, CONNECTOR),
+            20,
+            "x/ shipped",
+        )
+        assert (target / "x" / "a" / "b" / "f").read_text() == "f\n"

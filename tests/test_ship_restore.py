@@ -114,3 +114,25 @@ def test_restore_wal_cli_exit_codes(tmp_path: Path) -> None:
     )
     assert broken.returncode > 125, broken.stderr
     assert other in broken.stderr
+
+
+def test_links_planted_at_the_old_temp_names_are_never_written_through(tmp_path: Path) -> None:
+    """restore-wal's temps (the segment's in pg_wal, the restored.json note's) had names
+    anyone could compute from the pid; a link planted there pointed the write at
+    any file the user could write. Now they are random and created exclusively."""
+    transport, layout = _site(tmp_path)
+    ship_file(transport, layout, _entry(tmp_path, b"w" * 5000), "zstd", time.time)
+    dest = tmp_path / "pg_wal" / "RECOVERYXLOG"
+    dest.parent.mkdir()
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    note = Path(layout.restored_marker)
+    for planted in (
+        dest.with_name(f".{dest.name}.logship-{os.getpid()}"),
+        note.with_name(f".tmp.{note.name}.{os.getpid()}"),
+    ):
+        planted.symlink_to(victim)
+    restore_wal(tmp_path / "incoming", "main", SEGMENT, dest)
+    assert victim.read_text() == "precious\n"
+    assert dest.read_bytes() == b"w" * 5000
+    assert SEGMENT in note.read_text()

@@ -343,3 +343,80 @@ def test_a_receiver_without_a_usable_target_answers_one_error_line(
     (line,) = result.stdout.splitlines()
     assert message in json.loads(line)["error"]
     assert message in result.stderr.decode() and b"Traceback" not in result.stderr
+
+
+def test_a_folder_swapped_for_a_link_within_a_batch_is_not_followed(tmp_path: Path) -> None:
+    """The first file of a batch finds `a` a real folder; before the next one, a
+    local user at the site swaps `a` for a link outside. Each file is resolved
+    again from the held root, never through the link."""
+    target, outside = tmp_path / "target", tmp_path / "outside"
+    (target / "a").mkdir(parents=True)
+    outside.mkdir()
+
+    class _Swapping(Receiver):
+        def _write(self, frame, *args):  # type: ignore[no-untyped-def]
+            written = super()._write(frame, *args)
+            if frame.path == b"a/first":
+                os.rename(target / "a", tmp_path / "moved-away")
+                (target / "a").symlink_to(outside)
+            return written
+
+    out = io.BytesIO()
+    stream = (
+        file_frame(b"a/first", 0o644, MTIME_NS, b"1")
+        + file_frame(b"a/second", 0o644, MTIME_NS, b"2")
+        + COMMIT
+    )
+    _Swapping(target).serve(io.BytesIO(stream), out)
+    replies = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert replies[1] == {"i": 0, "error": None}
+    assert "outside the mirror root" in str(replies[2]["error"])
+    assert list(outside.iterdir()) == []
+    # The first file landed in the folder it was written in, wherever that went.
+    assert (tmp_path / "moved-away" / "first").read_text() == "1"
+    assert _leftovers(tmp_path) == []
+
+
+def _old_temp_name(name: bytes) -> bytes:
+    """The fixed temp name an earlier logship used for `name`: anyone could compute it."""
+    import hashlib
+
+    return TEMP_PREFIX + hashlib.sha256(name).hexdigest()[:16].encode()
+
+
+def test_a_link_planted_at_a_predictable_temp_name_changes_nothing(tmp_path: Path) -> None:
+    target, victim = tmp_path / "target", tmp_path / "victim"
+    target.mkdir()
+    victim.write_text("precious\n")
+    os.symlink(victim, os.path.join(os.fsencode(target), _old_temp_name(b"app.conf")))
+    replies = _serve(target, file_frame(b"app.conf", 0o644, MTIME_NS, b"new\n") + COMMIT)
+    assert replies[1] == {"i": 0, "error": None}
+    assert victim.read_text() == "precious\n"
+    assert (target / "app.conf").read_text() == "new\n"
+
+
+def test_setuid_setgid_and_sticky_never_land_at_the_site(tmp_path: Path) -> None:
+    stream = file_frame(b"suid", 0o6755, MTIME_NS, b"#!/bin/sh\n")
+    stream += file_frame(b"sticky", 0o1644, MTIME_NS, b"x") + COMMIT
+    _serve(tmp_path, stream)
+    assert stat.S_IMODE(os.stat(tmp_path / "suid").st_mode) == 0o755
+    assert stat.S_IMODE(os.stat(tmp_path / "sticky").st_mode) == 0o644
+
+
+@pytest.mark.parametrize(("value", "kept"), [(None, False), ("true", True), ('"yes"', None)])
+def test_keep_write_bits_is_a_boolean_and_false_unless_set(
+    tmp_path: Path, value: str | None, kept: bool | None
+) -> None:
+    from logship.config.load import load_config
+    from logship.engines.files import files_connector
+    from logship.errors import ConfigError
+
+    text = FILES_CONNECTOR.format(target="/srv/app")
+    if value is not None:
+        text = text.replace("[standby]", f"keep_write_bits = {value}\n[standby]")
+    path = _site_config(tmp_path, {"app": text})
+    if kept is None:
+        with pytest.raises(ConfigError, match="keep_write_bits"):
+            load_config(path)
+        return
+    assert files_connector(load_config(path), "app").keep_write_bits is kept

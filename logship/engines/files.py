@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, StrictBool, field_validator
 
 from logship.config.model import Config, ConnectorBase, Seconds, Strict
 from logship.engines import BackgroundJob
@@ -39,6 +39,10 @@ class FilesConnector(ConnectorBase):
     delete: bool = True
     #: a changed file ships once it has not changed for this long
     settle: Seconds = Field(default=0.5, ge=0)
+    #: keep group and other write at the site (setuid, setgid and sticky never
+    #: reach it; see logship.tree.modes). A TOML boolean only: "yes" or 1 for a
+    #: key that widens permissions is refused rather than read as true.
+    keep_write_bits: StrictBool = False
     standby: FilesStandby
 
     @field_validator("exclude")

@@ -24,6 +24,15 @@ from logship.manifest import ManifestRecord, SiteLayout
 
 EXIT_ABORT = 255  # PostgreSQL: treat as fatal, never as "file not found"
 CHUNK = 1 << 20
+#: a temp is created new or not at all: never an existing file truncated, never a
+#: link planted at its name followed
+_NEW_TEMP = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _temp_beside(path: Path, prefix: str) -> Path:
+    """An unpredictable temp name starting with `prefix` in `path`'s folder (to be
+    created with _NEW_TEMP)."""
+    return path.with_name(f"{prefix}{os.urandom(8).hex()}")
 
 
 class NotArrived(LogshipError):
@@ -76,7 +85,7 @@ def _copy_verified(record: ManifestRecord, source: Path, tmp: Path) -> None:
     except ValueError as exc:
         raise Refused(f"{record.name}: {exc}") from None
     try:
-        with open(source, "rb") as src, open(tmp, "wb") as out:
+        with open(source, "rb") as src, os.fdopen(os.open(tmp, _NEW_TEMP, 0o600), "wb") as out:
             while chunk := src.read(CHUNK):
                 stored_digest.update(chunk)
                 stored_size += len(chunk)
@@ -108,9 +117,9 @@ def _copy_verified(record: ManifestRecord, source: Path, tmp: Path) -> None:
 def _write_note(path: Path, payload: dict[str, object]) -> None:
     """A small private JSON file for the primary's daemon, replaced whole (best
     effort: these notes are never what keeps the standby safe)."""
-    tmp = path.with_name(f".tmp.{path.name}.{os.getpid()}")
+    tmp = _temp_beside(path, f".tmp.{path.name}.")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = os.open(tmp, _NEW_TEMP, 0o600)
         with os.fdopen(fd, "w") as out:
             out.write(json.dumps(payload))
         os.replace(tmp, path)
@@ -149,7 +158,7 @@ def restore_wal(
             f"{walname!r} is not a WAL segment, .history, .backup or .partial name; refusing"
         )
     layout = SiteLayout.for_connector(site_root.as_posix(), connector)
-    tmp = dest.with_name(f".{dest.name}.logship-{os.getpid()}")
+    tmp = _temp_beside(dest, f".{dest.name}.logship-")
     try:
         record = _read_record(layout, walname)
         _copy_verified(record, Path(layout.wal_dir / record.stored_name), tmp)

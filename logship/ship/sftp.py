@@ -163,7 +163,8 @@ class SftpTransport:
             self._dir_fsync = False
 
     def put_atomic(self, path: PurePosixPath, chunks: Iterable[bytes]) -> int:
-        tmp = path.with_name(f"{TEMP_PREFIX}{path.name}.{secrets.token_hex(4)}")
+        # Unpredictable, and created exclusively (see RemoteUpload).
+        tmp = path.with_name(f"{TEMP_PREFIX}{path.name}.{secrets.token_hex(8)}")
         try:
             # Big pipelined writes, each acknowledged before the rename; then close,
             # rename and the folder's fsync, in two round trips, not six (the

@@ -27,8 +27,8 @@ from paramiko.sftp import (
     CMD_STATUS,
     CMD_WRITE,
     SFTP_FLAG_CREATE,
+    SFTP_FLAG_EXCL,
     SFTP_FLAG_READ,
-    SFTP_FLAG_TRUNC,
     SFTP_FLAG_WRITE,
     int64,
 )
@@ -43,6 +43,9 @@ MAX_WRITES_IN_FLIGHT = 64
 
 
 _NO_ATTRS = SFTPAttributes()
+#: how every temp at the site is opened: created new or not at all, never an
+#: existing file truncated or a planted link followed
+NEW_FILE = SFTP_FLAG_WRITE | SFTP_FLAG_CREATE | SFTP_FLAG_EXCL
 
 
 def missing(exc: OSError) -> bool:
@@ -166,6 +169,9 @@ class Replies:
 class RemoteUpload:
     """A new private (0600) file at the site, written in pipelined requests.
 
+    Created exclusively (FXF_EXCL, O_EXCL at the server): an existing file or
+    link at the name is never truncated or written through.
+
     Every write's reply is checked before `finish` returns: a refused write
     (a full disk, a quota) raises instead of leaving a short file behind.
     """
@@ -174,7 +180,7 @@ class RemoteUpload:
         self._replies = Replies(sftp)
         private = SFTPAttributes()
         private.st_mode = 0o600  # the server's umask can only narrow it
-        flags = SFTP_FLAG_WRITE | SFTP_FLAG_CREATE | SFTP_FLAG_TRUNC
+        flags = NEW_FILE
         found = self._replies.handle(self._replies.send(CMD_OPEN, path, flags, private))
         if isinstance(found, OSError):
             raise found

@@ -14,6 +14,7 @@ files costs.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import logging
 import os
@@ -36,18 +37,22 @@ from paramiko.sftp import (
     CMD_READDIR,
     CMD_REMOVE,
     CMD_SETSTAT,
-    SFTP_FLAG_CREATE,
     SFTP_FLAG_READ,
-    SFTP_FLAG_TRUNC,
-    SFTP_FLAG_WRITE,
 )
 from paramiko.sftp_attr import SFTPAttributes
 
 from logship.logs import event
 from logship.ship.sftp import SftpTransport
-from logship.ship.sftp_replies import WRITE_REQUEST_SIZE, RemoteUpload, Replies, missing
+from logship.ship.sftp_replies import (
+    NEW_FILE,
+    WRITE_REQUEST_SIZE,
+    RemoteUpload,
+    Replies,
+    missing,
+)
 from logship.ship.tree_stream import TreeStream
-from logship.tree.names import temp_name
+from logship.tree.modes import site_mode
+from logship.tree.names import retry_temp_name, show_path
 from logship.tree.scan import READ_CHUNK
 from logship.tree.ship import BatchFile, BatchUpload, SourceChanged
 from logship.tree.stream import file_frame
@@ -156,11 +161,58 @@ class SftpTreeSite:
         return self._root + b"/" + relative if relative else self._root
 
     def _temp_for(self, relative: bytes) -> bytes:
-        parent, _, name = relative.rpartition(b"/")
-        return self._abs(parent + b"/" + temp_name(name) if parent else temp_name(name))
+        parent = relative.rpartition(b"/")[0]
+        temp = retry_temp_name(relative)
+        return self._abs(parent + b"/" + temp if parent else temp)
 
     def _parent(self, relative: bytes) -> bytes:
         return self._abs(relative.rpartition(b"/")[0])
+
+    # -- the folders above a path ------------------------------------------------
+
+    def _send_lstats(self, replies: Replies, paths: Sequence[bytes]) -> dict[bytes, int]:
+        return {path: replies.send(CMD_LSTAT, self._abs(path)) for path in paths}
+
+    def _not_folders(self, replies: Replies, sent: dict[bytes, int]) -> dict[bytes, OSError]:
+        """Of the lstats `sent`, the paths that are not real folders at the site, each
+        with why: FileNotFoundError, NotADirectoryError (a link, a file) or the error."""
+        refused: dict[bytes, OSError] = {}
+        for path, num in sent.items():
+            found = replies.attrs(num)
+            if isinstance(found, OSError):
+                refused[path] = found
+            elif found is None:
+                refused[path] = FileNotFoundError(
+                    errno.ENOENT, f"{show_path(path)} at the site: no such folder"
+                )
+            elif not stat.S_ISDIR(found.st_mode or 0):
+                refused[path] = NotADirectoryError(
+                    errno.ENOTDIR,
+                    f"{show_path(path)} at the site is not a folder (a link or a file): "
+                    "nothing is written, removed or changed below it",
+                )
+        return refused
+
+    def _blocked(self, replies: Replies, paths: Sequence[bytes]) -> list[OSError | None]:
+        """For each path, why a folder above it (below the root) is not a real folder
+        at the site, None when every one is.
+
+        SFTP resolves a path by name and follows links: without this, a link the
+        mirror shipped earlier, where a folder now belongs, would lead a write
+        wherever it points. Looked at before every write, removal and setstat,
+        all of a call's folders in one pipelined round trip. (A local user at the
+        site who can write inside the mirror could still swap a folder between
+        this lstat and the write; `tree-receive` resolves without that gap.)
+        """
+        sent = self._send_lstats(replies, sorted({a for p in paths for a in _ancestors(p)}))
+        refused = self._not_folders(replies, sent)
+        return [next((refused[a] for a in _ancestors(p) if a in refused), None) for p in paths]
+
+    def _check_folders(self, relative: bytes) -> None:
+        """Raise when a folder above `relative` is not a real folder at the site."""
+        (error,) = self._blocked(Replies(self._sftp), [relative])
+        if error is not None:
+            raise error
 
     # -- reading -----------------------------------------------------------------
 
@@ -208,14 +260,18 @@ class SftpTreeSite:
         local: bytes,
         *,
         unchanged: Callable[[os.stat_result, os.stat_result], bool],
+        keep_write_bits: bool = False,
     ) -> tuple[str, int, os.stat_result]:
         """Upload `local` (an absolute path) to `relative`: (sha256, size, lstat shipped).
 
-        Mode and mtime are set on the temp before the rename. `unchanged(before,
+        Mode (masked: see logship.tree.modes) and mtime are set on the temp
+        before the rename. `unchanged(before,
         after)` judges the source's lstat from before and after the upload; when
         it says no, the temp is removed and SourceChanged raised.
         """
+        self._check_folders(relative)
         temp = self._temp_for(relative)
+        self._transport.remove_quietly(temp)  # a leftover of an earlier try
         fd = os.open(local, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         with os.fdopen(fd, "rb") as source:
             before = os.fstat(source.fileno())
@@ -232,7 +288,9 @@ class SftpTreeSite:
                     # The server handles requests in order, so these land after
                     # the last write, and the one fsync covers them too.
                     attrs = SFTPAttributes()
-                    attrs.st_mode = stat.S_IMODE(before.st_mode)
+                    attrs.st_mode = site_mode(
+                        before.st_mode, folder=False, keep_write_bits=keep_write_bits
+                    )
                     attrs.st_atime, attrs.st_mtime = int(before.st_atime), int(before.st_mtime)
                     remote.set_attrs(attrs)
                     remote.finish()
@@ -268,16 +326,21 @@ class SftpTreeSite:
         return _Done(self._put_over_sftp(files))
 
     def _put_over_sftp(self, files: Sequence[BatchFile]) -> list[OSError | None]:
-        outcomes: list[OSError | None] = [None] * len(files)
         fsync_each = not self._syncfs_usable()
         replies = Replies(self._sftp)
+        outcomes = self._blocked(replies, [f.relative for f in files])
         temps = [self._temp_for(f.relative) for f in files]
         private = SFTPAttributes()
         private.st_mode = 0o600  # the server's umask can only narrow it
-        flags = SFTP_FLAG_WRITE | SFTP_FLAG_CREATE | SFTP_FLAG_TRUNC
-        opens = [replies.send(CMD_OPEN, temp, flags, private) for temp in temps]
+        wanted = [i for i in range(len(files)) if outcomes[i] is None]
+        # A leftover of an earlier try goes first (its reply is not waited for:
+        # the server handles requests in order, and gone already is fine).
+        dropped = [replies.send(CMD_REMOVE, temps[i]) for i in wanted]
+        opens = {i: replies.send(CMD_OPEN, temps[i], NEW_FILE, private) for i in wanted}
+        for num in dropped:
+            replies.status(num)
         handles: dict[int, bytes] = {}
-        for i, num in enumerate(opens):
+        for i, num in opens.items():
             found = replies.handle(num)
             if isinstance(found, OSError):
                 outcomes[i] = found
@@ -383,6 +446,7 @@ class SftpTreeSite:
 
     def put_symlink(self, relative: bytes, target: bytes) -> None:
         """A link with `target` at `relative`, never followed at either end."""
+        self._check_folders(relative)
         temp = self._temp_for(relative)
         self._transport.remove_quietly(temp)
         # paramiko sends (target, link path), the order OpenSSH's server expects.
@@ -397,43 +461,60 @@ class SftpTreeSite:
     def make_dirs(self, folders: Sequence[tuple[bytes, int]]) -> list[OSError | None]:
         """Folders with their modes; what is in the way of one is removed first.
 
-        Pipelined: every lstat at once, then the missing folders one depth at a
-        time (a parent exists before its children are asked for), their new
-        entries made durable together, then every mode. Returns the error of
-        each folder that could not be made, None for the others.
+        Pipelined: every lstat at once (the folders and those above them that
+        are not among them), then the folders one depth at a time (a parent
+        exists before its children are asked for), their new entries made
+        durable together, then every mode. A folder is never made or changed
+        below one that is not a real folder at the site (see `_blocked`).
+        Returns the error of each folder that could not be made, None for the
+        others.
         """
         outcomes: list[OSError | None] = [None] * len(folders)
         replies = Replies(self._sftp)
+        index = {relative: i for i, (relative, _) in enumerate(folders)}
+        above = sorted({a for rel, _ in folders for a in _ancestors(rel) if a not in index})
+        above_sent = self._send_lstats(replies, above)
         lstats = [replies.send(CMD_LSTAT, self._abs(relative)) for relative, _ in folders]
-        absent: dict[int, list[int]] = {}
-        for i, num in enumerate(lstats):
-            relative = folders[i][0]
-            found = replies.attrs(num)
-            if isinstance(found, OSError):
-                outcomes[i] = found
-                continue
-            if found is not None and not stat.S_ISDIR(found.st_mode or 0):
-                try:
-                    self.remove(relative)
-                except OSError as exc:
-                    outcomes[i] = exc
-                    continue
-                found = None
-            if found is None:
-                absent.setdefault(relative.count(b"/"), []).append(i)
+        refused = self._not_folders(replies, above_sent)
+        found_at = [replies.attrs(num) for num in lstats]
+        by_depth: dict[int, list[int]] = {}
+        for i, (relative, _) in enumerate(folders):
+            by_depth.setdefault(relative.count(b"/"), []).append(i)
         private = SFTPAttributes()
         private.st_mode = 0o700
         made: list[int] = []
-        for depth in sorted(absent):
-            nums = {
-                i: replies.send(CMD_MKDIR, self._abs(folders[i][0]), private) for i in absent[depth]
-            }
+        replaced: set[bytes] = set()  # made here: what was below them is gone
+        for depth in sorted(by_depth):
+            absent: list[int] = []
+            for i in by_depth[depth]:
+                relative = folders[i][0]
+                blocked = self._blocked_by(relative, refused, index, outcomes)
+                if blocked is not None:
+                    outcomes[i] = blocked
+                    continue
+                found = found_at[i]
+                if any(a in replaced for a in _ancestors(relative)):
+                    found = None  # looked at through what was there before its parent
+                if isinstance(found, OSError):
+                    outcomes[i] = found
+                    continue
+                if found is not None and not stat.S_ISDIR(found.st_mode or 0):
+                    try:
+                        self._remove_entry(relative)
+                    except OSError as exc:
+                        outcomes[i] = exc
+                        continue
+                    found = None
+                if found is None:
+                    absent.append(i)
+            nums = {i: replies.send(CMD_MKDIR, self._abs(folders[i][0]), private) for i in absent}
             for i, num in nums.items():
                 failed = replies.status(num)
                 if failed is not None and not self._is_dir(folders[i][0]):
                     outcomes[i] = failed  # a folder made meanwhile is fine
                 else:
                     made.append(i)
+                    replaced.add(folders[i][0])
         if made:
             if self._syncfs_usable():
                 self._syncfs()
@@ -451,40 +532,72 @@ class SftpTreeSite:
             outcomes[i] = replies.status(num)
         return outcomes
 
+    @staticmethod
+    def _blocked_by(
+        relative: bytes,
+        refused: dict[bytes, OSError],
+        index: dict[bytes, int],
+        outcomes: list[OSError | None],
+    ) -> OSError | None:
+        """Why `relative` cannot be made: a folder above it that is not a real folder
+        at the site, or one of the same call that could not be made."""
+        for above in _ancestors(relative):
+            if above in refused:
+                return refused[above]
+            if above in index and outcomes[index[above]] is not None:
+                return FileNotFoundError(
+                    errno.ENOENT, f"{show_path(above)} at the site could not be made a folder"
+                )
+        return None
+
     def _is_dir(self, relative: bytes) -> bool:
         found = self.lstat(relative)
         return found is not None and stat.S_ISDIR(found.st_mode or 0)
 
     def set_dir_times(self, folders: Sequence[tuple[bytes, int]]) -> list[bool]:
-        """Folder mtimes, pipelined; False for a folder that is gone (any other
-        error is raised). Setting one folder's times never moves another's."""
+        """Folder mtimes, pipelined; False for a folder that is gone, or below one
+        that is not a real folder at the site (any other error is raised). Setting
+        one folder's times never moves another's."""
         replies = Replies(self._sftp)
-        nums = []
-        for relative, mtime_ns in folders:
+        blocked = self._blocked(replies, [relative for relative, _ in folders])
+        nums: dict[int, int] = {}
+        for i, (relative, mtime_ns) in enumerate(folders):
+            if blocked[i] is not None:
+                continue
             attrs = SFTPAttributes()
             attrs.st_atime = attrs.st_mtime = mtime_ns // 1_000_000_000
-            nums.append(replies.send(CMD_SETSTAT, self._abs(relative), attrs))
-        outcomes = [replies.status(num) for num in nums]
-        failed = next((e for e in outcomes if e is not None and not missing(e)), None)
+            nums[i] = replies.send(CMD_SETSTAT, self._abs(relative), attrs)
+        outcomes = {i: replies.status(num) for i, num in nums.items()}
+        failed = next((e for e in outcomes.values() if e is not None and not missing(e)), None)
         if failed is not None:
             raise failed
-        return [error is None for error in outcomes]
+        return [i in outcomes and outcomes[i] is None for i in range(len(folders))]
 
     def remove(self, relative: bytes) -> None:
-        """Remove whatever is at `relative` (a folder with all it holds); gone is fine."""
+        """Remove whatever is at `relative` (a folder with all it holds); gone is fine.
+
+        Below a link or a file at the site nothing of the mirror is at
+        `relative`: nothing is removed, and the link is never followed.
+        """
+        if relative:
+            try:
+                self._check_folders(relative)
+            except (FileNotFoundError, NotADirectoryError):
+                return
+        self._remove_entry(relative)
+
+    def _remove_entry(self, relative: bytes) -> None:
+        """`remove` once the folders above `relative` are known to be real folders."""
         found = self.lstat(relative)
         if found is None:
             return
         if stat.S_ISDIR(found.st_mode or 0):
             for name in self.listdir(relative):
-                self.remove(relative + b"/" + name if relative else name)
+                self._remove_entry(relative + b"/" + name if relative else name)
             self._sftp.rmdir(self._abs(relative))
         else:
             self._sftp.remove(self._abs(relative))
         self._transport.fsync_dir(self._parent(relative))
-
-    def remove_temp(self, relative: bytes) -> None:
-        self._transport.remove_quietly(self._temp_for(relative))
 
     def _rename_into_place(self, temp: bytes, relative: bytes) -> None:
         try:
@@ -495,8 +608,14 @@ class SftpTreeSite:
             found = self.lstat(relative)
             if found is None or not stat.S_ISDIR(found.st_mode or 0):
                 raise
-            self.remove(relative)
+            self._remove_entry(relative)  # its folders were looked at before the upload
             self._sftp.posix_rename(temp, self._abs(relative))
+
+
+def _ancestors(relative: bytes) -> list[bytes]:
+    """The folders above `relative`, below the mirror root, shallowest first."""
+    parts = relative.split(b"/")
+    return [b"/".join(parts[:depth]) for depth in range(1, len(parts))]
 
 
 class _Done:

@@ -315,6 +315,18 @@ def retry_later(catalog: Catalog, row_id: int, next_try_at: float) -> None:
         s.commit()
 
 
+def retry_later_many(catalog: Catalog, row_ids: Sequence[int], next_try_at: float) -> None:
+    """`retry_later` for many rows in one transaction."""
+    if not row_ids:
+        return
+    with catalog.session() as s:
+        for chunk in _chunks(list(row_ids)):
+            s.execute(
+                update(TreeFile).where(TreeFile.id.in_(chunk)).values(next_try_at=next_try_at)
+            )
+        s.commit()
+
+
 def pending_paths(catalog: Catalog, connector: str) -> set[bytes]:
     """Paths whose change (pending deletions included) is not yet durable at the site."""
     with catalog.session() as s:

@@ -22,6 +22,7 @@ from logship.catalog.store import Catalog
 from logship.logs import event
 from logship.tree import rows
 from logship.tree.marks import Mark, ShippedMarks
+from logship.tree.modes import site_mode
 from logship.tree.rows import TreeRow
 from logship.tree.scan import EntryKind, TreeEntry, file_entry, lstat_entry
 
@@ -59,10 +60,13 @@ class BatchFile:
     data: bytes
     #: fstat at the read; the shipped mode and mtime come from it
     before: os.stat_result
+    #: the connector's keep_write_bits (see logship.tree.modes)
+    keep_write_bits: bool = False
 
     @property
     def mode(self) -> int:
-        return stat.S_IMODE(self.before.st_mode)
+        """The mode the site gets: the source's, masked (see logship.tree.modes)."""
+        return site_mode(self.before.st_mode, folder=False, keep_write_bits=self.keep_write_bits)
 
 
 class BatchUpload(Protocol):
@@ -82,6 +86,7 @@ class TreeSite(Protocol):
         local: bytes,
         *,
         unchanged: Callable[[os.stat_result, os.stat_result], bool],
+        keep_write_bits: bool = False,
     ) -> tuple[str, int, os.stat_result]: ...
 
     def start_files(self, files: Sequence[BatchFile]) -> BatchUpload:
@@ -121,8 +126,11 @@ class TreeShipper:
         source: Path,
         settle: float,
         clock: Callable[[], float],
+        *,
+        keep_write_bits: bool = False,
     ) -> None:
         self._catalog = catalog
+        self._keep_write_bits = keep_write_bits
         self._connector = connector
         self._root = os.fsencode(source)
         self._source = source
@@ -160,6 +168,18 @@ class TreeShipper:
         single = sorted(
             (r for r in files if r.id not in batched and self._ready(r, now)), key=_path
         )
+        # A path is shipped only into a folder the site has as a folder: a parent
+        # the site may still hold as a link (or file) would lead the write
+        # wherever that link points.
+        waiting: set[int] = set()
+        while more := self._without_parent(folders, {r.path for r in folders}, now):
+            # A folder put back takes the folders planned inside it along.
+            waiting |= more
+            folders = [r for r in folders if r.id not in more]
+        planned_dirs = {r.path for r in folders}
+        waiting |= self._without_parent([*small, *single], planned_dirs, now)
+        small = [r for r in small if r.id not in waiting]
+        single = [r for r in single if r.id not in waiting]
         if not (removals or folders or small or single):
             return 0
         planned = [r.path for r in (*removals, *folders, *small, *single)]
@@ -189,6 +209,12 @@ class TreeShipper:
             made = self._ship_folders(site, folders, alive)
             done += len(made)
             touched_dirs.update(path.rpartition(b"/")[0] for path in made)
+        else:
+            made = []
+        # A folder of the plan that did not land keeps its contents waiting too.
+        unmade = planned_dirs.difference(made)
+        small = [r for r in small if _parent(r.path) not in unmade]
+        single = [r for r in single if _parent(r.path) not in unmade]
         shipped = self._ship_batches(site, small, alive, stopping, begin_once)
         done += len(shipped)
         touched_dirs.update(path.rpartition(b"/")[0] for path in shipped)
@@ -201,6 +227,22 @@ class TreeShipper:
                 touched_dirs.add(row.path.rpartition(b"/")[0])
         self._restore_dir_times(site, touched_dirs, {r.path for r in folders})
         return done
+
+    def _without_parent(self, due: list[TreeRow], planned: set[bytes], now: float) -> set[int]:
+        """Ids of the `due` rows whose folder is neither shipped as a folder nor
+        planned as one this round; each is put back until it is (not a failure:
+        the watcher or the scan records the folder)."""
+        parents = {_parent(r.path) for r in due} - planned - {b""}
+        known = rows.rows_for(self._catalog, self._connector, parents)
+        folders = {
+            path
+            for path, row in known.items()
+            if row.kind == EntryKind.DIR and row.state == rows.SHIPPED
+        }
+        ready = folders | planned | {b""}
+        waiting = {r.id for r in due if _parent(r.path) not in ready}
+        rows.retry_later_many(self._catalog, sorted(waiting), now + max(self._settle, RETRY_START))
+        return waiting
 
     def _ship_one(self, site: TreeSite, row: TreeRow, alive: Callable[[], bool]) -> bool:
         try:
@@ -220,7 +262,13 @@ class TreeShipper:
         contents (see _restore_dir_times).
         """
         try:
-            outcomes = site.make_dirs([(row.path, row.mode) for row in folders])
+            keep = self._keep_write_bits
+            outcomes = site.make_dirs(
+                [
+                    (row.path, site_mode(row.mode, folder=True, keep_write_bits=keep))
+                    for row in folders
+                ]
+            )
         except Exception as exc:
             if not alive():
                 raise
@@ -328,7 +376,8 @@ class TreeShipper:
         if not same_file(before, os.lstat(local)):
             self._changed_while_shipping(row)
             return None
-        return _Loaded(row, BatchFile(row.path, data, before), hashlib.sha256(data).hexdigest())
+        batched = BatchFile(row.path, data, before, self._keep_write_bits)
+        return _Loaded(row, batched, hashlib.sha256(data).hexdigest())
 
     def _finish_batch(
         self, loaded: list[_Loaded], upload: BatchUpload, alive: Callable[[], bool]
@@ -433,7 +482,9 @@ class TreeShipper:
             return False
         local = os.path.join(self._root, row.path)
         try:
-            sha256, size, shipped = site.put_file(row.path, local, unchanged=same_file)
+            sha256, size, shipped = site.put_file(
+                row.path, local, unchanged=same_file, keep_write_bits=self._keep_write_bits
+            )
         except SourceChanged:
             self._changed_while_shipping(row)
             return False
@@ -534,6 +585,10 @@ def _batches(files: list[TreeRow]) -> list[list[TreeRow]]:
     if current:
         batches.append(current)
     return batches
+
+
+def _parent(path: bytes) -> bytes:
+    return path.rpartition(b"/")[0]
 
 
 def _path(row: TreeRow) -> bytes:

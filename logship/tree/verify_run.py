@@ -19,7 +19,8 @@ from logship.errors import LogshipError, OperationFailed, first_line
 from logship.logs import event
 from logship.tree.digest import DigestEnd, DigestEntry, DigestFormatError, digest_tree, parse_line
 from logship.tree.exclude import ExcludeRules
-from logship.tree.scan import lstat_entry
+from logship.tree.modes import site_mode
+from logship.tree.scan import EntryKind, lstat_entry
 from logship.tree.verify import VerifyReport, compare, pending_paths
 from logship.tree.verify_rows import finish_verify, start_verify
 
@@ -82,7 +83,8 @@ def _settle(report: VerifyReport, connector: FilesConnector) -> VerifyReport:
         if before is None or now is None:
             changed = (before is None) != (now is None)
         else:
-            changed = (now.kind, now.mode, now.size, now.mtime_ns, now.link_target) != (
+            mode = _site_mode(now.kind, now.mode, connector)
+            changed = (now.kind, mode, now.size, now.mtime_ns, now.link_target) != (
                 before.kind,
                 before.mode,
                 before.size,
@@ -100,6 +102,20 @@ def _settle(report: VerifyReport, connector: FilesConnector) -> VerifyReport:
     )
 
 
+def _site_mode(kind: EntryKind, mode: int, connector: FilesConnector) -> int:
+    """The mode the mirror gives the site for a source path of this kind and mode."""
+    if kind is EntryKind.SYMLINK:
+        return mode  # a link's own mode is never set nor compared
+    folder = kind is EntryKind.DIR
+    return site_mode(mode, folder=folder, keep_write_bits=connector.keep_write_bits)
+
+
+def _as_shipped(entry: DigestEntry, connector: FilesConnector) -> DigestEntry:
+    """A source entry with the mode the site should have: setuid, setgid, sticky
+    and (unless kept) group/other write are stripped by the mirror, not drift."""
+    return replace(entry, mode=_site_mode(entry.kind, entry.mode, connector))
+
+
 def compare_with_site(
     config: Config, connector: FilesConnector, transport: Transport, catalog: Catalog
 ) -> VerifyReport:
@@ -112,7 +128,7 @@ def compare_with_site(
     before = pending_paths(catalog, connector.name)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tree-digest") as pool:
         remote = pool.submit(transport.run_command, argv, VERIFY_SSH_TIMEOUT_S)
-        local = list(digest_tree(connector.source, rules))
+        local = [_as_shipped(entry, connector) for entry in digest_tree(connector.source, rules)]
         try:
             status, out, err = remote.result()
         except LogshipError:

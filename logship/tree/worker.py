@@ -99,7 +99,12 @@ class MirrorWorker(threading.Thread):
             propagate_deletes=connector.delete,
         )
         self.shipper = TreeShipper(
-            catalog, connector.name, connector.source, connector.settle, clock
+            catalog,
+            connector.name,
+            connector.source,
+            connector.settle,
+            clock,
+            keep_write_bits=connector.keep_write_bits,
         )
         self.watcher = TreeWatcher(connector.source)
         self._layout = SiteLayout.for_connector(site.root, connector.name)
