@@ -189,6 +189,15 @@ def _retention(
 ) -> ActionOutcome:
     from logship.retention import fetch_standby_facts, run_retention
 
+    site = config.site_of(config.connector(connector))
+    if site.restricted:
+        # The primary's key may delete nothing there: the site runs it (cron there).
+        summary = (
+            f"skipped: site {site.name} is restricted; retention runs at the standby site "
+            "(`logship retention --at-site`, from cron there)"
+        )
+        event(log, logging.WARNING, "retention skipped", connector=connector, reason=summary)
+        return ActionOutcome(summary)
     standby = fetch_standby_facts(config, connector, transport)
     report = run_retention(
         config, connector, transport, catalog, standby=standby, dry_run=False, clock=clock

@@ -6,6 +6,11 @@ order that keeps a crash half way safe: backups before WAL, oldest WAL first, so
 interrupted run keeps more than needed, never less and never with a hole. At the
 primary site it then drops the spool's tombstones and the catalog rows of deleted WAL
 and marks deleted backups in the catalog.
+
+With `at_site` it runs at the standby site on its local folders (a restricted site,
+whose primary key may delete nothing): the same plan from what the site holds alone,
+no catalog or spool, incomplete backup folders only once nothing changed in them for
+`STALE_TEMP_S`, and stale upload temps swept.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from logship.retention_site import (
     site_segment_size,
 )
 from logship.ship.transport import Transport
+from logship.site_temps import STALE_TEMP_S, last_change, sweep_stale_temps
 from logship.spool import kept_path
 
 if TYPE_CHECKING:
@@ -100,6 +106,8 @@ class RetentionReport:
     segment_size: int
     forgotten_catalog_rows: int
     notes: tuple[str, ...]
+    #: stale upload temps removed at the site (with `dry_run`: that would be)
+    swept_temps: int = 0
 
     @property
     def deleted_bytes(self) -> int:
@@ -135,6 +143,7 @@ class RetentionReport:
             "standby_redo_wal": self.standby_redo_wal,
             "segment_size": self.segment_size,
             "forgotten_catalog_rows": self.forgotten_catalog_rows,
+            "swept_temps": self.swept_temps,
             "notes": list(self.notes),
         }
 
@@ -160,7 +169,8 @@ class _Applier:
     transport: Transport
     layout: SiteLayout
     catalog: Catalog | None
-    spool_dir: Path
+    #: the primary's spool, whose tombstones of deleted WAL go too (None at the site)
+    spool_dir: Path | None
     dry_run: bool
     clock: Clock
     notes: list[str]
@@ -209,6 +219,8 @@ class _Applier:
     def _forget(self, names: Sequence[str]) -> None:
         """The primary site's traces of WAL gone from the site: tombstones, kept copies,
         catalog rows."""
+        if self.spool_dir is None:
+            return  # at the site: the primary's traces are the primary's
         failed = 0
         for name in names:
             try:
@@ -251,6 +263,20 @@ def _standby_need(facts: StandbyFacts | None, promoted: bool) -> StandbyNeed:
     return standby_need(facts)
 
 
+def _settled(
+    layout: SiteLayout, incomplete: Sequence[str], now: float, notes: list[str]
+) -> tuple[str, ...]:
+    """The incomplete backup folders nothing has changed in for STALE_TEMP_S."""
+    settled = []
+    for backup_id in incomplete:
+        changed = last_change(Path(layout.backup_dir(backup_id)))
+        if changed is not None and now - changed >= STALE_TEMP_S:
+            settled.append(backup_id)
+        else:
+            notes.append(f"incomplete backup folder {backup_id} changed lately: left for now")
+    return tuple(settled)
+
+
 def run_retention(
     config: Config,
     connector_name: str,
@@ -260,13 +286,15 @@ def run_retention(
     standby: StandbyFacts | None,
     dry_run: bool,
     clock: Clock = time.time,
+    at_site: bool = False,
 ) -> RetentionReport:
     """Apply the connector's [retention] at its site through `transport`.
 
     `standby` is what `standby status` said (see `fetch_standby_facts`); None means
     not known, and then every WAL file stays. `catalog` (when given) gets deleted
     backups marked and removed WAL forgotten; the spool's tombstones of removed WAL
-    go too. Raises OperationFailed when the site fails half way.
+    go too. With `at_site` (see the module's doc) `transport` is the site's own
+    folders and `catalog` None. Raises OperationFailed when the site fails half way.
     """
     from logship.basebackup import postgres_connector
 
@@ -287,8 +315,12 @@ def run_retention(
         ) from exc
     notes: list[str] = [f"{problem}; kept" for problem in contents.unreadable.values()]
     incomplete = contents.incomplete
+    if at_site:
+        # The primary's backup lock is not visible here: a folder a backup still
+        # writes into has changed lately.
+        incomplete = _settled(layout, incomplete, now, notes)
     # Checked after the scan: a backup holding the lock now may own any folder seen.
-    if incomplete and is_backup_running(config.logship.state_dir, connector.name):
+    elif incomplete and is_backup_running(config.logship.state_dir, connector.name):
         notes.append("a base backup is running: incomplete folders are left for the next run")
         incomplete = ()
     plan = plan_retention(
@@ -306,7 +338,7 @@ def run_retention(
         transport,
         layout,
         catalog,
-        config.spool_dir(connector.name),
+        None if at_site else config.spool_dir(connector.name),
         dry_run,
         clock,
         notes,
@@ -315,6 +347,7 @@ def run_retention(
     # line saying that stopping half way is safe.
     backups, incomplete_deleted = _guarded(connector.name, "base backups", applier.backups, plan)
     wal = _guarded(connector.name, "WAL", applier.wal, plan)
+    swept = sweep_stale_temps(layout, now, dry_run=dry_run) if at_site else 0
     report = RetentionReport(
         connector=connector.name,
         site=site.name,
@@ -334,6 +367,7 @@ def run_retention(
         segment_size=seg_size,
         forgotten_catalog_rows=applier.forgotten,
         notes=tuple(notes),
+        swept_temps=swept,
     )
     if catalog is not None and not dry_run and (backups or incomplete_deleted or wal):
         detail = {k: v for k, v in report.to_json().items() if k != "deleted_wal"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, field_validator
 
 from logship.config.durations import parse_duration
 from logship.errors import UsageError
@@ -41,6 +41,9 @@ class SiteConfig(Strict):
     connections: int = Field(default=4, ge=1, le=16)
     #: how to run logship at that site (for `standby status`), as an argument list
     command: list[str] = Field(default=["logship"], min_length=1)
+    #: the primary's key there may only add new files (a forced command): the site
+    #: itself runs retention, sweeps stale temps and sets refused WAL aside
+    restricted: StrictBool = False
 
     @field_validator("root")
     @classmethod

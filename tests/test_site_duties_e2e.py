@@ -1,0 +1,162 @@
+"""A restricted site for real (primary, sshd, standby, daemon): the primary's
+retention refuses, `retention --at-site` deletes old backups and WAL at the site and
+nothing the kept backups or the standby need, and a WAL copy the standby refused is
+set aside at the site so that the daemon's re-ship is a new file, then replayed."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from logship.basebackup import backup_id_for
+from logship.manifest import BackupRecord, ManifestRecord
+from logship.retention_plan import segment_number
+from logship.sandbox.deployment import Deployment, wait_for
+from logship.spool import kept_path
+
+SEG = 16 * 1024 * 1024
+
+pytestmark = pytest.mark.e2e
+
+
+def _restrict(dep: Deployment) -> None:
+    text = dep.config_path.read_text()
+    dep.config_path.write_text(text.replace("[sites.dr]\n", "[sites.dr]\nrestricted = true\n"))
+
+
+def _site(dep: Deployment) -> Path:
+    return dep.incoming / dep.connector
+
+
+def _site_wal(dep: Deployment) -> set[str]:
+    names = {p.name.removesuffix(".zst") for p in (_site(dep) / "wal").iterdir()}
+    return {n for n in names if not n.startswith(".tmp.")}
+
+
+def _site_backups(dep: Deployment) -> dict[str, BackupRecord]:
+    base = _site(dep) / "base"
+    return {
+        p.name: BackupRecord.from_json((p / "backup.json").read_bytes())
+        for p in (base.iterdir() if base.exists() else ())
+        if (p / "backup.json").exists()
+    }
+
+
+def _shipped(dep: Deployment, name: str) -> bool:
+    return (_site(dep) / "manifest" / f"{name}.json").exists()
+
+
+def _close_segment(dep: Deployment) -> str:
+    ((name,),) = dep.primary.query("select pg_walfile_name(pg_switch_wal())")
+    return str(name)
+
+
+def _backup(dep: Deployment, previous: str | None) -> str:
+    wait_for(lambda: backup_id_for(time.time()) != previous, 5, "the next second")
+    before = set(_site_backups(dep))
+    dep.logship("base-backup", dep.connector)
+    (new,) = set(_site_backups(dep)) - before
+    closed = _close_segment(dep)
+    wait_for(lambda: _shipped(dep, closed), 60, f"{closed} shipped")
+    return new
+
+
+def _below(names: set[str], cutoff: str) -> set[str]:
+    limit = segment_number(cutoff, SEG)
+    assert limit is not None
+    return {n for n in names if (number := segment_number(n, SEG)) is not None and number < limit}
+
+
+def test_retention_runs_at_a_restricted_site(deployment: Deployment) -> None:
+    dep = deployment
+    _restrict(dep)
+    dep.start_daemon()
+    dep.primary.execute("create table t as select g from generate_series(1, 1000) g")
+    first = _close_segment(dep)
+    wait_for(lambda: _shipped(dep, first), 60, f"{first} shipped")
+    b1 = _backup(dep, None)
+    b2 = _backup(dep, b1)
+    b3 = _backup(dep, b2)
+    start1 = _site_backups(dep)[b1].start_wal
+    assert start1 is not None
+    # A standby restored from the oldest backup: it needs WAL from b1's start on.
+    dep.logship("standby", "restore", dep.connector, "--backup", b1)
+    dep.wait_replayed(dep.switch_wal(), timeout=120)
+    connector_file = dep.config_dir / "connectors" / f"{dep.connector}.toml"
+    connector_file.write_text(connector_file.read_text() + "\n[retention]\nkeep_backups = 2\n")
+    stale = _site(dep) / "wal" / ".tmp.000000010000000000000099.zst.dead"
+    stale.write_bytes(b"cut short")
+    os.utime(stale, (time.time() - 7200,) * 2)
+    tombstones = sorted((dep.spool_dir / ".shipped").iterdir())
+
+    # The primary's key may not delete there: one line, exit 3, nothing touched.
+    refused = dep.logship("retention", dep.connector, check=False)
+    assert refused.returncode == 3, refused.stderr
+    assert refused.stderr.strip() == (
+        "logship retention: site dr is restricted: run `logship retention --at-site` "
+        "at the standby site"
+    )
+    assert set(_site_backups(dep)) == {b1, b2, b3} and stale.exists()
+
+    site_before = _site_wal(dep)
+    dry_run = dep.logship("retention", "--at-site", dep.connector, "--dry-run", "--json")
+    dry = json.loads(dry_run.stdout)
+    assert dry["dry_run"] and [b["backup_id"] for b in dry["deleted_backups"]] == [b1]
+    assert set(_site_backups(dep)) == {b1, b2, b3} and site_before <= _site_wal(dep)
+
+    # At the site, as the site: b1 goes, and only the WAL below the standby's redo.
+    report = json.loads(dep.logship("retention", "--at-site", dep.connector, "--json").stdout)
+    assert set(_site_backups(dep)) == {b2, b3}
+    assert not (_site(dep) / "base" / b1).exists()
+    assert report["standby_redo_wal"] == start1 == report["cutoff_wal"]
+    gone = _below(site_before, start1)
+    assert gone and set(report["deleted_wal"]) == gone
+    assert site_before - gone <= _site_wal(dep)
+    assert start1 in _site_wal(dep)
+    assert not stale.exists() and report["swept_temps"] >= 1
+    # The primary's spool and catalog are the primary's: untouched from the site.
+    assert sorted((dep.spool_dir / ".shipped").iterdir()) == tombstones
+
+    # The standby replays on, and a drill of a kept backup still restores.
+    dep.primary.execute("insert into t select g from generate_series(1001, 2000) g")
+    dep.wait_replayed(dep.switch_wal(), timeout=120)
+    assert dep.standby.query("select count(*) from t") == [(2000,)]
+
+
+def test_a_refused_copy_is_set_aside_and_shipped_again(deployment: Deployment) -> None:
+    dep = deployment
+    _restrict(dep)
+    dep.start_daemon()
+    dep.standby_up()
+    dep.wait_replayed(dep.switch_wal())
+    dep.standby.stop()
+    dep.primary.execute("create table marker as select 42 as answer")
+    ((segment,),) = dep.primary.query("select pg_walfile_name(pg_current_wal_lsn())")
+    lsn = dep.switch_wal()
+    record_path = _site(dep) / "manifest" / f"{segment}.json"
+    wait_for(record_path.exists, 60, f"{segment} shipped")
+    record = ManifestRecord.from_json(record_path.read_bytes())
+    stored = _site(dep) / "wal" / record.stored_name
+    bad = bytearray(stored.read_bytes())
+    bad[len(bad) // 2] ^= 0xFF
+    stored.write_bytes(bytes(bad))
+    wait_for(kept_path(dep.spool_dir, segment).exists, 30, "the shipped copy kept in the spool")
+
+    dep.standby.start()
+    dep.wait_replayed(lsn)
+    assert dep.standby.query("select answer from marker") == [(42,)]
+    # The bad copy is kept aside at the site, as it was; the good one is a new file.
+    quarantine = _site(dep) / "quarantine"
+    aside = sorted(os.listdir(quarantine))
+    (aside_wal,) = [n for n in aside if n.endswith(record.stored_name)]
+    assert [n for n in aside if n.endswith(f"{segment}.json")]
+    assert (quarantine / aside_wal).read_bytes() == bytes(bad)
+    assert stored.read_bytes() != bytes(bad)
+    assert not (_site(dep) / "refused" / f"{segment}.json").exists()
+    lines = dep.daemon_log.read_text().splitlines()
+    events = [json.loads(line) for line in lines if line.startswith("{")]
+    assert any(e.get("event") == "re-shipped" and e.get("file") == segment for e in events)
