@@ -202,6 +202,8 @@ class SiteWorker(threading.Thread):
         layout = target.layout
         for directory in (layout.wal_dir, layout.manifest_dir):
             transport.makedirs(directory)
+            if self.site.restricted:
+                continue  # this key may remove nothing there: the site sweeps them
             # Temp files of an upload cut short (kill -9, lost link) are never
             # visible under a WAL name; clearing them keeps the site tidy.
             for name in transport.listdir(directory):
@@ -496,7 +498,13 @@ class SiteWorker(threading.Thread):
 
     def _repair(self, target: ShipTarget, refused: tuple[str, ...]) -> None:
         """Ship again what restore-wal refused as corrupt, from the spool's kept copy
-        when it matches what was shipped; say loudly when there is none."""
+        when it matches what was shipped; say loudly when there is none.
+
+        restore-wal sets the refused copy and its record aside at the site, so the
+        re-ship is a new file. A record still there means either that the re-ship
+        waits for the standby's next try, or an older logship at the site that sets
+        nothing aside: only an unrestricted key may then ship over it.
+        """
         assert self._transport is not None
         lost = []
         for name in refused:
@@ -506,15 +514,20 @@ class SiteWorker(threading.Thread):
             if entry is None or expected is None or sha256_of(kept) != expected:
                 lost.append(name)
                 continue
+            present = self._transport.read_bytes(target.layout.record_path(name)) is not None
+            if present and self.site.restricted:
+                continue
             ship_file(
                 self._transport,
                 target.layout,
                 entry,
                 target.compression,
                 self._clock,
-                replace=True,
+                replace=present,
             )
-            self._transport.remove(target.layout.refused_note(name))
+            if not self.site.restricted:
+                # Restricted: restore-wal removes the note once it takes the file.
+                self._transport.remove(target.layout.refused_note(name))
             message = (
                 f"{name} was refused as corrupt at site {self.site.name}; "
                 "shipped again from the spool's kept copy"
