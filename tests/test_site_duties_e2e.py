@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from logship.basebackup import backup_id_for
+from logship.catalog.store import Catalog
 from logship.manifest import BackupRecord, ManifestRecord
 from logship.retention_plan import segment_number
 from logship.sandbox.deployment import Deployment, wait_for
@@ -130,6 +131,16 @@ def test_retention_runs_at_a_restricted_site(deployment: Deployment) -> None:
     assert dep.standby.query("select count(*) from t") == [(2000,)]
 
 
+def _sampled_at(dep: Deployment) -> float:
+    """When the daemon last recorded the site's `standby status` (then repaired)."""
+    catalog = Catalog(f"sqlite:///{dep.state_dir / 'catalog.db'}")
+    try:
+        progress = catalog.standby_progress(dep.connector)
+        return progress.sampled_at if progress and progress.sampled_at else 0.0
+    finally:
+        catalog.close()
+
+
 def test_a_refused_copy_is_set_aside_and_shipped_again(deployment: Deployment) -> None:
     dep = deployment
     _restrict(dep)
@@ -149,20 +160,32 @@ def test_a_refused_copy_is_set_aside_and_shipped_again(deployment: Deployment) -
     stored.write_bytes(bytes(bad))
     wait_for(kept_path(dep.spool_dir, segment).exists, 30, "the shipped copy kept in the spool")
 
-    dep.standby.start()
-    dep.wait_replayed(lsn)
-    assert dep.standby.query("select answer from marker") == [(42,)]
-    # The bad copy is kept aside at the site, as it was; the good one is a new file.
+    # restore-wal at the site, as the standby runs it, refuses the bad copy.
+    probe = dep.root / "standby-site" / "probe"
+    refused = dep.logship("restore-wal", dep.connector, segment, str(probe), check=False)
+    assert refused.returncode == 1 and "refusing" in refused.stderr, refused.stderr
+    assert not probe.exists()
+    # The bad copy is kept aside at the site, as it was.
     quarantine = _site(dep) / "quarantine"
     aside = sorted(os.listdir(quarantine))
     (aside_wal,) = [n for n in aside if n.endswith(record.stored_name)]
     assert [n for n in aside if n.endswith(f"{segment}.json")]
     assert (quarantine / aside_wal).read_bytes() == bytes(bad)
+
+    # The daemon ships it again as a new file, once: while it waits for the
+    # standby, later samples leave it be (this key could not ship over it).
+    wait_for(record_path.exists, 60, f"{segment} shipped again")
+    landed = time.time()
+    wait_for(lambda: _sampled_at(dep) > landed + 3, 60, "three more samples")
     assert stored.read_bytes() != bytes(bad)
-    assert not (_site(dep) / "refused" / f"{segment}.json").exists()
+    note = _site(dep) / "refused" / f"{segment}.json"
+    assert note.exists(), "restore-wal, not the daemon, removes the note"
     lines = dep.daemon_log.read_text().splitlines()
     events = [json.loads(line) for line in lines if line.startswith("{")]
-    # Once: while the new copy waits for the standby's next try, the daemon leaves
-    # it be (its key could not ship over it).
     reshipped = [e for e in events if e.get("event") == "re-shipped" and e.get("file") == segment]
     assert len(reshipped) == 1, reshipped
+
+    dep.standby.start()
+    dep.wait_replayed(lsn)
+    assert dep.standby.query("select answer from marker") == [(42,)]
+    assert not note.exists()
