@@ -28,7 +28,13 @@ from logship.errors import LogshipError, OperationFailed, first_line
 from logship.lag import iso_utc
 from logship.manifest import BackupRecord, SiteLayout
 from logship.replay.standby_status import StandbyFacts, ask_standby_status
-from logship.retention_plan import RetentionPlan, StandbyNeed, plan_retention, standby_need
+from logship.retention_plan import (
+    RetentionPlan,
+    StandbyNeed,
+    plan_retention,
+    segment_number,
+    standby_need,
+)
 from logship.retention_site import (
     read_manifest,
     remove_backup,
@@ -261,6 +267,62 @@ def _standby_need(facts: StandbyFacts | None, promoted: bool) -> StandbyNeed:
             "the standby was promoted (PROMOTED marker at the site): its WAL history stays"
         )
     return standby_need(facts)
+
+
+def forget_removed_at_site(
+    config: Config, connector_name: str, transport: Transport, catalog: Catalog, clock: Clock
+) -> tuple[int, int]:
+    """For a restricted site, whose own retention deletes: forget at the primary what
+    it removed, reading the site and deleting nothing there. Returns (WAL rows
+    forgotten, backups marked deleted).
+
+    A WAL file is forgotten (catalog row, spool tombstone and kept copy) only when
+    shipped, absent at the site, older than the oldest WAL still there, and not one
+    restore-wal refused and set aside (its re-ship needs the kept copy). A backup is
+    marked deleted only when it finished and its folder is gone.
+    """
+    from logship.basebackup import postgres_connector
+    from logship.catalog.models import FileState
+
+    connector = postgres_connector(config, connector_name)
+    layout = SiteLayout.for_connector(config.site_of(connector).root, connector.name)
+    contents = scan_site(transport, layout, connector.name)
+    present = set(contents.wal_names)
+    seg_size = site_segment_size(transport, layout, contents.wal_names, catalog, connector.name)
+    numbers = [n for name in present if (n := segment_number(name, seg_size)) is not None]
+    refused = {n.removesuffix(".json") for n in transport.listdir(layout.refused_dir)}
+    gone: list[str] = []
+    if numbers:
+        oldest = min(numbers)
+        for row in catalog.files(connector.name):
+            number = segment_number(row.name, seg_size)
+            if (
+                row.state in (FileState.SHIPPED, FileState.APPLIED)
+                and row.name not in present
+                and row.name not in refused
+                and number is not None
+                and number < oldest
+            ):
+                gone.append(row.name)
+    applier = _Applier(
+        connector.name,
+        transport,
+        layout,
+        catalog,
+        config.spool_dir(connector.name),
+        False,
+        clock,
+        [],
+    )
+    applier._forget(gone)
+    folders = set(transport.listdir(layout.base_dir))
+    deleted = [
+        b.backup_id
+        for b in catalog.backups(connector.name)
+        if b.state == "done" and b.backup_id not in folders
+    ]
+    catalog.mark_backups_deleted(connector.name, deleted, clock())
+    return len(gone), len(deleted)
 
 
 def _settled(

@@ -16,7 +16,8 @@ import pytest
 import zstandard
 from offline_config import write_offline_config
 
-from logship.catalog.store import Catalog
+from logship.archive import tombstone_path
+from logship.catalog.store import Catalog, NewFile
 from logship.config.load import load_config
 from logship.errors import ConfigError
 from logship.jobs import run_action
@@ -153,12 +154,28 @@ def _old_site(site_root: Path) -> SiteLayout:
 
 
 def test_scheduled_retention_for_a_restricted_site_deletes_nothing(tmp_path: Path) -> None:
+    """It deletes nothing at the site; at the primary it forgets what the site's own
+    retention removed (catalog rows, spool tombstones), so they do not pile up."""
     site_root = tmp_path / "site"
     config = load_config(_restricted_config(tmp_path, site_root))
     layout = _old_site(site_root)
+    # Refused at the site and set aside (absent for now), older than all that is there.
+    _put(Path(layout.refused_note(wal(12))), b"{}")
     before = sorted(p.relative_to(site_root) for p in site_root.rglob("*"))
+    spool = config.spool_dir("orders")
     catalog = Catalog(config.catalog_url)
     try:
+        for n in range(10, 45):
+            _put(tombstone_path(spool, wal(n)), b"sha\n")
+            catalog.add_discovered(NewFile("orders", wal(n), wal(n), SEG, 1.0), 1.0)
+            row = catalog.file("orders", wal(n))
+            assert row is not None
+            if n < 44:  # the newest is still waiting to ship
+                catalog.mark_shipped(row.id, "s" * 64, 100, 2.0)
+        for backup_id in ("b1", "b2", "b9"):
+            catalog.start_backup("orders", backup_id, 1.0)
+            if backup_id != "b9":  # b9 is still running
+                catalog.finish_backup("orders", backup_id, now=2.0)
         outcome = run_action(
             "retention",
             config,
@@ -168,11 +185,18 @@ def test_scheduled_retention_for_a_restricted_site_deletes_nothing(tmp_path: Pat
             time.time,
             drill_after_backup=False,
         )
+        assert "skipped" in outcome.summary and "--at-site" in outcome.summary, outcome.summary
+        assert sorted(p.relative_to(site_root) for p in site_root.rglob("*")) == before
+        # Below the oldest WAL at the site and gone from it: forgotten, but the
+        # refused one, which is coming back.
+        left = [row.name for row in catalog.files("orders")]
+        assert left == [wal(12), *(wal(n) for n in range(18, 45))]
+        shipped = sorted(p.name for p in (spool / ".shipped").iterdir())
+        assert shipped == [wal(12), *(wal(n) for n in range(18, 45))]
+        states = {b.backup_id: b.state for b in catalog.backups("orders")}
+        assert states == {"b1": "deleted", "b2": "done", "b9": "running"}
     finally:
         catalog.close()
-    assert "skipped" in outcome.summary and "--at-site" in outcome.summary, outcome.summary
-    assert sorted(p.relative_to(site_root) for p in site_root.rglob("*")) == before
-    assert Path(layout.backup_record("b2")).exists()
 
 
 def test_primary_retention_refuses_for_a_restricted_site(tmp_path: Path) -> None:
