@@ -141,8 +141,10 @@ def _sampled_at(dep: Deployment) -> float:
         catalog.close()
 
 
-def test_a_refused_copy_is_set_aside_and_shipped_again(deployment: Deployment) -> None:
-    dep = deployment
+def _corrupt_next_segment(dep: Deployment) -> tuple[str, str, ManifestRecord, bytes]:
+    """A restricted site with the standby stopped; the next segment (holding a new
+    table) shipped and a byte of it flipped at the site: (segment, the LSN past it,
+    its record, the bad bytes)."""
     _restrict(dep)
     dep.start_daemon()
     dep.standby_up()
@@ -159,6 +161,29 @@ def test_a_refused_copy_is_set_aside_and_shipped_again(deployment: Deployment) -
     bad[len(bad) // 2] ^= 0xFF
     stored.write_bytes(bytes(bad))
     wait_for(kept_path(dep.spool_dir, segment).exists, 30, "the shipped copy kept in the spool")
+    return str(segment), lsn, record, bytes(bad)
+
+
+def _events(dep: Deployment, name: str, segment: str) -> list[dict[str, object]]:
+    lines = dep.daemon_log.read_text().splitlines()
+    events = [json.loads(line) for line in lines if line.startswith("{")]
+    return [e for e in events if e.get("event") == name and e.get("file") == segment]
+
+
+def _site_error(dep: Deployment) -> str:
+    catalog = Catalog(f"sqlite:///{dep.state_dir / 'catalog.db'}")
+    try:
+        status = catalog.site_status("dr")
+        return (status.error if status else None) or ""
+    finally:
+        catalog.close()
+
+
+def test_a_refused_copy_is_set_aside_and_shipped_again(deployment: Deployment) -> None:
+    dep = deployment
+    segment, lsn, record, bad = _corrupt_next_segment(dep)
+    record_path = _site(dep) / "manifest" / f"{segment}.json"
+    stored = _site(dep) / "wal" / record.stored_name
 
     # restore-wal at the site, as the standby runs it, refuses the bad copy.
     probe = dep.root / "standby-site" / "probe"
@@ -170,22 +195,55 @@ def test_a_refused_copy_is_set_aside_and_shipped_again(deployment: Deployment) -
     aside = sorted(os.listdir(quarantine))
     (aside_wal,) = [n for n in aside if n.endswith(record.stored_name)]
     assert [n for n in aside if n.endswith(f"{segment}.json")]
-    assert (quarantine / aside_wal).read_bytes() == bytes(bad)
+    assert (quarantine / aside_wal).read_bytes() == bad
 
     # The daemon ships it again as a new file, once: while it waits for the
     # standby, later samples leave it be (this key could not ship over it).
     wait_for(record_path.exists, 60, f"{segment} shipped again")
     landed = time.time()
     wait_for(lambda: _sampled_at(dep) > landed + 3, 60, "three more samples")
-    assert stored.read_bytes() != bytes(bad)
+    assert stored.read_bytes() != bad
     note = _site(dep) / "refused" / f"{segment}.json"
     assert note.exists(), "restore-wal, not the daemon, removes the note"
-    lines = dep.daemon_log.read_text().splitlines()
-    events = [json.loads(line) for line in lines if line.startswith("{")]
-    reshipped = [e for e in events if e.get("event") == "re-shipped" and e.get("file") == segment]
+    reshipped = _events(dep, "re-shipped", segment)
     assert len(reshipped) == 1, reshipped
 
     dep.standby.start()
     dep.wait_replayed(lsn)
     assert dep.standby.query("select answer from marker") == [(42,)]
     assert not note.exists()
+
+
+def test_a_refused_copy_the_site_cannot_set_aside_is_reported(deployment: Deployment) -> None:
+    dep = deployment
+    segment, lsn, record, bad = _corrupt_next_segment(dep)
+    stored = _site(dep) / "wal" / record.stored_name
+    record_path = _site(dep) / "manifest" / f"{segment}.json"
+    # Where the site sets copies aside is taken (by a file): restore-wal cannot.
+    quarantine = _site(dep) / "quarantine"
+    quarantine.write_bytes(b"")
+    probe = dep.root / "standby-site" / "probe"
+    refused = dep.logship("restore-wal", dep.connector, segment, str(probe), check=False)
+    assert refused.returncode == 1, refused.stderr
+    assert "could not move it aside" in refused.stderr, refused.stderr
+
+    # The restricted key may not ship over it: the daemon says what to do instead.
+    def reported() -> str | None:
+        error = _site_error(dep)
+        return error if segment in error and "could not set the bad copy aside" in error else None
+
+    error = wait_for(reported, 60, "the stuck copy reported")
+    assert str(quarantine) in error, error
+    assert stored.read_bytes() == bad and not _events(dep, "re-shipped", segment)
+
+    # Done as it says, by hand at the site: the copy ships again and is replayed.
+    quarantine.unlink()
+    quarantine.mkdir(mode=0o700)
+    dep.user.chown(quarantine)
+    stored.rename(quarantine / stored.name)
+    record_path.rename(quarantine / record_path.name)
+    wait_for(record_path.exists, 60, f"{segment} shipped again")
+    dep.standby.start()
+    dep.wait_replayed(lsn)
+    assert dep.standby.query("select answer from marker") == [(42,)]
+    wait_for(lambda: segment not in _site_error(dep), 30, "the report cleared")

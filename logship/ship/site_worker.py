@@ -7,6 +7,7 @@ files, so a restart resumes exactly where the previous run stopped.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import queue
 import threading
@@ -44,6 +45,8 @@ BATCH = 64
 SAMPLE_TIMEOUT = 20.0
 #: a lane (a process and an SSH session) unused this long is closed until needed
 LANE_IDLE_S = 300.0
+#: restore-wal's refused note is a few hundred bytes; more is not read
+NOTE_LIMIT = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -506,7 +509,8 @@ class SiteWorker(threading.Thread):
         nothing aside: only an unrestricted key may then ship over it.
         """
         assert self._transport is not None
-        lost = []
+        lost: list[str] = []
+        stuck: list[str] = []
         for name in refused:
             expected = shipped_sha256(target.spool_dir, name)
             kept = kept_path(target.spool_dir, name)
@@ -516,6 +520,8 @@ class SiteWorker(threading.Thread):
                 continue
             present = self._transport.read_bytes(target.layout.record_path(name)) is not None
             if present and self.site.restricted:
+                if not self._set_aside_at_site(target, name):
+                    stuck.append(name)
                 continue
             ship_file(
                 self._transport,
@@ -535,19 +541,45 @@ class SiteWorker(threading.Thread):
             event(log, logging.WARNING, "re-shipped", connector=target.connector, file=name)
             self.catalog.add_event(target.connector, self._clock(), "error", message)
         key = target.connector
-        if not lost:
+        problems = []
+        if lost:
+            problems.append(
+                f"{target.connector}: {', '.join(lost)} refused as corrupt at site "
+                f"{self.site.name}, and the spool has no good copy left: the standby cannot "
+                "replay past it. Copy the segment from the primary's pg_wal if it is still "
+                f"there, or take a new base backup (logship base-backup {target.connector})"
+            )
+        if stuck:
+            problems.append(
+                f"{target.connector}: {', '.join(stuck)} refused as corrupt at site "
+                f"{self.site.name}, which could not set the bad copy aside (see restore-wal's "
+                "message in the standby's log), and this restricted key may not replace it: "
+                f"move it from {target.layout.wal_dir} and its record from "
+                f"{target.layout.manifest_dir} into {target.layout.quarantine_dir} there, "
+                "and it ships again"
+            )
+        if not problems:
             self._unrepairable.pop(key, None)
             return
-        message = (
-            f"{target.connector}: {', '.join(lost)} refused as corrupt at site "
-            f"{self.site.name}, and the spool has no good copy left: the standby cannot "
-            "replay past it. Copy the segment from the primary's pg_wal if it is still "
-            f"there, or take a new base backup (logship base-backup {target.connector})"
-        )
+        message = "; ".join(problems)
         if self._unrepairable.get(key) != message:
-            event(log, logging.ERROR, "corrupt at the site", connector=key, files=lost)
+            event(log, logging.ERROR, "corrupt at the site", connector=key, files=lost + stuck)
             self.catalog.add_event(key, self._clock(), "error", message)
         self._unrepairable[key] = message
+
+    def _set_aside_at_site(self, target: ShipTarget, name: str) -> bool:
+        """Whether restore-wal's refused note says it moved the bad copy aside (then
+        a record there now is the re-ship's, waiting for the standby's next try)."""
+        assert self._transport is not None
+        data = self._transport.read_bytes(target.layout.refused_note(name))
+        if data is None:
+            return True  # taken meanwhile: restore-wal removes the note then
+        try:
+            note = json.loads(data[:NOTE_LIMIT])
+        except (ValueError, RecursionError):
+            return False
+        moved = note.get("set_aside") if isinstance(note, dict) else None
+        return isinstance(moved, list) and bool(moved)
 
     def _warn_once(self, connector: str, error: str | None) -> None:
         if self._sample_errors.get(connector) != error:
