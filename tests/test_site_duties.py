@@ -223,6 +223,13 @@ def test_run_retention_at_site_uses_only_the_site(tmp_path: Path) -> None:
     ]
     for path in stale:
         _put(path, age=2 * HOUR)
+    # A link planted under a temp name: the link goes, never what it points to.
+    outside = tmp_path / "precious"
+    outside.write_bytes(b"keep me")
+    planted = Path(layout.wal_dir / ".tmp.planted")
+    planted.symlink_to(outside)
+    os.utime(planted, (time.time() - 2 * HOUR,) * 2, follow_symlinks=False)
+    stale.append(planted)
     fresh = Path(layout.wal_dir / f".tmp.{wal(46)}.zst.5e6f")
     _put(fresh)
     _put(Path(layout.backup_dir("b9-filling")) / ".tmp.base.tar.zst.12")
@@ -247,7 +254,7 @@ def test_run_retention_at_site_uses_only_the_site(tmp_path: Path) -> None:
     assert sorted(os.listdir(layout.base_dir)) == ["b3", "b4", "b9-filling"]
     assert sorted(os.listdir(layout.manifest_dir)) == [f"{wal(n)}.json" for n in range(30, 45)]
     assert not any(path.exists() for path in stale), [p for p in stale if p.exists()]
-    assert fresh.exists()
+    assert fresh.exists() and outside.read_bytes() == b"keep me"
     assert report.swept_temps == len(stale)
     # Nothing of the primary's (catalog, spool) is read or touched at the site.
     assert sorted(state.rglob("*")) == before_state
