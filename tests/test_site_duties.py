@@ -335,3 +335,31 @@ def test_restore_wal_does_not_set_aside_a_copy_it_did_not_read(tmp_path: Path) -
     moved = quarantine_refused(layout, name, seen)
     assert moved == []
     assert stored.exists() and Path(layout.record_path(name)).exists()
+
+
+def test_retention_at_site_waits_for_a_running_drill(tmp_path: Path) -> None:
+    """At the primary, the scheduler never ran retention and a drill of one connector
+    together; at the site, cron does not know of drills: the drill's lock tells."""
+    import fcntl
+
+    from logship.replay.drill import LOCK_NAME
+
+    site_root = tmp_path / "site"
+    path = _restricted_config(tmp_path, site_root)
+    layout = _old_site(site_root)
+    scratch = Path(layout.root / "drill")
+    scratch.mkdir(mode=0o700)
+    fd = os.open(scratch / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        busy = _logship(path, "retention", "--at-site", "orders")
+    finally:
+        os.close(fd)
+    assert busy.returncode == 1, busy.stderr
+    (line,) = busy.stderr.strip().splitlines()
+    assert "drill" in line and "again" in line, line
+    assert Path(layout.backup_record("b2")).exists()
+
+    done = _logship(path, "retention", "--at-site", "orders", "--json")
+    assert done.returncode == 0, done.stderr
+    assert [b["backup_id"] for b in json.loads(done.stdout)["deleted_backups"]] == ["b2"]

@@ -11,6 +11,7 @@ every postgresql connector when none is named.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -21,7 +22,7 @@ from logship.basebackup import postgres_connector
 from logship.catalog.opening import open_catalog
 from logship.config.files import config_path
 from logship.config.load import load_config
-from logship.errors import LogshipError, SafetyRefusal, UsageError
+from logship.errors import LogshipError, OperationFailed, SafetyRefusal, UsageError
 from logship.retention import RetentionReport
 
 if TYPE_CHECKING:
@@ -152,6 +153,28 @@ def _at_site(config: Config, args: argparse.Namespace) -> int:
 
 
 def _run_at_site(config: Config, name: str, dry_run: bool) -> RetentionReport:
+    from logship.manifest import SiteLayout
+    from logship.replay.drill import scratch_lock, scratch_root
+
+    connector = postgres_connector(config, name)
+    layout = SiteLayout.for_connector(config.site_of(connector).root, connector.name)
+    scratch = scratch_root(connector.drill.scratch_dir, layout, connector.standby.data_dir)
+    # At the primary the scheduler never runs a drill and retention of one connector
+    # together; cron at the site does not know of drills, their lock does.
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(scratch_lock(scratch))
+        except OperationFailed as exc:
+            if "another drill is running" not in str(exc):
+                raise  # the folder itself is unusable: its own message says how
+            raise OperationFailed(
+                f"connector {connector.name}: a restore drill is running at this site "
+                f"({scratch}): nothing was deleted; run retention again once it is done"
+            ) from None
+        return _retention_here(config, connector.name, dry_run)
+
+
+def _retention_here(config: Config, name: str, dry_run: bool) -> RetentionReport:
     from logship.replay.standby_status import read_standby_facts
     from logship.retention import run_retention
     from logship.ship.localdir import LocalDirTransport
