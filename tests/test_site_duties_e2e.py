@@ -125,10 +125,13 @@ def test_retention_runs_at_a_restricted_site(deployment: Deployment) -> None:
     # The primary's spool and catalog are the primary's: untouched from the site.
     assert sorted((dep.spool_dir / ".shipped").iterdir()) == tombstones
 
-    # The standby replays on, and a drill of a kept backup still restores.
+    # The standby replays on, and the oldest kept backup still restores and replays
+    # at the site from what is left there (a restore drill).
     dep.primary.execute("insert into t select g from generate_series(1001, 2000) g")
     dep.wait_replayed(dep.switch_wal(), timeout=120)
     assert dep.standby.query("select count(*) from t") == [(2000,)]
+    drill = json.loads(dep.logship("drill", dep.connector, "--backup", b2, "--json").stdout)
+    assert drill["passed"] and drill["backup_id"] == b2, drill
 
 
 def _sampled_at(dep: Deployment) -> float:
