@@ -10,12 +10,18 @@ and marks deleted backups in the catalog.
 With `at_site` it runs at the standby site on its local folders (a restricted site,
 whose primary key may delete nothing): the same plan from what the site holds alone,
 no catalog or spool, incomplete backup folders only once nothing changed in them for
-`STALE_TEMP_S`, and stale upload temps swept.
+`STALE_TEMP_S`, and stale upload temps swept. There the records the primary shipped
+are not taken at their word, or a compromised primary could have the site's own
+retention delete what its key cannot (ship N records of "newer" backups, and the
+real ones go): a backup makes older ones go only once a restore drill passed for it
+at the site, and `keep_within` counts from when its record arrived at the site.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -325,6 +331,45 @@ def forget_removed_at_site(
     return len(gone), len(deleted)
 
 
+def _drill_passed(layout: SiteLayout, backup: BackupRecord) -> bool:
+    """Whether the last restore drill of `backup` at this site passed."""
+    from logship.replay.drill import DrillResult
+
+    try:
+        data = Path(layout.drill_dir / f"{backup.backup_id}.json").read_bytes()
+        result = DrillResult.from_json(data)
+    except (OSError, ValueError, TypeError, KeyError, RecursionError):
+        return False
+    return result.passed and (result.connector, result.backup_id) == (
+        backup.connector,
+        backup.backup_id,
+    )
+
+
+def _as_the_site_saw(
+    layout: SiteLayout, backups: Sequence[BackupRecord], notes: list[str]
+) -> tuple[list[BackupRecord], frozenset[str]]:
+    """At the site: each backup as finished no earlier than its record arrived here
+    (the inode's change time, which no SFTP request sets), and the ids of those no
+    drill has proven, which make no other go."""
+    seen: list[BackupRecord] = []
+    unproven: set[str] = set()
+    for backup in backups:
+        try:
+            arrived = os.lstat(layout.backup_record(backup.backup_id)).st_ctime
+        except OSError:
+            arrived = backup.finished_at
+        seen.append(dataclasses.replace(backup, finished_at=max(backup.finished_at, arrived)))
+        if not _drill_passed(layout, backup):
+            unproven.add(backup.backup_id)
+    if unproven:
+        notes.append(
+            f"backup(s) {', '.join(sorted(unproven))} not proven by a passed restore drill at "
+            "this site: they count for no keep_backups, so they make no older backup go"
+        )
+    return seen, frozenset(unproven)
+
+
 def _settled(
     layout: SiteLayout, incomplete: Sequence[str], now: float, notes: list[str]
 ) -> tuple[str, ...]:
@@ -376,6 +421,9 @@ def run_retention(
             f"{site.name}: {first_line(exc)} (nothing was deleted)"
         ) from exc
     notes: list[str] = [f"{problem}; kept" for problem in contents.unreadable.values()]
+    backups, unproven = list(contents.backups), frozenset[str]()
+    if at_site:
+        backups, unproven = _as_the_site_saw(layout, backups, notes)
     incomplete = contents.incomplete
     if at_site:
         # The primary's backup lock is not visible here: a folder a backup still
@@ -386,7 +434,7 @@ def run_retention(
         notes.append("a base backup is running: incomplete folders are left for the next run")
         incomplete = ()
     plan = plan_retention(
-        contents.backups,
+        backups,
         incomplete,
         contents.wal_names,
         connector.retention,
@@ -394,6 +442,7 @@ def run_retention(
         _standby_need(standby, promoted),
         segment_size=seg_size,
         unreadable=contents.unreadable,
+        unproven=unproven,
     )
     applier = _Applier(
         connector.name,

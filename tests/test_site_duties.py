@@ -22,6 +22,7 @@ from logship.config.load import load_config
 from logship.errors import ConfigError
 from logship.jobs import run_action
 from logship.manifest import BackupRecord, ManifestRecord, SiteLayout
+from logship.replay.drill import DrillResult
 from logship.replay.standby_status import StandbyFacts
 from logship.retention import run_retention
 from logship.ship.localdir import LocalDirTransport
@@ -102,7 +103,17 @@ def _put(path: Path, data: bytes = b"x", age: float = 0.0) -> None:
         os.utime(path, (then, then))
 
 
-def _backup(layout: SiteLayout, backup_id: str, age_days: float, start: int) -> None:
+def _drilled(layout: SiteLayout, backup_id: str, passed: bool = True) -> None:
+    """A restore drill's result for `backup_id`, as the site's drill writes it."""
+    result = DrillResult("orders", backup_id, time.time() - 60, time.time(), passed)
+    _put(Path(layout.drill_dir / f"{backup_id}.json"), result.to_json().encode())
+
+
+def _backup(
+    layout: SiteLayout, backup_id: str, age_days: float, start: int, *, drilled: bool = True
+) -> None:
+    if drilled:
+        _drilled(layout, backup_id)
     finished = time.time() - age_days * DAY
     record = BackupRecord(
         backup_id=backup_id,
@@ -363,3 +374,70 @@ def test_retention_at_site_waits_for_a_running_drill(tmp_path: Path) -> None:
     done = _logship(path, "retention", "--at-site", "orders", "--json")
     assert done.returncode == 0, done.stderr
     assert [b["backup_id"] for b in json.loads(done.stdout)["deleted_backups"]] == ["b2"]
+
+
+def test_retention_at_site_does_not_take_shipped_records_at_their_word(tmp_path: Path) -> None:
+    """A compromised primary may add files: records of "newer" backups, never proven by
+    a drill at the site, must not make the real ones (and their WAL) go."""
+    site_root = tmp_path / "site"
+    path = _restricted_config(tmp_path, site_root)
+    layout = _old_site(site_root)  # b2, b3, b4: each passed a drill at the site
+    _backup(layout, "f5", 0.5, 44, drilled=False)
+    _backup(layout, "f6", 0.2, 44, drilled=False)
+    _backup(layout, "f7", 0.1, 44)
+    _drilled(layout, "f7", passed=False)
+
+    result = _logship(path, "retention", "--at-site", "orders", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    # keep_backups = 2 among the proven ones: b3 and b4 stay, b2 goes; WAL from b3 on.
+    assert [b["backup_id"] for b in report["deleted_backups"]] == ["b2"]
+    assert sorted(os.listdir(layout.base_dir)) == ["b3", "b4", "f5", "f6", "f7"]
+    assert report["cutoff_wal"] == wal(30)
+    assert any("f5, f6, f7" in note for note in report["notes"]), report["notes"]
+
+
+def test_keep_within_at_site_counts_from_arrival(tmp_path: Path) -> None:
+    """A record claiming an old finish cannot make its backup (or an older one) go
+    before keep_within has passed on the site's own clock."""
+    site_root = tmp_path / "site"
+    path = _restricted_config(tmp_path, site_root)
+    connector = tmp_path / "connectors" / "orders.toml"
+    connector.write_text(
+        connector.read_text().replace("keep_backups = 2", 'keep_backups = 1\nkeep_within = "1d"')
+    )
+    layout = _old_site(site_root)  # records claim 3, 2 and 1 days; arrived just now
+    result = _logship(path, "retention", "--at-site", "orders", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["deleted_backups"] == []
+    assert sorted(os.listdir(layout.base_dir)) == ["b2", "b3", "b4"]
+
+
+def test_unproven_backups_count_for_nothing_but_older_ones_still_go() -> None:
+    from logship.engines.postgresql import RetentionSection
+    from logship.retention_plan import StandbyNeed, plan_retention
+
+    now = time.time()
+
+    def record(backup_id: str, age_days: float, start: int) -> BackupRecord:
+        finished = now - age_days * DAY
+        return BackupRecord(
+            backup_id, "orders", finished - 60, finished, "base.tar.zst", 1, "x" * 64, 1,
+            "zstd", "15", start_wal=wal(start),
+        )  # fmt: skip
+
+    backups = [record("b1", 4, 10), record("b2", 3, 20), record("b3", 2, 30)]
+    backups.append(record("f4", 1, 44))
+    plan = plan_retention(
+        backups,
+        [],
+        [wal(n) for n in range(5, 45)],
+        RetentionSection(keep_backups=2),
+        now,
+        StandbyNeed.absent(),
+        unproven={"b1", "f4"},
+    )
+    # b2 and b3 are the newest proven; f4 is newer, so it may be real: it stays.
+    assert [b.backup_id for b in plan.delete_backups] == ["b1"]
+    assert [b.backup_id for b in plan.keep] == ["b2", "b3", "f4"]
+    assert plan.cutoff_wal == wal(20)
