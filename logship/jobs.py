@@ -187,8 +187,20 @@ def _drill_facts(result: DrillResult | None, backup_id: str | None) -> dict[str,
 def _retention(
     config: Config, connector: str, transport: Transport, catalog: Catalog, clock: Clock
 ) -> ActionOutcome:
-    from logship.retention import fetch_standby_facts, run_retention
+    from logship.retention import fetch_standby_facts, forget_removed_at_site, run_retention
 
+    site = config.site_of(config.connector(connector))
+    if site.restricted:
+        # The primary's key may delete nothing there: the site runs it (cron there);
+        # here only what it removed is forgotten, so rows and tombstones do not pile up.
+        wal, backups = forget_removed_at_site(config, connector, transport, catalog, clock)
+        summary = (
+            f"skipped: site {site.name} is restricted; retention runs at the standby site "
+            f"(`logship retention --at-site`, from cron there); forgot {wal} WAL file(s) "
+            f"and {backups} backup(s) it removed"
+        )
+        event(log, logging.WARNING, "retention skipped", connector=connector, reason=summary)
+        return ActionOutcome(summary)
     standby = fetch_standby_facts(config, connector, transport)
     report = run_retention(
         config, connector, transport, catalog, standby=standby, dry_run=False, clock=clock

@@ -9,6 +9,8 @@ Layout under `<site root>/<connector>/`:
     restored.json             the WAL file the standby last asked for and was handed
     refused/<name>.json       a file restore-wal refused as corrupt (the primary's
                               daemon ships it again from its spool)
+    quarantine/<time>.<pid>.<file>   the refused copy and its record, set aside by
+                              restore-wal so that a re-ship is a new file
     PROMOTED                  marker: this standby was promoted; ship nothing more
 
 A record is written only after its file is durable, so a record always describes
@@ -59,6 +61,10 @@ class SiteLayout:
 
     def refused_note(self, name: str) -> PurePosixPath:
         return self.refused_dir / f"{name}.json"
+
+    @property
+    def quarantine_dir(self) -> PurePosixPath:
+        return self.root / "quarantine"
 
     @property
     def promoted_marker(self) -> PurePosixPath:

@@ -6,11 +6,22 @@ order that keeps a crash half way safe: backups before WAL, oldest WAL first, so
 interrupted run keeps more than needed, never less and never with a hole. At the
 primary site it then drops the spool's tombstones and the catalog rows of deleted WAL
 and marks deleted backups in the catalog.
+
+With `at_site` it runs at the standby site on its local folders (a restricted site,
+whose primary key may delete nothing): the same plan from what the site holds alone,
+no catalog or spool, incomplete backup folders only once nothing changed in them for
+`STALE_TEMP_S`, and stale upload temps swept. There the records the primary shipped
+are not taken at their word, or a compromised primary could have the site's own
+retention delete what its key cannot (ship N records of "newer" backups, and the
+real ones go): a backup makes older ones go only once a restore drill passed for it
+at the site, and `keep_within` counts from when its record arrived at the site.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,7 +34,13 @@ from logship.errors import LogshipError, OperationFailed, first_line
 from logship.lag import iso_utc
 from logship.manifest import BackupRecord, SiteLayout
 from logship.replay.standby_status import StandbyFacts, ask_standby_status
-from logship.retention_plan import RetentionPlan, StandbyNeed, plan_retention, standby_need
+from logship.retention_plan import (
+    RetentionPlan,
+    StandbyNeed,
+    plan_retention,
+    segment_number,
+    standby_need,
+)
 from logship.retention_site import (
     read_manifest,
     remove_backup,
@@ -33,6 +50,7 @@ from logship.retention_site import (
     site_segment_size,
 )
 from logship.ship.transport import Transport
+from logship.site_temps import STALE_TEMP_S, last_change, sweep_stale_temps
 from logship.spool import kept_path
 
 if TYPE_CHECKING:
@@ -100,6 +118,8 @@ class RetentionReport:
     segment_size: int
     forgotten_catalog_rows: int
     notes: tuple[str, ...]
+    #: stale upload temps removed at the site (with `dry_run`: that would be)
+    swept_temps: int = 0
 
     @property
     def deleted_bytes(self) -> int:
@@ -135,6 +155,7 @@ class RetentionReport:
             "standby_redo_wal": self.standby_redo_wal,
             "segment_size": self.segment_size,
             "forgotten_catalog_rows": self.forgotten_catalog_rows,
+            "swept_temps": self.swept_temps,
             "notes": list(self.notes),
         }
 
@@ -160,7 +181,8 @@ class _Applier:
     transport: Transport
     layout: SiteLayout
     catalog: Catalog | None
-    spool_dir: Path
+    #: the primary's spool, whose tombstones of deleted WAL go too (None at the site)
+    spool_dir: Path | None
     dry_run: bool
     clock: Clock
     notes: list[str]
@@ -209,6 +231,8 @@ class _Applier:
     def _forget(self, names: Sequence[str]) -> None:
         """The primary site's traces of WAL gone from the site: tombstones, kept copies,
         catalog rows."""
+        if self.spool_dir is None:
+            return  # at the site: the primary's traces are the primary's
         failed = 0
         for name in names:
             try:
@@ -251,6 +275,115 @@ def _standby_need(facts: StandbyFacts | None, promoted: bool) -> StandbyNeed:
     return standby_need(facts)
 
 
+def forget_removed_at_site(
+    config: Config, connector_name: str, transport: Transport, catalog: Catalog, clock: Clock
+) -> tuple[int, int]:
+    """For a restricted site, whose own retention deletes: forget at the primary what
+    it removed, reading the site and deleting nothing there. Returns (WAL rows
+    forgotten, backups marked deleted).
+
+    A WAL file is forgotten (catalog row, spool tombstone and kept copy) only when
+    shipped, absent at the site, older than the oldest WAL still there, and not one
+    restore-wal refused and set aside (its re-ship needs the kept copy). A backup is
+    marked deleted only when it finished and its folder is gone.
+    """
+    from logship.basebackup import postgres_connector
+    from logship.catalog.models import FileState
+
+    connector = postgres_connector(config, connector_name)
+    layout = SiteLayout.for_connector(config.site_of(connector).root, connector.name)
+    contents = scan_site(transport, layout, connector.name)
+    present = set(contents.wal_names)
+    seg_size = site_segment_size(transport, layout, contents.wal_names, catalog, connector.name)
+    numbers = [n for name in present if (n := segment_number(name, seg_size)) is not None]
+    refused = {n.removesuffix(".json") for n in transport.listdir(layout.refused_dir)}
+    gone: list[str] = []
+    if numbers:
+        oldest = min(numbers)
+        for row in catalog.files(connector.name):
+            number = segment_number(row.name, seg_size)
+            if (
+                row.state in (FileState.SHIPPED, FileState.APPLIED)
+                and row.name not in present
+                and row.name not in refused
+                and number is not None
+                and number < oldest
+            ):
+                gone.append(row.name)
+    applier = _Applier(
+        connector.name,
+        transport,
+        layout,
+        catalog,
+        config.spool_dir(connector.name),
+        False,
+        clock,
+        [],
+    )
+    applier._forget(gone)
+    folders = set(transport.listdir(layout.base_dir))
+    deleted = [
+        b.backup_id
+        for b in catalog.backups(connector.name)
+        if b.state == "done" and b.backup_id not in folders
+    ]
+    catalog.mark_backups_deleted(connector.name, deleted, clock())
+    return len(gone), len(deleted)
+
+
+def _drill_passed(layout: SiteLayout, backup: BackupRecord) -> bool:
+    """Whether the last restore drill of `backup` at this site passed."""
+    from logship.replay.drill import DrillResult
+
+    try:
+        data = Path(layout.drill_dir / f"{backup.backup_id}.json").read_bytes()
+        result = DrillResult.from_json(data)
+    except (OSError, ValueError, TypeError, KeyError, RecursionError):
+        return False
+    return result.passed and (result.connector, result.backup_id) == (
+        backup.connector,
+        backup.backup_id,
+    )
+
+
+def _as_the_site_saw(
+    layout: SiteLayout, backups: Sequence[BackupRecord], notes: list[str]
+) -> tuple[list[BackupRecord], frozenset[str]]:
+    """At the site: each backup as finished no earlier than its record arrived here
+    (the inode's change time, which no SFTP request sets), and the ids of those no
+    drill has proven, which make no other go."""
+    seen: list[BackupRecord] = []
+    unproven: set[str] = set()
+    for backup in backups:
+        try:
+            arrived = os.lstat(layout.backup_record(backup.backup_id)).st_ctime
+        except OSError:
+            arrived = backup.finished_at
+        seen.append(dataclasses.replace(backup, finished_at=max(backup.finished_at, arrived)))
+        if not _drill_passed(layout, backup):
+            unproven.add(backup.backup_id)
+    if unproven:
+        notes.append(
+            f"backup(s) {', '.join(sorted(unproven))} not proven by a passed restore drill at "
+            "this site: they count for no keep_backups, so they make no older backup go"
+        )
+    return seen, frozenset(unproven)
+
+
+def _settled(
+    layout: SiteLayout, incomplete: Sequence[str], now: float, notes: list[str]
+) -> tuple[str, ...]:
+    """The incomplete backup folders nothing has changed in for STALE_TEMP_S."""
+    settled = []
+    for backup_id in incomplete:
+        changed = last_change(Path(layout.backup_dir(backup_id)))
+        if changed is not None and now - changed >= STALE_TEMP_S:
+            settled.append(backup_id)
+        else:
+            notes.append(f"incomplete backup folder {backup_id} changed lately: left for now")
+    return tuple(settled)
+
+
 def run_retention(
     config: Config,
     connector_name: str,
@@ -260,13 +393,15 @@ def run_retention(
     standby: StandbyFacts | None,
     dry_run: bool,
     clock: Clock = time.time,
+    at_site: bool = False,
 ) -> RetentionReport:
     """Apply the connector's [retention] at its site through `transport`.
 
     `standby` is what `standby status` said (see `fetch_standby_facts`); None means
     not known, and then every WAL file stays. `catalog` (when given) gets deleted
     backups marked and removed WAL forgotten; the spool's tombstones of removed WAL
-    go too. Raises OperationFailed when the site fails half way.
+    go too. With `at_site` (see the module's doc) `transport` is the site's own
+    folders and `catalog` None. Raises OperationFailed when the site fails half way.
     """
     from logship.basebackup import postgres_connector
 
@@ -286,13 +421,20 @@ def run_retention(
             f"{site.name}: {first_line(exc)} (nothing was deleted)"
         ) from exc
     notes: list[str] = [f"{problem}; kept" for problem in contents.unreadable.values()]
+    backups, unproven = list(contents.backups), frozenset[str]()
+    if at_site:
+        backups, unproven = _as_the_site_saw(layout, backups, notes)
     incomplete = contents.incomplete
+    if at_site:
+        # The primary's backup lock is not visible here: a folder a backup still
+        # writes into has changed lately.
+        incomplete = _settled(layout, incomplete, now, notes)
     # Checked after the scan: a backup holding the lock now may own any folder seen.
-    if incomplete and is_backup_running(config.logship.state_dir, connector.name):
+    elif incomplete and is_backup_running(config.logship.state_dir, connector.name):
         notes.append("a base backup is running: incomplete folders are left for the next run")
         incomplete = ()
     plan = plan_retention(
-        contents.backups,
+        backups,
         incomplete,
         contents.wal_names,
         connector.retention,
@@ -300,13 +442,14 @@ def run_retention(
         _standby_need(standby, promoted),
         segment_size=seg_size,
         unreadable=contents.unreadable,
+        unproven=unproven,
     )
     applier = _Applier(
         connector.name,
         transport,
         layout,
         catalog,
-        config.spool_dir(connector.name),
+        None if at_site else config.spool_dir(connector.name),
         dry_run,
         clock,
         notes,
@@ -315,6 +458,7 @@ def run_retention(
     # line saying that stopping half way is safe.
     backups, incomplete_deleted = _guarded(connector.name, "base backups", applier.backups, plan)
     wal = _guarded(connector.name, "WAL", applier.wal, plan)
+    swept = sweep_stale_temps(layout, now, dry_run=dry_run) if at_site else 0
     report = RetentionReport(
         connector=connector.name,
         site=site.name,
@@ -334,6 +478,7 @@ def run_retention(
         segment_size=seg_size,
         forgotten_catalog_rows=applier.forgotten,
         notes=tuple(notes),
+        swept_temps=swept,
     )
     if catalog is not None and not dry_run and (backups or incomplete_deleted or wal):
         detail = {k: v for k, v in report.to_json().items() if k != "deleted_wal"}

@@ -8,6 +8,7 @@ still needs, so every rule is testable with plain values (no I/O here; see
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 from logship import walnames
@@ -98,21 +99,31 @@ def _order(backup: BackupRecord) -> tuple[float, str]:
 
 
 def backups_to_keep(
-    backups: Sequence[BackupRecord], policy: RetentionSection, now: float
+    backups: Sequence[BackupRecord],
+    policy: RetentionSection,
+    now: float,
+    unproven: AbstractSet[str] = frozenset(),
 ) -> list[BackupRecord]:
     """The kept backups, oldest first: the newest `keep_backups`, those younger than
-    `keep_within`, and always the newest one."""
-    ordered = sorted(backups, key=_order)
-    if not ordered:
-        return []
-    if policy.keep_backups is None and policy.keep_within is None:
-        return ordered
-    kept = {ordered[-1].backup_id}
-    if policy.keep_backups is not None:
-        kept.update(b.backup_id for b in ordered[-policy.keep_backups :])
+    `keep_within`, and always the newest one.
+
+    `unproven` ones (no restore drill passed for them) do not count among the
+    newest: they make no other backup go. Those newer than what the count keeps
+    stay (real ones, not drilled yet); older ones go like any other.
+    """
+    everything = sorted(backups, key=_order)
+    proven = [b for b in everything if b.backup_id not in unproven]
+    if not proven or (policy.keep_backups is None and policy.keep_within is None):
+        return everything
+    newest = proven[-policy.keep_backups :] if policy.keep_backups is not None else proven[-1:]
+    kept = {b.backup_id for b in newest}
     if policy.keep_within is not None:
-        kept.update(b.backup_id for b in ordered if now - b.finished_at < policy.keep_within)
-    return [b for b in ordered if b.backup_id in kept]
+        kept.update(b.backup_id for b in everything if now - b.finished_at < policy.keep_within)
+    oldest_counted = _order(newest[0])
+    kept.update(
+        b.backup_id for b in everything if b.backup_id in unproven and _order(b) > oldest_counted
+    )
+    return [b for b in everything if b.backup_id in kept]
 
 
 def _wal_cutoff(
@@ -159,13 +170,15 @@ def plan_retention(
     *,
     segment_size: int = DEFAULT_SEGMENT_SIZE,
     unreadable: Mapping[str, str] | None = None,
+    unproven: AbstractSet[str] = frozenset(),
 ) -> RetentionPlan:
     """What to delete at the site. No I/O.
 
     `backups` are the complete ones (with a backup.json), `incomplete` the folders
     without one that no running backup is writing, `wal_names` the site's WAL as
     manifest names (no `.zst`), `unreadable` backup ids whose record cannot be
-    read (kept, and with them every WAL file).
+    read (kept, and with them every WAL file), `unproven` backup ids that make no
+    other go (see `backups_to_keep`).
     """
     unreadable = unreadable or {}
     incomplete = sorted(incomplete)
@@ -182,7 +195,7 @@ def plan_retention(
             None,
             "no retention rule is set (keep_backups and keep_within): everything stays",
         )
-    kept = backups_to_keep(backups, policy, now)
+    kept = backups_to_keep(backups, policy, now, unproven)
     kept_ids = {b.backup_id for b in kept}
     deleted = tuple(b for b in sorted(backups, key=_order) if b.backup_id not in kept_ids)
     cutoff, reason = _wal_cutoff(kept, standby, unreadable, segment_size)

@@ -113,7 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p = sub.add_parser("retention", help=VERBS["retention"][1])
-    p.add_argument("connector")
+    p.add_argument("connector", nargs="?", help="(with --at-site: default every one)")
+    p.add_argument(
+        "--at-site",
+        action="store_true",
+        help="run at the standby site on its own folders (for a restricted site)",
+    )
     p.add_argument(
         "--dry-run", action="store_true", help="list what would be deleted, delete nothing"
     )

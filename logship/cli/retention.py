@@ -2,23 +2,31 @@
 
 Deletes base backups at the site that [retention] no longer keeps, and the WAL only
 they needed; asks the standby (over SSH) which WAL it still needs first.
+
+`logship retention --at-site [CONNECTOR]` runs the same at the standby site, on its
+own folders, for a site whose primary key may delete nothing (`restricted = true`):
+every postgresql connector when none is named.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import sys
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from logship.basebackup import postgres_connector
 from logship.catalog.opening import open_catalog
 from logship.config.files import config_path
 from logship.config.load import load_config
+from logship.errors import LogshipError, OperationFailed, SafetyRefusal, UsageError
 from logship.retention import RetentionReport
 
 if TYPE_CHECKING:
-    pass
+    from logship.config.model import Config
 
 #: WAL names listed one by one up to this many; beyond, the first and the last
 LIST_WAL = 8
@@ -62,6 +70,9 @@ def render(report: RetentionReport) -> list[str]:
     lines.append(f"  WAL cutoff: {cutoff}: {report.cutoff_reason}")
     if report.standby_redo_wal:
         lines.append(f"  standby redo WAL: {report.standby_redo_wal}")
+    if report.swept_temps:
+        swept = "would sweep" if report.dry_run else "swept"
+        lines.append(f"  {swept} {report.swept_temps} stale upload temp(s)")
     lines.extend(f"  note: {note}" for note in report.notes)
     lines.append(
         f"  total {verb}: {len(report.deleted_backups)} backup(s), "
@@ -71,12 +82,29 @@ def render(report: RetentionReport) -> list[str]:
     return lines
 
 
+def _print(report: RetentionReport, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(report.to_json()))
+    else:
+        print("\n".join(render(report)))
+
+
 def run(args: argparse.Namespace) -> int:
     from logship.retention import fetch_standby_facts, run_retention
     from logship.ship.gated import connect
 
     config = load_config(config_path(args.config))
+    if args.at_site:
+        return _at_site(config, args)
+    if args.connector is None:
+        raise UsageError("name a connector (or run `logship retention --at-site` at the site)")
     connector = postgres_connector(config, args.connector)
+    site = config.site_of(connector)
+    if site.restricted:
+        # Its key there may delete nothing: the site runs retention itself.
+        raise SafetyRefusal(
+            f"site {site.name} is restricted: run `logship retention --at-site` at the standby site"
+        )
     catalog = open_catalog(config)
     try:
         # A restricted site refuses every removal (RestrictedError, exit 3).
@@ -96,8 +124,79 @@ def run(args: argparse.Namespace) -> int:
             transport.close()
     finally:
         catalog.close()
-    if args.json:
-        print(json.dumps(report.to_json()))
-    else:
-        print("\n".join(render(report)))
+    _print(report, args.json)
     return 0
+
+
+def _at_site(config: Config, args: argparse.Namespace) -> int:
+    """Retention at the standby site, on its own folders, from what the site holds."""
+    from logship.engines.postgresql import PostgresConnector
+
+    if args.connector is not None:
+        names = [postgres_connector(config, args.connector).name]
+    else:
+        names = [c.name for c in config.connectors.values() if isinstance(c, PostgresConnector)]
+        if not names:
+            raise UsageError("no postgresql connector is configured: no retention to run")
+    failed = 0
+    for name in names:
+        try:
+            report = _run_at_site(config, name, args.dry_run)
+        except LogshipError as exc:
+            if len(names) == 1:
+                raise
+            # One connector failing (its site folder unreadable) stops no other.
+            print(f"logship retention: {name}: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        _print(report, args.json)
+    return 1 if failed else 0
+
+
+def _run_at_site(config: Config, name: str, dry_run: bool) -> RetentionReport:
+    from logship.manifest import SiteLayout
+    from logship.replay.drill import scratch_lock, scratch_root
+
+    connector = postgres_connector(config, name)
+    layout = SiteLayout.for_connector(config.site_of(connector).root, connector.name)
+    scratch = scratch_root(connector.drill.scratch_dir, layout, connector.standby.data_dir)
+    # At the primary the scheduler never runs a drill and retention of one connector
+    # together; cron at the site does not know of drills, their lock does.
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(scratch_lock(scratch))
+        except OperationFailed as exc:
+            if "another drill is running" not in str(exc):
+                raise  # the folder itself is unusable: its own message says how
+            raise OperationFailed(
+                f"connector {connector.name}: a restore drill is running at this site "
+                f"({scratch}): nothing was deleted; run retention again once it is done"
+            ) from None
+        return _retention_here(config, connector.name, dry_run)
+
+
+def _retention_here(config: Config, name: str, dry_run: bool) -> RetentionReport:
+    from logship.replay.standby_status import read_standby_facts
+    from logship.retention import run_retention
+    from logship.ship.localdir import LocalDirTransport
+
+    connector = postgres_connector(config, name)
+    site = config.site_of(connector)
+    # The standby's needs, read here as `standby status` reads them.
+    standby = read_standby_facts(
+        connector.name,
+        connector.standby.dsn,
+        Path(site.root),
+        data_dir=connector.standby.data_dir,
+        bin_dir=connector.standby.bin_dir,
+    )
+    return run_retention(
+        config,
+        connector.name,
+        LocalDirTransport(),
+        None,
+        standby=standby,
+        dry_run=dry_run,
+        clock=time.time,
+        at_site=True,
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -11,8 +12,10 @@ from logship.basebackup import postgres_connector
 from logship.config.files import config_path
 from logship.config.load import load_config
 from logship.config.model import Config
+from logship.manifest import SiteLayout
 from logship.replay.standby_restore import restore_standby
 from logship.replay.standby_status import read_standby_facts
+from logship.site_temps import sweep_stale_temps
 from logship.ui.phase_progress import phase_progress
 
 _PHASES = {
@@ -40,6 +43,9 @@ def run(args: argparse.Namespace) -> int:
 def _status(config: Config, args: argparse.Namespace) -> int:
     connector = postgres_connector(config, args.connector)
     site = config.site_of(connector)
+    # The daemon asks this every few seconds: the site's own chance to sweep
+    # upload temps left behind, which a restricted primary may not remove.
+    sweep_stale_temps(SiteLayout.for_connector(site.root, connector.name), time.time())
     facts = read_standby_facts(
         connector.name,
         connector.standby.dsn,

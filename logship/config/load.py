@@ -127,6 +127,13 @@ def _load_config(path: Path) -> Config:
             )
         if name in connectors:
             raise ConfigError(f"{cpath}: key 'name': connector {name!r} is defined twice")
+        if kind == "files" and sites[connector.site].restricted:
+            # A mirror follows the source: it must delete and replace at the site.
+            raise ConfigError(
+                f"{cpath}: key 'site': site {connector.site!r} is restricted (the primary's "
+                "key may only add new files there), but a files mirror must delete and "
+                "replace files at its site; use a site without `restricted = true`"
+            )
         connectors[name] = connector
 
     schedules: dict[str, ScheduleConfig] = {}

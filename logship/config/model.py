@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, field_validator
 
 from logship.config.durations import parse_duration
 from logship.errors import UsageError
@@ -42,8 +42,8 @@ class SiteConfig(Strict):
     #: how to run logship at that site (for `standby status`), as an argument list
     command: list[str] = Field(default=["logship"], min_length=1)
     #: the site's key is a `site-gate` forced command: add new files only, never
-    #: replace or remove one (retention runs at the site); see README
-    restricted: bool = False
+    #: replace or remove one (the site runs retention itself); see README
+    restricted: StrictBool = False
 
     @field_validator("root")
     @classmethod

@@ -7,6 +7,11 @@ above 125, which makes PostgreSQL stop instead of silently ending recovery early
 A checksum mismatch is refused as "not available" (and logged loudly), so the
 standby keeps waiting for a good copy rather than going down or replaying it.
 
+The refused copy and its record are then moved aside into `quarantine/`, under the
+site's own authority: their names are free again, so the daemon's re-ship from its
+spool is a new file, never a replacement (which a restricted site's key may not do),
+and the bad copy stays there to be looked at.
+
 Runs once per segment: stdlib only, plus zstandard for compressed files.
 """
 
@@ -15,12 +20,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from logship import walnames
 from logship.errors import LogshipError, UsageError
-from logship.manifest import ManifestRecord, SiteLayout
+from logship.manifest import ZSTD_SUFFIX, ManifestRecord, SiteLayout
 
 EXIT_ABORT = 255  # PostgreSQL: treat as fatal, never as "file not found"
 CHUNK = 1 << 20
@@ -49,10 +56,16 @@ class RestoreIOError(LogshipError):
     exit_code = EXIT_ABORT
 
 
-def _read_record(layout: SiteLayout, name: str) -> ManifestRecord:
+#: (path, its stat when opened): what this run read, so that only that is set aside
+Seen = list[tuple[Path, os.stat_result]]
+
+
+def _read_record(layout: SiteLayout, name: str, seen: Seen) -> ManifestRecord:
     path = Path(layout.record_path(name))
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as fh:
+            seen.append((path, os.fstat(fh.fileno())))
+            data = fh.read()
     except FileNotFoundError:
         raise NotArrived(f"{name}: not arrived yet (no manifest record at {path})") from None
     except OSError as exc:
@@ -76,7 +89,7 @@ def _decompressor(compression: str):  # type: ignore[no-untyped-def]
     raise ValueError(f"unknown compression {compression!r}")
 
 
-def _copy_verified(record: ManifestRecord, source: Path, tmp: Path) -> None:
+def _copy_verified(record: ManifestRecord, source: Path, tmp: Path, seen: Seen) -> None:
     """Decompress `source` into `tmp`, checking both checksums in the same pass."""
     stored_digest, raw_digest = hashlib.sha256(), hashlib.sha256()
     stored_size = raw_size = 0
@@ -86,6 +99,7 @@ def _copy_verified(record: ManifestRecord, source: Path, tmp: Path) -> None:
         raise Refused(f"{record.name}: {exc}") from None
     try:
         with open(source, "rb") as src, os.fdopen(os.open(tmp, _NEW_TEMP, 0o600), "wb") as out:
+            seen.append((source, os.fstat(src.fileno())))
             while chunk := src.read(CHUNK):
                 stored_digest.update(chunk)
                 stored_size += len(chunk)
@@ -132,7 +146,7 @@ def _note_restored(layout: SiteLayout, name: str) -> None:
     _write_note(Path(layout.restored_marker), {"name": name, "at": time.time()})
 
 
-def _note_refused(layout: SiteLayout, name: str, reason: str) -> None:
+def _note_refused(layout: SiteLayout, name: str, reason: str, set_aside: list[str]) -> None:
     """Leave word for the primary's daemon, which ships the file again if it still
     has it."""
     note = Path(layout.refused_note(name))
@@ -140,7 +154,48 @@ def _note_refused(layout: SiteLayout, name: str, reason: str) -> None:
         note.parent.mkdir(mode=0o700, exist_ok=True)
     except OSError:
         return
-    _write_note(note, {"name": name, "at": time.time(), "reason": reason})
+    _write_note(note, {"name": name, "at": time.time(), "reason": reason, "set_aside": set_aside})
+
+
+def quarantine_refused(
+    layout: SiteLayout, name: str, seen: Sequence[tuple[Path, os.stat_result]]
+) -> list[str]:
+    """Move the refused copy of `name` aside: its stored file, then its record (the
+    record last, as shipping writes it last), each as `<UTC time>.<pid>.<file name>`
+    in quarantine/. Returns the new names.
+
+    Only WAL's own two stored names and its record are touched, and of those only
+    the very files this run read (same inode), when it read them: a second reader
+    (a drill) refusing the old copy must not move away a good one shipped meanwhile.
+    """
+    read = {path: (st.st_dev, st.st_ino) for path, st in seen}
+    wal_dir = Path(layout.wal_dir)
+    candidates = [wal_dir / (name + ZSTD_SUFFIX), wal_dir / name, Path(layout.record_path(name))]
+    quarantine = Path(layout.quarantine_dir)
+    stamp = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.{os.getpid()}"
+    moved: list[str] = []
+    for path in candidates:
+        try:
+            now = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISREG(now.st_mode):
+            continue  # not something shipping made
+        if path in read and read[path] != (now.st_dev, now.st_ino):
+            continue  # a new copy arrived since this run read the refused one
+        quarantine.mkdir(mode=0o700, exist_ok=True)
+        target = quarantine / f"{stamp}.{path.name}"
+        os.rename(path, target)
+        moved.append(target.name)
+    return moved
+
+
+def _set_aside(layout: SiteLayout, name: str, seen: Seen) -> tuple[list[str], str]:
+    """quarantine_refused, never raising: (moved, a problem to add to the note)."""
+    try:
+        return quarantine_refused(layout, name, seen), ""
+    except OSError as exc:
+        return [], f" (could not move it aside into {layout.quarantine_dir}: {exc})"
 
 
 def restore_wal(
@@ -159,13 +214,19 @@ def restore_wal(
         )
     layout = SiteLayout.for_connector(site_root.as_posix(), connector)
     tmp = _temp_beside(dest, f".{dest.name}.logship-")
+    seen: Seen = []
     try:
-        record = _read_record(layout, walname)
-        _copy_verified(record, Path(layout.wal_dir / record.stored_name), tmp)
+        record = _read_record(layout, walname, seen)
+        _copy_verified(record, Path(layout.wal_dir / record.stored_name), tmp, seen)
         os.replace(tmp, dest)
     except Refused as exc:
         tmp.unlink(missing_ok=True)
-        _note_refused(layout, walname, str(exc))
+        # Aside first, then the note: the daemon acts on the note, and its re-ship
+        # must find the names free.
+        moved, problem = _set_aside(layout, walname, seen)
+        _note_refused(layout, walname, str(exc) + problem, moved)
+        if problem:
+            raise Refused(f"{exc}{problem}") from None
         raise
     except BaseException:
         tmp.unlink(missing_ok=True)

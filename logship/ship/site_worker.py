@@ -7,6 +7,7 @@ files, so a restart resumes exactly where the previous run stopped.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import queue
 import threading
@@ -29,7 +30,7 @@ from logship.replay.standby_status import StandbyFacts, ask_standby_status
 from logship.ship.lane_process import LaneProcess
 from logship.ship.lanes import Lane, Lanes
 from logship.ship.shipper import ShipConflict, ship_file
-from logship.ship.transport import RestrictedError, SiteRefused, Transport, is_temp_name
+from logship.ship.transport import SiteRefused, Transport, is_temp_name
 from logship.spool import SpoolEntry, entry_for, kept_path, prune_kept, retire
 
 log = logging.getLogger("logship.ship")
@@ -44,6 +45,8 @@ BATCH = 64
 SAMPLE_TIMEOUT = 20.0
 #: a lane (a process and an SSH session) unused this long is closed until needed
 LANE_IDLE_S = 300.0
+#: restore-wal's refused note is a few hundred bytes; more is not read
+NOTE_LIMIT = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -202,6 +205,8 @@ class SiteWorker(threading.Thread):
         layout = target.layout
         for directory in (layout.wal_dir, layout.manifest_dir):
             transport.makedirs(directory)
+            if self.site.restricted:
+                continue  # this key may remove nothing there: the site sweeps them
             # Temp files of an upload cut short (kill -9, lost link) are never
             # visible under a WAL name; clearing them keeps the site tidy.
             for name in transport.listdir(directory):
@@ -496,16 +501,27 @@ class SiteWorker(threading.Thread):
 
     def _repair(self, target: ShipTarget, refused: tuple[str, ...]) -> None:
         """Ship again what restore-wal refused as corrupt, from the spool's kept copy
-        when it matches what was shipped; say loudly when there is none."""
+        when it matches what was shipped; say loudly when there is none.
+
+        restore-wal sets the refused copy and its record aside at the site, so the
+        re-ship is a new file. A record still there means either that the re-ship
+        waits for the standby's next try, or an older logship at the site that sets
+        nothing aside: only an unrestricted key may then ship over it.
+        """
         assert self._transport is not None
         lost: list[str] = []
-        held: list[str] = []  # a restricted site keeps the bad copy (for now)
+        stuck: list[str] = []
         for name in refused:
             expected = shipped_sha256(target.spool_dir, name)
             kept = kept_path(target.spool_dir, name)
             entry = entry_for(target.connector, kept)
             if entry is None or expected is None or sha256_of(kept) != expected:
                 lost.append(name)
+                continue
+            present = self._transport.read_bytes(target.layout.record_path(name)) is not None
+            if present and self.site.restricted:
+                if not self._set_aside_at_site(target, name):
+                    stuck.append(name)
                 continue
             try:
                 ship_file(
@@ -514,15 +530,15 @@ class SiteWorker(threading.Thread):
                     entry,
                     target.compression,
                     self._clock,
-                    replace=True,
+                    replace=present,
                 )
             except SiteRefused:
-                # A restricted site keeps its copy until it sets it aside itself;
-                # then the next sample ships the good one.
-                held.append(name)
+                # A restricted site holds another copy under the name (a crash
+                # between the file and its record): only the site may set it aside.
+                stuck.append(name)
                 continue
-            # A restricted site clears its refused notes itself.
-            with contextlib.suppress(RestrictedError):
+            if not self.site.restricted:
+                # Restricted: restore-wal removes the note once it takes the file.
                 self._transport.remove(target.layout.refused_note(name))
             message = (
                 f"{name} was refused as corrupt at site {self.site.name}; "
@@ -531,9 +547,6 @@ class SiteWorker(threading.Thread):
             event(log, logging.WARNING, "re-shipped", connector=target.connector, file=name)
             self.catalog.add_event(target.connector, self._clock(), "error", message)
         key = target.connector
-        if not lost and not held:
-            self._unrepairable.pop(key, None)
-            return
         problems = []
         if lost:
             problems.append(
@@ -542,17 +555,37 @@ class SiteWorker(threading.Thread):
                 "replay past it. Copy the segment from the primary's pg_wal if it is still "
                 f"there, or take a new base backup (logship base-backup {target.connector})"
             )
-        if held:
+        if stuck:
             problems.append(
-                f"{target.connector}: {', '.join(held)} refused as corrupt at site "
-                f"{self.site.name}, which is restricted and keeps its copy: the good one "
-                "is shipped once the site sets the bad one aside"
+                f"{target.connector}: {', '.join(stuck)} refused as corrupt at site "
+                f"{self.site.name}, which could not set the bad copy aside (see restore-wal's "
+                "message in the standby's log), and this restricted key may not replace it: "
+                f"move it from {target.layout.wal_dir} and its record from "
+                f"{target.layout.manifest_dir} into {target.layout.quarantine_dir} there, "
+                "and it ships again"
             )
+        if not problems:
+            self._unrepairable.pop(key, None)
+            return
         message = "; ".join(problems)
         if self._unrepairable.get(key) != message:
-            event(log, logging.ERROR, "corrupt at the site", connector=key, files=lost + held)
+            event(log, logging.ERROR, "corrupt at the site", connector=key, files=lost + stuck)
             self.catalog.add_event(key, self._clock(), "error", message)
         self._unrepairable[key] = message
+
+    def _set_aside_at_site(self, target: ShipTarget, name: str) -> bool:
+        """Whether restore-wal's refused note says it moved the bad copy aside (then
+        a record there now is the re-ship's, waiting for the standby's next try)."""
+        assert self._transport is not None
+        data = self._transport.read_bytes(target.layout.refused_note(name))
+        if data is None:
+            return True  # taken meanwhile: restore-wal removes the note then
+        try:
+            note = json.loads(data[:NOTE_LIMIT])
+        except (ValueError, RecursionError):
+            return False
+        moved = note.get("set_aside") if isinstance(note, dict) else None
+        return isinstance(moved, list) and bool(moved)
 
     def _warn_once(self, connector: str, error: str | None) -> None:
         if self._sample_errors.get(connector) != error:
