@@ -565,6 +565,29 @@ def connector_status(
     )
 
 
+def failed_status(
+    *, name: str, kind: str, site: str, rpo_target_s: float, error: str
+) -> ConnectorStatus:
+    """A connector whose status could not be computed: shown as `down` with why,
+    every figure unknown (null), so the failure is seen and nothing is made up."""
+    return ConnectorStatus(
+        name=name,
+        kind=kind,
+        site=site,
+        state=State.DOWN,
+        rpo_target_s=float(rpo_target_s),
+        rpo_exposure_s=None,
+        transport_lag_s=None,
+        apply_lag_s=None,
+        pending_files=None,
+        pending_bytes=None,
+        last_shipped=None,
+        last_applied=None,
+        last_base_backup_at=None,
+        site_error=error,
+    )
+
+
 def _job_fields(jobs: JobFacts) -> dict[str, Any]:
     next_job, last_job, drill = jobs.next_job, jobs.last_job, jobs.last_drill
     passed = jobs.last_passed_drill

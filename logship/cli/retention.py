@@ -7,10 +7,10 @@ they needed; asks the standby (over SSH) which WAL it still needs first.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from typing import TYPE_CHECKING
 
+from logship import jsonout
 from logship.basebackup import postgres_connector
 from logship.catalog.opening import open_catalog
 from logship.config.files import config_path
@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         catalog.close()
     if args.json:
-        print(json.dumps(report.to_json()))
+        print(jsonout.dumps(report.to_json()))
     else:
         print("\n".join(render(report)))
     return 0

@@ -9,7 +9,6 @@ stored lag history says about that window (see logship.history).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -18,6 +17,7 @@ from rich.console import Console
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
+from logship import jsonout
 from logship.catalog.store import Catalog
 from logship.config.durations import parse_duration
 from logship.config.files import config_path
@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
         for entry, summary in zip(entries, summaries or (), strict=False):
             entry["since"] = summary.to_json()
         document = {"connectors": entries}
-        sys.stdout.write(json.dumps(document, indent=2) + "\n")
+        sys.stdout.write(jsonout.dumps(document, indent=2) + "\n")
     else:
         console = Console()
         if not console.is_terminal:
