@@ -9,6 +9,7 @@ timeline's `.history` first, then by name.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
@@ -495,7 +496,8 @@ def iso_utc(timestamp: float | None) -> str | None:
 
 
 def _rounded(value: float | None) -> float | None:
-    return None if value is None else round(value, 3)
+    # A non-finite figure (a bad time stored by an older logship) is unknown.
+    return None if value is None or not math.isfinite(value) else round(value, 3)
 
 
 def connector_status(
