@@ -133,7 +133,9 @@ class _Site:
     def __init__(self, out: bytes, status: int = 0, err: bytes = b"") -> None:
         self.reply = (status, out, err)
 
-    def run_command(self, argv: list[str], timeout: float) -> tuple[int, bytes, bytes]:
+    def run_command(
+        self, argv: list[str], timeout: float, limit: int = 1 << 20
+    ) -> tuple[int, bytes, bytes]:
         return self.reply
 
 

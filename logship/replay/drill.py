@@ -45,6 +45,7 @@ from logship.errors import (
     UsageError,
     first_line,
 )
+from logship.jsonin import load_object
 from logship.manifest import BackupRecord, SiteLayout
 from logship.replay.standby_restore import (
     LATEST,
@@ -119,11 +120,9 @@ class DrillResult:
     @classmethod
     def from_json(cls, text: str | bytes) -> DrillResult:
         try:
-            raw = json.loads(text)
+            raw = load_object(text, "drill result")
         except ValueError as exc:
-            raise ValueError(f"not a drill result (invalid JSON: {exc})") from None
-        if not isinstance(raw, dict):
-            raise ValueError("not a drill result (not a JSON object)")
+            raise ValueError(f"not a drill result ({exc})") from None
         # A newer logship at the standby site may add fields; the known ones suffice.
         known = {field.name for field in fields(cls)}
         try:

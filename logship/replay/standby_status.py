@@ -20,6 +20,7 @@ from logship import jsonout, walnames
 from logship.errors import LogshipError, first_line, shown_text
 from logship.manifest import SiteLayout
 from logship.replay import facts_check
+from logship.ship.transport import SiteOutputTooLarge
 
 if TYPE_CHECKING:
     from logship.ship.transport import Transport
@@ -252,9 +253,18 @@ def ask_standby_status(
     made up, and nothing of a malformed answer is used.
     """
     argv = [*command, "standby", "status", connector, "--json"]
-    status, out, err = transport.run_command(argv, timeout=timeout)
     bad = None
-    if status == 0 or out.strip():
+    try:
+        status, out, err = transport.run_command(
+            argv, timeout=timeout, limit=facts_check.MAX_ANSWER_BYTES
+        )
+    except SiteOutputTooLarge:
+        status, out, err = -1, b"", b""
+        bad = (
+            f"malformed `standby status` answer for {connector}: answer: "
+            f"larger than {facts_check.MAX_ANSWER_BYTES} bytes"
+        )
+    if bad is None and (status == 0 or out.strip()):
         try:
             facts, ignored = StandbyFacts.checked(out)
             if facts.connector != connector:
