@@ -11,10 +11,10 @@ import json
 import os
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 from logship import jsonout, walnames
 from logship.errors import LogshipError, first_line, shown_text
@@ -84,7 +84,8 @@ class StandbyFacts:
         return cls(**values), ignored
 
 
-class StandbyAnswer(NamedTuple):
+@dataclass(frozen=True)
+class StandbyAnswer:
     facts: StandbyFacts
     #: whether logship at the site answered at all
     answered: bool
@@ -92,6 +93,10 @@ class StandbyAnswer(NamedTuple):
     bad: str | None = None
     #: refused names beyond the per-answer cap, left for a later answer
     refused_ignored: int = 0
+
+    def __iter__(self) -> Iterator[StandbyFacts | bool]:
+        """`facts, answered = ask_standby_status(...)`, as before there was more."""
+        return iter((self.facts, self.answered))
 
 
 def _restored(layout: SiteLayout) -> tuple[str | None, float | None]:

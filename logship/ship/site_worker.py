@@ -147,6 +147,8 @@ class SiteWorker(threading.Thread):
         self._reshipped_at: dict[tuple[str, str], float] = {}
         #: per connector: the last restored name the site gave that was never shipped
         self._unproven_restored: dict[str, str] = {}
+        #: per connector: refused names the last answer listed beyond the cap
+        self._refused_ignored: dict[str, int] = {}
         self._write_retry_at = 0.0
         self._write_backoff = BACKOFF_START
 
@@ -492,15 +494,17 @@ class SiteWorker(threading.Thread):
         else:
             # Shown as the site's error: the link is fine, the answer is not.
             self._bad_answers[connector] = f"site {self.site.name}: {answer.bad}"
-        if answer.refused_ignored:
+        ignored = answer.refused_ignored
+        if ignored and self._refused_ignored.get(connector) != ignored:
             event(
                 log,
                 logging.WARNING,
                 "refused names beyond the cap ignored",
                 connector=connector,
                 site=self.site.name,
-                ignored=answer.refused_ignored,
+                ignored=ignored,
             )
+        self._refused_ignored[connector] = ignored
 
     def _record_facts(self, target: ShipTarget, answer: StandbyAnswer) -> None:
         facts = answer.facts
