@@ -58,6 +58,8 @@ def test_a_good_answer_round_trips() -> None:
         ("measured_at", True),
         ("measured_at", -1),
         ("measured_at", 1e300),
+        ("measured_at", 10**400),
+        ("restored_at", -(10**400)),
         ("heartbeat_at", [1]),
         ("reachable", "yes"),
         ("reachable", 1),

@@ -113,10 +113,10 @@ def _time(key: str, value: object) -> float:
     # bool is an int to Python, never a time to JSON.
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise BadAnswer(key, "not a number", value)
-    number = float(value)
-    if not math.isfinite(number) or not MIN_TIME <= number <= MAX_TIME:
+    # Compared before float(): a JSON integer of 400 digits overflows a float.
+    if not MIN_TIME <= value <= MAX_TIME or not math.isfinite(value):
         raise BadAnswer(key, "not a plausible time", value)
-    return number
+    return float(value)
 
 
 def _maybe_time(key: str, value: object) -> float | None:

@@ -275,8 +275,9 @@ def ask_standby_status(
             if facts.connector != connector:
                 raise facts_check.BadAnswer("connector", "not the one asked for", facts.connector)
             return StandbyAnswer(facts, True, None, ignored)
-        except facts_check.BadAnswer as exc:
-            bad = f"malformed `standby status` answer for {connector}: {exc}"
+        except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+            # BadAnswer (a ValueError) names the field; the rest is a check missed.
+            bad = f"malformed `standby status` answer for {connector}: {shown_text(str(exc))}"
     if bad is not None:
         error = bad
     else:
