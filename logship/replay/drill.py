@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import math
 import os
 import pwd
@@ -31,7 +30,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from logship import walnames
+from logship import jsonout, walnames
 from logship.basebackup import postgres_connector
 from logship.config.model import Config
 from logship.durable import ensure_private_dir, write_bytes_atomically
@@ -115,7 +114,7 @@ class DrillResult:
         return self.restore_s + self.replay_s
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        return jsonout.dumps(asdict(self), sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> DrillResult:
