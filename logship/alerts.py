@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import json
 import logging
 import os
 import queue
@@ -25,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
 
+from logship import jsonout
 from logship.config.model import AlertsSection
 from logship.lag import ConnectorStatus, State, iso_utc
 from logship.logs import event
@@ -175,15 +175,27 @@ class AlertSink:
         if self._closed:
             return
         for status in statuses:
-            alert = self._decide(status, now)
-            if alert is not None:
-                self._enqueue(alert)
-            drill_alert = self._decide_drill(status, now)
-            if drill_alert is not None:
-                self._enqueue(drill_alert)
-            drift_alert = self._decide_drift(status, now)
-            if drift_alert is not None:
-                self._enqueue(drift_alert)
+            try:
+                self._observe_one(status, now)
+            except Exception as exc:  # one connector's alert, never every other's
+                event(
+                    log,
+                    logging.ERROR,
+                    "alert decision failed",
+                    connector=status.name,
+                    error=str(exc),
+                )
+
+    def _observe_one(self, status: ConnectorStatus, now: float) -> None:
+        alert = self._decide(status, now)
+        if alert is not None:
+            self._enqueue(alert)
+        drill_alert = self._decide_drill(status, now)
+        if drill_alert is not None:
+            self._enqueue(drill_alert)
+        drift_alert = self._decide_drift(status, now)
+        if drift_alert is not None:
+            self._enqueue(drift_alert)
 
     def _decide_drift(self, status: ConnectorStatus, now: float) -> Alert | None:
         """A verify that found drift is announced once per run: the site's copy of the
@@ -262,7 +274,7 @@ class AlertSink:
             self._idle.notify_all()
 
     def _deliver(self, alert: Alert) -> None:
-        body = json.dumps(alert.payload()).encode()
+        body = jsonout.dumps(alert.payload()).encode()
         # Not the daemon's whole environment: it may hold credentials (PGPASSWORD,
         # a cloud key) that a hook, often a third party's script, has no need of.
         env = hook_environment(alert.environment())

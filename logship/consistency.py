@@ -31,6 +31,7 @@ from logship import walnames
 from logship.catalog.models import ConsistencyPoint, TreeFile, TreeGeneration
 from logship.catalog.store import Catalog
 from logship.config.model import Config
+from logship.jsonin import load_object
 from logship.manifest import SiteLayout
 
 
@@ -211,7 +212,7 @@ def read_site_points(site_root: Path, files: str) -> tuple[list[SitePoint], list
     problems: list[str] = []
     for path in sorted(folder.glob("*.json")):
         try:
-            point = SitePoint.from_json(json.loads(path.read_bytes()))
+            point = SitePoint.from_json(load_object(path.read_bytes(), "consistency point"))
             walnames.lsn_to_int(point.lsn)  # an LSN that does not parse: unreadable
         except (OSError, ValueError, KeyError, TypeError) as exc:
             problems.append(f"{path}: {exc}")

@@ -19,6 +19,13 @@ def printable(text: str) -> str:
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
+def shown_text(text: str, limit: int = 300) -> str:
+    """Text from elsewhere (the site, a driver) fit for a terminal: control and
+    escape characters escaped, cut to `limit` characters with an ellipsis."""
+    text = printable(text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 class LogshipError(Exception):
     """An error reported as one line (what, where, what to do) with an exit code.
 

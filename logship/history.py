@@ -103,7 +103,16 @@ class HistorySink:
 
     def observe(self, statuses: Sequence[ConnectorStatus], now: float) -> None:
         for status in statuses:
-            self._unwritten.extend(self._take(sample_of(status, now)))
+            try:
+                self._unwritten.extend(self._take(sample_of(status, now)))
+            except (TypeError, ValueError) as exc:  # one connector's sample, not all
+                event(
+                    log,
+                    logging.ERROR,
+                    "history: sample skipped",
+                    connector=status.name,
+                    error=str(exc),
+                )
         self._write()
         if self._pruned_at is None or now - self._pruned_at >= PRUNE_EVERY_S:
             self._catalog.prune_samples(now - self._keep)

@@ -9,6 +9,7 @@ timeline's `.history` first, then by name.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
@@ -495,7 +496,8 @@ def iso_utc(timestamp: float | None) -> str | None:
 
 
 def _rounded(value: float | None) -> float | None:
-    return None if value is None else round(value, 3)
+    # A non-finite figure (a bad time stored by an older logship) is unknown.
+    return None if value is None or not math.isfinite(value) else round(value, 3)
 
 
 def connector_status(
@@ -562,6 +564,29 @@ def connector_status(
         standby_measured_at=iso_utc(progress.sampled_at) if progress else None,
         standby_error=progress.error if progress else None,
         **_job_fields(jobs or JobFacts()),
+    )
+
+
+def failed_status(
+    *, name: str, kind: str, site: str, rpo_target_s: float, error: str
+) -> ConnectorStatus:
+    """A connector whose status could not be computed: shown as `down` with why,
+    every figure unknown (null), so the failure is seen and nothing is made up."""
+    return ConnectorStatus(
+        name=name,
+        kind=kind,
+        site=site,
+        state=State.DOWN,
+        rpo_target_s=float(rpo_target_s),
+        rpo_exposure_s=None,
+        transport_lag_s=None,
+        apply_lag_s=None,
+        pending_files=None,
+        pending_bytes=None,
+        last_shipped=None,
+        last_applied=None,
+        last_base_backup_at=None,
+        site_error=error,
     )
 
 

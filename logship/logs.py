@@ -6,12 +6,13 @@ password, a key path's content) can slip into a log line by accident.
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
 import warnings
 from typing import Any
+
+from logship import jsonout
 
 _FIELDS = "logship_fields"
 
@@ -28,7 +29,7 @@ class JsonLineFormatter(logging.Formatter):
         line.update(getattr(record, _FIELDS, {}))
         if record.exc_info and record.levelno >= logging.ERROR:
             line["exception"] = self.formatException(record.exc_info)
-        return json.dumps(line, default=str)
+        return jsonout.dumps(line, default=str)
 
 
 def setup_logging(debug: bool = False, stream: Any = None) -> None:

@@ -23,6 +23,9 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import PurePosixPath
 
+from logship import walnames
+from logship.jsonin import load_object
+
 FORMAT = 1
 ZSTD_SUFFIX = ".zst"
 BACKUP_RECORD_NAME = "backup.json"
@@ -119,10 +122,37 @@ class ManifestRecord:
 
     @classmethod
     def from_json(cls, data: bytes) -> ManifestRecord:
-        raw = json.loads(data)
+        """The record; ValueError when it is malformed in any way. Its names
+        become paths at the site: only a WAL name, stored as itself or `.zst`."""
+        raw = load_object(data, "manifest record")
         if raw.get("format") != FORMAT:
             raise ValueError(f"unsupported manifest record format {raw.get('format')!r}")
-        return cls(**raw)
+        try:
+            record = cls(**raw)
+        except TypeError as exc:
+            raise ValueError(f"manifest record: {exc}") from None
+        record._check()
+        return record
+
+    def _check(self) -> None:
+        for key in ("name", "sha256", "stored_name", "stored_sha256", "compression"):
+            if not isinstance(getattr(self, key), str):
+                raise ValueError(f"manifest record: {key} is not a string")
+        for key in ("size", "stored_size"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"manifest record: {key} is not a size")
+        for key in ("closed_at", "arrived_at"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"manifest record: {key} is not a time")
+        if walnames.parse(self.name, allow_partial=True) is None:
+            raise ValueError(f"manifest record: {self.name[:60]!r} is not a WAL file name")
+        if self.stored_name not in (self.name, self.name + ZSTD_SUFFIX):
+            raise ValueError(
+                f"manifest record: stored_name {self.stored_name[:80]!r} is neither "
+                f"{self.name} nor {self.name}{ZSTD_SUFFIX}"
+            )
 
 
 @dataclass(frozen=True)
@@ -159,7 +189,10 @@ class BackupRecord:
 
     @classmethod
     def from_json(cls, data: bytes) -> BackupRecord:
-        raw = json.loads(data)
+        raw = load_object(data, "backup record")
         if raw.get("format") != FORMAT:
             raise ValueError(f"unsupported backup record format {raw.get('format')!r}")
-        return cls(**raw)
+        try:
+            return cls(**raw)
+        except TypeError as exc:
+            raise ValueError(f"backup record: {exc}") from None

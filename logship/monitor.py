@@ -16,6 +16,7 @@ from logship import consistency, lag
 from logship.catalog.store import Catalog
 from logship.config.model import Config
 from logship.engines import engine_for
+from logship.errors import shown_text
 from logship.logs import event
 from logship.tree import rows as tree_rows
 from logship.tree.status import PointFacts, files_status
@@ -43,35 +44,53 @@ def collect_statuses(
     statuses = []
     for name in names:
         connector = config.connector(name)
-        if not engine_for(connector.kind).uses_spool:
-            statuses.append(_tree_status(connector, catalog, now))
-            continue
-        site_status = progress = backup = primary = None
-        queue = None
-        jobs = lag.JobFacts()
-        if catalog is not None:
-            queue = _queue_facts(catalog, name, remember)
-            site_status = catalog.site_status(connector.site)
-            progress = catalog.standby_progress(name)
-            backup = catalog.last_backup(name)
-            primary = catalog.primary_facts(name)
-            jobs = _job_facts(catalog, name)
-        statuses.append(
-            lag.connector_status(
-                name=name,
-                kind=connector.kind,
-                site=connector.site,
-                rpo_target_s=connector.rpo,
-                now=now,
-                queue=queue,
-                site_status=site_status,
-                progress=progress,
-                last_base_backup_at=backup.finished_at if backup is not None else None,
-                primary=primary,
-                jobs=jobs,
+        try:
+            statuses.append(_status_of(connector, catalog, now, remember))
+        except Exception as exc:
+            # One connector's rows (a bad figure stored by an older logship, a
+            # catalog error) must not take every other connector's status with it.
+            event(log, logging.ERROR, "status failed", connector=name, error=shown_text(str(exc)))
+            statuses.append(
+                lag.failed_status(
+                    name=name,
+                    kind=connector.kind,
+                    site=connector.site,
+                    rpo_target_s=connector.rpo,
+                    error=f"status could not be computed: {shown_text(str(exc))}",
+                )
             )
-        )
     return statuses
+
+
+def _status_of(
+    connector: Any, catalog: Catalog | None, now: float, remember: bool
+) -> lag.ConnectorStatus:
+    name = connector.name
+    if not engine_for(connector.kind).uses_spool:
+        return _tree_status(connector, catalog, now)
+    site_status = progress = backup = primary = None
+    queue = None
+    jobs = lag.JobFacts()
+    if catalog is not None:
+        queue = _queue_facts(catalog, name, remember)
+        site_status = catalog.site_status(connector.site)
+        progress = catalog.standby_progress(name)
+        backup = catalog.last_backup(name)
+        primary = catalog.primary_facts(name)
+        jobs = _job_facts(catalog, name)
+    return lag.connector_status(
+        name=name,
+        kind=connector.kind,
+        site=connector.site,
+        rpo_target_s=connector.rpo,
+        now=now,
+        queue=queue,
+        site_status=site_status,
+        progress=progress,
+        last_base_backup_at=backup.finished_at if backup is not None else None,
+        primary=primary,
+        jobs=jobs,
+    )
 
 
 def _queue_facts(catalog: Catalog, name: str, remember: bool) -> lag.QueueFacts:

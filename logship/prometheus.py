@@ -142,7 +142,10 @@ class _SampleCollector(Collector):
         for figure in FIGURES:
             family = GaugeMetricFamily(figure.name, figure.help, labels=LABELS)
             for status in statuses:
-                value = figure.value(status)
+                try:
+                    value = figure.value(status)
+                except (TypeError, ValueError):
+                    value = None  # one odd figure leaves the rest of the scrape whole
                 if value is not None:
                     family.add_metric(_labels(status), float(value))
             yield family

@@ -79,9 +79,9 @@ def fetch_standby_facts(
     """`standby status --json` at the connector's site, over `transport` (SSH)."""
     site = config.site_of(config.connector(connector_name))
     try:
-        facts, _answered = ask_standby_status(
+        facts = ask_standby_status(
             transport, site.command, connector_name, clock, STANDBY_TIMEOUT
-        )
+        ).facts
     except Exception as exc:  # the SSH link failing: not known, so every WAL file stays
         return StandbyFacts(
             connector=connector_name,

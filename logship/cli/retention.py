@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from logship import jsonout
 from logship.basebackup import postgres_connector
 from logship.catalog.opening import open_catalog
 from logship.config.files import config_path
@@ -84,7 +84,7 @@ def render(report: RetentionReport) -> list[str]:
 
 def _print(report: RetentionReport, as_json: bool) -> None:
     if as_json:
-        print(json.dumps(report.to_json()))
+        print(jsonout.dumps(report.to_json()))
     else:
         print("\n".join(render(report)))
 

@@ -9,7 +9,6 @@ stored lag history says about that window (see logship.history).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -18,14 +17,16 @@ from rich.console import Console
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
+from logship import jsonout
 from logship.catalog.opening import scrub, shown_url
 from logship.catalog.store import Catalog
 from logship.config.durations import parse_duration
 from logship.config.files import config_path
 from logship.config.load import load_config
 from logship.config.model import Config
-from logship.errors import OperationFailed, UsageError
+from logship.errors import OperationFailed, UsageError, shown_text
 from logship.history import WindowSummary, window_summary
+from logship.lag import ConnectorStatus
 from logship.monitor import collect_statuses
 from logship.ui.status_table import build_since_table, build_status_table
 
@@ -83,6 +84,22 @@ def since_window(value: str | None) -> float | None:
         raise UsageError(f"--since: {exc}") from None
 
 
+def _summary(
+    catalog: Catalog | None, status: ConnectorStatus, *, since: float, now: float, config: Config
+) -> WindowSummary:
+    """The connector's window; its current status alone when its stored samples
+    cannot be read (one connector's rows never cost another its figures)."""
+    resolution = config.history.resolution
+    try:
+        return window_summary(catalog, status, since=since, now=now, resolution=resolution)
+    except Exception as exc:
+        print(
+            f"status: {status.name}: lag history unreadable: {shown_text(str(exc))}",
+            file=sys.stderr,
+        )
+        return window_summary(None, status, since=since, now=now, resolution=resolution)
+
+
 def run(args: argparse.Namespace) -> int:
     config = load_config(config_path(args.config))
     names = selected_connectors(config, args.connector)
@@ -94,13 +111,7 @@ def run(args: argparse.Namespace) -> int:
         statuses = collect_statuses(config, catalog, names, now)
         if window is not None:
             summaries = [
-                window_summary(
-                    catalog,
-                    status,
-                    since=now - window,
-                    now=now,
-                    resolution=config.history.resolution,
-                )
+                _summary(catalog, status, since=now - window, now=now, config=config)
                 for status in statuses
             ]
     finally:
@@ -112,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
         for entry, summary in zip(entries, summaries or (), strict=False):
             entry["since"] = summary.to_json()
         document = {"connectors": entries}
-        sys.stdout.write(json.dumps(document, indent=2) + "\n")
+        sys.stdout.write(jsonout.dumps(document, indent=2) + "\n")
     else:
         console = Console()
         if not console.is_terminal:

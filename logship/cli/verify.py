@@ -8,11 +8,11 @@ alerts show. Exit 0 when clean, 1 on drift or when it could not compare.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from typing import TYPE_CHECKING
 
+from logship import jsonout
 from logship.catalog.opening import open_catalog
 from logship.config.files import config_path
 from logship.config.load import load_config
@@ -62,13 +62,13 @@ def run(args: argparse.Namespace) -> int:
     except LogshipError as exc:
         if args.json:
             failed = {"connector": connector.name, "state": "failed", "error": str(exc)}
-            print(json.dumps(failed))
+            print(jsonout.dumps(failed))
         print(f"logship verify: {exc}", file=sys.stderr)
         return exc.exit_code
     finally:
         catalog.close()
     if args.json:
-        print(json.dumps(report.to_json()))
+        print(jsonout.dumps(report.to_json()))
     else:
         render(report)
     return 0 if report.clean else EXIT_FAILED

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import math
 import os
 import pwd
@@ -31,7 +30,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from logship import walnames
+from logship import jsonout, walnames
 from logship.basebackup import postgres_connector
 from logship.config.model import Config
 from logship.durable import ensure_private_dir, write_bytes_atomically
@@ -45,6 +44,7 @@ from logship.errors import (
     UsageError,
     first_line,
 )
+from logship.jsonin import load_object
 from logship.manifest import BackupRecord, SiteLayout
 from logship.replay.standby_restore import (
     LATEST,
@@ -114,16 +114,14 @@ class DrillResult:
         return self.restore_s + self.replay_s
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        return jsonout.dumps(asdict(self), sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> DrillResult:
         try:
-            raw = json.loads(text)
+            raw = load_object(text, "drill result")
         except ValueError as exc:
-            raise ValueError(f"not a drill result (invalid JSON: {exc})") from None
-        if not isinstance(raw, dict):
-            raise ValueError("not a drill result (not a JSON object)")
+            raise ValueError(f"not a drill result ({exc})") from None
         # A newer logship at the standby site may add fields; the known ones suffice.
         known = {field.name for field in fields(cls)}
         try:

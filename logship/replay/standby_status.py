@@ -11,14 +11,16 @@ import json
 import os
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from logship import walnames
-from logship.errors import LogshipError, first_line
+from logship import jsonout, walnames
+from logship.errors import LogshipError, first_line, shown_text
 from logship.manifest import SiteLayout
+from logship.replay import facts_check
+from logship.ship.transport import SiteOutputTooLarge
 
 if TYPE_CHECKING:
     from logship.ship.transport import Transport
@@ -66,22 +68,35 @@ class StandbyFacts:
     refused: tuple[str, ...] = ()
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self))
+        return jsonout.dumps(asdict(self))
 
     @classmethod
     def from_json(cls, text: str | bytes) -> StandbyFacts:
-        raw = json.loads(text)
-        if not isinstance(raw, dict):
-            raise ValueError("standby facts must be a JSON object")
-        # Keys added by a newer logship at the other site are skipped, not fatal.
-        known = {f.name for f in fields(cls)}
-        values = {key: value for key, value in raw.items() if key in known}
-        # These become paths in the primary's spool: only well-formed WAL names.
-        refused = values.get("refused") or ()
-        if not isinstance(refused, list | tuple) or not all(isinstance(n, str) for n in refused):
-            raise ValueError("refused must be a list of WAL file names")
-        values["refused"] = tuple(n for n in refused if walnames.parse(n, allow_partial=True))
-        return cls(**values)
+        """The facts of an answer, every field checked (see facts_check): a bad
+        field raises BadAnswer, and nothing of that answer is used."""
+        return cls.checked(text)[0]
+
+    @classmethod
+    def checked(cls, text: str | bytes) -> tuple[StandbyFacts, int]:
+        """As from_json, and how many refused names beyond the cap were ignored."""
+        raw = facts_check.parse_answer(text)
+        values, ignored = facts_check.check_fields(raw, {f.name for f in fields(cls)})
+        return cls(**values), ignored
+
+
+@dataclass(frozen=True)
+class StandbyAnswer:
+    facts: StandbyFacts
+    #: whether logship at the site answered at all
+    answered: bool
+    #: why an answer that came was dropped (escaped, cut), None when it was good
+    bad: str | None = None
+    #: refused names beyond the per-answer cap, left for a later answer
+    refused_ignored: int = 0
+
+    def __iter__(self) -> Iterator[StandbyFacts | bool]:
+        """`facts, answered = ask_standby_status(...)`, as before there was more."""
+        return iter((self.facts, self.answered))
 
 
 def _restored(layout: SiteLayout) -> tuple[str | None, float | None]:
@@ -234,23 +249,41 @@ def ask_standby_status(
     connector: str,
     clock: Callable[[], float],
     timeout: float,
-) -> tuple[StandbyFacts, bool]:
+) -> StandbyAnswer:
     """`standby status --json` run at the site over `transport` (SSH): the facts, and
     whether logship there answered at all.
 
-    Without a usable answer (logship missing there, a broken config...) the facts say
-    the standby is unreachable and why; nothing else is made up.
+    Without a usable answer (logship missing there, a broken config, a malformed
+    answer...) the facts say the standby is unreachable and why; nothing else is
+    made up, and nothing of a malformed answer is used.
     """
     argv = [*command, "standby", "status", connector, "--json"]
-    status, out, err = transport.run_command(argv, timeout=timeout)
+    bad = None
     try:
-        return StandbyFacts.from_json(out), True
-    except (ValueError, TypeError):
-        reason = err.decode(errors="replace").strip().splitlines()
-        facts = StandbyFacts(
-            connector=connector,
-            measured_at=clock(),
-            reachable=False,
-            error=f"`standby status` exited {status}: " + (reason[-1] if reason else "no output"),
+        status, out, err = transport.run_command(
+            argv, timeout=timeout, limit=facts_check.MAX_ANSWER_BYTES
         )
-        return facts, False
+    except SiteOutputTooLarge:
+        status, out, err = -1, b"", b""
+        bad = (
+            f"malformed `standby status` answer for {connector}: answer: "
+            f"larger than {facts_check.MAX_ANSWER_BYTES} bytes"
+        )
+    if bad is None and (status == 0 or out.strip()):
+        try:
+            facts, ignored = StandbyFacts.checked(out)
+            if facts.connector != connector:
+                raise facts_check.BadAnswer("connector", "not the one asked for", facts.connector)
+            return StandbyAnswer(facts, True, None, ignored)
+        except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+            # BadAnswer (a ValueError) names the field; the rest is a check missed.
+            bad = f"malformed `standby status` answer for {connector}: {shown_text(str(exc))}"
+    if bad is not None:
+        error = bad
+    else:
+        reason = err.decode(errors="replace").strip().splitlines()
+        error = f"`standby status` exited {status}: " + (
+            shown_text(reason[-1], facts_check.MAX_TEXT) if reason else "no output"
+        )
+    facts = StandbyFacts(connector=connector, measured_at=clock(), reachable=False, error=error)
+    return StandbyAnswer(facts, False, bad)

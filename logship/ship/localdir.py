@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
 from logship.durable import DIR_MODE, free_bytes, write_chunks_atomically
+from logship.ship.transport import ERROR_LIMIT, OUTPUT_LIMIT, SiteOutputTooLarge
 
 
 class LocalDirTransport:
@@ -65,9 +66,13 @@ class LocalDirTransport:
         with contextlib.suppress(FileNotFoundError):
             os.rmdir(path)
 
-    def run_command(self, argv: list[str], timeout: float) -> tuple[int, bytes, bytes]:
+    def run_command(
+        self, argv: list[str], timeout: float, limit: int = OUTPUT_LIMIT
+    ) -> tuple[int, bytes, bytes]:
         done = subprocess.run(argv, capture_output=True, timeout=timeout, check=False)
-        return done.returncode, done.stdout, done.stderr
+        if len(done.stdout) > limit:
+            raise SiteOutputTooLarge(f"`{argv[0]}` printed more than {limit} bytes")
+        return done.returncode, done.stdout, done.stderr[-ERROR_LIMIT:]
 
     def close(self) -> None:
         return None

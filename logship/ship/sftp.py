@@ -23,6 +23,7 @@ from paramiko.sftp import CMD_EXTENDED, CMD_EXTENDED_REPLY
 from logship.config.model import SiteConfig
 from logship.errors import ConfigError, OperationFailed
 from logship.ship.sftp_replies import RemoteUpload
+from logship.ship.site_output import drain
 from logship.ship.ssh_trust import (
     RefuseUnknown,
     UnknownHostKey,
@@ -30,7 +31,7 @@ from logship.ship.ssh_trust import (
     refusal,
     refuse_unprotected_key,
 )
-from logship.ship.transport import TEMP_PREFIX
+from logship.ship.transport import OUTPUT_LIMIT, READ_LIMIT, TEMP_PREFIX, SiteOutputTooLarge
 
 PREFERRED_CIPHERS = (
     "aes128-gcm@openssh.com",
@@ -213,7 +214,13 @@ class SftpTransport:
     def read_bytes(self, path: PurePosixPath) -> bytes | None:
         try:
             with self._sftp.open(str(path), "rb") as remote:
-                return remote.read()
+                data = remote.read(READ_LIMIT + 1)
+                if len(data) > READ_LIMIT:
+                    raise SiteOutputTooLarge(
+                        f"site {self.site.name}: {path} is larger than {READ_LIMIT} bytes; "
+                        "it is not a file logship wrote there"
+                    )
+                return data
         except FileNotFoundError:
             return None
         except OSError as exc:
@@ -271,12 +278,14 @@ class SftpTransport:
             if self.stat_mode(path) is not None:
                 raise
 
-    def run_command(self, argv: list[str], timeout: float) -> tuple[int, bytes, bytes]:
+    def run_command(
+        self, argv: list[str], timeout: float, limit: int = OUTPUT_LIMIT
+    ) -> tuple[int, bytes, bytes]:
         # The remote side gets a shell string: every argument is quoted, and the
         # arguments come from the config, never from file names.
-        _, stdout, stderr = self._client.exec_command(shlex.join(argv), timeout=timeout)
-        out, err = stdout.read(), stderr.read()
-        return stdout.channel.recv_exit_status(), out, err
+        _, stdout, _ = self._client.exec_command(shlex.join(argv), timeout=timeout)
+        what = f"site {self.site.name}: `{shlex.join(argv[-3:])}`"
+        return drain(stdout.channel, limit, timeout, what)
 
     def close(self) -> None:
         # Closing the SSH connection ends the SFTP session with it. A goodbye on the

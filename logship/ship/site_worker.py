@@ -18,15 +18,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from logship.archive import shipped_sha256
+from logship.catalog.models import FileState
 from logship.catalog.store import Catalog
 from logship.config.model import SiteConfig
 from logship.durable import sha256_of
-from logship.errors import HostKeyRefused
+from logship.errors import HostKeyRefused, shown_text
 from logship.faults import crash_point
 from logship.lag import replay_rate
 from logship.logs import event
 from logship.manifest import ManifestRecord, SiteLayout
-from logship.replay.standby_status import StandbyFacts, ask_standby_status
+from logship.replay.standby_status import StandbyAnswer, ask_standby_status
 from logship.ship.lane_process import LaneProcess
 from logship.ship.lanes import Lane, Lanes
 from logship.ship.shipper import ShipConflict, ship_file
@@ -47,6 +48,9 @@ SAMPLE_TIMEOUT = 20.0
 LANE_IDLE_S = 300.0
 #: restore-wal's refused note is a few hundred bytes; more is not read
 NOTE_LIMIT = 64 * 1024
+#: a file the site says it refused is shipped again at most once in this long: a
+#: site that keeps saying so (or lies) cannot keep the shipping thread busy
+RESHIP_EVERY_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -132,7 +136,7 @@ class SiteWorker(threading.Thread):
         #: a process start there (0.1-0.3 s, up to SAMPLE_TIMEOUT), which the
         #: next segment must not wait behind
         self._asker = ThreadPoolExecutor(1, thread_name_prefix=f"ask-{site.name}")
-        self._asking: Future[list[tuple[StandbyFacts, bool]]] | None = None
+        self._asking: Future[list[StandbyAnswer]] | None = None
         self._promoted: set[str] = set()
         self._sample_errors: dict[str, str | None] = {}
         self._link_up: bool | None = None  # the last link state told to the journal
@@ -140,6 +144,14 @@ class SiteWorker(threading.Thread):
         self._write_error: str | None = None
         #: per connector: files the standby refused that no kept copy can replace
         self._unrepairable: dict[str, str] = {}
+        #: per connector: why the site's last answer was dropped (a malformed one)
+        self._bad_answers: dict[str, str] = {}
+        #: (connector, file) -> when it was last shipped again after a refusal
+        self._reshipped_at: dict[tuple[str, str], float] = {}
+        #: per connector: the last restored name the site gave that was never shipped
+        self._unproven_restored: dict[str, str] = {}
+        #: per connector: refused names the last answer listed beyond the cap
+        self._refused_ignored: dict[str, int] = {}
         self._write_retry_at = 0.0
         self._write_backoff = BACKOFF_START
 
@@ -446,7 +458,7 @@ class SiteWorker(threading.Thread):
         self._asking = self._asker.submit(self._ask_standby, self._transport)
         self._asking.add_done_callback(lambda _: self.wake())
 
-    def _ask_standby(self, transport: Transport) -> list[tuple[StandbyFacts, bool]]:
+    def _ask_standby(self, transport: Transport) -> list[StandbyAnswer]:
         return [
             ask_standby_status(
                 transport, self.site.command, target.connector, self._clock, SAMPLE_TIMEOUT
@@ -454,48 +466,107 @@ class SiteWorker(threading.Thread):
             for target in self.targets
         ]
 
-    def _record_standby(self, answers: list[tuple[StandbyFacts, bool]]) -> None:
-        for target, (facts, answered) in zip(self.targets, answers, strict=True):
-            if answered:
-                self._sample_errors.pop(target.connector, None)
-            else:
-                self._warn_once(target.connector, facts.error)
-            previous = self.catalog.standby_progress(target.connector)
-            rate = replay_rate(
-                previous.replay_lsn if previous else None,
-                previous.measured_at if previous else None,
-                previous.replay_rate_bps if previous else None,
-                facts.replay_lsn,
-                facts.measured_at if facts.reachable else None,
-            )
-            measured: dict[str, object] = {"reachable": facts.reachable, "error": facts.error}
-            if facts.reachable:
-                # An unreachable standby keeps its last known position and heartbeat,
-                # so its apply lag keeps growing instead of turning unknown.
-                measured.update(
-                    in_recovery=facts.in_recovery,
-                    replay_lsn=facts.replay_lsn,
-                    heartbeat_at=facts.heartbeat_at,
-                    replay_timestamp=facts.replay_timestamp,
-                    measured_at=facts.measured_at,
-                    replay_rate_bps=rate,
+    def _record_standby(self, answers: list[StandbyAnswer]) -> None:
+        for target, answer in zip(self.targets, answers, strict=True):
+            self._note_answer(target, answer)
+            try:
+                self._record_facts(target, answer)
+            except Exception as exc:
+                # Only this connector's sample is lost: the link, the other
+                # connectors and shipping go on (the answer was checked, so this
+                # is a bug or a catalog failure, which the next sample retries).
+                event(
+                    log,
+                    logging.ERROR,
+                    "recording the standby's facts failed",
+                    connector=target.connector,
+                    error=shown_text(str(exc)),
                 )
-            self.catalog.record_restored(
-                target.connector,
-                facts.last_restored,
-                facts.restored_at,
-                self._clock(),
-                **measured,
-            )
-            if facts.last_restored is not None:
-                prune_kept(target.spool_dir, facts.last_restored, target.keep_bytes)
-            self._repair(target, facts.refused)
+                continue
+            # The SFTP link failing in here is a lost link, as in shipping.
+            self._repair(target, answer.facts.refused)
         # Reachable; a write the site refused stays the error until one succeeds.
         self._set_reachable()
 
+    def _note_answer(self, target: ShipTarget, answer: StandbyAnswer) -> None:
+        connector = target.connector
+        if answer.answered:
+            self._sample_errors.pop(connector, None)
+        else:
+            self._warn_once(connector, answer.facts.error)
+        if answer.bad is None:
+            self._bad_answers.pop(connector, None)
+        else:
+            # Shown as the site's error: the link is fine, the answer is not.
+            self._bad_answers[connector] = f"site {self.site.name}: {answer.bad}"
+        ignored = answer.refused_ignored
+        if ignored and self._refused_ignored.get(connector) != ignored:
+            event(
+                log,
+                logging.WARNING,
+                "refused names beyond the cap ignored",
+                connector=connector,
+                site=self.site.name,
+                ignored=ignored,
+            )
+        self._refused_ignored[connector] = ignored
+
+    def _record_facts(self, target: ShipTarget, answer: StandbyAnswer) -> None:
+        facts = answer.facts
+        previous = self.catalog.standby_progress(target.connector)
+        rate = replay_rate(
+            previous.replay_lsn if previous else None,
+            previous.measured_at if previous else None,
+            previous.replay_rate_bps if previous else None,
+            facts.replay_lsn,
+            facts.measured_at if facts.reachable else None,
+        )
+        measured: dict[str, object] = {"reachable": facts.reachable, "error": facts.error}
+        if facts.reachable:
+            # An unreachable standby keeps its last known position and heartbeat,
+            # so its apply lag keeps growing instead of turning unknown.
+            measured.update(
+                in_recovery=facts.in_recovery,
+                replay_lsn=facts.replay_lsn,
+                heartbeat_at=facts.heartbeat_at,
+                replay_timestamp=facts.replay_timestamp,
+                measured_at=facts.measured_at,
+                replay_rate_bps=rate,
+            )
+        self.catalog.record_restored(
+            target.connector,
+            facts.last_restored,
+            facts.restored_at,
+            self._clock(),
+            **measured,
+        )
+        restored = self._proven_restored(target, facts.last_restored)
+        if restored is not None:
+            prune_kept(target.spool_dir, restored, target.keep_bytes)
+
+    def _proven_restored(self, target: ShipTarget, name: str | None) -> str | None:
+        """`name` when the kept copies up to it may go: a segment this primary
+        shipped and recorded. A name the site made up (or one past everything
+        shipped) prunes nothing; the size cap still does."""
+        if name is None:
+            return None
+        row = self.catalog.file(target.connector, name)
+        if row is None or row.state not in (FileState.SHIPPED, FileState.APPLIED):
+            if self._unproven_restored.get(target.connector) != name:
+                event(
+                    log,
+                    logging.WARNING,
+                    "the site's last restored file was never shipped: no kept copy pruned",
+                    connector=target.connector,
+                    file=name,
+                )
+            self._unproven_restored[target.connector] = name
+            return None
+        return name
+
     def _set_reachable(self) -> None:
         """The link is up; the status shows what still stands in the way, if anything."""
-        problems = [self._write_error, *self._unrepairable.values()]
+        problems = [self._write_error, *self._bad_answers.values(), *self._unrepairable.values()]
         error = "; ".join(p for p in problems if p) or None
         self.catalog.set_site_status(self.site.name, True, error, self._clock())
 
@@ -511,7 +582,14 @@ class SiteWorker(threading.Thread):
         assert self._transport is not None
         lost: list[str] = []
         stuck: list[str] = []
+        now = time.monotonic()
+        self._reshipped_at = {
+            key: at for key, at in self._reshipped_at.items() if now - at < RESHIP_EVERY_S
+        }
         for name in refused:
+            last = self._reshipped_at.get((target.connector, name))
+            if last is not None and now - last < RESHIP_EVERY_S:
+                continue  # shipped again a moment ago: the site has not caught up yet
             expected = shipped_sha256(target.spool_dir, name)
             kept = kept_path(target.spool_dir, name)
             entry = entry_for(target.connector, kept)
@@ -537,6 +615,7 @@ class SiteWorker(threading.Thread):
                 # between the file and its record): only the site may set it aside.
                 stuck.append(name)
                 continue
+            self._reshipped_at[(target.connector, name)] = now
             if not self.site.restricted:
                 # Restricted: restore-wal removes the note once it takes the file.
                 self._transport.remove(target.layout.refused_note(name))

@@ -18,6 +18,19 @@ class SiteRefused(OperationFailed):
     content, say); the link stands."""
 
 
+#: what a command at the site may print on stdout before it is an error (a
+#: hostile or broken site must not make the primary's memory grow without end)
+OUTPUT_LIMIT = 1024 * 1024
+#: stderr is only ever quoted (its last line): the rest is cut
+ERROR_LIMIT = 64 * 1024
+#: the largest file read back from the site whole (manifest records, markers)
+READ_LIMIT = 1024 * 1024
+
+
+class SiteOutputTooLarge(OperationFailed):
+    """The site sent more than the caller allows: the read stops there."""
+
+
 class Transport(Protocol):
     """Idempotent file operations at one site; paths are as seen at that site."""
 
@@ -36,7 +49,8 @@ class Transport(Protocol):
         ...
 
     def read_bytes(self, path: PurePosixPath) -> bytes | None:
-        """The file's content, or None when it does not exist."""
+        """The file's content, or None when it does not exist; SiteOutputTooLarge
+        beyond READ_LIMIT (only small records are read back whole)."""
         ...
 
     def stat_mode(self, path: PurePosixPath) -> int | None:
@@ -65,8 +79,11 @@ class Transport(Protocol):
         the site cannot tell)."""
         ...
 
-    def run_command(self, argv: list[str], timeout: float) -> tuple[int, bytes, bytes]:
-        """Run a command at the site: (exit status, stdout, stderr)."""
+    def run_command(
+        self, argv: list[str], timeout: float, limit: int = OUTPUT_LIMIT
+    ) -> tuple[int, bytes, bytes]:
+        """Run a command at the site: (exit status, stdout, stderr). More than
+        `limit` bytes on stdout is SiteOutputTooLarge; stderr is cut at ERROR_LIMIT."""
         ...
 
     def close(self) -> None: ...

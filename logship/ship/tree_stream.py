@@ -9,7 +9,6 @@ over SFTP alone.
 from __future__ import annotations
 
 import contextlib
-import json
 import shlex
 import time
 from collections import deque
@@ -17,6 +16,7 @@ from collections.abc import Sequence
 
 import paramiko
 
+from logship.jsonin import load_object
 from logship.tree.stream import COMMIT, landed_line
 
 #: frames go out in writes of about this size
@@ -97,12 +97,9 @@ class TreeStream:
     @staticmethod
     def _parse(line: bytes) -> dict[str, object]:
         try:
-            content = json.loads(line)
+            return load_object(line, "tree-receive's answer")
         except ValueError:
             raise OSError(f"tree-receive said {line[:200]!r}") from None
-        if not isinstance(content, dict):
-            raise OSError(f"tree-receive said {line[:200]!r}")
-        return content
 
     def send_batch(self, frames: Sequence[bytes]) -> None:
         """Send a batch and its commit; `collect` its answers later, in order."""
@@ -140,6 +137,10 @@ class TreeStream:
             self._channel.close()
 
 
+#: the longest reply line taken from tree-receive (a real one is < 1 KiB)
+MAX_REPLY_LINE = 64 * 1024
+
+
 class _Lines:
     """The receiver's reply lines, read from the channel in large pieces: paramiko's
     file readline runs Python per call, and a first sync answers thousands of
@@ -159,5 +160,8 @@ class _Lines:
                 return rest
             lines = (self._partial + piece).split(b"\n")
             self._partial = lines.pop()
+            if len(self._partial) > MAX_REPLY_LINE:
+                # A reply is a short JSON line: this is not tree-receive talking.
+                raise OSError(f"tree-receive sent a line longer than {MAX_REPLY_LINE} bytes")
             self._lines.extend(line + b"\n" for line in lines)
         return self._lines.popleft()

@@ -19,9 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from logship.errors import first_line
+from logship.jsonin import load_object
 from logship.tree.exclude import ExcludeRules
 from logship.tree.names import TEMP_PREFIX
 from logship.tree.scan import EntryKind, TreeEntry, scan_tree, sha256_file
+
+#: one entry: a base64 path (at most PATH_MAX) and its figures
+MAX_DIGEST_LINE = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -85,11 +89,9 @@ def end_line(count: int | None, error: str | None = None) -> str:
 def parse_line(line: bytes | str) -> DigestEntry | DigestEnd:
     """One line of `tree-digest` output; DigestFormatError when it is not one."""
     try:
-        raw = json.loads(line)
-    except ValueError:
-        raise DigestFormatError("not a JSON line") from None
-    if not isinstance(raw, dict):
-        raise DigestFormatError("not a JSON object")
+        raw = load_object(line, "digest line", MAX_DIGEST_LINE)
+    except ValueError as exc:
+        raise DigestFormatError(str(exc)) from None
     if "done" in raw:
         count = raw.get("count")
         error = raw.get("error")

@@ -32,6 +32,9 @@ log = logging.getLogger("logship.verify")
 Clock = Callable[[], float]
 #: the site hashes its whole tree before the listing ends; a large tree takes long
 VERIFY_SSH_TIMEOUT_S = 3600.0
+#: the site's whole listing is held in memory: about 200 bytes a file, so this is
+#: some five million files; more is refused as an error rather than grown into
+DIGEST_OUTPUT_LIMIT = 1024 * 1024 * 1024
 
 
 def _lines(out: bytes) -> Iterator[bytes]:
@@ -127,7 +130,7 @@ def compare_with_site(
     argv = [*site.command, "tree-digest", connector.name]
     before = pending_paths(catalog, connector.name)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tree-digest") as pool:
-        remote = pool.submit(transport.run_command, argv, VERIFY_SSH_TIMEOUT_S)
+        remote = pool.submit(transport.run_command, argv, VERIFY_SSH_TIMEOUT_S, DIGEST_OUTPUT_LIMIT)
         local = [_as_shipped(entry, connector) for entry in digest_tree(connector.source, rules)]
         try:
             status, out, err = remote.result()

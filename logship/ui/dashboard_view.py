@@ -20,6 +20,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from logship.errors import shown_text
 from logship.history import Event
 from logship.lag import WARN_FRACTION, ConnectorStatus, State
 from logship.ui.status_table import (
@@ -251,7 +252,7 @@ class DashboardView:
                     "  ",
                     (item.connector, "bold"),
                     "  ",
-                    (item.message, STATE_STYLES.get(item.state or "", "")),
+                    (shown_text(item.message, 500), STATE_STYLES.get(item.state or "", "")),
                 )
                 for item in recent
             )

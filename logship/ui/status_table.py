@@ -11,6 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from logship.engines import engine_for
+from logship.errors import shown_text
 from logship.lag import ConnectorStatus, State
 from logship.tree.status import NOT_APPLICABLE
 
@@ -114,13 +115,14 @@ def _notes(status: ConnectorStatus) -> Text:
         if notes:
             notes.append("\n")
         notes.append(f"{status.name}: ", style="bold")
-        notes.append(f"site {status.site}: {status.site_error}", style="red")
+        notes.append(f"site {status.site}: {shown_text(status.site_error)}", style="red")
     if status.drill_state == "failed":
         if notes:
             notes.append("\n")
         notes.append(f"{status.name}: ", style="bold")
         notes.append(
-            f"restore drill failed at {status.drill_at}: {status.drill_error}", style="red"
+            f"restore drill failed at {status.drill_at}: {shown_text(status.drill_error or '')}",
+            style="red",
         )
     if status.drift_files:
         if notes:
@@ -136,7 +138,9 @@ def _notes(status: ConnectorStatus) -> Text:
         if notes:
             notes.append("\n")
         notes.append(f"{status.name}: ", style="bold")
-        notes.append(f"verify failed at {status.verified_at}: {status.verify_error}", style="red")
+        notes.append(
+            f"verify failed at {status.verified_at}: {shown_text(status.verify_error)}", style="red"
+        )
     # A job that failed because its drill (or verify) did is said once, by that line.
     drill_said = status.drill_state == "failed" and (status.drill_error or "") in (
         status.last_job_error or ""
@@ -147,7 +151,8 @@ def _notes(status: ConnectorStatus) -> Text:
             notes.append("\n")
         notes.append(f"{status.name}: ", style="bold")
         notes.append(
-            f"scheduled {status.last_job} failed at {status.last_job_at}: {status.last_job_error}",
+            f"scheduled {status.last_job} failed at {status.last_job_at}: "
+            f"{shown_text(status.last_job_error)}",
             style="red",
         )
     for reason in null_reasons(status):
@@ -181,7 +186,8 @@ def null_reasons(status: ConnectorStatus) -> list[str]:
     if status.apply_lag_s is None:
         if status.standby_error:
             reasons.append(
-                f"apply lag unknown: the standby did not answer ({status.standby_error})"
+                "apply lag unknown: the standby did not answer "
+                f"({shown_text(status.standby_error)})"
             )
         elif status.standby_measured_at is None:
             reasons.append("apply lag unknown: the standby has not been sampled yet")
