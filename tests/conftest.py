@@ -36,3 +36,15 @@ def deployment(reachable_dir: Path, pg_user: OsUser) -> Iterator[Deployment]:
         yield dep
     finally:
         dep.teardown()
+
+
+@pytest.fixture
+def restricted(reachable_dir: Path, pg_user: OsUser) -> Iterator[Deployment]:
+    """As `deployment`, with the primary's key a `site-gate` forced command at the
+    site and `restricted = true` in the config."""
+    dep = Deployment(reachable_dir / "deploy", pg_user, restricted=True)
+    try:
+        dep.build_primary()
+        yield dep
+    finally:
+        dep.teardown()

@@ -24,11 +24,6 @@ SEG = 16 * 1024 * 1024
 pytestmark = pytest.mark.e2e
 
 
-def _restrict(dep: Deployment) -> None:
-    text = dep.config_path.read_text()
-    dep.config_path.write_text(text.replace("[sites.dr]\n", "[sites.dr]\nrestricted = true\n"))
-
-
 def _site(dep: Deployment) -> Path:
     return dep.incoming / dep.connector
 
@@ -72,9 +67,8 @@ def _below(names: set[str], cutoff: str) -> set[str]:
     return {n for n in names if (number := segment_number(n, SEG)) is not None and number < limit}
 
 
-def test_retention_runs_at_a_restricted_site(deployment: Deployment) -> None:
-    dep = deployment
-    _restrict(dep)
+def test_retention_runs_at_a_restricted_site(restricted: Deployment) -> None:
+    dep = restricted
     dep.start_daemon()
     dep.primary.execute("create table t as select g from generate_series(1, 1000) g")
     first = _close_segment(dep)
@@ -151,7 +145,6 @@ def _corrupt_next_segment(dep: Deployment) -> tuple[str, str, ManifestRecord, by
     """A restricted site with the standby stopped; the next segment (holding a new
     table) shipped and a byte of it flipped at the site: (segment, the LSN past it,
     its record, the bad bytes)."""
-    _restrict(dep)
     dep.start_daemon()
     dep.standby_up()
     dep.wait_replayed(dep.switch_wal())
@@ -185,8 +178,8 @@ def _site_error(dep: Deployment) -> str:
         catalog.close()
 
 
-def test_a_refused_copy_is_set_aside_and_shipped_again(deployment: Deployment) -> None:
-    dep = deployment
+def test_a_refused_copy_is_set_aside_and_shipped_again(restricted: Deployment) -> None:
+    dep = restricted
     segment, lsn, record, bad = _corrupt_next_segment(dep)
     record_path = _site(dep) / "manifest" / f"{segment}.json"
     stored = _site(dep) / "wal" / record.stored_name
@@ -220,8 +213,8 @@ def test_a_refused_copy_is_set_aside_and_shipped_again(deployment: Deployment) -
     assert not note.exists()
 
 
-def test_a_refused_copy_the_site_cannot_set_aside_is_reported(deployment: Deployment) -> None:
-    dep = deployment
+def test_a_refused_copy_the_site_cannot_set_aside_is_reported(restricted: Deployment) -> None:
+    dep = restricted
     segment, lsn, record, bad = _corrupt_next_segment(dep)
     stored = _site(dep) / "wal" / record.stored_name
     record_path = _site(dep) / "manifest" / f"{segment}.json"

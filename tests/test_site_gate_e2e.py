@@ -7,28 +7,13 @@ from __future__ import annotations
 import json
 import os
 import stat
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from logship.manifest import ManifestRecord, SiteLayout
-from logship.sandbox import OsUser
 from logship.sandbox.deployment import Deployment, wait_for
-from logship.spool import kept_path
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def restricted(reachable_dir: Path, pg_user: OsUser) -> Iterator[Deployment]:
-    dep = Deployment(reachable_dir / "deploy", pg_user, restricted=True)
-    try:
-        dep.build_primary()
-        yield dep
-    finally:
-        dep.teardown()
 
 
 def test_pgbench_ships_to_a_restricted_site_and_is_replayed(restricted: Deployment) -> None:
@@ -66,40 +51,3 @@ def test_pgbench_ships_to_a_restricted_site_and_is_replayed(restricted: Deployme
 def _with_apply_lag(dep: Deployment) -> dict[str, Any] | None:
     (entry,) = json.loads(dep.logship("status", "--json").stdout)["connectors"]
     return entry if entry["apply_lag_s"] is not None else None
-
-
-def _site_error(dep: Deployment) -> str:
-    (entry,) = json.loads(dep.logship("status", "--json").stdout)["connectors"]
-    return str(entry.get("site_error") or "")
-
-
-def test_a_corrupt_segment_at_a_restricted_site_is_shipped_again_once_set_aside(
-    restricted: Deployment,
-) -> None:
-    dep = restricted
-    dep.start_daemon()
-    dep.standby_up()
-    dep.wait_replayed(dep.switch_wal())
-    dep.standby.stop()
-    dep.primary.execute("create table marker as select 42 as answer")
-    ((segment,),) = dep.primary.query("select pg_walfile_name(pg_current_wal_lsn())")
-    lsn = dep.switch_wal()
-    layout = SiteLayout.for_connector(dep.incoming, dep.connector)
-    record_path = Path(layout.record_path(segment))
-    wait_for(record_path.exists, 60, f"{segment} shipped")
-    record = ManifestRecord.from_json(record_path.read_bytes())
-    stored = Path(layout.wal_dir) / record.stored_name
-    data = bytearray(stored.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    stored.write_bytes(bytes(data))  # bit rot at the site
-    wait_for(kept_path(dep.spool_dir, segment).exists, 30, "the shipped copy kept")
-    dep.standby.start()
-    # The daemon cannot replace the site's copy: it says so, and the link stays up.
-    wait_for(lambda: "keeps its copy" in _site_error(dep), 60, "the held copy reported")
-    assert stored.read_bytes() == bytes(data)
-    assert dep.standby.query("select to_regclass('marker') is null") == [(True,)]
-    # The site sets the bad copy aside under its own authority: the good one follows.
-    stored.rename(dep.root / "set-aside")
-    dep.wait_replayed(lsn, timeout=120)
-    assert dep.standby.query("select answer from marker") == [(42,)]
-    assert "link lost" not in dep.daemon_log.read_text(errors="replace")

@@ -29,7 +29,14 @@ import paramiko
 from logship.config.model import SiteConfig
 from logship.errors import OperationFailed, printable
 from logship.ship.sftp import SftpTransport, open_client
-from logship.ship.transport import RestrictedError, SiteRefused
+from logship.ship.site_output import drain
+from logship.ship.transport import (
+    OUTPUT_LIMIT,
+    READ_LIMIT,
+    RestrictedError,
+    SiteOutputTooLarge,
+    SiteRefused,
+)
 from logship.site import gate_protocol as gp
 
 #: the first words of the commands the gate lets through
@@ -205,7 +212,13 @@ class GatedTransport:
 
     def read_bytes(self, path: PurePosixPath) -> bytes | None:
         header, data = self._ask(gp.READ, path)
-        return None if header.get("missing") else data
+        if header.get("missing"):
+            return None
+        if len(data) > READ_LIMIT:
+            raise SiteOutputTooLarge(
+                f"site {self.site.name}: {path} is over {READ_LIMIT} bytes; not read"
+            )
+        return data
 
     def stat_mode(self, path: PurePosixPath) -> int | None:
         mode = self._ask(gp.STAT, path)[0].get("mode")
@@ -251,7 +264,9 @@ class GatedTransport:
             return None
         return free if isinstance(free, int) else None
 
-    def run_command(self, argv: list[str], timeout: float) -> tuple[int, bytes, bytes]:
+    def run_command(
+        self, argv: list[str], timeout: float, limit: int = OUTPUT_LIMIT
+    ) -> tuple[int, bytes, bytes]:
         """Only a command the site's gate allows; the site's own logship and
         config run it, so the configured `command` prefix is not sent."""
         prefix = list(self.site.command)
@@ -261,9 +276,9 @@ class GatedTransport:
                 f"refused: {shlex.join(argv)}: the site is in restricted mode and runs "
                 "only logship's own site commands"
             )
-        _, stdout, stderr = self._client.exec_command(shlex.join(words), timeout=timeout)
-        out, err = stdout.read(), stderr.read()
-        return stdout.channel.recv_exit_status(), out, err
+        _, stdout, _ = self._client.exec_command(shlex.join(words), timeout=timeout)
+        what = f"site {self.site.name}: `{shlex.join(words[-3:])}`"
+        return drain(stdout.channel, limit, timeout, what)
 
     def close(self) -> None:
         self._client.close()
