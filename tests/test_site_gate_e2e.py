@@ -68,11 +68,6 @@ def _with_apply_lag(dep: Deployment) -> dict[str, Any] | None:
     return entry if entry["apply_lag_s"] is not None else None
 
 
-def _site_error(dep: Deployment) -> str:
-    (entry,) = json.loads(dep.logship("status", "--json").stdout)["connectors"]
-    return str(entry.get("site_error") or "")
-
-
 def test_a_corrupt_segment_at_a_restricted_site_is_shipped_again_once_set_aside(
     restricted: Deployment,
 ) -> None:
@@ -94,12 +89,13 @@ def test_a_corrupt_segment_at_a_restricted_site_is_shipped_again_once_set_aside(
     stored.write_bytes(bytes(data))  # bit rot at the site
     wait_for(kept_path(dep.spool_dir, segment).exists, 30, "the shipped copy kept")
     dep.standby.start()
-    # The daemon cannot replace the site's copy: it says so, and the link stays up.
-    wait_for(lambda: "keeps its copy" in _site_error(dep), 60, "the held copy reported")
-    assert stored.read_bytes() == bytes(data)
-    assert dep.standby.query("select to_regclass('marker') is null") == [(True,)]
-    # The site sets the bad copy aside under its own authority: the good one follows.
-    stored.rename(dep.root / "set-aside")
+    # The daemon cannot replace the site's copy; restore-wal at the site, refusing
+    # it, sets it aside under the site's authority, and the good copy follows as a
+    # new file, replayed, with the link up all along.
     dep.wait_replayed(lsn, timeout=120)
     assert dep.standby.query("select answer from marker") == [(42,)]
+    quarantine = Path(layout.root) / "quarantine"
+    (aside,) = [p for p in quarantine.iterdir() if p.name.endswith(record.stored_name)]
+    assert aside.read_bytes() == bytes(data)
+    assert stored.read_bytes() != bytes(data)
     assert "link lost" not in dep.daemon_log.read_text(errors="replace")
