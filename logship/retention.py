@@ -470,6 +470,15 @@ def run_retention(
         unreadable=contents.unreadable,
         unproven=unproven,
     )
+    if at_site and backups and unproven >= {b.backup_id for b in backups}:
+        # Where each backup starts is then the primary's word alone: no WAL goes on it.
+        plan = dataclasses.replace(
+            plan,
+            delete_wal=(),
+            cutoff_wal=None,
+            cutoff_reason="every WAL file stays: no backup here is proven by a restore "
+            "drill at this site, so where they start is known only from the primary",
+        )
     applier = _Applier(
         connector.name,
         transport,

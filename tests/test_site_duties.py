@@ -486,3 +486,22 @@ def test_a_drill_that_recorded_no_start_keeps_every_wal_file(tmp_path: Path) -> 
     assert [b["backup_id"] for b in report["deleted_backups"]] == ["b2"]
     assert report["cutoff_wal"] is None and report["deleted_wal"] == []
     assert any("b3 recorded no start WAL" in note for note in report["notes"]), report
+
+
+def test_with_no_backup_proven_at_the_site_every_wal_file_stays(tmp_path: Path) -> None:
+    """No drill has passed here: every start_wal is the primary's word alone, so the
+    site deletes no WAL on it (and no backup either)."""
+    site_root = tmp_path / "site"
+    path = _restricted_config(tmp_path, site_root)
+    layout = SiteLayout.for_connector(PurePosixPath(site_root), "orders")
+    for backup_id, age, start in (("b2", 3, 20), ("b3", 2, 30), ("b4", 1, 40)):
+        _backup(layout, backup_id, age, start, drilled=False)
+    for n in range(18, 45):
+        _ship(layout, wal(n))
+
+    result = _logship(path, "retention", "--at-site", "orders", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["deleted_backups"] == [] and report["deleted_wal"] == []
+    assert report["cutoff_wal"] is None and "proven" in report["cutoff_reason"], report
+    assert len(os.listdir(layout.manifest_dir)) == 27
