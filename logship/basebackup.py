@@ -213,6 +213,12 @@ _START_WAL = re.compile(
 _START_TIMELINE = re.compile(r"^START TIMELINE: (\d+)$", re.M)
 
 
+def label_start_wal(backup_label: bytes) -> str | None:
+    """The WAL file a backup_label says replay starts in (None: no such line)."""
+    start = _START_WAL.search(backup_label.decode("utf-8", "replace"))
+    return start.group(2) if start else None
+
+
 def wal_range(backup_label: bytes, manifest: bytes, segment_size: int) -> WalRange:
     """The backup's WAL range from its backup_label and backup_manifest.
 

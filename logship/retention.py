@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from logship import walnames
 from logship.archive import SHIPPED_DIR, tombstone_path
 from logship.backup_lock import is_backup_running
 from logship.errors import LogshipError, OperationFailed, first_line
@@ -56,6 +57,7 @@ from logship.spool import kept_path
 if TYPE_CHECKING:
     from logship.catalog.store import Catalog
     from logship.config.model import Config
+    from logship.replay.drill import DrillResult
 
 __all__ = [
     "RetentionPlan",
@@ -331,27 +333,41 @@ def forget_removed_at_site(
     return len(gone), len(deleted)
 
 
-def _drill_passed(layout: SiteLayout, backup: BackupRecord) -> bool:
-    """Whether the last restore drill of `backup` at this site passed."""
+def _passed_drill(layout: SiteLayout, backup: BackupRecord) -> DrillResult | None:
+    """The last restore drill of `backup` at this site, when it passed."""
     from logship.replay.drill import DrillResult
 
     try:
         data = Path(layout.drill_dir / f"{backup.backup_id}.json").read_bytes()
         result = DrillResult.from_json(data)
     except (OSError, ValueError, TypeError, KeyError, RecursionError):
-        return False
-    return result.passed and (result.connector, result.backup_id) == (
+        return None
+    if result.passed and (result.connector, result.backup_id) == (
         backup.connector,
         backup.backup_id,
-    )
+    ):
+        return result
+    return None
+
+
+def _earlier_wal(a: str | None, b: str | None) -> str | None:
+    """The earlier of two WAL file names in the stream; None when either is unknown
+    or not a WAL file name (then what the backup needs is not known)."""
+    if a is None or b is None or walnames.parse(a) is None or walnames.parse(b) is None:
+        return None
+    # Timeline, log and segment are fixed-width upper-case hex: place first, then
+    # timeline, compare as strings exactly as they compare in the stream.
+    return min(a, b, key=lambda name: (name[8:24], name[:8]))
 
 
 def _as_the_site_saw(
     layout: SiteLayout, backups: Sequence[BackupRecord], notes: list[str]
 ) -> tuple[list[BackupRecord], frozenset[str]]:
     """At the site: each backup as finished no earlier than its record arrived here
-    (the inode's change time, which no SFTP request sets), and the ids of those no
-    drill has proven, which make no other go."""
+    (the inode's change time, which no SFTP request sets), the ids of those no drill
+    has proven, which make no other go, and each proven one as starting no later
+    than the backup_label its drill restored says: a start_wal the primary wrote
+    later than that would have the site delete WAL the backup needs."""
     seen: list[BackupRecord] = []
     unproven: set[str] = set()
     for backup in backups:
@@ -359,9 +375,19 @@ def _as_the_site_saw(
             arrived = os.lstat(layout.backup_record(backup.backup_id)).st_ctime
         except OSError:
             arrived = backup.finished_at
-        seen.append(dataclasses.replace(backup, finished_at=max(backup.finished_at, arrived)))
-        if not _drill_passed(layout, backup):
+        start = backup.start_wal
+        drill = _passed_drill(layout, backup)
+        if drill is None:
             unproven.add(backup.backup_id)
+        else:
+            start = _earlier_wal(backup.start_wal, drill.start_wal)
+            if drill.start_wal is None:
+                notes.append(
+                    f"the drill of backup {backup.backup_id} recorded no start WAL (an "
+                    "older logship): every WAL file stays until it is drilled again"
+                )
+        finished_at = max(backup.finished_at, arrived)
+        seen.append(dataclasses.replace(backup, finished_at=finished_at, start_wal=start))
     if unproven:
         notes.append(
             f"backup(s) {', '.join(sorted(unproven))} not proven by a passed restore drill at "
@@ -444,6 +470,15 @@ def run_retention(
         unreadable=contents.unreadable,
         unproven=unproven,
     )
+    if at_site and backups and unproven >= {b.backup_id for b in backups}:
+        # Where each backup starts is then the primary's word alone: no WAL goes on it.
+        plan = dataclasses.replace(
+            plan,
+            delete_wal=(),
+            cutoff_wal=None,
+            cutoff_reason="every WAL file stays: no backup here is proven by a restore "
+            "drill at this site, so where they start is known only from the primary",
+        )
     applier = _Applier(
         connector.name,
         transport,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -11,6 +12,17 @@ import pytest
 
 from logship.sandbox import OsUser
 from logship.sandbox.deployment import Deployment
+
+
+@pytest.fixture(autouse=True)
+def _umask_restored() -> Iterator[None]:
+    """The CLI's `main` sets the process umask to 077, as it must for logship's own
+    files; a test that calls it in-process must not hand that to the next test,
+    whose folders the postgres user has to enter."""
+    before = os.umask(0o022)
+    os.umask(before)
+    yield
+    os.umask(before)
 
 
 @pytest.fixture

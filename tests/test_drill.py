@@ -217,6 +217,7 @@ def test_drill_result_json_round_trip() -> None:
         replayed_to_wal=seg(9),
         newest_shipped_wal=seg(9),
         query_result="415",
+        start_wal=seg(3),
     )
     assert DrillResult.from_json(result.to_json()) == result
     assert result.rebuild_s == 7.5
@@ -232,6 +233,7 @@ def test_drill_result_json_round_trip() -> None:
         "newest_shipped_wal",
         "query_result",
         "error",
+        "start_wal",
     }
     newer = json.loads(result.to_json()) | {"added_later": 1}
     assert DrillResult.from_json(json.dumps(newer)) == result

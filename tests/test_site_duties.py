@@ -103,9 +103,19 @@ def _put(path: Path, data: bytes = b"x", age: float = 0.0) -> None:
         os.utime(path, (then, then))
 
 
-def _drilled(layout: SiteLayout, backup_id: str, passed: bool = True) -> None:
-    """A restore drill's result for `backup_id`, as the site's drill writes it."""
-    result = DrillResult("orders", backup_id, time.time() - 60, time.time(), passed)
+def _drilled(
+    layout: SiteLayout, backup_id: str, passed: bool = True, start: int | None = None
+) -> None:
+    """A restore drill's result for `backup_id`, as the site's drill writes it
+    (`start`: the WAL its restored backup_label named)."""
+    result = DrillResult(
+        "orders",
+        backup_id,
+        time.time() - 60,
+        time.time(),
+        passed,
+        start_wal=None if start is None else wal(start),
+    )
     _put(Path(layout.drill_dir / f"{backup_id}.json"), result.to_json().encode())
 
 
@@ -113,7 +123,7 @@ def _backup(
     layout: SiteLayout, backup_id: str, age_days: float, start: int, *, drilled: bool = True
 ) -> None:
     if drilled:
-        _drilled(layout, backup_id)
+        _drilled(layout, backup_id, start=start)
     finished = time.time() - age_days * DAY
     record = BackupRecord(
         backup_id=backup_id,
@@ -441,3 +451,57 @@ def test_unproven_backups_count_for_nothing_but_older_ones_still_go() -> None:
     assert [b.backup_id for b in plan.delete_backups] == ["b1"]
     assert [b.backup_id for b in plan.keep] == ["b2", "b3", "f4"]
     assert plan.cutoff_wal == wal(20)
+
+
+def test_retention_at_site_keeps_wal_from_where_the_drill_started(tmp_path: Path) -> None:
+    """A real backup shipped with a forged, later start_wal in its record: the site
+    keeps WAL from the start its drill restored (backup_label), not the record's."""
+    site_root = tmp_path / "site"
+    path = _restricted_config(tmp_path, site_root)
+    layout = _old_site(site_root)  # b2 (WAL 20), b3 (30), b4 (40), all drilled
+    record_path = Path(layout.backup_record("b3"))
+    forged = json.loads(record_path.read_bytes())
+    forged["start_wal"] = wal(38)
+    record_path.write_text(json.dumps(forged))
+
+    result = _logship(path, "retention", "--at-site", "orders", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert [b["backup_id"] for b in report["deleted_backups"]] == ["b2"]
+    assert report["cutoff_wal"] == wal(30)
+    assert sorted(os.listdir(layout.manifest_dir)) == [f"{wal(n)}.json" for n in range(30, 45)]
+
+
+def test_a_drill_that_recorded_no_start_keeps_every_wal_file(tmp_path: Path) -> None:
+    """A passed drill written by an older logship says nothing of where the backup
+    starts: nothing tells the site which WAL the backup needs, so all of it stays."""
+    site_root = tmp_path / "site"
+    path = _restricted_config(tmp_path, site_root)
+    layout = _old_site(site_root)
+    _drilled(layout, "b3")  # passed, no start_wal
+
+    result = _logship(path, "retention", "--at-site", "orders", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert [b["backup_id"] for b in report["deleted_backups"]] == ["b2"]
+    assert report["cutoff_wal"] is None and report["deleted_wal"] == []
+    assert any("b3 recorded no start WAL" in note for note in report["notes"]), report
+
+
+def test_with_no_backup_proven_at_the_site_every_wal_file_stays(tmp_path: Path) -> None:
+    """No drill has passed here: every start_wal is the primary's word alone, so the
+    site deletes no WAL on it (and no backup either)."""
+    site_root = tmp_path / "site"
+    path = _restricted_config(tmp_path, site_root)
+    layout = SiteLayout.for_connector(PurePosixPath(site_root), "orders")
+    for backup_id, age, start in (("b2", 3, 20), ("b3", 2, 30), ("b4", 1, 40)):
+        _backup(layout, backup_id, age, start, drilled=False)
+    for n in range(18, 45):
+        _ship(layout, wal(n))
+
+    result = _logship(path, "retention", "--at-site", "orders", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["deleted_backups"] == [] and report["deleted_wal"] == []
+    assert report["cutoff_wal"] is None and "proven" in report["cutoff_reason"], report
+    assert len(os.listdir(layout.manifest_dir)) == 27

@@ -119,8 +119,9 @@ def test_retention_runs_at_a_restricted_site(restricted: Deployment) -> None:
     assert gone and set(report["deleted_wal"]) == gone
     assert site_before - gone <= _site_wal(dep)
     assert start1 in _site_wal(dep)
-    # The primary's spool and catalog are the primary's: untouched from the site.
-    assert sorted((dep.spool_dir / ".shipped").iterdir()) == tombstones
+    # The primary's spool and catalog are the primary's: nothing removed from the
+    # site (the daemon may have shipped more meanwhile).
+    assert set(tombstones) <= set((dep.spool_dir / ".shipped").iterdir())
 
     # The standby replays on, and the oldest kept backup still restores and replays
     # at the site from what is left there (a restore drill).

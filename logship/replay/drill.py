@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from logship import jsonout, walnames
-from logship.basebackup import postgres_connector
+from logship.basebackup import label_start_wal, postgres_connector
 from logship.config.model import Config
 from logship.durable import ensure_private_dir, write_bytes_atomically
 from logship.engines.pg_tools import find_program, quote_conf_string
@@ -105,6 +105,10 @@ class DrillResult:
     #: first column of the query's first row, as PostgreSQL prints it
     query_result: str | None = None
     error: str | None = None
+    #: the WAL file replay started in, read from the backup_label this drill restored:
+    #: what the site itself saw the backup need, unlike the start_wal the primary
+    #: wrote into its record (retention at the site keeps WAL from here on)
+    start_wal: str | None = None
 
     @property
     def rebuild_s(self) -> float | None:
@@ -467,6 +471,7 @@ class _Facts:
     replayed_to_wal: str | None = None
     newest_shipped_wal: str | None = None
     query_result: str | None = None
+    start_wal: str | None = None
 
 
 class _Drill:
@@ -546,6 +551,7 @@ class _Drill:
             check_deadline=lambda: self.deadline.left("restoring the backup"),
         )
         facts.restore_s = self.clock() - began
+        facts.start_wal = _label_start_wal(data_dir)
 
         self._phase("configure")
         port = _free_port()
@@ -662,6 +668,17 @@ class _Drill:
                 f"the query failed on the drilled copy ([drill].query {query!r}): {first_line(exc)}"
             ) from None
         return None if value is None else bytes(value).decode("utf-8", errors="replace")
+
+
+def _label_start_wal(data_dir: Path) -> str | None:
+    """Where replay of the restored copy starts, from its backup_label: the label any
+    restore of this tar starts from; None when there is no readable one."""
+    try:
+        label = (data_dir / "backup_label").read_bytes()[: 1 << 16]
+    except OSError:
+        return None
+    start = label_start_wal(label)
+    return start if start is not None and walnames.parse(start) is not None else None
 
 
 def write_drill_result(layout: SiteLayout, result: DrillResult) -> Path:

@@ -167,14 +167,18 @@ data_dir = "{self.standby.data_dir}"
             self._private_dir(self.spool_dir)
         self.write_config()
         if self.restricted:
-            # The installed script, not `python -m` (whose import path starts in
-            # the working directory: the login user's home under sshd).
-            script = str(Path(sys.executable).parent / "logship")
-            gate = [script, "--config", str(self.config_path), "site-gate", "--site", "dr"]
-            self.sshd.restrict_client_key(shlex.join(gate))
+            self.restrict_key()
         self.primary.initdb()
         self.primary.configure(self.archive_settings())
         self.primary.start()
+
+    def restrict_key(self) -> None:
+        """The daemon's key may run only `site-gate` at the site (a forced command)."""
+        # The installed script, not `python -m` (whose import path starts in the
+        # working directory: the login user's home under sshd).
+        script = str(Path(sys.executable).parent / "logship")
+        gate = [script, "--config", str(self.config_path), "site-gate", "--site", "dr"]
+        self.sshd.restrict_client_key(shlex.join(gate))
 
     # -- running logship --------------------------------------------------------
 

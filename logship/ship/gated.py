@@ -20,7 +20,7 @@ import json
 import shlex
 import struct
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -155,17 +155,25 @@ class GatedTransport:
             if self._sessions.get(connector) is session:
                 del self._sessions[connector]
 
-    def _ask(self, kind: bytes, path: PurePosixPath) -> tuple[dict[str, Any], bytes]:
+    @contextlib.contextmanager
+    def _exchange(self, path: PurePosixPath) -> Iterator[tuple[_Session, str]]:
+        """The connector's session, held for one request and its reply, and the
+        path inside the connector. A refusal leaves the stream in step; anything
+        else leaves it unknown, so the session is dropped."""
         connector, inside = self._where(path)
         session = self._session(connector)
         with session.lock:
             try:
-                return session.request(kind, {"path": inside})
+                yield session, inside
             except SiteRefused:
                 raise
             except BaseException:
                 self._drop(connector, session)
                 raise
+
+    def _ask(self, kind: bytes, path: PurePosixPath) -> tuple[dict[str, Any], bytes]:
+        with self._exchange(path) as (session, inside):
+            return session.request(kind, {"path": inside})
 
     # -- Transport -------------------------------------------------------------
 
@@ -175,40 +183,24 @@ class GatedTransport:
         A name already there with the same content is a success (a retry);
         with other content, SiteRefused ("exists with different content").
         """
-        connector, inside = self._where(path)
-        session = self._session(connector)
         digest = hashlib.sha256()
         size = 0
-        with session.lock:
-            try:
-                session.send(gp.PUT, {"path": inside})
-                for chunk in chunks:
-                    for start in range(0, len(chunk), gp.MAX_CHUNK):
-                        piece = chunk[start : start + gp.MAX_CHUNK]
-                        digest.update(piece)
-                        size += len(piece)
-                        session.send(gp.DATA, None, bytes(piece))
-                session.send(gp.END, {"size": size, "sha256": digest.hexdigest()})
-                session.reply()
-            except SiteRefused:
-                raise
-            except BaseException:
-                self._drop(connector, session)
-                raise
+        with self._exchange(path) as (session, inside):
+            session.send(gp.PUT, {"path": inside})
+            for chunk in chunks:
+                for start in range(0, len(chunk), gp.MAX_CHUNK):
+                    piece = chunk[start : start + gp.MAX_CHUNK]
+                    digest.update(piece)
+                    size += len(piece)
+                    session.send(gp.DATA, None, bytes(piece))
+            session.send(gp.END, {"size": size, "sha256": digest.hexdigest()})
+            session.reply()
         return size
 
     def append_durably(self, path: PurePosixPath, data: bytes) -> None:
-        connector, inside = self._where(path)
-        session = self._session(connector)
-        with session.lock:
-            try:
-                session.send(gp.APPEND, {"path": inside}, data)
-                session.reply()
-            except SiteRefused:
-                raise
-            except BaseException:
-                self._drop(connector, session)
-                raise
+        with self._exchange(path) as (session, inside):
+            session.send(gp.APPEND, {"path": inside}, data)
+            session.reply()
 
     def read_bytes(self, path: PurePosixPath) -> bytes | None:
         header, data = self._ask(gp.READ, path)
