@@ -180,12 +180,20 @@ def test_corrupted_file_is_refused_and_the_standby_waits(deployment: Deployment)
     assert dep.standby.query("select pg_last_wal_replay_lsn() < %s::pg_lsn", (lsn,)) == [(True,)]
     assert dep.standby.query("select to_regclass('marker') is null") == [(True,)]
 
-    # A good copy arrives (re-shipped by hand here): replay goes on.
+    # restore-wal set the bad copy and its record aside, so that a re-ship is a
+    # new file, never a replacement.
+    site = dep.incoming / dep.connector
+    dest = site / "wal" / record.stored_name
+    assert not dest.exists()
+    (aside,) = (site / "quarantine").glob(f"*.{record.stored_name}")
+    assert aside.read_bytes() == bytes(data)
+    # A good copy arrives (re-shipped by hand here, record last): replay goes on.
     good = Path(dep.root / "good")
-    dest = dep.incoming / dep.connector / "wal" / record.stored_name
     data[len(data) // 2] ^= 0xFF
     good.write_bytes(bytes(data))
     good.replace(dest)
+    (record_aside,) = (site / "quarantine").glob(f"*.{segment}.json")
+    record_aside.replace(site / "manifest" / f"{segment}.json")
     dep.wait_replayed(lsn)
     assert dep.standby.query("select answer from marker") == [(42,)]
 

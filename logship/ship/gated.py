@@ -268,9 +268,14 @@ class GatedTransport:
                 f"refused: {shlex.join(argv)}: the site is in restricted mode and runs "
                 "only logship's own site commands"
             )
-        _, stdout, _ = self._client.exec_command(shlex.join(words), timeout=timeout)
+        stdin, stdout, _ = self._client.exec_command(shlex.join(words), timeout=timeout)
         what = f"site {self.site.name}: `{shlex.join(words[-3:])}`"
-        return drain(stdout.channel, limit, timeout, what)
+        # stdin stays open until the command ends: closing it (as dropping the last
+        # reference does) ends a command run with --stop-when-stdin-closes.
+        try:
+            return drain(stdout.channel, limit, timeout, what)
+        finally:
+            stdin.close()
 
     def close(self) -> None:
         self._client.close()

@@ -283,9 +283,14 @@ class SftpTransport:
     ) -> tuple[int, bytes, bytes]:
         # The remote side gets a shell string: every argument is quoted, and the
         # arguments come from the config, never from file names.
-        _, stdout, _ = self._client.exec_command(shlex.join(argv), timeout=timeout)
+        stdin, stdout, _ = self._client.exec_command(shlex.join(argv), timeout=timeout)
         what = f"site {self.site.name}: `{shlex.join(argv[-3:])}`"
-        return drain(stdout.channel, limit, timeout, what)
+        # stdin stays open until the command ends: closing it (as dropping the last
+        # reference does) ends a command run with --stop-when-stdin-closes.
+        try:
+            return drain(stdout.channel, limit, timeout, what)
+        finally:
+            stdin.close()
 
     def close(self) -> None:
         # Closing the SSH connection ends the SFTP session with it. A goodbye on the
