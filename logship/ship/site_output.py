@@ -53,7 +53,9 @@ def drain(
                         f"{what} printed more than {STDERR_DROP_LIMIT} bytes on stderr; "
                         "stopped reading"
                     )
-            if channel.eof_received and not channel.recv_ready():
+            # A channel closed under us (the daemon stopping cuts its link to end a
+            # drill) ends the command too: its exit status is then -1.
+            if (channel.eof_received or channel.closed) and not channel.recv_ready():
                 if not channel.recv_stderr_ready():
                     break
                 continue
