@@ -9,8 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from logship import __version__
 from logship.sandbox.deployment import Deployment
+
+pytestmark = pytest.mark.slow  # left out of the fast subset (README)
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -43,6 +43,8 @@ from logship.tree.watcher import Touched, TreeWatcher
 from logship.tree.worker import MirrorWorker, sftp_tree_site
 from logship.ui.status_table import null_reasons
 
+pytestmark = pytest.mark.slow  # left out of the fast subset (README)
+
 CONNECTOR = "app"
 AWKWARD = [
     b"with space.conf",

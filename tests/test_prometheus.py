@@ -19,6 +19,8 @@ from logship.prometheus import PrometheusSink, parse_listen
 from logship.sandbox.deployment import Deployment, wait_for
 from logship.sandbox.ports import free_port
 
+pytestmark = pytest.mark.slow  # left out of the fast subset (README)
+
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 

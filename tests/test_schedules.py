@@ -11,12 +11,16 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
+
 from logship.catalog.models import ScheduledJob
 from logship.catalog.store import Catalog
 from logship.config.model import ScheduleConfig
 from logship.manifest import BackupRecord
 from logship.sandbox.deployment import Deployment, wait_for
 from logship.schedule import missed_run
+
+pytestmark = pytest.mark.slow  # left out of the fast subset (README)
 
 NOW = 1_790_000_000.0
 

@@ -15,6 +15,8 @@ from logship.errors import SafetyRefusal
 from logship.sandbox.deployment import Deployment, wait_for
 from logship.ship.ssh_trust import hosts_match, read_known_hosts, refusal, refuse_unprotected_key
 
+pytestmark = pytest.mark.slow  # left out of the fast subset (README)
+
 # -- known_hosts markers ------------------------------------------------------------------
 
 

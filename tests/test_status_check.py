@@ -24,6 +24,8 @@ from logship.lag import segment_name
 from logship.sandbox import OsUser
 from logship.sandbox.deployment import Deployment
 
+pytestmark = pytest.mark.slow  # left out of the fast subset (README)
+
 REPO = Path(__file__).resolve().parents[1]
 SEG = 16 * 1024 * 1024
 
