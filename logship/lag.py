@@ -1,4 +1,5 @@
-"""Lag and RPO (design §4) from catalog rows, a clock reading and the site's reachability.
+"""Lag and RPO from catalog rows, a clock reading and the site's reachability
+(as the README's `status --json` section defines them).
 
 Pure functions, no I/O: `status`, `dashboard` and the daemon's samples all compute
 the same numbers the same way, and the rules are testable with plain rows.
@@ -470,7 +471,7 @@ def classify(
     site_reachable: bool | None,
     has_gap: bool = False,
 ) -> State:
-    """`down` > `breach` > `warn` > `ok`, per design §4."""
+    """`down` > `breach` > `warn` > `ok`, the order the README gives the states in."""
     if site_reachable is False:
         return State.DOWN
     exposure = rpo_exposure_s

@@ -1,4 +1,4 @@
-"""An idle primary never shows false apply lag (issue: heartbeat, design §4)."""
+"""An idle primary never shows false apply lag (the heartbeat)."""
 
 from __future__ import annotations
 

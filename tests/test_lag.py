@@ -1,4 +1,4 @@
-"""Lag and RPO rules (design §4) on plain rows: gaps, timelines, pending, states."""
+"""Lag and RPO rules (the README's definitions) on plain rows: gaps, timelines, pending, states."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Lag and RPO of a files connector (design §4, applied to a mirrored tree).
+"""Lag and RPO of a files connector (as the README defines them for a database,
+applied to a mirrored tree).
 
 Exposure is the age of the oldest change not yet durable at the site: that is
 what a lost primary site would take with it. There is no replay at the site,
