@@ -36,12 +36,12 @@ from common import MIB, PG_BIN, SEGMENT_SIZE, Report, log, mean, median
 from psycopg import sql
 
 from logship.config.load import load_config
+from logship.engines.postgresql.standby_status import ask_standby_status
+from logship.engines.postgresql.walnames import lsn_to_int
 from logship.manifest import ManifestRecord, SiteLayout
-from logship.replay.standby_status import ask_standby_status
 from logship.sandbox import OsUser, PgCluster, SshServer, free_port
 from logship.sandbox.procs import kill_tree
 from logship.ship.sftp import SftpTransport
-from logship.walnames import lsn_to_int
 
 BENCH = "live"
 CONNECTOR = "bench"

@@ -26,8 +26,9 @@ import psycopg
 from logship import __version__
 from logship.config.model import Config, SiteConfig
 from logship.durable import DIR_MODE, FILE_MODE
-from logship.engines import engine_for
-from logship.engines.postgresql import PostgresConnector
+from logship.engines.postgresql.engine import PostgresConnector
+from logship.engines.postgresql.standby_status import ask_standby_status
+from logship.engines.registry import engine_for
 from logship.errors import (
     EXIT_FAILED,
     EXIT_OK,
@@ -37,7 +38,6 @@ from logship.errors import (
     printable,
 )
 from logship.manifest import SiteLayout
-from logship.replay.standby_status import ask_standby_status
 from logship.ship.sftp import SftpTransport, where
 
 T = TypeVar("T")

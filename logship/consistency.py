@@ -27,10 +27,10 @@ from typing import Any
 
 from sqlalchemy import select, update
 
-from logship import walnames
 from logship.catalog.models import ConsistencyPoint, TreeFile, TreeGeneration
 from logship.catalog.store import Catalog
 from logship.config.model import Config
+from logship.engines.postgresql import walnames
 from logship.jsonin import load_object
 from logship.manifest import SiteLayout
 

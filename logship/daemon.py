@@ -22,7 +22,8 @@ from logship.catalog.opening import open_catalog
 from logship.catalog.store import Catalog, NewFile
 from logship.config.model import Config, ConnectorBase, SiteConfig
 from logship.durable import ensure_private_dir, sha256_of
-from logship.engines import BackgroundJob, engine_for
+from logship.engines.files.worker import MirrorWorker
+from logship.engines.registry import BackgroundJob, engine_for
 from logship.errors import OperationFailed, SafetyRefusal
 from logship.logs import event
 from logship.manifest import SiteLayout
@@ -32,7 +33,6 @@ from logship.schedule import ScheduleRunner
 from logship.ship.site_worker import ShipTarget, SiteWorker
 from logship.ship.transport import Transport
 from logship.spool import SpoolEntry, entry_for, retire
-from logship.tree.worker import MirrorWorker
 from logship.watch import SpoolEvent, SpoolWatcher, WatchedSpool
 
 log = logging.getLogger("logship.daemon")

@@ -20,7 +20,7 @@ from logship.logs import event
 from logship.ship.transport import Transport
 
 if TYPE_CHECKING:
-    from logship.replay.drill import DrillResult
+    from logship.engines.postgresql.drill import DrillResult
 
 log = logging.getLogger("logship.jobs")
 
@@ -74,7 +74,7 @@ def _base_backup(
     drill_after: bool,
     cancel: threading.Event | None,
 ) -> ActionOutcome:
-    from logship.basebackup import take_base_backup
+    from logship.engines.postgresql.base_backup import take_base_backup
 
     record = take_base_backup(config, connector, transport, clock, catalog=catalog, cancel=cancel)
     summary = f"backup {record.backup_id} ({record.size} bytes in {record.duration_s:.1f}s)"
@@ -161,7 +161,7 @@ def remote_drill(
 
 
 def _parse_drill(out: bytes) -> DrillResult | None:
-    from logship.replay.drill import DrillResult
+    from logship.engines.postgresql.drill import DrillResult
 
     for line in reversed(out.decode("utf-8", "replace").splitlines()):
         line = line.strip()
@@ -187,7 +187,11 @@ def _drill_facts(result: DrillResult | None, backup_id: str | None) -> dict[str,
 def _retention(
     config: Config, connector: str, transport: Transport, catalog: Catalog, clock: Clock
 ) -> ActionOutcome:
-    from logship.retention import fetch_standby_facts, forget_removed_at_site, run_retention
+    from logship.engines.postgresql.retention import (
+        fetch_standby_facts,
+        forget_removed_at_site,
+        run_retention,
+    )
 
     site = config.site_of(config.connector(connector))
     if site.restricted:
@@ -211,7 +215,7 @@ def _retention(
 def _verify(
     config: Config, connector: str, transport: Transport, catalog: Catalog, clock: Clock
 ) -> ActionOutcome:
-    from logship.tree.verify_run import run_verify
+    from logship.engines.files.verify_run import run_verify
 
     report = run_verify(config, connector, catalog, clock, transport=transport)
     if not report.clean:

@@ -17,9 +17,9 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Protocol
 
-from logship import walnames
 from logship.catalog.models import FileState
-from logship.walnames import WalKind, segment_name
+from logship.engines.postgresql import walnames
+from logship.engines.postgresql.walnames import WalKind, segment_name
 
 DEFAULT_SEGMENT_SIZE = 16 * 1024 * 1024
 # PostgreSQL accepts power-of-two segment sizes from 1 MiB to 1 GiB (initdb --wal-segsize).

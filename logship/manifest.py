@@ -23,7 +23,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import PurePosixPath
 
-from logship import walnames
+from logship.engines.postgresql import walnames
 from logship.jsonin import load_object
 
 FORMAT = 1

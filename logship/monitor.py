@@ -15,11 +15,11 @@ from typing import Any, Protocol
 from logship import consistency, lag
 from logship.catalog.store import Catalog
 from logship.config.model import Config
-from logship.engines import engine_for
+from logship.engines.files import rows as tree_rows
+from logship.engines.files.status import PointFacts, files_status
+from logship.engines.registry import engine_for
 from logship.errors import shown_text
 from logship.logs import event
-from logship.tree import rows as tree_rows
-from logship.tree.status import PointFacts, files_status
 
 log = logging.getLogger("logship.monitor")
 
@@ -133,7 +133,7 @@ def _point_facts(catalog: Catalog, connector: str) -> PointFacts:
 
 
 def _job_facts(catalog: Catalog, connector: str) -> lag.JobFacts:
-    from logship.tree.verify_rows import last_verify
+    from logship.engines.files.verify_rows import last_verify
 
     rows = catalog.schedules(connector)  # soonest planned first
     planned = [(row.job, row.next_run_at) for row in rows if row.next_run_at is not None]

@@ -7,9 +7,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from logship import walnames
-from logship.archive import tombstone_path
 from logship.durable import ensure_private_dir, fsync_dir, write_bytes_atomically
+from logship.engines.postgresql import walnames
+from logship.engines.postgresql.archive_wal import tombstone_path
 
 #: shipped files kept until the standby has restored them: a copy found corrupt at
 #: the site can be shipped again
@@ -21,7 +21,7 @@ class SpoolEntry:
     connector: str
     path: Path
     size: int
-    #: when the file was handed over: its mtime (see logship.archive)
+    #: when the file was handed over: its mtime (see logship.engines.postgresql.archive_wal)
     closed_at: float
 
     @property

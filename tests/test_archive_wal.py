@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from offline_config import write_offline_config
 
-from logship.archive import archive_wal, shipped_sha256, tombstone_path
 from logship.durable import sha256_of
+from logship.engines.postgresql.archive_wal import archive_wal, shipped_sha256, tombstone_path
 from logship.errors import OperationFailed, UsageError
 from logship.spool import kept_path, prune_kept, retire
 

@@ -26,19 +26,16 @@ import pytest
 import zstandard
 from restore_command_shell import expand_placeholders
 
-from logship.basebackup import (
+from logship.catalog.store import Catalog
+from logship.config.load import load_config
+from logship.engines.postgresql.base_backup import (
     TarScanner,
     backup_id_for,
     parse_progress,
     take_base_backup,
     wal_range,
 )
-from logship.catalog.store import Catalog
-from logship.config.load import load_config
-from logship.engines.pg_tools import find_program, parse_dsn, quote_conf_string
-from logship.errors import EXIT_REFUSED, ConfigError, OperationFailed, SafetyRefusal, UsageError
-from logship.manifest import BACKUP_RECORD_NAME, BackupRecord
-from logship.replay.standby_restore import (
+from logship.engines.postgresql.standby_restore import (
     extract_verified,
     find_backup,
     prepare_data_dir,
@@ -47,6 +44,9 @@ from logship.replay.standby_restore import (
     standby_settings,
     write_standby_config,
 )
+from logship.engines.postgresql.tools import find_program, parse_dsn, quote_conf_string
+from logship.errors import EXIT_REFUSED, ConfigError, OperationFailed, SafetyRefusal, UsageError
+from logship.manifest import BACKUP_RECORD_NAME, BackupRecord
 from logship.sandbox import OsUser, PgCluster, SshServer, free_port
 from logship.sandbox.osuser import is_root
 from logship.ship.localdir import LocalDirTransport

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import pytest
 
-from logship.basebackup import take_base_backup
 from logship.config.load import load_config
-from logship.engines.pg_secret import dsn_for_child
+from logship.engines.postgresql.base_backup import take_base_backup
+from logship.engines.postgresql.secret import dsn_for_child
 from logship.errors import OperationFailed
 from logship.sandbox import OsUser, PgCluster, free_port
 from logship.ship.localdir import LocalDirTransport

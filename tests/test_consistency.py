@@ -11,15 +11,15 @@ from pathlib import Path
 import pytest
 
 from logship.consistency import SitePoint
-from logship.manifest import SiteLayout
-from logship.replay.files_report import files_report
-from logship.sandbox.deployment import Deployment, wait_for
-from logship.tree.generations import (
+from logship.engines.files.generations import (
     LISTED_MAX,
     GenerationRecord,
     changed_since,
     read_generations,
 )
+from logship.engines.postgresql.files_report import files_report
+from logship.manifest import SiteLayout
+from logship.sandbox.deployment import Deployment, wait_for
 
 ODD = b"new\nline \xe9 $x.conf"
 

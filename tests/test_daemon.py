@@ -11,10 +11,10 @@ from sqlalchemy import inspect, text
 
 from logship.catalog.models import FileState
 from logship.catalog.store import Catalog, NewFile
+from logship.engines.files import rows
+from logship.engines.files.scan import EntryKind, TreeEntry
 from logship.sandbox import OsUser, PgCluster, free_port
 from logship.sandbox.deployment import Deployment, wait_for
-from logship.tree import rows
-from logship.tree.scan import EntryKind, TreeEntry
 
 
 def test_second_daemon_on_the_same_state_dir_refuses(deployment: Deployment) -> None:
@@ -137,7 +137,7 @@ def test_catalog_on_postgresql(reachable_dir: Path, pg_user: OsUser) -> None:
 
 
 def test_order_keys_sort_history_first() -> None:
-    from logship.engines.postgresql import ENGINE
+    from logship.engines.postgresql.engine import ENGINE
 
     names = ["000000020000000000000005", "00000002.history", "000000010000000000000004"]
     assert sorted(names, key=ENGINE.ship_order) == [

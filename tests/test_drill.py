@@ -20,9 +20,7 @@ from restore_command_shell import expand_placeholders
 
 from logship.cli.main import build_parser
 from logship.config.load import load_config
-from logship.errors import ConfigError, OperationFailed, SafetyRefusal, UsageError
-from logship.manifest import BackupRecord, SiteLayout
-from logship.replay.drill import (
+from logship.engines.postgresql.drill import (
     LOCK_NAME,
     DrillResult,
     check_socket_path,
@@ -38,8 +36,10 @@ from logship.replay.drill import (
     scratch_root,
     stop_scratch_server,
 )
-from logship.replay.restore_wal import restore_wal
-from logship.replay.standby_restore import local_peer_hba, write_recovery_config
+from logship.engines.postgresql.restore_wal import restore_wal
+from logship.engines.postgresql.standby_restore import local_peer_hba, write_recovery_config
+from logship.errors import ConfigError, OperationFailed, SafetyRefusal, UsageError
+from logship.manifest import BackupRecord, SiteLayout
 from logship.sandbox.deployment import Deployment, wait_for
 from logship.sandbox.osuser import is_root
 from logship.ship.localdir import LocalDirTransport

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from contract import MEASURED_FIELDS
 
-from logship import walnames
 from logship.catalog.store import Catalog
+from logship.engines.postgresql import walnames
 from logship.manifest import ManifestRecord
 from logship.sandbox.deployment import Deployment, wait_for
 

@@ -26,21 +26,21 @@ import pytest
 from logship.catalog.store import Catalog
 from logship.config.load import load_config
 from logship.config.model import Config
+from logship.engines.files import rows, sftp_site, ship
+from logship.engines.files.exclude import ExcludeRules
+from logship.engines.files.names import TEMP_PREFIX, is_temp_name
+from logship.engines.files.sftp_site import SftpTreeSite
+from logship.engines.files.status import files_status
+from logship.engines.files.track import Tracker
+from logship.engines.files.verify_run import run_verify
+from logship.engines.files.watcher import Touched, TreeWatcher
+from logship.engines.files.worker import MirrorWorker, sftp_tree_site
 from logship.monitor import collect_statuses
 from logship.sandbox import OsUser
 from logship.sandbox.deployment import wait_for
 from logship.sandbox.sshd import SshServer
-from logship.ship import sftp, sftp_tree
+from logship.ship import sftp
 from logship.ship.sftp import SftpTransport
-from logship.ship.sftp_tree import SftpTreeSite
-from logship.tree import rows, ship
-from logship.tree.exclude import ExcludeRules
-from logship.tree.names import TEMP_PREFIX, is_temp_name
-from logship.tree.status import files_status
-from logship.tree.track import Tracker
-from logship.tree.verify_run import run_verify
-from logship.tree.watcher import Touched, TreeWatcher
-from logship.tree.worker import MirrorWorker, sftp_tree_site
 from logship.ui.status_table import null_reasons
 
 pytestmark = pytest.mark.slow  # left out of the fast subset (README)
@@ -272,7 +272,7 @@ def test_a_site_logship_without_no_sweep_still_takes_batches(
 ) -> None:
     """An older logship at the site refuses the second receiver's --no-sweep: the
     batches go to the first one, not all over SFTP."""
-    caplog.set_level(logging.INFO, "logship.tree")
+    caplog.set_level(logging.INFO, "logship.files")
     older = site.base / f"older-logship-{next(_counter)}"
     older.write_text(
         "#!/bin/sh\n"
@@ -296,7 +296,7 @@ def test_a_site_logship_that_never_answers_costs_the_io_timeout_then_sftp(
     """A receiver stuck at its start (it reads its stdin and never says it is
     ready): the mirror gives up on it after the site's io_timeout, not after the
     two minutes a batch's answer may take, and ships over SFTP."""
-    caplog.set_level(logging.INFO, "logship.tree")
+    caplog.set_level(logging.INFO, "logship.files")
     stuck = site.base / f"stuck-logship-{next(_counter)}"
     # cat ends when the mirror closes the channel: nothing is left running.
     stuck.write_text("#!/bin/sh\nexec cat > /dev/null\n")
@@ -319,7 +319,7 @@ def _status(setup: Setup, catalog: Catalog):  # type: ignore[no-untyped-def]
 def test_initial_sync_then_edits_creates_deletes_and_renames(
     site: Site, running: list[Running], receiver: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, "logship.tree")
+    caplog.set_level(logging.INFO, "logship.files")
     setup = _setup(site, receiver=receiver)
     _populate(setup.source)
     run = _start(setup, running)
@@ -852,7 +852,7 @@ def test_a_link_a_local_user_plants_at_a_temp_name_is_never_written_through(
         victim.write_text("precious\n")
         site.user.chown(victim)
         planted = TEMP_PREFIX + b"known"
-        monkeypatch.setattr(sftp_tree, "retry_temp_name", lambda *_: planted)
+        monkeypatch.setattr(sftp_site, "retry_temp_name", lambda *_: planted)
         monkeypatch.setattr(sftp.secrets, "token_hex", lambda *_: "known")
         local_user = OsUser.from_name("nobody")
 

@@ -20,15 +20,15 @@ from logship import lag
 from logship.catalog.store import Catalog
 from logship.cli.main import main
 from logship.config.load import load_config
+from logship.engines.files.digest import DigestEnd, DigestEntry, digest_tree, end_line, parse_line
+from logship.engines.files.exclude import ExcludeRules
+from logship.engines.files.names import TEMP_PREFIX
+from logship.engines.files.scan import EntryKind
+from logship.engines.files.verify import compare, display_path, is_pending
+from logship.engines.files.verify_rows import finish_verify, last_verify, start_verify
+from logship.engines.files.verify_run import site_listing
 from logship.sandbox import OsUser, SshServer
 from logship.sandbox.osuser import is_root
-from logship.tree.digest import DigestEnd, DigestEntry, digest_tree, end_line, parse_line
-from logship.tree.exclude import ExcludeRules
-from logship.tree.names import TEMP_PREFIX
-from logship.tree.scan import EntryKind
-from logship.tree.verify import compare, display_path, is_pending
-from logship.tree.verify_rows import finish_verify, last_verify, start_verify
-from logship.tree.verify_run import site_listing
 
 REPO = Path(__file__).resolve().parents[1]
 SHA_A = "a" * 64

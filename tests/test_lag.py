@@ -7,8 +7,9 @@ from dataclasses import dataclass
 import pytest
 from contract import CONTRACT_FIELDS
 
-from logship import lag, walnames
-from logship.engines.postgresql import ENGINE
+from logship import lag
+from logship.engines.postgresql import walnames
+from logship.engines.postgresql.engine import ENGINE
 from logship.lag import Gap, State
 
 MIB = 1024 * 1024

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from logship import lag
 from logship.catalog.store import Catalog, NewFile
 from logship.config.load import load_config
-from logship.engines.postgresql import ENGINE
+from logship.engines.postgresql.engine import ENGINE
 from logship.monitor import collect_statuses
 
 SEG = 16 * 1024 * 1024

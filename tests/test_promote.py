@@ -14,11 +14,11 @@ import psycopg
 import pytest
 
 from logship.catalog.store import Catalog
-from logship.engines.postgresql import PrimarySection
+from logship.engines.postgresql.engine import PrimarySection
+from logship.engines.postgresql.primary_check import primary_check_dsn
+from logship.engines.postgresql.promote import LossReport
+from logship.engines.postgresql.shipped_wal import ShippedWal
 from logship.manifest import ManifestRecord
-from logship.replay.primary_check import primary_check_dsn
-from logship.replay.promote import LossReport
-from logship.replay.shipped_wal import ShippedWal
 from logship.sandbox.deployment import Deployment, wait_for
 
 SEG = 16 * 1024 * 1024

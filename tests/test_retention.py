@@ -12,20 +12,20 @@ from pathlib import Path, PurePosixPath
 import pytest
 from offline_config import write_offline_config
 
-from logship.archive import tombstone_path
-from logship.basebackup import backup_id_for
 from logship.catalog.store import Catalog, NewFile
 from logship.config.load import load_config
-from logship.engines.postgresql import RetentionSection
-from logship.manifest import BackupRecord, ManifestRecord, SiteLayout
-from logship.replay.standby_status import StandbyFacts
-from logship.retention import RetentionReport, run_retention
-from logship.retention_plan import (
+from logship.engines.postgresql.archive_wal import tombstone_path
+from logship.engines.postgresql.base_backup import backup_id_for
+from logship.engines.postgresql.engine import RetentionSection
+from logship.engines.postgresql.retention import RetentionReport, run_retention
+from logship.engines.postgresql.retention_plan import (
     StandbyNeed,
     plan_retention,
     segment_number,
     standby_need,
 )
+from logship.engines.postgresql.standby_status import StandbyFacts
+from logship.manifest import BackupRecord, ManifestRecord, SiteLayout
 from logship.sandbox.deployment import Deployment, wait_for
 from logship.ship.localdir import LocalDirTransport
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from faults.site_checks import all_shipped, check_site, log_events
 
-from logship import walnames
+from logship.engines.postgresql import walnames
 from logship.sandbox.deployment import Deployment, wait_for
 
 

@@ -8,8 +8,8 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
+from logship.engines.postgresql.restore_wal import NotArrived, Refused, restore_wal
 from logship.manifest import ManifestRecord, SiteLayout
-from logship.replay.restore_wal import NotArrived, Refused, restore_wal
 from logship.ship.localdir import LocalDirTransport
 from logship.ship.shipper import ShipConflict, ship_file
 from logship.spool import SpoolEntry
@@ -136,3 +136,38 @@ def test_links_planted_at_the_old_temp_names_are_never_written_through(tmp_path:
     assert victim.read_text() == "precious\n"
     assert dest.read_bytes() == b"w" * 5000
     assert SEGMENT in note.read_text()
+
+
+#: restore-wal runs once per WAL file the standby replays: like archive-wal
+#: (tests/test_archive_wal.py), it must not load what costs milliseconds per call
+HEAVY_MODULES = ("logging", "pydantic", "sqlalchemy", "paramiko", "rich", "watchdog")
+
+
+@pytest.mark.parametrize("compression", ["zstd", "none"])
+def test_restore_wal_loads_no_heavy_module(tmp_path: Path, compression: str) -> None:
+    import subprocess
+    import sys
+
+    (tmp_path / "connectors").mkdir()
+    (tmp_path / "logship.toml").write_text(
+        f'[logship]\nstate_dir = "{tmp_path / "state"}"\n'
+        f'[sites.dr]\nroot = "{tmp_path / "incoming"}"\n'
+    )
+    (tmp_path / "connectors" / "main.toml").write_text('kind = "postgresql"\nsite = "dr"\n')
+    transport, layout = _site(tmp_path)
+    ship_file(transport, layout, _entry(tmp_path, b"w" * 5000), compression, time.time)
+    dest = tmp_path / "dest"
+    loaded = []
+    for name in (SEGMENT, "000000010000000000000008"):  # restored, then not arrived
+        argv = ["--config", str(tmp_path / "logship.toml"), "restore-wal", "main", name, str(dest)]
+        script = (
+            "import sys\n"
+            "from logship.cli.main import main\n"
+            f"print(main({argv!r}))\n"
+            f"print(sorted(m for m in {HEAVY_MODULES!r} if m in sys.modules))\n"
+        )
+        run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr
+        loaded.append(run.stdout.split())
+    assert loaded == [["0", "[]"], ["1", "[]"]]
+    assert dest.read_bytes() == b"w" * 5000

@@ -16,15 +16,15 @@ import pytest
 import zstandard
 from offline_config import write_offline_config
 
-from logship.archive import tombstone_path
 from logship.catalog.store import Catalog, NewFile
 from logship.config.load import load_config
+from logship.engines.postgresql.archive_wal import tombstone_path
+from logship.engines.postgresql.drill import DrillResult
+from logship.engines.postgresql.retention import run_retention
+from logship.engines.postgresql.standby_status import StandbyFacts
 from logship.errors import ConfigError
 from logship.jobs import run_action
 from logship.manifest import BackupRecord, ManifestRecord, SiteLayout
-from logship.replay.drill import DrillResult
-from logship.replay.standby_status import StandbyFacts
-from logship.retention import run_retention
 from logship.ship.localdir import LocalDirTransport
 
 SEG = 16 * 1024 * 1024
@@ -340,7 +340,7 @@ def test_restore_wal_moves_a_refused_copy_into_quarantine(tmp_path: Path) -> Non
 def test_restore_wal_does_not_set_aside_a_copy_it_did_not_read(tmp_path: Path) -> None:
     """A second reader (a drill) refusing the old copy after the good one arrived
     must not move the good one away."""
-    from logship.replay.restore_wal import quarantine_refused
+    from logship.engines.postgresql.restore_wal import quarantine_refused
 
     site_root = tmp_path / "site"
     layout = SiteLayout.for_connector(PurePosixPath(site_root), "orders")
@@ -363,7 +363,7 @@ def test_retention_at_site_waits_for_a_running_drill(tmp_path: Path) -> None:
     together; at the site, cron does not know of drills: the drill's lock tells."""
     import fcntl
 
-    from logship.replay.drill import LOCK_NAME
+    from logship.engines.postgresql.drill import LOCK_NAME
 
     site_root = tmp_path / "site"
     path = _restricted_config(tmp_path, site_root)
@@ -424,8 +424,8 @@ def test_keep_within_at_site_counts_from_arrival(tmp_path: Path) -> None:
 
 
 def test_unproven_backups_count_for_nothing_but_older_ones_still_go() -> None:
-    from logship.engines.postgresql import RetentionSection
-    from logship.retention_plan import StandbyNeed, plan_retention
+    from logship.engines.postgresql.engine import RetentionSection
+    from logship.engines.postgresql.retention_plan import StandbyNeed, plan_retention
 
     now = time.time()
 

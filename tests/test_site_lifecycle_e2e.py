@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
+from logship.engines.postgresql.drill import DrillResult
 from logship.manifest import BackupRecord
-from logship.replay.drill import DrillResult
 from logship.sandbox import OsUser
 from logship.sandbox.deployment import Deployment, wait_for
 

@@ -13,9 +13,9 @@ from pathlib import Path, PurePosixPath
 import pytest
 from offline_config import write_offline_config
 
+from logship.engines.files.digest import DigestFormatError, parse_line
+from logship.engines.postgresql.drill import DrillResult
 from logship.manifest import BackupRecord, ManifestRecord, SiteLayout
-from logship.replay.drill import DrillResult
-from logship.tree.digest import DigestFormatError, parse_line
 
 SEG = "000000010000000000000007"
 

@@ -12,9 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from logship import jsonout
-from logship.replay import facts_check
-from logship.replay.facts_check import BadAnswer
-from logship.replay.standby_status import StandbyFacts, ask_standby_status
+from logship.engines.postgresql import facts_check
+from logship.engines.postgresql.facts_check import BadAnswer
+from logship.engines.postgresql.standby_status import StandbyFacts, ask_standby_status
 
 SEG = "000000010000000000000003"
 

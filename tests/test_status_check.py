@@ -19,7 +19,7 @@ from contract import CONTRACT_FIELDS, MEASURED_FIELDS
 from offline_config import write_offline_config
 
 from logship.catalog.store import Catalog, NewFile
-from logship.engines.postgresql import ENGINE
+from logship.engines.postgresql.engine import ENGINE
 from logship.lag import segment_name
 from logship.sandbox import OsUser
 from logship.sandbox.deployment import Deployment

@@ -9,10 +9,10 @@ import time
 from pathlib import Path
 
 from logship.catalog.store import Catalog
-from logship.tree import rows
-from logship.tree.exclude import ExcludeRules
-from logship.tree.scan import EntryKind, TreeEntry, lstat_entry
-from logship.tree.track import Tracker
+from logship.engines.files import rows
+from logship.engines.files.exclude import ExcludeRules
+from logship.engines.files.scan import EntryKind, TreeEntry, lstat_entry
+from logship.engines.files.track import Tracker
 
 CONNECTOR = "app"
 

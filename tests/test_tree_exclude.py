@@ -7,7 +7,7 @@ import os
 import pathspec
 import pytest
 
-from logship.tree.exclude import ExcludeRules
+from logship.engines.files.exclude import ExcludeRules
 
 PATHS = [
     (b"app.conf", False),

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from logship.catalog.store import Catalog
-from logship.tree import marks as marks_module
-from logship.tree import rows
-from logship.tree.marks import Mark, ShippedMarks
-from logship.tree.scan import EntryKind, TreeEntry
+from logship.engines.files import marks as marks_module
+from logship.engines.files import rows
+from logship.engines.files.marks import Mark, ShippedMarks
+from logship.engines.files.scan import EntryKind, TreeEntry
 
 
 def _catalog_with(tmp_path: Path, count: int) -> tuple[Catalog, list[Mark]]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from logship.tree.ship import NotRegularFile, SourceChanged, read_small
+from logship.engines.files.ship import NotRegularFile, SourceChanged, read_small
 
 
 def test_a_file_is_read_whole_with_its_fstat(tmp_path: Path) -> None:

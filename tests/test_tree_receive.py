@@ -17,9 +17,9 @@ import pytest
 from offline_config import write_offline_config
 
 from logship.cli.tree_receive import _frames_in
-from logship.tree.names import TEMP_PREFIX, is_temp_name
-from logship.tree.receive import MAX_FILE, STALE_TEMP_S, Receiver
-from logship.tree.stream import COMMIT, StreamError, file_frame
+from logship.engines.files.names import TEMP_PREFIX, is_temp_name
+from logship.engines.files.receive import MAX_FILE, STALE_TEMP_S, Receiver
+from logship.engines.files.stream import COMMIT, StreamError, file_frame
 
 MTIME_NS = 1_700_000_000_123_456_789
 
@@ -303,7 +303,7 @@ def _site_config(tmp_path: Path, connectors: dict[str, str]) -> Path:
 def test_the_target_read_without_the_model_is_the_models(tmp_path: Path) -> None:
     from logship.config.files import read_files_target
     from logship.config.load import load_config
-    from logship.engines.files import files_connector
+    from logship.engines.files.engine import files_connector
 
     path = _site_config(tmp_path, {"app": FILES_CONNECTOR.format(target="/srv/app mirror")})
     expected = files_connector(load_config(path), "app").standby.target
@@ -408,7 +408,7 @@ def test_keep_write_bits_is_a_boolean_and_false_unless_set(
     tmp_path: Path, value: str | None, kept: bool | None
 ) -> None:
     from logship.config.load import load_config
-    from logship.engines.files import files_connector
+    from logship.engines.files.engine import files_connector
     from logship.errors import ConfigError
 
     text = FILES_CONNECTOR.format(target="/srv/app")

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from logship.ship.tree_stream import TreeStream
-from logship.tree.stream import landed_line, reply_line
+from logship.engines.files.stream import landed_line, reply_line
+from logship.engines.files.stream_sender import TreeStream
 
 
 class _Channel:

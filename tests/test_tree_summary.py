@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 
 from logship.catalog.store import Catalog
-from logship.tree import rows
-from logship.tree.scan import EntryKind, TreeEntry
+from logship.engines.files import rows
+from logship.engines.files.scan import EntryKind, TreeEntry
 
 
 def _plan(db: sqlite3.Connection, query: str) -> str:

@@ -229,7 +229,7 @@ class TreeFile(Base):
     mode: Mapped[int] = mapped_column()
     size: Mapped[int] = mapped_column(BigInteger)
     mtime_ns: Mapped[int] = mapped_column(BigInteger)
-    #: a file's ctime as last recorded (see logship.tree.scan.TreeEntry.ctime_ns)
+    #: a file's ctime as last recorded (see logship.engines.files.scan.TreeEntry.ctime_ns)
     ctime_ns: Mapped[int | None] = mapped_column(BigInteger, default=None)
     sha256: Mapped[str | None] = mapped_column(String(64), default=None)
     link_target: Mapped[bytes | None] = mapped_column(LargeBinary, default=None)

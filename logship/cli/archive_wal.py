@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from logship.archive import archive_wal
 from logship.config.files import config_path, read_for_hot_path
+from logship.engines.postgresql.archive_wal import archive_wal
 
 
 def run(args: argparse.Namespace) -> int:

@@ -10,9 +10,13 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from logship.basebackup import BackupProgress, ProgressCallback, postgres_connector
 from logship.config.files import config_path
 from logship.config.load import load_config
+from logship.engines.postgresql.base_backup import (
+    BackupProgress,
+    ProgressCallback,
+    postgres_connector,
+)
 
 
 @contextmanager
@@ -74,7 +78,7 @@ def _cancel_on_signals() -> threading.Event:
 
 
 def run(args: argparse.Namespace) -> int:
-    from logship.basebackup import take_base_backup
+    from logship.engines.postgresql.base_backup import take_base_backup
     from logship.ship.gated import connect
 
     cancel = _cancel_on_signals()

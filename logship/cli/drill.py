@@ -18,8 +18,8 @@ from types import FrameType
 
 from logship.config.files import config_path
 from logship.config.load import load_config
+from logship.engines.postgresql.drill import DrillResult, run_drill
 from logship.errors import EXIT_FAILED, OperationFailed
-from logship.replay.drill import DrillResult, run_drill
 from logship.ui.phase_progress import phase_progress
 
 _PHASES = {

@@ -14,11 +14,11 @@ import json
 import time
 
 from logship import consistency
-from logship.basebackup import postgres_connector
 from logship.catalog.models import ConsistencyPoint
 from logship.catalog.opening import open_catalog
 from logship.config.files import config_path
 from logship.config.load import load_config
+from logship.engines.postgresql.base_backup import postgres_connector
 from logship.errors import EXIT_FAILED, OperationFailed, UsageError, first_line
 from logship.lag import iso_utc as iso
 

@@ -11,14 +11,14 @@ from typing import Any
 
 from sqlalchemy.engine import make_url
 
-from logship.basebackup import postgres_connector
 from logship.catalog.opening import scrub
 from logship.config.files import config_path
 from logship.config.load import load_config
 from logship.config.model import Config
 from logship.consistency import files_connectors_for
+from logship.engines.postgresql.base_backup import postgres_connector
+from logship.engines.postgresql.promote import PromoteOptions, Promotion, Step, Verdict
 from logship.errors import UsageError, first_line
-from logship.replay.promote import PromoteOptions, Promotion, Step, Verdict
 
 _MARKS = {
     Verdict.OK: "ok",

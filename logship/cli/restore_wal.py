@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 from logship.config.files import config_path, read_for_hot_path
+from logship.engines.postgresql.restore_wal import EXIT_ABORT, NotArrived, restore_wal
 from logship.errors import ConfigError, LogshipError
-from logship.replay.restore_wal import EXIT_ABORT, NotArrived, restore_wal
 
 
 def run(args: argparse.Namespace) -> int:

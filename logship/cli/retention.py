@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from logship import jsonout
-from logship.basebackup import postgres_connector
 from logship.catalog.opening import open_catalog
 from logship.config.files import config_path
 from logship.config.load import load_config
+from logship.engines.postgresql.base_backup import postgres_connector
+from logship.engines.postgresql.retention import RetentionReport
 from logship.errors import LogshipError, OperationFailed, SafetyRefusal, UsageError
-from logship.retention import RetentionReport
 
 if TYPE_CHECKING:
     from logship.config.model import Config
@@ -90,7 +90,7 @@ def _print(report: RetentionReport, as_json: bool) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from logship.retention import fetch_standby_facts, run_retention
+    from logship.engines.postgresql.retention import fetch_standby_facts, run_retention
     from logship.ship.gated import connect
 
     config = load_config(config_path(args.config))
@@ -130,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _at_site(config: Config, args: argparse.Namespace) -> int:
     """Retention at the standby site, on its own folders, from what the site holds."""
-    from logship.engines.postgresql import PostgresConnector
+    from logship.engines.postgresql.engine import PostgresConnector
 
     if args.connector is not None:
         names = [postgres_connector(config, args.connector).name]
@@ -154,8 +154,8 @@ def _at_site(config: Config, args: argparse.Namespace) -> int:
 
 
 def _run_at_site(config: Config, name: str, dry_run: bool) -> RetentionReport:
+    from logship.engines.postgresql.drill import scratch_lock, scratch_root
     from logship.manifest import SiteLayout
-    from logship.replay.drill import scratch_lock, scratch_root
 
     connector = postgres_connector(config, name)
     layout = SiteLayout.for_connector(config.site_of(connector).root, connector.name)
@@ -176,8 +176,8 @@ def _run_at_site(config: Config, name: str, dry_run: bool) -> RetentionReport:
 
 
 def _retention_here(config: Config, name: str, dry_run: bool) -> RetentionReport:
-    from logship.replay.standby_status import read_standby_facts
-    from logship.retention import run_retention
+    from logship.engines.postgresql.retention import run_retention
+    from logship.engines.postgresql.standby_status import read_standby_facts
     from logship.ship.localdir import LocalDirTransport
 
     connector = postgres_connector(config, name)

@@ -8,13 +8,13 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from logship.basebackup import postgres_connector
 from logship.config.files import config_path
 from logship.config.load import load_config
 from logship.config.model import Config
+from logship.engines.postgresql.base_backup import postgres_connector
+from logship.engines.postgresql.standby_restore import restore_standby
+from logship.engines.postgresql.standby_status import read_standby_facts
 from logship.manifest import SiteLayout
-from logship.replay.standby_restore import restore_standby
-from logship.replay.standby_status import read_standby_facts
 from logship.site_temps import sweep_stale_temps
 from logship.ui.phase_progress import phase_progress
 

@@ -1,7 +1,7 @@
 """`logship tree-digest CONNECTOR`: run at the standby site, by `verify` over SSH.
 
 Lists `[standby].target` with the source's exclude rules, one JSON object per
-line (see logship.tree.digest), ending with a `done` line. A target that is
+line (see logship.engines.files.digest), ending with a `done` line. A target that is
 missing or cannot be read ends the listing with an error line and exit 1.
 """
 
@@ -14,11 +14,11 @@ from pathlib import Path
 
 from logship.config.files import config_path
 from logship.config.load import load_config
-from logship.engines.files import files_connector
+from logship.engines.files.digest import digest_tree, end_line
+from logship.engines.files.engine import files_connector
+from logship.engines.files.exclude import ExcludeRules
+from logship.engines.files.verify import display_path
 from logship.errors import OperationFailed, first_line
-from logship.tree.digest import digest_tree, end_line
-from logship.tree.exclude import ExcludeRules
-from logship.tree.verify import display_path
 
 
 def _target_problem(target: Path) -> str | None:

@@ -1,7 +1,7 @@
 """`logship tree-receive CONNECTOR`: run at the standby site by the files mirror.
 
 Reads batches of small files on stdin and lands them under `[standby].target`
-(see logship.tree.receive and logship.tree.stream). The mirror starts one per
+(see logship.engines.files.receive and logship.engines.files.stream). The mirror starts one per
 connection over SSH, with only the connector's name as argument, and falls
 back to SFTP alone when it cannot run.
 """
@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import IO
 
 from logship.config.files import config_path, read_files_target
-from logship.tree.receive import Receiver
-from logship.tree.stream import reply_line
+from logship.engines.files.receive import Receiver
+from logship.engines.files.stream import reply_line
 
 
 def run(args: argparse.Namespace) -> int:

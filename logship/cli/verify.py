@@ -16,10 +16,10 @@ from logship import jsonout
 from logship.catalog.opening import open_catalog
 from logship.config.files import config_path
 from logship.config.load import load_config
-from logship.engines.files import files_connector
+from logship.engines.files.engine import files_connector
+from logship.engines.files.verify import VerifyReport, display_path
+from logship.engines.files.verify_run import run_verify
 from logship.errors import EXIT_FAILED, LogshipError
-from logship.tree.verify import VerifyReport, display_path
-from logship.tree.verify_run import run_verify
 
 if TYPE_CHECKING:
     pass

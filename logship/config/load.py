@@ -18,7 +18,7 @@ from logship.config.model import (
     ScheduleConfig,
     SiteConfig,
 )
-from logship.engines import engine_for
+from logship.engines.registry import engine_for
 from logship.errors import ConfigError
 
 # Keys holding local paths, resolved relative to the file that names them.

@@ -17,17 +17,17 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from logship.archive import shipped_sha256
 from logship.catalog.models import FileState
 from logship.catalog.store import Catalog
 from logship.config.model import SiteConfig
 from logship.durable import sha256_of
+from logship.engines.postgresql.archive_wal import shipped_sha256
+from logship.engines.postgresql.standby_status import StandbyAnswer, ask_standby_status
 from logship.errors import HostKeyRefused, shown_text
 from logship.faults import crash_point
 from logship.lag import replay_rate
 from logship.logs import event
 from logship.manifest import ManifestRecord, SiteLayout
-from logship.replay.standby_status import StandbyAnswer, ask_standby_status
 from logship.ship.lane_process import LaneProcess
 from logship.ship.lanes import Lane, Lanes
 from logship.ship.shipper import ShipConflict, ship_file

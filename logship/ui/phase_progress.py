@@ -6,7 +6,7 @@ import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
-from logship.replay.standby_restore import ProgressCallback, RestoreProgress
+from logship.engines.postgresql.standby_restore import ProgressCallback, RestoreProgress
 
 
 @contextmanager

@@ -10,10 +10,10 @@ from rich import box
 from rich.table import Table
 from rich.text import Text
 
-from logship.engines import engine_for
+from logship.engines.files.status import NOT_APPLICABLE
+from logship.engines.registry import engine_for
 from logship.errors import shown_text
 from logship.lag import ConnectorStatus, State
-from logship.tree.status import NOT_APPLICABLE
 
 if TYPE_CHECKING:  # the table only reads a summary's fields
     from logship.history import WindowSummary

@@ -13,8 +13,8 @@ from typing import Any
 
 import zstandard
 
-from logship import walnames
-from logship.archive import SHIPPED_DIR, tombstone_path
+from logship.engines.postgresql import walnames
+from logship.engines.postgresql.archive_wal import SHIPPED_DIR, tombstone_path
 from logship.manifest import SiteLayout
 from logship.sandbox.deployment import Deployment
 

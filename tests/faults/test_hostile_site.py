@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from site_checks import all_shipped, log_events, status_entry
 
-from logship.replay import facts_check
+from logship.engines.postgresql import facts_check
 from logship.sandbox.deployment import Deployment, logship_command, wait_for
 from logship.spool import kept_path
 

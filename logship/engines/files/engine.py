@@ -1,0 +1,81 @@
+"""Application files: a source tree mirrored to a folder at the standby site.
+
+Unlike the database engine nothing goes through a spool: the tree itself is
+watched, and the catalog keeps one row per path (type, size, mtime, mode,
+sha256) as the state map the mirror converges on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Literal
+
+from pydantic import Field, StrictBool, field_validator
+
+from logship.config.model import Config, ConnectorBase, Seconds, Strict
+from logship.engines.registry import BackgroundJob
+
+
+class FilesStandby(Strict):
+    #: the mirror's root at the standby site (absolute there)
+    target: PurePosixPath
+
+    @field_validator("target")
+    @classmethod
+    def _absolute(cls, value: PurePosixPath) -> PurePosixPath:
+        if not value.is_absolute() or value == PurePosixPath("/"):
+            raise ValueError("must be an absolute folder at the standby site, not /")
+        return value
+
+
+class FilesConnector(ConnectorBase):
+    kind: Literal["files"]
+    #: the tree to mirror, watched recursively
+    source: Path
+    #: gitignore-style patterns, relative to `source`; matching paths never ship
+    exclude: list[str] = Field(default_factory=list)
+    #: propagate deletions (and the old name of a rename) to the site
+    delete: bool = True
+    #: a changed file ships once it has not changed for this long
+    settle: Seconds = Field(default=0.5, ge=0)
+    #: keep group and other write at the site (setuid, setgid and sticky never
+    #: reach it; see logship.engines.files.modes). A TOML boolean only: "yes" or 1 for a
+    #: key that widens permissions is refused rather than read as true.
+    keep_write_bits: StrictBool = False
+    standby: FilesStandby
+
+    @field_validator("exclude")
+    @classmethod
+    def _patterns_compile(cls, value: list[str]) -> list[str]:
+        from logship.engines.files.exclude import ExcludeRules
+
+        ExcludeRules(value)  # raises ValueError naming the bad pattern
+        return value
+
+
+@dataclass(frozen=True)
+class FilesEngine:
+    kind: str = "files"
+    config_model: type[ConnectorBase] = FilesConnector
+    schedule_actions: frozenset[str] = frozenset({"verify"})
+    #: the daemon watches `source` itself; there is no spool
+    uses_spool: bool = False
+
+    def accepts(self, name: str) -> bool:
+        return False
+
+    def ship_order(self, name: str) -> str:
+        return name
+
+    def background_jobs(self, connector: ConnectorBase) -> list[BackgroundJob]:
+        return []
+
+
+ENGINE = FilesEngine()
+
+
+def files_connector(config: Config, name: str) -> FilesConnector:
+    return config.connector_of_kind(
+        name, FilesConnector, 'this works on file trees, for kind = "files" connectors'
+    )

@@ -1,0 +1,96 @@
+"""Lag and RPO of a files connector (as the README defines them for a database,
+applied to a mirrored tree).
+
+Exposure is the age of the oldest change not yet durable at the site: that is
+what a lost primary site would take with it. There is no replay at the site,
+so apply lag and "last applied" do not apply and stay null.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from logship.engines.files.rows import TreeSummary, show_path
+from logship.lag import (
+    ConnectorStatus,
+    JobFacts,
+    SiteRow,
+    _job_fields,
+    _rounded,
+    classify,
+    iso_utc,
+)
+
+NOT_APPLICABLE = "not applicable to a files connector"
+
+
+def files_status(
+    *,
+    name: str,
+    kind: str,
+    site: str,
+    rpo_target_s: float,
+    now: float,
+    tree: TreeSummary | None,
+    site_status: SiteRow | None,
+    jobs: JobFacts | None = None,
+    points: PointFacts | None = None,
+) -> ConnectorStatus:
+    """`tree` is None without a catalog: then nothing is known and figures are null."""
+    exposure: float | None = None
+    if tree is not None:
+        oldest = tree.oldest_pending_at
+        exposure = 0.0 if oldest is None else max(0.0, now - oldest)
+    reachable = None if site_status is None else bool(site_status.reachable)
+    site_error = site_status.error if site_status is not None else None
+    if site_error is None and tree is not None and tree.failing:
+        site_error = f"{tree.failing} path(s) failing, first: {tree.first_error}"
+    return ConnectorStatus(
+        name=name,
+        kind=kind,
+        site=site,
+        state=classify(
+            rpo_target_s=rpo_target_s,
+            rpo_exposure_s=exposure,
+            transport_lag_s=exposure,
+            site_reachable=reachable,
+        ),
+        rpo_target_s=float(rpo_target_s),
+        rpo_exposure_s=_rounded(exposure),
+        transport_lag_s=_rounded(exposure),
+        apply_lag_s=None,
+        pending_files=tree.pending_files if tree is not None else None,
+        pending_bytes=tree.pending_bytes if tree is not None else None,
+        last_shipped=(
+            show_path(tree.last_shipped)
+            if tree is not None and tree.last_shipped is not None
+            else None
+        ),
+        last_applied=None,
+        last_base_backup_at=None,
+        site_error=site_error,
+        **_job_fields(jobs or JobFacts()),
+        **_point_fields(points),
+    )
+
+
+@dataclass(frozen=True)
+class PointFacts:
+    """A files connector's sync generation and consistency points, from the catalog."""
+
+    generation: int
+    newest_complete: tuple[str, float] | None  # point id, completed at
+    open: int
+
+
+def _point_fields(points: PointFacts | None) -> dict[str, Any]:
+    if points is None:
+        return {}
+    newest = points.newest_complete
+    return {
+        "sync_generation": points.generation,
+        "consistency_point": newest[0] if newest else None,
+        "consistency_at": iso_utc(newest[1]) if newest else None,
+        "consistency_open": points.open,
+    }

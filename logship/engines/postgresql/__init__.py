@@ -1,0 +1,1 @@
+"""PostgreSQL: WAL archived by PostgreSQL, shipped, replayed by a standby at the site."""

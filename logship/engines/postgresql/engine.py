@@ -1,0 +1,101 @@
+"""PostgreSQL: WAL segments archived by `archive_command` or `basic_archive`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from logship.config.model import ConnectorBase, Seconds, Strict
+from logship.engines.postgresql import walnames
+from logship.engines.registry import BackgroundJob
+
+
+class PrimarySection(Strict):
+    dsn: str = Field(min_length=1)
+    bin_dir: Path | None = None
+    #: how the standby site reaches the primary over TCP, for `promote`'s "is the
+    #: primary down?" gate: `dsn` is written for the primary site and often uses a
+    #: local socket there, which proves nothing at the standby site
+    check_dsn: str | None = Field(default=None, min_length=1)
+
+
+class StandbySection(Strict):
+    dsn: str = Field(min_length=1)
+    data_dir: Path
+    bin_dir: Path | None = None
+
+
+class RetentionSection(Strict):
+    """Which base backups `retention` keeps; WAL older than the oldest kept one goes.
+
+    A backup is kept when it is among the newest `keep_backups` or younger than
+    `keep_within` (either rule keeps it). The newest complete backup is always kept.
+    """
+
+    keep_backups: int | None = Field(default=2, ge=1)
+    keep_within: Seconds | None = Field(default=None, gt=0)
+
+
+class DrillSection(Strict):
+    """The restore drill at the standby site: a scratch restore, replay and query."""
+
+    #: scratch folder at the standby site (default: `drill/` under the site's root)
+    scratch_dir: Path | None = None
+    #: the query that must succeed on the drilled copy
+    query: str = Field(default="select count(*) from pg_class", min_length=1)
+    #: give up (and fail the drill) after this long
+    timeout: Seconds = Field(default=3600.0, gt=0)
+
+
+class PostgresConnector(ConnectorBase):
+    kind: Literal["postgresql"]
+    primary: PrimarySection
+    standby: StandbySection
+    retention: RetentionSection = RetentionSection()
+    drill: DrillSection = DrillSection()
+    #: a row the daemon rewrites on the primary, read back on the standby: apply lag
+    heartbeat: bool = True
+    heartbeat_interval: Seconds = 1.0
+    #: shipped segments stay in the spool (up to this much) until the standby has
+    #: restored them, so one found corrupt at the site is shipped again; 0: none
+    keep_shipped_mib: int = Field(default=1024, ge=0)
+
+
+@dataclass(frozen=True)
+class PostgresEngine:
+    kind: str = "postgresql"
+    config_model: type[ConnectorBase] = PostgresConnector
+    schedule_actions: frozenset[str] = frozenset({"base-backup", "retention", "drill"})
+    #: WAL arrives in the spool through archive-wal or basic_archive
+    uses_spool: bool = True
+
+    def accepts(self, name: str) -> bool:
+        return walnames.is_archivable(name)
+
+    def ship_order(self, name: str) -> str:
+        parsed = walnames.parse(name)
+        if parsed is None:
+            raise ValueError(f"{name!r} is not a WAL file name")
+        timeline, history_last, _ = parsed.sort_key
+        return f"{timeline:08X}.{history_last}.{name}"
+
+    def background_jobs(self, connector: ConnectorBase) -> list[BackgroundJob]:
+        assert isinstance(connector, PostgresConnector)
+        from logship.engines.postgresql.probe import PrimaryProbe
+
+        probe = PrimaryProbe(connector.name, connector.primary.dsn, heartbeat=connector.heartbeat)
+        return [
+            BackgroundJob(
+                name=f"primary-{connector.name}",
+                connector=connector.name,
+                interval=connector.heartbeat_interval,
+                run=probe.run,
+                close=probe.close,
+            )
+        ]
+
+
+ENGINE = PostgresEngine()

@@ -1,1 +1,0 @@
-"""Standby side: restore-wal, standby restore, promote."""

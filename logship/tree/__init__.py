@@ -1,1 +1,0 @@
-"""A source tree as the files connector sees it: paths, types, modes, contents."""
