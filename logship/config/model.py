@@ -24,7 +24,7 @@ class LogshipSection(Strict):
     #: a SQLAlchemy URL for a shared PostgreSQL catalog
     #: (`postgresql+psycopg://...`); unset: SQLite in `state_dir`
     catalog_url: str | None = None
-    #: how often the spool (and a files connector's tree) is rescanned: events can be lost
+    #: how often the spool (and a files connector's `source`) is rescanned: events can be lost
     reconcile_interval: Seconds = 30.0
     #: how often the standby's progress is read at its site
     lag_sample_interval: Seconds = 5.0

@@ -18,7 +18,7 @@ from logship.engines.registry import BackgroundJob
 
 
 class FilesStandby(Strict):
-    #: the mirror's root at the standby site (absolute there)
+    #: where the files connector's copy lives at the standby site (absolute there)
     target: PurePosixPath
 
     @field_validator("target")
@@ -31,7 +31,7 @@ class FilesStandby(Strict):
 
 class FilesConnector(ConnectorBase):
     kind: Literal["files"]
-    #: the tree to mirror, watched recursively
+    #: the folder to copy to the site, watched recursively
     source: Path
     #: gitignore-style patterns, relative to `source`; matching paths never ship
     exclude: list[str] = Field(default_factory=list)
