@@ -73,6 +73,11 @@ WHERE: dict[str, str] = {
     "demo": "anywhere",
 }
 
+# Arguments the parser gives no help for, by their name there.
+UNDOCUMENTED = {
+    "connector": "the connector's name (by default its file name in `connectors/` without `.toml`)"
+}
+
 # Keys the loader fills in rather than the file.
 FILLED_BY_LOADER = {
     (SiteConfig, "name"),
@@ -384,7 +389,7 @@ def _argument_rows(parser: argparse.ArgumentParser, prog: str) -> list[str]:
         name = ", ".join(action.option_strings) if action.option_strings else _metavar(action)
         if action.option_strings and action.nargs != 0:
             name = f"{name} {_metavar(action)}"
-        meaning = _help(action, prog)
+        meaning = _help(action, prog) or UNDOCUMENTED.get(action.dest, "")
         if (
             action.default not in (None, False, argparse.SUPPRESS)
             and "default" not in meaning
