@@ -35,12 +35,12 @@ from logship.engines.files.track import Tracker
 from logship.engines.files.verify_run import run_verify
 from logship.engines.files.watcher import Touched, TreeWatcher
 from logship.engines.files.worker import MirrorWorker, sftp_tree_site
-from logship.monitor import collect_statuses
 from logship.sandbox import OsUser
 from logship.sandbox.deployment import wait_for
 from logship.sandbox.sshd import SshServer
 from logship.ship import sftp
 from logship.ship.sftp import SftpTransport
+from logship.status.monitor import collect_statuses
 from logship.ui.status_table import null_reasons
 
 pytestmark = pytest.mark.slow  # left out of the fast subset (README)
