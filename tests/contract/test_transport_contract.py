@@ -34,8 +34,8 @@ from logship.ship.transport import (
     SiteOutputTooLarge,
     SiteRefused,
     Transport,
-    is_temp_name,
 )
+from logship.temp_names import is_temp_name
 
 CONNECTOR = "main"
 KINDS = ["local", "sftp", "gated"]
