@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from logship.manifest import SiteLayout
-from logship.temp_names import is_temp_name, is_this_schemes
+from logship.temp_names import is_temp_name, made_by_temp_name
 
 #: a temp (or an incomplete backup folder) unchanged this long is abandoned
 STALE_TEMP_S = 3600.0
@@ -76,7 +76,7 @@ def _stale(name: str, info: os.stat_result, now: float, older_than: float) -> bo
     temp prefix (an older logship's, or one planted) only after STALE_TEMP_S too."""
     if stat.S_ISDIR(info.st_mode):
         return False
-    grace = older_than if is_this_schemes(name) else max(older_than, STALE_TEMP_S)
+    grace = older_than if made_by_temp_name(name) else max(older_than, STALE_TEMP_S)
     return now - info.st_mtime >= grace
 
 

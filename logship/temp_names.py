@@ -58,7 +58,7 @@ def is_temp_name(name: str) -> bool:
     return name.startswith(TEMP_PREFIX)
 
 
-def is_this_schemes(name: str) -> bool:
+def made_by_temp_name(name: str) -> bool:
     """True for a name `temp_name` makes (the others with the prefix are an
     older logship's leftovers, or not logship's at all)."""
     return _SCHEME.fullmatch(name) is not None
