@@ -1,5 +1,5 @@
-"""Lag and RPO of a files connector (as the README defines them for a database,
-applied to a mirrored tree).
+"""Lag and RPO of a files connector (as docs/reference/status-json.md defines them
+for a database, applied to a files connector's source folder).
 
 Exposure is the age of the oldest change not yet durable at the site: that is
 what a lost primary site would take with it. There is no replay at the site,
