@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, StrictBool, field_validator
 
-from logship.config.model import Config, ConnectorBase, Seconds, Strict
+from logship.config.model import Config, ConnectorBase, Seconds, SiteConfig, Strict
 from logship.engines.registry import BackgroundJob
+
+if TYPE_CHECKING:
+    from logship.checks import EngineChecks
+    from logship.jobs import ActionOutcome, ActionRun
 
 
 class FilesStandby(Strict):
@@ -61,6 +65,9 @@ class FilesEngine:
     schedule_actions: frozenset[str] = frozenset({"verify"})
     #: the daemon watches `source` itself; there is no spool
     uses_spool: bool = False
+    path_keys: frozenset[str] = frozenset({"source"})
+    #: a database's point pairs its position with this mirror's generation
+    joins_consistency_points: bool = True
 
     def accepts(self, name: str) -> bool:
         return False
@@ -70,6 +77,32 @@ class FilesEngine:
 
     def background_jobs(self, connector: ConnectorBase) -> list[BackgroundJob]:
         return []
+
+    def site_problem(self, connector: ConnectorBase, site: SiteConfig) -> str | None:
+        if site.restricted:
+            # A mirror follows the source: it must delete and replace at the site.
+            return (
+                f"site {site.name!r} is restricted (the primary's key may only add new files "
+                "there), but a files mirror must delete and replace files at its site; use a "
+                "site without `restricted = true`"
+            )
+        return None
+
+    def spool_dir(self, config: Config, connector: ConnectorBase) -> Path | None:
+        return None
+
+    def kept_after_shipping(self, connector: ConnectorBase) -> int:
+        return 0
+
+    def checks(self) -> EngineChecks:
+        from logship.engines.files.checks import FILES_CHECKS
+
+        return FILES_CHECKS
+
+    def run_action(self, action: str, run: ActionRun) -> ActionOutcome:
+        from logship.engines.files.actions import run_action
+
+        return run_action(action, run)
 
 
 ENGINE = FilesEngine()
