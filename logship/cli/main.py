@@ -33,14 +33,6 @@ def _check(p: argparse.ArgumentParser) -> None:
     p.add_argument("connector", nargs="?", help="only this connector")
 
 
-def _mark(p: argparse.ArgumentParser) -> None:
-    p.add_argument("connector", help="a database connector")
-    p.add_argument(
-        "--wait", type=float, default=30.0, help="seconds to wait for completion (default 30)"
-    )
-    p.add_argument("--json", action="store_true", help="the point as one JSON object")
-
-
 def _site_gate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--site", required=True, help="the [sites.NAME] this key ships to")
 
@@ -75,11 +67,6 @@ GENERIC_VERBS: dict[str, Verb] = {
         "logship.cli.run",
         "the daemon at the primary site: watch, ship, schedule, measure",
         _no_arguments,
-    ),
-    "mark": (
-        "logship.cli.mark",
-        "take a consistency point: the primary's LSN paired with the files' state",
-        _mark,
     ),
     "site-gate": (
         "logship.cli.site_gate",

@@ -65,6 +65,14 @@ def _retention(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="the result as one JSON object")
 
 
+def _mark(p: argparse.ArgumentParser) -> None:
+    p.add_argument("connector", help="a database connector")
+    p.add_argument(
+        "--wait", type=float, default=30.0, help="seconds to wait for completion (default 30)"
+    )
+    p.add_argument("--json", action="store_true", help="the point as one JSON object")
+
+
 def _promote(p: argparse.ArgumentParser) -> None:
     p.add_argument("connector")
     p.add_argument("--dry-run", action="store_true", help="evaluate every check, change nothing")
@@ -104,6 +112,11 @@ VERBS = {
         f"{_CLI}.retention",
         "delete old base backups and the WAL only they needed",
         _retention,
+    ),
+    "mark": (
+        f"{_CLI}.mark",
+        "take a consistency point: the primary's LSN paired with the files' state",
+        _mark,
     ),
     "promote": (f"{_CLI}.promote", "checked, manual failover at the standby site", _promote),
 }
