@@ -25,8 +25,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 from logship.config.model import Config, ConnectorBase, SiteConfig
 
 if TYPE_CHECKING:
+    from logship.catalog.store import Catalog
     from logship.checks import EngineChecks
     from logship.jobs import ActionOutcome, ActionRun
+    from logship.status.model import ConnectorStatus
 
 
 @dataclass(frozen=True)
@@ -50,8 +52,6 @@ class Engine(Protocol):
     config_model: type[ConnectorBase]
     #: the `schedules/*.toml` actions that make sense for this kind
     schedule_actions: frozenset[str]
-    #: True: files arrive in `state_dir/spool/<connector>` and ship from there
-    uses_spool: bool
 
     def accepts(self, name: str) -> bool:
         """True for a spool file name this engine ships."""
@@ -91,6 +91,20 @@ class Engine(Protocol):
 
     def run_action(self, action: str, run: ActionRun) -> ActionOutcome:
         """Run one of `schedule_actions` for `run.connector`; LogshipError when it fails."""
+        ...
+
+    def status(
+        self, connector: ConnectorBase, catalog: Catalog | None, now: float, *, remember: bool
+    ) -> ConnectorStatus:
+        """This connector's entry of `status --json`: the common figures and this
+        engine's own, null where unknown. `catalog` is None before any daemon
+        created it. With `remember` (the daemon's monitor) the engine may keep in
+        the catalog what makes the next call cheaper."""
+        ...
+
+    def null_reasons(self, status: ConnectorStatus) -> list[str]:
+        """Why each of this engine's figures that `status` shows as unknown is unknown
+        (that there is no catalog yet is said for every engine)."""
         ...
 
 

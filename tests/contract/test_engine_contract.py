@@ -241,4 +241,9 @@ def test_status_shows_a_toy_connector(
     assert main(["--config", str(path), "status", "--json"]) == 0
     (entry,) = json.loads(capsys.readouterr().out)["connectors"]
     assert (entry["name"], entry["kind"], entry["site"]) == ("toy", KIND, "dr")
-    assert entry["rpo_target_s"] == 60
+    assert (entry["state"], entry["rpo_target_s"]) == ("ok", 60)
+    # The toy's own figures, from its own status.
+    assert (entry["pending_files"], entry["last_shipped"]) == (1, "1.toy")
+    assert main(["--config", str(path), "status"]) == 0
+    table = capsys.readouterr().out
+    assert "toy" in table and "a toy measures no lag" in table, table

@@ -13,10 +13,14 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
+from logship.catalog.models import FileState
+from logship.catalog.store import Catalog
 from logship.checks import CheckRunner, SiteCommandUse, ok
 from logship.config.model import Config, ConnectorBase, SiteConfig
 from logship.engines.registry import BackgroundJob
 from logship.jobs import ActionOutcome, ActionRun
+from logship.status.model import ConnectorStatus
+from logship.status.state import classify
 
 KIND = "toy"
 ACTION = "toy-sweep"
@@ -55,8 +59,6 @@ class ToyEngine:
     kind = KIND
     config_model: type[ConnectorBase] = ToyConnector
     schedule_actions = frozenset({ACTION})
-    #: what `status` reads until the engines give their own status
-    uses_spool = True
     path_keys = frozenset({"notes"})
     joins_consistency_points = False
 
@@ -98,6 +100,36 @@ class ToyEngine:
     def run_action(self, action: str, run: ActionRun) -> ActionOutcome:
         self.actions.append((action, run.connector))
         return ActionOutcome(f"{action} of {run.connector}: swept")
+
+    def status(
+        self, connector: ConnectorBase, catalog: Catalog | None, now: float, *, remember: bool
+    ) -> ConnectorStatus:
+        """What is waiting and what shipped last; a toy measures no lag."""
+        rows = catalog.files(connector.name) if catalog is not None else None
+        shipped = [row.name for row in rows or () if row.state == FileState.SHIPPED]
+        return ConnectorStatus(
+            name=connector.name,
+            kind=connector.kind,
+            site=connector.site,
+            state=classify(
+                rpo_target_s=connector.rpo,
+                rpo_exposure_s=None,
+                transport_lag_s=None,
+                site_reachable=None,
+            ),
+            rpo_target_s=float(connector.rpo),
+            rpo_exposure_s=None,
+            transport_lag_s=None,
+            apply_lag_s=None,
+            pending_files=None if rows is None else len(rows) - len(shipped),
+            pending_bytes=None,
+            last_shipped=shipped[-1] if shipped else None,
+            last_applied=None,
+            last_base_backup_at=None,
+        )
+
+    def null_reasons(self, status: ConnectorStatus) -> list[str]:
+        return ["a toy measures no lag"]
 
 
 def _nothing() -> None:

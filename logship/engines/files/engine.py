@@ -17,8 +17,10 @@ from logship.config.model import Config, ConnectorBase, Seconds, SiteConfig, Str
 from logship.engines.registry import BackgroundJob
 
 if TYPE_CHECKING:
+    from logship.catalog.store import Catalog
     from logship.checks import EngineChecks
     from logship.jobs import ActionOutcome, ActionRun
+    from logship.status.model import ConnectorStatus
 
 
 class FilesStandby(Strict):
@@ -63,8 +65,6 @@ class FilesEngine:
     kind: str = "files"
     config_model: type[ConnectorBase] = FilesConnector
     schedule_actions: frozenset[str] = frozenset({"verify"})
-    #: the daemon watches `source` itself; there is no spool
-    uses_spool: bool = False
     path_keys: frozenset[str] = frozenset({"source"})
     #: a database's point pairs its position with this mirror's generation
     joins_consistency_points: bool = True
@@ -89,6 +89,7 @@ class FilesEngine:
         return None
 
     def spool_dir(self, config: Config, connector: ConnectorBase) -> Path | None:
+        # The mirror watches `source` itself: nothing goes through a spool.
         return None
 
     def kept_after_shipping(self, connector: ConnectorBase) -> int:
@@ -103,6 +104,20 @@ class FilesEngine:
         from logship.engines.files.actions import run_action
 
         return run_action(action, run)
+
+    def status(
+        self, connector: ConnectorBase, catalog: Catalog | None, now: float, *, remember: bool
+    ) -> ConnectorStatus:
+        assert isinstance(connector, FilesConnector)
+        from logship.engines.files.status import connector_files_status
+
+        # Nothing to remember: the tree's figures are aggregates the catalog computes.
+        return connector_files_status(connector, catalog, now)
+
+    def null_reasons(self, status: ConnectorStatus) -> list[str]:
+        from logship.engines.files.status import null_reasons
+
+        return null_reasons(status)
 
 
 ENGINE = FilesEngine()

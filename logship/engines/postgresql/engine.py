@@ -13,8 +13,10 @@ from logship.engines.postgresql import walnames
 from logship.engines.registry import BackgroundJob
 
 if TYPE_CHECKING:
+    from logship.catalog.store import Catalog
     from logship.checks import EngineChecks
     from logship.jobs import ActionOutcome, ActionRun
+    from logship.status.model import ConnectorStatus
 
 
 class PrimarySection(Strict):
@@ -73,8 +75,6 @@ class PostgresEngine:
     kind: str = "postgresql"
     config_model: type[ConnectorBase] = PostgresConnector
     schedule_actions: frozenset[str] = frozenset({"base-backup", "retention", "drill"})
-    #: WAL arrives in the spool through archive-wal or basic_archive
-    uses_spool: bool = True
     path_keys: frozenset[str] = frozenset({"data_dir", "bin_dir", "scratch_dir"})
     joins_consistency_points: bool = False
 
@@ -107,6 +107,7 @@ class PostgresEngine:
         return None
 
     def spool_dir(self, config: Config, connector: ConnectorBase) -> Path | None:
+        # WAL arrives there through archive-wal or basic_archive.
         return config.spool_dir(connector.name)
 
     def kept_after_shipping(self, connector: ConnectorBase) -> int:
@@ -122,6 +123,19 @@ class PostgresEngine:
         from logship.engines.postgresql.actions import run_action
 
         return run_action(action, run)
+
+    def status(
+        self, connector: ConnectorBase, catalog: Catalog | None, now: float, *, remember: bool
+    ) -> ConnectorStatus:
+        assert isinstance(connector, PostgresConnector)
+        from logship.engines.postgresql.status import postgres_status
+
+        return postgres_status(connector, catalog, now, remember=remember)
+
+    def null_reasons(self, status: ConnectorStatus) -> list[str]:
+        from logship.engines.postgresql.status import null_reasons
+
+        return null_reasons(status)
 
 
 ENGINE = PostgresEngine()
