@@ -19,6 +19,7 @@ import argparse
 import ast
 import contextlib
 import inspect
+import pkgutil
 import sys
 import textwrap
 import types
@@ -403,7 +404,12 @@ def _argument_rows(parser: argparse.ArgumentParser, prog: str) -> list[str]:
 
 
 def _verb_sections(
-    parser: argparse.ArgumentParser, prog: str, level: int, where: str | None
+    parser: argparse.ArgumentParser,
+    prog: str,
+    level: int,
+    where: str | None,
+    modules: dict[str, str],
+    only: list[str] | None = None,
 ) -> list[str]:
     out: list[str] = []
     sub = _subparsers(parser)
@@ -411,6 +417,8 @@ def _verb_sections(
         return out
     helps = {choice.dest: choice.help or "" for choice in sub._choices_actions}
     for name, child in sub.choices.items():
+        if only is not None and name not in only:
+            continue
         full = f"{prog} {name}"
         place = where
         if level == 3:
@@ -425,11 +433,49 @@ def _verb_sections(
             positional_and_options = (positional_and_options + " ACTION ...").strip()
         out += [f"{'#' * level} `{full.removeprefix('logship ')}`", ""]
         out += [f"{helps.get(name, '')}".rstrip(".") + ".", ""]
-        out += [f"Where: {place}.", ""] if place else []
+        facts = [f"Where: {place}."] if place else []
+        if level == 3 and name in modules:
+            facts.append(f"Code: `{_module_path(modules[name])}`.")
+        out += [" ".join(facts), ""] if facts else []
         out += ["```", f"{full} {positional_and_options}".rstrip(), "```", ""]
         out += _argument_rows(child, full)
-        out += _verb_sections(child, full, level + 1, place)
+        out += _verb_sections(child, full, level + 1, place, modules)
     return out
+
+
+def _module_path(module: str) -> str:
+    return module.replace(".", "/") + ".py"
+
+
+def _verb_groups() -> list[tuple[str, str, dict[str, str]]]:
+    """(title, where they are declared, verb -> its module) for the generic verbs
+    and for each engine's."""
+    import importlib
+    import importlib.util
+
+    import logship.engines as package
+    from logship.cli.main import GENERIC_VERBS
+
+    groups = [
+        (
+            "Generic verbs (every engine)",
+            "logship/cli/main.py",
+            {verb: spec[0] for verb, spec in GENERIC_VERBS.items()},
+        )
+    ]
+    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda i: i.name):
+        name = f"{package.__name__}.{info.name}.verbs"
+        if not info.ispkg or importlib.util.find_spec(name) is None:
+            continue
+        declared = importlib.import_module(name).VERBS
+        groups.append(
+            (
+                f"Verbs of the `{info.name}` engine",
+                _module_path(name),
+                {verb: spec[0] for verb, spec in declared.items()},
+            )
+        )
+    return groups
 
 
 def _exit_codes() -> list[str]:
@@ -484,8 +530,15 @@ def render_commands() -> str:
         "",
     ]
     out += _argument_rows(parser, "logship")
-    out += ["## Verbs", ""]
-    out += _verb_sections(parser, "logship", 3, None)
+    groups = _verb_groups()
+    modules = {verb: module for _, _, declared in groups for verb, module in declared.items()}
+    listed = set(modules)
+    unlisted = sorted(set(_subparsers(parser).choices) - listed)  # type: ignore[union-attr]
+    if unlisted:
+        raise SystemExit(f"verbs {unlisted} are in the parser but in no group: say where")
+    for title, declared_in, declared in groups:
+        out += [f"## {title}", "", f"Declared in `{declared_in}`.", ""]
+        out += _verb_sections(parser, "logship", 3, None, modules, list(declared))
     out += _exit_codes()
     return "\n".join(out).rstrip() + "\n"
 
