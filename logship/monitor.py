@@ -73,7 +73,7 @@ def _status_of(
     jobs = lag.JobFacts()
     if catalog is not None:
         queue = _queue_facts(catalog, name, remember)
-        site_status = catalog.site_status(connector.site)
+        site_status = catalog.site_status(connector.site, name)
         progress = catalog.standby_progress(name)
         backup = catalog.last_backup(name)
         primary = catalog.primary_facts(name)
@@ -113,7 +113,9 @@ def _tree_status(connector: Any, catalog: Catalog | None, now: float) -> lag.Con
         rpo_target_s=connector.rpo,
         now=now,
         tree=tree_rows.summary(catalog, connector.name) if catalog is not None else None,
-        site_status=catalog.site_status(connector.site) if catalog is not None else None,
+        site_status=catalog.site_status(connector.site, connector.name)
+        if catalog is not None
+        else None,
         jobs=_job_facts(catalog, connector.name) if catalog is not None else None,
         points=_point_facts(catalog, connector.name) if catalog is not None else None,
     )

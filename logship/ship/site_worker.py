@@ -154,6 +154,7 @@ class SiteWorker(threading.Thread):
         self._refused_ignored: dict[str, int] = {}
         self._write_retry_at = 0.0
         self._write_backoff = BACKOFF_START
+        self._connectors = [target.connector for target in targets]
 
     def wake(self) -> None:
         self._wake.set()
@@ -189,18 +190,22 @@ class SiteWorker(threading.Thread):
                 self._prepare(transport, target)
         except HostKeyRefused as exc:
             event(log, logging.ERROR, "host key refused", site=self.site.name, error=str(exc))
-            self.catalog.set_site_status(self.site.name, False, str(exc), self._clock())
+            self.catalog.set_link_state(
+                self.site.name, self._connectors, False, str(exc), self._clock()
+            )
             self._journal_link(False, f"host key refused: {exc}")
             return False
         except Exception as exc:
             event(log, logging.WARNING, "site unreachable", site=self.site.name, error=str(exc))
-            self.catalog.set_site_status(self.site.name, False, str(exc), self._clock())
+            self.catalog.set_link_state(
+                self.site.name, self._connectors, False, str(exc), self._clock()
+            )
             self._journal_link(False, f"site {self.site.name} unreachable: {exc}")
             return False
         self._transport = transport
         self._lanes.warm()
         self._backoff = BACKOFF_START
-        self.catalog.set_site_status(self.site.name, True, None, self._clock())
+        self.catalog.set_link_state(self.site.name, self._connectors, True, None, self._clock())
         event(log, logging.INFO, "connected", site=self.site.name)
         self._journal_link(True, f"connected to site {self.site.name}")
         return True
@@ -242,7 +247,9 @@ class SiteWorker(threading.Thread):
 
     def _lost(self, exc: BaseException) -> None:
         event(log, logging.WARNING, "link lost", site=self.site.name, error=str(exc))
-        self.catalog.set_site_status(self.site.name, False, str(exc), self._clock())
+        self.catalog.set_link_state(
+            self.site.name, self._connectors, False, str(exc), self._clock()
+        )
         self._journal_link(False, f"link to site {self.site.name} lost: {exc}")
         self._disconnect()
 
@@ -568,7 +575,7 @@ class SiteWorker(threading.Thread):
         """The link is up; the status shows what still stands in the way, if anything."""
         problems = [self._write_error, *self._bad_answers.values(), *self._unrepairable.values()]
         error = "; ".join(p for p in problems if p) or None
-        self.catalog.set_site_status(self.site.name, True, error, self._clock())
+        self.catalog.set_link_state(self.site.name, self._connectors, True, error, self._clock())
 
     def _repair(self, target: ShipTarget, refused: tuple[str, ...]) -> None:
         """Ship again what restore-wal refused as corrupt, from the spool's kept copy

@@ -288,7 +288,9 @@ class MirrorWorker(threading.Thread):
             self._down(f"site {self.site.name} unreachable: {exc}", str(exc))
             self._retry_later()
             return False
-        self.catalog.set_site_status(self.site.name, True, None, self._clock())
+        self.catalog.set_link_state(
+            self.site.name, [self.connector.name], True, None, self._clock()
+        )
         self._journal_link(True, f"connected to site {self.site.name}")
         if attempt.root_error is not None:
             if self._root_error != attempt.root_error:
@@ -317,7 +319,9 @@ class MirrorWorker(threading.Thread):
 
     def _down(self, message: str, error: str) -> None:
         event(log, logging.WARNING, "site unreachable", site=self.site.name, error=error)
-        self.catalog.set_site_status(self.site.name, False, error, self._clock())
+        self.catalog.set_link_state(
+            self.site.name, [self.connector.name], False, error, self._clock()
+        )
         self._journal_link(False, message)
 
     def _journal_link(self, up: bool, message: str) -> None:
