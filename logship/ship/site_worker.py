@@ -69,7 +69,7 @@ class _OwnConnection:
 
     @property
     def is_alive(self) -> bool:
-        return getattr(self.transport, "is_alive", True)
+        return self.transport.is_alive
 
     def ship(self, layout: SiteLayout, entry: SpoolEntry, compression: str) -> ManifestRecord:
         return ship_file(self.transport, layout, entry, compression, self.clock)

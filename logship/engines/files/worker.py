@@ -250,7 +250,7 @@ class MirrorWorker(threading.Thread):
 
     def _alive(self) -> bool:
         transport = self._transport
-        return transport is not None and bool(getattr(transport, "is_alive", True))
+        return transport is not None and transport.is_alive
 
     def _open_link(self) -> _LinkAttempt:
         """Connect and open the mirror root: network only, no catalog, so that it
