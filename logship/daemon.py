@@ -22,7 +22,7 @@ from logship.catalog.opening import open_catalog
 from logship.catalog.store import Catalog, NewFile
 from logship.config.model import Config, ConnectorBase, SiteConfig
 from logship.durable import ensure_private_dir, sha256_of
-from logship.engines.files.worker import MirrorWorker
+from logship.engines.files.worker import FilesWorker
 from logship.engines.registry import BackgroundJob, engine_for
 from logship.errors import OperationFailed, SafetyRefusal
 from logship.logs import event
@@ -224,10 +224,10 @@ class Daemon:
         }
         return spools, workers
 
-    def _build_mirrors(self, catalog: Catalog) -> list[MirrorWorker]:
+    def _build_mirrors(self, catalog: Catalog) -> list[FilesWorker]:
         """One worker (thread and SSH link) per connector that mirrors a tree itself."""
         return [
-            MirrorWorker(
+            FilesWorker(
                 connector,
                 self.config.site_of(connector),
                 catalog,

@@ -23,21 +23,20 @@ from logship.config.model import SiteConfig
 from logship.durable import sha256_of
 from logship.engines.postgresql.archive_wal import shipped_sha256
 from logship.engines.postgresql.standby_status import StandbyAnswer, ask_standby_status
-from logship.errors import HostKeyRefused, shown_text
+from logship.errors import shown_text
 from logship.faults import crash_point
 from logship.lag import replay_rate
 from logship.logs import event
 from logship.manifest import ManifestRecord, SiteLayout
 from logship.ship.lane_process import LaneProcess
 from logship.ship.lanes import Lane, Lanes
+from logship.ship.link import Backoff, SiteLink
 from logship.ship.shipper import ShipConflict, ship_file
 from logship.ship.transport import SiteRefused, Transport, is_temp_name
 from logship.spool import SpoolEntry, entry_for, kept_path, prune_kept, retire
 
 log = logging.getLogger("logship.ship")
 
-BACKOFF_START = 0.5
-BACKOFF_MAX = 30.0
 MIB = 1024 * 1024
 #: room a file needs beyond its own size (its manifest record, the file system's
 #: own blocks) before a failed write is put down to a full disk
@@ -128,9 +127,16 @@ class SiteWorker(threading.Thread):
         self._sample_interval = sample_interval
         self._stopping = stop
         self._wake = threading.Event()
-        self._transport: Transport | None = None
+        self._link = SiteLink(
+            site,
+            [target.connector for target in targets],
+            catalog,
+            connect,
+            clock,
+            self._prepare_all,
+            log=log,
+        )
         self._lanes = Lanes(site, open_lane, site.connections - 1)
-        self._backoff = BACKOFF_START
         self._next_sample = 0.0
         #: `standby status` asked at the site on a helper thread: the answer takes
         #: a process start there (0.1-0.3 s, up to SAMPLE_TIMEOUT), which the
@@ -139,7 +145,6 @@ class SiteWorker(threading.Thread):
         self._asking: Future[list[StandbyAnswer]] | None = None
         self._promoted: set[str] = set()
         self._sample_errors: dict[str, str | None] = {}
-        self._link_up: bool | None = None  # the last link state told to the journal
         #: the site refusing writes while the link is fine (disk full, say)
         self._write_error: str | None = None
         #: per connector: files the standby refused that no kept copy can replace
@@ -153,8 +158,7 @@ class SiteWorker(threading.Thread):
         #: per connector: refused names the last answer listed beyond the cap
         self._refused_ignored: dict[str, int] = {}
         self._write_retry_at = 0.0
-        self._write_backoff = BACKOFF_START
-        self._connectors = [target.connector for target in targets]
+        self._write_backoff = Backoff()
 
     def wake(self) -> None:
         self._wake.set()
@@ -162,10 +166,11 @@ class SiteWorker(threading.Thread):
     def run(self) -> None:
         try:
             while not self._stopping.is_set():
-                if self._transport is None and not self._try_connect():
-                    self._stopping.wait(self._backoff)
-                    self._backoff = min(self._backoff * 2, BACKOFF_MAX)
-                    continue
+                if self._link.transport is None:
+                    if not self._link.try_connect():
+                        self._stopping.wait(self._link.retry_in())
+                        continue
+                    self._lanes.warm()
                 try:
                     shipped = self._ship_round()
                     self._sample_standby()
@@ -178,45 +183,15 @@ class SiteWorker(threading.Thread):
                     self._wake.clear()
         finally:
             self._disconnect()
+            self._link.close()
             self._lanes.shutdown()
             self._asker.shutdown(wait=False)
 
     # -- connection ------------------------------------------------------------
 
-    def _try_connect(self) -> bool:
-        try:
-            transport = self._connect(self.site)
-            for target in self.targets:
-                self._prepare(transport, target)
-        except HostKeyRefused as exc:
-            event(log, logging.ERROR, "host key refused", site=self.site.name, error=str(exc))
-            self.catalog.set_link_state(
-                self.site.name, self._connectors, False, str(exc), self._clock()
-            )
-            self._journal_link(False, f"host key refused: {exc}")
-            return False
-        except Exception as exc:
-            event(log, logging.WARNING, "site unreachable", site=self.site.name, error=str(exc))
-            self.catalog.set_link_state(
-                self.site.name, self._connectors, False, str(exc), self._clock()
-            )
-            self._journal_link(False, f"site {self.site.name} unreachable: {exc}")
-            return False
-        self._transport = transport
-        self._lanes.warm()
-        self._backoff = BACKOFF_START
-        self.catalog.set_link_state(self.site.name, self._connectors, True, None, self._clock())
-        event(log, logging.INFO, "connected", site=self.site.name)
-        self._journal_link(True, f"connected to site {self.site.name}")
-        return True
-
-    def _journal_link(self, up: bool, message: str) -> None:
-        """Link changes go to the catalog's journal (the dashboard's events), once each."""
-        if self._link_up == up:
-            return
-        self._link_up = up
+    def _prepare_all(self, transport: Transport) -> None:
         for target in self.targets:
-            self.catalog.add_event(target.connector, self._clock(), "link", message)
+            self._prepare(transport, target)
 
     def _prepare(self, transport: Transport, target: ShipTarget) -> None:
         layout = target.layout
@@ -246,28 +221,18 @@ class SiteWorker(threading.Thread):
             self._promoted.discard(target.connector)
 
     def _lost(self, exc: BaseException) -> None:
-        event(log, logging.WARNING, "link lost", site=self.site.name, error=str(exc))
-        self.catalog.set_link_state(
-            self.site.name, self._connectors, False, str(exc), self._clock()
-        )
-        self._journal_link(False, f"link to site {self.site.name} lost: {exc}")
         self._disconnect()
+        self._link.lost(exc)
 
     def _disconnect(self) -> None:
         # An ask in flight fails with the connection; its answer is not wanted.
         self._asking = None
         self._lanes.close()
-        if self._transport is not None:
-            try:
-                self._transport.close()
-            except Exception as exc:
-                event(log, logging.DEBUG, "close failed", site=self.site.name, error=str(exc))
-            self._transport = None
 
     # -- shipping --------------------------------------------------------------
 
     def _ship_round(self) -> int:
-        assert self._transport is not None
+        assert self._link.transport is not None
         shipped = 0
         if time.monotonic() < self._write_retry_at:
             return shipped  # the site could not take the last file: not yet
@@ -295,7 +260,7 @@ class SiteWorker(threading.Thread):
         other), recording each file as soon as it is at the site. Returns (files
         shipped, whether the site refused one); a lost main connection is raised
         once every lane has stopped."""
-        assert self._transport is not None
+        assert self._link.transport is not None
         slots = self._lanes.usable()[: len(jobs) - 1]
         todo: queue.SimpleQueue[_Job] = queue.SimpleQueue()
         for job in jobs:
@@ -314,7 +279,7 @@ class SiteWorker(threading.Thread):
                 except queue.Empty:
                     return
 
-        own = _OwnConnection(self._transport, self._clock)
+        own = _OwnConnection(self._link.transport, self._clock)
         self._ship_from(own, 0, target, todo, done.put, between=drain)
         for future in futures:
             while not future.done():
@@ -412,9 +377,9 @@ class SiteWorker(threading.Thread):
     def _write_failed(
         self, target: ShipTarget, row_id: int, size: int, name: str, exc: Exception
     ) -> None:
-        assert self._transport is not None
+        assert self._link.transport is not None
         where = target.layout.wal_dir
-        free = self._transport.free_bytes(where)
+        free = self._link.transport.free_bytes(where)
         if free is not None and free < size + FREE_MARGIN:
             message = (
                 f"site {self.site.name}: no space left for {name} in {where} "
@@ -429,8 +394,7 @@ class SiteWorker(threading.Thread):
             self.catalog.add_event(target.connector, self._clock(), "error", message)
         self._write_error = message
         self._set_reachable()
-        self._write_retry_at = time.monotonic() + self._write_backoff
-        self._write_backoff = min(self._write_backoff * 2, BACKOFF_MAX)
+        self._write_retry_at = time.monotonic() + self._write_backoff.next()
 
     def _write_recovered(self) -> None:
         event(log, logging.INFO, "site write resumed", site=self.site.name)
@@ -440,7 +404,7 @@ class SiteWorker(threading.Thread):
             self.catalog.add_event(
                 target.connector, self._clock(), "link", f"site {self.site.name} takes files again"
             )
-        self._write_backoff = BACKOFF_START
+        self._write_backoff.reset()
 
     def _sample_standby(self) -> None:
         """Ask the site how the standby is doing (over SSH: no database port
@@ -449,7 +413,7 @@ class SiteWorker(threading.Thread):
         Only the asking runs on the helper thread (on a channel of its own);
         the catalog, the spool and the SFTP session stay with this thread.
         """
-        assert self._transport is not None
+        assert self._link.transport is not None
         asking = self._asking
         if asking is not None:
             if not asking.done():
@@ -461,8 +425,8 @@ class SiteWorker(threading.Thread):
         if self._clock() < self._next_sample:
             return
         for target in self.targets:
-            self._refresh_promoted(self._transport, target)
-        self._asking = self._asker.submit(self._ask_standby, self._transport)
+            self._refresh_promoted(self._link.transport, target)
+        self._asking = self._asker.submit(self._ask_standby, self._link.transport)
         self._asking.add_done_callback(lambda _: self.wake())
 
     def _ask_standby(self, transport: Transport) -> list[StandbyAnswer]:
@@ -575,7 +539,7 @@ class SiteWorker(threading.Thread):
         """The link is up; the status shows what still stands in the way, if anything."""
         problems = [self._write_error, *self._bad_answers.values(), *self._unrepairable.values()]
         error = "; ".join(p for p in problems if p) or None
-        self.catalog.set_link_state(self.site.name, self._connectors, True, error, self._clock())
+        self._link.report(error)
 
     def _repair(self, target: ShipTarget, refused: tuple[str, ...]) -> None:
         """Ship again what restore-wal refused as corrupt, from the spool's kept copy
@@ -586,7 +550,7 @@ class SiteWorker(threading.Thread):
         waits for the standby's next try, or an older logship at the site that sets
         nothing aside: only an unrestricted key may then ship over it.
         """
-        assert self._transport is not None
+        assert self._link.transport is not None
         lost: list[str] = []
         stuck: list[str] = []
         now = time.monotonic()
@@ -603,14 +567,14 @@ class SiteWorker(threading.Thread):
             if entry is None or expected is None or sha256_of(kept) != expected:
                 lost.append(name)
                 continue
-            present = self._transport.read_bytes(target.layout.record_path(name)) is not None
+            present = self._link.transport.read_bytes(target.layout.record_path(name)) is not None
             if present and self.site.restricted:
                 if not self._set_aside_at_site(target, name):
                     stuck.append(name)
                 continue
             try:
                 ship_file(
-                    self._transport,
+                    self._link.transport,
                     target.layout,
                     entry,
                     target.compression,
@@ -625,7 +589,7 @@ class SiteWorker(threading.Thread):
             self._reshipped_at[(target.connector, name)] = now
             if not self.site.restricted:
                 # Restricted: restore-wal removes the note once it takes the file.
-                self._transport.remove(target.layout.refused_note(name))
+                self._link.transport.remove(target.layout.refused_note(name))
             message = (
                 f"{name} was refused as corrupt at site {self.site.name}; "
                 "shipped again from the spool's kept copy"
@@ -662,8 +626,8 @@ class SiteWorker(threading.Thread):
     def _set_aside_at_site(self, target: ShipTarget, name: str) -> bool:
         """Whether restore-wal's refused note says it moved the bad copy aside (then
         a record there now is the re-ship's, waiting for the standby's next try)."""
-        assert self._transport is not None
-        data = self._transport.read_bytes(target.layout.refused_note(name))
+        assert self._link.transport is not None
+        data = self._link.transport.read_bytes(target.layout.refused_note(name))
         if data is None:
             return True  # taken meanwhile: restore-wal removes the note then
         try:

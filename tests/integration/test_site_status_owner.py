@@ -20,7 +20,7 @@ import pytest
 from logship.catalog.store import Catalog, NewFile
 from logship.config.load import load_config
 from logship.config.model import Config, SiteConfig
-from logship.engines.files.worker import MirrorWorker
+from logship.engines.files.worker import FilesWorker
 from logship.engines.registry import engine_for
 from logship.manifest import SiteLayout
 from logship.monitor import collect_statuses
@@ -136,7 +136,7 @@ def _start_wal_worker(pair: Pair, connect) -> None:  # type: ignore[no-untyped-d
 def _start_files_worker(pair: Pair, connect) -> None:  # type: ignore[no-untyped-def]
     config = pair.config
     connector = config.connectors[FILES]
-    worker = MirrorWorker(
+    worker = FilesWorker(
         connector,
         config.site_of(connector),
         pair.catalog,
