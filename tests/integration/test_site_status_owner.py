@@ -118,6 +118,7 @@ def _start_wal_worker(pair: Pair, connect) -> None:  # type: ignore[no-untyped-d
         [
             ShipTarget(
                 connector=WAL,
+                kind="postgresql",
                 spool_dir=config.spool_dir(WAL),
                 compression=connector.compression,
                 layout=SiteLayout.for_connector(site.root, WAL),

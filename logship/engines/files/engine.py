@@ -7,14 +7,19 @@ sha256) as the state map the mirror converges on.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, StrictBool, field_validator
 
-from logship.config.model import Config, ConnectorBase, Seconds, Strict
-from logship.engines.registry import BackgroundJob
+from logship.config.model import Config, ConnectorBase, Seconds, SiteConfig, Strict
+from logship.engines.registry import BackgroundJob, DaemonWorkers, SiteSampler, WorkerContext
+
+if TYPE_CHECKING:
+    from logship.catalog.store import Catalog
+    from logship.ship.site_worker import ShipTarget
 
 
 class FilesStandby(Strict):
@@ -70,6 +75,35 @@ class FilesEngine:
 
     def background_jobs(self, connector: ConnectorBase) -> list[BackgroundJob]:
         return []
+
+    def daemon_workers(self, connector: ConnectorBase, context: WorkerContext) -> DaemonWorkers:
+        """One worker (a thread and an SSH link) per connector: it watches the tree
+        and ships it itself."""
+        assert isinstance(connector, FilesConnector)
+        from logship.engines.files.worker import FilesWorker
+
+        config = context.config
+        worker = FilesWorker(
+            connector,
+            config.site_of(connector),
+            context.catalog,
+            context.connect,
+            context.clock,
+            config.logship.reconcile_interval,
+            context.stop,
+        )
+        return DaemonWorkers(threads=(worker,))
+
+    def site_sampler(
+        self,
+        site: SiteConfig,
+        targets: Sequence[ShipTarget],
+        catalog: Catalog,
+        clock: Callable[[], float],
+        interval: float,
+        wake: Callable[[], None],
+    ) -> SiteSampler | None:
+        return None  # nothing of it ships on a site's shipping worker
 
 
 ENGINE = FilesEngine()

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 
-from logship.config.model import ConnectorBase, Seconds, Strict
+from logship.config.model import ConnectorBase, Seconds, SiteConfig, Strict
 from logship.engines.postgresql import walnames
-from logship.engines.registry import BackgroundJob
+from logship.engines.registry import BackgroundJob, DaemonWorkers, SiteSampler, WorkerContext
+
+if TYPE_CHECKING:
+    from logship.catalog.store import Catalog
+    from logship.ship.site_worker import ShipTarget
 
 
 class PrimarySection(Strict):
@@ -96,6 +101,24 @@ class PostgresEngine:
                 close=probe.close,
             )
         ]
+
+    def daemon_workers(self, connector: ConnectorBase, context: WorkerContext) -> DaemonWorkers:
+        # Its WAL ships from the spool on the site's one shipping worker, which
+        # also runs its standby sampling (`site_sampler`).
+        return DaemonWorkers(site_shipping=True)
+
+    def site_sampler(
+        self,
+        site: SiteConfig,
+        targets: Sequence[ShipTarget],
+        catalog: Catalog,
+        clock: Callable[[], float],
+        interval: float,
+        wake: Callable[[], None],
+    ) -> SiteSampler:
+        from logship.engines.postgresql.site_sampling import StandbySampler
+
+        return StandbySampler(site, targets, catalog, clock, interval, wake)
 
 
 ENGINE = PostgresEngine()
