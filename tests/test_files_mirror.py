@@ -23,24 +23,25 @@ from types import SimpleNamespace
 
 import pytest
 
+from logship import temp_names
 from logship.catalog.store import Catalog
 from logship.config.load import load_config
 from logship.config.model import Config
 from logship.engines.files import rows, sftp_site, ship
 from logship.engines.files.exclude import ExcludeRules
-from logship.engines.files.names import TEMP_PREFIX, is_temp_name
 from logship.engines.files.sftp_site import SftpTreeSite
 from logship.engines.files.status import files_status
 from logship.engines.files.track import Tracker
 from logship.engines.files.verify_run import run_verify
 from logship.engines.files.watcher import Touched, TreeWatcher
 from logship.engines.files.worker import FilesWorker, sftp_tree_site
-from logship.monitor import collect_statuses
 from logship.sandbox import OsUser
 from logship.sandbox.deployment import wait_for
 from logship.sandbox.sshd import SshServer
-from logship.ship import sftp
 from logship.ship.sftp import SftpTransport
+from logship.status.monitor import collect_statuses
+from logship.temp_names import TREE_TEMP_PREFIX as TEMP_PREFIX
+from logship.temp_names import is_tree_temp_name as is_temp_name
 from logship.ui.status_table import null_reasons
 
 pytestmark = pytest.mark.slow  # left out of the fast subset (README)
@@ -420,7 +421,13 @@ def test_link_down_during_changes_then_the_trees_converge(
         (setup.source / "offline" / "x" / "f").write_bytes(b"\x00" * 70000)
         (setup.source / "empty").rmdir()
         os.rename(setup.source / "etc", setup.source / "etc2")
-        wait_for(lambda: _status(setup, run.catalog).state == "down", 20, "the link seen down")
+        # The link is seen down and the changes are tracked independently: under
+        # load either can come first, so wait for both.
+        wait_for(
+            lambda: (s := _status(setup, run.catalog)).state == "down" and bool(s.pending_files),
+            20,
+            "the link seen down with the changes pending",
+        )
         status = _status(setup, run.catalog)
         assert status.pending_files and status.pending_files > 0
         assert rows.pending_paths(run.catalog, CONNECTOR)
@@ -852,8 +859,8 @@ def test_a_link_a_local_user_plants_at_a_temp_name_is_never_written_through(
         victim.write_text("precious\n")
         site.user.chown(victim)
         planted = TEMP_PREFIX + b"known"
-        monkeypatch.setattr(sftp_site, "retry_temp_name", lambda *_: planted)
-        monkeypatch.setattr(sftp.secrets, "token_hex", lambda *_: "known")
+        monkeypatch.setattr(sftp_site, "keyed_tree_temp_name", lambda *_: planted)
+        monkeypatch.setattr(temp_names, "random_tail", lambda *_: "known")
         local_user = OsUser.from_name("nobody")
 
         def plant(name: str) -> None:
@@ -882,8 +889,8 @@ def test_a_link_a_local_user_plants_at_a_temp_name_is_never_written_through(
         with pytest.raises(OSError):
             tree.put_file(b"shared/c", local, unchanged=ship.same_file)
         monkeypatch.undo()
-        plant(".tmp.wal.known")
-        monkeypatch.setattr(sftp.secrets, "token_hex", lambda *_: "known")
+        plant(".tmp.known")
+        monkeypatch.setattr(temp_names, "random_tail", lambda *_: "known")
         with pytest.raises(OSError):
             transport.put_atomic(PurePosixPath(shared / "wal"), [b"segment"])
         assert victim.read_text() == "precious\n"

@@ -20,7 +20,7 @@ from offline_config import write_offline_config
 
 from logship.catalog.store import Catalog, NewFile
 from logship.engines.postgresql.engine import ENGINE
-from logship.lag import segment_name
+from logship.engines.postgresql.walnames import segment_name
 from logship.sandbox import OsUser
 from logship.sandbox.deployment import Deployment
 

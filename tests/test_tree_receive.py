@@ -17,9 +17,10 @@ import pytest
 from offline_config import write_offline_config
 
 from logship.cli.tree_receive import _frames_in
-from logship.engines.files.names import TEMP_PREFIX, is_temp_name
 from logship.engines.files.receive import MAX_FILE, STALE_TEMP_S, Receiver
 from logship.engines.files.stream import COMMIT, StreamError, file_frame
+from logship.temp_names import TREE_TEMP_PREFIX as TEMP_PREFIX
+from logship.temp_names import is_tree_temp_name as is_temp_name
 
 MTIME_NS = 1_700_000_000_123_456_789
 

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from logship.config.model import Config
     from logship.ship.site_worker import ShipTarget
     from logship.ship.transport import Transport
+    from logship.status.model import ConnectorStatus
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,20 @@ class Engine(Protocol):
 
     def background_jobs(self, connector: ConnectorBase) -> list[BackgroundJob]:
         """Periodic work the daemon runs for this connector (e.g. a heartbeat)."""
+        ...
+
+    def status(
+        self, connector: ConnectorBase, catalog: Catalog | None, now: float, *, remember: bool
+    ) -> ConnectorStatus:
+        """This connector's entry of `status --json`: the common figures and this
+        engine's own, null where unknown. `catalog` is None before any daemon
+        created it. With `remember` (the daemon's monitor) the engine may keep in
+        the catalog what makes the next call cheaper."""
+        ...
+
+    def null_reasons(self, status: ConnectorStatus) -> list[str]:
+        """Why each of this engine's figures that `status` shows as unknown is unknown
+        (that there is no catalog yet is said for every engine)."""
         ...
 
     def daemon_workers(self, connector: ConnectorBase, context: WorkerContext) -> DaemonWorkers:

@@ -25,8 +25,9 @@ from logship.ship.lane_process import LaneProcess
 from logship.ship.lanes import Lane, Lanes
 from logship.ship.link import Backoff, SiteLink
 from logship.ship.shipper import ShipConflict, ship_file
-from logship.ship.transport import Transport, is_temp_name
+from logship.ship.transport import Transport
 from logship.spool import SpoolEntry, entry_for, prune_kept, retire
+from logship.temp_names import is_temp_name
 
 log = logging.getLogger("logship.ship")
 

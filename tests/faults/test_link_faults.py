@@ -19,7 +19,7 @@ from site_checks import all_shipped, check_site, log_events, site_layout, status
 from logship.sandbox.deployment import Deployment, wait_for
 from logship.sandbox.netns import SiteLink, why_unavailable
 from logship.sandbox.relay import DelayRelay
-from logship.ship.transport import is_temp_name
+from logship.temp_names import is_temp_name
 
 pytestmark = [
     pytest.mark.e2e,

@@ -23,11 +23,11 @@ from logship.config.model import Config, SiteConfig
 from logship.engines.files.worker import FilesWorker
 from logship.engines.registry import engine_for
 from logship.manifest import SiteLayout
-from logship.monitor import collect_statuses
 from logship.sandbox.deployment import Deployment, wait_for
 from logship.ship.sftp import SftpTransport
 from logship.ship.site_worker import ShipTarget, SiteWorker
 from logship.ship.transport import Transport
+from logship.status.monitor import collect_statuses
 
 pytestmark = pytest.mark.slow
 

@@ -20,6 +20,7 @@ from logship.engines.registry import BackgroundJob, DaemonWorkers, SiteSampler, 
 if TYPE_CHECKING:
     from logship.catalog.store import Catalog
     from logship.ship.site_worker import ShipTarget
+    from logship.status.model import ConnectorStatus
 
 
 class FilesStandby(Strict):
@@ -75,6 +76,20 @@ class FilesEngine:
 
     def background_jobs(self, connector: ConnectorBase) -> list[BackgroundJob]:
         return []
+
+    def status(
+        self, connector: ConnectorBase, catalog: Catalog | None, now: float, *, remember: bool
+    ) -> ConnectorStatus:
+        assert isinstance(connector, FilesConnector)
+        from logship.engines.files.status import connector_files_status
+
+        # Nothing to remember: the tree's figures are aggregates the catalog computes.
+        return connector_files_status(connector, catalog, now)
+
+    def null_reasons(self, status: ConnectorStatus) -> list[str]:
+        from logship.engines.files.status import null_reasons
+
+        return null_reasons(status)
 
     def daemon_workers(self, connector: ConnectorBase, context: WorkerContext) -> DaemonWorkers:
         """One worker (a thread and an SSH link) per connector: it watches the tree

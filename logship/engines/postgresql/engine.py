@@ -16,6 +16,7 @@ from logship.engines.registry import BackgroundJob, DaemonWorkers, SiteSampler, 
 if TYPE_CHECKING:
     from logship.catalog.store import Catalog
     from logship.ship.site_worker import ShipTarget
+    from logship.status.model import ConnectorStatus
 
 
 class PrimarySection(Strict):
@@ -101,6 +102,19 @@ class PostgresEngine:
                 close=probe.close,
             )
         ]
+
+    def status(
+        self, connector: ConnectorBase, catalog: Catalog | None, now: float, *, remember: bool
+    ) -> ConnectorStatus:
+        assert isinstance(connector, PostgresConnector)
+        from logship.engines.postgresql.status import postgres_status
+
+        return postgres_status(connector, catalog, now, remember=remember)
+
+    def null_reasons(self, status: ConnectorStatus) -> list[str]:
+        from logship.engines.postgresql.status import null_reasons
+
+        return null_reasons(status)
 
     def daemon_workers(self, connector: ConnectorBase, context: WorkerContext) -> DaemonWorkers:
         # Its WAL ships from the spool on the site's one shipping worker, which

@@ -20,7 +20,8 @@ from logship.engines.postgresql.retention_plan import DEFAULT_SEGMENT_SIZE
 from logship.engines.postgresql.walnames import WalKind
 from logship.errors import first_line
 from logship.manifest import ZSTD_SUFFIX, BackupRecord, ManifestRecord, SiteLayout
-from logship.ship.transport import Transport, is_temp_name
+from logship.ship.transport import Transport
+from logship.temp_names import is_temp_name
 
 if TYPE_CHECKING:
     from logship.catalog.store import Catalog
@@ -130,7 +131,7 @@ def site_segment_size(
         if record is not None and _is_segment_size(record.size):
             return record.size
     if catalog is not None:
-        from logship.lag import segment_size
+        from logship.engines.postgresql.lag import segment_size
 
         prefix = catalog.walk_checkpoint(connector)  # read off the rows already
         return prefix.segment_size if prefix is not None else segment_size(catalog.files(connector))
