@@ -199,7 +199,14 @@ class SiteLink(Generic[Opened]):
 
     def _unreachable(self, exc: Exception) -> None:
         if isinstance(exc, HostKeyRefused):
-            event(self._log, logging.ERROR, "host key refused", site=self.site.name, error=str(exc))
+            event(
+                self._log,
+                logging.ERROR,
+                "host key refused",
+                site=self.site.name,
+                error=str(exc),
+                **self._fields,
+            )
             self._down(str(exc), f"host key refused: {exc}")
             return
         event(

@@ -1,7 +1,9 @@
 """One thread per site: keep a connection, ship each connector's queue in order.
 
 The catalog is the queue: the worker only ever asks it for the next pending
-files, so a restart resumes exactly where the previous run stopped.
+files, so a restart resumes exactly where the previous run stopped. Between
+rounds it runs each engine's site-side sampling (`Engine.site_sampler`) over the
+same connection; what that samples is the engine's business, not this module's.
 """
 
 from __future__ import annotations
@@ -112,7 +114,6 @@ class SiteWorker(threading.Thread):
         self.site = site
         self.targets = targets
         self.catalog = catalog
-        self._connect = connect
         self._clock = clock
         self._sample_interval = sample_interval
         self._next_promoted_check = 0.0
