@@ -141,16 +141,13 @@ class SiteWorker(threading.Thread):
 
     def _engine_samplers(self) -> list[SiteSampler]:
         """Each engine's site-side sampling for its connectors among the targets."""
-        kinds = dict.fromkeys(target.kind for target in self.targets)
+        by_engine: dict[str, list[ShipTarget]] = {}
+        for target in self.targets:
+            by_engine.setdefault(target.kind, []).append(target)
         samplers = []
-        for kind in kinds:
+        for kind, targets in by_engine.items():
             sampler = engine_for(kind).site_sampler(
-                self.site,
-                [target for target in self.targets if target.kind == kind],
-                self.catalog,
-                self._clock,
-                self._sample_interval,
-                self.wake,
+                self.site, targets, self.catalog, self._clock, self._sample_interval, self.wake
             )
             if sampler is not None:
                 samplers.append(sampler)
