@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from logship.sandbox import OsUser
-from logship.sandbox.deployment import Deployment
+from logship.demo_sandbox import OsUser
+from logship.demo_sandbox.deployment import Deployment
+
+# The test kit (testkit/) is imported from the checkout, but logship from the venv
+# that dev.sh installs it into: the root goes last on the path, not first.
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.append(str(REPO_ROOT))
 
 
 @pytest.fixture(autouse=True)

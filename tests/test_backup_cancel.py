@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from logship.catalog.store import Catalog
-from logship.sandbox.deployment import Deployment, logship_command
-from logship.sandbox.procs import child_pids, kill_tree
+from logship.demo_sandbox.deployment import Deployment, logship_command
+from logship.demo_sandbox.procs import child_pids, kill_tree
 from logship.ship.transport import TEMP_PREFIX
 
 #: enough incompressible-ish data that streaming it takes a few seconds

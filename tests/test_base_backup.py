@@ -28,6 +28,8 @@ from restore_command_shell import expand_placeholders
 
 from logship.catalog.store import Catalog
 from logship.config.load import load_config
+from logship.demo_sandbox import OsUser, PgCluster, SshServer, free_port
+from logship.demo_sandbox.osuser import is_root
 from logship.engines.postgresql.base_backup import (
     TarScanner,
     backup_id_for,
@@ -47,8 +49,6 @@ from logship.engines.postgresql.standby_restore import (
 from logship.engines.postgresql.tools import find_program, parse_dsn, quote_conf_string
 from logship.errors import EXIT_REFUSED, ConfigError, OperationFailed, SafetyRefusal, UsageError
 from logship.manifest import BACKUP_RECORD_NAME, BackupRecord
-from logship.sandbox import OsUser, PgCluster, SshServer, free_port
-from logship.sandbox.osuser import is_root
 from logship.ship.localdir import LocalDirTransport
 from logship.ship.sftp import SftpTransport
 

@@ -12,7 +12,7 @@ from sqlalchemy import inspect
 
 from logship.catalog.models import Base
 from logship.catalog.store import Catalog
-from logship.sandbox import OsUser, PgCluster, free_port
+from logship.demo_sandbox import OsUser, PgCluster, free_port
 
 OPENERS = 6
 ROUNDS = 8

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from logship import __version__
-from logship.sandbox.deployment import Deployment
+from logship.demo_sandbox.deployment import Deployment
 
 pytestmark = pytest.mark.slow  # left out of the fast subset (README)
 

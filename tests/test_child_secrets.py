@@ -27,10 +27,10 @@ from pathlib import Path
 import pytest
 
 from logship.config.load import load_config
+from logship.demo_sandbox import OsUser, PgCluster, free_port
 from logship.engines.postgresql.base_backup import take_base_backup
 from logship.engines.postgresql.secret import dsn_for_child
 from logship.errors import OperationFailed
-from logship.sandbox import OsUser, PgCluster, free_port
 from logship.ship.localdir import LocalDirTransport
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")

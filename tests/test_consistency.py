@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from logship.consistency import SitePoint
+from logship.demo_sandbox.deployment import Deployment, wait_for
 from logship.engines.files.generations import (
     LISTED_MAX,
     GenerationRecord,
@@ -19,7 +20,6 @@ from logship.engines.files.generations import (
 )
 from logship.engines.postgresql.files_report import files_report
 from logship.manifest import SiteLayout
-from logship.sandbox.deployment import Deployment, wait_for
 
 ODD = b"new\nline \xe9 $x.conf"
 

@@ -11,10 +11,10 @@ from sqlalchemy import inspect, text
 
 from logship.catalog.models import FileState
 from logship.catalog.store import Catalog, NewFile
+from logship.demo_sandbox import OsUser, PgCluster, free_port
+from logship.demo_sandbox.deployment import Deployment, wait_for
 from logship.engines.files import rows
 from logship.engines.files.scan import EntryKind, TreeEntry
-from logship.sandbox import OsUser, PgCluster, free_port
-from logship.sandbox.deployment import Deployment, wait_for
 
 
 def test_second_daemon_on_the_same_state_dir_refuses(deployment: Deployment) -> None:

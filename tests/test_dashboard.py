@@ -22,9 +22,9 @@ from rich.console import Console
 from logship.catalog.store import Catalog, NewFile, NewSample
 from logship.cli.dashboard import snapshot
 from logship.config.load import load_config
+from logship.demo_sandbox.deployment import wait_for
 from logship.engines.postgresql.engine import ENGINE
 from logship.lag import segment_name
-from logship.sandbox.deployment import wait_for
 from logship.ui.dashboard_view import NO_DATA, WIDE_MIN, DashboardView, sparkline
 
 SEG = 16 * 1024 * 1024

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from logship.sandbox.sshd import DEFAULT_SSHD
+from logship.demo_sandbox.sshd import DEFAULT_SSHD
 
 DEMO_TIMEOUT_S = 300
 

@@ -20,6 +20,8 @@ from restore_command_shell import expand_placeholders
 
 from logship.cli.main import build_parser
 from logship.config.load import load_config
+from logship.demo_sandbox.deployment import Deployment, wait_for
+from logship.demo_sandbox.osuser import is_root
 from logship.engines.postgresql.drill import (
     LOCK_NAME,
     DrillResult,
@@ -40,8 +42,6 @@ from logship.engines.postgresql.restore_wal import restore_wal
 from logship.engines.postgresql.standby_restore import local_peer_hba, write_recovery_config
 from logship.errors import ConfigError, OperationFailed, SafetyRefusal, UsageError
 from logship.manifest import BackupRecord, SiteLayout
-from logship.sandbox.deployment import Deployment, wait_for
-from logship.sandbox.osuser import is_root
 from logship.ship.localdir import LocalDirTransport
 from logship.ship.shipper import ship_file
 from logship.spool import SpoolEntry

@@ -14,9 +14,9 @@ import pytest
 from contract import MEASURED_FIELDS
 
 from logship.catalog.store import Catalog
+from logship.demo_sandbox.deployment import Deployment, wait_for
 from logship.engines.postgresql import walnames
 from logship.manifest import ManifestRecord
-from logship.sandbox.deployment import Deployment, wait_for
 
 pytestmark = pytest.mark.e2e
 

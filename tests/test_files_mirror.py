@@ -26,6 +26,9 @@ import pytest
 from logship.catalog.store import Catalog
 from logship.config.load import load_config
 from logship.config.model import Config
+from logship.demo_sandbox import OsUser
+from logship.demo_sandbox.deployment import wait_for
+from logship.demo_sandbox.sshd import SshServer
 from logship.engines.files import rows, sftp_site, ship
 from logship.engines.files.exclude import ExcludeRules
 from logship.engines.files.names import TEMP_PREFIX, is_temp_name
@@ -36,9 +39,6 @@ from logship.engines.files.verify_run import run_verify
 from logship.engines.files.watcher import Touched, TreeWatcher
 from logship.engines.files.worker import MirrorWorker, sftp_tree_site
 from logship.monitor import collect_statuses
-from logship.sandbox import OsUser
-from logship.sandbox.deployment import wait_for
-from logship.sandbox.sshd import SshServer
 from logship.ship import sftp
 from logship.ship.sftp import SftpTransport
 from logship.ui.status_table import null_reasons

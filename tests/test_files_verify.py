@@ -20,6 +20,8 @@ from logship import lag
 from logship.catalog.store import Catalog
 from logship.cli.main import main
 from logship.config.load import load_config
+from logship.demo_sandbox import OsUser, SshServer
+from logship.demo_sandbox.osuser import is_root
 from logship.engines.files.digest import DigestEnd, DigestEntry, digest_tree, end_line, parse_line
 from logship.engines.files.exclude import ExcludeRules
 from logship.engines.files.names import TEMP_PREFIX
@@ -27,8 +29,6 @@ from logship.engines.files.scan import EntryKind
 from logship.engines.files.verify import compare, display_path, is_pending
 from logship.engines.files.verify_rows import finish_verify, last_verify, start_verify
 from logship.engines.files.verify_run import site_listing
-from logship.sandbox import OsUser, SshServer
-from logship.sandbox.osuser import is_root
 
 REPO = Path(__file__).resolve().parents[1]
 SHA_A = "a" * 64

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from logship.sandbox.deployment import Deployment, wait_for
+from logship.demo_sandbox.deployment import Deployment, wait_for
 
 pytestmark = pytest.mark.e2e
 

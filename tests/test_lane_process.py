@@ -22,11 +22,11 @@ import pytest
 
 from logship import faults
 from logship.config.model import SiteConfig
+from logship.demo_sandbox import OsUser
+from logship.demo_sandbox.deployment import wait_for
+from logship.demo_sandbox.sshd import SshServer
 from logship.errors import HostKeyRefused
 from logship.manifest import SiteLayout
-from logship.sandbox import OsUser
-from logship.sandbox.deployment import wait_for
-from logship.sandbox.sshd import SshServer
 from logship.ship.lane_process import LaneFailed, LaneProcess
 from logship.ship.shipper import ShipConflict
 from logship.spool import SpoolEntry, entry_for

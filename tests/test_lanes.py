@@ -8,8 +8,8 @@ import threading
 from pathlib import PurePosixPath
 
 from logship.config.model import SiteConfig
+from logship.demo_sandbox.deployment import wait_for
 from logship.manifest import ManifestRecord, SiteLayout
-from logship.sandbox.deployment import wait_for
 from logship.ship.lanes import Lanes
 from logship.spool import SpoolEntry
 

@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 
 from logship.catalog.store import Catalog
-from logship.sandbox import free_port
-from logship.sandbox.deployment import wait_for
+from logship.demo_sandbox import free_port
+from logship.demo_sandbox.deployment import wait_for
 
 SEGMENT = "000000010000000000000003"
 LOOSE_UMASK = 0o022

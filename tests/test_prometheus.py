@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from logship.demo_sandbox.deployment import Deployment, wait_for
+from logship.demo_sandbox.ports import free_port
 from logship.errors import ConfigError, OperationFailed
 from logship.lag import ConnectorStatus, State
 from logship.prometheus import PrometheusSink, parse_listen
-from logship.sandbox.deployment import Deployment, wait_for
-from logship.sandbox.ports import free_port
 
 pytestmark = pytest.mark.slow  # left out of the fast subset (README)
 

@@ -14,12 +14,12 @@ import psycopg
 import pytest
 
 from logship.catalog.store import Catalog
+from logship.demo_sandbox.deployment import Deployment, wait_for
 from logship.engines.postgresql.engine import PrimarySection
 from logship.engines.postgresql.primary_check import primary_check_dsn
 from logship.engines.postgresql.promote import LossReport
 from logship.engines.postgresql.shipped_wal import ShippedWal
 from logship.manifest import ManifestRecord
-from logship.sandbox.deployment import Deployment, wait_for
 
 SEG = 16 * 1024 * 1024
 

@@ -14,6 +14,7 @@ from offline_config import write_offline_config
 
 from logship.catalog.store import Catalog, NewFile
 from logship.config.load import load_config
+from logship.demo_sandbox.deployment import Deployment, wait_for
 from logship.engines.postgresql.archive_wal import tombstone_path
 from logship.engines.postgresql.base_backup import backup_id_for
 from logship.engines.postgresql.engine import RetentionSection
@@ -26,7 +27,6 @@ from logship.engines.postgresql.retention_plan import (
 )
 from logship.engines.postgresql.standby_status import StandbyFacts
 from logship.manifest import BackupRecord, ManifestRecord, SiteLayout
-from logship.sandbox.deployment import Deployment, wait_for
 from logship.ship.localdir import LocalDirTransport
 
 SEG = 16 * 1024 * 1024

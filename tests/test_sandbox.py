@@ -1,4 +1,4 @@
-"""Real PostgreSQL clusters and sshd servers from logship.sandbox (no mocks)."""
+"""Real PostgreSQL clusters and sshd servers from logship.demo_sandbox (no mocks)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from logship.sandbox import OsUser, PgCluster, SshServer, free_port
-from logship.sandbox.osuser import is_root
-from logship.sandbox.postgres import quote_conf_value
+from logship.demo_sandbox import OsUser, PgCluster, SshServer, free_port
+from logship.demo_sandbox.osuser import is_root
+from logship.demo_sandbox.postgres import quote_conf_value
 
 
 def _reachable_tmp(prefix: str) -> Path:

@@ -16,8 +16,8 @@ import pytest
 from logship.catalog.models import ScheduledJob
 from logship.catalog.store import Catalog
 from logship.config.model import ScheduleConfig
+from logship.demo_sandbox.deployment import Deployment, wait_for
 from logship.manifest import BackupRecord
-from logship.sandbox.deployment import Deployment, wait_for
 from logship.schedule import missed_run
 
 pytestmark = pytest.mark.slow  # left out of the fast subset (README)

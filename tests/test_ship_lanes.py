@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from faults.site_checks import all_shipped, check_site, log_events
 
+from logship.demo_sandbox.deployment import Deployment, wait_for
 from logship.engines.postgresql import walnames
-from logship.sandbox.deployment import Deployment, wait_for
 
 
 @pytest.mark.e2e

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from logship.catalog.store import Catalog
+from logship.demo_sandbox.deployment import Deployment, wait_for
 from logship.engines.postgresql.base_backup import backup_id_for
 from logship.engines.postgresql.retention_plan import segment_number
 from logship.manifest import BackupRecord, ManifestRecord
-from logship.sandbox.deployment import Deployment, wait_for
 from logship.spool import kept_path
 
 SEG = 16 * 1024 * 1024

@@ -24,9 +24,9 @@ import paramiko
 import pytest
 
 from logship.config.model import SiteConfig
+from logship.demo_sandbox import OsUser
+from logship.demo_sandbox.sshd import SshServer
 from logship.manifest import SiteLayout
-from logship.sandbox import OsUser
-from logship.sandbox.sshd import SshServer
 from logship.ship.gated import GatedTransport, RestrictedError, SiteRefused
 from logship.ship.shipper import ship_file
 from logship.site import gate_protocol as gp

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from logship.sandbox.deployment import Deployment, wait_for
+from logship.demo_sandbox.deployment import Deployment, wait_for
 
 pytestmark = pytest.mark.e2e
 

@@ -21,10 +21,10 @@ from typing import Any
 
 import pytest
 
+from logship.demo_sandbox import OsUser
+from logship.demo_sandbox.deployment import Deployment, wait_for
 from logship.engines.postgresql.drill import DrillResult
 from logship.manifest import BackupRecord
-from logship.sandbox import OsUser
-from logship.sandbox.deployment import Deployment, wait_for
 
 pytestmark = pytest.mark.e2e
 

@@ -12,8 +12,8 @@ import pytest
 
 from logship.config.load import load_config
 from logship.config.model import SiteConfig
-from logship.sandbox import OsUser
-from logship.sandbox.sshd import SshServer
+from logship.demo_sandbox import OsUser
+from logship.demo_sandbox.sshd import SshServer
 from logship.ship.sftp import SftpTransport
 from logship.ship.transport import ERROR_LIMIT, READ_LIMIT, SiteOutputTooLarge
 

@@ -11,8 +11,8 @@ import pytest
 from test_check_site import _explain, _lines, logship
 
 from logship.config.model import SiteConfig
+from logship.demo_sandbox.deployment import Deployment, wait_for
 from logship.errors import SafetyRefusal
-from logship.sandbox.deployment import Deployment, wait_for
 from logship.ship.ssh_trust import hosts_match, read_known_hosts, refusal, refuse_unprotected_key
 
 pytestmark = pytest.mark.slow  # left out of the fast subset (README)

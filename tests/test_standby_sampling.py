@@ -7,7 +7,7 @@ import shlex
 import pytest
 from faults.site_checks import all_shipped
 
-from logship.sandbox.deployment import Deployment, logship_command, wait_for
+from logship.demo_sandbox.deployment import Deployment, logship_command, wait_for
 
 #: longer than the daemon's SAMPLE_TIMEOUT (20 s): the ask waits as long as it may
 HANG_S = 25

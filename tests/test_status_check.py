@@ -1,5 +1,5 @@
 """`status`, `dashboard` and `check` run as the CLI, against a real catalog, a real
-PostgreSQL primary and a real sshd (from logship.sandbox)."""
+PostgreSQL primary and a real sshd (from logship.demo_sandbox)."""
 
 from __future__ import annotations
 
@@ -19,10 +19,10 @@ from contract import CONTRACT_FIELDS, MEASURED_FIELDS
 from offline_config import write_offline_config
 
 from logship.catalog.store import Catalog, NewFile
+from logship.demo_sandbox import OsUser
+from logship.demo_sandbox.deployment import Deployment
 from logship.engines.postgresql.engine import ENGINE
 from logship.lag import segment_name
-from logship.sandbox import OsUser
-from logship.sandbox.deployment import Deployment
 
 pytestmark = pytest.mark.slow  # left out of the fast subset (README)
 

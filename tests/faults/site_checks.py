@@ -13,10 +13,10 @@ from typing import Any
 
 import zstandard
 
+from logship.demo_sandbox.deployment import Deployment
 from logship.engines.postgresql import walnames
 from logship.engines.postgresql.archive_wal import SHIPPED_DIR, tombstone_path
 from logship.manifest import SiteLayout
-from logship.sandbox.deployment import Deployment
 
 
 def status_entry(dep: Deployment) -> dict[str, Any]:

@@ -19,11 +19,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from logship.sandbox.osuser import OsUser
-from logship.sandbox.ports import free_port
-from logship.sandbox.postgres import PgCluster
-from logship.sandbox.procs import child_pids, kill_tree
-from logship.sandbox.sshd import SshServer
+from logship.demo_sandbox.osuser import OsUser
+from logship.demo_sandbox.ports import free_port
+from logship.demo_sandbox.postgres import PgCluster
+from logship.demo_sandbox.procs import child_pids, kill_tree
+from logship.demo_sandbox.sshd import SshServer
 
 CONNECTOR = "main"
 

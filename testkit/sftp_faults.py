@@ -11,13 +11,18 @@ reach the real server. Rules are JSON (a list of objects):
 A rule answers the matching requests numbered n .. n+k-1, counted across every
 session (sshd starts one of these per connection) in a state file next to the rules.
 
-    python -m logship.sandbox.sftp_faults RULES.json [SFTP_SERVER]
+    python sftp_faults.py RULES.json [SFTP_SERVER]
+
+sshd runs it as the login user, who may not be able to enter this checkout, so
+`subsystem_command` copies this file (standard library only) beside the rules.
 """
 
 from __future__ import annotations
 
 import fcntl
 import json
+import shlex
+import shutil
 import struct
 import subprocess
 import sys
@@ -96,6 +101,15 @@ class Rules:
             state.truncate()
             state.write(json.dumps(counts))
         return fired
+
+
+def subsystem_command(rules: Path) -> str:
+    """sshd's `Subsystem sftp` command for this proxy with `rules`, run from a copy
+    of this file beside them (where the login user can read it)."""
+    script = rules.with_name("sftp_faults.py")
+    shutil.copyfile(__file__, script)
+    script.chmod(0o644)
+    return shlex.join([sys.executable, str(script), str(rules)])
 
 
 def main(argv: list[str]) -> int:

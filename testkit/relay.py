@@ -4,7 +4,7 @@ This kernel has no netem, so latency is added here: every chunk read from one si
 is held for `delay_s` before it is written to the other, in each direction
 independently, which keeps the byte stream intact while the round trip grows by
 twice the delay. The listening socket can live in another network namespace (see
-logship.sandbox.netns) while connections to the target are made from the caller's,
+testkit.netns) while connections to the target are made from the caller's,
 so a site's sshd on 127.0.0.1 can be reached across a shaped veth pair.
 
 Faults:
@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from logship.sandbox.netns import enter_netns
+from testkit.netns import enter_netns
 
 CHUNK = 1024 * 1024
 #: How long a blocked read or write waits before it looks at the relay's state again.
@@ -244,7 +244,7 @@ class DelayRelay:
 
 def main(argv: list[str] | None = None) -> int:
     """Run a relay in its own process (benches: its threads stay off the caller's GIL)."""
-    parser = argparse.ArgumentParser(prog="python -m logship.sandbox.relay")
+    parser = argparse.ArgumentParser(prog="python -m testkit.relay")
     parser.add_argument("--netns", help="namespace to listen in")
     parser.add_argument("--listen", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--target", required=True, help="HOST:PORT to relay to")

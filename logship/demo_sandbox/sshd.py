@@ -11,15 +11,15 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from logship.sandbox.osuser import (
+from logship.demo_sandbox.osuser import (
     OsUser,
     ensure_login_allowed,
     is_root,
     run_checked,
     tail,
 )
-from logship.sandbox.ports import free_port
-from logship.sandbox.procs import child_pids
+from logship.demo_sandbox.ports import free_port
+from logship.demo_sandbox.procs import child_pids
 
 DEFAULT_SSHD = Path("/usr/sbin/sshd")
 HOST = "127.0.0.1"

@@ -16,8 +16,8 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg.conninfo import make_conninfo
 
+from logship.demo_sandbox.osuser import CommandError, OsUser, tail
 from logship.engines.postgresql.tools import quote_conf_string
-from logship.sandbox.osuser import CommandError, OsUser, tail
 
 DEFAULT_BIN_DIR = Path("/usr/lib/postgresql/15/bin")
 

@@ -1,7 +1,7 @@
 """A private network namespace joined to the host by a veth pair, for link faults.
 
 The DR site's traffic is sent across the pair, where `tc tbf` limits its rate in
-each direction; a user-space relay (logship.sandbox.relay) listening inside the
+each direction; a user-space relay (testkit.relay) listening inside the
 namespace adds delay, stalls or cuts. The pair's addresses come from 198.18.0.0/15,
 the block reserved for network benchmarks, so they cannot collide with a real
 network; nothing is routed beyond the pair. Needs root (CAP_NET_ADMIN).
@@ -18,7 +18,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from logship.sandbox.osuser import is_root
+from logship.demo_sandbox.osuser import is_root
 
 CLONE_NEWNET = 0x40000000
 NETNS_DIR = Path("/run/netns")
