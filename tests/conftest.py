@@ -1,4 +1,14 @@
-"""Shared fixtures: folders the postgres user can reach, real clusters and sshd."""
+"""Shared fixtures (folders the postgres user can reach, real clusters and sshd) and
+the markers that follow from a test's folder.
+
+A test's kind is its folder under tests/, and that folder is its marker:
+unit (pure logic: no sshd, no PostgreSQL), contract (the suites every engine
+or transport must pass), integration (real PostgreSQL and/or sshd, not end to
+end), e2e (the whole DR cycle: daemon and sites) and faults (fault injection).
+The fast subset is `-m "not e2e and not slow"`: `slow` marks the integration
+files that take long, and fault tests on the whole path are marked e2e one by
+one. The `status --json` fields the tests hold the code to are in contract.py.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +29,25 @@ from logship.demo_sandbox.deployment import Deployment
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.append(str(REPO_ROOT))
+
+
+TESTS = Path(__file__).resolve().parent
+KINDS = ("unit", "contract", "integration", "e2e", "faults")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    misplaced = set()
+    for item in items:
+        kind = item.path.relative_to(TESTS).parts[0] if item.path.is_relative_to(TESTS) else ""
+        if kind in KINDS:
+            item.add_marker(kind)
+        else:
+            misplaced.add(str(item.path))
+    if misplaced:
+        raise pytest.UsageError(
+            f"tests outside tests/{{{','.join(KINDS)}}}/, whose folder names their kind: "
+            + ", ".join(sorted(misplaced))
+        )
 
 
 @pytest.fixture(autouse=True)

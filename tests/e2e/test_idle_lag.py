@@ -5,11 +5,7 @@ from __future__ import annotations
 import json
 import time
 
-import pytest
-
 from logship.demo_sandbox.deployment import Deployment, wait_for
-
-pytestmark = pytest.mark.e2e
 
 IDLE_SECONDS = 60
 

@@ -26,8 +26,6 @@ from logship.demo_sandbox.deployment import Deployment, wait_for
 from logship.engines.postgresql.drill import DrillResult
 from logship.manifest import BackupRecord
 
-pytestmark = pytest.mark.e2e
-
 
 @pytest.fixture
 def restricted(reachable_dir: Path, pg_user: OsUser) -> Iterator[Deployment]:

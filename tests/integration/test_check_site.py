@@ -16,7 +16,7 @@ from logship.demo_sandbox.deployment import Deployment
 
 pytestmark = pytest.mark.slow  # left out of the fast subset (README)
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def logship(config: Path, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:

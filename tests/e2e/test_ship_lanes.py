@@ -3,14 +3,12 @@ lands once, whole, under its final name."""
 
 from __future__ import annotations
 
-import pytest
 from faults.site_checks import all_shipped, check_site, log_events
 
 from logship.demo_sandbox.deployment import Deployment, wait_for
 from logship.engines.postgresql import walnames
 
 
-@pytest.mark.e2e
 def test_a_backlog_ships_over_every_connection(deployment: Deployment) -> None:
     dep = deployment
     dep.connections = 3

@@ -26,7 +26,7 @@ from logship.lag import segment_name
 
 pytestmark = pytest.mark.slow  # left out of the fast subset (README)
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SEG = 16 * 1024 * 1024
 
 

@@ -10,8 +10,6 @@ import os
 import time
 from pathlib import Path
 
-import pytest
-
 from logship.catalog.store import Catalog
 from logship.demo_sandbox.deployment import Deployment, wait_for
 from logship.engines.postgresql.base_backup import backup_id_for
@@ -20,8 +18,6 @@ from logship.manifest import BackupRecord, ManifestRecord
 from logship.spool import kept_path
 
 SEG = 16 * 1024 * 1024
-
-pytestmark = pytest.mark.e2e
 
 
 def _site(dep: Deployment) -> Path:

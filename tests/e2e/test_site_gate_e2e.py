@@ -9,11 +9,7 @@ import os
 import stat
 from typing import Any
 
-import pytest
-
 from logship.demo_sandbox.deployment import Deployment, wait_for
-
-pytestmark = pytest.mark.e2e
 
 
 def test_pgbench_ships_to_a_restricted_site_and_is_replayed(restricted: Deployment) -> None:

@@ -10,15 +10,12 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
 from contract import MEASURED_FIELDS
 
 from logship.catalog.store import Catalog
 from logship.demo_sandbox.deployment import Deployment, wait_for
 from logship.engines.postgresql import walnames
 from logship.manifest import ManifestRecord
-
-pytestmark = pytest.mark.e2e
 
 
 def _pgbench_load(dep: Deployment, seconds: int = 8) -> None:

@@ -30,7 +30,7 @@ from logship.engines.files.verify import compare, display_path, is_pending
 from logship.engines.files.verify_rows import finish_verify, last_verify, start_verify
 from logship.engines.files.verify_run import site_listing
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SHA_A = "a" * 64
 SHA_B = "b" * 64
 

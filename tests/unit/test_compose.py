@@ -17,7 +17,7 @@ import yaml
 from logship.config.files import read_for_hot_path
 from logship.config.load import load_config
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 COMPOSE = REPO / "docker-compose.yml"
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shlex
 
-import pytest
 from faults.site_checks import all_shipped
 
 from logship.demo_sandbox.deployment import Deployment, logship_command, wait_for
@@ -13,7 +12,6 @@ from logship.demo_sandbox.deployment import Deployment, logship_command, wait_fo
 HANG_S = 25
 
 
-@pytest.mark.e2e
 def test_a_hanging_standby_status_does_not_hold_up_the_next_segment(
     deployment: Deployment,
 ) -> None:

@@ -50,7 +50,6 @@ def _processes_mentioning(path: Path) -> list[str]:
     return found
 
 
-@pytest.mark.e2e
 def test_demo_ships_replays_matches_and_leaves_nothing(reachable_dir: Path) -> None:
     sandbox = reachable_dir / "demo"
     result = _demo("--dir", str(sandbox), "--seconds", "3", cwd=reachable_dir)

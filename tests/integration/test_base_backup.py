@@ -52,7 +52,7 @@ from logship.manifest import BACKUP_RECORD_NAME, BackupRecord
 from logship.ship.localdir import LocalDirTransport
 from logship.ship.sftp import SftpTransport
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CONNECTOR = "orders"
 ROWS = 1234
 

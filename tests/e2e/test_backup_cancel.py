@@ -94,7 +94,6 @@ def loaded(deployment: Deployment) -> Deployment:
     return deployment
 
 
-@pytest.mark.e2e
 def test_killed_backup_leaves_nothing_restorable_and_the_next_one_succeeds(
     loaded: Deployment,
 ) -> None:
@@ -131,7 +130,6 @@ def test_killed_backup_leaves_nothing_restorable_and_the_next_one_succeeds(
     assert dep.standby.query("select count(*) from blob") == [(BLOB_ROWS,)]
 
 
-@pytest.mark.e2e
 def test_sigterm_mid_stream_removes_the_temp_file_and_records_the_failure(
     loaded: Deployment,
 ) -> None:
