@@ -15,11 +15,11 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sshd_site import reachable_tmp
 
 from logship.demo_sandbox import OsUser
 from logship.demo_sandbox.deployment import Deployment
@@ -69,8 +69,7 @@ def pg_user() -> OsUser:
 @pytest.fixture
 def reachable_dir() -> Iterator[Path]:
     """A temp folder the postgres user can enter (pytest's tmp_path is root-only)."""
-    path = Path(tempfile.mkdtemp(prefix="logship-test-", dir="/tmp"))
-    path.chmod(0o755)
+    path = reachable_tmp("logship-test-")
     yield path
     shutil.rmtree(path, ignore_errors=True)
 

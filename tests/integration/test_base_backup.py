@@ -16,7 +16,6 @@ import shutil
 import subprocess
 import sys
 import tarfile
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from pathlib import Path
 import pytest
 import zstandard
 from restore_command_shell import expand_placeholders
+from sshd_site import reachable_tmp
 
 from logship.catalog.store import Catalog
 from logship.config.load import load_config
@@ -55,13 +55,6 @@ from logship.ship.sftp import SftpTransport
 REPO = Path(__file__).resolve().parents[2]
 CONNECTOR = "orders"
 ROWS = 1234
-
-
-def _reachable_tmp(prefix: str) -> Path:
-    # pytest's tmp_path lives in a 0700 root-owned tree the postgres user cannot enter.
-    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
-    path.chmod(0o755)
-    return path
 
 
 def _owned_dir(path: Path, user: OsUser, mode: int = 0o755) -> Path:
@@ -406,7 +399,7 @@ def site() -> Iterator[Site]:
     user = OsUser.for_postgres()
     if not user.can_reach(REPO / "logship" / "__init__.py"):
         pytest.skip(f"{REPO} is not reachable by OS user {user.name}, which runs logship here")
-    base = _reachable_tmp("logship-basebackup-")
+    base = reachable_tmp("logship-basebackup-")
     primary = PgCluster(base / "primary" / "data", free_port(), user)
     sshd = SshServer(base / "ssh", user)
     try:

@@ -3,13 +3,13 @@ private key's mode, each as the daemon would meet them."""
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from cli_run import check_lines, explain, logship
 
 from logship import __version__
 from logship.demo_sandbox.deployment import Deployment
@@ -17,34 +17,6 @@ from logship.demo_sandbox.deployment import Deployment
 pytestmark = pytest.mark.slow  # left out of the fast subset (README)
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def logship(config: Path, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "LOGSHIP_CONFIG"}
-    return subprocess.run(
-        [sys.executable, "-m", "logship", "--config", str(config), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
-
-
-def _lines(result: subprocess.CompletedProcess[str]) -> dict[str, str]:
-    """check's plain output: {"<check name>": "<status> <detail>"}."""
-    lines = {}
-    for line in result.stdout.splitlines():
-        status, _, rest = line.partition(" ")
-        name, sep, detail = rest.strip().partition(": ")
-        if sep and status in ("ok", "warn", "fail"):
-            lines[name] = f"{status} {detail}"
-    return lines
-
-
-def _explain(result: subprocess.CompletedProcess[str]) -> str:
-    return f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
 
 
 def _set_site_command(dep: Deployment, command: str | None) -> None:
@@ -63,20 +35,20 @@ def test_version_flag_prints_the_version() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "logship", "--version"], capture_output=True, text=True, check=False
     )
-    assert result.returncode == 0, _explain(result)
+    assert result.returncode == 0, explain(result)
     assert result.stdout.strip() == f"logship {__version__}"
 
 
 def test_check_shows_the_site_logship_and_its_standby_status(deployment: Deployment) -> None:
     dep = deployment
     result = logship(dep.config_path, "check")
-    assert result.returncode == 0, _explain(result)
-    lines = _lines(result)
-    assert lines["site-logship dr"].startswith("ok "), _explain(result)
+    assert result.returncode == 0, explain(result)
+    lines = check_lines(result)
+    assert lines["site-logship dr"].startswith("ok "), explain(result)
     assert f"logship {__version__}" in lines["site-logship dr"]
     # logship answers there; the standby itself is not restored yet, which is said.
     status = lines[f"standby-status {dep.connector}"]
-    assert status.startswith(("ok ", "warn ")), _explain(result)
+    assert status.startswith(("ok ", "warn ")), explain(result)
     assert "answers" in status
 
 
@@ -84,21 +56,21 @@ def test_check_fails_without_a_site_command(deployment: Deployment) -> None:
     dep = deployment
     _set_site_command(dep, None)  # the default, plain `logship`, is not on the site's PATH
     result = logship(dep.config_path, "check")
-    assert result.returncode == 1, _explain(result)
-    line = _lines(result)["site-logship dr"]
-    assert line.startswith("fail "), _explain(result)
+    assert result.returncode == 1, explain(result)
+    line = check_lines(result)["site-logship dr"]
+    assert line.startswith("fail "), explain(result)
     assert "[sites.dr] command" in line
     failed = [line for line in result.stdout.splitlines() if line.startswith("fail")]
-    assert len(failed) == 1, _explain(result)  # one clear line, not one per connector
+    assert len(failed) == 1, explain(result)  # one clear line, not one per connector
 
 
 def test_check_fails_when_the_site_command_does_not_exist(deployment: Deployment) -> None:
     dep = deployment
     _set_site_command(dep, '["/nonexistent/bin/logship", "--config", "/etc/logship.toml"]')
     result = logship(dep.config_path, "check")
-    assert result.returncode == 1, _explain(result)
-    line = _lines(result)["site-logship dr"]
-    assert line.startswith("fail "), _explain(result)
+    assert result.returncode == 1, explain(result)
+    line = check_lines(result)["site-logship dr"]
+    assert line.startswith("fail "), explain(result)
     assert "/nonexistent/bin/logship" in line and "[sites.dr] command" in line
 
 
@@ -110,19 +82,19 @@ def test_check_fails_when_the_site_logship_cannot_answer_standby_status(
     command = f'["{sys.executable}", "-m", "logship", "--config", "/nonexistent/logship.toml"]'
     _set_site_command(dep, command)
     result = logship(dep.config_path, "check")
-    assert result.returncode == 1, _explain(result)
-    lines = _lines(result)
-    assert lines["site-logship dr"].startswith("ok "), _explain(result)
+    assert result.returncode == 1, explain(result)
+    lines = check_lines(result)
+    assert lines["site-logship dr"].startswith("ok "), explain(result)
     status = lines[f"standby-status {dep.connector}"]
-    assert status.startswith("fail ") and "standby status" in status, _explain(result)
+    assert status.startswith("fail ") and "standby status" in status, explain(result)
 
 
 def test_check_fails_when_the_site_command_is_not_logship(deployment: Deployment) -> None:
     dep = deployment
     _set_site_command(dep, '["/bin/echo", "hello"]')
     result = logship(dep.config_path, "check")
-    assert result.returncode == 1, _explain(result)
-    assert _lines(result)["site-logship dr"].startswith("fail "), _explain(result)
+    assert result.returncode == 1, explain(result)
+    assert check_lines(result)["site-logship dr"].startswith("fail "), explain(result)
 
 
 def test_check_only_warns_for_a_files_connector_without_logship_at_the_site(
@@ -138,13 +110,13 @@ def test_check_only_warns_for_a_files_connector_without_logship_at_the_site(
     _set_site_command(dep, '["/nonexistent/bin/logship"]')
     # Only the mirror uses the site: tree-receive is missed, which costs speed only.
     result = logship(dep.config_path, "check", "mirror")
-    assert result.returncode == 0, _explain(result)
-    line = _lines(result)["site-logship dr"]
-    assert line.startswith("warn ") and "per-file SFTP" in line, _explain(result)
+    assert result.returncode == 0, explain(result)
+    line = check_lines(result)["site-logship dr"]
+    assert line.startswith("warn ") and "per-file SFTP" in line, explain(result)
     # With the database connector too, the same command fails the check.
     result = logship(dep.config_path, "check")
-    assert result.returncode == 1, _explain(result)
-    assert _lines(result)["site-logship dr"].startswith("fail "), _explain(result)
+    assert result.returncode == 1, explain(result)
+    assert check_lines(result)["site-logship dr"].startswith("fail "), explain(result)
 
 
 def test_check_warns_when_the_site_runs_another_version(deployment: Deployment) -> None:
@@ -152,8 +124,8 @@ def test_check_warns_when_the_site_runs_another_version(deployment: Deployment) 
     # A stand-in that answers --version like logship 9.9 (and nothing else).
     _set_site_command(dep, '["sh", "-c", "echo logship 9.9", "sh"]')
     result = logship(dep.config_path, "check")
-    line = _lines(result)["site-logship dr"]
-    assert line.startswith("warn ") and "logship 9.9" in line, _explain(result)
+    line = check_lines(result)["site-logship dr"]
+    assert line.startswith("warn ") and "logship 9.9" in line, explain(result)
     assert f"this primary runs {__version__}" in line
 
 
@@ -161,6 +133,6 @@ def test_check_reads_a_running_standby_through_the_site_logship(deployment: Depl
     dep = deployment
     dep.standby_up()
     result = logship(dep.config_path, "check", dep.connector)
-    assert result.returncode == 0, _explain(result)
-    status = _lines(result)[f"standby-status {dep.connector}"]
-    assert status.startswith("ok ") and "in recovery: True" in status, _explain(result)
+    assert result.returncode == 0, explain(result)
+    status = check_lines(result)[f"standby-status {dep.connector}"]
+    assert status.startswith("ok ") and "in recovery: True" in status, explain(result)

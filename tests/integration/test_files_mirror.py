@@ -8,12 +8,10 @@ import json
 import logging
 import os
 import shlex
-import shutil
 import signal
 import stat
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -22,6 +20,7 @@ from pathlib import Path, PurePosixPath
 from types import SimpleNamespace
 
 import pytest
+from sshd_site import running_sshd
 
 from logship.catalog.store import Catalog
 from logship.config.load import load_config
@@ -66,15 +65,8 @@ class Site:
 @pytest.fixture(scope="module")
 def site() -> Iterator[Site]:
     user = OsUser.for_postgres()
-    base = Path(tempfile.mkdtemp(prefix="logship-files-", dir="/tmp"))
-    base.chmod(0o755)
-    sshd = SshServer(base / "ssh", user)
-    try:
-        sshd.start()
+    with running_sshd("logship-files-", user) as (base, sshd):
         yield Site(base, user, sshd)
-    finally:
-        sshd.stop()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 @dataclass

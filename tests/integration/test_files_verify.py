@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from sshd_site import running_sshd, site_section
 
 from logship import lag
 from logship.catalog.store import Catalog
@@ -274,19 +273,12 @@ class Setup:
     config: Path
 
 
-def _reachable_tmp(prefix: str) -> Path:
-    # pytest's tmp_path lives in a 0700 root-owned tree the postgres user cannot enter.
-    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
-    path.chmod(0o755)
-    return path
-
-
 def _give(path: Path, user: OsUser) -> None:
     if is_root():
         subprocess.run(["chown", "-R", "-h", f"{user.uid}:{user.gid}", str(path)], check=True)
 
 
-def _write_config(base: Path, sshd: SshServer, user: OsUser, source: Path, target: Path) -> Path:
+def _write_config(base: Path, sshd: SshServer, source: Path, target: Path) -> Path:
     conf = base / "conf"
     (conf / "connectors").mkdir(parents=True)
     config = conf / "logship.toml"
@@ -295,14 +287,7 @@ def _write_config(base: Path, sshd: SshServer, user: OsUser, source: Path, targe
         f"""[logship]
 state_dir = "{base / "state"}"
 
-[sites.dr]
-host = "{sshd.host}"
-port = {sshd.port}
-user = "{user.name}"
-identity_file = "{sshd.client_key}"
-known_hosts = "{sshd.known_hosts}"
-root = "{base / "incoming"}"
-command = {json.dumps(command)}
+{site_section(sshd, base / "incoming")}command = {json.dumps(command)}
 """
     )
     for name, where in (("site", target), ("ghost", base / "no-such-folder")):
@@ -328,10 +313,7 @@ def setup() -> Iterator[Setup]:
     user = OsUser.for_postgres()
     if not user.can_reach(REPO / "logship" / "__init__.py"):
         pytest.skip(f"{REPO} is not reachable by OS user {user.name}, which runs logship here")
-    base = _reachable_tmp("logship-verify-")
-    sshd = SshServer(base / "ssh", user)
-    try:
-        sshd.start()
+    with running_sshd("logship-verify-", user) as (base, sshd):
         source = base / "source"
         (source / "etc").mkdir(parents=True)
         (source / "etc" / "app.conf").write_text("listen = 8080\n")
@@ -351,11 +333,8 @@ def setup() -> Iterator[Setup]:
         # The site's copy made directly, not by logship: verify must judge it alone.
         subprocess.run(["cp", "-a", str(source), str(target)], check=True)
         _give(target, user)
-        config = _write_config(base, sshd, user, source, target)
+        config = _write_config(base, sshd, source, target)
         yield Setup(base, user, source, target, config)
-    finally:
-        sshd.stop()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def _logship(setup: Setup, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:

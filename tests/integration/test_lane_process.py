@@ -8,17 +8,16 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import pytest
+from sshd_site import running_sshd, site_config
 
 from logship import faults
 from logship.config.model import SiteConfig
@@ -45,31 +44,16 @@ class Site:
 @pytest.fixture(scope="module")
 def site() -> Iterator[Site]:
     user = OsUser.for_postgres()
-    base = Path(tempfile.mkdtemp(prefix="logship-lane-", dir="/tmp"))
-    base.chmod(0o755)
-    root = base / "incoming"
-    root.mkdir(mode=0o700)
-    user.chown(root)
-    sshd = SshServer(base / "ssh", user)
-    try:
-        sshd.start()
-        config = SiteConfig(
-            name="dr",
-            host=sshd.host,
-            port=sshd.port,
-            user=user.name,
-            identity_file=sshd.client_key,
-            known_hosts=sshd.known_hosts,
-            root=PurePosixPath(root),
-        )
+    with running_sshd("logship-lane-", user) as (base, sshd):
+        root = base / "incoming"
+        root.mkdir(mode=0o700)
+        user.chown(root)
+        config = site_config(sshd, root)
         layout = SiteLayout.for_connector(config.root, "main")
         for folder in (layout.wal_dir, layout.manifest_dir):
             Path(folder).mkdir(parents=True, mode=0o700)
             user.chown(Path(folder))
         yield Site(base, sshd, config, layout)
-    finally:
-        sshd.stop()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def _spool_file(directory: Path, name: str, content: bytes) -> SpoolEntry:

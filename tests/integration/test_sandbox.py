@@ -6,28 +6,21 @@ import os
 import shutil
 import socket
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
+from sshd_site import reachable_tmp
 
 from logship.demo_sandbox import OsUser, PgCluster, SshServer, free_port
 from logship.demo_sandbox.osuser import is_root
 from logship.demo_sandbox.postgres import quote_conf_value
 
 
-def _reachable_tmp(prefix: str) -> Path:
-    # pytest's tmp_path lives in a 0700 root-owned tree the postgres user cannot enter.
-    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
-    path.chmod(0o755)
-    return path
-
-
 @pytest.fixture
 def tmp_dir() -> Iterator[Path]:
-    path = _reachable_tmp("logship-sandbox-test-")
+    path = reachable_tmp("logship-sandbox-test-")
     yield path
     shutil.rmtree(path, ignore_errors=True)
 
@@ -39,7 +32,7 @@ def pg_user() -> OsUser:
 
 @pytest.fixture(scope="module")
 def cluster(pg_user: OsUser) -> Iterator[PgCluster]:
-    base = _reachable_tmp("logship-sandbox-pg-")
+    base = reachable_tmp("logship-sandbox-pg-")
     pg = PgCluster(base / "pg" / "data", free_port(), pg_user)
     try:
         pg.initdb()

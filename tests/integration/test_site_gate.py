@@ -9,12 +9,10 @@ import contextlib
 import hashlib
 import os
 import shlex
-import shutil
 import socket
 import stat
 import struct
 import sys
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -22,6 +20,7 @@ from typing import Any
 
 import paramiko
 import pytest
+from sshd_site import running_sshd, site_config, site_section
 
 from logship.config.model import SiteConfig
 from logship.demo_sandbox import OsUser
@@ -62,14 +61,7 @@ def _write_config(base: Path, sshd: SshServer, incoming: Path, user: OsUser) -> 
         f"""[logship]
 state_dir = "{base / "state"}"
 
-[sites.dr]
-host = "{sshd.host}"
-port = {sshd.port}
-user = "{user.name}"
-identity_file = "{sshd.client_key}"
-known_hosts = "{sshd.known_hosts}"
-root = "{incoming}"
-restricted = true
+{site_section(sshd, incoming)}restricted = true
 
 [sites.other]
 host = "{sshd.host}"
@@ -99,37 +91,20 @@ data_dir = "{base / "standby"}"
 @pytest.fixture(scope="module")
 def gated() -> Iterator[Gated]:
     user = OsUser.for_postgres()
-    base = Path(tempfile.mkdtemp(prefix="logship-gate-", dir="/tmp"))
-    base.chmod(0o755)
-    incoming = base / "incoming"
-    outside = base / "outside"
-    for folder in (incoming, outside):
-        folder.mkdir(mode=0o700)
-        user.chown(folder)
-    (outside / "secret").write_bytes(b"not for the primary\n")
-    user.chown(outside / "secret")
-    sshd = SshServer(base / "ssh", user)
-    try:
-        sshd.start()
+    with running_sshd("logship-gate-", user) as (base, sshd):
+        incoming = base / "incoming"
+        outside = base / "outside"
+        for folder in (incoming, outside):
+            folder.mkdir(mode=0o700)
+            user.chown(folder)
+        (outside / "secret").write_bytes(b"not for the primary\n")
+        user.chown(outside / "secret")
         config_path = _write_config(base, sshd, incoming, user)
         command = _logship_argv(config_path)
         sshd.restrict_client_key(shlex.join([*command, "site-gate", "--site", "dr"]))
-        site = SiteConfig(
-            name="dr",
-            host=sshd.host,
-            port=sshd.port,
-            user=user.name,
-            identity_file=sshd.client_key,
-            known_hosts=sshd.known_hosts,
-            root=PurePosixPath(incoming),
-            command=command,
-            restricted=True,
-        )
+        site = site_config(sshd, incoming, command=command, restricted=True)
         layout = SiteLayout.for_connector(site.root, "main")
         yield Gated(base, incoming, outside, config_path, sshd, site, layout, user)
-    finally:
-        sshd.stop()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 # -- helpers ---------------------------------------------------------------------

@@ -3,17 +3,15 @@ allows is one clear error, and memory stops growing at the cap."""
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
 import pytest
+from sshd_site import running_sshd, site_section
 
 from logship.config.load import load_config
 from logship.config.model import SiteConfig
 from logship.demo_sandbox import OsUser
-from logship.demo_sandbox.sshd import SshServer
 from logship.ship.sftp import SftpTransport
 from logship.ship.transport import ERROR_LIMIT, READ_LIMIT, SiteOutputTooLarge
 
@@ -21,11 +19,7 @@ from logship.ship.transport import ERROR_LIMIT, READ_LIMIT, SiteOutputTooLarge
 @pytest.fixture
 def site() -> Iterator[tuple[SiteConfig, Path]]:
     user = OsUser.for_postgres()
-    base = Path(tempfile.mkdtemp(prefix="logship-caps-", dir="/tmp"))
-    base.chmod(0o755)
-    sshd = SshServer(base / "ssh", user)
-    try:
-        sshd.start()
+    with running_sshd("logship-caps-", user) as (base, sshd):
         incoming = base / "incoming"
         incoming.mkdir()
         user.chown(incoming)
@@ -35,19 +29,9 @@ def site() -> Iterator[tuple[SiteConfig, Path]]:
             f"""[logship]
 state_dir = "{base / "state"}"
 
-[sites.dr]
-host = "{sshd.host}"
-port = {sshd.port}
-user = "{user.name}"
-identity_file = "{sshd.client_key}"
-known_hosts = "{sshd.known_hosts}"
-root = "{incoming}"
-"""
+{site_section(sshd, incoming)}"""
         )
         yield load_config(config).sites["dr"], incoming
-    finally:
-        sshd.stop()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_stdout_beyond_the_limit_is_a_clear_error(site: tuple[SiteConfig, Path]) -> None:

@@ -14,7 +14,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import cli_run
 import pytest
+from cli_run import check_lines, explain
 from contract import CONTRACT_FIELDS, MEASURED_FIELDS
 from offline_config import write_offline_config
 
@@ -31,21 +33,13 @@ SEG = 16 * 1024 * 1024
 
 
 def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "LOGSHIP_CONFIG"}
+    env = cli_run.without_config_env()
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     return env
 
 
 def logship(config: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "logship", "--config", str(config), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=_env(),
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
+    return cli_run.logship(config, *args, timeout=timeout, env=_env())
 
 
 # -- status ------------------------------------------------------------------------------
@@ -170,27 +164,12 @@ def test_dashboard_refreshes_until_ctrl_c(config: Path) -> None:
 # -- check -------------------------------------------------------------------------------
 
 
-def _lines(result: subprocess.CompletedProcess[str]) -> dict[str, str]:
-    """check's plain output: {"<check name>": "<status> <detail>"}."""
-    lines = {}
-    for line in result.stdout.splitlines():
-        status, _, rest = line.partition(" ")
-        name, sep, detail = rest.strip().partition(": ")
-        if sep and status in ("ok", "warn", "fail"):
-            lines[name] = f"{status} {detail}"
-    return lines
-
-
-def _explain(result: subprocess.CompletedProcess[str]) -> str:
-    return f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-
-
 def test_check_passes_on_a_real_primary_and_sshd(deployment: Deployment) -> None:
     dep = deployment
     result = logship(dep.config_path, "check")
-    assert result.returncode == 0, _explain(result)
-    lines = _lines(result)
-    assert not [line for line in lines.values() if line.startswith("fail")], _explain(result)
+    assert result.returncode == 0, explain(result)
+    lines = check_lines(result)
+    assert not [line for line in lines.values() if line.startswith("fail")], explain(result)
     for name in (
         "config",
         "state-dir",
@@ -206,7 +185,7 @@ def test_check_passes_on_a_real_primary_and_sshd(deployment: Deployment) -> None
         f"archive_timeout {dep.connector}",
         f"spool-owner {dep.connector}",
     ):
-        assert lines.get(name, "").startswith("ok "), f"{name}\n{_explain(result)}"
+        assert lines.get(name, "").startswith("ok "), f"{name}\n{explain(result)}"
     # The write probe is gone and the spool check created is usable by PostgreSQL.
     assert not [p for p in (dep.incoming / dep.connector).iterdir() if "check" in p.name]
     assert dep.spool_dir.stat().st_uid == dep.user.uid
@@ -220,17 +199,17 @@ def test_check_accepts_basic_archive_into_the_spool(reachable_dir: Path, pg_user
         result = logship(dep.config_path, "check", dep.connector)
     finally:
         dep.teardown()
-    assert result.returncode == 0, _explain(result)
-    assert _lines(result)[f"archiving {dep.connector}"].startswith("ok archive_library")
+    assert result.returncode == 0, explain(result)
+    assert check_lines(result)[f"archiving {dep.connector}"].startswith("ok archive_library")
 
 
 def test_check_refuses_a_changed_host_key(deployment: Deployment) -> None:
     dep = deployment
     dep.sshd.rotate_host_key()  # the standby "was rebuilt": known_hosts holds other keys
     result = logship(dep.config_path, "check")
-    assert result.returncode == 3, _explain(result)
-    lines = _lines(result)
-    assert lines["ssh dr"].startswith("fail "), _explain(result)
+    assert result.returncode == 3, explain(result)
+    lines = check_lines(result)
+    assert lines["ssh dr"].startswith("fail "), explain(result)
     assert "does NOT match" in lines["ssh dr"]
     # Nothing is written to a host that could not be verified.
     assert f"incoming {dep.connector}" not in lines
@@ -243,7 +222,7 @@ def test_check_fails_when_archive_mode_is_off(deployment: Deployment) -> None:
     dep.primary.stop()
     dep.primary.start()
     result = logship(dep.config_path, "check")
-    assert result.returncode == 1, _explain(result)
+    assert result.returncode == 1, explain(result)
     failed = [line for line in result.stdout.splitlines() if line.startswith("fail")]
-    assert len(failed) == 1, _explain(result)
+    assert len(failed) == 1, explain(result)
     assert failed[0].startswith(f"fail archive_mode {dep.connector}: archive_mode = off")
