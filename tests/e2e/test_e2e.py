@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from contract import MEASURED_FIELDS
+from site_probes import shipped
 
 from logship.catalog.store import Catalog
 from logship.demo_sandbox.deployment import Deployment, wait_for
@@ -46,10 +47,6 @@ def _spool_sha256(dep: Deployment, name: str) -> str:
     if tombstone.exists():
         return tombstone.read_text().strip()
     return hashlib.sha256((dep.spool_dir / name).read_bytes()).hexdigest()
-
-
-def _shipped(dep: Deployment, name: str) -> bool:
-    return (dep.incoming / dep.connector / "manifest" / f"{name}.json").exists()
 
 
 def test_pgbench_is_replayed_on_the_standby(deployment: Deployment) -> None:
@@ -160,7 +157,7 @@ def test_corrupted_file_is_refused_and_the_standby_waits(deployment: Deployment)
     dep.primary.execute("create table marker as select 42 as answer")
     ((segment,),) = dep.primary.query("select pg_walfile_name(pg_current_wal_lsn())")
     lsn = dep.switch_wal()
-    wait_for(lambda: _shipped(dep, segment), 60, f"{segment} shipped")
+    wait_for(lambda: shipped(dep, segment), 60, f"{segment} shipped")
     dep.stop_daemon()
     record = _records(dep)[segment]
     stored = dep.incoming / dep.connector / "wal" / record.stored_name
@@ -203,7 +200,7 @@ def test_basic_archive_module_feeds_the_same_spool(reachable_dir: Path, pg_user)
         dep.primary.execute("create table t as select generate_series(1, 1000) as n")
         ((segment,),) = dep.primary.query("select pg_walfile_name(pg_current_wal_lsn())")
         dep.switch_wal()
-        wait_for(lambda: _shipped(dep, segment), 60, f"{segment} shipped via basic_archive")
+        wait_for(lambda: shipped(dep, segment), 60, f"{segment} shipped via basic_archive")
         record = _records(dep)[segment]
         assert record.size == 16 * 1024 * 1024
         assert record.closed_at <= record.arrived_at

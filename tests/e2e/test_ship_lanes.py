@@ -3,7 +3,7 @@ lands once, whole, under its final name."""
 
 from __future__ import annotations
 
-from faults.site_checks import all_shipped, check_site, log_events
+from site_checks import all_shipped, check_site, log_events
 
 from logship.demo_sandbox.deployment import Deployment, wait_for
 from logship.engines.postgresql import walnames

@@ -8,71 +8,25 @@ from __future__ import annotations
 import json
 import os
 import time
-from pathlib import Path
+
+from site_probes import base_backup, below, close_segment, shipped, site_backups, site_dir, site_wal
 
 from logship.catalog.store import Catalog
 from logship.demo_sandbox.deployment import Deployment, wait_for
-from logship.engines.postgresql.base_backup import backup_id_for
-from logship.engines.postgresql.retention_plan import segment_number
-from logship.manifest import BackupRecord, ManifestRecord
+from logship.manifest import ManifestRecord
 from logship.spool import kept_path
-
-SEG = 16 * 1024 * 1024
-
-
-def _site(dep: Deployment) -> Path:
-    return dep.incoming / dep.connector
-
-
-def _site_wal(dep: Deployment) -> set[str]:
-    names = {p.name.removesuffix(".zst") for p in (_site(dep) / "wal").iterdir()}
-    return {n for n in names if not n.startswith(".tmp.")}
-
-
-def _site_backups(dep: Deployment) -> dict[str, BackupRecord]:
-    base = _site(dep) / "base"
-    return {
-        p.name: BackupRecord.from_json((p / "backup.json").read_bytes())
-        for p in (base.iterdir() if base.exists() else ())
-        if (p / "backup.json").exists()
-    }
-
-
-def _shipped(dep: Deployment, name: str) -> bool:
-    return (_site(dep) / "manifest" / f"{name}.json").exists()
-
-
-def _close_segment(dep: Deployment) -> str:
-    ((name,),) = dep.primary.query("select pg_walfile_name(pg_switch_wal())")
-    return str(name)
-
-
-def _backup(dep: Deployment, previous: str | None) -> str:
-    wait_for(lambda: backup_id_for(time.time()) != previous, 5, "the next second")
-    before = set(_site_backups(dep))
-    dep.logship("base-backup", dep.connector)
-    (new,) = set(_site_backups(dep)) - before
-    closed = _close_segment(dep)
-    wait_for(lambda: _shipped(dep, closed), 60, f"{closed} shipped")
-    return new
-
-
-def _below(names: set[str], cutoff: str) -> set[str]:
-    limit = segment_number(cutoff, SEG)
-    assert limit is not None
-    return {n for n in names if (number := segment_number(n, SEG)) is not None and number < limit}
 
 
 def test_retention_runs_at_a_restricted_site(restricted: Deployment) -> None:
     dep = restricted
     dep.start_daemon()
     dep.primary.execute("create table t as select g from generate_series(1, 1000) g")
-    first = _close_segment(dep)
-    wait_for(lambda: _shipped(dep, first), 60, f"{first} shipped")
-    b1 = _backup(dep, None)
-    b2 = _backup(dep, b1)
-    b3 = _backup(dep, b2)
-    start1 = _site_backups(dep)[b1].start_wal
+    first = close_segment(dep)
+    wait_for(lambda: shipped(dep, first), 60, f"{first} shipped")
+    b1 = base_backup(dep, None)
+    b2 = base_backup(dep, b1)
+    b3 = base_backup(dep, b2)
+    start1 = site_backups(dep)[b1].start_wal
     assert start1 is not None
     # A standby restored from the oldest backup: it needs WAL from b1's start on.
     dep.logship("standby", "restore", dep.connector, "--backup", b1)
@@ -88,11 +42,11 @@ def test_retention_runs_at_a_restricted_site(restricted: Deployment) -> None:
         "logship retention: site dr is restricted: run `logship retention --at-site` "
         "at the standby site"
     )
-    assert set(_site_backups(dep)) == {b1, b2, b3}
+    assert set(site_backups(dep)) == {b1, b2, b3}
 
     # An upload temp left long ago: the site sweeps it when the daemon asks for
     # `standby status` (every sample), as the primary's key may not.
-    stale = _site(dep) / "wal" / ".tmp.000000010000000000000099.zst.dead"
+    stale = site_dir(dep) / "wal" / ".tmp.000000010000000000000099.zst.dead"
     stale.write_bytes(b"cut short")
     os.utime(stale, (time.time() - 7200,) * 2)
     wait_for(lambda: not stale.exists(), 30, "the stale temp swept at the site")
@@ -100,21 +54,21 @@ def test_retention_runs_at_a_restricted_site(restricted: Deployment) -> None:
     # At the site, only backups a restore drill proved there make older ones go.
     for backup_id in (b2, b3):
         dep.logship("drill", dep.connector, "--backup", backup_id)
-    site_before = _site_wal(dep)
+    site_before = site_wal(dep)
     dry_run = dep.logship("retention", "--at-site", dep.connector, "--dry-run", "--json")
     dry = json.loads(dry_run.stdout)
     assert dry["dry_run"] and [b["backup_id"] for b in dry["deleted_backups"]] == [b1]
-    assert set(_site_backups(dep)) == {b1, b2, b3} and site_before <= _site_wal(dep)
+    assert set(site_backups(dep)) == {b1, b2, b3} and site_before <= site_wal(dep)
 
     # At the site, as the site: b1 goes, and only the WAL below the standby's redo.
     report = json.loads(dep.logship("retention", "--at-site", dep.connector, "--json").stdout)
-    assert set(_site_backups(dep)) == {b2, b3}
-    assert not (_site(dep) / "base" / b1).exists()
+    assert set(site_backups(dep)) == {b2, b3}
+    assert not (site_dir(dep) / "base" / b1).exists()
     assert report["standby_redo_wal"] == start1 == report["cutoff_wal"]
-    gone = _below(site_before, start1)
+    gone = below(site_before, start1)
     assert gone and set(report["deleted_wal"]) == gone
-    assert site_before - gone <= _site_wal(dep)
-    assert start1 in _site_wal(dep)
+    assert site_before - gone <= site_wal(dep)
+    assert start1 in site_wal(dep)
     # The primary's spool and catalog are the primary's: nothing removed from the
     # site (the daemon may have shipped more meanwhile).
     assert set(tombstones) <= set((dep.spool_dir / ".shipped").iterdir())
@@ -149,10 +103,10 @@ def _corrupt_next_segment(dep: Deployment) -> tuple[str, str, ManifestRecord, by
     dep.primary.execute("create table marker as select 42 as answer")
     ((segment,),) = dep.primary.query("select pg_walfile_name(pg_current_wal_lsn())")
     lsn = dep.switch_wal()
-    record_path = _site(dep) / "manifest" / f"{segment}.json"
+    record_path = site_dir(dep) / "manifest" / f"{segment}.json"
     wait_for(record_path.exists, 60, f"{segment} shipped")
     record = ManifestRecord.from_json(record_path.read_bytes())
-    stored = _site(dep) / "wal" / record.stored_name
+    stored = site_dir(dep) / "wal" / record.stored_name
     bad = bytearray(stored.read_bytes())
     bad[len(bad) // 2] ^= 0xFF
     stored.write_bytes(bytes(bad))
@@ -178,8 +132,8 @@ def _site_error(dep: Deployment) -> str:
 def test_a_refused_copy_is_set_aside_and_shipped_again(restricted: Deployment) -> None:
     dep = restricted
     segment, lsn, record, bad = _corrupt_next_segment(dep)
-    record_path = _site(dep) / "manifest" / f"{segment}.json"
-    stored = _site(dep) / "wal" / record.stored_name
+    record_path = site_dir(dep) / "manifest" / f"{segment}.json"
+    stored = site_dir(dep) / "wal" / record.stored_name
 
     # restore-wal at the site, as the standby runs it, refuses the bad copy.
     probe = dep.root / "standby-site" / "probe"
@@ -187,7 +141,7 @@ def test_a_refused_copy_is_set_aside_and_shipped_again(restricted: Deployment) -
     assert refused.returncode == 1 and "refusing" in refused.stderr, refused.stderr
     assert not probe.exists()
     # The bad copy is kept aside at the site, as it was.
-    quarantine = _site(dep) / "quarantine"
+    quarantine = site_dir(dep) / "quarantine"
     aside = sorted(os.listdir(quarantine))
     (aside_wal,) = [n for n in aside if n.endswith(record.stored_name)]
     assert [n for n in aside if n.endswith(f"{segment}.json")]
@@ -199,7 +153,7 @@ def test_a_refused_copy_is_set_aside_and_shipped_again(restricted: Deployment) -
     landed = time.time()
     wait_for(lambda: _sampled_at(dep) > landed + 3, 60, "three more samples")
     assert stored.read_bytes() != bad
-    note = _site(dep) / "refused" / f"{segment}.json"
+    note = site_dir(dep) / "refused" / f"{segment}.json"
     assert note.exists(), "restore-wal, not the daemon, removes the note"
     reshipped = _events(dep, "re-shipped", segment)
     assert len(reshipped) == 1, reshipped
@@ -213,10 +167,10 @@ def test_a_refused_copy_is_set_aside_and_shipped_again(restricted: Deployment) -
 def test_a_refused_copy_the_site_cannot_set_aside_is_reported(restricted: Deployment) -> None:
     dep = restricted
     segment, lsn, record, bad = _corrupt_next_segment(dep)
-    stored = _site(dep) / "wal" / record.stored_name
-    record_path = _site(dep) / "manifest" / f"{segment}.json"
+    stored = site_dir(dep) / "wal" / record.stored_name
+    record_path = site_dir(dep) / "manifest" / f"{segment}.json"
     # Where the site sets copies aside is taken (by a file): restore-wal cannot.
-    quarantine = _site(dep) / "quarantine"
+    quarantine = site_dir(dep) / "quarantine"
     quarantine.write_bytes(b"")
     probe = dep.root / "standby-site" / "probe"
     refused = dep.logship("restore-wal", dep.connector, segment, str(probe), check=False)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from site_probes import site_dir
 
 from logship.demo_sandbox import OsUser
 from logship.demo_sandbox.deployment import Deployment, wait_for
@@ -38,20 +39,16 @@ def restricted(reachable_dir: Path, pg_user: OsUser) -> Iterator[Deployment]:
         dep.teardown()
 
 
-def _site(dep: Deployment) -> Path:
-    return dep.incoming / dep.connector
-
-
 def _backups(dep: Deployment) -> dict[str, BackupRecord]:
     return {
         p.parent.name: BackupRecord.from_json(p.read_bytes())
-        for p in (_site(dep) / "base").glob("*/backup.json")
+        for p in (site_dir(dep) / "base").glob("*/backup.json")
     }
 
 
 def _has_wal(dep: Deployment, name: str) -> bool:
-    return (_site(dep) / "manifest" / f"{name}.json").exists() and any(
-        (_site(dep) / "wal" / stored).exists() for stored in (name, f"{name}.zst")
+    return (site_dir(dep) / "manifest" / f"{name}.json").exists() and any(
+        (site_dir(dep) / "wal" / stored).exists() for stored in (name, f"{name}.zst")
     )
 
 
@@ -78,7 +75,7 @@ def _cron_at(moment: float) -> str:
 
 
 def _site_files(dep: Deployment) -> dict[str, list[str]]:
-    return {d: sorted(p.name for p in (_site(dep) / d).iterdir()) for d in ("wal", "manifest")}
+    return {d: sorted(p.name for p in (site_dir(dep) / d).iterdir()) for d in ("wal", "manifest")}
 
 
 def test_ship_backup_drill_retention_and_promote_through_a_restricted_key(
@@ -111,7 +108,7 @@ def test_ship_backup_drill_retention_and_promote_through_a_restricted_key(
     # As a compromised primary could have shipped it: the real backup, but a record
     # claiming it starts far later than it does (root rewrites the read-only file).
     forged_start = f"{real_start[:16]}{int(real_start[16:], 16) + 0x40:08X}"
-    record_path = _site(dep) / "base" / b2 / "backup.json"
+    record_path = site_dir(dep) / "base" / b2 / "backup.json"
     forged = json.loads(record_path.read_bytes())
     forged["start_wal"] = forged_start
     record_path.write_text(json.dumps(forged))
@@ -127,7 +124,7 @@ def test_ship_backup_drill_retention_and_promote_through_a_restricted_key(
     wait_for(lambda: _entry(dep)["drill_state"], 300, "the scheduled drill")
     entry = _entry(dep)
     assert entry["drill_state"] == "passed" and entry["last_job_error"] is None, entry
-    drilled = DrillResult.from_json((_site(dep) / "drills" / f"{b2}.json").read_bytes())
+    drilled = DrillResult.from_json((site_dir(dep) / "drills" / f"{b2}.json").read_bytes())
     assert drilled.passed and drilled.backup_id == b2
     assert drilled.start_wal == real_start  # from the backup_label it restored
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shlex
 
-from faults.site_checks import all_shipped
+from site_checks import all_shipped
 
 from logship.demo_sandbox.deployment import Deployment, logship_command, wait_for
 

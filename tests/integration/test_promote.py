@@ -12,6 +12,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from site_probes import shipped, site_dir
 
 from logship.catalog.store import Catalog
 from logship.demo_sandbox.deployment import Deployment, wait_for
@@ -101,12 +102,8 @@ def _configure(dep: Deployment, *, rpo: str = "60s", check_dsn: bool = True) -> 
     dep.write_config()
 
 
-def _site(dep: Deployment) -> Path:
-    return dep.incoming / dep.connector
-
-
 def _marker(dep: Deployment) -> Path:
-    return _site(dep) / "PROMOTED"
+    return site_dir(dep) / "PROMOTED"
 
 
 def _in_recovery(dep: Deployment) -> bool:
@@ -117,15 +114,11 @@ def _promote(dep: Deployment, *args: str):  # type: ignore[no-untyped-def]
     return dep.logship("promote", dep.connector, "--timeout", "120", *args, check=False)
 
 
-def _shipped(dep: Deployment, name: str) -> bool:
-    return (_site(dep) / "manifest" / f"{name}.json").exists()
-
-
 def _ship_and_replay(dep: Deployment) -> str:
     """Close a segment, wait until it is shipped and replayed; returns its name."""
     ((segment,),) = dep.primary.query("select pg_walfile_name(pg_current_wal_lsn())")
     lsn = dep.switch_wal()
-    wait_for(lambda: _shipped(dep, segment), 60, f"{segment} shipped")
+    wait_for(lambda: shipped(dep, segment), 60, f"{segment} shipped")
     dep.wait_replayed(lsn)
     return str(segment)
 
@@ -187,7 +180,9 @@ def test_disaster_drill(deployment: Deployment) -> None:
 
     marker = json.loads(_marker(dep).read_text())
     assert marker["state"] == "promoted" and marker["new_timeline"] > marker["old_timeline"]
-    journal = [json.loads(line) for line in (_site(dep) / "journal.jsonl").read_text().splitlines()]
+    journal = [
+        json.loads(line) for line in (site_dir(dep) / "journal.jsonl").read_text().splitlines()
+    ]
     assert [e["event"] for e in journal] == ["promote"]
     assert journal[-1]["rto_s"] > 0 and journal[-1]["loss"]["bound_s"] is not None
     # On this single host the primary site's catalog is reachable: the event is there too.
@@ -265,13 +260,13 @@ def test_a_gap_in_the_shipped_wal_is_refused_and_named(deployment: Deployment) -
         dep.primary.execute(f"create table gap_{n} as select 1 as x")
         ((segment,),) = dep.primary.query("select pg_walfile_name(pg_current_wal_lsn())")
         dep.switch_wal()
-        wait_for(lambda s=segment: _shipped(dep, s), 60, f"{segment} shipped")
+        wait_for(lambda s=segment: shipped(dep, s), 60, f"{segment} shipped")
         names.append(segment)
     dep.stop_daemon()
     missing = names[1]
-    record = ManifestRecord.from_json((_site(dep) / "manifest" / f"{missing}.json").read_bytes())
-    (_site(dep) / "manifest" / f"{missing}.json").unlink()
-    (_site(dep) / "wal" / record.stored_name).unlink()
+    record = ManifestRecord.from_json((site_dir(dep) / "manifest" / f"{missing}.json").read_bytes())
+    (site_dir(dep) / "manifest" / f"{missing}.json").unlink()
+    (site_dir(dep) / "wal" / record.stored_name).unlink()
     dep.standby.start()
     dep.primary.stop(mode="immediate")
 
@@ -318,7 +313,7 @@ def test_a_returning_old_primary_daemon_never_ships_into_the_promoted_site(
     dep.primary.stop(mode="immediate")
     dep.stop_daemon()
     assert _promote(dep).returncode == 0
-    before = {d: sorted(p.name for p in (_site(dep) / d).iterdir()) for d in ("wal", "manifest")}
+    before = {d: sorted(p.name for p in (site_dir(dep) / d).iterdir()) for d in ("wal", "manifest")}
 
     # The old primary site comes back, daemon and all, and keeps archiving.
     dep.primary.start()
@@ -340,6 +335,6 @@ def test_a_returning_old_primary_daemon_never_ships_into_the_promoted_site(
         60,
         "the new segment queued",
     )
-    after = {d: sorted(p.name for p in (_site(dep) / d).iterdir()) for d in ("wal", "manifest")}
+    after = {d: sorted(p.name for p in (site_dir(dep) / d).iterdir()) for d in ("wal", "manifest")}
     assert after == before
     assert (dep.spool_dir / segment).exists()

@@ -5,18 +5,17 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from dataclasses import replace
 from pathlib import Path, PurePosixPath
 
 import pytest
 from offline_config import write_offline_config
+from site_probes import base_backup, below, close_segment, shipped, site_backups, site_wal
 
 from logship.catalog.store import Catalog, NewFile
 from logship.config.load import load_config
 from logship.demo_sandbox.deployment import Deployment, wait_for
 from logship.engines.postgresql.archive_wal import tombstone_path
-from logship.engines.postgresql.base_backup import backup_id_for
 from logship.engines.postgresql.engine import RetentionSection
 from logship.engines.postgresql.retention import RetentionReport, run_retention
 from logship.engines.postgresql.retention_plan import (
@@ -355,46 +354,10 @@ def test_run_retention_on_a_local_site(tmp_path: Path) -> None:
 # -- for real: primary, sshd, standby, daemon ------------------------------------------
 
 
-def _close_segment(dep: Deployment) -> str:
-    """Switch WAL on the primary; the name of the segment just closed."""
-    ((name,),) = dep.primary.query("select pg_walfile_name(pg_switch_wal())")
-    return str(name)
-
-
-def _site_wal(dep: Deployment) -> set[str]:
-    layout = dep.incoming / dep.connector
-    names = {p.name.removesuffix(".zst") for p in (layout / "wal").iterdir()}
-    return {n for n in names if not n.startswith(".tmp.")}
-
-
 def _site_records(dep: Deployment) -> set[str]:
     return {
         p.name.removesuffix(".json") for p in (dep.incoming / dep.connector / "manifest").iterdir()
     }
-
-
-def _site_backups(dep: Deployment) -> dict[str, BackupRecord]:
-    base = dep.incoming / dep.connector / "base"
-    return {
-        p.name: BackupRecord.from_json((p / "backup.json").read_bytes())
-        for p in (base.iterdir() if base.exists() else ())
-        if (p / "backup.json").exists()
-    }
-
-
-def _shipped(dep: Deployment, name: str) -> bool:
-    return (dep.incoming / dep.connector / "manifest" / f"{name}.json").exists()
-
-
-def _backup(dep: Deployment, previous: str | None) -> str:
-    # Backup ids are UTC seconds: a second backup in the same second is refused.
-    wait_for(lambda: backup_id_for(time.time()) != previous, 5, "the next second")
-    before = set(_site_backups(dep))
-    dep.logship("base-backup", dep.connector)
-    (new,) = set(_site_backups(dep)) - before
-    closed = _close_segment(dep)
-    wait_for(lambda: _shipped(dep, closed), 60, f"{closed} shipped")
-    return new
 
 
 def _standby_status(dep: Deployment) -> StandbyFacts:
@@ -408,12 +371,6 @@ def _retention(dep: Deployment, *args: str) -> dict:  # type: ignore[type-arg]
     return json.loads(result.stdout)
 
 
-def _below(names: set[str], cutoff: str) -> set[str]:
-    limit = segment_number(cutoff, SEG)
-    assert limit is not None
-    return {n for n in names if (number := segment_number(n, SEG)) is not None and number < limit}
-
-
 @pytest.mark.e2e
 def test_retention_keeps_what_backups_and_a_lagging_standby_need(
     deployment: Deployment,
@@ -421,12 +378,12 @@ def test_retention_keeps_what_backups_and_a_lagging_standby_need(
     dep = deployment
     dep.start_daemon()
     dep.primary.execute("create table t as select g from generate_series(1, 1000) g")
-    first_segment = _close_segment(dep)
-    wait_for(lambda: _shipped(dep, first_segment), 60, f"{first_segment} shipped")
-    b1 = _backup(dep, None)
-    b2 = _backup(dep, b1)
-    b3 = _backup(dep, b2)
-    records = _site_backups(dep)
+    first_segment = close_segment(dep)
+    wait_for(lambda: shipped(dep, first_segment), 60, f"{first_segment} shipped")
+    b1 = base_backup(dep, None)
+    b2 = base_backup(dep, b1)
+    b3 = base_backup(dep, b2)
+    records = site_backups(dep)
     assert all(records[b].start_wal for b in (b1, b2, b3)), "backups record their start WAL"
     start1, start2 = records[b1].start_wal, records[b2].start_wal
     assert start1 is not None and start2 is not None
@@ -441,25 +398,25 @@ def test_retention_keeps_what_backups_and_a_lagging_standby_need(
     connector_file = dep.config_dir / "connectors" / f"{dep.connector}.toml"
     connector_file.write_text(connector_file.read_text() + "\n[retention]\nkeep_backups = 2\n")
 
-    site_before = _site_wal(dep)
+    site_before = site_wal(dep)
     human = dep.logship("retention", dep.connector, "--dry-run").stdout
     assert f"would delete backup {b1}" in human and "dry run" in human
     dry = _retention(dep, "--dry-run")
     assert [b["backup_id"] for b in dry["deleted_backups"]] == [b1]
     assert dry["standby_redo_wal"] == start1 == dry["cutoff_wal"]
     assert "standby" in dry["cutoff_reason"]
-    assert set(dry["deleted_wal"]) == _below(site_before, start1) != set()
-    assert set(_site_backups(dep)) == {b1, b2, b3}
-    assert site_before <= _site_wal(dep)  # nothing deleted
+    assert set(dry["deleted_wal"]) == below(site_before, start1) != set()
+    assert set(site_backups(dep)) == {b1, b2, b3}
+    assert site_before <= site_wal(dep)  # nothing deleted
 
     # For real: the oldest backup goes, WAL the standby needs from its redo stays.
     first = _retention(dep)
-    assert set(_site_backups(dep)) == {b2, b3}
+    assert set(site_backups(dep)) == {b2, b3}
     assert not (dep.incoming / dep.connector / "base" / b1).exists()
-    gone = _below(site_before, start1)
+    gone = below(site_before, start1)
     assert set(first["deleted_wal"]) == gone
-    assert not gone & (_site_wal(dep) | _site_records(dep))
-    assert site_before - gone <= _site_wal(dep)
+    assert not gone & (site_wal(dep) | _site_records(dep))
+    assert site_before - gone <= site_wal(dep)
     tombstones = dep.spool_dir / ".shipped"
     assert not any((tombstones / name).exists() for name in gone)
     assert (tombstones / start1).exists()
@@ -473,17 +430,17 @@ def test_retention_keeps_what_backups_and_a_lagging_standby_need(
         return redo is not None and segment_number(redo, SEG) >= segment_number(start2, SEG)
 
     wait_for(redo_past_second_start, 30, "the standby's redo past the second backup")
-    site_before = _site_wal(dep)
+    site_before = site_wal(dep)
     second = _retention(dep)
     assert second["cutoff_wal"] == start2 and b2 in second["cutoff_reason"]
     assert second["deleted_backups"] == []
-    gone = _below(site_before, start2)
+    gone = below(site_before, start2)
     assert set(second["deleted_wal"]) == gone != set()
-    assert not gone & (_site_wal(dep) | _site_records(dep))
-    assert site_before - gone <= _site_wal(dep)
-    assert start2 in _site_wal(dep) and start2 in _site_records(dep)
+    assert not gone & (site_wal(dep) | _site_records(dep))
+    assert site_before - gone <= site_wal(dep)
+    assert start2 in site_wal(dep) and start2 in _site_records(dep)
     assert not any((tombstones / name).exists() for name in gone)
-    assert set(_site_backups(dep)) == {b2, b3}
+    assert set(site_backups(dep)) == {b2, b3}
 
     # The standby still replays what ships next.
     dep.primary.execute("insert into t select g from generate_series(1001, 2000) g")

@@ -8,7 +8,7 @@ from pathlib import Path, PurePosixPath
 
 import paramiko
 import pytest
-from test_check_site import _explain, _lines, logship
+from cli_run import check_lines, explain, logship
 
 from logship.config.model import SiteConfig
 from logship.demo_sandbox.deployment import Deployment, wait_for
@@ -38,10 +38,10 @@ def test_check_refuses_a_revoked_host_key(deployment: Deployment) -> None:
     )
     dep.sshd.known_hosts.write_text(plain + revoked)
     result = logship(dep.config_path, "check")
-    assert result.returncode == 3, _explain(result)
-    line = _lines(result)["ssh dr"]
-    assert line.startswith("fail ") and "revoked" in line, _explain(result)
-    assert f"incoming {dep.connector}" not in _lines(result)
+    assert result.returncode == 3, explain(result)
+    line = check_lines(result)["ssh dr"]
+    assert line.startswith("fail ") and "revoked" in line, explain(result)
+    assert f"incoming {dep.connector}" not in check_lines(result)
 
 
 def test_check_uses_the_host_key_that_is_not_revoked(deployment: Deployment) -> None:
@@ -50,8 +50,8 @@ def test_check_uses_the_host_key_that_is_not_revoked(deployment: Deployment) -> 
     plain = dep.sshd.known_hosts.read_text()
     dep.sshd.known_hosts.write_text(f"@revoked * {dep.sshd.host_public_key(revoked)}\n" + plain)
     result = logship(dep.config_path, "check")
-    assert result.returncode == 0, _explain(result)
-    assert _lines(result)["ssh dr"].startswith("ok "), _explain(result)
+    assert result.returncode == 0, explain(result)
+    assert check_lines(result)["ssh dr"].startswith("ok "), explain(result)
 
 
 def test_check_keeps_plain_lines_beside_revoked_and_ca_lines(deployment: Deployment) -> None:
@@ -62,8 +62,8 @@ def test_check_keeps_plain_lines_beside_revoked_and_ca_lines(deployment: Deploym
         f"# markers for other keys\n@revoked * {other}\n@cert-authority *.example {other}\n" + plain
     )
     result = logship(dep.config_path, "check")
-    assert result.returncode == 0, _explain(result)
-    assert _lines(result)["ssh dr"].startswith("ok "), _explain(result)
+    assert result.returncode == 0, explain(result)
+    assert check_lines(result)["ssh dr"].startswith("ok "), explain(result)
 
 
 def test_check_says_host_certificates_are_not_supported(deployment: Deployment) -> None:
@@ -71,9 +71,9 @@ def test_check_says_host_certificates_are_not_supported(deployment: Deployment) 
     other = _other_key(dep.root)
     dep.sshd.known_hosts.write_text(f"@cert-authority [{dep.sshd.host}]:{dep.sshd.port} {other}\n")
     result = logship(dep.config_path, "check")
-    assert result.returncode == 3, _explain(result)
-    line = _lines(result)["ssh dr"]
-    assert line.startswith("fail ") and "certificates are not supported" in line, _explain(result)
+    assert result.returncode == 3, explain(result)
+    line = check_lines(result)["ssh dr"]
+    assert line.startswith("fail ") and "certificates are not supported" in line, explain(result)
 
 
 # -- the private key's mode ---------------------------------------------------------------
@@ -83,10 +83,10 @@ def test_check_and_run_refuse_a_private_key_others_can_read(deployment: Deployme
     dep = deployment
     dep.sshd.client_key.chmod(0o644)
     result = logship(dep.config_path, "check")
-    assert result.returncode == 3, _explain(result)
-    line = _lines(result)["ssh dr"]
-    assert line.startswith("fail ") and "chmod 600" in line, _explain(result)
-    assert f"incoming {dep.connector}" not in _lines(result)
+    assert result.returncode == 3, explain(result)
+    line = check_lines(result)["ssh dr"]
+    assert line.startswith("fail ") and "chmod 600" in line, explain(result)
+    assert f"incoming {dep.connector}" not in check_lines(result)
 
     daemon = dep.start_daemon()
     code = wait_for(lambda: daemon.poll() is not None, 60, "the daemon to refuse to start")
