@@ -193,7 +193,7 @@ def monitor_walks(config_path: Path) -> tuple[float, float]:
     """Seconds of the daemon's status sample: the first one, then the next."""
     from logship.catalog.store import Catalog
     from logship.config.load import load_config
-    from logship.monitor import collect_statuses
+    from logship.status.monitor import collect_statuses
 
     config = load_config(config_path)
     catalog = Catalog(config.catalog_url)

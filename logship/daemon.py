@@ -27,12 +27,12 @@ from logship.engines.registry import BackgroundJob, engine_for
 from logship.errors import OperationFailed, SafetyRefusal
 from logship.logs import event
 from logship.manifest import SiteLayout
-from logship.monitor import Monitor, build_sinks
 from logship.private_state import tighten_state
 from logship.schedule import ScheduleRunner
 from logship.ship.site_worker import ShipTarget, SiteWorker
 from logship.ship.transport import Transport
 from logship.spool import SpoolEntry, entry_for, retire
+from logship.status.monitor import Monitor, build_sinks
 from logship.watch import SpoolEvent, SpoolWatcher, WatchedSpool
 
 log = logging.getLogger("logship.daemon")

@@ -24,7 +24,7 @@ class SpoolFile(Base):
     __table_args__ = (
         UniqueConstraint("connector", "name"),
         Index("ix_spool_files_queue", "connector", "state", "order_key"),
-        # The rows after a durable prefix, in ship order (see `lag.DurablePrefix`).
+        # The rows after a durable prefix, in ship order (see `DurablePrefix`).
         Index("ix_spool_files_order", "connector", "order_key"),
     )
 
@@ -45,7 +45,7 @@ class SpoolFile(Base):
 
 
 class WalkCheckpoint(Base):
-    """How far a connector's files are known durable with no gap (see `lag.DurablePrefix`).
+    """How far a connector's files are known durable with no gap (see `DurablePrefix`).
 
     A cache of a walk over the file rows, so that `status` and the daemon's
     monitor walk only the rows after it instead of every row ever shipped.

@@ -28,7 +28,7 @@ from logship.catalog.models import (
     StandbyProgress,
     WalkCheckpoint,
 )
-from logship.lag import DurablePrefix
+from logship.status.figures import DurablePrefix
 
 #: how long a process opening the SQLite catalog waits for another's lock
 _SQLITE_BUSY_S = 10.0

@@ -32,8 +32,8 @@ from logship.config.files import config_path
 from logship.config.load import load_config
 from logship.config.model import Config
 from logship.errors import LogshipError, UsageError, first_line
-from logship.history import events, hold_for
-from logship.monitor import collect_statuses
+from logship.status.history import events, hold_for
+from logship.status.monitor import collect_statuses
 from logship.ui.dashboard_view import DashboardData, DashboardView, Point
 
 SPARK_WINDOW_S = 600.0

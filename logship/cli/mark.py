@@ -20,7 +20,7 @@ from logship.config.files import config_path
 from logship.config.load import load_config
 from logship.engines.postgresql.base_backup import postgres_connector
 from logship.errors import EXIT_FAILED, OperationFailed, UsageError, first_line
-from logship.lag import iso_utc as iso
+from logship.status.figures import iso_utc as iso
 
 POLL_S = 0.2
 

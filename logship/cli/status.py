@@ -3,7 +3,7 @@
 Reads the catalog only (no SSH), so it answers instantly and works while the site
 is unreachable. Before any daemon has run there is no catalog: every connector is
 still listed, with nulls for what cannot be measured. `--since` adds what the
-stored lag history says about that window (see logship.history).
+stored lag history says about that window (see logship.status.history).
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from logship.config.files import config_path
 from logship.config.load import load_config
 from logship.config.model import Config
 from logship.errors import OperationFailed, UsageError, shown_text
-from logship.history import WindowSummary, window_summary
-from logship.lag import ConnectorStatus
-from logship.monitor import collect_statuses
+from logship.status.history import WindowSummary, window_summary
+from logship.status.model import ConnectorStatus
+from logship.status.monitor import collect_statuses
 from logship.ui.status_table import build_since_table, build_status_table
 
 WIDTH_WHEN_PIPED = 160

@@ -62,7 +62,7 @@ class MetricsSection(Strict):
     def _valid_listen(cls, value: str | None) -> str | None:
         if value is not None:
             from logship.errors import ConfigError
-            from logship.prometheus import parse_listen
+            from logship.status.prometheus import parse_listen
 
             try:
                 parse_listen(value)

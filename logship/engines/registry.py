@@ -13,9 +13,13 @@ import importlib
 import pkgutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from logship.config.model import ConnectorBase
+
+if TYPE_CHECKING:
+    from logship.catalog.store import Catalog
+    from logship.status.model import ConnectorStatus
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,20 @@ class Engine(Protocol):
 
     def background_jobs(self, connector: ConnectorBase) -> list[BackgroundJob]:
         """Periodic work the daemon runs for this connector (e.g. a heartbeat)."""
+        ...
+
+    def status(
+        self, connector: ConnectorBase, catalog: Catalog | None, now: float, *, remember: bool
+    ) -> ConnectorStatus:
+        """This connector's entry of `status --json`: the common figures and this
+        engine's own, null where unknown. `catalog` is None before any daemon
+        created it. With `remember` (the daemon's monitor) the engine may keep in
+        the catalog what makes the next call cheaper."""
+        ...
+
+    def null_reasons(self, status: ConnectorStatus) -> list[str]:
+        """Why each of this engine's figures that `status` shows as unknown is unknown
+        (that there is no catalog yet is said for every engine)."""
         ...
 
 

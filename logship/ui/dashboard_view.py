@@ -21,8 +21,9 @@ from rich.table import Table
 from rich.text import Text
 
 from logship.errors import shown_text
-from logship.history import Event
-from logship.lag import WARN_FRACTION, ConnectorStatus, State
+from logship.status.history import Event
+from logship.status.model import ConnectorStatus
+from logship.status.state import WARN_FRACTION, State
 from logship.ui.status_table import (
     STATE_STYLES,
     clock_time,
@@ -63,7 +64,7 @@ class DashboardData:
 
 
 def exposure_style(exposure: float | None, target: float) -> str:
-    """The colour `lag.classify` would give this exposure alone."""
+    """The colour `status.state.classify` would give this exposure alone."""
     if exposure is None:
         return "dim"
     if exposure > target:

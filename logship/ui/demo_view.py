@@ -19,7 +19,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from logship.lag import ConnectorStatus
+from logship.status.model import ConnectorStatus
 from logship.ui.status_table import build_status_table
 
 WAL_SEGMENT_BYTES = 16 * 1024 * 1024

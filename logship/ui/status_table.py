@@ -10,13 +10,13 @@ from rich import box
 from rich.table import Table
 from rich.text import Text
 
-from logship.engines.files.status import NOT_APPLICABLE
 from logship.engines.registry import engine_for
 from logship.errors import shown_text
-from logship.lag import ConnectorStatus, State
+from logship.status.model import ConnectorStatus
+from logship.status.state import State
 
 if TYPE_CHECKING:  # the table only reads a summary's fields
-    from logship.history import WindowSummary
+    from logship.status.history import WindowSummary
 
 STATE_STYLES: dict[State, str] = {
     State.OK: "bold green",
@@ -163,41 +163,21 @@ def _notes(status: ConnectorStatus) -> Text:
     return notes
 
 
-def _replays(kind: str) -> bool:
-    """True for an engine whose site replays what it receives (a standby database)."""
-    try:
-        return engine_for(kind).uses_spool
-    except KeyError:
-        return True
-
-
 def null_reasons(status: ConnectorStatus) -> list[str]:
-    """Why a figure shows as unknown: a null is never left unexplained."""
+    """Why a figure shows as unknown: a null is never left unexplained.
+
+    The connector's engine knows what its own figures need; a status of a kind
+    this logship does not know (from another version's `--json`) gets the reason
+    every engine shares.
+    """
     reasons = []
-    if not _replays(status.kind):
-        if status.pending_files is None:
-            reasons.append("no catalog yet: start `logship run` at the primary site")
-        reasons.append(f"apply lag, last applied: {NOT_APPLICABLE}")
-        return reasons
     if status.pending_files is None:
         reasons.append("no catalog yet: start `logship run` at the primary site")
-    elif status.rpo_exposure_s is None:
-        reasons.append("exposure unknown: no WAL segment has reached the site yet")
-    if status.apply_lag_s is None:
-        if status.standby_error:
-            reasons.append(
-                "apply lag unknown: the standby did not answer "
-                f"({shown_text(status.standby_error)})"
-            )
-        elif status.standby_measured_at is None:
-            reasons.append("apply lag unknown: the standby has not been sampled yet")
-        else:
-            reasons.append("apply lag unknown: no heartbeat or commit replayed on the standby yet")
-    if status.primary_measured_at is not None and status.archive_ready_files is None:
-        reasons.append(
-            "archive backlog unknown: counting .ready files needs superuser or pg_monitor"
-        )
-    return reasons
+    try:
+        engine = engine_for(status.kind)
+    except KeyError:
+        return reasons
+    return reasons + engine.null_reasons(status)
 
 
 def build_status_table(statuses: Sequence[ConnectorStatus], *, title: str | None = None) -> Table:

@@ -19,14 +19,15 @@ from typing import Any
 
 import pytest
 
-from logship.alerts import AlertSink, redact_url
 from logship.catalog.store import Catalog
 from logship.config.load import load_config
 from logship.config.model import AlertsSection
 from logship.demo_sandbox import OsUser
 from logship.demo_sandbox.deployment import Deployment, wait_for
-from logship.lag import ConnectorStatus, State
-from logship.monitor import StatusSink, build_sinks
+from logship.status.alerts import AlertSink, redact_url
+from logship.status.model import ConnectorStatus
+from logship.status.monitor import StatusSink, build_sinks
+from logship.status.state import State
 
 T0 = 1_700_000_000.0
 RPO = 60.0

@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 from sshd_site import running_sshd, site_section
 
-from logship import lag
 from logship.catalog.store import Catalog
 from logship.cli.main import main
 from logship.config.load import load_config
@@ -28,6 +27,8 @@ from logship.engines.files.scan import EntryKind
 from logship.engines.files.verify import compare, display_path, is_pending
 from logship.engines.files.verify_rows import finish_verify, last_verify, start_verify
 from logship.engines.files.verify_run import site_listing
+from logship.engines.postgresql.status import connector_status
+from logship.status.jobs import JobFacts
 
 REPO = Path(__file__).resolve().parents[2]
 SHA_A = "a" * 64
@@ -201,14 +202,14 @@ def test_the_newest_finished_run_feeds_status_and_the_alert(tmp_path: Path) -> N
         assert row is not None and (row.state, row.drift, row.checked) == ("drift", 2, 2)
         detail = json.loads(row.detail or "{}")
         assert [x["path"] for x in detail["differences"]] == ["a", "b"]
-        st = lag.connector_status(
+        st = connector_status(
             name="site",
             kind="files",
             site="dr",
             rpo_target_s=60,
             now=1_700_000_030.0,
             files=[],
-            jobs=lag.JobFacts(last_verify=row),
+            jobs=JobFacts(last_verify=row),
         )
         assert (st.drift_files, st.verified_at) == (2, "2023-11-14T22:13:30Z")
         assert st.verify_error is None
@@ -219,14 +220,14 @@ def test_the_newest_finished_run_feeds_status_and_the_alert(tmp_path: Path) -> N
         failed = start_verify(catalog, "site", 1_700_000_040.0)
         finish_verify(catalog, failed, now=1_700_000_041.0, error="site dr: cannot reach it")
         row = last_verify(catalog, "site")
-        st = lag.connector_status(
+        st = connector_status(
             name="site",
             kind="files",
             site="dr",
             rpo_target_s=60,
             now=1_700_000_050.0,
             files=[],
-            jobs=lag.JobFacts(last_verify=row),
+            jobs=JobFacts(last_verify=row),
         )
         assert (st.drift_files, st.verify_error) == (None, "site dr: cannot reach it")
         assert "verify failed at" in status_notes(st).plain
@@ -237,14 +238,14 @@ def test_the_newest_finished_run_feeds_status_and_the_alert(tmp_path: Path) -> N
 def test_drift_alert_fires_once_per_verify() -> None:
     from dataclasses import replace
 
-    from logship.alerts import AlertSink
     from logship.config.model import AlertsSection
+    from logship.status.alerts import AlertSink
 
     sink = AlertSink(AlertsSection(hooks=[["/bin/true"]]))
     try:
         seen = []
         sink._enqueue = seen.append  # type: ignore[method-assign]
-        ok = lag.connector_status(
+        ok = connector_status(
             name="site", kind="files", site="dr", rpo_target_s=60, now=100.0, files=[]
         )
         one = replace(ok, drift_files=2, verified_at="2026-01-01T00:00:00Z")

@@ -18,9 +18,10 @@ from logship.catalog.store import Catalog, NewSample
 from logship.config.model import HistorySection
 from logship.demo_sandbox import OsUser, PgCluster, free_port
 from logship.demo_sandbox.deployment import Deployment, wait_for
-from logship.history import HistorySink, hold_for, state_changes, summarize
-from logship.lag import ConnectorStatus, State
-from logship.monitor import build_sinks
+from logship.status.history import HistorySink, hold_for, state_changes, summarize
+from logship.status.model import ConnectorStatus
+from logship.status.monitor import build_sinks
+from logship.status.state import State
 
 RPO = 100.0
 HOLD = 25.0

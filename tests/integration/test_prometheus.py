@@ -16,8 +16,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from logship.demo_sandbox.deployment import Deployment, wait_for
 from logship.demo_sandbox.ports import free_port
 from logship.errors import ConfigError, OperationFailed
-from logship.lag import ConnectorStatus, State
-from logship.prometheus import PrometheusSink, parse_listen
+from logship.status.model import ConnectorStatus
+from logship.status.prometheus import PrometheusSink, parse_listen
+from logship.status.state import State
 
 pytestmark = pytest.mark.slow  # left out of the fast subset (README)
 
@@ -168,7 +169,7 @@ def _closed_within(conn: socket.socket, seconds: float) -> bool:
 def test_idle_connections_are_capped_and_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
     """Connections that send nothing (a scanner, a slowloris) hold a thread each: they
     are capped, dropped after a timeout, and a scrape still answers meanwhile."""
-    from logship import prometheus
+    from logship.status import prometheus
 
     idle_timeout, cap = 4.0, 8
     monkeypatch.setattr(prometheus, "IDLE_TIMEOUT_S", idle_timeout, raising=False)

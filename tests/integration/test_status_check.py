@@ -24,7 +24,7 @@ from logship.catalog.store import Catalog, NewFile
 from logship.demo_sandbox import OsUser
 from logship.demo_sandbox.deployment import Deployment
 from logship.engines.postgresql.engine import ENGINE
-from logship.lag import segment_name
+from logship.engines.postgresql.walnames import segment_name
 
 pytestmark = pytest.mark.slow  # left out of the fast subset (README)
 

@@ -24,7 +24,7 @@ from logship.cli.dashboard import snapshot
 from logship.config.load import load_config
 from logship.demo_sandbox.deployment import wait_for
 from logship.engines.postgresql.engine import ENGINE
-from logship.lag import segment_name
+from logship.engines.postgresql.walnames import segment_name
 from logship.ui.dashboard_view import NO_DATA, WIDE_MIN, DashboardView, sparkline
 
 SEG = 16 * 1024 * 1024

@@ -10,7 +10,13 @@ from contract import CONTRACT_FIELDS
 from logship import lag
 from logship.engines.postgresql import walnames
 from logship.engines.postgresql.engine import ENGINE
-from logship.lag import Gap, State
+from logship.engines.postgresql.lag import find_gap, segment_size
+from logship.engines.postgresql.status import connector_status
+from logship.engines.postgresql.walnames import segment_name
+from logship.status.figures import rto_estimate_s
+from logship.status.jobs import JobFacts
+from logship.status.model import ConnectorStatus, Gap
+from logship.status.state import State
 
 MIB = 1024 * 1024
 SEG = 16 * MIB
@@ -48,11 +54,11 @@ class Progress:
 
 
 def seg(number: int, timeline: int = 1, seg_size: int = SEG) -> str:
-    return lag.segment_name(timeline, number, seg_size)
+    return segment_name(timeline, number, seg_size)
 
 
-def status(rows: list[Row] | None, **kwargs: object) -> lag.ConnectorStatus:
-    return lag.connector_status(
+def status(rows: list[Row] | None, **kwargs: object) -> ConnectorStatus:
+    return connector_status(
         name="orders",
         kind="postgresql",
         site="dr",
@@ -68,7 +74,7 @@ def test_segment_name_round_trips_through_walnames() -> None:
     assert seg(0x100) == "000000010000000100000000"  # 256 segments of 16 MiB per log id
     for size in (MIB, SEG, 64 * MIB, 1024 * MIB):
         for number in (0, 1, 255, 256, 4097):
-            parsed = walnames.parse(lag.segment_name(3, number, size))
+            parsed = walnames.parse(segment_name(3, number, size))
             assert parsed is not None and parsed.segment_number(size) == number
 
 
@@ -145,13 +151,13 @@ def test_gap_is_reported_and_stops_the_exposure() -> None:
 
 def test_gap_among_pending_files_is_still_reported() -> None:
     rows = [Row(seg(1)), Row(seg(2), "discovered"), Row(seg(7), "discovered")]
-    assert lag.find_gap(rows) == Gap(missing=seg(3), segment_number=3, after=seg(2))
+    assert find_gap(rows) == Gap(missing=seg(3), segment_number=3, after=seg(2))
 
 
 def test_log_id_boundary_is_not_a_gap() -> None:
     rows = [Row(seg(0xFE)), Row(seg(0xFF)), Row(seg(0x100)), Row(seg(0x101))]
     assert [r.name[8:] for r in rows][1:3] == ["00000000000000FF", "0000000100000000"]
-    assert lag.find_gap(rows) is None
+    assert find_gap(rows) is None
     assert status(rows).last_shipped == seg(0x101)
 
 
@@ -159,11 +165,11 @@ def test_segment_size_is_read_from_the_rows() -> None:
     big = 64 * MIB  # 64 segments per log id: ...0000003F is followed by ...0000000100000000
     rows = [Row(seg(n, seg_size=big), size=big) for n in (62, 63, 64, 65)]
     assert rows[2].name == "000000010000000100000000"
-    assert lag.segment_size(rows) == big
-    assert lag.find_gap(rows) is None
+    assert segment_size(rows) == big
+    assert find_gap(rows) is None
     # Read with the 16 MiB default the same names would look like a gap.
     as_16mib = [Row(r.name) for r in rows]
-    assert lag.find_gap(as_16mib) is not None
+    assert find_gap(as_16mib) is not None
 
 
 def test_history_and_backup_files_are_not_segments() -> None:
@@ -172,7 +178,7 @@ def test_history_and_backup_files_are_not_segments() -> None:
         Row("000000010000000000000001.00000028.backup", closed_at=NOW - 29, size=300),
         Row(seg(2), closed_at=NOW - 20),
     ]
-    assert lag.find_gap(rows) is None
+    assert find_gap(rows) is None
     assert status(rows).rpo_exposure_s == pytest.approx(20.0)
 
 
@@ -280,10 +286,10 @@ def test_replay_rate_counts_only_samples_where_replay_moved() -> None:
 
 
 def test_rto_from_backlog_and_rate() -> None:
-    assert lag.rto_estimate_s(None, 10.0) is None
-    assert lag.rto_estimate_s(0, None) == 0.0
-    assert lag.rto_estimate_s(100, None) is None
-    assert lag.rto_estimate_s(100, 50.0) == 2.0
+    assert rto_estimate_s(None, 10.0) is None
+    assert rto_estimate_s(0, None) == 0.0
+    assert rto_estimate_s(100, None) is None
+    assert rto_estimate_s(100, 50.0) == 2.0
 
 
 def test_apply_lag_from_the_heartbeat_else_the_last_replayed_commit() -> None:
@@ -347,7 +353,7 @@ class DrillRowFake:
 def test_job_facts_show_the_last_run_and_the_measured_rebuild() -> None:
     passed = DrillRowFake("passed", NOW - 600, restore_s=12.25, replay_s=30.5)
     failed = DrillRowFake("failed", NOW - 60, error="checksum mismatch")
-    jobs = lag.JobFacts(
+    jobs = JobFacts(
         next_job=("base-backup", NOW + 3600),
         last_job=("base-backup", NOW - 60, "drill of X failed: checksum mismatch"),
         last_drill=failed,
@@ -371,7 +377,7 @@ def test_json_round_trip() -> None:
     rows = [Row(seg(1), closed_at=NOW - 50), Row(seg(3), "discovered")]
     st = status(rows, site_status=Site(False, "refused"), last_base_backup_at=NOW)
     assert st.gap is not None
-    assert lag.ConnectorStatus.from_json(st.to_json()) == st
+    assert ConnectorStatus.from_json(st.to_json()) == st
 
 
 def test_every_null_figure_has_a_reason_in_the_human_output() -> None:

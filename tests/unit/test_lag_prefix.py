@@ -10,11 +10,14 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from logship import lag
 from logship.catalog.store import Catalog, NewFile
 from logship.config.load import load_config
 from logship.engines.postgresql.engine import ENGINE
-from logship.monitor import collect_statuses
+from logship.engines.postgresql.lag import QueueFacts, queue_facts
+from logship.engines.postgresql.status import connector_status
+from logship.engines.postgresql.walnames import segment_name
+from logship.status.figures import DurablePrefix
+from logship.status.monitor import collect_statuses
 
 SEG = 16 * 1024 * 1024
 NOW = 1_700_000_000.0
@@ -49,13 +52,13 @@ def histories(draw: st.DrawFn) -> list[Row]:
         elif step == "hole":
             number += draw(st.integers(2, 3))
         elif step == "label" and rows:
-            name = f"{lag.segment_name(timeline, number, SEG)}.00000028.backup"
+            name = f"{segment_name(timeline, number, SEG)}.00000028.backup"
             rows.append(Row(name, draw(states()), NOW - 40, 300))
             continue
         else:
             number += 1
         closed = NOW - draw(st.floats(0, 100))
-        rows.append(Row(lag.segment_name(timeline, number, SEG), draw(states()), closed))
+        rows.append(Row(segment_name(timeline, number, SEG), draw(states()), closed))
     return sorted(rows, key=lambda row: row.order_key)
 
 
@@ -63,8 +66,8 @@ def states() -> st.SearchStrategy[str]:
     return st.sampled_from(["discovered", "shipped", "shipped", "applied", "conflict"])
 
 
-def _status(queue: lag.QueueFacts) -> dict[str, object]:
-    return lag.connector_status(
+def _status(queue: QueueFacts) -> dict[str, object]:
+    return connector_status(
         name="db", kind="postgresql", site="dr", rpo_target_s=60, now=NOW, queue=queue
     ).to_json()
 
@@ -86,28 +89,28 @@ def _advanced(rows: list[Row], draw: st.DataObject) -> list[Row]:
 def test_walk_from_the_prefix_equals_the_full_walk(rows: list[Row], data: st.DataObject) -> None:
     # A walk at some earlier moment, over the rows known then, leaves a prefix...
     known = data.draw(st.integers(0, len(rows)))
-    prefix = lag.queue_facts(rows[:known]).prefix
+    prefix = queue_facts(rows[:known]).prefix
     # ...then states move forward; a status from the prefix must still tell the truth.
     later = _advanced(rows, data)
-    full = lag.queue_facts(later)
+    full = queue_facts(later)
     if prefix is None:
         return
     after = [row for row in later if row.order_key > prefix.order_key]
     applied = [r.name for r in later if r.order_key <= prefix.order_key and r.state == "applied"]
-    resumed = lag.queue_facts(after, prefix, applied[-1] if applied else None)
+    resumed = queue_facts(after, prefix, applied[-1] if applied else None)
     assert _status(resumed) == _status(full)
     # And the prefix found from there is the one a full walk finds.
     assert resumed.prefix == full.prefix
 
 
 def test_prefix_stops_at_the_first_hole_or_pending_file() -> None:
-    seg = [lag.segment_name(1, n, SEG) for n in range(1, 8)]
+    seg = [segment_name(1, n, SEG) for n in range(1, 8)]
     rows = [Row(seg[0], "shipped", NOW - 9), Row(seg[1], "applied", NOW - 8)]
     rows += [Row(seg[3], "shipped", NOW - 6), Row(seg[4], "shipped", NOW - 5)]
-    prefix = lag.queue_facts(rows).prefix
+    prefix = queue_facts(rows).prefix
     assert prefix is not None and (prefix.name, prefix.closed_at) == (seg[1], NOW - 8)
     rows = [Row(seg[0], "shipped", NOW - 9), Row(seg[1], "discovered", NOW - 8)]
-    assert lag.queue_facts(rows).prefix == lag.DurablePrefix(
+    assert queue_facts(rows).prefix == DurablePrefix(
         seg[0], ENGINE.ship_order(seg[0]), NOW - 9, SEG
     )
 
@@ -147,7 +150,7 @@ data_dir = "/nonexistent"
 
 
 def _seg(number: int, timeline: int = 1) -> str:
-    return lag.segment_name(timeline, number, SEG)
+    return segment_name(timeline, number, SEG)
 
 
 def _add(catalog: Catalog, names: list[str], now: float) -> None:
@@ -166,10 +169,10 @@ def _ship(catalog: Catalog, names: list[str], now: float) -> None:
 class FullWalks(Catalog):
     """The same catalog as if no prefix had ever been kept: every walk reads every row."""
 
-    def walk_checkpoint(self, connector: str) -> lag.DurablePrefix | None:
+    def walk_checkpoint(self, connector: str) -> DurablePrefix | None:
         return None
 
-    def save_walk_checkpoint(self, connector: str, prefix: lag.DurablePrefix) -> bool:
+    def save_walk_checkpoint(self, connector: str, prefix: DurablePrefix) -> bool:
         return False
 
 
@@ -254,15 +257,15 @@ def test_a_prefix_is_not_saved_past_a_file_that_arrived_during_the_walk(tmp_path
     names = [_seg(n) for n in range(1, 10)]
     _add(views.catalog, names[:3] + names[4:], now)
     _ship(views.catalog, names[:3] + names[4:], now)
-    stale = lag.queue_facts(views.catalog.files("db"))  # a walk that saw the hole...
+    stale = queue_facts(views.catalog.files("db"))  # a walk that saw the hole...
     _add(views.catalog, [names[3]], now + 1)  # ...which a late file fills meanwhile
     _ship(views.catalog, [names[3]], now + 1)
-    fresh = lag.queue_facts(views.catalog.files("db")).prefix
+    fresh = queue_facts(views.catalog.files("db")).prefix
     assert fresh is not None and fresh.name == names[-1]
     assert stale.prefix is not None and stale.prefix.name == names[2]
     # Pending rows before a candidate refuse it; durable ones cannot make it wrong.
     _add(views.catalog, [_seg(20)], now + 2)
-    ahead = lag.DurablePrefix(_seg(21), ENGINE.ship_order(_seg(21)), now, SEG)
+    ahead = DurablePrefix(_seg(21), ENGINE.ship_order(_seg(21)), now, SEG)
     assert views.catalog.save_walk_checkpoint("db", ahead) is False
     assert views.catalog.save_walk_checkpoint("db", fresh) is True
     assert views.catalog.walk_checkpoint("db") == fresh

@@ -7,8 +7,8 @@ import io
 
 from rich.console import Console
 
-from logship.history import Event
-from logship.lag import failed_status
+from logship.status.history import Event
+from logship.status.model import failed_status
 from logship.ui.dashboard_view import DashboardData, DashboardView
 from logship.ui.status_table import build_status_table
 

@@ -64,7 +64,7 @@ def test_status_lists_every_connector_when_one_cannot_be_computed(tmp_path: Path
 
 
 def test_the_monitor_feeds_every_sink_when_one_connector_fails(tmp_path: Path) -> None:
-    from logship.monitor import Monitor
+    from logship.status.monitor import Monitor
 
     config_path = _stored(tmp_path)
     config = load_config(config_path)

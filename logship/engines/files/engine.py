@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, StrictBool, field_validator
 
 from logship.config.model import Config, ConnectorBase, Seconds, Strict
 from logship.engines.registry import BackgroundJob
+
+if TYPE_CHECKING:
+    from logship.catalog.store import Catalog
+    from logship.status.model import ConnectorStatus
 
 
 class FilesStandby(Strict):
@@ -70,6 +74,20 @@ class FilesEngine:
 
     def background_jobs(self, connector: ConnectorBase) -> list[BackgroundJob]:
         return []
+
+    def status(
+        self, connector: ConnectorBase, catalog: Catalog | None, now: float, *, remember: bool
+    ) -> ConnectorStatus:
+        assert isinstance(connector, FilesConnector)
+        from logship.engines.files.status import connector_files_status
+
+        # Nothing to remember: the tree's figures are aggregates the catalog computes.
+        return connector_files_status(connector, catalog, now)
+
+    def null_reasons(self, status: ConnectorStatus) -> list[str]:
+        from logship.engines.files.status import null_reasons
+
+        return null_reasons(status)
 
 
 ENGINE = FilesEngine()

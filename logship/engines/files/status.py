@@ -8,19 +8,20 @@ so apply lag and "last applied" do not apply and stay null.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
 
+from logship import consistency
+from logship.engines.files import rows as tree_rows
 from logship.engines.files.rows import TreeSummary, show_path
-from logship.lag import (
-    ConnectorStatus,
-    JobFacts,
-    SiteRow,
-    _job_fields,
-    _rounded,
-    classify,
-    iso_utc,
-)
+from logship.status.figures import SiteRow, iso_utc, rounded
+from logship.status.jobs import JobFacts, job_fields, scheduled_jobs
+from logship.status.model import ConnectorStatus
+from logship.status.state import classify
+
+if TYPE_CHECKING:
+    from logship.catalog.store import Catalog
+    from logship.engines.files.engine import FilesConnector
 
 NOT_APPLICABLE = "not applicable to a files connector"
 
@@ -57,8 +58,8 @@ def files_status(
             site_reachable=reachable,
         ),
         rpo_target_s=float(rpo_target_s),
-        rpo_exposure_s=_rounded(exposure),
-        transport_lag_s=_rounded(exposure),
+        rpo_exposure_s=rounded(exposure),
+        transport_lag_s=rounded(exposure),
         apply_lag_s=None,
         pending_files=tree.pending_files if tree is not None else None,
         pending_bytes=tree.pending_bytes if tree is not None else None,
@@ -70,7 +71,7 @@ def files_status(
         last_applied=None,
         last_base_backup_at=None,
         site_error=site_error,
-        **_job_fields(jobs or JobFacts()),
+        **job_fields(jobs or JobFacts()),
         **_point_fields(points),
     )
 
@@ -94,3 +95,49 @@ def _point_fields(points: PointFacts | None) -> dict[str, Any]:
         "consistency_at": iso_utc(newest[1]) if newest else None,
         "consistency_open": points.open,
     }
+
+
+def connector_files_status(
+    connector: FilesConnector, catalog: Catalog | None, now: float
+) -> ConnectorStatus:
+    """From the catalog; None before any daemon created it. A mirrored tree has no
+    spool, no WAL and no standby database."""
+    known: dict[str, Any] = {"tree": None, "site_status": None}
+    if catalog is not None:
+        from logship.engines.files.verify_rows import last_verify
+
+        known = {
+            "tree": tree_rows.summary(catalog, connector.name),
+            "site_status": catalog.site_status(connector.site),
+            "jobs": replace(
+                scheduled_jobs(catalog, connector.name),
+                last_verify=last_verify(catalog, connector.name),
+            ),
+            "points": _point_facts(catalog, connector.name),
+        }
+    return files_status(
+        name=connector.name,
+        kind=connector.kind,
+        site=connector.site,
+        rpo_target_s=connector.rpo,
+        now=now,
+        **known,
+    )
+
+
+def _point_facts(catalog: Catalog, connector: str) -> PointFacts:
+    newest = consistency.newest_complete(catalog, connector)
+    return PointFacts(
+        generation=consistency.current_generation(catalog, connector),
+        newest_complete=(
+            (newest.point_id, newest.complete_at)
+            if newest is not None and newest.complete_at is not None
+            else None
+        ),
+        open=len(consistency.open_parts(catalog, connector)),
+    )
+
+
+def null_reasons(status: ConnectorStatus) -> list[str]:
+    """Why a figure of a files connector shows as unknown (beyond no catalog)."""
+    return [f"apply lag, last applied: {NOT_APPLICABLE}"]

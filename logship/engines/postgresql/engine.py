@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 
 from logship.config.model import ConnectorBase, Seconds, Strict
 from logship.engines.postgresql import walnames
 from logship.engines.registry import BackgroundJob
+
+if TYPE_CHECKING:
+    from logship.catalog.store import Catalog
+    from logship.status.model import ConnectorStatus
 
 
 class PrimarySection(Strict):
@@ -96,6 +100,19 @@ class PostgresEngine:
                 close=probe.close,
             )
         ]
+
+    def status(
+        self, connector: ConnectorBase, catalog: Catalog | None, now: float, *, remember: bool
+    ) -> ConnectorStatus:
+        assert isinstance(connector, PostgresConnector)
+        from logship.engines.postgresql.status import postgres_status
+
+        return postgres_status(connector, catalog, now, remember=remember)
+
+    def null_reasons(self, status: ConnectorStatus) -> list[str]:
+        from logship.engines.postgresql.status import null_reasons
+
+        return null_reasons(status)
 
 
 ENGINE = PostgresEngine()

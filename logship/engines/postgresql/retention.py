@@ -48,11 +48,11 @@ from logship.engines.postgresql.retention_site import (
 )
 from logship.engines.postgresql.standby_status import StandbyFacts, ask_standby_status
 from logship.errors import LogshipError, OperationFailed, first_line
-from logship.lag import iso_utc
 from logship.manifest import BackupRecord, SiteLayout
 from logship.ship.transport import Transport
 from logship.site_temps import STALE_TEMP_S, last_change, sweep_stale_temps
 from logship.spool import kept_path
+from logship.status.figures import iso_utc
 
 if TYPE_CHECKING:
     from logship.catalog.store import Catalog

@@ -130,7 +130,7 @@ def site_segment_size(
         if record is not None and _is_segment_size(record.size):
             return record.size
     if catalog is not None:
-        from logship.lag import segment_size
+        from logship.engines.postgresql.lag import segment_size
 
         prefix = catalog.walk_checkpoint(connector)  # read off the rows already
         return prefix.segment_size if prefix is not None else segment_size(catalog.files(connector))

@@ -8,14 +8,15 @@ from pathlib import Path
 
 from logship.catalog.models import FileState
 from logship.engines.postgresql import walnames
-from logship.engines.postgresql.walnames import WalKind
-from logship.lag import Gap, find_gap, segment_name, segment_size
+from logship.engines.postgresql.lag import find_gap, segment_size
+from logship.engines.postgresql.walnames import WalKind, segment_name
 from logship.manifest import ManifestRecord, SiteLayout
+from logship.status.model import Gap
 
 
 @dataclass(frozen=True)
 class ShippedFile:
-    """A manifest record as a `lag.FileRow`: everything listed here is at the site."""
+    """A manifest record as a `status.figures.FileRow`: everything listed here is at the site."""
 
     name: str
     size: int

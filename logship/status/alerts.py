@@ -26,8 +26,10 @@ from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
 
 from logship import jsonout
 from logship.config.model import AlertsSection
-from logship.lag import ConnectorStatus, State, iso_utc
 from logship.logs import event
+from logship.status.figures import iso_utc
+from logship.status.model import ConnectorStatus
+from logship.status.state import State
 
 log = logging.getLogger("logship.alerts")
 

@@ -23,8 +23,9 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from logship.errors import ConfigError, OperationFailed
-from logship.lag import ConnectorStatus, State
-from logship.metrics_server import start_metrics_server
+from logship.status.metrics_server import start_metrics_server
+from logship.status.model import ConnectorStatus
+from logship.status.state import State
 
 LABELS = ("connector", "site", "kind")
 #: a client must have sent its request within this long, or its connection is closed

@@ -20,8 +20,10 @@ from typing import Any, Protocol
 
 from logship.catalog.store import Catalog, NewSample
 from logship.config.model import HistorySection
-from logship.lag import ConnectorStatus, State, iso_utc
 from logship.logs import event
+from logship.status.figures import iso_utc
+from logship.status.model import ConnectorStatus
+from logship.status.state import State
 
 log = logging.getLogger("logship.history")
 
@@ -71,7 +73,7 @@ def sample_of(status: ConnectorStatus, at: float) -> NewSample:
 def severity(row: SampleRow) -> float:
     """How much would be lost: the exposure, else (nothing durable yet) the transport lag.
 
-    The same fallback `lag.classify` uses, so the sample kept is the one that set the state.
+    The same fallback `classify` uses, so the sample kept is the one that set the state.
     """
     if row.rpo_exposure_s is not None:
         return row.rpo_exposure_s

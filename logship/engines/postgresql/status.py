@@ -1,0 +1,215 @@
+"""A PostgreSQL connector's entry of `status`: its WAL queue, its primary's archiver,
+its standby's replay, its base backups and drills.
+
+`connector_status` is pure (rows and facts in, a status out); `postgres_status`
+reads them from the catalog.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING, Protocol
+
+from logship.engines.postgresql import walnames
+from logship.engines.postgresql.lag import QueueFacts, queue_facts
+from logship.errors import shown_text
+from logship.status.figures import (
+    FileRow,
+    SiteRow,
+    age_s,
+    iso_utc,
+    rounded,
+    rto_estimate_s,
+    transport_lag,
+)
+from logship.status.jobs import JobFacts, job_fields, scheduled_jobs
+from logship.status.model import ConnectorStatus
+from logship.status.state import classify
+
+if TYPE_CHECKING:
+    from logship.catalog.store import Catalog
+    from logship.engines.postgresql.engine import PostgresConnector
+
+
+class PrimaryRow(Protocol):
+    measured_at: float
+    current_lsn: str | None
+    archive_ready: int | None
+    archive_failed_count: int | None
+    archive_last_failed_at: float | None
+
+
+class ProgressRow(Protocol):
+    last_restored: str | None
+    sampled_at: float
+    replay_lsn: str | None
+    replay_rate_bps: float | None
+    error: str | None
+    #: the primary's heartbeat time as replayed by the standby (primary's clock)
+    heartbeat_at: float | None
+    #: commit time of the last transaction the standby replayed
+    replay_timestamp: float | None
+
+
+def apply_lag_s(progress: ProgressRow | None, now: float) -> float | None:
+    """How far the standby's data is behind the primary, in time.
+
+    From the heartbeat when the standby has replayed one. Between samples the
+    figure keeps growing with `now`: an unknown standby is never shown as caught
+    up. Without a heartbeat, the last replayed commit's time (which an idle
+    primary makes look old) is the only figure there is.
+    """
+    if progress is None:
+        return None
+    reference = progress.heartbeat_at
+    if reference is None:
+        reference = progress.replay_timestamp
+    return None if reference is None else age_s(reference, now)
+
+
+def replay_backlog_bytes(primary: PrimaryRow | None, progress: ProgressRow | None) -> int | None:
+    if primary is None or progress is None or not primary.current_lsn or not progress.replay_lsn:
+        return None
+    backlog = walnames.lsn_to_int(primary.current_lsn) - walnames.lsn_to_int(progress.replay_lsn)
+    return max(0, backlog)
+
+
+def _last_applied(progress: ProgressRow | None, newest_applied: str | None) -> str | None:
+    """What the standby last fetched for replay; else the newest row marked applied."""
+    if progress is not None and progress.last_restored:
+        return progress.last_restored
+    return newest_applied
+
+
+def connector_status(
+    *,
+    name: str,
+    kind: str,
+    site: str,
+    rpo_target_s: float,
+    now: float,
+    files: Sequence[FileRow] | None = None,
+    queue: QueueFacts | None = None,
+    site_status: SiteRow | None = None,
+    progress: ProgressRow | None = None,
+    last_base_backup_at: float | None = None,
+    primary: PrimaryRow | None = None,
+    jobs: JobFacts | None = None,
+) -> ConnectorStatus:
+    """Everything `status` shows for one connector.
+
+    The queue comes as every file row (`files`) or as figures already walked
+    (`queue`, see `queue_facts`). With neither there is no catalog yet: then
+    nothing about the queue is known and its figures are null rather than a
+    made-up 0.
+    """
+    if queue is None and files is not None:
+        queue = queue_facts(files)
+    facts = queue or queue_facts(())
+    exposure = facts.rpo_exposure_s(now)
+    transport = transport_lag(facts.oldest_pending_closed_at, now) if queue is not None else None
+    reachable = None if site_status is None else bool(site_status.reachable)
+    backlog = replay_backlog_bytes(primary, progress)
+    return ConnectorStatus(
+        name=name,
+        kind=kind,
+        site=site,
+        state=classify(
+            rpo_target_s=rpo_target_s,
+            rpo_exposure_s=exposure,
+            transport_lag_s=transport,
+            site_reachable=reachable,
+            has_gap=facts.gap is not None,
+        ),
+        rpo_target_s=float(rpo_target_s),
+        rpo_exposure_s=rounded(exposure),
+        transport_lag_s=rounded(transport),
+        apply_lag_s=rounded(apply_lag_s(progress, now)),
+        pending_files=facts.pending_files if queue is not None else None,
+        pending_bytes=facts.pending_bytes if queue is not None else None,
+        last_shipped=facts.last_shipped,
+        last_applied=_last_applied(progress, facts.newest_applied),
+        last_base_backup_at=iso_utc(last_base_backup_at),
+        gap=facts.gap,
+        site_error=site_status.error if site_status is not None else None,
+        archive_ready_files=primary.archive_ready if primary else None,
+        archive_failed_count=primary.archive_failed_count if primary else None,
+        archive_last_failed_at=iso_utc(primary.archive_last_failed_at) if primary else None,
+        primary_measured_at=iso_utc(primary.measured_at) if primary else None,
+        replay_rate_bps=rounded(progress.replay_rate_bps) if progress else None,
+        replay_backlog_bytes=backlog,
+        rto_estimate_s=rounded(
+            rto_estimate_s(backlog, progress.replay_rate_bps if progress else None)
+        ),
+        standby_measured_at=iso_utc(progress.sampled_at) if progress else None,
+        standby_error=progress.error if progress else None,
+        **job_fields(jobs or JobFacts()),
+    )
+
+
+def postgres_status(
+    connector: PostgresConnector, catalog: Catalog | None, now: float, *, remember: bool
+) -> ConnectorStatus:
+    """From the catalog; None before any daemon created it. With `remember` how far
+    the connector's WAL is durable is kept in the catalog, so that the next walk,
+    this process's or another's, reads only the rows after it."""
+    name = connector.name
+    site_status = progress = backup = primary = None
+    queue = None
+    jobs = JobFacts()
+    if catalog is not None:
+        queue = _queue_facts(catalog, name, remember)
+        site_status = catalog.site_status(connector.site)
+        progress = catalog.standby_progress(name)
+        backup = catalog.last_backup(name)
+        primary = catalog.primary_facts(name)
+        jobs = replace(
+            scheduled_jobs(catalog, name),
+            last_drill=catalog.last_drill(name),
+            last_passed_drill=catalog.last_drill(name, passed=True),
+        )
+    return connector_status(
+        name=name,
+        kind=connector.kind,
+        site=connector.site,
+        rpo_target_s=connector.rpo,
+        now=now,
+        queue=queue,
+        site_status=site_status,
+        progress=progress,
+        last_base_backup_at=backup.finished_at if backup is not None else None,
+        primary=primary,
+        jobs=jobs,
+    )
+
+
+def _queue_facts(catalog: Catalog, name: str, remember: bool) -> QueueFacts:
+    start = catalog.walk_checkpoint(name)
+    rows = catalog.files(name, after=start.order_key if start is not None else None)
+    facts = queue_facts(rows, start, catalog.newest_applied(name) if start is not None else None)
+    if remember and facts.prefix is not None and facts.prefix != start:
+        catalog.save_walk_checkpoint(name, facts.prefix)
+    return facts
+
+
+def null_reasons(status: ConnectorStatus) -> list[str]:
+    """Why a figure of a PostgreSQL connector shows as unknown (beyond no catalog)."""
+    reasons = []
+    if status.pending_files is not None and status.rpo_exposure_s is None:
+        reasons.append("exposure unknown: no WAL segment has reached the site yet")
+    if status.apply_lag_s is None:
+        if status.standby_error:
+            reasons.append(
+                "apply lag unknown: the standby did not answer "
+                f"({shown_text(status.standby_error)})"
+            )
+        elif status.standby_measured_at is None:
+            reasons.append("apply lag unknown: the standby has not been sampled yet")
+        else:
+            reasons.append("apply lag unknown: no heartbeat or commit replayed on the standby yet")
+    if status.primary_measured_at is not None and status.archive_ready_files is None:
+        reasons.append(
+            "archive backlog unknown: counting .ready files needs superuser or pg_monitor"
+        )
+    return reasons

@@ -1,0 +1,41 @@
+"""A connector's state, and how it follows from its figures (the README's order)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+#: past this share of the RPO target a connector warns
+WARN_FRACTION = 0.5
+
+
+class State(StrEnum):
+    OK = "ok"
+    WARN = "warn"
+    BREACH = "breach"
+    DOWN = "down"
+
+
+def classify(
+    *,
+    rpo_target_s: float,
+    rpo_exposure_s: float | None,
+    transport_lag_s: float | None,
+    site_reachable: bool | None,
+    has_gap: bool = False,
+) -> State:
+    """`down` > `breach` > `warn` > `ok`, the order the README gives the states in."""
+    if site_reachable is False:
+        return State.DOWN
+    exposure = rpo_exposure_s
+    if exposure is None and transport_lag_s:
+        # Nothing is durable at the site yet, so at least everything since the
+        # oldest pending file would be lost: that age is the exposure.
+        exposure = transport_lag_s
+    if exposure is not None and exposure > rpo_target_s:
+        return State.BREACH
+    if exposure is not None and exposure > WARN_FRACTION * rpo_target_s:
+        return State.WARN
+    # Replay stops at a gap and the exposure only grows from here on: say so now.
+    if has_gap:
+        return State.WARN
+    return State.OK
