@@ -15,15 +15,23 @@ def without_config_env() -> dict[str, str]:
 
 
 def logship(
-    config: Path, *args: str, timeout: float = 180, env: dict[str, str] | None = None
+    config: Path,
+    *args: str,
+    timeout: float = 180,
+    env: dict[str, str] | None = None,
+    cwd: str | None = None,
+    umask: int = -1,
 ) -> subprocess.CompletedProcess[str]:
-    """`logship --config CONFIG ARGS...` with no stdin; output captured as text."""
+    """`logship --config CONFIG ARGS...` with no stdin; output captured as text.
+    `env` defaults to `without_config_env()`; `umask` -1 keeps this process's."""
     return subprocess.run(
         [sys.executable, "-m", "logship", "--config", str(config), *args],
         capture_output=True,
         text=True,
         timeout=timeout,
         env=without_config_env() if env is None else env,
+        cwd=cwd,
+        umask=umask,
         stdin=subprocess.DEVNULL,
         check=False,
     )

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import cli_run
 import pytest
 
 from logship.config.load import load_config
@@ -201,16 +202,7 @@ def _robot_dsn(primary: Primary) -> str:
 
 
 def _logship(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "logship", "--config", str(config), *args],
-        cwd="/",
-        env={**os.environ, "NO_COLOR": "1"},
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return cli_run.logship(config, *args, env={**os.environ, "NO_COLOR": "1"}, cwd="/")
 
 
 @pytest.mark.parametrize(

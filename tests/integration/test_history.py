@@ -4,14 +4,12 @@ computation, and `status --since` on the CLI, last against a running daemon."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
+from cli_run import logship
 from offline_config import write_offline_config
 
 from logship.catalog.store import Catalog, NewSample
@@ -290,19 +288,6 @@ def _write_config(root: Path) -> Path:
     return write_offline_config(root, {"orders": "60s"})
 
 
-def _logship(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "LOGSHIP_CONFIG"}
-    return subprocess.run(
-        [sys.executable, "-m", "logship", "--config", str(config), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
-
-
 def test_status_since_reports_the_breaches_in_the_window(tmp_path: Path) -> None:
     config = _write_config(tmp_path)
     catalog = Catalog(f"sqlite:///{tmp_path / 'state' / 'catalog.db'}")
@@ -321,7 +306,7 @@ def test_status_since_reports_the_breaches_in_the_window(tmp_path: Path) -> None
     finally:
         catalog.close()
 
-    result = _logship(config, "status", "--since", "1h", "--json")
+    result = logship(config, "status", "--since", "1h", "--json")
     assert result.returncode == 0, result.stderr
     (entry,) = json.loads(result.stdout)["connectors"]
     assert entry["rpo_target_s"] == 60.0  # the contract fields are untouched
@@ -332,20 +317,20 @@ def test_status_since_reports_the_breaches_in_the_window(tmp_path: Path) -> None
     (breach,) = since["breaches"]
     assert breach["peak_exposure_s"] == 95.5 and breach["end"] is not None
 
-    table = _logship(config, "status", "--since", "1h")
+    table = logship(config, "status", "--since", "1h")
     assert table.returncode == 0, table.stderr
     assert "history, last 1h" in table.stdout and "peak 1m35s" in table.stdout
 
-    plain = _logship(config, "status", "--json")
+    plain = logship(config, "status", "--json")
     assert "since" not in json.loads(plain.stdout)["connectors"][0]
 
-    bad = _logship(config, "status", "--since", "soon")
+    bad = logship(config, "status", "--since", "soon")
     assert bad.returncode == 2 and "--since" in bad.stderr and bad.stdout == ""
 
 
 def test_status_since_before_any_daemon_ran(tmp_path: Path) -> None:
     config = _write_config(tmp_path)
-    result = _logship(config, "status", "--since", "10m", "--json")
+    result = logship(config, "status", "--since", "10m", "--json")
     assert result.returncode == 0, result.stderr
     since = json.loads(result.stdout)["connectors"][0]["since"]
     assert since["samples"] == 0 and since["worst_exposure_s"] is None

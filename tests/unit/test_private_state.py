@@ -14,6 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cli_run
+
 from logship.catalog.store import Catalog
 from logship.demo_sandbox import free_port
 from logship.demo_sandbox.deployment import wait_for
@@ -58,16 +60,7 @@ def _mode(path: Path) -> int:
 
 
 def _logship(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "logship", "--config", str(config), *args],
-        cwd="/",
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        umask=LOOSE_UMASK,
-    )
+    return cli_run.logship(config, *args, env=dict(os.environ), cwd="/", umask=LOOSE_UMASK)
 
 
 def test_archive_wal_first_makes_a_private_state_dir(tmp_path: Path) -> None:

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path, PurePosixPath
 
 import pytest
 import zstandard
+from cli_run import logship
 from offline_config import write_offline_config
 
 from logship.catalog.store import Catalog, NewFile
@@ -34,16 +33,6 @@ HOUR = 3600.0
 
 def wal(number: int, timeline: int = 1) -> str:
     return f"{timeline:08X}{number // 256:08X}{number % 256:08X}"
-
-
-def _logship(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "logship", "--config", str(config), *args],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-    )
 
 
 def _restricted_config(root: Path, site_root: Path, *, restricted: str = "true") -> Path:
@@ -69,7 +58,7 @@ def test_restricted_defaults_to_false_and_loads(tmp_path: Path) -> None:
 
 def test_restricted_must_be_a_boolean(tmp_path: Path) -> None:
     path = _restricted_config(tmp_path, tmp_path / "site", restricted='"sometimes"')
-    result = _logship(path, "status")
+    result = logship(path, "status")
     assert result.returncode == 2, result.stderr
     (line,) = result.stderr.strip().splitlines()
     assert "sites.dr.restricted" in line and str(path) in line
@@ -86,7 +75,7 @@ def test_a_files_connector_cannot_target_a_restricted_site(tmp_path: Path) -> No
     )
     with pytest.raises(ConfigError):
         load_config(path)
-    result = _logship(path, "status")
+    result = logship(path, "status")
     assert result.returncode == 2, result.stderr
     (line,) = result.stderr.strip().splitlines()
     assert str(files) in line and "restricted" in line and "replace" in line, line
@@ -224,7 +213,7 @@ def test_primary_retention_refuses_for_a_restricted_site(tmp_path: Path) -> None
     site_root = tmp_path / "site"
     path = _restricted_config(tmp_path, site_root)
     _old_site(site_root)
-    result = _logship(path, "retention", "orders")
+    result = logship(path, "retention", "orders")
     assert result.returncode == 3, result.stderr
     (line,) = result.stderr.strip().splitlines()
     assert "site dr is restricted: run `logship retention --at-site` at the standby site" in line
@@ -292,7 +281,7 @@ def test_standby_status_sweeps_stale_temps(tmp_path: Path) -> None:
     _put(stale, age=2 * HOUR)
     fresh = Path(layout.manifest_dir / f".tmp.{wal(45)}.json.1a2b")
     _put(fresh)
-    result = _logship(path, "standby", "status", "orders", "--json")
+    result = logship(path, "standby", "status", "orders", "--json")
     assert json.loads(result.stdout)["reachable"] is False  # no standby: still answers
     assert not stale.exists() and fresh.exists()
 
@@ -313,7 +302,7 @@ def test_restore_wal_moves_a_refused_copy_into_quarantine(tmp_path: Path) -> Non
     dest = tmp_path / "pg_wal" / "RECOVERYXLOG"
     dest.parent.mkdir()
 
-    result = _logship(path, "restore-wal", "orders", name, str(dest))
+    result = logship(path, "restore-wal", "orders", name, str(dest))
     assert result.returncode == 1, result.stderr
     assert "refusing" in result.stderr and not dest.exists()
     # The names are free for a new copy; the bad one is kept, timestamped, aside.
@@ -330,7 +319,7 @@ def test_restore_wal_moves_a_refused_copy_into_quarantine(tmp_path: Path) -> Non
 
     # Shipped again (a new file under the freed names): handed out, note gone.
     _ship(layout, name, b"the real segment")
-    result = _logship(path, "restore-wal", "orders", name, str(dest))
+    result = logship(path, "restore-wal", "orders", name, str(dest))
     assert result.returncode == 0, result.stderr
     assert dest.read_bytes() == b"the real segment"
     assert not Path(layout.refused_note(name)).exists()
@@ -373,7 +362,7 @@ def test_retention_at_site_waits_for_a_running_drill(tmp_path: Path) -> None:
     fd = os.open(scratch / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        busy = _logship(path, "retention", "--at-site", "orders")
+        busy = logship(path, "retention", "--at-site", "orders")
     finally:
         os.close(fd)
     assert busy.returncode == 1, busy.stderr
@@ -381,7 +370,7 @@ def test_retention_at_site_waits_for_a_running_drill(tmp_path: Path) -> None:
     assert "drill" in line and "again" in line, line
     assert Path(layout.backup_record("b2")).exists()
 
-    done = _logship(path, "retention", "--at-site", "orders", "--json")
+    done = logship(path, "retention", "--at-site", "orders", "--json")
     assert done.returncode == 0, done.stderr
     assert [b["backup_id"] for b in json.loads(done.stdout)["deleted_backups"]] == ["b2"]
 
@@ -397,7 +386,7 @@ def test_retention_at_site_does_not_take_shipped_records_at_their_word(tmp_path:
     _backup(layout, "f7", 0.1, 44)
     _drilled(layout, "f7", passed=False)
 
-    result = _logship(path, "retention", "--at-site", "orders", "--json")
+    result = logship(path, "retention", "--at-site", "orders", "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     # keep_backups = 2 among the proven ones: b3 and b4 stay, b2 goes; WAL from b3 on.
@@ -417,7 +406,7 @@ def test_keep_within_at_site_counts_from_arrival(tmp_path: Path) -> None:
         connector.read_text().replace("keep_backups = 2", 'keep_backups = 1\nkeep_within = "1d"')
     )
     layout = _old_site(site_root)  # records claim 3, 2 and 1 days; arrived just now
-    result = _logship(path, "retention", "--at-site", "orders", "--json")
+    result = logship(path, "retention", "--at-site", "orders", "--json")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["deleted_backups"] == []
     assert sorted(os.listdir(layout.base_dir)) == ["b2", "b3", "b4"]
@@ -464,7 +453,7 @@ def test_retention_at_site_keeps_wal_from_where_the_drill_started(tmp_path: Path
     forged["start_wal"] = wal(38)
     record_path.write_text(json.dumps(forged))
 
-    result = _logship(path, "retention", "--at-site", "orders", "--json")
+    result = logship(path, "retention", "--at-site", "orders", "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert [b["backup_id"] for b in report["deleted_backups"]] == ["b2"]
@@ -480,7 +469,7 @@ def test_a_drill_that_recorded_no_start_keeps_every_wal_file(tmp_path: Path) -> 
     layout = _old_site(site_root)
     _drilled(layout, "b3")  # passed, no start_wal
 
-    result = _logship(path, "retention", "--at-site", "orders", "--json")
+    result = logship(path, "retention", "--at-site", "orders", "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert [b["backup_id"] for b in report["deleted_backups"]] == ["b2"]
@@ -499,7 +488,7 @@ def test_with_no_backup_proven_at_the_site_every_wal_file_stays(tmp_path: Path) 
     for n in range(18, 45):
         _ship(layout, wal(n))
 
-    result = _logship(path, "retention", "--at-site", "orders", "--json")
+    result = logship(path, "retention", "--at-site", "orders", "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["deleted_backups"] == [] and report["deleted_wal"] == []
