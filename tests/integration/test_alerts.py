@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from factories import connector_status
 
 from logship.catalog.store import Catalog
 from logship.config.load import load_config
@@ -59,20 +60,14 @@ def make_status(
     exposure: float | None = 1.5,
     apply_lag: float | None = None,
 ) -> ConnectorStatus:
-    return ConnectorStatus(
-        name=name,
-        kind="postgresql",
-        site="dr",
-        state=state,
-        rpo_target_s=RPO,
-        rpo_exposure_s=exposure,
-        transport_lag_s=0.25,
-        apply_lag_s=apply_lag,
-        pending_files=0,
-        pending_bytes=0,
+    return connector_status(
+        name,
+        state,
+        rpo=RPO,
+        exposure=exposure,
+        transport_lag=0.25,
+        apply_lag=apply_lag,
         last_shipped="000000010000000000000003",
-        last_applied=None,
-        last_base_backup_at=None,
     )
 
 

@@ -15,6 +15,7 @@ import subprocess
 from pathlib import Path, PurePosixPath
 
 import pytest
+from factories import wal
 from offline_config import write_offline_config
 from restore_command_shell import expand_placeholders
 
@@ -50,11 +51,6 @@ LAYOUT = SiteLayout.for_connector(PurePosixPath("/srv/incoming"), "orders")
 MIB16 = 16 * 1024 * 1024
 
 
-def seg(number: int, timeline: int = 1) -> str:
-    """The name of 16 MiB segment `number` on `timeline`."""
-    return f"{timeline:08X}{number // 256:08X}{number % 256:08X}"
-
-
 # -- pure pieces -------------------------------------------------------------------------
 
 
@@ -84,48 +80,48 @@ def test_socket_path_length_is_checked(tmp_path: Path) -> None:
 
 def test_newest_segment_ignores_other_wal_files() -> None:
     names = [
-        seg(0x21),
-        seg(0x1F),
-        f"{seg(0x30)}.partial",
-        f"{seg(0x31)}.00000028.backup",
+        wal(0x21),
+        wal(0x1F),
+        f"{wal(0x30)}.partial",
+        f"{wal(0x31)}.00000028.backup",
         "00000009.history",
         ".tmp.x",
         "RECOVERYXLOG",
     ]
-    assert newest_segment(names) == seg(0x21)
+    assert newest_segment(names) == wal(0x21)
     # Segment numbers continue across timelines: position first, then the timeline.
-    assert newest_segment([seg(0x22, 1), seg(0x21, 2)]) == seg(0x22, 1)
-    assert newest_segment([seg(0x22, 1), seg(0x22, 2)]) == seg(0x22, 2)
-    assert newest_segment([seg(0xFF), seg(0x100)]) == seg(0x100)  # 00..FF then log 1
+    assert newest_segment([wal(0x22, 1), wal(0x21, 2)]) == wal(0x22, 1)
+    assert newest_segment([wal(0x22, 1), wal(0x22, 2)]) == wal(0x22, 2)
+    assert newest_segment([wal(0xFF), wal(0x100)]) == wal(0x100)  # 00..FF then log 1
     assert newest_segment(["00000002.history"]) is None
 
 
 def test_newest_shipped_segment_reads_manifest_names(tmp_path: Path) -> None:
     assert newest_shipped_segment(tmp_path / "missing") is None
-    for name in (seg(3), seg(5), "00000002.history", f"{seg(9)}.partial"):
+    for name in (wal(3), wal(5), "00000002.history", f"{wal(9)}.partial"):
         (tmp_path / f"{name}.json").write_text("{}")
-    (tmp_path / f".tmp.{seg(12)}.json.1234").write_text("{}")  # an upload in flight
-    assert newest_shipped_segment(tmp_path) == seg(5)
+    (tmp_path / f".tmp.{wal(12)}.json.1234").write_text("{}")  # an upload in flight
+    assert newest_shipped_segment(tmp_path) == wal(5)
 
 
 def test_replay_reached_compares_positions_not_timelines() -> None:
-    assert replay_reached(seg(7), seg(7))
-    assert replay_reached(seg(8, 2), seg(7, 1))
-    assert replay_reached(seg(7, 1), seg(7, 2))  # same place in the stream
-    assert not replay_reached(seg(6, 2), seg(7, 1))
-    assert not replay_reached(seg(0xFF), seg(0x100))
-    assert replay_reached(seg(1), None)  # nothing shipped yet: only the backup counts
+    assert replay_reached(wal(7), wal(7))
+    assert replay_reached(wal(8, 2), wal(7, 1))
+    assert replay_reached(wal(7, 1), wal(7, 2))  # same place in the stream
+    assert not replay_reached(wal(6, 2), wal(7, 1))
+    assert not replay_reached(wal(0xFF), wal(0x100))
+    assert replay_reached(wal(1), None)  # nothing shipped yet: only the backup counts
 
 
 def test_last_replayed_segment_from_the_timeline_history() -> None:
     # Ended mid-segment: that segment.
-    assert last_replayed_segment("1\t0/7000060\tno recovery target specified\n", MIB16) == seg(7)
+    assert last_replayed_segment("1\t0/7000060\tno recovery target specified\n", MIB16) == wal(7)
     # Ended on a boundary (the last segment closed with a WAL switch): the one before.
-    assert last_replayed_segment("1\t0/8000000\tno recovery target specified\n", MIB16) == seg(7)
+    assert last_replayed_segment("1\t0/8000000\tno recovery target specified\n", MIB16) == wal(7)
     history = (
         "1\t0/3000060\tno recovery target specified\n\n2\t1/2000028\tno recovery target specified\n"
     )
-    assert last_replayed_segment(history, MIB16) == seg(0x102, 2)
+    assert last_replayed_segment(history, MIB16) == wal(0x102, 2)
     with pytest.raises(ValueError):
         last_replayed_segment("# nothing\n", MIB16)
 
@@ -195,14 +191,14 @@ def test_restore_wal_no_mark_leaves_restored_json_alone(tmp_path: Path) -> None:
     transport.makedirs(layout.wal_dir)
     transport.makedirs(layout.manifest_dir)
     (tmp_path / "spool").mkdir()
-    (tmp_path / "spool" / seg(7)).write_bytes(b"w" * 8192)
-    entry = SpoolEntry("main", tmp_path / "spool" / seg(7), 8192, 1.0)
+    (tmp_path / "spool" / wal(7)).write_bytes(b"w" * 8192)
+    entry = SpoolEntry("main", tmp_path / "spool" / wal(7), 8192, 1.0)
     ship_file(transport, layout, entry, "zstd", lambda: 2.0)
-    restore_wal(site, "main", seg(7), tmp_path / "dest", mark=False)
+    restore_wal(site, "main", wal(7), tmp_path / "dest", mark=False)
     assert (tmp_path / "dest").read_bytes() == b"w" * 8192
     assert not Path(layout.restored_marker).exists()
-    restore_wal(site, "main", seg(7), tmp_path / "dest")
-    assert json.loads(Path(layout.restored_marker).read_text())["name"] == seg(7)
+    restore_wal(site, "main", wal(7), tmp_path / "dest")
+    assert json.loads(Path(layout.restored_marker).read_text())["name"] == wal(7)
 
 
 def test_drill_result_json_round_trip() -> None:
@@ -214,10 +210,10 @@ def test_drill_result_json_round_trip() -> None:
         passed=True,
         restore_s=3.0,
         replay_s=4.5,
-        replayed_to_wal=seg(9),
-        newest_shipped_wal=seg(9),
+        replayed_to_wal=wal(9),
+        newest_shipped_wal=wal(9),
         query_result="415",
-        start_wal=seg(3),
+        start_wal=wal(3),
     )
     assert DrillResult.from_json(result.to_json()) == result
     assert result.rebuild_s == 7.5

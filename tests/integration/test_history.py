@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from cli_run import logship
+from factories import connector_status
 from offline_config import write_offline_config
 
 from logship.catalog.store import Catalog, NewSample
@@ -30,20 +31,8 @@ def status(name: str, exposure: float | None, state: State | None = None) -> Con
         state = State.OK if exposure is None or exposure <= RPO / 2 else State.WARN
         if exposure is not None and exposure > RPO:
             state = State.BREACH
-    return ConnectorStatus(
-        name=name,
-        kind="postgresql",
-        site="dr",
-        state=state,
-        rpo_target_s=RPO,
-        rpo_exposure_s=exposure,
-        transport_lag_s=0.0,
-        apply_lag_s=1.0,
-        pending_files=0,
-        pending_bytes=0,
-        last_shipped=None,
-        last_applied=None,
-        last_base_backup_at=None,
+    return connector_status(
+        name, state, rpo=RPO, exposure=exposure, transport_lag=0.0, apply_lag=1.0
     )
 
 

@@ -9,6 +9,7 @@ from dataclasses import replace
 from pathlib import Path, PurePosixPath
 
 import pytest
+from factories import backup_record, wal
 from offline_config import write_offline_config
 from site_probes import base_backup, below, close_segment, shipped, site_backups, site_wal
 
@@ -34,26 +35,8 @@ NOW = 1_800_000_000.0
 NO_STANDBY = StandbyNeed.absent()
 
 
-def wal(number: int, timeline: int = 1) -> str:
-    """Segment `number` of a 16 MiB cluster on `timeline`."""
-    return f"{timeline:08X}{number // 256:08X}{number % 256:08X}"
-
-
 def backup(backup_id: str, age_days: float, start: int | None) -> BackupRecord:
-    finished = NOW - age_days * DAY
-    return BackupRecord(
-        backup_id=backup_id,
-        connector="orders",
-        started_at=finished - 60,
-        finished_at=finished,
-        stored_name="base.tar.zst",
-        stored_size=1000,
-        stored_sha256="x" * 64,
-        size=5000,
-        compression="zstd",
-        pg_version="15",
-        start_wal=None if start is None else wal(start),
-    )
+    return backup_record(backup_id, NOW - age_days * DAY, None if start is None else wal(start))
 
 
 # Four nightly backups: oldest b1 (4 days) starts at segment 10, newest b4 at 40.

@@ -13,6 +13,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 import zstandard
 from cli_run import logship
+from factories import backup_record, wal
 from offline_config import write_offline_config
 
 from logship.catalog.store import Catalog, NewFile
@@ -29,10 +30,6 @@ from logship.ship.localdir import LocalDirTransport
 SEG = 16 * 1024 * 1024
 DAY = 86400.0
 HOUR = 3600.0
-
-
-def wal(number: int, timeline: int = 1) -> str:
-    return f"{timeline:08X}{number // 256:08X}{number % 256:08X}"
 
 
 def _restricted_config(root: Path, site_root: Path, *, restricted: str = "true") -> Path:
@@ -113,20 +110,7 @@ def _backup(
 ) -> None:
     if drilled:
         _drilled(layout, backup_id, start=start)
-    finished = time.time() - age_days * DAY
-    record = BackupRecord(
-        backup_id=backup_id,
-        connector="orders",
-        started_at=finished - 60,
-        finished_at=finished,
-        stored_name="base.tar.zst",
-        stored_size=1000,
-        stored_sha256="x" * 64,
-        size=5000,
-        compression="zstd",
-        pg_version="15",
-        start_wal=wal(start),
-    )
+    record = backup_record(backup_id, time.time() - age_days * DAY, wal(start))
     directory = Path(layout.backup_dir(backup_id))
     _put(directory / "base.tar.zst")
     _put(directory / "backup_manifest")
