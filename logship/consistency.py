@@ -31,6 +31,7 @@ from logship.catalog.models import ConsistencyPoint, TreeFile, TreeGeneration
 from logship.catalog.store import Catalog
 from logship.config.model import Config
 from logship.engines.postgresql import walnames
+from logship.engines.registry import engine_for
 from logship.jsonin import load_object
 from logship.manifest import SiteLayout
 
@@ -41,12 +42,13 @@ def point_id_for(taken_at: float) -> str:
 
 
 def files_connectors_for(config: Config, database: str) -> list[str]:
-    """The files connectors a database's consistency points cover: those at its site."""
+    """The connectors a database's consistency points cover: those at its site whose
+    engine joins them (files connectors)."""
     site = config.connector(database).site
     return sorted(
         name
         for name, connector in config.connectors.items()
-        if connector.kind == "files" and connector.site == site
+        if connector.site == site and engine_for(connector.kind).joins_consistency_points
     )
 
 

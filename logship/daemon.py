@@ -20,7 +20,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from logship.catalog.models import FileState, SpoolFile
 from logship.catalog.opening import open_catalog
 from logship.catalog.store import Catalog, NewFile
-from logship.config.model import Config, ConnectorBase, SiteConfig
+from logship.config.model import Config, SiteConfig
 from logship.durable import ensure_private_dir, sha256_of
 from logship.engines.files.worker import MirrorWorker
 from logship.engines.registry import BackgroundJob, engine_for
@@ -196,9 +196,9 @@ class Daemon:
         targets: dict[str, list[ShipTarget]] = {}
         for name, connector in sorted(self.config.connectors.items()):
             engine = engine_for(connector.kind)
-            if not engine.uses_spool:
-                continue
-            spool_dir = self.config.spool_dir(name)
+            spool_dir = engine.spool_dir(self.config, connector)
+            if spool_dir is None:
+                continue  # its files do not come through a spool
             spools.append(WatchedSpool(name, spool_dir, engine.accepts))
             site = self.config.site_of(connector)
             targets.setdefault(site.name, []).append(
@@ -207,7 +207,7 @@ class Daemon:
                     spool_dir=spool_dir,
                     compression=connector.compression,
                     layout=SiteLayout.for_connector(site.root, name),
-                    keep_bytes=_keep_bytes(connector),
+                    keep_bytes=engine.kept_after_shipping(connector),
                 )
             )
         workers = {
@@ -237,7 +237,7 @@ class Daemon:
                 self._stop,
             )
             for _, connector in sorted(self.config.connectors.items())
-            if not engine_for(connector.kind).uses_spool
+            if engine_for(connector.kind).spool_dir(self.config, connector) is None
         ]
 
     def _ingest_until_stopped(
@@ -306,11 +306,13 @@ class Daemon:
             # PostgreSQL pushing it again. Same content is done; different is a
             # conflict that must stay visible.
             if sha256_of(entry.path) == existing.sha256:
+                connector = self.config.connectors[entry.connector]
+                engine = engine_for(connector.kind)
                 retire(
                     self.config.spool_dir(entry.connector),
                     entry.name,
                     existing.sha256,
-                    keep=_keep_bytes(self.config.connectors[entry.connector]) > 0,
+                    keep=engine.kept_after_shipping(connector) > 0,
                 )
             else:
                 event(
@@ -320,8 +322,3 @@ class Daemon:
                     connector=entry.connector,
                     file=entry.name,
                 )
-
-
-def _keep_bytes(connector: ConnectorBase) -> int:
-    """How much of its shipped WAL a connector keeps in the spool (see spool.KEPT_DIR)."""
-    return int(getattr(connector, "keep_shipped_mib", 0)) * 1024 * 1024

@@ -10,14 +10,11 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from logship.temp_names import temp_beside
+
 FILE_MODE = 0o600
 DIR_MODE = 0o700
 COPY_CHUNK = 1 << 20
-
-
-def temp_name_for(final: Path) -> Path:
-    # A leading dot and a random tail: never a valid WAL name, never a collision.
-    return final.with_name(f".tmp.{final.name}.{os.getpid()}.{os.urandom(4).hex()}")
 
 
 def fsync_dir(directory: Path) -> None:
@@ -39,7 +36,7 @@ def write_chunks_atomically(
     final: Path, chunks: Iterable[bytes], *, mtime_ns: int | None = None
 ) -> None:
     """Make `final` appear complete or not at all, and durable once this returns."""
-    tmp = temp_name_for(final)
+    tmp = temp_beside(final)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
     try:
         with os.fdopen(fd, "wb", closefd=True) as out:

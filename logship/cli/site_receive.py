@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from logship.cli.tree_receive import _frames_in
+from logship.cli.pipe_input import frames_in
 from logship.config.files import config_path, read_for_hot_path
 from logship.errors import ConfigError
 from logship.site.receive_server import run as serve
@@ -21,5 +21,5 @@ def run(args: argparse.Namespace) -> int:
     found = read_for_hot_path(config, args.connector)
     if found.site_root is None or not found.site_root.is_absolute():
         raise ConfigError(f"{config}: connector {args.connector!r} has no site with a root")
-    with _frames_in(sys.stdin.fileno()) as frames:
+    with frames_in(sys.stdin.fileno()) as frames:
         return serve(str(found.site_root), args.connector, frames, sys.stdout.buffer)

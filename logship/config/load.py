@@ -21,16 +21,9 @@ from logship.config.model import (
 from logship.engines.registry import engine_for
 from logship.errors import ConfigError
 
-# Keys holding local paths, resolved relative to the file that names them.
-_LOCAL_PATH_KEYS = {
-    "state_dir",
-    "identity_file",
-    "known_hosts",
-    "data_dir",
-    "bin_dir",
-    "scratch_dir",
-    "source",
-}
+# Keys of the main file holding local paths, resolved relative to it; a connector
+# file's are its engine's `path_keys`.
+_MAIN_PATH_KEYS = frozenset({"state_dir", "identity_file", "known_hosts"})
 
 
 _OPTIONAL_SECTIONS: dict[str, type[BaseModel]] = {
@@ -67,12 +60,12 @@ def _validate(model: type[BaseModel], data: dict[str, Any], where: Path, prefix:
         raise ConfigError(f"{where}: {described}") from None
 
 
-def _resolve_paths(table: dict[str, Any], base: Path) -> dict[str, Any]:
+def _resolve_paths(table: dict[str, Any], base: Path, keys: frozenset[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in table.items():
         if isinstance(value, dict):
-            out[key] = _resolve_paths(value, base)
-        elif key in _LOCAL_PATH_KEYS and isinstance(value, str):
+            out[key] = _resolve_paths(value, base, keys)
+        elif key in keys and isinstance(value, str):
             out[key] = resolve_path(value, base)
         else:
             out[key] = value
@@ -94,7 +87,7 @@ def load_config(path: Path) -> Config:
 def _load_config(path: Path) -> Config:
     raw = read_all(path)
     base = raw.base_dir
-    main = _resolve_paths(raw.main, base)
+    main = _resolve_paths(raw.main, base, _MAIN_PATH_KEYS)
     unknown = set(main) - {"logship", "sites", *_OPTIONAL_SECTIONS}
     if unknown:
         raise ConfigError(f"{path}: key '{sorted(unknown)[0]}': unknown key")
@@ -111,14 +104,14 @@ def _load_config(path: Path) -> Config:
     connectors: dict[str, Any] = {}
     for cpath, table in raw.connectors:
         name = connector_name(cpath, table)
-        data = _resolve_paths({**table, "name": name}, cpath.parent)
-        kind = data.get("kind")
+        kind = table.get("kind")
         if not isinstance(kind, str):
             raise ConfigError(f"{cpath}: key 'kind': missing (for example kind = \"postgresql\")")
         try:
             engine = engine_for(kind)
         except KeyError as exc:
             raise ConfigError(f"{cpath}: key 'kind': {exc.args[0]}") from None
+        data = _resolve_paths({**table, "name": name}, cpath.parent, engine.path_keys)
         connector = _validate(engine.config_model, data, cpath)
         if connector.site not in sites:
             known = ", ".join(sorted(sites)) or "none defined"
@@ -127,13 +120,9 @@ def _load_config(path: Path) -> Config:
             )
         if name in connectors:
             raise ConfigError(f"{cpath}: key 'name': connector {name!r} is defined twice")
-        if kind == "files" and sites[connector.site].restricted:
-            # A mirror follows the source: it must delete and replace at the site.
-            raise ConfigError(
-                f"{cpath}: key 'site': site {connector.site!r} is restricted (the primary's "
-                "key may only add new files there), but a files mirror must delete and "
-                "replace files at its site; use a site without `restricted = true`"
-            )
+        problem = engine.site_problem(connector, sites[connector.site])
+        if problem is not None:
+            raise ConfigError(f"{cpath}: key 'site': {problem}")
         connectors[name] = connector
 
     schedules: dict[str, ScheduleConfig] = {}

@@ -116,14 +116,12 @@ class ConnectorBase(Strict):
     compression: Literal["zstd", "none"] = "zstd"
 
 
-ScheduleAction = Literal["base-backup", "retention", "drill", "verify"]
-
-
 class ScheduleConfig(Strict):
     """One `schedules/*.toml` job: an action, run for each of its connectors in turn."""
 
     name: str
-    action: ScheduleAction
+    #: one of an engine's `schedule_actions` (the loader checks it fits each connector)
+    action: str
     connectors: list[str] = Field(min_length=1)
     #: crontab: 5 fields (minute hour day-of-month month day-of-week), or 6 with a
     #: leading seconds field
@@ -135,6 +133,18 @@ class ScheduleConfig(Strict):
     misfire_grace: Seconds = Field(default=3600.0, ge=0)
     #: base-backup only: prove each new backup with a restore drill at the standby site
     drill: bool = True
+
+    @field_validator("action")
+    @classmethod
+    def _known_action(cls, value: str) -> str:
+        from logship.engines.registry import engines
+
+        known = sorted(
+            {action for engine in engines().values() for action in engine.schedule_actions}
+        )
+        if value not in known:
+            raise ValueError(f"unknown action {value!r} (known: {', '.join(known)})")
+        return value
 
     @field_validator("connectors")
     @classmethod

@@ -3,7 +3,11 @@
 An engine is one package under `logship.engines` whose `engine` module exposes
 `ENGINE`; `engines()` discovers it. Discovery lives here, not in the package's
 `__init__`, so that importing a per-segment module of an engine (archive-wal,
-restore-wal) imports nothing else.
+restore-wal) imports nothing else. An engine that lives elsewhere (a plugin, a
+test's) joins with `register`.
+
+An engine's CLI verbs are declared in its package's `verbs` module, which the
+entry point reads without importing this module (see `logship.cli.main`).
 """
 
 from __future__ import annotations
@@ -11,14 +15,19 @@ from __future__ import annotations
 import functools
 import importlib
 import pkgutil
-from collections.abc import Callable, Mapping
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from logship.config.model import ConnectorBase
+from logship.config.model import Config, ConnectorBase, SiteConfig
 
 if TYPE_CHECKING:
     from logship.catalog.store import Catalog
+    from logship.checks import EngineChecks
+    from logship.jobs import ActionOutcome, ActionRun
     from logship.status.model import ConnectorStatus
 
 
@@ -43,8 +52,6 @@ class Engine(Protocol):
     config_model: type[ConnectorBase]
     #: the `schedules/*.toml` actions that make sense for this kind
     schedule_actions: frozenset[str]
-    #: True: files arrive in `state_dir/spool/<connector>` and ship from there
-    uses_spool: bool
 
     def accepts(self, name: str) -> bool:
         """True for a spool file name this engine ships."""
@@ -56,6 +63,34 @@ class Engine(Protocol):
 
     def background_jobs(self, connector: ConnectorBase) -> list[BackgroundJob]:
         """Periodic work the daemon runs for this connector (e.g. a heartbeat)."""
+        ...
+
+    #: keys of a connector file of this kind that hold local paths: the loader
+    #: resolves them relative to that file
+    path_keys: frozenset[str]
+    #: its connectors complete their part of a database's consistency points (their
+    #: state, paired with the database's position, is written to the site)
+    joins_consistency_points: bool
+
+    def site_problem(self, connector: ConnectorBase, site: SiteConfig) -> str | None:
+        """Why `connector` cannot work with `site` (e.g. a restricted one), or None."""
+        ...
+
+    def spool_dir(self, config: Config, connector: ConnectorBase) -> Path | None:
+        """Where the protected system hands over this connector's files, for the
+        daemon to watch and ship from; None when they do not come through a spool."""
+        ...
+
+    def kept_after_shipping(self, connector: ConnectorBase) -> int:
+        """Bytes of shipped files kept in the spool until the site has used them."""
+        ...
+
+    def checks(self) -> EngineChecks:
+        """Its part of `logship check` (imported when a check runs)."""
+        ...
+
+    def run_action(self, action: str, run: ActionRun) -> ActionOutcome:
+        """Run one of `schedule_actions` for `run.connector`; LogshipError when it fails."""
         ...
 
     def status(
@@ -73,8 +108,54 @@ class Engine(Protocol):
         ...
 
 
-@functools.cache
+class _Registered:
+    """Engines that joined with `register`, next to the discovered ones."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._engines: dict[str, Engine] = {}
+
+    def add(self, engine: Engine) -> None:
+        with self._lock:
+            if engine.kind in self._engines or engine.kind in _discovered():
+                raise ValueError(f"an engine of kind {engine.kind!r} is already registered")
+            self._engines[engine.kind] = engine
+
+    def remove(self, kind: str) -> None:
+        with self._lock:
+            self._engines.pop(kind, None)
+
+    def all(self) -> dict[str, Engine]:
+        with self._lock:
+            return dict(self._engines)
+
+
+_REGISTERED = _Registered()
+
+
+def register(engine: Engine) -> Callable[[], None]:
+    """Add an engine that is not a package under `logship.engines`; returns the
+    call that removes it again. Discovery stays cached: this adds beside it."""
+    _REGISTERED.add(engine)
+    return functools.partial(_REGISTERED.remove, engine.kind)
+
+
+@contextmanager
+def registered(engine: Engine) -> Iterator[Engine]:
+    """`register` for the length of a `with` block."""
+    unregister = register(engine)
+    try:
+        yield engine
+    finally:
+        unregister()
+
+
 def engines() -> dict[str, Engine]:
+    return {**_discovered(), **_REGISTERED.all()}
+
+
+@functools.cache
+def _discovered() -> dict[str, Engine]:
     import logship.engines as package
 
     found: dict[str, Engine] = {}

@@ -51,7 +51,16 @@ class LocalDirTransport:
             return None
 
     def makedirs(self, path: PurePosixPath) -> None:
-        os.makedirs(path, mode=DIR_MODE, exist_ok=True)
+        # One level at a time: os.makedirs gives the parents it makes the umask's
+        # mode, not DIR_MODE.
+        folder = Path(path)
+        if folder.parent != folder and not folder.parent.is_dir():
+            self.makedirs(PurePosixPath(folder.parent))
+        try:
+            os.mkdir(folder, DIR_MODE)
+        except FileExistsError:
+            if not folder.is_dir():
+                raise
 
     def listdir(self, path: PurePosixPath) -> list[str]:
         try:

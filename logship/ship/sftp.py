@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import secrets
 import shlex
 import socket
 import stat
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -22,7 +21,7 @@ from paramiko.sftp import CMD_EXTENDED, CMD_EXTENDED_REPLY
 
 from logship.config.model import SiteConfig
 from logship.errors import ConfigError, OperationFailed
-from logship.ship.sftp_replies import RemoteUpload
+from logship.ship.sftp_replies import RemoteUpload, Replies, fsync_folders
 from logship.ship.site_output import drain
 from logship.ship.ssh_trust import (
     RefuseUnknown,
@@ -31,7 +30,8 @@ from logship.ship.ssh_trust import (
     refusal,
     refuse_unprotected_key,
 )
-from logship.ship.transport import OUTPUT_LIMIT, READ_LIMIT, TEMP_PREFIX, SiteOutputTooLarge
+from logship.ship.transport import OUTPUT_LIMIT, READ_LIMIT, SiteOutputTooLarge
+from logship.temp_names import temp_beside
 
 PREFERRED_CIPHERS = (
     "aes128-gcm@openssh.com",
@@ -145,27 +145,20 @@ class SftpTransport:
         # paramiko has no public call for OpenSSH's fsync extension.
         self._sftp._request(CMD_EXTENDED, "fsync@openssh.com", handle)
 
-    @property
-    def dir_fsync_supported(self) -> bool:
-        return self._dir_fsync
-
-    def dir_fsync_refused(self) -> None:
-        self._dir_fsync = False
-
-    def fsync_dir(self, directory: PurePosixPath | bytes) -> None:
-        # OpenSSH's sftp-server opens a directory with open(2), so its handle can
-        # be fsynced; servers that refuse are remembered and not asked again.
-        if not self._dir_fsync:
+    def fsync_dirs(
+        self, folders: Sequence[PurePosixPath | bytes], replies: Replies | None = None
+    ) -> None:
+        """Make new entries in `folders` durable (pipelined on `replies` when given);
+        a server that refuses is remembered and not asked again."""
+        if not self._dir_fsync or not folders:
             return
-        try:
-            with self._sftp.open(_wire(directory), "r") as handle:
-                self.fsync_handle(handle.handle)
-        except OSError:
+        wire = [_wire(folder) for folder in folders]
+        if not fsync_folders(replies or Replies(self._sftp), wire):
             self._dir_fsync = False
 
     def put_atomic(self, path: PurePosixPath, chunks: Iterable[bytes]) -> int:
         # Unpredictable, and created exclusively (see RemoteUpload).
-        tmp = path.with_name(f"{TEMP_PREFIX}{path.name}.{secrets.token_hex(8)}")
+        tmp = temp_beside(path)
         try:
             # Big pipelined writes, each acknowledged before the rename; then close,
             # rename and the folder's fsync, in two round trips, not six (the

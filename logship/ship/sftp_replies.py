@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import struct
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import paramiko
 from paramiko.message import Message
@@ -166,6 +166,36 @@ class Replies:
         return OSError(f"unexpected SFTP reply {kind}")
 
 
+def send_folder_opens(replies: Replies, folders: Sequence[bytes | str]) -> list[int]:
+    """Open requests for `folders`, to be fsynced by `fsync_opened_folders`.
+
+    OpenSSH's sftp-server opens a folder with open(2), so its handle can be
+    fsynced (fsync@openssh.com): what makes a new name in it durable. Sent
+    apart from the fsyncs so a caller can put them in a round trip it makes
+    anyway (a rename's).
+    """
+    return [replies.send(CMD_OPEN, folder, SFTP_FLAG_READ, _NO_ATTRS) for folder in folders]
+
+
+def fsync_opened_folders(replies: Replies, opens: Sequence[int]) -> bool:
+    """fsync and close every folder `send_folder_opens` asked for, in one round
+    trip; False when one could not be opened or fsynced (a server that refuses)."""
+    found = [replies.handle(num) for num in opens]
+    handles = [handle for handle in found if isinstance(handle, bytes)]
+    fsyncs = [replies.send(CMD_EXTENDED, "fsync@openssh.com", handle) for handle in handles]
+    closes = [replies.send(CMD_CLOSE, handle) for handle in handles]
+    errors = [replies.status(num) for num in fsyncs]
+    for num in closes:
+        replies.status(num)
+    return len(handles) == len(found) and all(error is None for error in errors)
+
+
+def fsync_folders(replies: Replies, folders: Sequence[bytes | str]) -> bool:
+    """Make the entries of `folders` durable at the site, all in two round trips;
+    False when the server refuses (see `fsync_opened_folders`)."""
+    return fsync_opened_folders(replies, send_folder_opens(replies, folders))
+
+
 class RemoteUpload:
     """A new private (0600) file at the site, written in pipelined requests.
 
@@ -228,21 +258,10 @@ class RemoteUpload:
         replies = self._replies
         close = replies.send(CMD_CLOSE, self.handle)
         rename = replies.send(CMD_EXTENDED, "posix-rename@openssh.com", self._path, target)
-        opened = (
-            None if folder is None else replies.send(CMD_OPEN, folder, SFTP_FLAG_READ, _NO_ATTRS)
-        )
+        opened = [] if folder is None else send_folder_opens(replies, [folder])
         self._check(close)
         self._check(rename)
-        if opened is None:
-            return True
-        found = replies.handle(opened)
-        if isinstance(found, OSError):
-            return False
-        fsync = replies.send(CMD_EXTENDED, "fsync@openssh.com", found)
-        close_folder = replies.send(CMD_CLOSE, found)
-        error = replies.status(fsync)
-        replies.status(close_folder)
-        return error is None
+        return fsync_opened_folders(replies, opened)
 
     def close(self) -> None:
         if self._closed:

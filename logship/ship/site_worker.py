@@ -31,8 +31,9 @@ from logship.manifest import ManifestRecord, SiteLayout
 from logship.ship.lane_process import LaneProcess
 from logship.ship.lanes import Lane, Lanes
 from logship.ship.shipper import ShipConflict, ship_file
-from logship.ship.transport import SiteRefused, Transport, is_temp_name
+from logship.ship.transport import SiteRefused, Transport
 from logship.spool import SpoolEntry, entry_for, kept_path, prune_kept, retire
+from logship.temp_names import is_temp_name
 
 log = logging.getLogger("logship.ship")
 

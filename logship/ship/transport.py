@@ -87,10 +87,3 @@ class Transport(Protocol):
         ...
 
     def close(self) -> None: ...
-
-
-TEMP_PREFIX = ".tmp."
-
-
-def is_temp_name(name: str) -> bool:
-    return name.startswith(TEMP_PREFIX)

@@ -13,8 +13,9 @@ that is already durable here can never be overwritten. The same content again
 is a success (a retry after a lost reply); other content is refused.
 
 Nothing here removes, renames, truncates or chmods a final file; the protocol
-has no such request (see logship.site.gate_protocol). Only the temps this
-server makes are unlinked, by this server.
+has no such request (see logship.site.gate_protocol). Only temps are ever
+unlinked: the ones this server makes, and stale ones at its start (see
+logship.site_temps).
 """
 
 from __future__ import annotations
@@ -25,15 +26,15 @@ import hashlib
 import json
 import os
 import re
-import secrets
 import stat
 import sys
 import time
 from collections.abc import Iterator
 from typing import IO, Any
 
-from logship.ship.transport import TEMP_PREFIX
 from logship.site import gate_protocol as gp
+from logship.site_temps import sweep_connector_temps
+from logship.temp_names import is_temp_name, temp_name
 
 #: the files a primary may append to (Transport.append_durably's callers)
 APPEND_ONLY = frozenset({"generations.jsonl"})
@@ -49,8 +50,6 @@ _TEMP = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _APPEND = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _HEX64 = re.compile(r"[0-9a-f]{64}")
-#: the temps this server makes (Upload): only these are ever swept
-_OWN_TEMP = re.compile(re.escape(TEMP_PREFIX) + r"[0-9a-f]{32}")
 
 
 class Refused(Exception):
@@ -71,7 +70,7 @@ def split_path(path: Any, *, allow_root: bool = False) -> list[str]:
     if len(parts) > gp.DEPTH_MAX:
         raise Refused(f"refused path {path!r}: too deep")
     for part in parts:
-        if part in ("", ".", "..") or "\0" in part or part.startswith(TEMP_PREFIX):
+        if part in ("", ".", "..") or "\0" in part or is_temp_name(part):
             raise Refused(f"refused path {path!r}")
         if len(part.encode("utf-8", "surrogateescape")) > gp.NAME_MAX:
             raise Refused(f"refused path {path!r}: a name is too long")
@@ -157,7 +156,7 @@ class ConnectorFolder:
         except FileNotFoundError:
             names = []
         # Temps are this server's own business, never a shipped file.
-        return json.dumps(sorted(n for n in names if not n.startswith(TEMP_PREFIX))).encode()
+        return json.dumps(sorted(n for n in names if not is_temp_name(n))).encode()
 
     def statvfs(self, path: Any) -> dict[str, Any]:
         split_path(path, allow_root=True)
@@ -222,22 +221,12 @@ class ConnectorFolder:
     def sweep_stale_temps(self, now: float | None = None) -> int:
         """Remove temps an upload cut short left behind (kill -9, a lost link).
 
-        Each write moves a file's ctime: one untouched for STALE_TEMP_S belongs
-        to no upload in flight here or in another connection's server. Only
-        names of this server's own making are touched: a drill's scratch copy,
-        say, may hold files of any name.
+        Each write moves a temp's mtime: one of this scheme untouched for
+        STALE_TEMP_S belongs to no upload in flight here or in another
+        connection's server (see logship.site_temps for the rest).
         """
-        cutoff = (time.time() if now is None else now) - STALE_TEMP_S
-        swept = 0
-        for _, _, names, dirfd in os.fwalk(dir_fd=self.fd, follow_symlinks=False):
-            for name in names:
-                if not _OWN_TEMP.fullmatch(name):
-                    continue
-                with contextlib.suppress(OSError):
-                    if os.stat(name, dir_fd=dirfd, follow_symlinks=False).st_ctime < cutoff:
-                        os.unlink(name, dir_fd=dirfd)
-                        swept += 1
-        return swept
+        moment = time.time() if now is None else now
+        return sweep_connector_temps(self.fd, moment, older_than=STALE_TEMP_S)
 
 
 class Upload:
@@ -247,7 +236,7 @@ class Upload:
         self._folder = folder
         self._name = name
         self.path = path
-        self._temp = f"{TEMP_PREFIX}{secrets.token_hex(16)}"
+        self._temp = temp_name()
         self._digest = hashlib.sha256()
         self._size = 0
         self._fd: int | None = None

@@ -20,7 +20,7 @@ import pytest
 from logship.catalog.store import Catalog
 from logship.demo_sandbox.deployment import Deployment, logship_command
 from logship.demo_sandbox.procs import child_pids, kill_tree
-from logship.ship.transport import TEMP_PREFIX
+from logship.temp_names import TEMP_PREFIX
 
 #: enough incompressible-ish data that streaming it takes a few seconds
 BLOB_ROWS = 240_000  # a stream that lasts long enough to be caught mid-way

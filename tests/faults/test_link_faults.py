@@ -17,7 +17,7 @@ from link_site import behind_relay
 from site_checks import all_shipped, check_site, log_events, site_layout, status_entry
 
 from logship.demo_sandbox.deployment import Deployment, wait_for
-from logship.ship.transport import is_temp_name
+from logship.temp_names import is_temp_name
 from testkit.netns import SiteLink, why_unavailable
 from testkit.relay import DelayRelay
 

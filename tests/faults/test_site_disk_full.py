@@ -14,7 +14,7 @@ from site_checks import all_shipped, check_site, site_layout, status_entry
 
 from logship.demo_sandbox.deployment import Deployment, wait_for
 from logship.demo_sandbox.osuser import is_root
-from logship.ship.transport import is_temp_name
+from logship.temp_names import is_temp_name
 
 MIB = 1024 * 1024
 SITE_FS_MIB = 48

@@ -22,6 +22,7 @@ from types import SimpleNamespace
 import pytest
 from sshd_site import running_sshd
 
+from logship import temp_names
 from logship.catalog.store import Catalog
 from logship.config.load import load_config
 from logship.config.model import Config
@@ -30,16 +31,16 @@ from logship.demo_sandbox.deployment import wait_for
 from logship.demo_sandbox.sshd import SshServer
 from logship.engines.files import rows, sftp_site, ship
 from logship.engines.files.exclude import ExcludeRules
-from logship.engines.files.names import TEMP_PREFIX, is_temp_name
 from logship.engines.files.sftp_site import SftpTreeSite
 from logship.engines.files.status import files_status
 from logship.engines.files.track import Tracker
 from logship.engines.files.verify_run import run_verify
 from logship.engines.files.watcher import Touched, TreeWatcher
 from logship.engines.files.worker import MirrorWorker, sftp_tree_site
-from logship.ship import sftp
 from logship.ship.sftp import SftpTransport
 from logship.status.monitor import collect_statuses
+from logship.temp_names import TREE_TEMP_PREFIX as TEMP_PREFIX
+from logship.temp_names import is_tree_temp_name as is_temp_name
 from logship.ui.status_table import null_reasons
 
 pytestmark = pytest.mark.slow  # left out of the fast subset (README)
@@ -850,8 +851,8 @@ def test_a_link_a_local_user_plants_at_a_temp_name_is_never_written_through(
         victim.write_text("precious\n")
         site.user.chown(victim)
         planted = TEMP_PREFIX + b"known"
-        monkeypatch.setattr(sftp_site, "retry_temp_name", lambda *_: planted)
-        monkeypatch.setattr(sftp.secrets, "token_hex", lambda *_: "known")
+        monkeypatch.setattr(sftp_site, "keyed_tree_temp_name", lambda *_: planted)
+        monkeypatch.setattr(temp_names, "random_tail", lambda *_: "known")
         local_user = OsUser.from_name("nobody")
 
         def plant(name: str) -> None:
@@ -880,8 +881,8 @@ def test_a_link_a_local_user_plants_at_a_temp_name_is_never_written_through(
         with pytest.raises(OSError):
             tree.put_file(b"shared/c", local, unchanged=ship.same_file)
         monkeypatch.undo()
-        plant(".tmp.wal.known")
-        monkeypatch.setattr(sftp.secrets, "token_hex", lambda *_: "known")
+        plant(".tmp.known")
+        monkeypatch.setattr(temp_names, "random_tail", lambda *_: "known")
         with pytest.raises(OSError):
             transport.put_atomic(PurePosixPath(shared / "wal"), [b"segment"])
         assert victim.read_text() == "precious\n"

@@ -22,13 +22,13 @@ from logship.demo_sandbox import OsUser, SshServer
 from logship.demo_sandbox.osuser import is_root
 from logship.engines.files.digest import DigestEnd, DigestEntry, digest_tree, end_line, parse_line
 from logship.engines.files.exclude import ExcludeRules
-from logship.engines.files.names import TEMP_PREFIX
 from logship.engines.files.scan import EntryKind
 from logship.engines.files.verify import compare, display_path, is_pending
 from logship.engines.files.verify_rows import finish_verify, last_verify, start_verify
 from logship.engines.files.verify_run import site_listing
 from logship.engines.postgresql.status import connector_status
 from logship.status.jobs import JobFacts
+from logship.temp_names import TREE_TEMP_PREFIX as TEMP_PREFIX
 
 REPO = Path(__file__).resolve().parents[2]
 SHA_A = "a" * 64

@@ -16,10 +16,11 @@ from pathlib import Path
 import pytest
 from offline_config import write_offline_config
 
-from logship.cli.tree_receive import _frames_in
-from logship.engines.files.names import TEMP_PREFIX, is_temp_name
+from logship.cli.pipe_input import frames_in
 from logship.engines.files.receive import MAX_FILE, STALE_TEMP_S, Receiver
 from logship.engines.files.stream import COMMIT, StreamError, file_frame
+from logship.temp_names import TREE_TEMP_PREFIX as TEMP_PREFIX
+from logship.temp_names import is_tree_temp_name as is_temp_name
 
 MTIME_NS = 1_700_000_000_123_456_789
 
@@ -266,7 +267,7 @@ def test_frames_come_in_through_a_large_pipe_or_any_other_stdin(tmp_path: Path) 
         os.close(write_end)  # the end of the stream
 
     try:
-        with _frames_in(read_end) as stream:
+        with frames_in(read_end) as stream:
             assert fcntl.fcntl(read_end, fcntl.F_GETPIPE_SZ) >= 128 * 1024
             writer = threading.Thread(target=send)
             writer.start()
@@ -277,7 +278,7 @@ def test_frames_come_in_through_a_large_pipe_or_any_other_stdin(tmp_path: Path) 
     assert (tmp_path / "a.conf").read_bytes() == b"x" * 100_000
     source = tmp_path / "frames"
     source.write_bytes(file_frame(b"b.conf", 0o600, MTIME_NS, b"y") + COMMIT)
-    with open(source, "rb") as raw, _frames_in(raw.fileno()) as stream:
+    with open(source, "rb") as raw, frames_in(raw.fileno()) as stream:
         Receiver(tmp_path).serve(stream, io.BytesIO())
     assert (tmp_path / "b.conf").read_bytes() == b"y"
 
@@ -301,9 +302,9 @@ def _site_config(tmp_path: Path, connectors: dict[str, str]) -> Path:
 
 
 def test_the_target_read_without_the_model_is_the_models(tmp_path: Path) -> None:
-    from logship.config.files import read_files_target
     from logship.config.load import load_config
     from logship.engines.files.engine import files_connector
+    from logship.engines.files.site_target import read_files_target
 
     path = _site_config(tmp_path, {"app": FILES_CONNECTOR.format(target="/srv/app mirror")})
     expected = files_connector(load_config(path), "app").standby.target

@@ -13,11 +13,13 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, StrictBool, field_validator
 
-from logship.config.model import Config, ConnectorBase, Seconds, Strict
+from logship.config.model import Config, ConnectorBase, Seconds, SiteConfig, Strict
 from logship.engines.registry import BackgroundJob
 
 if TYPE_CHECKING:
     from logship.catalog.store import Catalog
+    from logship.checks import EngineChecks
+    from logship.jobs import ActionOutcome, ActionRun
     from logship.status.model import ConnectorStatus
 
 
@@ -63,8 +65,9 @@ class FilesEngine:
     kind: str = "files"
     config_model: type[ConnectorBase] = FilesConnector
     schedule_actions: frozenset[str] = frozenset({"verify"})
-    #: the daemon watches `source` itself; there is no spool
-    uses_spool: bool = False
+    path_keys: frozenset[str] = frozenset({"source"})
+    #: a database's point pairs its position with this mirror's generation
+    joins_consistency_points: bool = True
 
     def accepts(self, name: str) -> bool:
         return False
@@ -74,6 +77,33 @@ class FilesEngine:
 
     def background_jobs(self, connector: ConnectorBase) -> list[BackgroundJob]:
         return []
+
+    def site_problem(self, connector: ConnectorBase, site: SiteConfig) -> str | None:
+        if site.restricted:
+            # A mirror follows the source: it must delete and replace at the site.
+            return (
+                f"site {site.name!r} is restricted (the primary's key may only add new files "
+                "there), but a files mirror must delete and replace files at its site; use a "
+                "site without `restricted = true`"
+            )
+        return None
+
+    def spool_dir(self, config: Config, connector: ConnectorBase) -> Path | None:
+        # The mirror watches `source` itself: nothing goes through a spool.
+        return None
+
+    def kept_after_shipping(self, connector: ConnectorBase) -> int:
+        return 0
+
+    def checks(self) -> EngineChecks:
+        from logship.engines.files.checks import FILES_CHECKS
+
+        return FILES_CHECKS
+
+    def run_action(self, action: str, run: ActionRun) -> ActionOutcome:
+        from logship.engines.files.actions import run_action
+
+        return run_action(action, run)
 
     def status(
         self, connector: ConnectorBase, catalog: Catalog | None, now: float, *, remember: bool

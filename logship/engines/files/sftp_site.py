@@ -37,12 +37,11 @@ from paramiko.sftp import (
     CMD_READDIR,
     CMD_REMOVE,
     CMD_SETSTAT,
-    SFTP_FLAG_READ,
 )
 from paramiko.sftp_attr import SFTPAttributes
 
 from logship.engines.files.modes import site_mode
-from logship.engines.files.names import retry_temp_name, show_path
+from logship.engines.files.names import show_path
 from logship.engines.files.scan import READ_CHUNK
 from logship.engines.files.ship import BatchFile, BatchUpload, SourceChanged
 from logship.engines.files.stream import file_frame
@@ -56,6 +55,7 @@ from logship.ship.sftp_replies import (
     Replies,
     missing,
 )
+from logship.temp_names import keyed_tree_temp_name
 
 log = logging.getLogger("logship.files")
 
@@ -162,7 +162,7 @@ class SftpTreeSite:
 
     def _temp_for(self, relative: bytes) -> bytes:
         parent = relative.rpartition(b"/")[0]
-        temp = retry_temp_name(relative)
+        temp = keyed_tree_temp_name(relative)
         return self._abs(parent + b"/" + temp if parent else temp)
 
     def _parent(self, relative: bytes) -> bytes:
@@ -301,7 +301,7 @@ class SftpTreeSite:
             except BaseException:
                 self._transport.remove_quietly(temp)
                 raise
-        self._transport.fsync_dir(self._parent(relative))
+        self._transport.fsync_dirs([self._parent(relative)])
         return digest.hexdigest(), size, before
 
     def start_files(self, files: Sequence[BatchFile]) -> BatchUpload:
@@ -388,7 +388,7 @@ class SftpTreeSite:
                 outcomes[i] = exc
         if fsync_each:
             folders = {self._parent(files[i].relative) for i in ready}
-            self._fsync_dirs(replies, sorted(folders))
+            self._transport.fsync_dirs(sorted(folders), replies)
         else:
             self._syncfs()  # the renames
         return outcomes
@@ -397,23 +397,6 @@ class SftpTreeSite:
         nums = [replies.send(CMD_REMOVE, temp) for temp in temps]
         for num in nums:
             replies.status(num)  # gone already is fine
-
-    def _fsync_dirs(self, replies: Replies, folders: Sequence[bytes]) -> None:
-        if not self._transport.dir_fsync_supported:
-            return
-        # As fsync_dir does, one request at a time: the server opens a folder
-        # with open(2), and one that refuses is remembered and not asked again.
-        opens = [replies.send(CMD_OPEN, f, SFTP_FLAG_READ, SFTPAttributes()) for f in folders]
-        found = [replies.handle(num) for num in opens]
-        handles = [h for h in found if isinstance(h, bytes)]
-        fsyncs = [replies.send(CMD_EXTENDED, "fsync@openssh.com", h) for h in handles]
-        closes = [replies.send(CMD_CLOSE, h) for h in handles]
-        refused = len(handles) < len(found)
-        refused |= any(replies.status(num) is not None for num in fsyncs)
-        for num in closes:
-            replies.status(num)
-        if refused:
-            self._transport.dir_fsync_refused()
 
     def _syncfs_usable(self) -> bool:
         if self._syncfs_works is None:
@@ -456,7 +439,7 @@ class SftpTreeSite:
         except BaseException:
             self._transport.remove_quietly(temp)
             raise
-        self._transport.fsync_dir(self._parent(relative))
+        self._transport.fsync_dirs([self._parent(relative)])
 
     def make_dirs(self, folders: Sequence[tuple[bytes, int]]) -> list[OSError | None]:
         """Folders with their modes; what is in the way of one is removed first.
@@ -520,7 +503,7 @@ class SftpTreeSite:
                 self._syncfs()
             else:
                 parents = {self._parent(folders[i][0]) for i in made}
-                self._fsync_dirs(replies, sorted(parents))
+                self._transport.fsync_dirs(sorted(parents), replies)
         # Modes set outright: mkdir's is subject to the server's umask.
         chmods: dict[int, int] = {}
         for i, (relative, mode) in enumerate(folders):
@@ -597,7 +580,7 @@ class SftpTreeSite:
             self._sftp.rmdir(self._abs(relative))
         else:
             self._sftp.remove(self._abs(relative))
-        self._transport.fsync_dir(self._parent(relative))
+        self._transport.fsync_dirs([self._parent(relative)])
 
     def _rename_into_place(self, temp: bytes, relative: bytes) -> None:
         try:

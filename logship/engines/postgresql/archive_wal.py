@@ -22,10 +22,10 @@ from logship.durable import (
     fsync_dir,
     read_chunks,
     sha256_of,
-    temp_name_for,
 )
 from logship.engines.postgresql import walnames
 from logship.errors import OperationFailed, UsageError
+from logship.temp_names import temp_beside
 
 SHIPPED_DIR = ".shipped"
 #: bytes per copy_file_range call: a whole default-sized segment at once
@@ -93,7 +93,7 @@ def archive_wal(spool_dir: Path, source: Path, *, now_ns: int | None = None) -> 
     try:
         if _check_repush(final, source):
             return ArchiveResult(name, already_archived=True)
-        tmp = temp_name_for(final)
+        tmp = temp_beside(final)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
         try:
             with os.fdopen(fd, "wb") as out:

@@ -8,12 +8,14 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 
-from logship.config.model import ConnectorBase, Seconds, Strict
+from logship.config.model import Config, ConnectorBase, Seconds, SiteConfig, Strict
 from logship.engines.postgresql import walnames
 from logship.engines.registry import BackgroundJob
 
 if TYPE_CHECKING:
     from logship.catalog.store import Catalog
+    from logship.checks import EngineChecks
+    from logship.jobs import ActionOutcome, ActionRun
     from logship.status.model import ConnectorStatus
 
 
@@ -73,8 +75,8 @@ class PostgresEngine:
     kind: str = "postgresql"
     config_model: type[ConnectorBase] = PostgresConnector
     schedule_actions: frozenset[str] = frozenset({"base-backup", "retention", "drill"})
-    #: WAL arrives in the spool through archive-wal or basic_archive
-    uses_spool: bool = True
+    path_keys: frozenset[str] = frozenset({"data_dir", "bin_dir", "scratch_dir"})
+    joins_consistency_points: bool = False
 
     def accepts(self, name: str) -> bool:
         return walnames.is_archivable(name)
@@ -100,6 +102,27 @@ class PostgresEngine:
                 close=probe.close,
             )
         ]
+
+    def site_problem(self, connector: ConnectorBase, site: SiteConfig) -> str | None:
+        return None
+
+    def spool_dir(self, config: Config, connector: ConnectorBase) -> Path | None:
+        # WAL arrives there through archive-wal or basic_archive.
+        return config.spool_dir(connector.name)
+
+    def kept_after_shipping(self, connector: ConnectorBase) -> int:
+        assert isinstance(connector, PostgresConnector)
+        return connector.keep_shipped_mib * 1024 * 1024
+
+    def checks(self) -> EngineChecks:
+        from logship.engines.postgresql.checks import POSTGRESQL_CHECKS
+
+        return POSTGRESQL_CHECKS
+
+    def run_action(self, action: str, run: ActionRun) -> ActionOutcome:
+        from logship.engines.postgresql.actions import run_action
+
+        return run_action(action, run)
 
     def status(
         self, connector: ConnectorBase, catalog: Catalog | None, now: float, *, remember: bool

@@ -28,18 +28,13 @@ from pathlib import Path
 from logship.engines.postgresql import walnames
 from logship.errors import LogshipError, UsageError
 from logship.manifest import ZSTD_SUFFIX, ManifestRecord, SiteLayout
+from logship.temp_names import temp_beside
 
 EXIT_ABORT = 255  # PostgreSQL: treat as fatal, never as "file not found"
 CHUNK = 1 << 20
-#: a temp is created new or not at all: never an existing file truncated, never a
-#: link planted at its name followed
+#: a temp (logship.temp_names) is created new or not at all: never an existing
+#: file truncated, never a link planted at its name followed
 _NEW_TEMP = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-def _temp_beside(path: Path, prefix: str) -> Path:
-    """An unpredictable temp name starting with `prefix` in `path`'s folder (to be
-    created with _NEW_TEMP)."""
-    return path.with_name(f"{prefix}{os.urandom(8).hex()}")
 
 
 class NotArrived(LogshipError):
@@ -131,7 +126,7 @@ def _copy_verified(record: ManifestRecord, source: Path, tmp: Path, seen: Seen) 
 def _write_note(path: Path, payload: dict[str, object]) -> None:
     """A small private JSON file for the primary's daemon, replaced whole (best
     effort: these notes are never what keeps the standby safe)."""
-    tmp = _temp_beside(path, f".tmp.{path.name}.")
+    tmp = temp_beside(path)
     try:
         fd = os.open(tmp, _NEW_TEMP, 0o600)
         with os.fdopen(fd, "w") as out:
@@ -213,7 +208,7 @@ def restore_wal(
             f"{walname!r} is not a WAL segment, .history, .backup or .partial name; refusing"
         )
     layout = SiteLayout.for_connector(site_root.as_posix(), connector)
-    tmp = _temp_beside(dest, f".{dest.name}.logship-")
+    tmp = temp_beside(dest)
     seen: Seen = []
     try:
         record = _read_record(layout, walname, seen)

@@ -20,7 +20,8 @@ from logship.engines.postgresql.retention_plan import DEFAULT_SEGMENT_SIZE
 from logship.engines.postgresql.walnames import WalKind
 from logship.errors import first_line
 from logship.manifest import ZSTD_SUFFIX, BackupRecord, ManifestRecord, SiteLayout
-from logship.ship.transport import Transport, is_temp_name
+from logship.ship.transport import Transport
+from logship.temp_names import is_temp_name
 
 if TYPE_CHECKING:
     from logship.catalog.store import Catalog

@@ -9,14 +9,13 @@ back to SFTP alone when it cannot run.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import sys
 from pathlib import Path
-from typing import IO
 
-from logship.config.files import config_path, read_files_target
+from logship.cli.pipe_input import frames_in
+from logship.config.files import config_path
 from logship.engines.files.receive import Receiver
+from logship.engines.files.site_target import read_files_target
 from logship.engines.files.stream import reply_line
 
 
@@ -34,18 +33,6 @@ def run(args: argparse.Namespace) -> int:
         out.write(reply_line({"error": message}))
         out.flush()
         return 1
-    with _frames_in(sys.stdin.fileno()) as frames:
+    with frames_in(sys.stdin.fileno()) as frames:
         Receiver(target).serve(frames, out, sweep=not args.no_sweep)
     return 0
-
-
-#: stdin is read in pieces of up to this size, and its pipe (from sshd) grown to it
-FRAMES_BUFFER = 1024 * 1024
-
-
-def _frames_in(fd: int) -> IO[bytes]:
-    """stdin with a large buffer: Python's default 8 KiB made a read(2), and a
-    wakeup of sshd on the other end, every 8 KiB of a batch."""
-    with contextlib.suppress(OSError):  # not a pipe, or a smaller limit here
-        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, FRAMES_BUFFER)
-    return open(fd, "rb", buffering=FRAMES_BUFFER, closefd=False)

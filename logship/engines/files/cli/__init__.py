@@ -1,0 +1,1 @@
+"""The files connector's CLI verbs (declared in `logship.engines.files.verbs`)."""

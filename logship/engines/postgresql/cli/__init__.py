@@ -1,0 +1,1 @@
+"""PostgreSQL's CLI verbs (declared in `logship.engines.postgresql.verbs`)."""
