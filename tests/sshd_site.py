@@ -36,14 +36,16 @@ def running_sshd(prefix: str, user: OsUser) -> Iterator[tuple[Path, SshServer]]:
         shutil.rmtree(base, ignore_errors=True)
 
 
-def site_section(sshd: SshServer, root: Path, name: str = "dr") -> str:
-    """`[sites.NAME]` in logship.toml: `sshd`'s address, its login user's key and
-    the server's known_hosts, and `root` at the site."""
+def site_section(
+    sshd: SshServer, root: Path, name: str = "dr", identity_file: Path | None = None
+) -> str:
+    """`[sites.NAME]` in logship.toml: `sshd`'s address, its login user's key (or
+    `identity_file`) and the server's known_hosts, and `root` at the site."""
     return f"""[sites.{name}]
 host = "{sshd.host}"
 port = {sshd.port}
 user = "{sshd.login_user.name}"
-identity_file = "{sshd.client_key}"
+identity_file = "{identity_file or sshd.client_key}"
 known_hosts = "{sshd.known_hosts}"
 root = "{root}"
 """
