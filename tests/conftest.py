@@ -7,7 +7,7 @@ or transport must pass), integration (real PostgreSQL and/or sshd, not end to
 end), e2e (the whole DR cycle: daemon and sites) and faults (fault injection).
 The fast subset is `-m "not e2e and not slow"`: `slow` marks the integration
 files that take long, and fault tests on the whole path are marked e2e one by
-one. The `status --json` fields the tests hold the code to are in contract.py.
+one. The `status --json` fields the tests hold the code to are in status_contract.py.
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ import threading
 import time
 from pathlib import Path
 
-from contract import MEASURED_FIELDS
 from site_probes import shipped
+from status_contract import MEASURED_FIELDS
 
 from logship.catalog.store import Catalog
 from logship.demo_sandbox.deployment import Deployment, wait_for

@@ -17,8 +17,8 @@ from pathlib import Path
 import cli_run
 import pytest
 from cli_run import check_lines, explain
-from contract import CONTRACT_FIELDS, MEASURED_FIELDS
 from offline_config import write_offline_config
+from status_contract import CONTRACT_FIELDS, MEASURED_FIELDS
 
 from logship.catalog.store import Catalog, NewFile
 from logship.demo_sandbox import OsUser

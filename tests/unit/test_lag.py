@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pytest
-from contract import CONTRACT_FIELDS
+from status_contract import CONTRACT_FIELDS
 
 from logship import lag
 from logship.engines.postgresql import walnames
