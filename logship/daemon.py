@@ -22,8 +22,7 @@ from logship.catalog.opening import open_catalog
 from logship.catalog.store import Catalog, NewFile
 from logship.config.model import Config, SiteConfig
 from logship.durable import ensure_private_dir, sha256_of
-from logship.engines.files.worker import MirrorWorker
-from logship.engines.registry import BackgroundJob, engine_for
+from logship.engines.registry import BackgroundJob, DaemonWorker, WorkerContext, engine_for
 from logship.errors import OperationFailed, SafetyRefusal
 from logship.logs import event
 from logship.manifest import SiteLayout
@@ -117,8 +116,8 @@ class Daemon:
         lock.acquire()
         # A catalog that cannot be opened: one line, the URL's password masked.
         catalog = open_catalog(self.config)
-        spools, workers = self._build(catalog)
-        mirrors = self._build_mirrors(catalog)
+        spools = self._build()
+        workers, own_workers = self._build_workers(catalog)
         watcher = SpoolWatcher(spools, self._events)
         scheduler = BackgroundScheduler(timezone="UTC")
         schedules: ScheduleRunner | None = None
@@ -166,10 +165,10 @@ class Daemon:
             schedules.publish_next_runs()
             for worker in workers.values():
                 worker.start()
-            for mirror in mirrors:
-                mirror.start()
+            for own in own_workers:
+                own.start()
             event(log, logging.INFO, "started", connectors=sorted(self.config.connectors))
-            self._ingest_until_stopped(catalog, workers, [*workers.values(), *mirrors])
+            self._ingest_until_stopped(catalog, workers, [*workers.values(), *own_workers])
         finally:
             if schedules is not None:
                 schedules.abort(grace=ABORT_GRACE_S)
@@ -184,26 +183,41 @@ class Daemon:
                 # An upload in flight finishes: a worker checks the stop flag
                 # only between files.
                 worker.join()
-            for mirror in mirrors:
-                mirror.wake()
-                mirror.join()
+            for own in own_workers:
+                own.wake()
+                own.join()
             catalog.close()
             lock.release()
             event(log, logging.INFO, "stopped")
 
-    def _build(self, catalog: Catalog) -> tuple[list[WatchedSpool], dict[str, SiteWorker]]:
+    def _build(self) -> list[WatchedSpool]:
         spools: list[WatchedSpool] = []
-        targets: dict[str, list[ShipTarget]] = {}
         for name, connector in sorted(self.config.connectors.items()):
             engine = engine_for(connector.kind)
             spool_dir = engine.spool_dir(self.config, connector)
             if spool_dir is None:
                 continue  # its files do not come through a spool
             spools.append(WatchedSpool(name, spool_dir, engine.accepts))
+        return spools
+
+    def _build_workers(self, catalog: Catalog) -> tuple[dict[str, SiteWorker], list[DaemonWorker]]:
+        """What each connector's engine needs running: one shipping worker per site
+        for the connectors whose spool ships on it, and the engines' own threads."""
+        context = WorkerContext(self.config, catalog, self._connect, self._clock, self._stop)
+        targets: dict[str, list[ShipTarget]] = {}
+        own: list[DaemonWorker] = []
+        for name, connector in sorted(self.config.connectors.items()):
+            engine = engine_for(connector.kind)
+            needs = engine.daemon_workers(connector, context)
+            own.extend(needs.threads)
+            spool_dir = engine.spool_dir(self.config, connector)
+            if not needs.site_shipping or spool_dir is None:
+                continue
             site = self.config.site_of(connector)
             targets.setdefault(site.name, []).append(
                 ShipTarget(
                     connector=name,
+                    kind=connector.kind,
                     spool_dir=spool_dir,
                     compression=connector.compression,
                     layout=SiteLayout.for_connector(site.root, name),
@@ -222,29 +236,13 @@ class Daemon:
             )
             for site, site_targets in targets.items()
         }
-        return spools, workers
-
-    def _build_mirrors(self, catalog: Catalog) -> list[MirrorWorker]:
-        """One worker (thread and SSH link) per connector that mirrors a tree itself."""
-        return [
-            MirrorWorker(
-                connector,
-                self.config.site_of(connector),
-                catalog,
-                self._connect,
-                self._clock,
-                self.config.logship.reconcile_interval,
-                self._stop,
-            )
-            for _, connector in sorted(self.config.connectors.items())
-            if engine_for(connector.kind).spool_dir(self.config, connector) is None
-        ]
+        return workers, own
 
     def _ingest_until_stopped(
         self,
         catalog: Catalog,
         workers: dict[str, SiteWorker],
-        threads: Sequence[threading.Thread],
+        threads: Sequence[DaemonWorker],
     ) -> None:
         while not self._stop.is_set():
             # A shipping thread that died (an unexpected error; its traceback is on

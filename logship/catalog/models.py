@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
 
 from sqlalchemy import BigInteger, Float, Index, LargeBinary, String, Text, UniqueConstraint, text
@@ -131,13 +132,31 @@ class JournalEvent(Base):
     detail: Mapped[str | None] = mapped_column(Text, default=None)  # JSON
 
 
-class SiteStatus(Base):
-    __tablename__ = "site_status"
+class LinkState(Base):
+    """How a connector's link to its site stood when the worker serving it last looked.
+
+    Each row has one writer, the one worker that ships its connector; what status
+    shows of a site is derived from these rows (`Catalog.site_status`), so that no
+    worker's word on the site overwrites another's.
+    """
+
+    __tablename__ = "link_state"
 
     site: Mapped[str] = mapped_column(String(200), primary_key=True)
+    connector: Mapped[str] = mapped_column(String(200), primary_key=True)
     reachable: Mapped[bool]
     checked_at: Mapped[float] = mapped_column(Float)
+    #: what stands in the way while the link is up (a full disk), or why it is down
     error: Mapped[str | None] = mapped_column(Text, default=None)
+
+
+@dataclass(frozen=True)
+class SiteStatus:
+    """A site as its links show it: reachable when every link is up; their errors."""
+
+    reachable: bool
+    error: str | None
+    checked_at: float
 
 
 class PrimaryFacts(Base):

@@ -21,6 +21,7 @@ from logship.catalog.models import (
     FileState,
     JournalEvent,
     LagSample,
+    LinkState,
     PrimaryFacts,
     ScheduledJob,
     SiteStatus,
@@ -411,24 +412,42 @@ class Catalog:
 
     # -- sites -----------------------------------------------------------------
 
-    def set_site_status(self, site: str, reachable: bool, error: str | None, now: float) -> None:
+    def set_link_state(
+        self,
+        site: str,
+        connectors: Sequence[str],
+        reachable: bool,
+        error: str | None,
+        now: float,
+    ) -> None:
+        """The link of the worker serving `connectors` at `site`, as it stands now."""
         values = {"reachable": reachable, "error": error, "checked_at": now}
-        change = update(SiteStatus).where(SiteStatus.site == site).values(**values)
         with self.session() as s:
-            if s.execute(change).rowcount == 0:
-                s.add(SiteStatus(site=site, **values))
-            try:
-                s.commit()
-            except IntegrityError:
-                # Every connector of a site reports on it: another one's thread
-                # inserted the first row meanwhile.
-                s.rollback()
-                s.execute(change)
-                s.commit()
+            for connector in connectors:
+                row = s.get(LinkState, (site, connector))
+                if row is None:
+                    s.add(LinkState(site=site, connector=connector, **values))
+                else:
+                    row.reachable, row.error, row.checked_at = reachable, error, now
+            s.commit()
 
-    def site_status(self, site: str) -> SiteStatus | None:
+    def site_status(self, site: str, connector: str | None = None) -> SiteStatus | None:
+        """`site` as the links of `connector` (of every connector when None) show it;
+        None before any worker has reported on it."""
+        query = select(LinkState).where(LinkState.site == site).order_by(LinkState.connector)
+        if connector is not None:
+            query = query.where(LinkState.connector == connector)
         with self.session() as s:
-            return s.get(SiteStatus, site)
+            links = list(s.scalars(query))
+        if not links:
+            return None
+        # One worker serving several connectors reports the same error for each.
+        errors = dict.fromkeys(link.error for link in links if link.error)
+        return SiteStatus(
+            reachable=all(link.reachable for link in links),
+            error="; ".join(errors) or None,
+            checked_at=max(link.checked_at for link in links),
+        )
 
     # -- events ----------------------------------------------------------------
 

@@ -16,7 +16,7 @@ import functools
 import importlib
 import pkgutil
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,9 +25,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 from logship.config.model import Config, ConnectorBase, SiteConfig
 
 if TYPE_CHECKING:
+    # Only for the annotations: this module is imported by configuration loading,
+    # which must not pull in the catalog or the transports.
     from logship.catalog.store import Catalog
     from logship.checks import EngineChecks
     from logship.jobs import ActionOutcome, ActionRun
+    from logship.ship.site_worker import ShipTarget
+    from logship.ship.transport import Transport
     from logship.status.model import ConnectorStatus
 
 
@@ -44,6 +48,62 @@ class BackgroundJob:
     interval: float
     run: Callable[[], Mapping[str, Any]]
     close: Callable[[], None]
+
+
+class DaemonWorker(Protocol):
+    """A thread of an engine's own that the daemon starts, wakes on stop and joins."""
+
+    name: str
+
+    def start(self) -> None: ...
+
+    def wake(self) -> None: ...
+
+    def join(self, timeout: float | None = None) -> None: ...
+
+    def is_alive(self) -> bool: ...
+
+
+@dataclass(frozen=True)
+class WorkerContext:
+    """What the daemon hands an engine to build its workers with."""
+
+    config: Config
+    catalog: Catalog
+    connect: Callable[[SiteConfig], Transport]
+    clock: Callable[[], float]
+    stop: threading.Event
+
+
+@dataclass(frozen=True)
+class DaemonWorkers:
+    """What one connector needs running in the daemon."""
+
+    #: threads of the connector's own (a files connector's worker)
+    threads: tuple[DaemonWorker, ...] = ()
+    #: its spool ships on its site's shared shipping worker (`SiteWorker`)
+    site_shipping: bool = False
+
+
+class SiteSampler(Protocol):
+    """An engine's look at its connectors' standbys from the primary, run by a site's
+    shipping worker between rounds over that worker's connection."""
+
+    def sample(self, transport: Transport) -> bool:
+        """Ask when due, record an answer once it is in; True when one was recorded
+        (the site answered). A failure of the link is raised."""
+        ...
+
+    def problems(self) -> list[str]:
+        """What stands in the way at the site, as the last answers showed; shown
+        as the site's error."""
+        ...
+
+    def drop(self) -> None:
+        """The connection is gone: an answer still awaited is not wanted."""
+        ...
+
+    def close(self) -> None: ...
 
 
 class Engine(Protocol):
@@ -105,6 +165,24 @@ class Engine(Protocol):
     def null_reasons(self, status: ConnectorStatus) -> list[str]:
         """Why each of this engine's figures that `status` shows as unknown is unknown
         (that there is no catalog yet is said for every engine)."""
+        ...
+
+    def daemon_workers(self, connector: ConnectorBase, context: WorkerContext) -> DaemonWorkers:
+        """The workers the daemon runs for this connector."""
+        ...
+
+    def site_sampler(
+        self,
+        site: SiteConfig,
+        targets: Sequence[ShipTarget],
+        catalog: Catalog,
+        clock: Callable[[], float],
+        interval: float,
+        wake: Callable[[], None],
+    ) -> SiteSampler | None:
+        """Its site-side sampling for `targets`, its connectors that one site's
+        shipping worker ships, every `interval` (`wake` wakes that worker when an
+        answer is in); None: nothing to sample."""
         ...
 
 

@@ -13,6 +13,10 @@ from logship.ship.transport import ERROR_LIMIT, OUTPUT_LIMIT, SiteOutputTooLarge
 
 
 class LocalDirTransport:
+    @property
+    def is_alive(self) -> bool:
+        return True  # a folder on this host: there is no connection to lose
+
     def put_atomic(self, path: PurePosixPath, chunks: Iterable[bytes]) -> int:
         written = 0
 

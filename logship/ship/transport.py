@@ -34,6 +34,12 @@ class SiteOutputTooLarge(OperationFailed):
 class Transport(Protocol):
     """Idempotent file operations at one site; paths are as seen at that site."""
 
+    @property
+    def is_alive(self) -> bool:
+        """Whether the connection still stands: an operation that failed on a live
+        connection is the site refusing it (full, read-only), not a lost link."""
+        ...
+
     def put_atomic(self, path: PurePosixPath, chunks: Iterable[bytes]) -> int:
         """Write `path` complete or not at all (temp, fsync, rename, fsync dir).
 

@@ -349,3 +349,16 @@ def test_a_command_printing_past_the_limit_is_an_error(case: Case) -> None:
         pytest.skip("a restricted site runs only logship's own commands")
     with pytest.raises(SiteOutputTooLarge):
         case.transport.run_command(["head", "-c", "100000", "/dev/zero"], timeout=30, limit=1000)
+
+
+# -- the connection ---------------------------------------------------------------------
+
+
+def test_a_transport_says_whether_its_connection_stands(case: Case) -> None:
+    """The workers tell a site refusing an operation (the connection stands) from a
+    lost link (it does not) by `is_alive`."""
+    assert case.transport.is_alive
+    if case.kind == "local":
+        return  # a folder on this host: there is no connection to lose
+    case.transport.close()
+    assert not case.transport.is_alive

@@ -17,7 +17,7 @@ from logship.catalog.models import FileState
 from logship.catalog.store import Catalog
 from logship.checks import CheckRunner, SiteCommandUse, ok
 from logship.config.model import Config, ConnectorBase, SiteConfig
-from logship.engines.registry import BackgroundJob
+from logship.engines.registry import BackgroundJob, DaemonWorkers, WorkerContext
 from logship.jobs import ActionOutcome, ActionRun
 from logship.status.model import ConnectorStatus
 from logship.status.state import classify
@@ -83,6 +83,12 @@ class ToyEngine:
         return [
             BackgroundJob(f"toy-{connector.name}", connector.name, connector.tick, tick, _nothing)
         ]
+
+    def daemon_workers(self, connector: ConnectorBase, context: WorkerContext) -> DaemonWorkers:
+        return DaemonWorkers(site_shipping=True)  # its spool ships on the site's worker
+
+    def site_sampler(self, *args: Any) -> None:
+        return None  # nothing to ask the site between rounds
 
     def site_problem(self, connector: ConnectorBase, site: SiteConfig) -> str | None:
         return f"site {site.name!r} is restricted; a toy needs its own" if site.restricted else None

@@ -42,7 +42,7 @@ def _exercise(catalog: Catalog) -> None:
     assert catalog.pending("c")[0].name == "000000010000000000000002"
     catalog.record_restored("c", "000000010000000000000002", now, now)
     assert catalog.file("c", "000000010000000000000001").state == FileState.APPLIED
-    catalog.set_site_status("dr", False, "boom", now)
+    catalog.set_link_state("dr", ["c"], False, "boom", now)
     assert catalog.site_status("dr").error == "boom"
     _exercise_tree(catalog)
 

@@ -36,7 +36,7 @@ from logship.engines.files.status import files_status
 from logship.engines.files.track import Tracker
 from logship.engines.files.verify_run import run_verify
 from logship.engines.files.watcher import Touched, TreeWatcher
-from logship.engines.files.worker import MirrorWorker, sftp_tree_site
+from logship.engines.files.worker import FilesWorker, sftp_tree_site
 from logship.ship.sftp import SftpTransport
 from logship.status.monitor import collect_statuses
 from logship.temp_names import TREE_TEMP_PREFIX as TEMP_PREFIX
@@ -149,7 +149,7 @@ def _site_command(conf: Path, logship: list[str] | None = None) -> list[str]:
 @dataclass
 class Running:
     catalog: Catalog
-    worker: MirrorWorker
+    worker: FilesWorker
     stop: threading.Event
 
 
@@ -169,7 +169,7 @@ def _start(setup: Setup, running: list[Running]) -> Running:
     catalog = Catalog(config.catalog_url)
     stop = threading.Event()
     connector = config.connectors[CONNECTOR]
-    worker = MirrorWorker(
+    worker = FilesWorker(
         connector,
         config.site_of(connector),
         catalog,

@@ -101,7 +101,7 @@ def test_status_json_measures_the_catalog(config: Path) -> None:
         rows = {row.name: row for row in catalog.files("orders")}
         for name in names[:2] + names[3:4]:  # 1, 2 and 4 shipped; 3 and 5 pending
             catalog.mark_shipped(rows[name].id, "0" * 64, SEG, now)
-        catalog.set_site_status("dr", True, None, now)
+        catalog.set_link_state("dr", ["orders", "billing"], True, None, now)
         catalog.start_backup("orders", "b1", now - 3600)
         catalog.finish_backup("orders", "b1", now=now - 3000, size=1, stored_size=1)
     finally:

@@ -57,7 +57,7 @@ def filled(tmp_path: Path) -> Iterator[Filled]:
         rows = {row.name: row for row in catalog.files("orders")}
         for name in (WAL[0], WAL[1], WAL[3]):  # 3 and 5 still pending
             catalog.mark_shipped(rows[name].id, "0" * 64, SEG, now)
-        catalog.set_site_status("dr", True, None, now)
+        catalog.set_link_state("dr", ["orders", "billing"], True, None, now)
         catalog.start_backup("orders", "b1", now - 7200)
         catalog.finish_backup("orders", "b1", now=now - 7000, size=1, stored_size=1)
         catalog.record_restored("orders", WAL[0], now - 50, now, heartbeat_at=now - 3.5)

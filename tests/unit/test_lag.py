@@ -7,8 +7,7 @@ from dataclasses import dataclass
 import pytest
 from status_contract import CONTRACT_FIELDS
 
-from logship import lag
-from logship.engines.postgresql import walnames
+from logship.engines.postgresql import site_sampling, walnames
 from logship.engines.postgresql.engine import ENGINE
 from logship.engines.postgresql.lag import find_gap, segment_size
 from logship.engines.postgresql.status import connector_status
@@ -276,12 +275,12 @@ def test_last_applied() -> None:
 
 
 def test_replay_rate_counts_only_samples_where_replay_moved() -> None:
-    first = lag.replay_rate(None, None, None, "0/1000000", 100.0)
+    first = site_sampling.replay_rate(None, None, None, "0/1000000", 100.0)
     assert first is None
-    rate = lag.replay_rate("0/1000000", 100.0, None, "0/2000000", 102.0)
+    rate = site_sampling.replay_rate("0/1000000", 100.0, None, "0/2000000", 102.0)
     assert rate == 0x1000000 / 2
-    assert lag.replay_rate("0/2000000", 102.0, rate, "0/2000000", 110.0) == rate  # idle
-    smoothed = lag.replay_rate("0/2000000", 110.0, rate, "1/0", 111.0)
+    assert site_sampling.replay_rate("0/2000000", 102.0, rate, "0/2000000", 110.0) == rate  # idle
+    smoothed = site_sampling.replay_rate("0/2000000", 110.0, rate, "1/0", 111.0)
     assert rate < smoothed
 
 

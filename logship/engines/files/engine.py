@@ -7,6 +7,7 @@ sha256) as the state map the mirror converges on.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Literal
@@ -14,12 +15,13 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import Field, StrictBool, field_validator
 
 from logship.config.model import Config, ConnectorBase, Seconds, SiteConfig, Strict
-from logship.engines.registry import BackgroundJob
+from logship.engines.registry import BackgroundJob, DaemonWorkers, SiteSampler, WorkerContext
 
 if TYPE_CHECKING:
     from logship.catalog.store import Catalog
     from logship.checks import EngineChecks
     from logship.jobs import ActionOutcome, ActionRun
+    from logship.ship.site_worker import ShipTarget
     from logship.status.model import ConnectorStatus
 
 
@@ -118,6 +120,35 @@ class FilesEngine:
         from logship.engines.files.status import null_reasons
 
         return null_reasons(status)
+
+    def daemon_workers(self, connector: ConnectorBase, context: WorkerContext) -> DaemonWorkers:
+        """One worker (a thread and an SSH link) per connector: it watches the tree
+        and ships it itself."""
+        assert isinstance(connector, FilesConnector)
+        from logship.engines.files.worker import FilesWorker
+
+        config = context.config
+        worker = FilesWorker(
+            connector,
+            config.site_of(connector),
+            context.catalog,
+            context.connect,
+            context.clock,
+            config.logship.reconcile_interval,
+            context.stop,
+        )
+        return DaemonWorkers(threads=(worker,))
+
+    def site_sampler(
+        self,
+        site: SiteConfig,
+        targets: Sequence[ShipTarget],
+        catalog: Catalog,
+        clock: Callable[[], float],
+        interval: float,
+        wake: Callable[[], None],
+    ) -> SiteSampler | None:
+        return None  # nothing of it ships on a site's shipping worker
 
 
 ENGINE = FilesEngine()

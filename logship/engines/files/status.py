@@ -108,7 +108,7 @@ def connector_files_status(
 
         known = {
             "tree": tree_rows.summary(catalog, connector.name),
-            "site_status": catalog.site_status(connector.site),
+            "site_status": catalog.site_status(connector.site, connector.name),
             "jobs": replace(
                 scheduled_jobs(catalog, connector.name),
                 last_verify=last_verify(catalog, connector.name),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -10,12 +11,13 @@ from pydantic import Field
 
 from logship.config.model import Config, ConnectorBase, Seconds, SiteConfig, Strict
 from logship.engines.postgresql import walnames
-from logship.engines.registry import BackgroundJob
+from logship.engines.registry import BackgroundJob, DaemonWorkers, SiteSampler, WorkerContext
 
 if TYPE_CHECKING:
     from logship.catalog.store import Catalog
     from logship.checks import EngineChecks
     from logship.jobs import ActionOutcome, ActionRun
+    from logship.ship.site_worker import ShipTarget
     from logship.status.model import ConnectorStatus
 
 
@@ -136,6 +138,24 @@ class PostgresEngine:
         from logship.engines.postgresql.status import null_reasons
 
         return null_reasons(status)
+
+    def daemon_workers(self, connector: ConnectorBase, context: WorkerContext) -> DaemonWorkers:
+        # Its WAL ships from the spool on the site's one shipping worker, which
+        # also runs its standby sampling (`site_sampler`).
+        return DaemonWorkers(site_shipping=True)
+
+    def site_sampler(
+        self,
+        site: SiteConfig,
+        targets: Sequence[ShipTarget],
+        catalog: Catalog,
+        clock: Callable[[], float],
+        interval: float,
+        wake: Callable[[], None],
+    ) -> SiteSampler:
+        from logship.engines.postgresql.site_sampling import StandbySampler
+
+        return StandbySampler(site, targets, catalog, clock, interval, wake)
 
 
 ENGINE = PostgresEngine()

@@ -160,7 +160,7 @@ def postgres_status(
     jobs = JobFacts()
     if catalog is not None:
         queue = _queue_facts(catalog, name, remember)
-        site_status = catalog.site_status(connector.site)
+        site_status = catalog.site_status(connector.site, name)
         progress = catalog.standby_progress(name)
         backup = catalog.last_backup(name)
         primary = catalog.primary_facts(name)
