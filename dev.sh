@@ -49,7 +49,10 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 chmod a+rx "$(dirname "$venv")"
 # A regular (not editable) install: the postgres user may not be able to enter
-# this checkout, but it can always read the venv.
+# this checkout, but it can always read the venv. setuptools builds in ./build and
+# packs all it finds there, so a module moved or deleted since the last build
+# would live on in the installed package: build from scratch.
+rm -rf "$here/build"
 "$venv/bin/python" -m pip install -q --disable-pip-version-check "$here[test]"
 "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps --force-reinstall "$here"
 chmod -R a+rX "$venv"

@@ -29,8 +29,8 @@ from types import FrameType
 import common
 from common import MIB, PG_BIN, Report, log, median
 
+from logship.demo_sandbox import OsUser, PgCluster, SshServer, free_port
 from logship.manifest import BackupRecord
-from logship.sandbox import OsUser, PgCluster, SshServer, free_port
 
 BENCH = "base_backup_vs_local"
 TARGET_RATIO = 1.3  # the target: logship at most 1.3x the local pg_basebackup

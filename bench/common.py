@@ -1,7 +1,7 @@
 """Helpers shared by the benchmark scripts in bench/ (a plain folder, not a package).
 
 The scripts are run as ``python bench/<name>.py``; Python puts bench/ first on
-sys.path, so they import this module as ``common``.
+sys.path, so they import this module as ``common`` (and, after it, the test kit).
 
 Every figure is printed at once as one JSON line on stdout::
 
@@ -35,7 +35,13 @@ from pathlib import Path
 from typing import Any, Protocol, TextIO
 
 from logship.config.model import SiteConfig
-from logship.sandbox import OsUser, PgCluster, SshServer, free_port
+from logship.demo_sandbox import OsUser, PgCluster, SshServer, free_port
+
+#: the checkout: the scripts, run with bench/ first on sys.path, find the test kit
+#: (testkit/, which is not installed) here; appended, so the installed logship wins
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.append(str(REPO_ROOT))
 
 MIB = 1024 * 1024
 SEGMENT_SIZE = 16 * MIB

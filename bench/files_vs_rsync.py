@@ -36,8 +36,8 @@ from types import FrameType
 import common
 from common import Report, log, median
 
+from logship.demo_sandbox import OsUser, SshServer
 from logship.engines.files.names import is_temp_name
-from logship.sandbox import OsUser, SshServer
 
 BENCH = "files_vs_rsync"
 TARGET_RATIO = 1.5  # the target: initial sync at most 1.5x `rsync -a`

@@ -36,11 +36,11 @@ from common import MIB, PG_BIN, SEGMENT_SIZE, Report, log, mean, median
 from psycopg import sql
 
 from logship.config.load import load_config
+from logship.demo_sandbox import OsUser, PgCluster, SshServer, free_port
+from logship.demo_sandbox.procs import kill_tree
 from logship.engines.postgresql.standby_status import ask_standby_status
 from logship.engines.postgresql.walnames import lsn_to_int
 from logship.manifest import ManifestRecord, SiteLayout
-from logship.sandbox import OsUser, PgCluster, SshServer, free_port
-from logship.sandbox.procs import kill_tree
 from logship.ship.sftp import SftpTransport
 
 BENCH = "live"

@@ -39,9 +39,9 @@ from common import MIB, PG_BIN, SEGMENT_SIZE, Figure, Report, log, mean, median
 from psycopg import sql
 from throughput_vs_sftp import CONNECTOR, Run, _stop, logship_daemon_all
 
+from logship.demo_sandbox import OsUser, PgCluster, SshServer, free_port
+from logship.demo_sandbox.osuser import is_root, tail
 from logship.engines.postgresql.archive_wal import SHIPPED_DIR
-from logship.sandbox import OsUser, PgCluster, SshServer, free_port
-from logship.sandbox.osuser import is_root, tail
 
 BENCH = "pgbackrest"
 STANZA = "bench"

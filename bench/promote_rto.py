@@ -21,7 +21,7 @@ from pathlib import Path
 
 from common import Report, bench_user, environment, log, median, p95, reachable_tempdir
 
-from logship.sandbox.deployment import Deployment
+from logship.demo_sandbox.deployment import Deployment
 
 _RTO = re.compile(r"RTO ([0-9.]+) s")
 

@@ -23,7 +23,7 @@ import common
 from common import MIB, Report, log, median
 from throughput_vs_sftp import CONNECTOR, _stop
 
-from logship.sandbox.ports import free_port
+from logship.demo_sandbox.ports import free_port
 
 BENCH = "scale"
 SEGMENT = 16 * MIB

@@ -29,9 +29,9 @@ import common
 from common import MIB, Figure, Report, log, mean, median, p95
 
 from logship.config.model import SiteConfig
+from logship.demo_sandbox import OsUser, SshServer
 from logship.durable import read_chunks
 from logship.manifest import SiteLayout
-from logship.sandbox import OsUser, SshServer
 from logship.ship.gated import GatedTransport
 from logship.ship.sftp import SftpTransport
 from logship.ship.sftp_replies import RemoteUpload

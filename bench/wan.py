@@ -24,8 +24,9 @@ import common
 from common import MIB, Report, log, median
 from throughput_vs_sftp import AES_GCM, Run, _stop, logship_daemon_all, sftp_put_all
 
-from logship.sandbox import OsUser, SshServer
-from logship.sandbox.netns import SiteLink, why_unavailable
+import testkit
+from logship.demo_sandbox import OsUser, SshServer
+from testkit.netns import SiteLink, why_unavailable
 
 BENCH = "wan"
 
@@ -76,7 +77,7 @@ def shaped_path(server: SshServer, profile: Profile) -> Iterator[tuple[str, int]
             [
                 sys.executable,
                 "-m",
-                "logship.sandbox.relay",
+                "testkit.relay",
                 "--netns",
                 link.netns,
                 "--listen",
@@ -89,6 +90,7 @@ def shaped_path(server: SshServer, profile: Profile) -> Iterator[tuple[str, int]
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
+            env=testkit.child_env(),
         )
         assert relay.stdout is not None
         host, _, port = relay.stdout.readline().strip().rpartition(":")

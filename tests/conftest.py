@@ -1,17 +1,53 @@
-"""Shared fixtures: folders the postgres user can reach, real clusters and sshd."""
+"""Shared fixtures (folders the postgres user can reach, real clusters and sshd) and
+the markers that follow from a test's folder.
+
+A test's kind is its folder under tests/, and that folder is its marker:
+unit (pure logic: no sshd, no PostgreSQL), contract (the suites every engine
+or transport must pass), integration (real PostgreSQL and/or sshd, not end to
+end), e2e (the whole DR cycle: daemon and sites) and faults (fault injection).
+The fast subset is `-m "not e2e and not slow"`: `slow` marks the integration
+files that take long, and fault tests on the whole path are marked e2e one by
+one. The `status --json` fields the tests hold the code to are in status_contract.py.
+"""
 
 from __future__ import annotations
 
 import os
 import shutil
-import tempfile
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sshd_site import reachable_tmp
 
-from logship.sandbox import OsUser
-from logship.sandbox.deployment import Deployment
+from logship.demo_sandbox import OsUser
+from logship.demo_sandbox.deployment import Deployment
+
+# The test kit (testkit/) is imported from the checkout, but logship from the venv
+# that dev.sh installs it into: the root goes last on the path, not first.
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.append(str(REPO_ROOT))
+
+
+TESTS = Path(__file__).resolve().parent
+KINDS = ("unit", "contract", "integration", "e2e", "faults")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    misplaced = set()
+    for item in items:
+        kind = item.path.relative_to(TESTS).parts[0] if item.path.is_relative_to(TESTS) else ""
+        if kind in KINDS:
+            item.add_marker(kind)
+        else:
+            misplaced.add(str(item.path))
+    if misplaced:
+        raise pytest.UsageError(
+            f"tests outside tests/{{{','.join(KINDS)}}}/, whose folder names their kind: "
+            + ", ".join(sorted(misplaced))
+        )
 
 
 @pytest.fixture(autouse=True)
@@ -33,8 +69,7 @@ def pg_user() -> OsUser:
 @pytest.fixture
 def reachable_dir() -> Iterator[Path]:
     """A temp folder the postgres user can enter (pytest's tmp_path is root-only)."""
-    path = Path(tempfile.mkdtemp(prefix="logship-test-", dir="/tmp"))
-    path.chmod(0o755)
+    path = reachable_tmp("logship-test-")
     yield path
     shutil.rmtree(path, ignore_errors=True)
 

@@ -33,13 +33,13 @@ from typing import Any
 import psycopg
 
 from logship.daemon import LOCK_NAME
+from logship.demo_sandbox import OsUser, PgCluster
+from logship.demo_sandbox.deployment import Deployment, wait_for
+from logship.demo_sandbox.postgres import DEFAULT_BIN_DIR
+from logship.demo_sandbox.procs import child_pids
+from logship.demo_sandbox.sshd import DEFAULT_SSHD
 from logship.errors import LogshipError, OperationFailed, UsageError
 from logship.manifest import SiteLayout
-from logship.sandbox import OsUser, PgCluster
-from logship.sandbox.deployment import Deployment, wait_for
-from logship.sandbox.postgres import DEFAULT_BIN_DIR
-from logship.sandbox.procs import child_pids
-from logship.sandbox.sshd import DEFAULT_SSHD
 from logship.ui.demo_view import (
     Comparison,
     DemoSnapshot,

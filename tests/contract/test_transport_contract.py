@@ -20,12 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import pytest
+from sshd_site import running_sshd, site_section
 
 from logship import __version__
 from logship.config.load import load_config
-from logship.sandbox import OsUser
-from logship.sandbox.deployment import wait_for
-from logship.sandbox.sshd import SshServer
+from logship.demo_sandbox import OsUser
+from logship.demo_sandbox.deployment import wait_for
+from logship.demo_sandbox.sshd import SshServer
 from logship.ship.gated import GatedTransport
 from logship.ship.localdir import LocalDirTransport
 from logship.ship.sftp import SftpTransport
@@ -54,19 +55,12 @@ class Sshd:
 @pytest.fixture(scope="module")
 def sshd() -> Iterator[Sshd]:
     user = OsUser.for_postgres()
-    base = Path(tempfile.mkdtemp(prefix="logship-contract-", dir="/tmp"))
-    base.chmod(0o755)
-    server = SshServer(base / "ssh", user)
-    conf = base / "conf" / "logship.toml"
-    # The site's own config: site-gate reads it at every login (each case rewrites it).
-    gate = f"{LOGSHIP} --config {conf} site-gate --site dr"
-    gate_key = server.add_restricted_key(gate, "gate")
-    try:
-        server.start()
+    with running_sshd("logship-contract-", user) as (base, server):
+        conf = base / "conf" / "logship.toml"
+        # The site's own config: site-gate reads it at every login (each case rewrites it).
+        gate = f"{LOGSHIP} --config {conf} site-gate --site dr"
+        gate_key = server.add_restricted_key(gate, "gate")
         yield Sshd(base, user, server, gate_key)
-    finally:
-        server.stop()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 @dataclass
@@ -105,14 +99,7 @@ def _write_config(sshd: Sshd, root: Path, key: Path) -> Path:
         f"""[logship]
 state_dir = "{sshd.base / "state"}"
 
-[sites.dr]
-host = "{sshd.server.host}"
-port = {sshd.server.port}
-user = "{sshd.user.name}"
-identity_file = "{key}"
-known_hosts = "{sshd.server.known_hosts}"
-root = "{root}"
-connect_timeout = "5s"
+{site_section(sshd.server, root, identity_file=key)}connect_timeout = "5s"
 io_timeout = "10s"
 command = ["{LOGSHIP}"]
 """

@@ -1,13 +1,13 @@
-"""The site's sshd behind a namespace link and a relay (see logship.sandbox.netns)."""
+"""The site's sshd behind a namespace link and a relay (see testkit.netns)."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
 
-from logship.sandbox.deployment import Deployment
-from logship.sandbox.netns import SiteLink
-from logship.sandbox.relay import DelayRelay
+from logship.demo_sandbox.deployment import Deployment
+from testkit.netns import SiteLink
+from testkit.relay import DelayRelay
 
 
 @contextlib.contextmanager

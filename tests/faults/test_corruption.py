@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from site_checks import check_site, log_events, site_layout, status_entry
 
+from logship.demo_sandbox.deployment import Deployment, wait_for
 from logship.manifest import ManifestRecord
-from logship.sandbox.deployment import Deployment, wait_for
 from logship.spool import kept_path
 
 

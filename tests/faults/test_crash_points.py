@@ -14,8 +14,8 @@ import signal
 import pytest
 from site_checks import all_shipped, check_site
 
+from logship.demo_sandbox.deployment import Deployment, wait_for
 from logship.faults import ENV
-from logship.sandbox.deployment import Deployment, wait_for
 
 POINTS = [
     "ship-mid-upload",  # the segment's temp partly written at the site

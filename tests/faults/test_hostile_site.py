@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from site_checks import all_shipped, log_events, status_entry
 
+from logship.demo_sandbox.deployment import Deployment, logship_command, wait_for
 from logship.engines.postgresql import facts_check
-from logship.sandbox.deployment import Deployment, logship_command, wait_for
 from logship.spool import kept_path
 
 

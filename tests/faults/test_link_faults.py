@@ -16,10 +16,10 @@ import pytest
 from link_site import behind_relay
 from site_checks import all_shipped, check_site, log_events, site_layout, status_entry
 
-from logship.sandbox.deployment import Deployment, wait_for
-from logship.sandbox.netns import SiteLink, why_unavailable
-from logship.sandbox.relay import DelayRelay
+from logship.demo_sandbox.deployment import Deployment, wait_for
 from logship.temp_names import is_temp_name
+from testkit.netns import SiteLink, why_unavailable
+from testkit.relay import DelayRelay
 
 pytestmark = [
     pytest.mark.e2e,

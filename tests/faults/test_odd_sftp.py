@@ -1,6 +1,6 @@
 """A site whose SFTP server answers some requests with odd errors.
 
-sshd serves SFTP through logship.sandbox.sftp_faults, which passes everything to
+sshd serves SFTP through testkit.sftp_faults, which passes everything to
 OpenSSH's sftp-server except the requests its rules pick: those are answered with
 an error and never performed. Whatever the error, nothing half-done may count as
 shipped, the daemon must stay up, and once the errors stop everything ships once,
@@ -10,15 +10,13 @@ bit-identical.
 from __future__ import annotations
 
 import json
-import shlex
-import sys
 from pathlib import Path
 
 import pytest
 from site_checks import all_shipped, check_site
 
-from logship.sandbox.deployment import Deployment, wait_for
-from logship.sandbox.sftp_faults import SFTP_SERVER
+from logship.demo_sandbox.deployment import Deployment, wait_for
+from testkit.sftp_faults import SFTP_SERVER, subsystem_command
 
 FX_EOF, FX_NO_SUCH_FILE, FX_PERMISSION_DENIED, FX_FAILURE = 1, 2, 3, 4
 FX_BAD_MESSAGE, FX_CONNECTION_LOST, FX_OP_UNSUPPORTED = 5, 7, 8
@@ -47,8 +45,7 @@ def test_odd_sftp_errors_do_no_damage(deployment: Deployment) -> None:
     state = rules.with_name(rules.name + ".state")
     state.touch()
     dep.user.chown(state)  # the subsystem runs as the login user
-    proxy = [sys.executable, "-m", "logship.sandbox.sftp_faults", str(rules)]
-    dep.sshd.use_sftp_subsystem(shlex.join(proxy))
+    dep.sshd.use_sftp_subsystem(subsystem_command(rules))
 
     dep.start_daemon()
     dep.primary.pgbench("-i", "-s", "2", "-q")

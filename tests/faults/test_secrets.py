@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from site_checks import all_shipped
 
-from logship.sandbox.deployment import Deployment, wait_for
+from logship.demo_sandbox.deployment import Deployment, wait_for
 
 SECRET = "pw-Zq81xK-secret"
 

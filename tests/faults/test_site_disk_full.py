@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from site_checks import all_shipped, check_site, site_layout, status_entry
 
-from logship.sandbox.deployment import Deployment, wait_for
-from logship.sandbox.osuser import is_root
+from logship.demo_sandbox.deployment import Deployment, wait_for
+from logship.demo_sandbox.osuser import is_root
 from logship.temp_names import is_temp_name
 
 MIB = 1024 * 1024

@@ -24,11 +24,11 @@ import pytest
 from link_site import behind_relay
 from site_checks import all_shipped, audit_site, site_layout
 
+from logship.demo_sandbox.deployment import Deployment, wait_for
 from logship.faults import ENV
 from logship.manifest import ManifestRecord
-from logship.sandbox.deployment import Deployment, wait_for
-from logship.sandbox.netns import SiteLink, why_unavailable
-from logship.sandbox.relay import DelayRelay
+from testkit.netns import SiteLink, why_unavailable
+from testkit.relay import DelayRelay
 
 FAULT_EVERY_S = 30.0
 CRASH_POINTS = [

@@ -14,7 +14,7 @@ import pytest
 from offline_config import write_offline_config
 
 from logship.config.load import load_config
-from logship.sandbox.osuser import is_root
+from logship.demo_sandbox.osuser import is_root
 
 SEGMENT = "000000010000000000000001"
 

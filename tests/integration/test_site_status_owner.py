@@ -20,10 +20,10 @@ import pytest
 from logship.catalog.store import Catalog, NewFile
 from logship.config.load import load_config
 from logship.config.model import Config, SiteConfig
+from logship.demo_sandbox.deployment import Deployment, wait_for
 from logship.engines.files.worker import FilesWorker
 from logship.engines.registry import engine_for
 from logship.manifest import SiteLayout
-from logship.sandbox.deployment import Deployment, wait_for
 from logship.ship.sftp import SftpTransport
 from logship.ship.site_worker import ShipTarget, SiteWorker
 from logship.ship.transport import Transport
