@@ -27,7 +27,7 @@ from typing import Any
 
 from sqlalchemy import select, update
 
-from logship.catalog.models import ConsistencyPoint, TreeFile, TreeGeneration
+from logship.catalog.models import ConsistencyPoint, FilesGeneration, FilesPath
 from logship.catalog.store import Catalog
 from logship.config.model import Config
 from logship.engines.postgresql import walnames
@@ -131,11 +131,11 @@ def durable_since(catalog: Catalog, files: str, scanned_at: float) -> bool:
     """Every change of the tree seen by the scan at `scanned_at` is durable at the site."""
     with catalog.session() as s:
         waiting = s.scalars(
-            select(TreeFile.id)
+            select(FilesPath.id)
             .where(
-                TreeFile.connector == files,
-                TreeFile.state != "shipped",
-                TreeFile.changed_at <= scanned_at,
+                FilesPath.connector == files,
+                FilesPath.state != "shipped",
+                FilesPath.changed_at <= scanned_at,
             )
             .limit(1)
         ).first()
@@ -144,16 +144,16 @@ def durable_since(catalog: Catalog, files: str, scanned_at: float) -> bool:
 
 def current_generation(catalog: Catalog, files: str) -> int:
     with catalog.session() as s:
-        row = s.get(TreeGeneration, files)
+        row = s.get(FilesGeneration, files)
         return 0 if row is None else row.generation
 
 
 def next_generation(catalog: Catalog, files: str, now: float) -> int:
     """Count one more round that changes the site; returns its number."""
     with catalog.session() as s:
-        row = s.get(TreeGeneration, files)
+        row = s.get(FilesGeneration, files)
         if row is None:
-            row = TreeGeneration(connector=files, generation=0, at=now)
+            row = FilesGeneration(connector=files, generation=0, at=now)
             s.add(row)
         row.generation += 1
         row.at = now

@@ -22,7 +22,7 @@ from logship.engines.files.exclude import ExcludeRules
 from logship.engines.files.scan import EntryKind, TreeEntry, scan_tree, sha256_file
 from logship.errors import first_line
 from logship.jsonin import load_object
-from logship.temp_names import is_tree_temp_name
+from logship.temp_names import is_files_temp_name
 
 #: one entry: a base64 path (at most PATH_MAX) and its figures
 MAX_DIGEST_LINE = 64 * 1024
@@ -156,7 +156,7 @@ def digest_tree(root: Path, rules: ExcludeRules) -> Iterator[DigestEntry]:
     """
     for entry in scan_tree(root, rules):
         # A temp folder's contents are in flight too.
-        if any(is_tree_temp_name(part) for part in entry.path.split(b"/")):
+        if any(is_files_temp_name(part) for part in entry.path.split(b"/")):
             continue
         digested = with_digest(root, entry)
         if digested is not None:

@@ -42,7 +42,7 @@ from typing import IO
 from logship.engines.files.modes import SITE_STRIPPED
 from logship.engines.files.names import show_path
 from logship.engines.files.stream import COMMIT, FileFrame, landed_line, read_frame, reply_line
-from logship.temp_names import is_tree_temp_name, tree_temp_name
+from logship.temp_names import files_temp_name, is_files_temp_name
 
 #: a batch file is read whole: bigger files go over SFTP, streamed
 MAX_FILE = 8 * 1024 * 1024
@@ -128,7 +128,7 @@ class Receiver:
         try:
             for _, _, names, folder_fd in os.fwalk(".", dir_fd=root):
                 for name in names:
-                    if not is_tree_temp_name(os.fsencode(name)):
+                    if not is_files_temp_name(os.fsencode(name)):
                         continue
                     with contextlib.suppress(OSError):
                         st = os.lstat(name, dir_fd=folder_fd)
@@ -161,7 +161,7 @@ class Receiver:
         framed = b"/" + path + b"/"
         if b"//" in framed or b"/./" in framed or b"/../" in framed:
             return _Written.refused(f"refused path {path!r}")
-        if b"\0" in path or is_tree_temp_name(name):
+        if b"\0" in path or is_files_temp_name(name):
             return _Written.refused(f"refused path {path!r}")
         try:
             folder = batch.hold(self.open_folder(parent))
@@ -172,7 +172,7 @@ class Receiver:
                     "the site; refused (a write never goes outside the mirror root)"
                 )
             return _Written.refused(f"{type(exc).__name__}: {exc.strerror or exc}")
-        temp = tree_temp_name()
+        temp = files_temp_name()
         try:
             fd = os.open(temp, _CREATE_TEMP, 0o600, dir_fd=folder)
             try:

@@ -45,7 +45,7 @@ from logship.engines.files.names import show_path
 from logship.engines.files.scan import READ_CHUNK
 from logship.engines.files.ship import BatchFile, BatchUpload, SourceChanged
 from logship.engines.files.stream import file_frame
-from logship.engines.files.stream_sender import TreeStream
+from logship.engines.files.stream_sender import BatchStream
 from logship.logs import event
 from logship.ship.sftp import SftpTransport
 from logship.ship.sftp_replies import (
@@ -55,7 +55,7 @@ from logship.ship.sftp_replies import (
     Replies,
     missing,
 )
-from logship.temp_names import keyed_tree_temp_name
+from logship.temp_names import keyed_files_temp_name
 
 log = logging.getLogger("logship.files")
 
@@ -66,7 +66,7 @@ SYNC_TIMEOUT_S = 120.0
 RECEIVERS = 2
 
 
-class SftpTreeSite:
+class SftpFilesSite:
     """File operations below `root` at the site; paths are relative bytes."""
 
     def __init__(
@@ -83,7 +83,7 @@ class SftpTreeSite:
         self._syncfs_works: bool | None = None
         #: how to start `tree-receive` at the site; None: SFTP alone
         self._receiver = receiver
-        self._streams: list[TreeStream] = []
+        self._streams: list[BatchStream] = []
         self._turn = 0
 
     def close(self) -> None:
@@ -102,13 +102,15 @@ class SftpTreeSite:
                 # One of them sweeps stale temps at its start; one sweep is enough.
                 argv = self._receiver if n == 0 else [*self._receiver, "--no-sweep"]
                 self._streams.append(
-                    TreeStream.launch(self._transport.client, argv, self._transport.site.io_timeout)
+                    BatchStream.launch(
+                        self._transport.client, argv, self._transport.site.io_timeout
+                    )
                 )
         except (OSError, paramiko.SSHException) as exc:
             self.close()
             self._no_receiver(exc)
 
-    def _batch_stream(self) -> TreeStream | None:
+    def _batch_stream(self) -> BatchStream | None:
         """The receiver whose turn it is, once it is up; None when there is none."""
         self.launch_receiver()
         while self._streams:
@@ -139,7 +141,7 @@ class SftpTreeSite:
         )
         self._receiver = None
 
-    def _send_streamed(self, stream: TreeStream, files: Sequence[BatchFile]) -> BatchUpload:
+    def _send_streamed(self, stream: BatchStream, files: Sequence[BatchFile]) -> BatchUpload:
         frames = [file_frame(f.relative, f.mode, f.before.st_mtime_ns, f.data) for f in files]
         try:
             stream.send_batch(frames)
@@ -162,7 +164,7 @@ class SftpTreeSite:
 
     def _temp_for(self, relative: bytes) -> bytes:
         parent = relative.rpartition(b"/")[0]
-        temp = keyed_tree_temp_name(relative)
+        temp = keyed_files_temp_name(relative)
         return self._abs(parent + b"/" + temp if parent else temp)
 
     def _parent(self, relative: bytes) -> bytes:
@@ -614,7 +616,9 @@ class _Done:
 class _StreamedBatch:
     """A batch sent to `tree-receive`; its answers are read in `finish`."""
 
-    def __init__(self, site: SftpTreeSite, stream: TreeStream, files: Sequence[BatchFile]) -> None:
+    def __init__(
+        self, site: SftpFilesSite, stream: BatchStream, files: Sequence[BatchFile]
+    ) -> None:
         self._site = site
         self._stream = stream
         self._files = files

@@ -27,7 +27,7 @@ REPLY_TIMEOUT_S = 120.0
 REPLY_READ = 64 * 1024
 
 
-class TreeStream:
+class BatchStream:
     def __init__(
         self, channel: paramiko.Channel, argv: list[str], ready_by: float | None = None
     ) -> None:
@@ -40,7 +40,9 @@ class TreeStream:
         self._ready_by = ready_by
 
     @classmethod
-    def launch(cls, client: paramiko.SSHClient, argv: list[str], ready_within: float) -> TreeStream:
+    def launch(
+        cls, client: paramiko.SSHClient, argv: list[str], ready_within: float
+    ) -> BatchStream:
         """Start the receiver without waiting for it (it starts while folders are
         made); `wait_ready` tells whether it came up within `ready_within` seconds."""
         ready_by = time.monotonic() + ready_within

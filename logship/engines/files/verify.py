@@ -267,7 +267,7 @@ def pending_paths(catalog: Catalog, connector: str) -> set[bytes] | None:
     """Paths whose change the mirror has not yet made durable at the site, or None
     when this logship has no mirror state to ask (then nothing counts as pending)."""
     try:
-        from logship.engines.files.rows import pending_paths as mirror_pending
+        from logship.engines.files.rows import pending_paths as pending_in_catalog
     except ImportError:
         return None
-    return set(mirror_pending(catalog, connector))
+    return set(pending_in_catalog(catalog, connector))

@@ -67,7 +67,7 @@ class _OverflowSignal(logging.Handler):
             self._on_overflow()
 
 
-class TreeWatcher(FileSystemEventHandler):
+class FilesWatcher(FileSystemEventHandler):
     """Recursive watch on `source`; collects touched paths with their last event time."""
 
     def __init__(self, source: Path, clock: Callable[[], float] = time.monotonic) -> None:
