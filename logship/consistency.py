@@ -2,17 +2,17 @@
 
 A point is taken at each base backup (its stop LSN) and on demand (`logship
 mark`, the primary's current LSN). It pairs the database connector with every
-files connector at the same site. Each files connector's part completes in its
-mirror: the mirror scans the tree, then waits until every change that scan saw
+files connector at the same site. Each files connector completes its own
+part: it scans its source folder, then waits until every change that scan saw
 is durable at the site, and names the generation at which that held. The part
 is then written to the site, where `promote` reads it without the primary:
 "the database you promoted goes with file generation G; these paths changed
 after it".
 
-The file state is the tree as scanned when the mirror took up the point, which
-is at most a tick after the LSN was read; a path changed again before it
-shipped goes with its newer content. Files are not transactional, so a point
-is as close as a mirror can pair them, and the record says how close
+The file state is the source folder as scanned when the files connector took up
+the point, which is at most a tick after the LSN was read; a path changed again
+before it shipped goes with its newer content. Files are not transactional, so a point
+is as close as a files connector can pair them, and the record says how close
 (`scanned_at` against `taken_at`).
 """
 
@@ -62,7 +62,7 @@ def record_point(
     taken_at: float,
     reason: str,
 ) -> str:
-    """Record a point for the mirrors of `files` to complete; returns its id."""
+    """Record a point for the files connectors in `files` to complete; returns its id."""
     point_id = point_id_for(taken_at)
     with catalog.session() as s:
         for name in files:
@@ -88,7 +88,7 @@ def parts_of(catalog: Catalog, point_id: str) -> list[ConsistencyPoint]:
 
 
 def open_parts(catalog: Catalog, files: str) -> list[ConsistencyPoint]:
-    """The parts a files connector's mirror has yet to complete, oldest first."""
+    """The parts a files connector has yet to complete, oldest first."""
     with catalog.session() as s:
         query = select(ConsistencyPoint).where(
             ConsistencyPoint.files == files, ConsistencyPoint.complete_at.is_(None)

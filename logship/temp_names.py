@@ -14,7 +14,7 @@ hex digits. The digits are random, or keyed with a secret of this process:
   compute it.
 
 Two prefixes, one per kind of folder: TEMP_PREFIX in logship's own folders (the
-spool, the site layout, pg_wal), FILES_TEMP_PREFIX in a mirrored tree, whose own
+spool, the site layout, pg_wal), FILES_TEMP_PREFIX in a files connector's folders, whose own
 file names may be anything, `.tmp.*` among them.
 
 Stdlib only, and nothing that costs a start its milliseconds: archive-wal and
@@ -65,7 +65,7 @@ def made_by_temp_name(name: str) -> bool:
 
 
 def files_temp_name() -> bytes:
-    """A new temp name for a file in a mirrored tree."""
+    """A new temp name for a file in a files connector's folders."""
     return FILES_TEMP_PREFIX + random_tail().encode()
 
 

@@ -217,7 +217,7 @@ class LagSample(Base):
 
 
 class FilesPath(Base):
-    """One path of a files connector's source tree: the state map the mirror converges on.
+    """One path of a files connector's source folder: the state map its target converges on.
 
     `path` is the path relative to the source as bytes: file names may be any bytes.
     """

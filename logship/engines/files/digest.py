@@ -150,8 +150,8 @@ def with_digest(root: Path, entry: TreeEntry) -> DigestEntry | None:
 def digest_tree(root: Path, rules: ExcludeRules) -> Iterator[DigestEntry]:
     """Every entry below `root` with sha256 of files, parents before children.
 
-    The mirror's temp files are skipped wherever they are, on both sides: at the
-    site they are uploads in flight or leftovers the mirror removes, and a source
+    The files connector's temp files are skipped wherever they are, on both sides: at the
+    site they are uploads in flight or leftovers it removes, and a source
     name with that prefix could not be told from them.
     """
     for entry in scan_tree(root, rules):

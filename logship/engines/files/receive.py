@@ -19,7 +19,7 @@ the one before, from a descriptor of the target held for the receiver's life,
 never following a link (openat with O_NOFOLLOW | O_DIRECTORY). The temp is
 created, written and renamed relative to that folder's descriptor, which the
 batch holds until its renames: a link at the site, there before or swapped in
-meanwhile, can never lead a write outside the mirror. Nothing of a folder's
+meanwhile, can never lead a write outside the target folder. Nothing of a folder's
 resolution is kept from one file to the next.
 """
 
@@ -88,7 +88,7 @@ class Receiver:
         stdout.flush()
         if sweep:
             # Beside the batches, not before the answer: on a large tree the walk
-            # takes longer than the mirror waits for a receiver to come up. A
+            # takes longer than the files connector waits for a receiver to come up. A
             # batch's temps are new, so the sweep never takes one of them.
             threading.Thread(target=self.sweep_stale_temps, name="sweep", daemon=True).start()
         committer = _Committer(self, stdout)
@@ -123,7 +123,7 @@ class Receiver:
         cutoff = (time.time() if now is None else now) - STALE_TEMP_S
         swept = 0
         # By descriptor, links never followed: a folder swapped for a link
-        # during the walk cannot lead an unlink outside the mirror.
+        # during the walk cannot lead an unlink outside the target folder.
         root = os.dup(self._root_fd)
         try:
             for _, _, names, folder_fd in os.fwalk(".", dir_fd=root):

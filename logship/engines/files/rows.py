@@ -1,8 +1,9 @@
-"""Catalog queries for file trees: one `FilesPath` row per path of a files connector.
+"""Catalog queries for a files connector: one `FilesPath` row per path of its source.
 
-The rows are the state map the mirror converges on: `pending` (changed here,
-not yet durable at the site), `shipped` (the site has exactly this), `deleting`
-(gone here, still at the site). Each state change is one short transaction.
+The rows are the state map the target folder converges on: `pending` (changed
+here, not yet durable at the site), `shipped` (the site has exactly this),
+`deleting` (gone here, still at the site). Each state change is one short
+transaction.
 """
 
 from __future__ import annotations

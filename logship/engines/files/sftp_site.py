@@ -1,4 +1,4 @@
-"""A mirror root at a site over SFTP, addressed with bytes paths.
+"""A files connector's target folder at a site over SFTP, addressed with bytes paths.
 
 File names may be any bytes but "/" and NUL, so every path stays bytes from the
 scan to the wire (paramiko passes bytes through unchanged) and none is ever
@@ -200,10 +200,10 @@ class SftpFilesSite:
         at the site, None when every one is.
 
         SFTP resolves a path by name and follows links: without this, a link the
-        mirror shipped earlier, where a folder now belongs, would lead a write
+        files connector shipped earlier, where a folder now belongs, would lead a write
         wherever it points. Looked at before every write, removal and setstat,
         all of a call's folders in one pipelined round trip. (A local user at the
-        site who can write inside the mirror could still swap a folder between
+        site who can write inside the target folder could still swap a folder between
         this lstat and the write; `tree-receive` resolves without that gap.)
         """
         sent = self._send_lstats(replies, sorted({a for p in paths for a in _ancestors(p)}))
@@ -417,7 +417,7 @@ class SftpFilesSite:
         return self._syncfs_works
 
     def _syncfs(self) -> None:
-        """syncfs(2) of the file system holding the mirror root, at the site."""
+        """syncfs(2) of the file system holding the target folder, at the site."""
         argv = ["sync", "-f", self._root_text]
         try:
             code, _, err = self._transport.run_command(argv, SYNC_TIMEOUT_S)
@@ -561,7 +561,7 @@ class SftpFilesSite:
     def remove(self, relative: bytes) -> None:
         """Remove whatever is at `relative` (a folder with all it holds); gone is fine.
 
-        Below a link or a file at the site nothing of the mirror is at
+        Below a link or a file at the site nothing of the target folder is at
         `relative`: nothing is removed, and the link is never followed.
         """
         if relative:
@@ -598,7 +598,7 @@ class SftpFilesSite:
 
 
 def _ancestors(relative: bytes) -> list[bytes]:
-    """The folders above `relative`, below the mirror root, shallowest first."""
+    """The folders above `relative`, below the target folder, shallowest first."""
     parts = relative.split(b"/")
     return [b"/".join(parts[:depth]) for depth in range(1, len(parts))]
 

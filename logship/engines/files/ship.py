@@ -1,4 +1,4 @@
-"""Catalog -> site: make the mirror match every row that is not durable there yet.
+"""Catalog -> site: make the target folder match every row that is not durable there yet.
 
 One round, in an order that keeps the site consistent: removals deepest first,
 then folders parents first, then files and links, then folder mtimes (last,
@@ -78,7 +78,7 @@ class BatchUpload(Protocol):
 
 
 class FilesSite(Protocol):
-    """The mirror root at a site (see logship.engines.files.sftp_site.SftpFilesSite)."""
+    """The target folder at a site (see logship.engines.files.sftp_site.SftpFilesSite)."""
 
     def put_file(
         self,

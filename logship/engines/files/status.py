@@ -1,5 +1,5 @@
-"""Lag and RPO of a files connector (as the README defines them for a database,
-applied to a mirrored tree).
+"""Lag and RPO of a files connector (as docs/reference/status-json.md defines them
+for a database, applied to a files connector's source folder).
 
 Exposure is the age of the oldest change not yet durable at the site: that is
 what a lost primary site would take with it. There is no replay at the site,
@@ -100,7 +100,7 @@ def _point_fields(points: PointFacts | None) -> dict[str, Any]:
 def connector_files_status(
     connector: FilesConnector, catalog: Catalog | None, now: float
 ) -> ConnectorStatus:
-    """From the catalog; None before any daemon created it. A mirrored tree has no
+    """From the catalog; None before any daemon created it. A files connector has no
     spool, no WAL and no standby database."""
     known: dict[str, Any] = {"summary": None, "site_status": None}
     if catalog is not None:

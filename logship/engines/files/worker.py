@@ -33,7 +33,7 @@ TICK = 0.1
 
 
 def sftp_files_site(transport: Transport, connector: FilesConnector) -> FilesSite:
-    """The mirror root over this transport; only SFTP can carry a file tree."""
+    """The target folder over this transport; only SFTP can carry a file tree."""
     from logship.engines.files.sftp_site import SftpFilesSite
     from logship.ship.sftp import SftpTransport
 
@@ -232,9 +232,9 @@ class FilesWorker(threading.Thread):
     # -- the link ------------------------------------------------------------------
 
     def _open_target(self, transport: Transport) -> FilesSite:
-        """The mirror root and the connector's site folder, on a new connection."""
+        """The target folder and the connector's site folder, on a new connection."""
         try:
-            where = f"mirror root {self.connector.standby.target}"
+            where = f"target folder {self.connector.standby.target}"
             target = self._open_site(transport, self.connector)
             # Where the generations log and consistency points go.
             where = f"site folder {self._layout.root}"
