@@ -70,7 +70,7 @@ def files_temp_name() -> bytes:
 
 
 def keyed_files_temp_name(relative: bytes) -> bytes:
-    """The temp for the file at `relative` (its whole path in the tree) in this process.
+    """The temp for the file at `relative` (its whole path below the folder) in this process.
 
     The same on every try: see the module's docstring. Removed first, then
     created exclusively: a link planted in between makes the open fail, never
@@ -83,5 +83,5 @@ def keyed_files_temp_name(relative: bytes) -> bytes:
 
 
 def is_files_temp_name(path: bytes) -> bool:
-    """True when the last component of `path` (bytes, "/"-separated) is a tree temp."""
+    """True when the last component of `path` (bytes, "/"-separated) is a files connector's temp."""
     return path.rpartition(b"/")[2].startswith(FILES_TEMP_PREFIX)

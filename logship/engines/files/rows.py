@@ -344,7 +344,7 @@ def pending_paths(catalog: Catalog, connector: str) -> set[bytes]:
 
 @dataclass(frozen=True)
 class FilesSummary:
-    """What status needs about one connector's tree."""
+    """What status needs about one files connector's paths."""
 
     rows: int
     pending_files: int

@@ -1,6 +1,6 @@
-"""One thread per files connector: watch the tree, keep a connection, converge the site.
+"""One thread per files connector: watch its source, keep a connection, converge the site.
 
-Every catalog write for the tree happens on this thread, in one direction:
+Every catalog write for the connector's paths happens on this thread, in one direction:
 watcher events and scans -> catalog rows -> the site -> rows marked shipped.
 The catalog is the queue, so a restart (or a link back up) resumes from it.
 """
@@ -137,7 +137,7 @@ class FilesWorker(threading.Thread):
         self._wake.wait(TICK)
         self._wake.clear()
 
-    # -- the tree -> the catalog ---------------------------------------------------
+    # -- the source -> the catalog -------------------------------------------------
 
     def _start_watching(self) -> bool:
         """Watch the source; until it exists, only scans (which find nothing) run."""
