@@ -33,17 +33,17 @@ _CLI = "logship.engines.files.cli"
 VERBS = {
     "verify": (
         f"{_CLI}.verify",
-        "compare a files connector's tree with the site's copy, report drift",
+        "compare a files connector's source with the site's copy, report drift",
         _verify,
     ),
     "tree-digest": (
         f"{_CLI}.tree_digest",
-        "list the site's copy of a files tree with sha256 (for verify)",
+        "list a files connector's copy at the site with sha256 (for verify)",
         _tree_digest,
     ),
     "tree-receive": (
         f"{_CLI}.tree_receive",
-        "land batches of a files mirror at the site (the daemon runs it)",
+        "land a files connector's batches at the site (the daemon runs it)",
         _tree_receive,
     ),
 }
