@@ -376,7 +376,7 @@ def run_setup_checks(
         connect = connect_any  # type: ignore[assignment]  # GatedTransport for restricted sites
     selected = [config.connector(name) for name in connectors]
     runner.run("state-dir", check_private_dir, config.logship.state_dir)
-    # A connector without a spool (a files mirror) has no incoming folder either.
+    # A connector without a spool (a files connector) has no incoming folder either.
     spools = {
         c.name: spool
         for c in selected

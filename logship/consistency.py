@@ -2,17 +2,17 @@
 
 A point is taken at each base backup (its stop LSN) and on demand (`logship
 mark`, the primary's current LSN). It pairs the database connector with every
-files connector at the same site. Each files connector's part completes in its
-mirror: the mirror scans the tree, then waits until every change that scan saw
+files connector at the same site. Each files connector completes its own
+part: it scans its source folder, then waits until every change that scan saw
 is durable at the site, and names the generation at which that held. The part
 is then written to the site, where `promote` reads it without the primary:
 "the database you promoted goes with file generation G; these paths changed
 after it".
 
-The file state is the tree as scanned when the mirror took up the point, which
-is at most a tick after the LSN was read; a path changed again before it
-shipped goes with its newer content. Files are not transactional, so a point
-is as close as a mirror can pair them, and the record says how close
+The file state is the source folder as scanned when the files connector took up
+the point, which is at most a tick after the LSN was read; a path changed again
+before it shipped goes with its newer content. Files are not transactional, so a point
+is as close as a files connector can pair them, and the record says how close
 (`scanned_at` against `taken_at`).
 """
 
@@ -27,7 +27,7 @@ from typing import Any
 
 from sqlalchemy import select, update
 
-from logship.catalog.models import ConsistencyPoint, TreeFile, TreeGeneration
+from logship.catalog.models import ConsistencyPoint, FilesGeneration, FilesPath
 from logship.catalog.store import Catalog
 from logship.config.model import Config
 from logship.engines.postgresql import walnames
@@ -62,7 +62,7 @@ def record_point(
     taken_at: float,
     reason: str,
 ) -> str:
-    """Record a point for the mirrors of `files` to complete; returns its id."""
+    """Record a point for the files connectors in `files` to complete; returns its id."""
     point_id = point_id_for(taken_at)
     with catalog.session() as s:
         for name in files:
@@ -88,7 +88,7 @@ def parts_of(catalog: Catalog, point_id: str) -> list[ConsistencyPoint]:
 
 
 def open_parts(catalog: Catalog, files: str) -> list[ConsistencyPoint]:
-    """The parts a files connector's mirror has yet to complete, oldest first."""
+    """The parts a files connector has yet to complete, oldest first."""
     with catalog.session() as s:
         query = select(ConsistencyPoint).where(
             ConsistencyPoint.files == files, ConsistencyPoint.complete_at.is_(None)
@@ -131,11 +131,11 @@ def durable_since(catalog: Catalog, files: str, scanned_at: float) -> bool:
     """Every change of the tree seen by the scan at `scanned_at` is durable at the site."""
     with catalog.session() as s:
         waiting = s.scalars(
-            select(TreeFile.id)
+            select(FilesPath.id)
             .where(
-                TreeFile.connector == files,
-                TreeFile.state != "shipped",
-                TreeFile.changed_at <= scanned_at,
+                FilesPath.connector == files,
+                FilesPath.state != "shipped",
+                FilesPath.changed_at <= scanned_at,
             )
             .limit(1)
         ).first()
@@ -144,16 +144,16 @@ def durable_since(catalog: Catalog, files: str, scanned_at: float) -> bool:
 
 def current_generation(catalog: Catalog, files: str) -> int:
     with catalog.session() as s:
-        row = s.get(TreeGeneration, files)
+        row = s.get(FilesGeneration, files)
         return 0 if row is None else row.generation
 
 
 def next_generation(catalog: Catalog, files: str, now: float) -> int:
     """Count one more round that changes the site; returns its number."""
     with catalog.session() as s:
-        row = s.get(TreeGeneration, files)
+        row = s.get(FilesGeneration, files)
         if row is None:
-            row = TreeGeneration(connector=files, generation=0, at=now)
+            row = FilesGeneration(connector=files, generation=0, at=now)
             s.add(row)
         row.generation += 1
         row.at = now

@@ -8,13 +8,13 @@ hex digits. The digits are random, or keyed with a secret of this process:
 - always created exclusively (O_CREAT | O_EXCL, SFTP's FXF_EXCL): a file or a
   link already at the name fails the open; it is never truncated or written
   through;
-- keyed (`keyed_tree_temp_name`): the same for the same path in one process, so
+- keyed (`keyed_files_temp_name`): the same for the same path in one process, so
   a retry over SFTP, where the site cannot clean up after a cut upload, finds
   and removes its own leftover before it writes a new one; nobody else can
   compute it.
 
 Two prefixes, one per kind of folder: TEMP_PREFIX in logship's own folders (the
-spool, the site layout, pg_wal), TREE_TEMP_PREFIX in a mirrored tree, whose own
+spool, the site layout, pg_wal), FILES_TEMP_PREFIX in a files connector's folders, whose own
 file names may be anything, `.tmp.*` among them.
 
 Stdlib only, and nothing that costs a start its milliseconds: archive-wal and
@@ -29,9 +29,9 @@ from pathlib import PurePath
 from typing import TypeVar
 
 TEMP_PREFIX = ".tmp."
-TREE_TEMP_PREFIX = b".logship-tmp."
+FILES_TEMP_PREFIX = b".logship-tmp."
 _TAIL_BYTES = 16
-#: this process's key for keyed_tree_temp_name: nobody else can compute its names
+#: this process's key for keyed_files_temp_name: nobody else can compute its names
 _PROCESS_KEY = os.urandom(32)
 _SCHEME = re.compile(re.escape(TEMP_PREFIX) + f"[0-9a-f]{{{2 * _TAIL_BYTES}}}")
 
@@ -64,13 +64,13 @@ def made_by_temp_name(name: str) -> bool:
     return _SCHEME.fullmatch(name) is not None
 
 
-def tree_temp_name() -> bytes:
-    """A new temp name for a file in a mirrored tree."""
-    return TREE_TEMP_PREFIX + random_tail().encode()
+def files_temp_name() -> bytes:
+    """A new temp name for a file in a files connector's folders."""
+    return FILES_TEMP_PREFIX + random_tail().encode()
 
 
-def keyed_tree_temp_name(relative: bytes) -> bytes:
-    """The temp for the file at `relative` (its whole path in the tree) in this process.
+def keyed_files_temp_name(relative: bytes) -> bytes:
+    """The temp for the file at `relative` (its whole path below the folder) in this process.
 
     The same on every try: see the module's docstring. Removed first, then
     created exclusively: a link planted in between makes the open fail, never
@@ -79,9 +79,9 @@ def keyed_tree_temp_name(relative: bytes) -> bytes:
     import hmac  # hashlib with it: only the files connector needs them
 
     digest = hmac.new(_PROCESS_KEY, relative, "sha256").hexdigest()
-    return TREE_TEMP_PREFIX + digest[: 2 * _TAIL_BYTES].encode()
+    return FILES_TEMP_PREFIX + digest[: 2 * _TAIL_BYTES].encode()
 
 
-def is_tree_temp_name(path: bytes) -> bool:
-    """True when the last component of `path` (bytes, "/"-separated) is a tree temp."""
-    return path.rpartition(b"/")[2].startswith(TREE_TEMP_PREFIX)
+def is_files_temp_name(path: bytes) -> bool:
+    """True when the last component of `path` (bytes, "/"-separated) is a files connector's temp."""
+    return path.rpartition(b"/")[2].startswith(FILES_TEMP_PREFIX)

@@ -48,6 +48,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             f"tests outside tests/{{{','.join(KINDS)}}}/, whose folder names their kind: "
             + ", ".join(sorted(misplaced))
         )
+    # The soak runs for half an hour: only when the -m expression names it. A
+    # marker in addopts would be replaced by any -m given on the command line.
+    if "soak" not in (config.option.markexpr or ""):
+        soak = [item for item in items if item.get_closest_marker("soak")]
+        if soak:
+            config.hook.pytest_deselected(items=soak)
+            items[:] = [item for item in items if not item.get_closest_marker("soak")]
 
 
 @pytest.fixture(autouse=True)

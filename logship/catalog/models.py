@@ -216,8 +216,8 @@ class LagSample(Base):
     pending_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
 
 
-class TreeFile(Base):
-    """One path of a files connector's source tree: the state map the mirror converges on.
+class FilesPath(Base):
+    """One path of a files connector's source folder: the state map its target converges on.
 
     `path` is the path relative to the source as bytes: file names may be any bytes.
     """
@@ -279,7 +279,7 @@ POSTGRESQL_INDEXES: dict[str, tuple[tuple[str, str], ...]] = {
 }
 
 
-class TreeVerify(Base):
+class FilesVerify(Base):
     """One `verify` of a files connector: the site's tree against the source."""
 
     __tablename__ = "tree_verifies"
@@ -297,7 +297,7 @@ class TreeVerify(Base):
     error: Mapped[str | None] = mapped_column(Text, default=None)
 
 
-class TreeGeneration(Base):
+class FilesGeneration(Base):
     """A files connector's sync generation: one more per round that changes the site.
 
     The site keeps the same numbers in its generations log, so a consistency

@@ -146,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.verb not in _SHARED_FILE_VERBS:
         # Before anything is created: a state_dir first made by archive-wal, or a
         # catalog first made by base-backup, must not come out 0755 / 0644. Files
-        # meant for others (a mirror's, a restored data dir's) get explicit modes.
+        # meant for others (a files connector's, a restored data dir's) get explicit modes.
         os.umask(PRIVATE_UMASK)
     # Importing a verb's modules (SQLAlchemy, pydantic, paramiko for most) makes
     # objects that live as long as the process; the cycle collector's passes

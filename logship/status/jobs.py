@@ -20,7 +20,7 @@ class DrillRow(Protocol):
 
 
 class VerifyRow(Protocol):
-    """What status needs from a `TreeVerify` row (a files connector's `verify`)."""
+    """What status needs from a `FilesVerify` row (a files connector's `verify`)."""
 
     state: str  # clean, drift, failed
     finished_at: float | None

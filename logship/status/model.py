@@ -88,7 +88,7 @@ class ConnectorStatus:
     drift_files: int | None = None
     verified_at: str | None = None
     verify_error: str | None = None
-    #: a mirrored tree: rounds that changed the site so far, the newest complete
+    #: a files connector: rounds that changed the site so far, the newest complete
     #: consistency point and when it completed, and how many are still open
     sync_generation: int | None = None
     consistency_point: str | None = None

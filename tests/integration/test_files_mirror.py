@@ -31,16 +31,16 @@ from logship.demo_sandbox.deployment import wait_for
 from logship.demo_sandbox.sshd import SshServer
 from logship.engines.files import rows, sftp_site, ship
 from logship.engines.files.exclude import ExcludeRules
-from logship.engines.files.sftp_site import SftpTreeSite
+from logship.engines.files.sftp_site import SftpFilesSite
 from logship.engines.files.status import files_status
 from logship.engines.files.track import Tracker
 from logship.engines.files.verify_run import run_verify
-from logship.engines.files.watcher import Touched, TreeWatcher
-from logship.engines.files.worker import FilesWorker, sftp_tree_site
+from logship.engines.files.watcher import FilesWatcher, Touched
+from logship.engines.files.worker import FilesWorker, sftp_files_site
 from logship.ship.sftp import SftpTransport
 from logship.status.monitor import collect_statuses
-from logship.temp_names import TREE_TEMP_PREFIX as TEMP_PREFIX
-from logship.temp_names import is_tree_temp_name as is_temp_name
+from logship.temp_names import FILES_TEMP_PREFIX as TEMP_PREFIX
+from logship.temp_names import is_files_temp_name as is_temp_name
 from logship.ui.status_table import null_reasons
 
 pytestmark = pytest.mark.slow  # left out of the fast subset (README)
@@ -534,7 +534,7 @@ def test_the_daemon_mirrors_a_large_file_and_odd_names(site: Site) -> None:
 
 
 def test_an_inotify_overflow_asks_for_a_rescan(tmp_path: Path) -> None:
-    watcher = TreeWatcher(tmp_path)
+    watcher = FilesWatcher(tmp_path)
     watcher.start()
     try:
         assert not watcher.take_overflow()
@@ -556,7 +556,7 @@ def test_odd_names_are_shown_escaped() -> None:
 
 
 def test_files_state_follows_exposure_and_the_link() -> None:
-    tree = rows.TreeSummary(
+    tree = rows.FilesSummary(
         rows=3,
         pending_files=1,
         pending_bytes=10,
@@ -575,7 +575,7 @@ def test_files_state_follows_exposure_and_the_link() -> None:
             site="dr",
             rpo_target_s=60,
             now=now,
-            tree=tree,
+            summary=tree,
             site_status=site,  # type: ignore[arg-type]
         )
         return str(status.state)
@@ -590,16 +590,16 @@ def test_files_state_follows_exposure_and_the_link() -> None:
         site="dr",
         rpo_target_s=60,
         now=5000,
-        tree=None,
+        summary=None,
         site_status=None,
     )
     assert idle.pending_files is None and idle.rpo_exposure_s is None
 
 
-def _tree_site(setup: Setup) -> tuple[SftpTransport, SftpTreeSite]:
+def _tree_site(setup: Setup) -> tuple[SftpTransport, SftpFilesSite]:
     connector = setup.config.connectors[CONNECTOR]
     transport = SftpTransport(setup.config.site_of(connector))
-    tree = SftpTreeSite(transport, setup.target)
+    tree = SftpFilesSite(transport, setup.target)
     tree.ensure_root()
     return transport, tree
 
@@ -674,8 +674,8 @@ def test_a_file_changed_during_its_batch_is_not_shipped(
         Tracker(
             catalog, CONNECTOR, setup.source, ExcludeRules([]), propagate_deletes=True
         ).reconcile(time.time())
-        tree = sftp_tree_site(transport, connector)
-        shipper = ship.TreeShipper(catalog, CONNECTOR, setup.source, 0.0, time.time)
+        tree = sftp_files_site(transport, connector)
+        shipper = ship.FilesShipper(catalog, CONNECTOR, setup.source, 0.0, time.time)
         assert shipper.ship_round(tree, lambda: True, lambda: False) == 4
         tree.close()
         found = snapshot(setup.target)
@@ -698,9 +698,9 @@ class Driven:
     setup: Setup
     catalog: Catalog
     transport: SftpTransport
-    tree: ship.TreeSite
+    tree: ship.FilesSite
     tracker: Tracker
-    shipper: ship.TreeShipper
+    shipper: ship.FilesShipper
 
     def round(self) -> int:
         return self.shipper.ship_round(self.tree, lambda: True, lambda: False)
@@ -716,16 +716,16 @@ def _driven(site: Site, *, receiver: bool, extra: str = "") -> Iterator[Driven]:
     catalog = Catalog(setup.config.catalog_url)
     transport = SftpTransport(setup.config.site_of(connector))
     try:
-        tree: ship.TreeSite
+        tree: ship.FilesSite
         if receiver:
-            tree = sftp_tree_site(transport, connector)
+            tree = sftp_files_site(transport, connector)
         else:
-            tree = SftpTreeSite(transport, setup.target)
+            tree = SftpFilesSite(transport, setup.target)
             tree.ensure_root()
         tracker = Tracker(
             catalog, CONNECTOR, setup.source, ExcludeRules([]), propagate_deletes=True
         )
-        shipper = ship.TreeShipper(
+        shipper = ship.FilesShipper(
             catalog,
             CONNECTOR,
             setup.source,
@@ -851,7 +851,7 @@ def test_a_link_a_local_user_plants_at_a_temp_name_is_never_written_through(
         victim.write_text("precious\n")
         site.user.chown(victim)
         planted = TEMP_PREFIX + b"known"
-        monkeypatch.setattr(sftp_site, "keyed_tree_temp_name", lambda *_: planted)
+        monkeypatch.setattr(sftp_site, "keyed_files_temp_name", lambda *_: planted)
         monkeypatch.setattr(temp_names, "random_tail", lambda *_: "known")
         local_user = OsUser.from_name("nobody")
 

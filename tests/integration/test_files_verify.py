@@ -28,7 +28,7 @@ from logship.engines.files.verify_rows import finish_verify, last_verify, start_
 from logship.engines.files.verify_run import site_listing
 from logship.engines.postgresql.status import connector_status
 from logship.status.jobs import JobFacts
-from logship.temp_names import TREE_TEMP_PREFIX as TEMP_PREFIX
+from logship.temp_names import FILES_TEMP_PREFIX as TEMP_PREFIX
 
 REPO = Path(__file__).resolve().parents[2]
 SHA_A = "a" * 64

@@ -19,8 +19,8 @@ from offline_config import write_offline_config
 from logship.cli.pipe_input import frames_in
 from logship.engines.files.receive import MAX_FILE, STALE_TEMP_S, Receiver
 from logship.engines.files.stream import COMMIT, StreamError, file_frame
-from logship.temp_names import TREE_TEMP_PREFIX as TEMP_PREFIX
-from logship.temp_names import is_tree_temp_name as is_temp_name
+from logship.temp_names import FILES_TEMP_PREFIX as TEMP_PREFIX
+from logship.temp_names import is_files_temp_name as is_temp_name
 
 MTIME_NS = 1_700_000_000_123_456_789
 

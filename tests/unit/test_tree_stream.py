@@ -7,7 +7,7 @@ import json
 import pytest
 
 from logship.engines.files.stream import landed_line, reply_line
-from logship.engines.files.stream_sender import TreeStream
+from logship.engines.files.stream_sender import BatchStream
 
 
 class _Channel:
@@ -23,8 +23,8 @@ class _Channel:
         return piece
 
 
-def _stream(data: bytes, pieces: list[int]) -> TreeStream:
-    return TreeStream(_Channel(data, pieces), ["logship", "tree-receive", "app"])  # type: ignore[arg-type]
+def _stream(data: bytes, pieces: list[int]) -> BatchStream:
+    return BatchStream(_Channel(data, pieces), ["logship", "tree-receive", "app"])  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("index", [0, 7, 511, 123456])

@@ -1,1 +1,1 @@
-"""Files: a source tree kept as a copy in a folder at the standby site."""
+"""The files connector: a source folder kept as a copy in a target folder at the standby site."""

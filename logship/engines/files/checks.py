@@ -1,6 +1,6 @@
 """The files connector's part of `logship check`: the generic site checks cover it.
 
-Its mirror runs `tree-receive` at the site when logship runs there, and falls
+It runs `tree-receive` at the site when logship runs there, and falls
 back to one SFTP request per file when it does not.
 """
 
@@ -15,7 +15,7 @@ from logship.ship.sftp import SftpTransport
 
 class FilesChecks:
     site_command = SiteCommandUse(
-        needed=False, without_it="the files mirror falls back to per-file SFTP: slower"
+        needed=False, without_it="the files connector falls back to per-file SFTP: slower"
     )
 
     def site_checks(

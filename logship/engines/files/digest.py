@@ -22,7 +22,7 @@ from logship.engines.files.exclude import ExcludeRules
 from logship.engines.files.scan import EntryKind, TreeEntry, scan_tree, sha256_file
 from logship.errors import first_line
 from logship.jsonin import load_object
-from logship.temp_names import is_tree_temp_name
+from logship.temp_names import is_files_temp_name
 
 #: one entry: a base64 path (at most PATH_MAX) and its figures
 MAX_DIGEST_LINE = 64 * 1024
@@ -150,13 +150,13 @@ def with_digest(root: Path, entry: TreeEntry) -> DigestEntry | None:
 def digest_tree(root: Path, rules: ExcludeRules) -> Iterator[DigestEntry]:
     """Every entry below `root` with sha256 of files, parents before children.
 
-    The mirror's temp files are skipped wherever they are, on both sides: at the
-    site they are uploads in flight or leftovers the mirror removes, and a source
+    The files connector's temp files are skipped wherever they are, on both sides: at the
+    site they are uploads in flight or leftovers it removes, and a source
     name with that prefix could not be told from them.
     """
     for entry in scan_tree(root, rules):
         # A temp folder's contents are in flight too.
-        if any(is_tree_temp_name(part) for part in entry.path.split(b"/")):
+        if any(is_files_temp_name(part) for part in entry.path.split(b"/")):
             continue
         digested = with_digest(root, entry)
         if digested is not None:

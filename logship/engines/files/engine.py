@@ -1,8 +1,8 @@
-"""Application files: a source tree mirrored to a folder at the standby site.
+"""The files connector: a source folder copied to a target folder at the standby site.
 
 Unlike the database engine nothing goes through a spool: the tree itself is
 watched, and the catalog keeps one row per path (type, size, mtime, mode,
-sha256) as the state map the mirror converges on.
+sha256) as the state map the target folder converges on.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ class FilesEngine:
     config_model: type[ConnectorBase] = FilesConnector
     schedule_actions: frozenset[str] = frozenset({"verify"})
     path_keys: frozenset[str] = frozenset({"source"})
-    #: a database's point pairs its position with this mirror's generation
+    #: a database's point pairs its position with this connector's generation
     joins_consistency_points: bool = True
 
     def accepts(self, name: str) -> bool:
@@ -82,16 +82,16 @@ class FilesEngine:
 
     def site_problem(self, connector: ConnectorBase, site: SiteConfig) -> str | None:
         if site.restricted:
-            # A mirror follows the source: it must delete and replace at the site.
+            # A files connector follows the source: it must delete and replace at the site.
             return (
                 f"site {site.name!r} is restricted (the primary's key may only add new files "
-                "there), but a files mirror must delete and replace files at its site; use a "
+                "there), but a files connector must delete and replace files at its site; use a "
                 "site without `restricted = true`"
             )
         return None
 
     def spool_dir(self, config: Config, connector: ConnectorBase) -> Path | None:
-        # The mirror watches `source` itself: nothing goes through a spool.
+        # The files connector watches `source` itself: nothing goes through a spool.
         return None
 
     def kept_after_shipping(self, connector: ConnectorBase) -> int:

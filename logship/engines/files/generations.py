@@ -1,6 +1,6 @@
-"""The sync generations of a mirrored tree, as the site records them.
+"""The sync generations of a files connector's target folder, as the site records them.
 
-Before a round changes anything at the site, the mirror appends one line to
+Before a round changes anything at the site, the files connector appends one line to
 `generations.jsonl` there: the round's generation number and the paths it is
 about to change. The line comes first so that a crash mid-round can only
 over-report what changed, never hide it. A torn last line (a crash during the

@@ -39,7 +39,7 @@ class ShippedMarks:
         if not marks:
             return
         if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="tree-marks", daemon=True)
+            self._thread = threading.Thread(target=self._run, name="files-marks", daemon=True)
             self._thread.start()
         self._pending.put(marks)
 

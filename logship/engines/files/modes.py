@@ -1,6 +1,6 @@
-"""The permission bits a mirrored path gets at the site.
+"""The permission bits a files connector's path gets at the site.
 
-A mirrored file belongs to the site's SSH user: a setuid or setgid bit copied
+A shipped file belongs to the site's SSH user: a setuid or setgid bit copied
 from the source would run it as that user, so those bits (and sticky) never
 reach the site. Group and other write are stripped too unless the connector's
 `keep_write_bits` says otherwise: a file any local user at the site can
@@ -10,11 +10,11 @@ masking (see logship.engines.files.verify_run).
 
 from __future__ import annotations
 
-#: never set on a mirrored file at the site, whatever the source has
+#: never set on a shipped file at the site, whatever the source has
 SITE_STRIPPED = 0o7000
 #: group and other write: stripped unless `keep_write_bits = true`
 WRITE_BITS = 0o022
-#: never set on a mirrored folder: setuid/setgid (sticky only restricts, it stays)
+#: never set on a shipped folder: setuid/setgid (sticky only restricts, it stays)
 FOLDER_STRIPPED = 0o6000
 
 

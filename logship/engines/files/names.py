@@ -1,4 +1,4 @@
-"""Names in a mirrored tree: how any is shown (its temps: logship.temp_names)."""
+"""Names in a files connector's folders: how any is shown (its temps: logship.temp_names)."""
 
 from __future__ import annotations
 

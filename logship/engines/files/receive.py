@@ -19,7 +19,7 @@ the one before, from a descriptor of the target held for the receiver's life,
 never following a link (openat with O_NOFOLLOW | O_DIRECTORY). The temp is
 created, written and renamed relative to that folder's descriptor, which the
 batch holds until its renames: a link at the site, there before or swapped in
-meanwhile, can never lead a write outside the mirror. Nothing of a folder's
+meanwhile, can never lead a write outside the target folder. Nothing of a folder's
 resolution is kept from one file to the next.
 """
 
@@ -42,7 +42,7 @@ from typing import IO
 from logship.engines.files.modes import SITE_STRIPPED
 from logship.engines.files.names import show_path
 from logship.engines.files.stream import COMMIT, FileFrame, landed_line, read_frame, reply_line
-from logship.temp_names import is_tree_temp_name, tree_temp_name
+from logship.temp_names import files_temp_name, is_files_temp_name
 
 #: a batch file is read whole: bigger files go over SFTP, streamed
 MAX_FILE = 8 * 1024 * 1024
@@ -88,7 +88,7 @@ class Receiver:
         stdout.flush()
         if sweep:
             # Beside the batches, not before the answer: on a large tree the walk
-            # takes longer than the mirror waits for a receiver to come up. A
+            # takes longer than the files connector waits for a receiver to come up. A
             # batch's temps are new, so the sweep never takes one of them.
             threading.Thread(target=self.sweep_stale_temps, name="sweep", daemon=True).start()
         committer = _Committer(self, stdout)
@@ -123,12 +123,12 @@ class Receiver:
         cutoff = (time.time() if now is None else now) - STALE_TEMP_S
         swept = 0
         # By descriptor, links never followed: a folder swapped for a link
-        # during the walk cannot lead an unlink outside the mirror.
+        # during the walk cannot lead an unlink outside the target folder.
         root = os.dup(self._root_fd)
         try:
             for _, _, names, folder_fd in os.fwalk(".", dir_fd=root):
                 for name in names:
-                    if not is_tree_temp_name(os.fsencode(name)):
+                    if not is_files_temp_name(os.fsencode(name)):
                         continue
                     with contextlib.suppress(OSError):
                         st = os.lstat(name, dir_fd=folder_fd)
@@ -161,7 +161,7 @@ class Receiver:
         framed = b"/" + path + b"/"
         if b"//" in framed or b"/./" in framed or b"/../" in framed:
             return _Written.refused(f"refused path {path!r}")
-        if b"\0" in path or is_tree_temp_name(name):
+        if b"\0" in path or is_files_temp_name(name):
             return _Written.refused(f"refused path {path!r}")
         try:
             folder = batch.hold(self.open_folder(parent))
@@ -172,7 +172,7 @@ class Receiver:
                     "the site; refused (a write never goes outside the mirror root)"
                 )
             return _Written.refused(f"{type(exc).__name__}: {exc.strerror or exc}")
-        temp = tree_temp_name()
+        temp = files_temp_name()
         try:
             fd = os.open(temp, _CREATE_TEMP, 0o600, dir_fd=folder)
             try:

@@ -1,8 +1,9 @@
-"""Catalog queries for file trees: one `TreeFile` row per path of a files connector.
+"""Catalog queries for a files connector: one `FilesPath` row per path of its source.
 
-The rows are the state map the mirror converges on: `pending` (changed here,
-not yet durable at the site), `shipped` (the site has exactly this), `deleting`
-(gone here, still at the site). Each state change is one short transaction.
+The rows are the state map the target folder converges on: `pending` (changed
+here, not yet durable at the site), `shipped` (the site has exactly this),
+`deleting` (gone here, still at the site). Each state change is one short
+transaction.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import TypeVar
 from sqlalchemy import case, delete, func, select, update
 from sqlalchemy.orm import Session
 
-from logship.catalog.models import TreeFile
+from logship.catalog.models import FilesPath
 from logship.catalog.store import Catalog
 from logship.engines.files.names import show_path
 from logship.engines.files.scan import EntryKind, TreeEntry
@@ -27,8 +28,8 @@ T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
-class TreeRow:
-    """A `TreeFile` row as read: a plain record, not a live ORM object (a tree of
+class FilesPathRow:
+    """A `FilesPath` row as read: a plain record, not a live ORM object (a tree of
     many thousand paths is read on every scan and every round)."""
 
     id: int
@@ -49,14 +50,14 @@ class TreeRow:
 
 
 _SELECT_ROWS = (
-    f"SELECT {', '.join(TreeRow.__dataclass_fields__)} FROM {TreeFile.__tablename__} "
+    f"SELECT {', '.join(FilesPathRow.__dataclass_fields__)} FROM {FilesPath.__tablename__} "
     "WHERE connector = ?"
 )
 
 
 def _read_rows(
     catalog: Catalog, connector: str, where: str = "", params: Sequence[object] = ()
-) -> list[TreeRow]:
+) -> list[FilesPathRow]:
     """The connector's rows (those matching `where`, written with ? placeholders),
     read with the driver's own cursor: a round of a first sync reads every row of
     the tree, and SQLAlchemy's result processing per row cost more than the query."""
@@ -65,12 +66,12 @@ def _read_rows(
         cursor = s.connection().connection.cursor()
         try:
             cursor.execute(_driver_sql(s, statement), (connector, *params))
-            return [TreeRow(*row) for row in cursor.fetchall()]
+            return [FilesPathRow(*row) for row in cursor.fetchall()]
         finally:
             cursor.close()
 
 
-def entry_of(row: TreeRow) -> TreeEntry:
+def entry_of(row: FilesPathRow) -> TreeEntry:
     return TreeEntry(
         row.path,
         EntryKind(row.kind),
@@ -82,11 +83,11 @@ def entry_of(row: TreeRow) -> TreeEntry:
     )
 
 
-def all_rows(catalog: Catalog, connector: str) -> dict[bytes, TreeRow]:
+def all_rows(catalog: Catalog, connector: str) -> dict[bytes, FilesPathRow]:
     return {row.path: row for row in _read_rows(catalog, connector)}
 
 
-def rows_below(catalog: Catalog, connector: str, folder: bytes) -> dict[bytes, TreeRow]:
+def rows_below(catalog: Catalog, connector: str, folder: bytes) -> dict[bytes, FilesPathRow]:
     """The row of `folder` and of every path below it (all rows for the root, b"")."""
     if not folder:
         return all_rows(catalog, connector)
@@ -98,8 +99,8 @@ def rows_below(catalog: Catalog, connector: str, folder: bytes) -> dict[bytes, T
     return {row.path: row for row in found}
 
 
-def rows_for(catalog: Catalog, connector: str, paths: Iterable[bytes]) -> dict[bytes, TreeRow]:
-    found: dict[bytes, TreeRow] = {}
+def rows_for(catalog: Catalog, connector: str, paths: Iterable[bytes]) -> dict[bytes, FilesPathRow]:
+    found: dict[bytes, FilesPathRow] = {}
     for chunk in _chunks(list(paths)):
         rows = _read_rows(catalog, connector, f"path IN ({_marks(chunk)})", chunk)
         found.update((row.path, row) for row in rows)
@@ -133,8 +134,8 @@ def record_changed(
                 known = {
                     row.path: row
                     for row in s.scalars(
-                        select(TreeFile).where(
-                            TreeFile.connector == connector, TreeFile.path.in_(existing)
+                        select(FilesPath).where(
+                            FilesPath.connector == connector, FilesPath.path.in_(existing)
                         )
                     )
                 }
@@ -145,9 +146,9 @@ def record_changed(
     return len(entries)
 
 
-_SELECT_PATHS = f"SELECT path FROM {TreeFile.__tablename__} WHERE connector = ?"
+_SELECT_PATHS = f"SELECT path FROM {FilesPath.__tablename__} WHERE connector = ?"
 _INSERT_NEW = (
-    f"INSERT INTO {TreeFile.__tablename__} (connector, path, kind, mode, size, mtime_ns, "
+    f"INSERT INTO {FilesPath.__tablename__} (connector, path, kind, mode, size, mtime_ns, "
     "ctime_ns, link_target, state, changed_at, attempts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)"
 )
 
@@ -167,7 +168,7 @@ def _new_row(connector: str, entry: TreeEntry, now: float) -> tuple[object, ...]
     )
 
 
-def _apply_change(row: TreeFile, entry: TreeEntry, now: float) -> None:
+def _apply_change(row: FilesPath, entry: TreeEntry, now: float) -> None:
     if row.state == SHIPPED:
         row.changed_at = now
     # Already pending or deleting: exposure keeps counting from the first change
@@ -194,18 +195,20 @@ def record_gone(
         return
     with catalog.session() as s:
         for chunk in _chunks(paths):
-            where = (TreeFile.connector == connector, TreeFile.path.in_(chunk))
+            where = (FilesPath.connector == connector, FilesPath.path.in_(chunk))
             if propagate:
                 s.execute(
-                    update(TreeFile).where(*where, TreeFile.state == SHIPPED).values(changed_at=now)
+                    update(FilesPath)
+                    .where(*where, FilesPath.state == SHIPPED)
+                    .values(changed_at=now)
                 )
                 s.execute(
-                    update(TreeFile)
-                    .where(*where, TreeFile.state != DELETING)
+                    update(FilesPath)
+                    .where(*where, FilesPath.state != DELETING)
                     .values(state=DELETING, attempts=0, error=None, next_try_at=None)
                 )
             else:
-                s.execute(delete(TreeFile).where(*where))
+                s.execute(delete(FilesPath).where(*where))
         s.commit()
 
 
@@ -214,7 +217,7 @@ def _chunks(paths: Sequence[T], size: int = 500) -> Iterable[Sequence[T]]:
         yield paths[start : start + size]
 
 
-def due(catalog: Catalog, connector: str, now: float) -> list[TreeRow]:
+def due(catalog: Catalog, connector: str, now: float) -> list[FilesPathRow]:
     """Rows waiting for the site whose retry time (if any) has come."""
     return _read_rows(
         catalog,
@@ -260,7 +263,7 @@ def mark_shipped_many(
 
 
 _MARK_SHIPPED = (
-    f"UPDATE {TreeFile.__tablename__} SET state = '{SHIPPED}', kind = ?, mode = ?, size = ?, "
+    f"UPDATE {FilesPath.__tablename__} SET state = '{SHIPPED}', kind = ?, mode = ?, size = ?, "
     "mtime_ns = ?, ctime_ns = ?, link_target = ?, sha256 = ?, shipped_at = ?, attempts = 0, "
     "error = NULL, next_try_at = NULL WHERE id = ?"
 )
@@ -294,16 +297,16 @@ def _driver_sql(s: Session, statement: str) -> str:
 def mark_removed(catalog: Catalog, row_id: int) -> None:
     """The site no longer has the path: nothing is left to track."""
     with catalog.session() as s:
-        s.execute(delete(TreeFile).where(TreeFile.id == row_id))
+        s.execute(delete(FilesPath).where(FilesPath.id == row_id))
         s.commit()
 
 
 def mark_failed(catalog: Catalog, row_id: int, error: str, next_try_at: float) -> None:
     with catalog.session() as s:
         s.execute(
-            update(TreeFile)
-            .where(TreeFile.id == row_id)
-            .values(attempts=TreeFile.attempts + 1, error=error, next_try_at=next_try_at)
+            update(FilesPath)
+            .where(FilesPath.id == row_id)
+            .values(attempts=FilesPath.attempts + 1, error=error, next_try_at=next_try_at)
         )
         s.commit()
 
@@ -311,7 +314,7 @@ def mark_failed(catalog: Catalog, row_id: int, error: str, next_try_at: float) -
 def retry_later(catalog: Catalog, row_id: int, next_try_at: float) -> None:
     """Not a failure (the file is still being written): just not yet."""
     with catalog.session() as s:
-        s.execute(update(TreeFile).where(TreeFile.id == row_id).values(next_try_at=next_try_at))
+        s.execute(update(FilesPath).where(FilesPath.id == row_id).values(next_try_at=next_try_at))
         s.commit()
 
 
@@ -322,7 +325,7 @@ def retry_later_many(catalog: Catalog, row_ids: Sequence[int], next_try_at: floa
     with catalog.session() as s:
         for chunk in _chunks(list(row_ids)):
             s.execute(
-                update(TreeFile).where(TreeFile.id.in_(chunk)).values(next_try_at=next_try_at)
+                update(FilesPath).where(FilesPath.id.in_(chunk)).values(next_try_at=next_try_at)
             )
         s.commit()
 
@@ -332,16 +335,16 @@ def pending_paths(catalog: Catalog, connector: str) -> set[bytes]:
     with catalog.session() as s:
         return set(
             s.scalars(
-                select(TreeFile.path).where(
-                    TreeFile.connector == connector, TreeFile.state.in_(NOT_DURABLE)
+                select(FilesPath.path).where(
+                    FilesPath.connector == connector, FilesPath.state.in_(NOT_DURABLE)
                 )
             ).all()
         )
 
 
 @dataclass(frozen=True)
-class TreeSummary:
-    """What status needs about one connector's tree."""
+class FilesSummary:
+    """What status needs about one files connector's paths."""
 
     rows: int
     pending_files: int
@@ -353,37 +356,37 @@ class TreeSummary:
     last_shipped_at: float | None
 
 
-def summary(catalog: Catalog, connector: str) -> TreeSummary:
+def summary(catalog: Catalog, connector: str) -> FilesSummary:
     with catalog.session() as s:
-        mine = TreeFile.connector == connector
+        mine = FilesPath.connector == connector
         total = s.scalar(select(func.count()).where(mine)) or 0
         pending = s.execute(
             select(
                 func.count(),
                 # A deletion moves no bytes.
                 func.coalesce(
-                    func.sum(case((TreeFile.state == PENDING, TreeFile.size), else_=0)), 0
+                    func.sum(case((FilesPath.state == PENDING, FilesPath.size), else_=0)), 0
                 ),
-                func.min(TreeFile.changed_at),
-            ).where(mine, TreeFile.state.in_(NOT_DURABLE))
+                func.min(FilesPath.changed_at),
+            ).where(mine, FilesPath.state.in_(NOT_DURABLE))
         ).one()
-        failing = s.scalar(select(func.count()).where(mine, TreeFile.error.is_not(None))) or 0
+        failing = s.scalar(select(func.count()).where(mine, FilesPath.error.is_not(None))) or 0
         first_error = s.execute(
-            select(TreeFile.path, TreeFile.error)
-            .where(mine, TreeFile.error.is_not(None))
-            .order_by(TreeFile.changed_at)
+            select(FilesPath.path, FilesPath.error)
+            .where(mine, FilesPath.error.is_not(None))
+            .order_by(FilesPath.changed_at)
             .limit(1)
         ).one_or_none()
         last = s.execute(
-            select(TreeFile.path, TreeFile.shipped_at)
-            .where(mine, TreeFile.shipped_at.is_not(None))
-            .order_by(TreeFile.shipped_at.desc(), TreeFile.id.desc())
+            select(FilesPath.path, FilesPath.shipped_at)
+            .where(mine, FilesPath.shipped_at.is_not(None))
+            .order_by(FilesPath.shipped_at.desc(), FilesPath.id.desc())
             .limit(1)
         ).one_or_none()
     error = None
     if first_error is not None:
         error = f"{show_path(first_error[0])}: {first_error[1]}"
-    return TreeSummary(
+    return FilesSummary(
         rows=total,
         pending_files=pending[0],
         pending_bytes=int(pending[1]),

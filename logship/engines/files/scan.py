@@ -66,7 +66,7 @@ def file_entry(relative: bytes, st: os.stat_result, size: int) -> TreeEntry:
 
 
 def entry_for(root: bytes, relative: bytes, st: os.stat_result) -> TreeEntry | None:
-    """The entry for an lstat result; None for what is not mirrored (sockets, fifos,
+    """The entry for an lstat result; None for what never ships (sockets, fifos,
     devices)."""
     mode = stat.S_IMODE(st.st_mode)
     if stat.S_ISREG(st.st_mode):
@@ -80,7 +80,7 @@ def entry_for(root: bytes, relative: bytes, st: os.stat_result) -> TreeEntry | N
 
 
 def lstat_entry(source: Path, relative: bytes) -> TreeEntry | None:
-    """The current entry at `relative`, or None when it is gone (or not mirrored)."""
+    """The current entry at `relative`, or None when it is gone (or never ships)."""
     root = os.fsencode(source)
     try:
         st = os.lstat(os.path.join(root, relative))
@@ -90,7 +90,7 @@ def lstat_entry(source: Path, relative: bytes) -> TreeEntry | None:
 
 
 def scan_tree(source: Path, rules: ExcludeRules, below: bytes = b"") -> Iterator[TreeEntry]:
-    """Every mirrored entry below `source` (or only below its folder `below`),
+    """Every entry that ships below `source` (or only below its folder `below`),
     parents before children; paths stay relative to `source`.
 
     Excluded directories are not entered. Entries that vanish while the walk runs

@@ -1,4 +1,4 @@
-"""A mirror root at a site over SFTP, addressed with bytes paths.
+"""A files connector's target folder at a site over SFTP, addressed with bytes paths.
 
 File names may be any bytes but "/" and NUL, so every path stays bytes from the
 scan to the wire (paramiko passes bytes through unchanged) and none is ever
@@ -45,7 +45,7 @@ from logship.engines.files.names import show_path
 from logship.engines.files.scan import READ_CHUNK
 from logship.engines.files.ship import BatchFile, BatchUpload, SourceChanged
 from logship.engines.files.stream import file_frame
-from logship.engines.files.stream_sender import TreeStream
+from logship.engines.files.stream_sender import BatchStream
 from logship.logs import event
 from logship.ship.sftp import SftpTransport
 from logship.ship.sftp_replies import (
@@ -55,7 +55,7 @@ from logship.ship.sftp_replies import (
     Replies,
     missing,
 )
-from logship.temp_names import keyed_tree_temp_name
+from logship.temp_names import keyed_files_temp_name
 
 log = logging.getLogger("logship.files")
 
@@ -66,7 +66,7 @@ SYNC_TIMEOUT_S = 120.0
 RECEIVERS = 2
 
 
-class SftpTreeSite:
+class SftpFilesSite:
     """File operations below `root` at the site; paths are relative bytes."""
 
     def __init__(
@@ -83,7 +83,7 @@ class SftpTreeSite:
         self._syncfs_works: bool | None = None
         #: how to start `tree-receive` at the site; None: SFTP alone
         self._receiver = receiver
-        self._streams: list[TreeStream] = []
+        self._streams: list[BatchStream] = []
         self._turn = 0
 
     def close(self) -> None:
@@ -102,13 +102,15 @@ class SftpTreeSite:
                 # One of them sweeps stale temps at its start; one sweep is enough.
                 argv = self._receiver if n == 0 else [*self._receiver, "--no-sweep"]
                 self._streams.append(
-                    TreeStream.launch(self._transport.client, argv, self._transport.site.io_timeout)
+                    BatchStream.launch(
+                        self._transport.client, argv, self._transport.site.io_timeout
+                    )
                 )
         except (OSError, paramiko.SSHException) as exc:
             self.close()
             self._no_receiver(exc)
 
-    def _batch_stream(self) -> TreeStream | None:
+    def _batch_stream(self) -> BatchStream | None:
         """The receiver whose turn it is, once it is up; None when there is none."""
         self.launch_receiver()
         while self._streams:
@@ -139,7 +141,7 @@ class SftpTreeSite:
         )
         self._receiver = None
 
-    def _send_streamed(self, stream: TreeStream, files: Sequence[BatchFile]) -> BatchUpload:
+    def _send_streamed(self, stream: BatchStream, files: Sequence[BatchFile]) -> BatchUpload:
         frames = [file_frame(f.relative, f.mode, f.before.st_mtime_ns, f.data) for f in files]
         try:
             stream.send_batch(frames)
@@ -162,7 +164,7 @@ class SftpTreeSite:
 
     def _temp_for(self, relative: bytes) -> bytes:
         parent = relative.rpartition(b"/")[0]
-        temp = keyed_tree_temp_name(relative)
+        temp = keyed_files_temp_name(relative)
         return self._abs(parent + b"/" + temp if parent else temp)
 
     def _parent(self, relative: bytes) -> bytes:
@@ -198,10 +200,10 @@ class SftpTreeSite:
         at the site, None when every one is.
 
         SFTP resolves a path by name and follows links: without this, a link the
-        mirror shipped earlier, where a folder now belongs, would lead a write
+        files connector shipped earlier, where a folder now belongs, would lead a write
         wherever it points. Looked at before every write, removal and setstat,
         all of a call's folders in one pipelined round trip. (A local user at the
-        site who can write inside the mirror could still swap a folder between
+        site who can write inside the target folder could still swap a folder between
         this lstat and the write; `tree-receive` resolves without that gap.)
         """
         sent = self._send_lstats(replies, sorted({a for p in paths for a in _ancestors(p)}))
@@ -415,7 +417,7 @@ class SftpTreeSite:
         return self._syncfs_works
 
     def _syncfs(self) -> None:
-        """syncfs(2) of the file system holding the mirror root, at the site."""
+        """syncfs(2) of the file system holding the target folder, at the site."""
         argv = ["sync", "-f", self._root_text]
         try:
             code, _, err = self._transport.run_command(argv, SYNC_TIMEOUT_S)
@@ -559,7 +561,7 @@ class SftpTreeSite:
     def remove(self, relative: bytes) -> None:
         """Remove whatever is at `relative` (a folder with all it holds); gone is fine.
 
-        Below a link or a file at the site nothing of the mirror is at
+        Below a link or a file at the site nothing of the target folder is at
         `relative`: nothing is removed, and the link is never followed.
         """
         if relative:
@@ -596,7 +598,7 @@ class SftpTreeSite:
 
 
 def _ancestors(relative: bytes) -> list[bytes]:
-    """The folders above `relative`, below the mirror root, shallowest first."""
+    """The folders above `relative`, below the target folder, shallowest first."""
     parts = relative.split(b"/")
     return [b"/".join(parts[:depth]) for depth in range(1, len(parts))]
 
@@ -614,7 +616,9 @@ class _Done:
 class _StreamedBatch:
     """A batch sent to `tree-receive`; its answers are read in `finish`."""
 
-    def __init__(self, site: SftpTreeSite, stream: TreeStream, files: Sequence[BatchFile]) -> None:
+    def __init__(
+        self, site: SftpFilesSite, stream: BatchStream, files: Sequence[BatchFile]
+    ) -> None:
         self._site = site
         self._stream = stream
         self._files = files

@@ -1,4 +1,4 @@
-"""Catalog -> site: make the mirror match every row that is not durable there yet.
+"""Catalog -> site: make the target folder match every row that is not durable there yet.
 
 One round, in an order that keeps the site consistent: removals deepest first,
 then folders parents first, then files and links, then folder mtimes (last,
@@ -22,7 +22,7 @@ from logship.catalog.store import Catalog
 from logship.engines.files import rows
 from logship.engines.files.marks import Mark, ShippedMarks
 from logship.engines.files.modes import site_mode
-from logship.engines.files.rows import TreeRow
+from logship.engines.files.rows import FilesPathRow
 from logship.engines.files.scan import EntryKind, TreeEntry, file_entry, lstat_entry
 from logship.logs import event
 
@@ -70,15 +70,15 @@ class BatchFile:
 
 
 class BatchUpload(Protocol):
-    """A batch on its way to the site (see TreeSite.start_files)."""
+    """A batch on its way to the site (see FilesSite.start_files)."""
 
     def finish(self) -> Sequence[OSError | None]:
         """Once the batch is durable at the site: each file's error, None when it landed."""
         ...
 
 
-class TreeSite(Protocol):
-    """The mirror root at a site (see logship.engines.files.sftp_site.SftpTreeSite)."""
+class FilesSite(Protocol):
+    """The target folder at a site (see logship.engines.files.sftp_site.SftpFilesSite)."""
 
     def put_file(
         self,
@@ -118,7 +118,7 @@ def retry_delay(attempts: int) -> float:
     return min(RETRY_START * 2**attempts, RETRY_MAX)
 
 
-class TreeShipper:
+class FilesShipper:
     def __init__(
         self,
         catalog: Catalog,
@@ -139,7 +139,7 @@ class TreeShipper:
 
     def ship_round(
         self,
-        site: TreeSite,
+        site: FilesSite,
         alive: Callable[[], bool],
         stopping: Callable[[], bool],
         begin: Callable[[list[bytes]], None] = lambda paths: None,
@@ -228,7 +228,7 @@ class TreeShipper:
         self._restore_dir_times(site, touched_dirs, {r.path for r in folders})
         return done
 
-    def _without_parent(self, due: list[TreeRow], planned: set[bytes], now: float) -> set[int]:
+    def _without_parent(self, due: list[FilesPathRow], planned: set[bytes], now: float) -> set[int]:
         """Ids of the `due` rows whose folder is neither shipped as a folder nor
         planned as one this round; each is put back until it is (not a failure:
         the watcher or the scan records the folder)."""
@@ -244,7 +244,7 @@ class TreeShipper:
         rows.retry_later_many(self._catalog, sorted(waiting), now + max(self._settle, RETRY_START))
         return waiting
 
-    def _ship_one(self, site: TreeSite, row: TreeRow, alive: Callable[[], bool]) -> bool:
+    def _ship_one(self, site: FilesSite, row: FilesPathRow, alive: Callable[[], bool]) -> bool:
         try:
             return self._ship(site, row)
         except Exception as exc:
@@ -254,7 +254,7 @@ class TreeShipper:
             return False
 
     def _ship_folders(
-        self, site: TreeSite, folders: list[TreeRow], alive: Callable[[], bool]
+        self, site: FilesSite, folders: list[FilesPathRow], alive: Callable[[], bool]
     ) -> list[bytes]:
         """All new folders of a round in one pipelined pass (parents sort first).
 
@@ -285,8 +285,8 @@ class TreeShipper:
 
     def _ship_batches(
         self,
-        site: TreeSite,
-        small: list[TreeRow],
+        site: FilesSite,
+        small: list[FilesPathRow],
         alive: Callable[[], bool],
         stopping: Callable[[], bool],
         begin: Callable[[], None],
@@ -335,7 +335,7 @@ class TreeShipper:
             shipped.extend(entry.path for _, entry, _ in unmarked)
         return shipped
 
-    def _load(self, batch: list[TreeRow]) -> list[_Loaded]:
+    def _load(self, batch: list[FilesPathRow]) -> list[_Loaded]:
         """The batch's files read whole, each settled and unchanged while read.
 
         A file that is not ready is put back (see _load_one); nothing of the
@@ -354,7 +354,7 @@ class TreeShipper:
                 loaded.append(item)
         return loaded
 
-    def _load_one(self, row: TreeRow, now: float) -> _Loaded | None:
+    def _load_one(self, row: FilesPathRow, now: float) -> _Loaded | None:
         local = self._root + b"/" + row.path
         try:
             data, before = read_small(local, BATCH_READ_MAX)
@@ -424,7 +424,7 @@ class TreeShipper:
                     )
         return shipped
 
-    def _ready(self, row: TreeRow, now: float) -> bool:
+    def _ready(self, row: FilesPathRow, now: float) -> bool:
         """The path is still of its kind and untouched for `settle`; else it is put back."""
         try:
             return self._same_kind(row, now) is not None and self._untouched(row, now)
@@ -432,7 +432,7 @@ class TreeShipper:
             self._failed(row, exc)
             return False
 
-    def _same_kind(self, row: TreeRow, now: float) -> TreeEntry | None:
+    def _same_kind(self, row: FilesPathRow, now: float) -> TreeEntry | None:
         """The path as it is now, if still of the kind recorded; else it is put back
         (the watcher or the scan records it again)."""
         current = lstat_entry(self._source, row.path)
@@ -441,7 +441,7 @@ class TreeShipper:
             return None
         return current
 
-    def _untouched(self, row: TreeRow, now: float) -> bool:
+    def _untouched(self, row: FilesPathRow, now: float) -> bool:
         """Nothing has touched the file for `settle`; else it is put back until then.
 
         ctime moves on every write and cannot be set back (unlike mtime): a file
@@ -453,13 +453,13 @@ class TreeShipper:
             return False
         return True
 
-    def _changed_while_shipping(self, row: TreeRow) -> None:
+    def _changed_while_shipping(self, row: FilesPathRow) -> None:
         rows.retry_later(self._catalog, row.id, self._clock() + self._settle)
         event(
             log, logging.INFO, "changed while shipping", connector=self._connector, path=_show(row)
         )
 
-    def _ship(self, site: TreeSite, row: TreeRow) -> bool:
+    def _ship(self, site: FilesSite, row: FilesPathRow) -> bool:
         now = self._clock()
         if row.state == rows.DELETING:
             site.remove(row.path)
@@ -477,7 +477,7 @@ class TreeShipper:
             return True
         return self._ship_file(site, row)
 
-    def _ship_file(self, site: TreeSite, row: TreeRow) -> bool:
+    def _ship_file(self, site: FilesSite, row: FilesPathRow) -> bool:
         if not self._untouched(row, self._clock()):
             return False
         local = os.path.join(self._root, row.path)
@@ -493,11 +493,11 @@ class TreeShipper:
         event(log, logging.INFO, "shipped", connector=self._connector, path=_show(row), bytes=size)
         return True
 
-    def _restore_dir_times(self, site: TreeSite, touched: set[bytes], shipped: set[bytes]) -> None:
+    def _restore_dir_times(self, site: FilesSite, touched: set[bytes], shipped: set[bytes]) -> None:
         if not touched and not shipped:
             return
         known = rows.rows_for(self._catalog, self._connector, touched | shipped)
-        due: list[TreeRow] = []
+        due: list[FilesPathRow] = []
         for path in sorted(touched | shipped):
             row = known.get(path)
             if row is None or row.kind != EntryKind.DIR or row.state == rows.DELETING:
@@ -514,7 +514,7 @@ class TreeShipper:
         # One commit for all new folders of the round, not one each.
         rows.mark_shipped_many(self._catalog, made, self._clock())
 
-    def _failed(self, row: TreeRow, exc: Exception) -> None:
+    def _failed(self, row: FilesPathRow, exc: Exception) -> None:
         error = f"{type(exc).__name__}: {exc}"
         if isinstance(exc, FileNotFoundError) and row.state == rows.PENDING:
             # The source vanished: not an error, its removal is recorded next.
@@ -534,7 +534,7 @@ class TreeShipper:
 
 @dataclass(frozen=True)
 class _Loaded:
-    row: TreeRow
+    row: FilesPathRow
     file: BatchFile
     sha256: str
 
@@ -572,9 +572,9 @@ def read_small(local: bytes, limit: int) -> tuple[bytes, os.stat_result]:
     return data, before
 
 
-def _batches(files: list[TreeRow]) -> list[list[TreeRow]]:
-    batches: list[list[TreeRow]] = []
-    current: list[TreeRow] = []
+def _batches(files: list[FilesPathRow]) -> list[list[FilesPathRow]]:
+    batches: list[list[FilesPathRow]] = []
+    current: list[FilesPathRow] = []
     size = 0
     for row in files:
         if current and (len(current) >= BATCH_FILES or size + row.size > BATCH_BYTES):
@@ -591,9 +591,9 @@ def _parent(path: bytes) -> bytes:
     return path.rpartition(b"/")[0]
 
 
-def _path(row: TreeRow) -> bytes:
+def _path(row: FilesPathRow) -> bytes:
     return row.path
 
 
-def _show(row: TreeRow) -> str:
+def _show(row: FilesPathRow) -> str:
     return rows.show_path(row.path)

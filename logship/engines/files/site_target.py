@@ -12,7 +12,7 @@ from logship.errors import ConfigError
 def read_files_target(path: Path, connector: str) -> PurePosixPath:
     """A files connector's `[standby].target`, read without pydantic.
 
-    `tree-receive` needs nothing else, and the mirror starts two of them per
+    `tree-receive` needs nothing else, and the files connector starts two of them per
     connection while its first scan runs: validating the whole config there
     cost each one 0.15 s of CPU on the site. The checks that matter for where
     files land are made here as the full model makes them.
@@ -30,7 +30,7 @@ def read_files_target(path: Path, connector: str) -> PurePosixPath:
     if table.get("kind") != "files":
         raise ConfigError(
             f'{cpath}: connector {connector!r} is not kind = "files" '
-            "(tree-receive lands a files mirror)"
+            "(tree-receive lands a files connector's batches)"
         )
     standby = table.get("standby")
     raw = standby.get("target") if isinstance(standby, dict) else None

@@ -12,8 +12,8 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from logship import consistency
-from logship.engines.files import rows as tree_rows
-from logship.engines.files.rows import TreeSummary, show_path
+from logship.engines.files import rows as files_rows
+from logship.engines.files.rows import FilesSummary, show_path
 from logship.status.figures import SiteRow, iso_utc, rounded
 from logship.status.jobs import JobFacts, job_fields, scheduled_jobs
 from logship.status.model import ConnectorStatus
@@ -33,20 +33,20 @@ def files_status(
     site: str,
     rpo_target_s: float,
     now: float,
-    tree: TreeSummary | None,
+    summary: FilesSummary | None,
     site_status: SiteRow | None,
     jobs: JobFacts | None = None,
     points: PointFacts | None = None,
 ) -> ConnectorStatus:
-    """`tree` is None without a catalog: then nothing is known and figures are null."""
+    """`summary` is None without a catalog: then nothing is known and figures are null."""
     exposure: float | None = None
-    if tree is not None:
-        oldest = tree.oldest_pending_at
+    if summary is not None:
+        oldest = summary.oldest_pending_at
         exposure = 0.0 if oldest is None else max(0.0, now - oldest)
     reachable = None if site_status is None else bool(site_status.reachable)
     site_error = site_status.error if site_status is not None else None
-    if site_error is None and tree is not None and tree.failing:
-        site_error = f"{tree.failing} path(s) failing, first: {tree.first_error}"
+    if site_error is None and summary is not None and summary.failing:
+        site_error = f"{summary.failing} path(s) failing, first: {summary.first_error}"
     return ConnectorStatus(
         name=name,
         kind=kind,
@@ -61,11 +61,11 @@ def files_status(
         rpo_exposure_s=rounded(exposure),
         transport_lag_s=rounded(exposure),
         apply_lag_s=None,
-        pending_files=tree.pending_files if tree is not None else None,
-        pending_bytes=tree.pending_bytes if tree is not None else None,
+        pending_files=summary.pending_files if summary is not None else None,
+        pending_bytes=summary.pending_bytes if summary is not None else None,
         last_shipped=(
-            show_path(tree.last_shipped)
-            if tree is not None and tree.last_shipped is not None
+            show_path(summary.last_shipped)
+            if summary is not None and summary.last_shipped is not None
             else None
         ),
         last_applied=None,
@@ -100,14 +100,14 @@ def _point_fields(points: PointFacts | None) -> dict[str, Any]:
 def connector_files_status(
     connector: FilesConnector, catalog: Catalog | None, now: float
 ) -> ConnectorStatus:
-    """From the catalog; None before any daemon created it. A mirrored tree has no
+    """From the catalog; None before any daemon created it. A files connector has no
     spool, no WAL and no standby database."""
-    known: dict[str, Any] = {"tree": None, "site_status": None}
+    known: dict[str, Any] = {"summary": None, "site_status": None}
     if catalog is not None:
         from logship.engines.files.verify_rows import last_verify
 
         known = {
-            "tree": tree_rows.summary(catalog, connector.name),
+            "summary": files_rows.summary(catalog, connector.name),
             "site_status": catalog.site_status(connector.site, connector.name),
             "jobs": replace(
                 scheduled_jobs(catalog, connector.name),

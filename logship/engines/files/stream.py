@@ -1,4 +1,4 @@
-"""The batch stream between the mirror and `logship tree-receive` at the site.
+"""The batch stream between the files connector and `logship tree-receive` at the site.
 
 Small files cost round trips, not bytes: over SFTP each needs its own open,
 write, setstat, close and rename. Through this stream a batch is one pass of
@@ -14,7 +14,7 @@ Lines (site -> client), JSON:
     {"i": N, "error": null | "..."} per file of a committed batch, in order
     {"done": COUNT} after them
 
-Paths are bytes relative to the mirror root; they never reach a shell.
+Paths are bytes relative to the target folder; they never reach a shell.
 """
 
 from __future__ import annotations

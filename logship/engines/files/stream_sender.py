@@ -1,9 +1,9 @@
-"""The mirror's end of the batch stream to `logship tree-receive` at the site.
+"""The files connector's end of the batch stream to `logship tree-receive` at the site.
 
 See logship.engines.files.stream for the format. One receiver process per SSH
 connection, started on the first batch; when it cannot start (no logship at
-the site, the connector not in the site's config), or breaks, the mirror ships
-over SFTP alone.
+the site, the connector not in the site's config), or breaks, the files
+connector ships over SFTP alone.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ REPLY_TIMEOUT_S = 120.0
 REPLY_READ = 64 * 1024
 
 
-class TreeStream:
+class BatchStream:
     def __init__(
         self, channel: paramiko.Channel, argv: list[str], ready_by: float | None = None
     ) -> None:
@@ -40,7 +40,9 @@ class TreeStream:
         self._ready_by = ready_by
 
     @classmethod
-    def launch(cls, client: paramiko.SSHClient, argv: list[str], ready_within: float) -> TreeStream:
+    def launch(
+        cls, client: paramiko.SSHClient, argv: list[str], ready_within: float
+    ) -> BatchStream:
         """Start the receiver without waiting for it (it starts while folders are
         made); `wait_ready` tells whether it came up within `ready_within` seconds."""
         ready_by = time.monotonic() + ready_within
@@ -57,7 +59,7 @@ class TreeStream:
         """Its first line; OSError with its reason when it did not come up in time.
 
         A receiver that hangs at its start (the site's config on a stuck mount,
-        say) must cost the mirror the site's io_timeout, not the two syncfs a
+        say) must cost the files connector the site's io_timeout, not the two syncfs a
         batch's answer may wait for; receivers started together share the wait.
         """
         if self._ready:

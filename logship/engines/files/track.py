@@ -13,7 +13,7 @@ from pathlib import Path
 from logship.catalog.store import Catalog
 from logship.engines.files import rows
 from logship.engines.files.exclude import ExcludeRules
-from logship.engines.files.rows import TreeRow
+from logship.engines.files.rows import FilesPathRow
 from logship.engines.files.scan import EntryKind, TreeEntry, lstat_entry, scan_tree
 from logship.engines.files.watcher import Touched
 
@@ -88,11 +88,11 @@ class Tracker:
         return changed
 
     @staticmethod
-    def _live(row: TreeRow) -> bool:
+    def _live(row: FilesPathRow) -> bool:
         return row.state != rows.DELETING
 
     @staticmethod
-    def _differs(entry: TreeEntry, row: TreeRow | None) -> bool:
+    def _differs(entry: TreeEntry, row: FilesPathRow | None) -> bool:
         if row is None or row.state == rows.DELETING:
             return True
         return not entry.same_metadata(rows.entry_of(row))

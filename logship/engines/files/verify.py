@@ -3,7 +3,7 @@
 Compared per path: type, permission bits, size, the sha256 of a file's content and
 a link's target. Modification times are not: not every filesystem or copy keeps
 them (a restore from tape, `cp` without -p, a filesystem with coarse timestamps),
-and the mirror setting them is a courtesy; what a failover needs is the content
+and the files connector setting them is a courtesy; what a failover needs is the content
 and the permissions.
 
 Pure comparison here; `logship.engines.files.verify_run` fetches the two sides and records
@@ -121,7 +121,7 @@ class VerifyReport:
     differences: list[Difference] = field(default_factory=list)
     #: paths whose change is still to be shipped: different for now, not drift
     pending: list[bytes] = field(default_factory=list)
-    #: paths only at the site with delete = false: the mirror keeps them on purpose
+    #: paths only at the site with delete = false: the files connector keeps them on purpose
     kept: list[bytes] = field(default_factory=list)
     #: False when the catalog could not say which paths are pending
     pending_known: bool = True
@@ -193,7 +193,7 @@ def _problems(src: DigestEntry, dst: DigestEntry) -> tuple[Problem, ...]:
         return (Problem.KIND,)
     found = []
     # A symlink's own mode is always 0777 on Linux and cannot be set (no lchmod),
-    # so it says nothing about the mirror.
+    # so it says nothing about the copy at the site.
     if src.kind is not EntryKind.SYMLINK and src.mode != dst.mode:
         found.append(Problem.MODE)
     if src.kind is EntryKind.FILE:
@@ -264,10 +264,11 @@ def compare(
 
 
 def pending_paths(catalog: Catalog, connector: str) -> set[bytes] | None:
-    """Paths whose change the mirror has not yet made durable at the site, or None
-    when this logship has no mirror state to ask (then nothing counts as pending)."""
+    """Paths whose change the files connector has not yet made durable at the site,
+    or None when this logship has no files connector state to ask (then nothing
+    counts as pending)."""
     try:
-        from logship.engines.files.rows import pending_paths as mirror_pending
+        from logship.engines.files.rows import pending_paths as pending_in_catalog
     except ImportError:
         return None
-    return set(mirror_pending(catalog, connector))
+    return set(pending_in_catalog(catalog, connector))

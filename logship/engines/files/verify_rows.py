@@ -1,4 +1,4 @@
-"""The catalog's record of `verify` runs (the `TreeVerify` table).
+"""The catalog's record of `verify` runs (the `FilesVerify` table).
 
 `status`, the dashboard and the alerts read the newest finished run from here.
 """
@@ -9,7 +9,7 @@ import json
 
 from sqlalchemy import select, update
 
-from logship.catalog.models import TreeVerify
+from logship.catalog.models import FilesVerify
 from logship.catalog.store import Catalog
 from logship.engines.files.verify import VerifyReport
 
@@ -20,7 +20,7 @@ FINISHED_STATES = ("clean", "drift", "failed")
 
 def start_verify(catalog: Catalog, connector: str, now: float) -> int:
     with catalog.session() as s:
-        row = TreeVerify(connector=connector, started_at=now, state="running")
+        row = FilesVerify(connector=connector, started_at=now, state="running")
         s.add(row)
         s.commit()
         return row.id
@@ -56,16 +56,16 @@ def finish_verify(
             error=None,
         )
     with catalog.session() as s:
-        s.execute(update(TreeVerify).where(TreeVerify.id == verify_id).values(**values))
+        s.execute(update(FilesVerify).where(FilesVerify.id == verify_id).values(**values))
         s.commit()
 
 
-def last_verify(catalog: Catalog, connector: str) -> TreeVerify | None:
+def last_verify(catalog: Catalog, connector: str) -> FilesVerify | None:
     """The newest run that finished (clean, drift or failed); None before the first."""
-    query = select(TreeVerify).where(
-        TreeVerify.connector == connector, TreeVerify.state.in_(FINISHED_STATES)
+    query = select(FilesVerify).where(
+        FilesVerify.connector == connector, FilesVerify.state.in_(FINISHED_STATES)
     )
     with catalog.session() as s:
         return s.scalars(
-            query.order_by(TreeVerify.started_at.desc(), TreeVerify.id.desc()).limit(1)
+            query.order_by(FilesVerify.started_at.desc(), FilesVerify.id.desc()).limit(1)
         ).first()

@@ -112,7 +112,7 @@ def _settle(report: VerifyReport, connector: FilesConnector) -> VerifyReport:
 
 
 def _site_mode(kind: EntryKind, mode: int, connector: FilesConnector) -> int:
-    """The mode the mirror gives the site for a source path of this kind and mode."""
+    """The mode the files connector gives the site for a source path of this kind and mode."""
     if kind is EntryKind.SYMLINK:
         return mode  # a link's own mode is never set nor compared
     folder = kind is EntryKind.DIR
@@ -121,7 +121,7 @@ def _site_mode(kind: EntryKind, mode: int, connector: FilesConnector) -> int:
 
 def _as_shipped(entry: DigestEntry, connector: FilesConnector) -> DigestEntry:
     """A source entry with the mode the site should have: setuid, setgid, sticky
-    and (unless kept) group/other write are stripped by the mirror, not drift."""
+    and (unless kept) group/other write are stripped by the files connector, not drift."""
     return replace(entry, mode=_site_mode(entry.kind, entry.mode, connector))
 
 

@@ -1,6 +1,6 @@
 """Watching a source tree: watchdog events become "this path may have changed".
 
-Events only make the mirror prompt; they carry no facts. The mirror looks at
+Events only make the files connector prompt; they carry no facts. It looks at
 each path again (lstat) once it has had no event for `settle` seconds, so a
 file being written is looked at once, after it settles. Events can be lost (an
 inotify overflow, a directory moved in from outside), which the reconcile scan
@@ -35,7 +35,7 @@ from watchdog.observers import Observer
 #: watchdog reports a kernel queue overflow only through this logger
 _OVERFLOW_LOGGER = "watchdog.observers.inotify_c"
 #: the events that can mean a change; opens and read-only closes are not even
-#: asked of inotify: the mirror reads every file it ships, and each read would
+#: asked of inotify: the files connector reads every file it ships, and each read would
 #: come back as events to handle
 CHANGE_EVENTS: list[type[FileSystemEvent]] = [
     FileCreatedEvent,
@@ -67,7 +67,7 @@ class _OverflowSignal(logging.Handler):
             self._on_overflow()
 
 
-class TreeWatcher(FileSystemEventHandler):
+class FilesWatcher(FileSystemEventHandler):
     """Recursive watch on `source`; collects touched paths with their last event time."""
 
     def __init__(self, source: Path, clock: Callable[[], float] = time.monotonic) -> None:
@@ -103,7 +103,7 @@ class TreeWatcher(FileSystemEventHandler):
         if event.dest_path:
             self._touch(event.dest_path, deep)
 
-    # -- mirror side ---------------------------------------------------------------
+    # -- the worker's side ---------------------------------------------------------
 
     def start(self) -> None:
         watch_logger = logging.getLogger(_OVERFLOW_LOGGER)

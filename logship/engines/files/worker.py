@@ -1,6 +1,6 @@
-"""One thread per files connector: watch the tree, keep a connection, converge the site.
+"""One thread per files connector: watch its source, keep a connection, converge the site.
 
-Every catalog write for the tree happens on this thread, in one direction:
+Every catalog write for the connector's paths happens on this thread, in one direction:
 watcher events and scans -> catalog rows -> the site -> rows marked shipped.
 The catalog is the queue, so a restart (or a link back up) resumes from it.
 """
@@ -18,9 +18,9 @@ from logship.config.model import SiteConfig
 from logship.engines.files.engine import FilesConnector
 from logship.engines.files.exclude import ExcludeRules
 from logship.engines.files.generations import GenerationRecord
-from logship.engines.files.ship import TreeShipper, TreeSite
+from logship.engines.files.ship import FilesShipper, FilesSite
 from logship.engines.files.track import Tracker
-from logship.engines.files.watcher import TreeWatcher
+from logship.engines.files.watcher import FilesWatcher
 from logship.logs import event
 from logship.manifest import SiteLayout
 from logship.ship.link import SiteLink, SiteUnusable
@@ -32,15 +32,15 @@ log = logging.getLogger("logship.files")
 TICK = 0.1
 
 
-def sftp_tree_site(transport: Transport, connector: FilesConnector) -> TreeSite:
-    """The mirror root over this transport; only SFTP can carry a file tree."""
-    from logship.engines.files.sftp_site import SftpTreeSite
+def sftp_files_site(transport: Transport, connector: FilesConnector) -> FilesSite:
+    """The target folder over this transport; only SFTP can carry a file tree."""
+    from logship.engines.files.sftp_site import SftpFilesSite
     from logship.ship.sftp import SftpTransport
 
     if not isinstance(transport, SftpTransport):
         raise TypeError(f"a files connector needs an SFTP link, not {type(transport).__name__}")
     receiver = [*transport.site.command, "tree-receive", connector.name]
-    site = SftpTreeSite(transport, connector.standby.target, receiver)
+    site = SftpFilesSite(transport, connector.standby.target, receiver)
     site.ensure_root()
     site.launch_receiver()
     return site
@@ -56,7 +56,7 @@ class FilesWorker(threading.Thread):
         clock: Callable[[], float],
         reconcile_interval: float,
         stop: threading.Event,
-        open_site: Callable[[Transport, FilesConnector], TreeSite] = sftp_tree_site,
+        open_site: Callable[[Transport, FilesConnector], FilesSite] = sftp_files_site,
     ) -> None:
         super().__init__(name=f"files-{connector.name}", daemon=True)
         self.connector = connector
@@ -73,9 +73,9 @@ class FilesWorker(threading.Thread):
             catalog,
             connect,
             clock,
-            self._open_tree,
+            self._open_target,
             log=log,
-            close_site=_close_tree,
+            close_site=_close_target,
             fields={"connector": connector.name},
         )
         self._next_reconcile = 0.0
@@ -86,7 +86,7 @@ class FilesWorker(threading.Thread):
             ExcludeRules(connector.exclude),
             propagate_deletes=connector.delete,
         )
-        self.shipper = TreeShipper(
+        self.shipper = FilesShipper(
             catalog,
             connector.name,
             connector.source,
@@ -94,7 +94,7 @@ class FilesWorker(threading.Thread):
             clock,
             keep_write_bits=connector.keep_write_bits,
         )
-        self.watcher = TreeWatcher(connector.source)
+        self.watcher = FilesWatcher(connector.source)
         self._layout = SiteLayout.for_connector(site.root, connector.name)
 
     def wake(self) -> None:
@@ -113,11 +113,11 @@ class FilesWorker(threading.Thread):
                 if not self._link.try_connect():
                     self._idle()
                     continue
-                tree = self._link.opened
-                assert tree is not None
+                target = self._link.opened
+                assert target is not None
                 try:
                     shipped = self.shipper.ship_round(
-                        tree,
+                        target,
                         lambda: self._link.is_alive,
                         self._stopping.is_set,
                         self._begin_generation,
@@ -137,7 +137,7 @@ class FilesWorker(threading.Thread):
         self._wake.wait(TICK)
         self._wake.clear()
 
-    # -- the tree -> the catalog ---------------------------------------------------
+    # -- the source -> the catalog -------------------------------------------------
 
     def _start_watching(self) -> bool:
         """Watch the source; until it exists, only scans (which find nothing) run."""
@@ -152,7 +152,7 @@ class FilesWorker(threading.Thread):
                     connector=self.connector.name,
                     error=str(exc),
                 )
-            self.watcher = TreeWatcher(self.connector.source)
+            self.watcher = FilesWatcher(self.connector.source)
             return False
         # Events from before the watch are lost: scan right after it starts.
         self._next_reconcile = 0.0
@@ -231,11 +231,11 @@ class FilesWorker(threading.Thread):
 
     # -- the link ------------------------------------------------------------------
 
-    def _open_tree(self, transport: Transport) -> TreeSite:
-        """The mirror root and the connector's site folder, on a new connection."""
+    def _open_target(self, transport: Transport) -> FilesSite:
+        """The target folder and the connector's site folder, on a new connection."""
         try:
-            where = f"mirror root {self.connector.standby.target}"
-            tree = self._open_site(transport, self.connector)
+            where = f"target folder {self.connector.standby.target}"
+            target = self._open_site(transport, self.connector)
             # Where the generations log and consistency points go.
             where = f"site folder {self._layout.root}"
             transport.makedirs(self._layout.root)
@@ -243,8 +243,8 @@ class FilesWorker(threading.Thread):
             # The link is fine (other connectors of this site keep shipping);
             # only this connector's folders are not usable.
             raise SiteUnusable(f"{where} unusable: {exc}") from exc
-        return tree
+        return target
 
 
-def _close_tree(tree: TreeSite) -> None:
-    tree.close()
+def _close_target(target: FilesSite) -> None:
+    target.close()

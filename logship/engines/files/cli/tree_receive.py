@@ -1,9 +1,9 @@
-"""`logship tree-receive CONNECTOR`: run at the standby site by the files mirror.
+"""`logship tree-receive CONNECTOR`: run at the standby site by the files connector.
 
 Reads batches of small files on stdin and lands them under `[standby].target`
-(see logship.engines.files.receive and logship.engines.files.stream). The mirror starts one per
-connection over SSH, with only the connector's name as argument, and falls
-back to SFTP alone when it cannot run.
+(see logship.engines.files.receive and logship.engines.files.stream). The files
+connector starts one per connection over SSH, with only the connector's name as
+argument, and falls back to SFTP alone when it cannot run.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         target = Path(read_files_target(config_path(args.config), args.connector))
     except Exception as exc:
-        # The mirror reads this line and ships over SFTP alone instead.
+        # The files connector reads this line and ships over SFTP alone instead.
         out.write(reply_line({"error": str(exc)}))
         out.flush()
         raise

@@ -49,7 +49,7 @@ def render(report: VerifyReport) -> None:
     console.print(Text(report.summary(), style=style))
     if not report.pending_known:
         console.print(
-            Text("no mirror state in the catalog: no path counted as pending", style="dim")
+            Text("no files connector state in the catalog: no path counted as pending", style="dim")
         )
 
 

@@ -2,7 +2,7 @@
 
 Reads the primary's current LSN, records a point for every files connector at
 the connector's site, and waits (`--wait`, default 30 s) until the daemon's
-mirrors have completed it: the tree scanned, every change it saw durable at the
+files connectors have completed it: the source folder scanned, every change it saw durable at the
 site, the pairing written there. Exit 0 when complete; 1 when it is recorded
 but not complete yet (the daemon completes it when it can).
 """
