@@ -1,4 +1,5 @@
-"""The `status --json` contract of the README, written out independently of the code."""
+"""The `status --json` contract (docs/reference/status-json.md), written out
+independently of the code."""
 
 IDENTITY_FIELDS = ("name", "kind", "site", "state", "rpo_target_s")
 #: the measured figures: null where not measurable, never a made-up 0

@@ -19,30 +19,45 @@ class Strict(BaseModel):
 
 
 class LogshipSection(Strict):
+    #: the spool, the SQLite catalog and the daemon's lock live here
     state_dir: Path
+    #: a SQLAlchemy URL for a shared PostgreSQL catalog
+    #: (`postgresql+psycopg://...`); unset: SQLite in `state_dir`
     catalog_url: str | None = None
+    #: how often the spool (and a files connector's `source`) is rescanned: events can be lost
     reconcile_interval: Seconds = 30.0
+    #: how often the standby's progress is read at its site
     lag_sample_interval: Seconds = 5.0
 
 
 class SiteConfig(Strict):
     name: str
+    #: the standby site's SSH server
     host: str = Field(min_length=1)
     port: int = Field(default=22, ge=1, le=65535)
+    #: the OS user that runs the standby PostgreSQL there (normally `postgres`)
     user: str = Field(min_length=1)
+    #: the private key (key authentication only, no passwords); a key that group or
+    #: others may read is refused (chmod 600)
     identity_file: Path
+    #: the site's host key must match: an unknown host is refused, `@revoked` keys
+    #: are refused, host certificates (`@cert-authority`) are not supported (pin the key)
     known_hosts: Path
+    #: the folder at that site that receives every connector's files
     root: PurePosixPath
+    #: how long one SSH connection attempt may take
     connect_timeout: Seconds = 10.0
     #: a site that answers nothing for this long is treated as lost (a stalled link
     #: gives no error of its own); a `tree-receive` not ready by then, as absent
     io_timeout: Seconds = Field(default=30.0, gt=0)
     #: SSH connections that ship a backlog side by side (one is always kept)
     connections: int = Field(default=4, ge=1, le=16)
-    #: how to run logship at that site (for `standby status`), as an argument list
+    #: how to run logship at that site, as an argument list: the daemon runs
+    #: `standby status`, `tree-receive` and `drill` through it, `check` its `--version`
     command: list[str] = Field(default=["logship"], min_length=1)
     #: the site's key is a `site-gate` forced command: add new files only, never
-    #: replace or remove one (the site runs retention itself); see README
+    #: replace or remove one (the site runs retention itself); no files connector
+    #: may target such a site; see docs/guide/operations.md
     restricted: StrictBool = False
 
     @field_validator("root")
@@ -75,9 +90,11 @@ class MetricsSection(Strict):
 class AlertsSection(Strict):
     #: commands (argument lists) run on each state change; facts in env and on stdin
     hooks: list[list[str]] = Field(default_factory=list)
+    #: an http:// or https:// URL that gets the same JSON as a POST
     webhook: str | None = None
     #: while a bad state lasts, fire again after this long
     repeat: Seconds = 600.0
+    #: a hook (or the webhook) taking longer is killed and logged
     timeout: Seconds = 30.0
 
     @field_validator("hooks")
@@ -96,8 +113,9 @@ class AlertsSection(Strict):
 
 
 class HistorySection(Strict):
-    #: how long lag samples are kept, and one sample per `resolution`
+    #: how long lag samples are kept
     keep: Seconds = 7 * 86400.0
+    #: one sample per connector per window this long, holding its worst exposure
     resolution: Seconds = 10.0
 
 
@@ -110,18 +128,25 @@ class ConnectorBase(Strict):
 
     #: it names folders and files at both sites, lock files and catalog rows
     name: str = Field(pattern=CONNECTOR_NAME_PATTERN, max_length=CONNECTOR_NAME_MAX)
+    #: which engine protects it (see the sections below)
     kind: str
+    #: the `[sites.NAME]` it ships to
     site: str
+    #: the most data (as time) you accept to lose; `status` measures the exposure against it
     rpo: Seconds
+    #: how files are stored at the site
     compression: Literal["zstd", "none"] = "zstd"
 
 
 class ScheduleConfig(Strict):
     """One `schedules/*.toml` job: an action, run for each of its connectors in turn."""
 
+    #: names the job
     name: str
-    #: one of an engine's `schedule_actions` (the loader checks it fits each connector)
+    #: what to run: one of the actions each connector's kind allows (listed with it
+    #: above; the loader checks it fits each connector)
     action: str
+    #: run for each, one after the other
     connectors: list[str] = Field(min_length=1)
     #: crontab: 5 fields (minute hour day-of-month month day-of-week), or 6 with a
     #: leading seconds field

@@ -1,5 +1,5 @@
-"""Lag and RPO arithmetic that holds for every engine (as the README's `status
---json` section defines the figures): pure functions over catalog rows and a
+"""Lag and RPO arithmetic that holds for every engine (as
+docs/reference/status-json.md defines the figures): pure functions over catalog rows and a
 clock reading, so `status`, `dashboard` and the daemon's samples all compute
 the same numbers the same way.
 """

@@ -3,7 +3,7 @@
 Every entry has every field, whatever the connector's kind: a figure that does
 not apply to a kind, or cannot be measured yet, is null. The JSON is the
 dataclass's fields in their order, so a field added here is a field of the
-output; the README's contract fields come first.
+output; the contract fields (docs/reference/status-json.md) come first.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""A connector's state, and how it follows from its figures (the README's order)."""
+"""A connector's state, and how it follows from its figures (docs/reference/status-json.md)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ def classify(
     site_reachable: bool | None,
     has_gap: bool = False,
 ) -> State:
-    """`down` > `breach` > `warn` > `ok`, the order the README gives the states in."""
+    """`down` > `breach` > `warn` > `ok`: the order docs/reference/status-json.md
+    gives the states in."""
     if site_reachable is False:
         return State.DOWN
     exposure = rpo_exposure_s

@@ -1,4 +1,5 @@
-"""Lag and RPO rules (the README's definitions) on plain rows: gaps, timelines, pending, states."""
+"""Lag and RPO rules (docs/reference/status-json.md) on plain rows: gaps, timelines,
+pending, states."""
 
 from __future__ import annotations
 

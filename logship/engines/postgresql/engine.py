@@ -22,7 +22,10 @@ if TYPE_CHECKING:
 
 
 class PrimarySection(Strict):
+    #: libpq connection string of the primary, as seen at the primary site
     dsn: str = Field(min_length=1)
+    #: the folder holding PostgreSQL's programs (pg_basebackup, ...); unset: Debian's
+    #: /usr/lib/postgresql/<major>/bin, then `pg_config --bindir`, then PATH
     bin_dir: Path | None = None
     #: how the standby site reaches the primary over TCP, for `promote`'s "is the
     #: primary down?" gate: `dsn` is written for the primary site and often uses a
@@ -31,8 +34,12 @@ class PrimarySection(Strict):
 
 
 class StandbySection(Strict):
+    #: libpq connection string of the standby, as seen at the standby site; the same
+    #: database as the primary's, so that the replayed heartbeat can be read there
     dsn: str = Field(min_length=1)
+    #: the standby's data directory (`standby restore` fills it)
     data_dir: Path
+    #: PostgreSQL's programs at the standby site; unset: as for the primary
     bin_dir: Path | None = None
 
 
@@ -43,7 +50,9 @@ class RetentionSection(Strict):
     `keep_within` (either rule keeps it). The newest complete backup is always kept.
     """
 
+    #: the newest N base backups stay
     keep_backups: int | None = Field(default=2, ge=1)
+    #: and any younger than this
     keep_within: Seconds | None = Field(default=None, gt=0)
 
 
@@ -66,6 +75,7 @@ class PostgresConnector(ConnectorBase):
     drill: DrillSection = DrillSection()
     #: a row the daemon rewrites on the primary, read back on the standby: apply lag
     heartbeat: bool = True
+    #: how often the heartbeat row is rewritten
     heartbeat_interval: Seconds = 1.0
     #: shipped segments stay in the spool (up to this much) until the standby has
     #: restored them, so one found corrupt at the site is shipped again; 0: none
