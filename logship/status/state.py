@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Any
+
+from logship.status.figures import rounded
 
 #: past this share of the RPO target a connector warns
 WARN_FRACTION = 0.5
@@ -40,3 +43,33 @@ def classify(
     if has_gap:
         return State.WARN
     return State.OK
+
+
+def measured_fields(
+    *,
+    name: str,
+    kind: str,
+    site: str,
+    rpo_target_s: float,
+    rpo_exposure_s: float | None,
+    transport_lag_s: float | None,
+    site_reachable: bool | None,
+    has_gap: bool = False,
+) -> dict[str, Any]:
+    """The fields every engine's status starts with: who it is, its state and the
+    figures the state follows from, rounded as `status --json` shows them."""
+    return {
+        "name": name,
+        "kind": kind,
+        "site": site,
+        "state": classify(
+            rpo_target_s=rpo_target_s,
+            rpo_exposure_s=rpo_exposure_s,
+            transport_lag_s=transport_lag_s,
+            site_reachable=site_reachable,
+            has_gap=has_gap,
+        ),
+        "rpo_target_s": float(rpo_target_s),
+        "rpo_exposure_s": rounded(rpo_exposure_s),
+        "transport_lag_s": rounded(transport_lag_s),
+    }

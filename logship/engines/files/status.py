@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any
 from logship import consistency
 from logship.engines.files import rows as files_rows
 from logship.engines.files.rows import FilesSummary, show_path
-from logship.status.figures import SiteRow, iso_utc, rounded
+from logship.status.figures import SiteRow, iso_utc
 from logship.status.jobs import JobFacts, job_fields, scheduled_jobs
 from logship.status.model import ConnectorStatus
-from logship.status.state import classify
+from logship.status.state import measured_fields
 
 if TYPE_CHECKING:
     from logship.catalog.store import Catalog
@@ -48,18 +48,15 @@ def files_status(
     if site_error is None and summary is not None and summary.failing:
         site_error = f"{summary.failing} path(s) failing, first: {summary.first_error}"
     return ConnectorStatus(
-        name=name,
-        kind=kind,
-        site=site,
-        state=classify(
+        **measured_fields(
+            name=name,
+            kind=kind,
+            site=site,
             rpo_target_s=rpo_target_s,
             rpo_exposure_s=exposure,
             transport_lag_s=exposure,
             site_reachable=reachable,
         ),
-        rpo_target_s=float(rpo_target_s),
-        rpo_exposure_s=rounded(exposure),
-        transport_lag_s=rounded(exposure),
         apply_lag_s=None,
         pending_files=summary.pending_files if summary is not None else None,
         pending_bytes=summary.pending_bytes if summary is not None else None,

@@ -25,7 +25,7 @@ from logship.status.figures import (
 )
 from logship.status.jobs import JobFacts, job_fields, scheduled_jobs
 from logship.status.model import ConnectorStatus
-from logship.status.state import classify
+from logship.status.state import measured_fields
 
 if TYPE_CHECKING:
     from logship.catalog.store import Catalog
@@ -112,19 +112,16 @@ def connector_status(
     reachable = None if site_status is None else bool(site_status.reachable)
     backlog = replay_backlog_bytes(primary, progress)
     return ConnectorStatus(
-        name=name,
-        kind=kind,
-        site=site,
-        state=classify(
+        **measured_fields(
+            name=name,
+            kind=kind,
+            site=site,
             rpo_target_s=rpo_target_s,
             rpo_exposure_s=exposure,
             transport_lag_s=transport,
             site_reachable=reachable,
             has_gap=facts.gap is not None,
         ),
-        rpo_target_s=float(rpo_target_s),
-        rpo_exposure_s=rounded(exposure),
-        transport_lag_s=rounded(transport),
         apply_lag_s=rounded(apply_lag_s(progress, now)),
         pending_files=facts.pending_files if queue is not None else None,
         pending_bytes=facts.pending_bytes if queue is not None else None,
