@@ -13,7 +13,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 from logship import jsonout
@@ -23,6 +23,7 @@ from logship.manifest import SiteLayout
 from logship.ship.transport import SiteOutputTooLarge
 
 if TYPE_CHECKING:
+    from logship.engines.postgresql.engine import PostgresConnector
     from logship.ship.transport import Transport
 
 STANDBY_QUERY = """
@@ -167,6 +168,19 @@ def controldata_redo(data_dir: Path, bin_dir: Path | None) -> tuple[str | None, 
     reason = done.stderr.strip().splitlines()
     return None, f"pg_controldata {data_dir} exited {done.returncode}: " + (
         reason[-1] if reason else "no REDO WAL file in its output"
+    )
+
+
+def read_connector_standby_facts(
+    connector: PostgresConnector, site_root: PurePosixPath
+) -> StandbyFacts:
+    """`read_standby_facts` for a connector as its config describes its standby."""
+    return read_standby_facts(
+        connector.name,
+        connector.standby.dsn,
+        Path(site_root),
+        data_dir=connector.standby.data_dir,
+        bin_dir=connector.standby.bin_dir,
     )
 
 

@@ -14,7 +14,6 @@ import argparse
 import contextlib
 import sys
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from logship import jsonout
@@ -177,19 +176,13 @@ def _run_at_site(config: Config, name: str, dry_run: bool) -> RetentionReport:
 
 def _retention_here(config: Config, name: str, dry_run: bool) -> RetentionReport:
     from logship.engines.postgresql.retention import run_retention
-    from logship.engines.postgresql.standby_status import read_standby_facts
+    from logship.engines.postgresql.standby_status import read_connector_standby_facts
     from logship.ship.localdir import LocalDirTransport
 
     connector = postgres_connector(config, name)
     site = config.site_of(connector)
     # The standby's needs, read here as `standby status` reads them.
-    standby = read_standby_facts(
-        connector.name,
-        connector.standby.dsn,
-        Path(site.root),
-        data_dir=connector.standby.data_dir,
-        bin_dir=connector.standby.bin_dir,
-    )
+    standby = read_connector_standby_facts(connector, site.root)
     return run_retention(
         config,
         connector.name,

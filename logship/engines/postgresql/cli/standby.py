@@ -6,14 +6,13 @@ import argparse
 import sys
 import time
 from dataclasses import asdict
-from pathlib import Path
 
 from logship.config.files import config_path
 from logship.config.load import load_config
 from logship.config.model import Config
 from logship.engines.postgresql.base_backup import postgres_connector
 from logship.engines.postgresql.standby_restore import restore_standby
-from logship.engines.postgresql.standby_status import read_standby_facts
+from logship.engines.postgresql.standby_status import read_connector_standby_facts
 from logship.manifest import SiteLayout
 from logship.site_temps import sweep_stale_temps
 from logship.ui.phase_progress import phase_progress
@@ -46,13 +45,7 @@ def _status(config: Config, args: argparse.Namespace) -> int:
     # The daemon asks this every few seconds: the site's own chance to sweep
     # upload temps left behind, which a restricted primary may not remove.
     sweep_stale_temps(SiteLayout.for_connector(site.root, connector.name), time.time())
-    facts = read_standby_facts(
-        connector.name,
-        connector.standby.dsn,
-        Path(site.root),
-        data_dir=connector.standby.data_dir,
-        bin_dir=connector.standby.bin_dir,
-    )
+    facts = read_connector_standby_facts(connector, site.root)
     if args.json:
         print(facts.to_json())
         return 0
