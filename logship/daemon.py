@@ -307,7 +307,7 @@ class Daemon:
                 connector = self.config.connectors[entry.connector]
                 engine = engine_for(connector.kind)
                 retire(
-                    self.config.spool_dir(entry.connector),
+                    entry.path.parent,  # the engine's spool, where the file was found
                     entry.name,
                     existing.sha256,
                     keep=engine.kept_after_shipping(connector) > 0,

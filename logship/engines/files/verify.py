@@ -16,14 +16,11 @@ import base64
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from logship.engines.files.digest import DigestEntry
 from logship.engines.files.names import show_path as display_path
 from logship.engines.files.scan import EntryKind
-
-if TYPE_CHECKING:
-    from logship.catalog.store import Catalog
 
 
 class Problem(StrEnum):
@@ -261,14 +258,3 @@ def compare(
     report.pending = sorted(pending_paths)
     report.kept = sorted(kept)
     return report
-
-
-def pending_paths(catalog: Catalog, connector: str) -> set[bytes] | None:
-    """Paths whose change the files connector has not yet made durable at the site,
-    or None when this logship has no files connector state to ask (then nothing
-    counts as pending)."""
-    try:
-        from logship.engines.files.rows import pending_paths as pending_in_catalog
-    except ImportError:
-        return None
-    return set(pending_in_catalog(catalog, connector))

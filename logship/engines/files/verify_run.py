@@ -24,8 +24,9 @@ from logship.engines.files.digest import (
 from logship.engines.files.engine import FilesConnector, files_connector
 from logship.engines.files.exclude import ExcludeRules
 from logship.engines.files.modes import site_mode
+from logship.engines.files.rows import pending_paths
 from logship.engines.files.scan import EntryKind, lstat_entry
-from logship.engines.files.verify import VerifyReport, compare, pending_paths
+from logship.engines.files.verify import VerifyReport, compare
 from logship.engines.files.verify_rows import finish_verify, start_verify
 from logship.errors import LogshipError, OperationFailed, first_line
 from logship.logs import event
@@ -134,7 +135,7 @@ def compare_with_site(
         raise OperationFailed(f"{connector.name}: source {connector.source} is not a folder")
     rules = ExcludeRules(connector.exclude)
     argv = [*site.command, "tree-digest", connector.name]
-    before = pending_paths(catalog, connector.name)
+    before = set(pending_paths(catalog, connector.name))
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tree-digest") as pool:
         remote = pool.submit(transport.run_command, argv, VERIFY_SSH_TIMEOUT_S, DIGEST_OUTPUT_LIMIT)
         local = [_as_shipped(entry, connector) for entry in digest_tree(connector.source, rules)]
@@ -146,9 +147,9 @@ def compare_with_site(
             raise OperationFailed(
                 f"site {site.name}: tree-digest over SSH failed: {first_line(exc)}"
             ) from None
-    after = pending_paths(catalog, connector.name)
+    after = set(pending_paths(catalog, connector.name))
     # Pending before the scans or after them: either way its change is in flight.
-    pending = None if before is None or after is None else before | after
+    pending = before | after
     report = compare(
         local,
         site_listing(status, out, err, site.name),
