@@ -571,6 +571,8 @@ def drill_once(root: Path, args: argparse.Namespace, number: int) -> Drill:
     with deployment(where, bench_user(), streaming=streaming, check_dsn=True) as (dep, _):
         dep.primary.pgbench("-i", "-s", "4", "-q")
         dep.primary.execute("create table ticks (id bigint primary key, at double precision)")
+        # Every drill starts from a standby that has replayed the table and the load.
+        dep.wait_replayed(dep.switch_wal(), timeout=300)
         if streaming:
             wait_standby(dep.primary, sync=False)
         bench = start_pgbench(dep.primary, *pgbench_args(args.clients, args.drill_seconds + 300))
