@@ -3,6 +3,8 @@ base backup records."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from logship.manifest import BackupRecord
 from logship.status.model import ConnectorStatus
 from logship.status.state import State
@@ -57,4 +59,21 @@ def backup_record(backup_id: str, finished_at: float, start_wal: str | None) -> 
         compression="zstd",
         pg_version="15",
         start_wal=start_wal,
+    )
+
+
+def postgres_connector(name: str = "x", **sections: Any) -> Any:
+    """A valid PostgreSQL connector model; `sections` replace or add keys."""
+    from logship.engines.postgresql.engine import PostgresConnector
+
+    return PostgresConnector.model_validate(
+        {
+            "name": name,
+            "kind": "postgresql",
+            "site": "dr",
+            "rpo": 60,
+            "primary": {"dsn": "host=/run/pg port=5432"},
+            "standby": {"dsn": "host=/run/pg port=5433", "data_dir": "/srv/standby"},
+            **sections,
+        }
     )

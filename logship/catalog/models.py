@@ -175,6 +175,27 @@ class PrimaryFacts(Base):
     error: Mapped[str | None] = mapped_column(Text, default=None)
 
 
+class StreamFacts(Base):
+    """How the streaming of a connector's WAL stood at `measured_at`, as the
+    primary sees it (its replication slot and walsender)."""
+
+    __tablename__ = "stream_facts"
+
+    connector: Mapped[str] = mapped_column(String(200), primary_key=True)
+    measured_at: Mapped[float] = mapped_column(Float)
+    #: "streaming", "catchup" or "down"
+    state: Mapped[str] = mapped_column(String(20))
+    #: the newest WAL position the standby has flushed to its disk
+    flush_lsn: Mapped[str | None] = mapped_column(String(40), default=None)
+    #: primary-clock time up to which every commit is flushed at the standby
+    durable_at: Mapped[float | None] = mapped_column(Float, default=None)
+    #: "async", "availability" or "protection": the mode in force
+    sync_mode: Mapped[str | None] = mapped_column(String(20), default=None)
+    #: WAL the replication slot holds back at the primary
+    slot_retained_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+
+
 class StandbyProgress(Base):
     __tablename__ = "standby_progress"
 

@@ -27,6 +27,7 @@ from logship.catalog.models import (
     SiteStatus,
     SpoolFile,
     StandbyProgress,
+    StreamFacts,
     WalkCheckpoint,
 )
 from logship.status.figures import DurablePrefix
@@ -405,6 +406,18 @@ class Catalog:
     def primary_facts(self, connector: str) -> PrimaryFacts | None:
         with self.session() as s:
             return s.get(PrimaryFacts, connector)
+
+    def record_stream_facts(self, connector: str, facts: Mapping[str, Any]) -> None:
+        with self.session() as s:
+            row = s.get(StreamFacts, connector) or StreamFacts(connector=connector)
+            for key, value in facts.items():
+                setattr(row, key, value)
+            s.add(row)
+            s.commit()
+
+    def stream_facts(self, connector: str) -> StreamFacts | None:
+        with self.session() as s:
+            return s.get(StreamFacts, connector)
 
     def standby_progress(self, connector: str) -> StandbyProgress | None:
         with self.session() as s:

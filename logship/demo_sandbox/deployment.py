@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shlex
 import signal
 import subprocess
@@ -26,6 +27,7 @@ from logship.demo_sandbox.procs import child_pids, kill_tree
 from logship.demo_sandbox.sshd import SshServer
 
 CONNECTOR = "main"
+REPLICATION_ROLE = "logship_replication"
 
 
 def logship_command() -> list[str]:
@@ -54,6 +56,16 @@ class Deployment:
     site_command: list[str] | None = None
     #: the site in restricted mode: the daemon's key is a `site-gate` forced command
     restricted: bool = False
+    #: stream WAL through the SSH link as it is written ([streaming] enabled)
+    streaming: bool = False
+    #: with streaming: commits wait for the standby's flush
+    synchronous: bool = False
+    #: with synchronous: "availability" or "protection"
+    protection: str = "availability"
+    fallback_after: str = "5s"
+    max_slot_wal_keep: str = "1GB"
+    #: the port sshd at the site opens on its loopback for the standby
+    stream_port: int = field(default_factory=free_port)
 
     def __post_init__(self) -> None:
         self.root = self.root.absolute()
@@ -87,6 +99,11 @@ class Deployment:
     @property
     def spool_dir(self) -> Path:
         return self.state_dir / "spool" / self.connector
+
+    @property
+    def replication_passfile(self) -> Path:
+        """At the standby site: the replication role's password, for its walreceiver."""
+        return self.root / "standby-site" / "replication.pgpass"
 
     @property
     def daemon_log(self) -> Path:
@@ -136,8 +153,43 @@ dsn = "{self.primary.dsn()}"
 [standby]
 dsn = "{self.standby.dsn()}"
 data_dir = "{self.standby.data_dir}"
-"""
+{self._streaming_section()}"""
         )
+
+    def _streaming_section(self) -> str:
+        if not self.streaming:
+            return ""
+        return f"""
+[streaming]
+enabled = true
+synchronous = {json.dumps(self.synchronous)}
+protection = "{self.protection}"
+fallback_after = "{self.fallback_after}"
+max_slot_wal_keep = "{self.max_slot_wal_keep}"
+site_port = {self.stream_port}
+user = "{REPLICATION_ROLE}"
+passfile = "{self.replication_passfile}"
+"""
+
+    def _replication_role(self) -> None:
+        """A password-protected replication role at the primary, and its password
+        in a file only the standby's OS user may read: anyone else at the site who
+        reaches the tunnel's port gets nothing without it."""
+        password = secrets.token_urlsafe(24)
+        self.primary.execute(
+            f"create role {REPLICATION_ROLE} with replication login password '{password}'"
+        )
+        hba = self.primary.data_dir / "pg_hba.conf"
+        # First match wins: the role must authenticate, whatever trust follows.
+        rule = f"host replication {REPLICATION_ROLE} 127.0.0.1/32 scram-sha-256\n"
+        hba.write_text(rule + hba.read_text(encoding="utf-8"), encoding="utf-8")
+        self.primary.execute("select pg_reload_conf()")
+        passfile = self.replication_passfile
+        passfile.unlink(missing_ok=True)
+        fd = os.open(passfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(f"*:*:*:{REPLICATION_ROLE}:{password}\n")
+        self.user.chown(passfile)
 
     def archive_settings(self) -> dict[str, str]:
         settings = {"archive_mode": "on", "archive_timeout": "10s", "wal_level": "replica"}
@@ -171,6 +223,8 @@ data_dir = "{self.standby.data_dir}"
         self.primary.initdb()
         self.primary.configure(self.archive_settings())
         self.primary.start()
+        if self.streaming:
+            self._replication_role()
 
     def restrict_key(self) -> None:
         """The daemon's key may run only `site-gate` at the site (a forced command)."""

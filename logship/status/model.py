@@ -70,6 +70,16 @@ class ConnectorStatus:
     rto_estimate_s: float | None = None
     standby_measured_at: str | None = None
     standby_error: str | None = None
+    #: a database's WAL streaming: "streaming", "catchup", "down" or "off"; the
+    #: position its standby has flushed; the synchronous mode in force ("async",
+    #: "availability", "protection"; null when not streaming); what the slot holds
+    #: back at the primary; when it was measured and why it is down
+    streaming: str | None = None
+    stream_flush_lsn: str | None = None
+    sync_mode: str | None = None
+    slot_retained_bytes: int | None = None
+    stream_measured_at: str | None = None
+    stream_error: str | None = None
     #: the connector's next scheduled job (schedules/*.toml) as the daemon planned it
     next_job: str | None = None
     next_job_at: str | None = None

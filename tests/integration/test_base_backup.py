@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 import zstandard
+from factories import postgres_connector
 from restore_command_shell import expand_placeholders
 from sshd_site import reachable_tmp
 
@@ -285,7 +286,8 @@ def test_restore_command_survives_both_quotings() -> None:
 
 def test_standby_settings_neutralise_archiving() -> None:
     endpoint = parse_dsn("host=/run/pg port=5433")
-    settings = dict(standby_settings(endpoint, "/usr/bin/python3", Path("/etc/l.toml"), "x"))
+    connector = postgres_connector()
+    settings = dict(standby_settings(endpoint, "/usr/bin/python3", Path("/etc/l.toml"), connector))
     assert settings["port"] == "5433"
     assert settings["listen_addresses"] == "''"
     assert settings["unix_socket_directories"] == "'/run/pg'"
@@ -294,7 +296,10 @@ def test_standby_settings_neutralise_archiving() -> None:
     assert settings["archive_library"] == "''"
     assert settings["hot_standby"] == "on"
     assert settings["recovery_target_timeline"] == "'latest'"
-    tcp = dict(standby_settings(parse_dsn("host=127.0.0.1 port=6000"), "p", Path("/c"), "x"))
+    # Without streaming, no database connection crosses sites.
+    assert settings["primary_conninfo"] == "''"
+    assert settings["primary_slot_name"] == "''"
+    tcp = dict(standby_settings(parse_dsn("host=127.0.0.1 port=6000"), "p", Path("/c"), connector))
     assert tcp["listen_addresses"] == "'127.0.0.1'"
     assert "unix_socket_directories" not in tcp
 

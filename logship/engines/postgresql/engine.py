@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
-from pydantic import Field
+from pydantic import BeforeValidator, Field, StrictBool
 
 from logship.config.model import Config, ConnectorBase, Seconds, SiteConfig, Strict
+from logship.config.sizes import parse_size
 from logship.engines.postgresql import walnames
 from logship.engines.registry import BackgroundJob, DaemonWorkers, SiteSampler, WorkerContext
 
@@ -67,6 +68,36 @@ class DrillSection(Strict):
     timeout: Seconds = Field(default=3600.0, gt=0)
 
 
+Bytes = Annotated[int, BeforeValidator(parse_size)]
+
+
+class StreamingSection(Strict):
+    """WAL streamed as it is written, through the SSH link: the standby's walreceiver
+    connects to a port that sshd opens on the site's loopback, and the daemon joins
+    each such connection to the primary. Shipped segments stay the ground truth."""
+
+    #: stream WAL to the standby as it is written
+    enabled: StrictBool = False
+    #: a commit returns only when the DR standby has flushed it
+    synchronous: StrictBool = False
+    #: with `synchronous`: "availability" drops the primary to async after
+    #: `fallback_after` without the standby and returns once it is caught up;
+    #: "protection" keeps commits waiting for as long as the standby is away
+    protection: Literal["availability", "protection"] = "availability"
+    #: how long "availability" lets commits wait for an absent standby
+    fallback_after: Seconds = 10.0
+    #: the most WAL the replication slot may hold back at the primary
+    #: (the primary's `max_slot_wal_keep_size` must not be larger)
+    max_slot_wal_keep: Bytes = 4 << 30
+    #: the port sshd at the site listens on (127.0.0.1 only) for the standby
+    site_port: int = Field(default=5499, ge=1024, le=65535)
+    #: the replication role at the primary that the standby connects as
+    user: str = Field(default="logship_replication", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    #: at the standby site: a libpq password file (0600) with that role's password,
+    #: which the standby's walreceiver reads; unset: the role needs no password there
+    passfile: Path | None = None
+
+
 class PostgresConnector(ConnectorBase):
     kind: Literal["postgresql"]
     primary: PrimarySection
@@ -80,6 +111,7 @@ class PostgresConnector(ConnectorBase):
     #: shipped segments stay in the spool (up to this much) until the standby has
     #: restored them, so one found corrupt at the site is shipped again; 0: none
     keep_shipped_mib: int = Field(default=1024, ge=0)
+    streaming: StreamingSection = StreamingSection()
 
 
 @dataclass(frozen=True)
@@ -87,7 +119,7 @@ class PostgresEngine:
     kind: str = "postgresql"
     config_model: type[ConnectorBase] = PostgresConnector
     schedule_actions: frozenset[str] = frozenset({"base-backup", "retention", "drill"})
-    path_keys: frozenset[str] = frozenset({"data_dir", "bin_dir", "scratch_dir"})
+    path_keys: frozenset[str] = frozenset({"data_dir", "bin_dir", "scratch_dir", "passfile"})
     joins_consistency_points: bool = False
 
     def accepts(self, name: str) -> bool:
@@ -151,8 +183,21 @@ class PostgresEngine:
 
     def daemon_workers(self, connector: ConnectorBase, context: WorkerContext) -> DaemonWorkers:
         # Its WAL ships from the spool on the site's one shipping worker, which
-        # also runs its standby sampling (`site_sampler`).
-        return DaemonWorkers(site_shipping=True)
+        # also runs its standby sampling (`site_sampler`); streaming has a thread
+        # and an SSH connection of its own.
+        assert isinstance(connector, PostgresConnector)
+        if not connector.streaming.enabled:
+            return DaemonWorkers(site_shipping=True)
+        from logship.engines.postgresql.stream_worker import StreamWorker
+
+        worker = StreamWorker(
+            connector,
+            context.config.site_of(connector),
+            context.catalog,
+            context.clock,
+            context.stop,
+        )
+        return DaemonWorkers(threads=(worker,), site_shipping=True)
 
     def site_sampler(
         self,

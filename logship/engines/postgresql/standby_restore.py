@@ -24,6 +24,8 @@ from typing import IO, Any
 
 from logship.config.model import Config
 from logship.engines.postgresql.base_backup import postgres_connector
+from logship.engines.postgresql.engine import PostgresConnector
+from logship.engines.postgresql.stream_settings import standby_stream_settings
 from logship.engines.postgresql.tools import DsnEndpoint, find_program, parse_dsn, quote_conf_string
 from logship.errors import OperationFailed, SafetyRefusal, UsageError
 from logship.manifest import BACKUP_RECORD_NAME, BackupRecord, SiteLayout
@@ -306,7 +308,7 @@ def restore_command(python: str, config_path: Path, connector: str, *, mark: boo
 
 
 def standby_settings(
-    endpoint: DsnEndpoint, python: str, config_path: Path, connector: str
+    endpoint: DsnEndpoint, python: str, config_path: Path, connector: PostgresConnector
 ) -> list[tuple[str, str]]:
     """(name, postgresql.conf literal) pairs appended to postgresql.auto.conf."""
     settings = [("port", str(endpoint.port))]
@@ -318,7 +320,10 @@ def standby_settings(
             ("unix_socket_directories", quote_conf_string(",".join(endpoint.socket_dirs)))
         )
     settings += [
-        ("restore_command", quote_conf_string(restore_command(python, config_path, connector))),
+        (
+            "restore_command",
+            quote_conf_string(restore_command(python, config_path, connector.name)),
+        ),
         ("recovery_target_timeline", "'latest'"),
         ("hot_standby", "on"),
         # The primary's archiving must not follow its data here: a promoted standby
@@ -326,11 +331,8 @@ def standby_settings(
         ("archive_mode", "off"),
         ("archive_command", "''"),
         ("archive_library", "''"),
-        # Only WAL shipped over SSH is replayed; no database port crosses sites.
-        ("primary_conninfo", "''"),
-        ("primary_slot_name", "''"),
     ]
-    return settings
+    return settings + standby_stream_settings(connector)
 
 
 _MINIMAL_POSTGRESQL_CONF = """\
@@ -593,7 +595,7 @@ def restore_standby(
         _clear(data_dir, remove_dir=created)
         raise
     report(RestoreProgress("configure", 0, None))
-    settings = standby_settings(endpoint, python, config.path.absolute(), connector.name)
+    settings = standby_settings(endpoint, python, config.path.absolute(), connector)
     write_standby_config(data_dir, settings, pwd.getpwuid(os.geteuid()).pw_name, record.backup_id)
     # No fsync pass here: a restored pg_control says "in production", so PostgreSQL
     # syncs the whole data directory itself before it replays anything.

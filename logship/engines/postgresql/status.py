@@ -8,7 +8,7 @@ reads them from the catalog.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Protocol
 
 from logship.engines.postgresql import walnames
@@ -50,6 +50,61 @@ class ProgressRow(Protocol):
     heartbeat_at: float | None
     #: commit time of the last transaction the standby replayed
     replay_timestamp: float | None
+
+
+class StreamRow(Protocol):
+    measured_at: float
+    state: str
+    flush_lsn: str | None
+    durable_at: float | None
+    sync_mode: str | None
+    slot_retained_bytes: int | None
+    error: str | None
+
+
+#: streaming facts older than this were not measured by a running daemon
+STREAM_STALE_S = 10.0
+
+
+@dataclass(frozen=True)
+class StreamFigures:
+    streaming: str
+    exposure_s: float | None = None
+    flush_lsn: str | None = None
+    sync_mode: str | None = None
+    slot_retained_bytes: int | None = None
+    measured_at: float | None = None
+    error: str | None = None
+
+
+def stream_figures(enabled: bool, row: StreamRow | None, now: float) -> StreamFigures:
+    """Streaming as the daemon last measured it. Flushed at the standby counts as
+    durable at the site, so its exposure is now - the primary-clock time up to
+    which every commit was flushed there: it keeps growing while nobody measures."""
+    if not enabled:
+        return StreamFigures("off")
+    if row is None:
+        return StreamFigures("down", error="not measured yet (is `logship run` running?)")
+    exposure = age_s(row.durable_at, now) if row.durable_at is not None else None
+    state, error, mode = row.state, row.error, row.sync_mode
+    stale = now - row.measured_at
+    if stale > STREAM_STALE_S:
+        state, mode = "down", None
+        error = f"not measured for {stale:.0f} s (is `logship run` running?)"
+    return StreamFigures(
+        streaming=state,
+        exposure_s=exposure,
+        flush_lsn=row.flush_lsn,
+        sync_mode=mode,
+        slot_retained_bytes=row.slot_retained_bytes,
+        measured_at=row.measured_at,
+        error=error,
+    )
+
+
+def _least(*values: float | None) -> float | None:
+    known = [value for value in values if value is not None]
+    return min(known) if known else None
 
 
 def apply_lag_s(progress: ProgressRow | None, now: float) -> float | None:
@@ -96,6 +151,7 @@ def connector_status(
     last_base_backup_at: float | None = None,
     primary: PrimaryRow | None = None,
     jobs: JobFacts | None = None,
+    stream: StreamFigures | None = None,
 ) -> ConnectorStatus:
     """Everything `status` shows for one connector.
 
@@ -107,7 +163,9 @@ def connector_status(
     if queue is None and files is not None:
         queue = queue_facts(files)
     facts = queue or queue_facts(())
-    exposure = facts.rpo_exposure_s(now)
+    stream = stream or StreamFigures("off")
+    # Durable at the site is shipped (with no gap before it) or streamed and flushed.
+    exposure = _least(facts.rpo_exposure_s(now), stream.exposure_s)
     transport = transport_lag(facts.oldest_pending_closed_at, now) if queue is not None else None
     reachable = None if site_status is None else bool(site_status.reachable)
     backlog = replay_backlog_bytes(primary, progress)
@@ -141,6 +199,12 @@ def connector_status(
         ),
         standby_measured_at=iso_utc(progress.sampled_at) if progress else None,
         standby_error=progress.error if progress else None,
+        streaming=stream.streaming,
+        stream_flush_lsn=stream.flush_lsn,
+        sync_mode=stream.sync_mode,
+        slot_retained_bytes=stream.slot_retained_bytes,
+        stream_measured_at=iso_utc(stream.measured_at),
+        stream_error=stream.error,
         **job_fields(jobs or JobFacts()),
     )
 
@@ -155,6 +219,8 @@ def postgres_status(
     site_status = progress = backup = primary = None
     queue = None
     jobs = JobFacts()
+    stream_row = catalog.stream_facts(name) if catalog is not None else None
+    stream = stream_figures(connector.streaming.enabled, stream_row, now)
     if catalog is not None:
         queue = _queue_facts(catalog, name, remember)
         site_status = catalog.site_status(connector.site, name)
@@ -178,6 +244,7 @@ def postgres_status(
         last_base_backup_at=backup.finished_at if backup is not None else None,
         primary=primary,
         jobs=jobs,
+        stream=stream,
     )
 
 

@@ -72,6 +72,10 @@ def lsn_to_int(lsn: str) -> int:
     return (int(high, 16) << 32) + int(low, 16)
 
 
+def int_to_lsn(value: int) -> str:
+    return f"{value >> 32:X}/{value & 0xFFFFFFFF:X}"
+
+
 def segment_name(timeline: int, number: int, segment_size: int) -> str:
     """Inverse of `WalName.segment_number`."""
     per_log = 0x1_0000_0000 // segment_size

@@ -1,0 +1,235 @@
+"""The streaming tunnel: a port on the site's loopback that leads to the primary.
+
+sshd at the site listens on 127.0.0.1:`site_port` (OpenSSH's `tcpip-forward`, a
+remote port forward that the daemon asks for over its own SSH connection); each
+connection the standby's walreceiver makes there arrives here as a channel and is
+joined to the primary's PostgreSQL. No database port crosses sites, and the bytes
+are PostgreSQL's own replication protocol: logship carries them, it does not
+speak it.
+
+The tunnel has an SSH connection of its own, not the shipping worker's: a backlog
+of segments in flight on a shared connection would hold streamed WAL (and, in
+synchronous mode, every commit) behind it, and a reconnect of one would cut the
+other.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import select
+import socket
+import threading
+from collections.abc import Callable
+
+import paramiko
+
+from logship.config.model import SiteConfig
+from logship.engines.postgresql.stream_settings import SITE_LISTEN_HOST
+from logship.engines.postgresql.tools import DsnEndpoint
+from logship.errors import OperationFailed
+from logship.logs import event
+from logship.ship.sftp import open_client, where
+
+log = logging.getLogger("logship.streaming")
+
+CHUNK = 64 * 1024
+#: how often a silent SSH connection is probed, so a dead link is found by the
+#: TCP_USER_TIMEOUT that open_client sets instead of never
+KEEPALIVE_S = 2
+POLL_S = 0.5
+
+
+class ForwardRefused(OperationFailed):
+    """sshd at the site would not listen on the port (forwarding not allowed, or
+    the port taken)."""
+
+
+def forward_refused(site: SiteConfig, port: int) -> ForwardRefused:
+    return ForwardRefused(
+        f"site {site.name}: sshd at {where(site)} refused to listen on "
+        f"{SITE_LISTEN_HOST}:{port} for streaming: allow it with `AllowTcpForwarding remote` "
+        "(or yes) in the site's sshd_config (a restricted key also needs "
+        f'`port-forwarding,permitlisten="{SITE_LISTEN_HOST}:{port}"`), or pick a free '
+        "[streaming].site_port"
+    )
+
+
+def primary_connector(endpoint: DsnEndpoint) -> Callable[[], socket.socket]:
+    """How to open a connection to the primary: its DSN's first TCP host, else its
+    first socket directory (libpq's own choice order for one host)."""
+    if endpoint.tcp_hosts:
+        address = (endpoint.tcp_hosts[0], endpoint.port)
+
+        def tcp() -> socket.socket:
+            sock = socket.create_connection(address, timeout=10)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.settimeout(None)
+            return sock
+
+        return tcp
+    directory = endpoint.socket_dirs[0] if endpoint.socket_dirs else "/var/run/postgresql"
+    path = f"{directory}/.s.PGSQL.{endpoint.port}"
+
+    def unix() -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(10)
+            sock.connect(path)
+            sock.settimeout(None)
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
+    return unix
+
+
+class _Joint(threading.Thread):
+    """One forwarded connection joined to the primary, bytes both ways until either
+    side ends."""
+
+    def __init__(self, channel: paramiko.Channel, primary: socket.socket, done: Callable) -> None:
+        super().__init__(name="stream-joint", daemon=True)
+        self.channel = channel
+        self.primary = primary
+        self._done = done
+
+    def run(self) -> None:
+        try:
+            self._pump()
+        except (OSError, EOFError, paramiko.SSHException):
+            pass  # either end gone: the other is closed below
+        finally:
+            self.close()
+            self._done(self)
+
+    def _pump(self) -> None:
+        channel, primary = self.channel, self.primary
+        from_site_open = to_site_open = True
+        while from_site_open or to_site_open:
+            watched = [
+                s for s, open_ in ((channel, from_site_open), (primary, to_site_open)) if open_
+            ]
+            ready, _, _ = select.select(watched, [], [], POLL_S)
+            if channel.closed:
+                return
+            if channel in ready:
+                data = channel.recv(CHUNK)
+                if data:
+                    primary.sendall(data)
+                else:
+                    from_site_open = False
+                    with contextlib.suppress(OSError):
+                        primary.shutdown(socket.SHUT_WR)
+            if primary in ready:
+                data = primary.recv(CHUNK)
+                if data:
+                    channel.sendall(data)
+                else:
+                    to_site_open = False
+                    channel.shutdown_write()
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.channel.close()
+        with contextlib.suppress(OSError):
+            self.primary.close()
+
+
+class SiteTunnel:
+    """An SSH connection to the site holding one remote port forward to the primary.
+
+    `open` raises ForwardRefused when sshd will not listen, OperationFailed when the
+    site cannot be reached; `is_alive` turns False when the connection is lost, and
+    then every joined connection has been closed (the walsender and walreceiver see
+    the end at once instead of after their timeouts).
+    """
+
+    def __init__(
+        self,
+        site: SiteConfig,
+        site_port: int,
+        join: Callable[[], socket.socket],
+        connector: str,
+    ) -> None:
+        self.site = site
+        self.site_port = site_port
+        self._join = join
+        self._connector = connector
+        self._client: paramiko.SSHClient | None = None
+        self._lock = threading.Lock()
+        self._joints: set[_Joint] = set()
+        #: connections the standby made (for status and tests)
+        self.accepted = 0
+
+    def open(self) -> None:
+        client = open_client(self.site)
+        transport = client.get_transport()
+        assert transport is not None
+        transport.set_keepalive(KEEPALIVE_S)
+        try:
+            transport.request_port_forward(SITE_LISTEN_HOST, self.site_port, handler=self._accept)
+        except paramiko.SSHException:
+            client.close()
+            raise forward_refused(self.site, self.site_port) from None
+        self._client = client
+
+    @property
+    def is_alive(self) -> bool:
+        client = self._client
+        transport = client.get_transport() if client is not None else None
+        return transport is not None and transport.is_active()
+
+    @property
+    def client(self) -> paramiko.SSHClient:
+        """The tunnel's SSH connection, for a command run at the site through it."""
+        if self._client is None:
+            raise OperationFailed(f"site {self.site.name}: the streaming tunnel is not open")
+        return self._client
+
+    def joined(self) -> int:
+        with self._lock:
+            return len(self._joints)
+
+    def _accept(
+        self,
+        channel: paramiko.Channel,
+        origin: tuple[str, int],
+        server: tuple[str, int],
+    ) -> None:
+        # paramiko's transport thread calls this: anything slow goes to the joint.
+        try:
+            primary = self._join()
+        except OSError as exc:
+            event(
+                log,
+                logging.WARNING,
+                "streaming connection not joined: the primary is not reachable",
+                connector=self._connector,
+                error=str(exc),
+            )
+            channel.close()
+            return
+        joint = _Joint(channel, primary, self._forget)
+        with self._lock:
+            self._joints.add(joint)
+            self.accepted += 1
+        joint.start()
+
+    def _forget(self, joint: _Joint) -> None:
+        with self._lock:
+            self._joints.discard(joint)
+
+    def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            transport = client.get_transport()
+            if transport is not None and transport.is_active():
+                with contextlib.suppress(Exception):
+                    transport.cancel_port_forward(SITE_LISTEN_HOST, self.site_port)
+            client.close()
+        with self._lock:
+            joints = list(self._joints)
+        for joint in joints:
+            joint.close()

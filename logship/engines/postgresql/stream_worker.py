@@ -1,0 +1,119 @@
+"""The daemon's streaming thread for one connector: keep the tunnel to the site
+open, and supervise the primary's side several times a second."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from logship.catalog.store import Catalog
+from logship.config.model import SiteConfig
+from logship.engines.postgresql.engine import PostgresConnector
+from logship.engines.postgresql.stream_primary import StreamSupervisor
+from logship.engines.postgresql.stream_tunnel import SiteTunnel, primary_connector
+from logship.engines.postgresql.tools import parse_dsn
+from logship.errors import first_line
+from logship.logs import event
+from logship.ship.link import Backoff
+
+log = logging.getLogger("logship.streaming")
+
+#: how often the primary's side is sampled: exposure is measured to about this
+SAMPLE_S = 0.25
+
+
+class StreamWorker(threading.Thread):
+    def __init__(
+        self,
+        connector: PostgresConnector,
+        site: SiteConfig,
+        catalog: Catalog,
+        clock: Callable[[], float],
+        stop: threading.Event,
+    ) -> None:
+        super().__init__(name=f"stream-{connector.name}", daemon=True)
+        self.connector = connector
+        self.site = site
+        self.catalog = catalog
+        self._clock = clock
+        self._stopping = stop
+        self._wake = threading.Event()
+        join = primary_connector(
+            parse_dsn(connector.primary.dsn, setting=f"connector {connector.name}: [primary].dsn")
+        )
+        self.tunnel = SiteTunnel(site, connector.streaming.site_port, join, connector.name)
+        self.supervisor = StreamSupervisor(connector, lambda: self.tunnel.is_alive, self._journal)
+        self._backoff = Backoff()
+        self._retry_at = 0.0
+        self._up = False
+        self._tunnel_error: str | None = None
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def run(self) -> None:
+        try:
+            while not self._stopping.is_set():
+                self._keep_tunnel()
+                facts = self.supervisor.sample()
+                if self._tunnel_error and not self.tunnel.is_alive:
+                    shown = facts.get("error")
+                    facts["error"] = "; ".join(e for e in (self._tunnel_error, shown) if e)
+                facts.setdefault("measured_at", self._clock())
+                self.catalog.record_stream_facts(self.connector.name, facts)
+                self._wake.wait(SAMPLE_S)
+                self._wake.clear()
+        finally:
+            self.tunnel.close()
+            self.supervisor.close()
+
+    def _keep_tunnel(self) -> None:
+        if self.tunnel.is_alive:
+            return
+        if self._up:
+            self._up = False
+            event(
+                log,
+                logging.WARNING,
+                "streaming tunnel lost",
+                connector=self.connector.name,
+                site=self.site.name,
+            )
+            self._journal("streaming", "the streaming tunnel to the site was lost", None)
+        now = self._clock()
+        if now < self._retry_at:
+            return
+        self.tunnel.close()
+        try:
+            self.tunnel.open()
+        except Exception as exc:  # OperationFailed, ForwardRefused, paramiko's, OSError
+            error = first_line(exc)
+            if error != self._tunnel_error:
+                event(
+                    log,
+                    logging.WARNING,
+                    "streaming tunnel down",
+                    connector=self.connector.name,
+                    site=self.site.name,
+                    error=error,
+                )
+            self._tunnel_error = error
+            self._retry_at = now + self._backoff.next()
+            return
+        event(
+            log,
+            logging.INFO,
+            "streaming tunnel open",
+            connector=self.connector.name,
+            site=self.site.name,
+            port=self.connector.streaming.site_port,
+        )
+        if self._tunnel_error is not None:
+            self._journal("streaming", "the streaming tunnel is open again", None)
+        self._up = True
+        self._tunnel_error = None
+        self._backoff.reset()
+
+    def _journal(self, kind: str, message: str, detail: str | None) -> None:
+        self.catalog.add_event(self.connector.name, self._clock(), kind, message, detail)
