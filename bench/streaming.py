@@ -41,12 +41,14 @@ from common import (
     PG_BIN,
     Figure,
     Report,
+    Stopwatch,
     bench_user,
     environment,
     log,
     median,
     reachable_tempdir,
 )
+from live import cpu_seconds
 
 from logship.demo_sandbox import OsUser, PgCluster, free_port
 from logship.demo_sandbox.deployment import Deployment
@@ -124,19 +126,41 @@ def stop_process(proc: subprocess.Popen[Any], timeout: float = 10) -> None:
         proc.communicate(timeout=timeout)
 
 
-def tps_run(cluster: PgCluster, clients: int, seconds: float) -> float:
+@dataclass(frozen=True)
+class TpsRun:
+    """One timed pgbench run and where the machine's CPU went meanwhile (in cores)."""
+
+    tps: float
+    busy_cores: float  # the whole machine: both sites share it on loopback
+    daemon_cores: float  # logship run and its children (0 without a daemon)
+    site_cores: float  # the site's sshd: its sessions and forwarded connections
+
+
+def tps_run(
+    cluster: PgCluster, clients: int, seconds: float, dep: Deployment | None = None
+) -> TpsRun:
     """One timed pgbench run after a checkpoint, so every run starts alike (the
     first change of each page after a checkpoint logs the whole page)."""
     cluster.execute("checkpoint")
+    daemon = dep.daemon.pid if dep is not None and dep.daemon is not None else None
+    sshd = dep.sshd.pid if dep is not None else None
+    daemon_cpu, site_cpu = cpu_seconds(daemon), cpu_seconds(sshd)
+    watch = Stopwatch()
     proc = start_pgbench(cluster, *pgbench_args(clients, seconds))
     try:
         out, err = proc.communicate(timeout=seconds + 180)
     finally:
         stop_process(proc)
+    window = watch.stop()
     found = _TPS.search(out)
     if proc.returncode != 0 or found is None:
         raise RuntimeError(f"pgbench exited {proc.returncode}: {err[-2000:]}")
-    return float(found.group(1))
+    return TpsRun(
+        tps=float(found.group(1)),
+        busy_cores=window.busy_cpu_s / window.seconds,
+        daemon_cores=(cpu_seconds(daemon) - daemon_cpu) / window.seconds,
+        site_cores=(cpu_seconds(sshd) - site_cpu) / window.seconds,
+    )
 
 
 def load_pgbench(cluster: PgCluster, scale: int) -> None:
@@ -286,57 +310,72 @@ def set_rtt(relay: DelayRelay, rtt_ms: float) -> None:
 
 @dataclass
 class PenaltyRuns:
-    #: variant -> RTT in ms -> TPS of each run
-    tps: dict[str, dict[int, list[float]]] = field(default_factory=dict)
+    #: variant -> RTT in ms -> each run
+    runs: dict[str, dict[int, list[TpsRun]]] = field(default_factory=dict)
     notes: dict[str, list[str]] = field(default_factory=dict)
 
-    def add(self, variant: str, rtt: int, tps: float, note: str = "") -> None:
-        self.tps.setdefault(variant, {}).setdefault(rtt, []).append(tps)
+    def add(self, variant: str, rtt: int, run: TpsRun, note: str = "") -> None:
+        self.runs.setdefault(variant, {}).setdefault(rtt, []).append(run)
         if note:
             self.notes.setdefault(variant, []).append(f"{rtt} ms: {note}")
-        log(f"  {variant} at {rtt} ms RTT: {tps:,.0f} tps {note}".rstrip())
+        log(
+            f"  {variant} at {rtt} ms RTT: {run.tps:,.0f} tps; cores busy "
+            f"{run.busy_cores:.2f} (daemon {run.daemon_cores:.2f}, site sshd "
+            f"{run.site_cores:.2f}) {note}".rstrip()
+        )
+
+    def tps(self, variant: str, rtt: int | None = None) -> list[float]:
+        per_rtt = self.runs.get(variant, {})
+        chosen = per_rtt.values() if rtt is None else [per_rtt.get(rtt, [])]
+        return [run.tps for runs in chosen for run in runs]
+
+    def cpu(self, variant: str, rtt: int) -> str:
+        """Medians of the run's CPU split, for a figure's detail."""
+        runs = self.runs.get(variant, {}).get(rtt, [])
+        if not runs:
+            return ""
+        split = f"machine busy {median([r.busy_cores for r in runs]):.2f} cores"
+        if variant.startswith("logship"):
+            split += (
+                f" (daemon {median([r.daemon_cores for r in runs]):.2f}, "
+                f"site sshd {median([r.site_cores for r in runs]):.2f})"
+            )
+        return split
 
 
-def native_runs(root: Path, args: argparse.Namespace, runs: PenaltyRuns) -> None:
-    user = bench_user()
-    log(f"PostgreSQL's own streaming: primary, pgbench -i -s {args.scale}, pg_basebackup -R")
-    with native_pair(root / "native", user, args.scale) as pair:
-        primary, standby, relay = pair.primary, pair.standby, pair.relay
-        for rtt in args.rtts:
-            set_rtt(relay, rtt)
-            # No DR: no standby at all, archiving to /bin/true as in every variant.
-            standby.stop()
-            set_system(primary, "synchronous_standby_names", "")
-            runs.add("no_dr", rtt, tps_run(primary, args.clients, args.seconds))
-            standby.start()
-            wait_standby(primary, sync=False)
-            runs.add("native_async", rtt, tps_run(primary, args.clients, args.seconds))
-            set_system(primary, "synchronous_standby_names", NATIVE_APP)
-            wait_standby(primary, sync=True)
-            tps = tps_run(primary, args.clients, args.seconds)
-            runs.add("native_sync", rtt, tps, f"(after: {sync_states(primary)})")
-            set_system(primary, "synchronous_standby_names", "")
+def native_round(pair: NativePair, rtt: int, args: argparse.Namespace, runs: PenaltyRuns) -> None:
+    primary, standby = pair.primary, pair.standby
+    set_rtt(pair.relay, rtt)
+    # No DR: no standby at all, archiving to /bin/true as in every variant.
+    standby.stop()
+    set_system(primary, "synchronous_standby_names", "")
+    runs.add("no_dr", rtt, tps_run(primary, args.clients, args.seconds))
+    standby.start()
+    wait_standby(primary, sync=False)
+    runs.add("native_async", rtt, tps_run(primary, args.clients, args.seconds))
+    set_system(primary, "synchronous_standby_names", NATIVE_APP)
+    wait_standby(primary, sync=True)
+    run = tps_run(primary, args.clients, args.seconds)
+    runs.add("native_sync", rtt, run, f"(after: {sync_states(primary)})")
+    set_system(primary, "synchronous_standby_names", "")
 
 
-def logship_runs(
-    root: Path, args: argparse.Namespace, runs: PenaltyRuns, *, synchronous: bool
+def logship_round(
+    variant: str,
+    dep: Deployment,
+    relay: DelayRelay,
+    rtt: int,
+    args: argparse.Namespace,
+    runs: PenaltyRuns,
 ) -> None:
-    variant = "logship_sync" if synchronous else "logship_async"
-    log(f"{variant}: primary, sshd behind a delay relay, daemon, standby restored")
-    with deployment(
-        root / variant, bench_user(), streaming=True, synchronous=synchronous, relayed=True
-    ) as (dep, relay):
-        assert relay is not None
-        load_pgbench(dep.primary, args.scale)
-        for rtt in args.rtts:
-            set_rtt(relay, rtt)
-            wait_standby(dep.primary, sync=synchronous)
-            tps = tps_run(dep.primary, args.clients, args.seconds)
-            runs.add(variant, rtt, tps, f"(after: {sync_states(dep.primary)})")
+    set_rtt(relay, rtt)
+    wait_standby(dep.primary, sync=variant == "logship_sync")
+    run = tps_run(dep.primary, args.clients, args.seconds, dep)
+    runs.add(variant, rtt, run, f"(after: {sync_states(dep.primary)})")
 
 
 def report_penalty(report: Report, runs: PenaltyRuns, args: argparse.Namespace) -> None:
-    base_runs = [tps for per_rtt in runs.tps.get("no_dr", {}).values() for tps in per_rtt]
+    base_runs = runs.tps("no_dr")
     if not base_runs:
         return
     load = f"pgbench -c {args.clients} -j {min(args.clients, 2)} -T {int(args.seconds)} -n"
@@ -345,7 +384,8 @@ def report_penalty(report: Report, runs: PenaltyRuns, args: argparse.Namespace) 
         median(base_runs),
         "tps",
         detail=f"{load}, -s {args.scale}; no standby, archive_command /bin/true; "
-        f"median of {len(base_runs)} (one before each RTT's runs)",
+        f"median of {len(base_runs)} (one in each RTT's turn); "
+        f"{runs.cpu('no_dr', args.rtts[0])} at {args.rtts[0]} ms",
         runs=base_runs,
     )
     what = {
@@ -358,12 +398,15 @@ def report_penalty(report: Report, runs: PenaltyRuns, args: argparse.Namespace) 
     figures: dict[tuple[str, int], Figure] = {}
     for variant, describe in what.items():
         for rtt in args.rtts:
-            values = runs.tps.get(variant, {}).get(rtt)
+            values = runs.tps(variant, rtt)
             if not values:
                 continue
             value = median(values)
             write_time = baseline.value / value - 1 if value else float("inf")
-            detail = f"{describe}, {rtt} ms RTT; write time {write_time:+.0%} against no DR"
+            detail = (
+                f"{describe}, {rtt} ms RTT; write time {write_time:+.0%} against no DR; "
+                f"{runs.cpu(variant, rtt)}"
+            )
             if variant == "logship_async":
                 ok = value / baseline.value >= TARGET_ASYNC_RATIO
                 detail += f"; target >= {TARGET_ASYNC_RATIO}x no DR: {met(ok)}"
@@ -394,13 +437,37 @@ def report_penalty(report: Report, runs: PenaltyRuns, args: argparse.Namespace) 
 
 
 def run_penalty(root: Path, args: argparse.Namespace, report: Report) -> None:
+    """Every variant is set up first and stays up; then, round by round and RTT by
+    RTT, each runs in turn, so drift in the machine hits all of them alike."""
     runs = PenaltyRuns()
-    native_runs(root, args, runs)
-    if has_streaming():
-        logship_runs(root, args, runs, synchronous=False)
-        logship_runs(root, args, runs, synchronous=True)
-    else:
-        log("this logship's sandbox has no streaming: logship variants skipped")
+    user = bench_user()
+    with contextlib.ExitStack() as stack:
+        log(f"PostgreSQL's own streaming: primary, pgbench -i -s {args.scale}, pg_basebackup -R")
+        pair = stack.enter_context(native_pair(root / "native", user, args.scale))
+        logship: dict[str, tuple[Deployment, DelayRelay]] = {}
+        if not has_streaming():
+            log("this logship's sandbox has no streaming: logship variants skipped")
+        else:
+            for variant in ("logship_async", "logship_sync"):
+                log(f"{variant}: primary, sshd behind a delay relay, daemon, standby restored")
+                dep, relay = stack.enter_context(
+                    deployment(
+                        root / variant,
+                        user,
+                        streaming=True,
+                        synchronous=variant == "logship_sync",
+                        relayed=True,
+                    )
+                )
+                assert relay is not None
+                load_pgbench(dep.primary, args.scale)
+                logship[variant] = (dep, relay)
+        for round_no in range(1, args.rounds + 1):
+            for rtt in args.rtts:
+                log(f"round {round_no}/{args.rounds}, {rtt} ms RTT")
+                native_round(pair, rtt, args, runs)
+                for variant, (dep, relay) in logship.items():
+                    logship_round(variant, dep, relay, rtt, args, runs)
     report_penalty(report, runs, args)
 
 
@@ -679,6 +746,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="seconds per run, 2 drills")
     parser.add_argument("--seconds", type=float, default=25, help="each penalty run")
     parser.add_argument("--rtts", default="0,10,50", help="RTTs in ms, comma-separated")
+    parser.add_argument("--rounds", type=int, default=1, help="penalty runs of each variant")
     parser.add_argument("--clients", type=int, default=4, help="pgbench clients")
     parser.add_argument("--scale", type=int, default=10, help="pgbench -i -s")
     parser.add_argument("--exposure-seconds", type=float, default=30)
