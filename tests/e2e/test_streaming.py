@@ -59,6 +59,8 @@ def test_wal_streams_through_the_ssh_link(streaming: Deployment) -> None:
     assert entry["sync_mode"] == "async"
     assert entry["stream_flush_lsn"]
     assert entry["rpo_exposure_s"] is not None and entry["rpo_exposure_s"] < 2
+    shown = dep.logship("status").stdout
+    assert "stream streaming" in shown and "async" in shown
 
 
 class Ticker(threading.Thread):
