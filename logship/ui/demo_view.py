@@ -7,8 +7,10 @@ test can read it.
 
 from __future__ import annotations
 
+import statistics
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
@@ -73,6 +75,73 @@ class Comparison:
         return self.equal and bool(self.rows[0][1])
 
 
+@dataclass(frozen=True)
+class ExposurePhase:
+    """What `status` reported while one pgbench load ran: each reading's
+    rpo_exposure_s, streaming state and synchronous mode, and pgbench's rate."""
+
+    label: str
+    exposures: tuple[float | None, ...] = ()
+    streaming: tuple[str | None, ...] = ()
+    sync_modes: tuple[str | None, ...] = ()
+    tps: float | None = None
+
+    @property
+    def known(self) -> list[float]:
+        return [value for value in self.exposures if value is not None]
+
+    @property
+    def p50(self) -> float | None:
+        known = self.known
+        return statistics.median(known) if known else None
+
+    @property
+    def max(self) -> float | None:
+        known = self.known
+        return max(known) if known else None
+
+    @property
+    def readings(self) -> int:
+        return len(self.exposures)
+
+    @staticmethod
+    def _most_seen(values: tuple[str | None, ...]) -> str:
+        """The value most readings showed; "(k of n)" when some showed another."""
+        if not values:
+            return "n/a"
+        value, count = Counter(values).most_common(1)[0]
+        shown = "n/a" if value is None else value
+        return shown if count == len(values) else f"{shown} ({count} of {len(values)})"
+
+    @property
+    def streaming_state(self) -> str:
+        return self._most_seen(self.streaming)
+
+    @property
+    def sync_mode(self) -> str:
+        return self._most_seen(self.sync_modes)
+
+
+def _exposure(value: float | None) -> str:
+    # Streaming's exposure is a fraction of a second: one decimal would round it away.
+    return "n/a" if value is None else f"{value:.2f}s"
+
+
+def _tps(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.0f}"
+
+
+def exposure_summary(phases: list[ExposurePhase]) -> str | None:
+    """One sentence comparing the last phase's median with the first's."""
+    if len(phases) < 2 or phases[0].p50 is None or phases[-1].p50 is None:
+        return None
+    first, last = phases[0], phases[-1]
+    return (
+        f"under the same load, {last.label} keeps the median exposure at "
+        f"{_exposure(last.p50)}, against {_exposure(first.p50)} with {first.label}"
+    )
+
+
 def _seconds(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1f}s"
 
@@ -104,6 +173,8 @@ class DemoView(Protocol):
     def live(self) -> AbstractContextManager[Callable[[DemoSnapshot], None]]: ...
 
     def comparison(self, result: Comparison) -> None: ...
+
+    def exposure(self, phases: list[ExposurePhase]) -> None: ...
 
 
 def make_view(console: Console | None = None) -> DemoView:
@@ -175,6 +246,18 @@ class PlainDemoView:
             mark = "same" if primary == standby else "DIFFERENT"
             self._print(f"compare {what}: primary={primary} standby={standby} {mark}")
         self._print(_verdict(result))
+
+    def exposure(self, phases: list[ExposurePhase]) -> None:
+        for phase in phases:
+            self._print(
+                f"exposure {phase.label}: p50={_exposure(phase.p50)} "
+                f"max={_exposure(phase.max)} readings={phase.readings} "
+                f"streaming={phase.streaming_state} sync_mode={phase.sync_mode} "
+                f"tps={_tps(phase.tps)}"
+            )
+        summary = exposure_summary(phases)
+        if summary:
+            self._print(summary)
 
 
 def _verdict(result: Comparison) -> str:
@@ -275,3 +358,30 @@ class RichDemoView:
         self.console.print(table)
         style = "bold green" if result.matched else "bold red"
         self.console.print(Text(_verdict(result), style=style))
+
+    def exposure(self, phases: list[ExposurePhase]) -> None:
+        table = Table(
+            title="RPO exposure under pgbench load, as `logship status` reported it",
+            title_justify="left",
+        )
+        table.add_column("")
+        table.add_column("exposure p50", justify="right")
+        table.add_column("exposure max", justify="right")
+        table.add_column("readings", justify="right")
+        table.add_column("streaming")
+        table.add_column("sync_mode")
+        table.add_column("pgbench tps", justify="right")
+        for phase in phases:
+            table.add_row(
+                phase.label,
+                Text(_exposure(phase.p50), style="bold"),
+                _exposure(phase.max),
+                str(phase.readings),
+                phase.streaming_state,
+                phase.sync_mode,
+                _tps(phase.tps),
+            )
+        self.console.print(table)
+        summary = exposure_summary(phases)
+        if summary:
+            self.console.print(Text(summary, style="bold"))
