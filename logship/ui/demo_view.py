@@ -319,7 +319,8 @@ class RichDemoView:
         handle = StepHandle()
         started = time.monotonic()
         try:
-            with self.console.status(text):
+            # Text, not markup: "[streaming]" or a path with brackets is shown as it is.
+            with self.console.status(Text(text)):
                 yield handle
         except BaseException:
             self.console.print(Text.assemble(("✗ ", "bold red"), text))

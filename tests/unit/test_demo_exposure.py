@@ -8,13 +8,15 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from offline_config import write_offline_config
+from rich.console import Console
 
 from logship.cli.demo import parse_reading
 from logship.demo_sandbox.status_sampler import reading
-from logship.ui.demo_view import ExposurePhase, PlainDemoView, exposure_summary
+from logship.ui.demo_view import ExposurePhase, PlainDemoView, RichDemoView, exposure_summary
 
 
 def test_a_sampler_reading_holds_the_entries_status_json_prints(tmp_path: Path) -> None:
@@ -100,3 +102,23 @@ def test_plain_lines_one_per_load_then_the_comparison(capsys: pytest.CaptureFixt
         "under the same load, streaming keeps the median exposure at 0.40s, against 3.00s "
         "with archive shipping only",
     ]
+
+
+def test_a_step_shows_brackets_as_written_not_as_markup(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    console = Console(force_terminal=True, width=200)
+    shown: list[object] = []
+    status = console.status
+
+    def spinner(what: Any, **kwargs: Any) -> Any:
+        shown.append(what)
+        return status(what, **kwargs)
+
+    monkeypatch.setattr(console, "status", spinner)
+    with RichDemoView(console).step("turning streaming on: [streaming] in /srv/[dr]"):
+        pass
+    # The spinner's line, rendered as rich renders it.
+    rendered = Console(width=200, record=True)
+    rendered.print(shown[0])
+    assert "turning streaming on: [streaming] in /srv/[dr]" in rendered.export_text()
