@@ -176,7 +176,7 @@ user = "{REPLICATION_ROLE}"
 passfile = "{self.replication_passfile}"
 """
 
-    def _replication_role(self) -> None:
+    def add_replication_role(self) -> None:
         """A password-protected replication role at the primary, and its password
         in a file only the standby's OS user may read: anyone else at the site who
         reaches the tunnel's port gets nothing without it."""
@@ -229,7 +229,7 @@ passfile = "{self.replication_passfile}"
         self.primary.configure(self.archive_settings())
         self.primary.start()
         if self.streaming:
-            self._replication_role()
+            self.add_replication_role()
 
     def enable_streaming(self, timeout: float = 60) -> None:
         """Turn streaming on in a running archive-only deployment, as an operator
