@@ -652,19 +652,19 @@ class Demo:
         load is measured with the standby streaming, not still connecting."""
         dep = self.dep
         with self._step(
-            "turning streaming on: [streaming] in the connector's config, `logship run` "
-            "restarted, the standby's primary_conninfo pointed at the tunnel"
+            "turning streaming on: [streaming] enabled in the connector's config and "
+            "`logship run` restarted; the daemon points the standby at the tunnel"
         ) as d:
             dep.enable_streaming()
             daemon = dep.daemon
             assert daemon is not None
             self._record("logship run (streaming)", daemon.pid)
-            # The slot exists: the daemon behind runuser has made its first round.
-            for child in child_pids(daemon.pid):
-                self._record(f"logship run's child {child}", child)
 
             def streaming() -> bool:
                 self._check_daemon()
+                # runuser's child is the daemon itself; by now it has surely been forked.
+                for child in child_pids(daemon.pid):
+                    self._record(f"logship run's child {child}", child)
                 connectors, _error = self.probe.poller.fresh()
                 return any(
                     e.get("name") == dep.connector and e.get("streaming") == "streaming"

@@ -20,16 +20,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from psycopg import sql
-
-from logship.config.load import load_config
 from logship.demo_sandbox.osuser import OsUser
 from logship.demo_sandbox.ports import free_port
 from logship.demo_sandbox.postgres import PgCluster
 from logship.demo_sandbox.procs import child_pids, kill_tree
 from logship.demo_sandbox.sshd import SshServer
-from logship.engines.postgresql.engine import PostgresConnector
-from logship.engines.postgresql.stream_settings import standby_conninfo, standby_name
 
 CONNECTOR = "main"
 REPLICATION_ROLE = "logship_replication"
@@ -231,47 +226,18 @@ passfile = "{self.replication_passfile}"
         if self.streaming:
             self.add_replication_role()
 
-    def enable_streaming(self, timeout: float = 60) -> None:
+    def enable_streaming(self) -> None:
         """Turn streaming on in a running archive-only deployment, as an operator
         would: a replication role at the primary, [streaming] in the connector's
-        config, `logship run` restarted on it, and the standby's walreceiver pointed
-        at the port sshd opens at the site. Returns once the daemon holds the slot."""
+        config and `logship run` restarted on it. The daemon's standby sampling
+        then points the standby's walreceiver at the port sshd opens at the site."""
         if self.streaming:
             return
         self.streaming = True
-        self._replication_role()
+        self.add_replication_role()
         self.write_config()
         self.stop_daemon()
         self.start_daemon()
-        # The daemon opens the tunnel, then creates the slot in the same round: a
-        # walreceiver started before it would wait wal_retrieve_retry_interval.
-        self.primary.wait_until(
-            f"select count(*) > 0 from pg_replication_slots where slot_name = '{self.slot_name}'",
-            timeout=timeout,
-        )
-        self.point_standby()
-
-    def _connector(self) -> PostgresConnector:
-        connector = load_config(self.config_path).connector(self.connector)
-        assert isinstance(connector, PostgresConnector)
-        return connector
-
-    @property
-    def slot_name(self) -> str:
-        return standby_name(self.connector)
-
-    def point_standby(self) -> None:
-        """The standby's primary_conninfo and slot as `standby restore` writes them
-        for this config; both take effect on a reload."""
-        connector = self._connector()
-        with self.standby.connect() as conn:
-            for name, value in (
-                ("primary_conninfo", standby_conninfo(connector)),
-                ("primary_slot_name", standby_name(connector.name)),
-            ):
-                statement = sql.SQL("alter system set {} = {}")
-                conn.execute(statement.format(sql.Identifier(name), sql.Literal(value)))
-            conn.execute("select pg_reload_conf()")
 
     def restrict_key(self) -> None:
         """The daemon's key may run only `site-gate` at the site (a forced command)."""
