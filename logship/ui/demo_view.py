@@ -199,6 +199,7 @@ def plain_line(snap: DemoSnapshot) -> str:
             f"last_applied={entry.get('last_applied')}",
             f"exposure={_seconds(entry.get('rpo_exposure_s'))}"
             f"/rpo={_seconds(entry.get('rpo_target_s'))}",
+            f"streaming={entry.get('streaming') or 'n/a'}",
         ]
     replay = snap.replay
     parts += [
@@ -273,6 +274,22 @@ def _verdict(result: Comparison) -> str:
 # -- rich -----------------------------------------------------------------------------
 
 
+def _streams(entry: dict[str, Any]) -> bool:
+    return entry.get("streaming") not in (None, "off")
+
+
+def _stream_line(entry: dict[str, Any]) -> Text:
+    state = str(entry.get("streaming"))
+    return Text.assemble(
+        f"{entry.get('name')}: WAL streaming through the SSH link ",
+        (state, "green" if state == "streaming" else "yellow"),
+        ", sync_mode ",
+        (str(entry.get("sync_mode") or "n/a"), "bold"),
+        ", flushed at the standby to ",
+        (str(entry.get("stream_flush_lsn") or "n/a"), "bold"),
+    )
+
+
 def render_snapshot(snap: DemoSnapshot) -> RenderableType:
     header = Text.assemble((snap.phase, "bold cyan"), f"  {_elapsed(snap)}")
     parts: list[RenderableType] = [header]
@@ -281,6 +298,7 @@ def render_snapshot(snap: DemoSnapshot) -> RenderableType:
     if snap.status_error or not snap.connectors:
         reason = snap.status_error or "no connector reported yet"
         parts.append(Text(f"status unavailable: {reason}", style="dim"))
+    parts += [_stream_line(entry) for entry in snap.connectors if _streams(entry)]
     replay = snap.replay
     behind = replay.behind_bytes
     behind_text = _mib(behind)

@@ -16,7 +16,16 @@ from rich.console import Console
 
 from logship.cli.demo import parse_reading
 from logship.demo_sandbox.status_sampler import reading
-from logship.ui.demo_view import ExposurePhase, PlainDemoView, RichDemoView, exposure_summary
+from logship.ui.demo_view import (
+    DemoSnapshot,
+    ExposurePhase,
+    PlainDemoView,
+    ReplayPosition,
+    RichDemoView,
+    exposure_summary,
+    plain_line,
+    render_snapshot,
+)
 
 
 def test_a_sampler_reading_holds_the_entries_status_json_prints(tmp_path: Path) -> None:
@@ -122,3 +131,15 @@ def test_a_step_shows_brackets_as_written_not_as_markup(
     rendered = Console(width=200, record=True)
     rendered.print(shown[0])
     assert "turning streaming on: [streaming] in /srv/[dr]" in rendered.export_text()
+
+
+def test_the_live_view_shows_the_streaming_state() -> None:
+    entry = {"name": "main", "state": "ok", "rpo_exposure_s": 0.3, "streaming": "streaming"}
+    entry |= {"sync_mode": "async", "stream_flush_lsn": "0/3000148"}
+    snap = DemoSnapshot("load", 1.0, 3.0, [entry], None, 4, ReplayPosition("0/3000148", None))
+    assert " streaming=streaming " in plain_line(snap)
+    console = Console(width=200, record=True)
+    console.print(render_snapshot(snap))
+    assert "main: WAL streaming through the SSH link streaming, sync_mode async, " in (
+        console.export_text()
+    )
