@@ -81,7 +81,8 @@ _PGBENCH_FINAL_TPS = re.compile(rb"^tps = ([\d.]+)", re.M)
 # The daemon restarts, opens the tunnel and creates the slot; the standby's
 # walreceiver then connects and catches up the last few segments.
 STREAM_UP_TIMEOUT_S = 90.0
-# Status readings kept for the exposure figures: a few per second of load.
+# Status readings kept for the exposure figures, four a second: a load longer than
+# about 17 minutes is summed up by its last 17 minutes.
 STATUS_HISTORY = 4096
 ARCHIVE_ONLY = "archive shipping only"
 STREAMING = "streaming through the SSH link"
