@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 from logship.catalog.store import Catalog
-from logship.demo_sandbox.deployment import Deployment, wait_for
+from logship.demo_sandbox.deployment import REPLICATION_ROLE, Deployment, wait_for
 from logship.demo_sandbox.osuser import OsUser
 from logship.engines.postgresql import walnames
 
@@ -59,6 +59,25 @@ def test_wal_streams_through_the_ssh_link(streaming: Deployment) -> None:
     assert entry["sync_mode"] == "async"
     assert entry["stream_flush_lsn"]
     assert entry["rpo_exposure_s"] is not None and entry["rpo_exposure_s"] < 2
+    shown = dep.logship("status").stdout
+    assert "stream streaming" in shown and "async" in shown
+
+    # The tunnel carries a physical replication connection as the streaming role,
+    # nothing else, whatever the primary's pg_hba.conf trusts from the daemon.
+    at_site = f"host=127.0.0.1 port={dep.stream_port} sslmode=disable connect_timeout=10"
+    for refused in (
+        f"{at_site} user=postgres dbname=postgres",
+        f"{at_site} user=postgres replication=true",
+        f"{at_site} user={REPLICATION_ROLE} dbname=postgres",
+    ):
+        with pytest.raises(psycopg.OperationalError):
+            psycopg.connect(refused).close()
+    with pytest.raises(psycopg.OperationalError, match="password"):
+        psycopg.connect(f"{at_site} user={REPLICATION_ROLE} replication=true").close()
+    with psycopg.connect(
+        f"{at_site} user={REPLICATION_ROLE} replication=true passfile={dep.replication_passfile}"
+    ) as conn:
+        assert conn.pgconn.exec_(b"IDENTIFY_SYSTEM").ntuples == 1
 
 
 class Ticker(threading.Thread):
