@@ -274,20 +274,13 @@ def _verdict(result: Comparison) -> str:
 # -- rich -----------------------------------------------------------------------------
 
 
-def _streams(entry: dict[str, Any]) -> bool:
-    return entry.get("streaming") not in (None, "off")
-
-
-def _stream_line(entry: dict[str, Any]) -> Text:
-    state = str(entry.get("streaming"))
-    return Text.assemble(
-        f"{entry.get('name')}: WAL streaming through the SSH link ",
-        (state, "green" if state == "streaming" else "yellow"),
-        ", sync_mode ",
-        (str(entry.get("sync_mode") or "n/a"), "bold"),
-        ", flushed at the standby to ",
-        (str(entry.get("stream_flush_lsn") or "n/a"), "bold"),
-    )
+def _stream_flushed(snap: DemoSnapshot) -> str | None:
+    """Where the standby has flushed streamed WAL, once streaming is on (the status
+    table shows the streaming state and the synchronous mode)."""
+    for entry in snap.connectors:
+        if entry.get("streaming") not in (None, "off"):
+            return str(entry.get("stream_flush_lsn") or "n/a")
+    return None
 
 
 def render_snapshot(snap: DemoSnapshot) -> RenderableType:
@@ -298,8 +291,8 @@ def render_snapshot(snap: DemoSnapshot) -> RenderableType:
     if snap.status_error or not snap.connectors:
         reason = snap.status_error or "no connector reported yet"
         parts.append(Text(f"status unavailable: {reason}", style="dim"))
-    parts += [_stream_line(entry) for entry in snap.connectors if _streams(entry)]
     replay = snap.replay
+    flushed = _stream_flushed(snap)
     behind = replay.behind_bytes
     behind_text = _mib(behind)
     if behind is not None:
@@ -310,6 +303,7 @@ def render_snapshot(snap: DemoSnapshot) -> RenderableType:
             (str(snap.shipped), "bold"),
             "\nprimary WAL at ",
             (replay.primary_lsn or "n/a", "bold"),
+            *(("   streamed and flushed at the standby ", (flushed, "bold")) if flushed else ()),
             "   standby replayed ",
             (replay.standby_lsn or "not running yet", "bold"),
             "   behind ",
