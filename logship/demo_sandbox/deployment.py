@@ -226,6 +226,19 @@ passfile = "{self.replication_passfile}"
         if self.streaming:
             self.add_replication_role()
 
+    def enable_streaming(self) -> None:
+        """Turn streaming on in a running archive-only deployment, as an operator
+        would: a replication role at the primary, [streaming] in the connector's
+        config and `logship run` restarted on it. The daemon's standby sampling
+        then points the standby's walreceiver at the port sshd opens at the site."""
+        if self.streaming:
+            return
+        self.streaming = True
+        self.add_replication_role()
+        self.write_config()
+        self.stop_daemon()
+        self.start_daemon()
+
     def restrict_key(self) -> None:
         """The daemon's key may run only `site-gate` at the site (a forced command)."""
         # The installed script, not `python -m` (whose import path starts in the
