@@ -31,8 +31,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("logship.streaming")
 
 MIB = 1 << 20
-#: the standby counts as caught up (synchronous mode may return) within this much
-CAUGHT_UP_BYTES = MIB
+#: the standby counts as caught up (synchronous mode may return) within this much:
+#: PostgreSQL's own "streaming" state says it reached the end of WAL once, and a
+#: busy primary on a far link is always some WAL ahead of the standby's flush
+CAUGHT_UP_BYTES = 16 * MIB
 #: LSN -> time samples kept while the standby is behind; beyond, the oldest go
 #: (exposure then comes from the shipped segments, which never forget)
 MAP_LIMIT = 20_000
