@@ -98,7 +98,6 @@ class _SyncDecision:
     """Where maximum availability stands: when the standby was last seen."""
 
     absent_since: float | None = None
-    fallen_back: bool = False
 
 
 class StreamSupervisor:
@@ -291,12 +290,10 @@ class StreamSupervisor:
             promised = self.promised_until is not None and at < self.promised_until
             if away and away >= streaming.fallback_after and not promised:
                 self._set_sync(conn, "")
-                decision.fallen_back = True
                 return self._record_mode("async", at, f"no standby for {away:.0f} s"), None
             return self._record_mode("availability", at), None
         if caught_up:
             self._set_sync(conn, self.name)
-            decision.fallen_back = False
             return self._record_mode("availability", at, "the standby is caught up"), None
         return self._record_mode("async", at), None
 

@@ -68,20 +68,32 @@ class StreamWorker(threading.Thread):
     def run(self) -> None:
         try:
             while not self._stopping.is_set():
-                self._keep_tunnel()
-                facts = self.supervisor.sample()
-                if self._tunnel_error and not self.tunnel.is_alive:
-                    shown = facts.get("error")
-                    facts["error"] = "; ".join(e for e in (self._tunnel_error, shown) if e)
-                facts.setdefault("measured_at", self._clock())
-                self._renew_lease(facts)
-                self.catalog.record_stream_facts(self.connector.name, facts)
+                try:
+                    self._round()
+                except Exception as exc:  # a catalog hiccup, say: the next round retries
+                    event(
+                        log,
+                        logging.ERROR,
+                        "streaming round failed",
+                        connector=self.connector.name,
+                        error=first_line(exc),
+                    )
                 self._wake.wait(SAMPLE_S)
                 self._wake.clear()
         finally:
             self._release_sync()
             self.tunnel.close()
             self.supervisor.close()
+
+    def _round(self) -> None:
+        self._keep_tunnel()
+        facts = self.supervisor.sample()
+        if self._tunnel_error and not self.tunnel.is_alive:
+            shown = facts.get("error")
+            facts["error"] = "; ".join(e for e in (self._tunnel_error, shown) if e)
+        facts.setdefault("measured_at", self._clock())
+        self._renew_lease(facts)
+        self.catalog.record_stream_facts(self.connector.name, facts)
 
     def _keep_tunnel(self) -> None:
         if self.tunnel.is_alive:
