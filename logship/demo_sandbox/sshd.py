@@ -58,6 +58,8 @@ class SshServer:
         self._proc: subprocess.Popen[bytes] | None = None
         #: what sshd runs for SFTP (a command line); see use_sftp_subsystem()
         self.sftp_subsystem = "internal-sftp"
+        #: sshd's AllowTcpForwarding (None: its default, yes); see allow_tcp_forwarding()
+        self.tcp_forwarding: str | None = None
         self._prepared = False
 
     # -- paths and properties ----------------------------------------------------------
@@ -151,6 +153,18 @@ class SshServer:
     def use_sftp_subsystem(self, command: str) -> None:
         """Serve SFTP with `command` from the next connection on (sshd restarts)."""
         self.sftp_subsystem = command
+        self._reconfigure()
+
+    def allow_tcp_forwarding(self, value: str) -> None:
+        """sshd's `AllowTcpForwarding` ("no", "local", "remote", "yes", "all") from
+        the next connection on (sshd restarts): a site that forbids the streaming
+        tunnel's remote forward."""
+        if value not in ("no", "local", "remote", "yes", "all"):
+            raise ValueError(f"AllowTcpForwarding {value!r}")
+        self.tcp_forwarding = value
+        self._reconfigure()
+
+    def _reconfigure(self) -> None:
         running = self.is_running()
         self.stop()
         if self._prepared:
@@ -216,6 +230,8 @@ class SshServer:
             f"Subsystem sftp {self.sftp_subsystem}",
             "LogLevel VERBOSE",
         ]
+        if self.tcp_forwarding is not None:
+            lines.append(f"AllowTcpForwarding {self.tcp_forwarding}")
         self.config_file.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
     def _prepare(self) -> None:

@@ -1,0 +1,130 @@
+"""`check` with [streaming] enabled, against a real primary and a real sshd: the
+forward the site allows, the primary's replication settings, and a login through
+the tunnel as the standby's walreceiver would make it."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cli_run import check_lines, explain, logship
+
+from logship.demo_sandbox.deployment import REPLICATION_ROLE, Deployment, wait_for
+from logship.demo_sandbox.osuser import OsUser
+
+pytestmark = pytest.mark.slow  # left out of the fast subset (README)
+
+STREAM_LINES = (
+    "stream-primary",
+    "wal_senders",
+    "replication_slots",
+    "max_slot_wal_keep_size",
+    "replication-role",
+    "stream-forward",
+    "stream-login",
+    "stream-password",
+)
+
+
+@pytest.fixture
+def streaming(reachable_dir: Path, pg_user: OsUser) -> Iterator[Deployment]:
+    dep = Deployment(reachable_dir / "deploy", pg_user, streaming=True, synchronous=True)
+    try:
+        dep.build_primary()
+        yield dep
+    finally:
+        dep.teardown()
+
+
+def _fails(result) -> list[str]:  # type: ignore[no-untyped-def]
+    return [line for line in result.stdout.splitlines() if line.startswith("fail")]
+
+
+def _listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def _hba_first(dep: Deployment, rule: str) -> None:
+    hba = dep.primary.data_dir / "pg_hba.conf"
+    hba.write_text(rule + "\n" + hba.read_text(encoding="utf-8"), encoding="utf-8")
+    dep.primary.execute("select pg_reload_conf()")
+
+
+def test_check_proves_the_forward_the_settings_and_the_login(streaming: Deployment) -> None:
+    dep = streaming
+    result = logship(dep.config_path, "check")
+    assert result.returncode == 0, explain(result)
+    lines = check_lines(result)
+    for check in (*STREAM_LINES, "synchronous"):
+        assert lines.get(f"{check} {dep.connector}", "").startswith("ok "), (
+            f"{check}\n{explain(result)}"
+        )
+    assert "(the primary)" in lines[f"stream-login {dep.connector}"]
+    assert "without its password is refused" in lines[f"stream-password {dep.connector}"]
+    # The check's own forward is gone: the port is free for the daemon.
+    assert not _listening(dep.stream_port)
+
+
+def test_check_passes_while_the_running_daemon_holds_the_port(streaming: Deployment) -> None:
+    dep = streaming
+    dep.start_daemon()
+    wait_for(lambda: _listening(dep.stream_port), 60, "the daemon's tunnel listening at the site")
+    result = logship(dep.config_path, "check")
+    assert result.returncode == 0, explain(result)
+    lines = check_lines(result)
+    forward = lines[f"stream-forward {dep.connector}"]
+    assert forward.startswith("ok ") and "already listened on" in forward, explain(result)
+    assert lines[f"stream-login {dep.connector}"].startswith("ok "), explain(result)
+    # The daemon made its slot, within the bound it set.
+    slots = lines[f"replication_slots {dep.connector}"]
+    assert slots.startswith("ok slot logship_main holds"), explain(result)
+
+
+def test_check_fails_clearly_when_the_site_forbids_forwarding(streaming: Deployment) -> None:
+    dep = streaming
+    dep.sshd.allow_tcp_forwarding("no")
+    result = logship(dep.config_path, "check")
+    assert result.returncode == 1, explain(result)
+    failed = _fails(result)
+    assert len(failed) == 1, explain(result)
+    assert failed[0].startswith(f"fail stream-forward {dep.connector}: "), explain(result)
+    assert "AllowTcpForwarding remote" in failed[0]
+    assert f"127.0.0.1:{dep.stream_port}" in failed[0]
+    # Nothing to log in through: no claim about the role either way.
+    assert f"stream-login {dep.connector}" not in check_lines(result)
+
+
+def test_a_replication_role_that_needs_no_password_is_warned_of(streaming: Deployment) -> None:
+    dep = streaming
+    _hba_first(dep, f"host replication {REPLICATION_ROLE} 127.0.0.1/32 trust")
+    result = logship(dep.config_path, "check")
+    assert result.returncode == 0, explain(result)
+    line = check_lines(result)[f"stream-password {dep.connector}"]
+    assert line.startswith("warn ") and "WITHOUT a password" in line, explain(result)
+    assert f"127.0.0.1:{dep.stream_port}" in line
+
+
+def test_a_wrong_password_fails_with_what_to_fix(streaming: Deployment) -> None:
+    dep = streaming
+    dep.replication_passfile.write_text(f"*:*:*:{REPLICATION_ROLE}:not-the-password\n")
+    result = logship(dep.config_path, "check")
+    assert result.returncode == 1, explain(result)
+    line = check_lines(result)[f"stream-login {dep.connector}"]
+    assert line.startswith("fail ") and "password authentication failed" in line, explain(result)
+    assert str(dep.replication_passfile) in line
+
+
+def test_a_missing_pg_hba_line_fails_with_the_line_to_add(streaming: Deployment) -> None:
+    dep = streaming
+    _hba_first(dep, f"host replication {REPLICATION_ROLE} 127.0.0.1/32 reject")
+    result = logship(dep.config_path, "check")
+    assert result.returncode == 1, explain(result)
+    line = check_lines(result)[f"stream-login {dep.connector}"]
+    assert line.startswith("fail "), explain(result)
+    assert f"host replication {REPLICATION_ROLE} 127.0.0.1/32 scram-sha-256" in line
