@@ -136,6 +136,8 @@ def parse_answer(out: bytes) -> StreamAnswer:
         data = json.loads(lines[0], object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
     except json.JSONDecodeError as exc:
         raise BadAnswer(f"not JSON ({exc.msg})") from None
+    except RecursionError:
+        raise BadAnswer("nested too deep") from None
     if not isinstance(data, dict):
         raise BadAnswer("not a JSON object")
     if set(data) == {"error"}:
