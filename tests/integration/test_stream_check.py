@@ -128,3 +128,25 @@ def test_a_missing_pg_hba_line_fails_with_the_line_to_add(streaming: Deployment)
     line = check_lines(result)[f"stream-login {dep.connector}"]
     assert line.startswith("fail "), explain(result)
     assert f"host replication {REPLICATION_ROLE} 127.0.0.1/32 scram-sha-256" in line
+
+
+def _listeners(port: int) -> set[str]:
+    """The local addresses (hex, as /proc shows them) listening on `port`."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table, encoding="ascii") as rows:
+            next(rows)
+            for row in rows:
+                local, state = row.split()[1], row.split()[3]
+                address, _, hex_port = local.partition(":")
+                if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                    found.add(address)
+    return found
+
+
+def test_the_tunnel_listens_on_the_sites_loopback_only(streaming: Deployment) -> None:
+    dep = streaming
+    dep.start_daemon()
+    wait_for(lambda: _listeners(dep.stream_port), 60, "the daemon's tunnel listening at the site")
+    # 127.0.0.1 in /proc's byte order; no wildcard or other address beside it.
+    assert _listeners(dep.stream_port) == {"0100007F"}
