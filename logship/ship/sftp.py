@@ -118,9 +118,11 @@ def open_client(site: SiteConfig) -> paramiko.SSHClient:
 class SftpTransport:
     """One SSH connection and SFTP session to a site."""
 
-    def __init__(self, site: SiteConfig) -> None:
+    def __init__(self, site: SiteConfig, client: paramiko.SSHClient | None = None) -> None:
+        """Over `client` when given (a connection opened for something else, which
+        its owner closes), else over a new connection of its own."""
         self.site = site
-        self._client = open_client(site)
+        self._client = client or open_client(site)
         self._sftp = self._client.open_sftp()
         # Every reply the site owes us comes within io_timeout, or the link is lost.
         self._sftp.get_channel().settimeout(site.io_timeout)

@@ -63,7 +63,8 @@ select pg_is_in_recovery(),
        pg_last_wal_replay_lsn()::text,
        extract(epoch from pg_last_xact_replay_timestamp())::float8,
        (select timeline_id from pg_control_checkpoint()),
-       (select min_recovery_end_timeline from pg_control_recovery())
+       (select min_recovery_end_timeline from pg_control_recovery()),
+       pg_last_wal_receive_lsn()::text
 """
 
 
@@ -105,6 +106,11 @@ class LossReport:
     last_close_at: float | None  # close time of the last shipped segment, primary site
     #: the primary was seen not answering then (else: when the report was made)
     window_end: float
+    #: WAL streamed to the standby and flushed there, and replayed (LSNs)
+    streamed_lsn: str | None = None
+    replayed_lsn: str | None = None
+    #: why no acknowledged commit can be lost (synchronous mode), or None
+    no_acknowledged_loss: str | None = None
 
     @property
     def window_start(self) -> float | None:
@@ -131,6 +137,9 @@ class LossReport:
             "window_start": self.window_start,
             "window_end": self.window_end,
             "bound_s": None if self.bound_s is None else round(self.bound_s, 3),
+            "streamed_lsn": self.streamed_lsn,
+            "replayed_lsn": self.replayed_lsn,
+            "no_acknowledged_loss": self.no_acknowledged_loss,
         }
 
 
@@ -148,6 +157,8 @@ class StandbyState:
     in_recovery: bool
     replay_lsn: int | None
     replay_lsn_text: str | None
+    #: the newest WAL streamed to this standby and flushed (null: never streamed)
+    received_lsn_text: str | None
     last_commit_at: float | None
     timeline: int
     paused: bool | None
@@ -172,7 +183,7 @@ class Standby:
     def state(self) -> StandbyState:
         row = self.conn.execute(STANDBY_FACTS).fetchone()
         assert row is not None
-        in_recovery, lsn, commit_at, checkpoint_tli, min_recovery_tli = row
+        in_recovery, lsn, commit_at, checkpoint_tli, min_recovery_tli, received = row
         paused = None
         if in_recovery:
             (paused,) = self.conn.execute("select pg_is_wal_replay_paused()").fetchone()  # type: ignore[misc]
@@ -185,6 +196,7 @@ class Standby:
             in_recovery=bool(in_recovery),
             replay_lsn=walnames.lsn_to_int(lsn) if lsn else None,
             replay_lsn_text=lsn,
+            received_lsn_text=received,
             last_commit_at=commit_at,
             timeline=max(int(checkpoint_tli or 0), int(min_recovery_tli or 0)),
             paused=paused,
@@ -476,7 +488,7 @@ class Promotion:
                 "final drain",
                 Verdict.WOULD,
                 f"wait up to {self.options.timeout:g}s "
-                f"for replay to reach the end of {last.name} ({_lsn(end)}; now at "
+                f"for replay to reach the end of {last.name} ({walnames.int_to_lsn(end)}; now at "
                 f"{state.replay_lsn_text}){extra}",
             )
         self._loss(state, wal, so_far=True)
@@ -493,21 +505,29 @@ class Promotion:
     def _drain(self, standby: Standby, state: StandbyState, wal: ShippedWal) -> StandbyState:
         name = "final drain"
         target = self._drain_target(wal)
-        if target is None:
-            self._step(name, Verdict.OK, "nothing shipped to replay")
-            return state
-        last, end = target
         begin = self._monotonic()
         deadline = begin + self.options.timeout
-        state = self._wait_replayed(standby, last, end, wal.seg_size, deadline)
-        partial = wal.final_partial()
-        if partial is not None:
-            state = self._feed_partial(standby, partial, deadline)
+        shipped = "nothing shipped"
+        if target is not None:
+            last, end = target
+            state = self._wait_replayed(standby, last, end, wal.seg_size, deadline)
+            partial = wal.final_partial()
+            if partial is not None:
+                state = self._feed_partial(standby, partial, deadline)
+            shipped = f"end of the shipped WAL: {last.name}{', ' + partial.name if partial else ''}"
+        streamed = ""
+        if state.received_lsn_text is not None:
+            # What was streamed and flushed here replays from pg_wal, whatever the
+            # archive holds: wait for it too.
+            state = self._wait_settled(standby, deadline, state.received_lsn_text)
+            streamed = f", streamed to {state.received_lsn_text}"
+        if target is None and state.received_lsn_text is None:
+            self._step(name, Verdict.OK, "nothing shipped or streamed to replay")
+            return state
         self._step(
             name,
             Verdict.OK,
-            f"replayed to {state.replay_lsn_text} (end of the shipped "
-            f"WAL: {last.name}{', ' + partial.name if partial else ''}) in "
+            f"replayed to {state.replay_lsn_text} ({shipped}{streamed}) in "
             f"{self._monotonic() - begin:.1f}s",
         )
         return state
@@ -534,9 +554,10 @@ class Promotion:
             if now >= deadline:
                 raise OperationFailed(
                     f"final drain: replay is at {state.replay_lsn_text}, short of the end of "
-                    f"{last.name} ({_lsn(end)}), after {self.options.timeout:g}s; the standby "
-                    "log says why (restore-wal refusals are logged there). Nothing was "
-                    "changed; promote again with a longer --timeout"
+                    f"{last.name} ({walnames.int_to_lsn(end)}), after "
+                    f"{self.options.timeout:g}s; the standby log says why (restore-wal "
+                    "refusals are logged there). Nothing was changed; promote again with a "
+                    "longer --timeout"
                 )
             self._sleep(POLL_S)
 
@@ -559,10 +580,20 @@ class Promotion:
         segment = partial.name.removesuffix(".partial")
         dest = self.connector.standby.data_dir / "pg_wal" / segment
         restore_wal(self._site_root, self.connector.name, partial.name, dest)
+        return self._wait_settled(standby, deadline)
+
+    def _wait_settled(
+        self, standby: Standby, deadline: float, until: str | None = None
+    ) -> StandbyState:
+        """Until replay reaches `until` (an LSN), or stops moving for STABLE_S (the
+        last record may be cut short), or the deadline."""
+        target = walnames.lsn_to_int(until) if until else None
         previous, stable_since = None, self._monotonic()
         while True:
             state = standby.state()
             now = self._monotonic()
+            if target is not None and (state.replay_lsn or 0) >= target:
+                return state
             if state.replay_lsn != previous:
                 previous, stable_since = state.replay_lsn, now
             elif now - stable_since >= STABLE_S:
@@ -582,6 +613,9 @@ class Promotion:
             heartbeat_at=state.heartbeat_at,
             last_close_at=last.closed_at if last else None,
             window_end=end,
+            streamed_lsn=state.received_lsn_text,
+            replayed_lsn=state.replay_lsn_text,
+            no_acknowledged_loss=None if so_far else self._synchronous_evidence(state),
         )
         self.outcome.loss = loss
         facts = (
@@ -600,8 +634,17 @@ class Promotion:
             )
         if so_far:
             headline += " (so far: the drain may shrink it)"
+        if loss.streamed_lsn is not None:
+            facts += f"; streamed and flushed here to {loss.streamed_lsn}"
+        if loss.no_acknowledged_loss is not None:
+            # The window still bounds commits in flight, which nobody was told of.
+            headline = (
+                f"no acknowledged commit is lost: {loss.no_acknowledged_loss}; unacknowledged "
+                f"commits in flight at the end fall in {iso(loss.window_start)} → "
+                f"{iso(loss.window_end)}"
+            )
         detail = f"{headline}; {facts}; RPO {rpo:g} s"
-        over = loss.bound_s is None or loss.bound_s > rpo
+        over = loss.no_acknowledged_loss is None and (loss.bound_s is None or loss.bound_s > rpo)
         if over and not self.options.accept_data_loss:
             self._step(
                 name,
@@ -614,6 +657,49 @@ class Promotion:
         else:
             self._step(name, Verdict.OK, detail)
         return loss
+
+    def _synchronous_evidence(self, state: StandbyState) -> str | None:
+        """Why every commit the primary acknowledged is on this standby, from the
+        primary's last word (its lease at the site); None when that cannot be shown."""
+        from logship.engines.postgresql.stream_lease import SyncLease, lease_path
+
+        if state.received_lsn_text is None:
+            return None
+        try:
+            data = Path(lease_path(self.layout)).read_bytes()
+            lease = SyncLease.from_json(data, self.connector.name)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            self._step("synchronous evidence", Verdict.INFO, f"lease unusable: {exc}")
+            return None
+        flushed = (
+            f"replayed to {state.replay_lsn_text} of the {state.received_lsn_text} "
+            f"streamed and flushed here"
+        )
+        if lease.sync_mode == "protection":
+            return (
+                f"maximum protection since {iso(lease.since)} (the primary's lease of "
+                f"{iso(lease.written_at)}): every commit waited for this standby's flush; "
+                f"{flushed}"
+            )
+        down = self._primary_seen_down_at
+        if lease.sync_mode == "availability" and lease.holds_until is not None:
+            if down is not None and down <= lease.holds_until:
+                return (
+                    f"maximum availability since {iso(lease.since)}, and the primary could "
+                    f"not drop to async before {iso(lease.holds_until)}; it was seen down "
+                    f"at {iso(down)}; {flushed}"
+                )
+            self._step(
+                "synchronous evidence",
+                Verdict.INFO,
+                f"maximum availability since {iso(lease.since)}: no commit acknowledged "
+                f"before {iso(lease.holds_until)} is lost; after that the primary may have "
+                "dropped to async"
+                + ("" if down is not None else " (the primary's end is unknown here)"),
+            )
+        return None
 
     # -- files -------------------------------------------------------------------
 
@@ -682,21 +768,20 @@ class Promotion:
         record = self._record(loss, "promoted", rto)
         write_marker(marker, record)
         append_journal(Path(self.layout.root) / JOURNAL_NAME, {"event": "promote", **record})
-        bound = "unknown" if loss.bound_s is None else f"{loss.bound_s:.1f} s"
+        lost = "unknown" if loss.bound_s is None else f"at most {loss.bound_s:.1f} s"
+        lost += " of commits lost"
+        if loss.no_acknowledged_loss is not None:
+            lost = "no acknowledged commit lost"
         catalog_note = self._record_event(record) if self._record_event else "not asked"
         self._step(
             "record",
             Verdict.OK,
-            f"achieved RPO: at most {bound} of commits lost; "
+            f"achieved RPO: {lost}; "
             f"RTO {rto:.1f} s; event appended to {Path(self.layout.root) / JOURNAL_NAME}; "
             f"catalog: {catalog_note}",
         )
         for number, text in enumerate(NEXT_STEPS, 1):
             self._step(f"next step {number}", Verdict.INFO, text)
-
-
-def _lsn(value: int) -> str:
-    return f"{value >> 32:X}/{value & 0xFFFFFFFF:X}"
 
 
 def _summary(marker: Path) -> str:

@@ -119,6 +119,8 @@ class StreamSupervisor:
         self._sync = _SyncDecision()
         self._mode: str | None = None
         self._failing: str | None = None
+        #: the site was told the primary will not drop to async before this
+        self.promised_until: float | None = None
 
     # -- one round -------------------------------------------------------------
 
@@ -284,7 +286,8 @@ class StreamSupervisor:
             decision.absent_since = at
         if ours:
             away = decision.absent_since is not None and at - decision.absent_since
-            if away and away >= streaming.fallback_after:
+            promised = self.promised_until is not None and at < self.promised_until
+            if away and away >= streaming.fallback_after and not promised:
                 self._set_sync(conn, "")
                 decision.fallen_back = True
                 return self._record_mode("async", at, f"no standby for {away:.0f} s"), None

@@ -10,17 +10,22 @@ from collections.abc import Callable
 from logship.catalog.store import Catalog
 from logship.config.model import SiteConfig
 from logship.engines.postgresql.engine import PostgresConnector
+from logship.engines.postgresql.stream_lease import SyncLease, lease_path
 from logship.engines.postgresql.stream_primary import StreamSupervisor
 from logship.engines.postgresql.stream_tunnel import SiteTunnel, primary_connector
 from logship.engines.postgresql.tools import parse_dsn
 from logship.errors import first_line
 from logship.logs import event
+from logship.manifest import SiteLayout
 from logship.ship.link import Backoff
+from logship.ship.sftp import SftpTransport
 
 log = logging.getLogger("logship.streaming")
 
 #: how often the primary's side is sampled: exposure is measured to about this
 SAMPLE_S = 0.25
+#: how often the synchronous mode's lease is renewed at the site
+LEASE_S = 1.0
 
 
 class StreamWorker(threading.Thread):
@@ -48,6 +53,11 @@ class StreamWorker(threading.Thread):
         self._retry_at = 0.0
         self._up = False
         self._tunnel_error: str | None = None
+        self._lease_at = 0.0
+        self._lease_mode: str | None = None
+        self._lease_since = 0.0
+        self._lease_site: SftpTransport | None = None
+        self._layout = SiteLayout.for_connector(site.root, connector.name)
 
     def wake(self) -> None:
         self._wake.set()
@@ -61,6 +71,7 @@ class StreamWorker(threading.Thread):
                     shown = facts.get("error")
                     facts["error"] = "; ".join(e for e in (self._tunnel_error, shown) if e)
                 facts.setdefault("measured_at", self._clock())
+                self._renew_lease(facts)
                 self.catalog.record_stream_facts(self.connector.name, facts)
                 self._wake.wait(SAMPLE_S)
                 self._wake.clear()
@@ -85,6 +96,7 @@ class StreamWorker(threading.Thread):
         if now < self._retry_at:
             return
         self.tunnel.close()
+        self._lease_site = None
         try:
             self.tunnel.open()
         except Exception as exc:  # OperationFailed, ForwardRefused, paramiko's, OSError
@@ -114,6 +126,44 @@ class StreamWorker(threading.Thread):
         self._up = True
         self._tunnel_error = None
         self._backoff.reset()
+
+    def _renew_lease(self, facts: dict) -> None:
+        """Tell the site the mode in force, at once when it changes and every
+        LEASE_S while commits wait for the standby."""
+        mode = facts.get("sync_mode")
+        if mode is None or self.site.restricted or not self.tunnel.is_alive:
+            return
+        at = float(facts["measured_at"])
+        if mode != self._lease_mode:
+            self._lease_since = at
+        elif mode == "async" or at - self._lease_at < LEASE_S:
+            return
+        fallback = self.connector.streaming.fallback_after
+        lease = SyncLease(
+            connector=self.connector.name,
+            sync_mode=mode,
+            since=self._lease_since,
+            written_at=at,
+            holds_until=at + fallback if mode == "availability" else None,
+            flush_lsn=facts.get("flush_lsn"),
+        )
+        try:
+            if self._lease_site is None:
+                self._lease_site = SftpTransport(self.site, client=self.tunnel.client)
+            self._lease_site.put_atomic(lease_path(self._layout), [lease.to_json()])
+        except Exception as exc:  # the link: the tunnel's own check finds it next round
+            self._lease_site = None
+            event(
+                log,
+                logging.WARNING,
+                "streaming lease not written",
+                connector=self.connector.name,
+                error=first_line(exc),
+            )
+            return
+        # Only a lease that reached the site binds the supervisor.
+        self.supervisor.promised_until = lease.holds_until
+        self._lease_mode, self._lease_at = mode, at
 
     def _journal(self, kind: str, message: str, detail: str | None) -> None:
         self.catalog.add_event(self.connector.name, self._clock(), kind, message, detail)
