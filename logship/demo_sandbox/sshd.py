@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -172,17 +173,22 @@ class SshServer:
         if running:
             self.start()
 
-    def restrict_client_key(self, forced_command: str) -> None:
+    def restrict_client_key(self, forced_command: str, permit_listen: str | None = None) -> None:
         """Let the client key run only `forced_command`, as a restricted site does:
         OpenSSH's `restrict` (no pty, forwarding or rc file) and `command=` (sshd
         runs it whatever the client asks for, the request in SSH_ORIGINAL_COMMAND).
-        sshd reads authorized_keys at each login: no restart."""
+        `permit_listen` ("host:port") gives the key back one remote forward, there
+        only: the streaming tunnel. sshd reads authorized_keys at each login: no
+        restart."""
         if '"' in forced_command or "\\" in forced_command or "\n" in forced_command:
             raise ValueError(f"cannot quote {forced_command!r} in authorized_keys")
+        if permit_listen is not None and not re.fullmatch(r"[0-9.]+:[0-9]+", permit_listen):
+            raise ValueError(f"permitlisten {permit_listen!r}")
         if not self._prepared:
             self._prepare()
         pub = self.client_key.with_name(self.client_key.name + ".pub").read_text(encoding="ascii")
-        line = f'restrict,command="{forced_command}" {pub}'
+        forward = f'port-forwarding,permitlisten="{permit_listen}",' if permit_listen else ""
+        line = f'restrict,{forward}command="{forced_command}" {pub}'
         self._write_private(self.authorized_keys, line, 0o600)
 
     def add_restricted_key(self, forced_command: str, name: str = "restricted") -> Path:

@@ -4,6 +4,7 @@ the tunnel as the standby's walreceiver would make it."""
 
 from __future__ import annotations
 
+import re
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -150,3 +151,41 @@ def test_the_tunnel_listens_on_the_sites_loopback_only(streaming: Deployment) ->
     wait_for(lambda: _listeners(dep.stream_port), 60, "the daemon's tunnel listening at the site")
     # 127.0.0.1 in /proc's byte order; no wildcard or other address beside it.
     assert _listeners(dep.stream_port) == {"0100007F"}
+
+
+@pytest.fixture
+def restricted_streaming(reachable_dir: Path, pg_user: OsUser) -> Iterator[Deployment]:
+    """Streaming to a restricted site: the key's forced command is site-gate, and
+    `permitlisten` gives it the tunnel's port and no other."""
+    dep = Deployment(reachable_dir / "deploy", pg_user, streaming=True, restricted=True)
+    try:
+        dep.build_primary()
+        yield dep
+    finally:
+        dep.teardown()
+
+
+def test_check_logs_in_through_a_restricted_sites_gate(restricted_streaming: Deployment) -> None:
+    dep = restricted_streaming
+    result = logship(dep.config_path, "check")
+    assert result.returncode == 0, explain(result)
+    lines = check_lines(result)
+    for check in STREAM_LINES:
+        assert lines.get(f"{check} {dep.connector}", "").startswith("ok "), (
+            f"{check}\n{explain(result)}"
+        )
+
+
+def test_a_restricted_key_without_permitlisten_fails_with_the_key_option(
+    restricted_streaming: Deployment,
+) -> None:
+    dep = restricted_streaming
+    # The same forced command, without the key's leave to listen.
+    found = re.search(r'command="([^"]+)"', dep.sshd.authorized_keys.read_text())
+    assert found is not None
+    dep.sshd.restrict_client_key(found.group(1))
+    result = logship(dep.config_path, "check")
+    assert result.returncode == 1, explain(result)
+    failed = _fails(result)
+    assert len(failed) == 1 and "stream-forward" in failed[0], explain(result)
+    assert f'permitlisten="127.0.0.1:{dep.stream_port}"' in failed[0]

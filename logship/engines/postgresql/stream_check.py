@@ -390,6 +390,9 @@ def _through_held(
             f"{refused} (something listens there now; logging in through it failed: "
             f"{answer.error[:MAX_QUOTE]})",
         ), None
+    if probe.problem is not None:
+        # The site could not say what listens there: that is worth a word too.
+        return fail(name, f"{refused} (and: {probe.problem})"), None
     return fail(name, str(refused)), None
 
 
