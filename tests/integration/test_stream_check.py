@@ -170,10 +170,23 @@ def test_check_logs_in_through_a_restricted_sites_gate(restricted_streaming: Dep
     result = logship(dep.config_path, "check")
     assert result.returncode == 0, explain(result)
     lines = check_lines(result)
-    for check in STREAM_LINES:
+    for check in (*STREAM_LINES, "stream-key"):
         assert lines.get(f"{check} {dep.connector}", "").startswith("ok "), (
             f"{check}\n{explain(result)}"
         )
+
+
+def test_a_restricted_key_that_may_open_connections_from_the_site_fails(
+    restricted_streaming: Deployment,
+) -> None:
+    dep = restricted_streaming
+    dep.sshd.allow_tcp_forwarding("yes")  # local forwarding too: the site's default
+    result = logship(dep.config_path, "check")
+    assert result.returncode == 1, explain(result)
+    failed = _fails(result)
+    assert len(failed) == 1, explain(result)
+    assert failed[0].startswith(f"fail stream-key {dep.connector}: "), explain(result)
+    assert "AllowTcpForwarding remote" in failed[0]
 
 
 def test_a_restricted_key_without_permitlisten_fails_with_the_key_option(

@@ -94,6 +94,8 @@ def stream_checks(site: SiteConfig, connector: PostgresConnector, runner: CheckR
     )
     if probe is None:
         return
+    if site.restricted:
+        runner.run(f"stream-key {name}", sc.check_restricted_forwarding, probe, site)
     answer = runner.obtain(
         f"stream-login {name}", sc.check_stream_login, probe, facts.systemid, connector
     )

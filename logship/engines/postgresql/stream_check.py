@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import paramiko
 
@@ -291,12 +291,38 @@ class TunnelProbe:
     answer: StreamAnswer | None
     problem: str | None
     through_held: bool = False
+    #: a restricted site: whether its key may open connections from the site
+    #: (None: not asked, or no answer)
+    opens_from_site: bool | None = None
 
 
 def _site_argv(site: SiteConfig, connector: str) -> list[str]:
     words = ["standby", "stream-check", connector]
     # A restricted site's gate runs its own logship: the prefix is not sent.
     return words if site.restricted else [*site.command, *words]
+
+
+#: where the local-forwarding probe asks to connect at the site: the discard port,
+#: so that nothing is reached even where such forwarding is allowed
+_PROBE_TARGET = ("127.0.0.1", 9)
+
+
+def opens_from_site(client: paramiko.SSHClient, site: SiteConfig) -> bool | None:
+    """Whether sshd lets this key open connections from the site (local forwarding,
+    `direct-tcpip`): sshd answers "administratively prohibited" before it tries."""
+    transport = client.get_transport()
+    if transport is None or not transport.is_active():
+        return None
+    try:
+        channel = transport.open_channel(
+            "direct-tcpip", _PROBE_TARGET, ("127.0.0.1", 0), timeout=site.connect_timeout
+        )
+    except paramiko.ChannelException as exc:
+        return exc.code != paramiko.common.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
+    except (paramiko.SSHException, OSError):
+        return None
+    channel.close()
+    return True
 
 
 def ask_site(client: paramiko.SSHClient, site: SiteConfig, connector: str) -> TunnelProbe:
@@ -347,6 +373,8 @@ def check_stream_forward(
         return _through_held(name, connector, site, systemid, refused)
     try:
         probe = ask_site(tunnel.client, site, connector.name)
+        if site.restricted:
+            probe = replace(probe, opens_from_site=opens_from_site(tunnel.client, site))
     finally:
         tunnel.close()
     return ok(
@@ -366,6 +394,8 @@ def _through_held(
     client = open_client(site)
     try:
         probe = ask_site(client, site, connector.name)
+        if site.restricted:
+            probe = replace(probe, opens_from_site=opens_from_site(client, site))
     finally:
         client.close()
     answer = probe.answer
@@ -378,7 +408,7 @@ def _through_held(
                 "daemon's tunnel) and leads to this primary: this check's own forward was "
                 "refused, a login through that listener reached systemid "
                 f"{answer.systemid}",
-            ), TunnelProbe(answer, None, through_held=True)
+            ), replace(probe, through_held=True)
         return fail(
             name,
             f"{refused} (what listens there now leads to another PostgreSQL, systemid "
@@ -484,3 +514,23 @@ def check_stream_password(
         f"{user} PASSWORD ...`), require it with `{hba_line(connector)}` first in pg_hba.conf, "
         "and put it in [streaming].passfile at the site",
     )
+
+
+def check_restricted_forwarding(name: str, probe: TunnelProbe, site: SiteConfig) -> CheckResult:
+    """A restricted key given the tunnel's port (`port-forwarding`) must not also
+    open connections from the site: a compromised primary could reach the standby's
+    PostgreSQL, or anything else the site reaches, through it."""
+    if probe.opens_from_site is None:
+        return warn(
+            name,
+            f"could not tell whether the restricted key may open connections from the site; "
+            f"make sure `AllowTcpForwarding remote` applies to {site.user} in its sshd_config",
+        )
+    if probe.opens_from_site:
+        return fail(
+            name,
+            f"the restricted key may open connections from the site (local forwarding), "
+            f"which restricted mode must not allow: set `AllowTcpForwarding remote` for "
+            f"{site.user} in the site's sshd_config (e.g. in a `Match User {site.user}` block)",
+        )
+    return ok(name, "the restricted key may listen for the tunnel, and open nothing from the site")
