@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from cli_run import check_lines, explain, logship
+from psycopg.conninfo import make_conninfo
 
 from logship.demo_sandbox.deployment import REPLICATION_ROLE, Deployment, wait_for
 from logship.demo_sandbox.osuser import OsUser
@@ -202,3 +203,34 @@ def test_a_restricted_key_without_permitlisten_fails_with_the_key_option(
     failed = _fails(result)
     assert len(failed) == 1 and "stream-forward" in failed[0], explain(result)
     assert f'permitlisten="127.0.0.1:{dep.stream_port}"' in failed[0]
+
+
+def test_a_primary_role_that_may_not_steer_the_primary_fails_with_the_grants(
+    streaming: Deployment,
+) -> None:
+    dep = streaming
+    dep.primary.execute(
+        "create role logship_daemon login; grant pg_read_all_settings to logship_daemon"
+    )
+    connector_file = dep.config_dir / "connectors" / f"{dep.connector}.toml"
+    dsn = dep.primary.dsn()
+    weaker = make_conninfo(dsn, user="logship_daemon")
+    connector_file.write_text(
+        connector_file.read_text().replace(f'dsn = "{dsn}"', f'dsn = "{weaker}"')
+    )
+    result = logship(dep.config_path, "check")
+    assert result.returncode == 1, explain(result)
+    lines = check_lines(result)
+    assert "not a superuser" in lines[f"stream-primary {dep.connector}"], explain(result)
+    bound = lines[f"max_slot_wal_keep_size {dep.connector}"]
+    assert bound.startswith("fail ") and "ALTER SYSTEM SET max_slot_wal_keep_size" in bound
+    sync = lines[f"synchronous {dep.connector}"]
+    assert sync.startswith("fail ") and "GRANT ALTER SYSTEM ON PARAMETER" in sync, explain(result)
+    # The grants the lines name are enough.
+    dep.primary.execute(
+        "grant alter system on parameter synchronous_standby_names, max_slot_wal_keep_size "
+        "to logship_daemon; grant execute on function pg_reload_conf() to logship_daemon"
+    )
+    lines = check_lines(logship(dep.config_path, "check"))
+    assert lines[f"max_slot_wal_keep_size {dep.connector}"].startswith("ok "), lines
+    assert lines[f"synchronous {dep.connector}"].startswith("ok "), lines
