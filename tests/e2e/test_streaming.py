@@ -6,14 +6,20 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
 
+from logship.catalog.store import Catalog
 from logship.demo_sandbox.deployment import Deployment, wait_for
 from logship.demo_sandbox.osuser import OsUser
+from logship.engines.postgresql import walnames
+
+MIB = 1 << 20
+SEGMENT = 16 * MIB
 
 
 def status_entry(dep: Deployment) -> dict:
@@ -80,10 +86,10 @@ class Ticker(threading.Thread):
             return  # the primary is gone: what was acknowledged is in `acked`
 
 
-def pgbench_in_background(dep: Deployment) -> threading.Thread:
+def pgbench_in_background(dep: Deployment, seconds: int = 120) -> threading.Thread:
     def load() -> None:
         with contextlib.suppress(Exception):  # it ends when the primary is stopped
-            dep.primary.pgbench("-c", "4", "-j", "2", "-T", "120", "-n")
+            dep.primary.pgbench("-c", "4", "-j", "2", "-T", str(seconds), "-n")
 
     thread = threading.Thread(target=load, daemon=True)
     thread.start()
@@ -152,3 +158,98 @@ def test_synchronous_disaster_drill_loses_no_acknowledged_commit(
     assert held == list(range(1, len(held) + 1))
     assert [n for n, _ in acked if n > len(held)] == []
     assert record["loss"]["no_acknowledged_loss"], record["loss"]
+
+
+def primary_lsn(dep: Deployment) -> int:
+    ((lsn,),) = dep.primary.query("select pg_current_wal_lsn()::text")
+    return walnames.lsn_to_int(lsn)
+
+
+def commits_within(dep: Deployment, seconds: float) -> bool:
+    done = threading.Event()
+
+    def commit() -> None:
+        with contextlib.suppress(psycopg.Error):
+            dep.primary.execute("insert into ticks values (-1, 0) on conflict do nothing")
+            done.set()
+
+    threading.Thread(target=commit, daemon=True).start()
+    return done.wait(seconds)
+
+
+@pytest.mark.parametrize(
+    "drill_deployment",
+    [{"synchronous": True, "fallback_after": "3s", "max_slot_wal_keep": "48MB"}],
+    indirect=True,
+)
+def test_link_cut_falls_back_to_shipping_and_streaming_returns(
+    drill_deployment: Deployment,
+) -> None:
+    dep = drill_deployment
+    wait_for(lambda: status_entry(dep)["sync_mode"] == "availability", 60, "synchronous mode")
+    dep.primary.execute("create table ticks (n int primary key, at float8)")
+    dep.primary.execute("create table filler (n int, pad text)")
+    dep.primary.pgbench("-i", "-s", "2", "-q")
+    load = pgbench_in_background(dep, seconds=15)
+    cut_at = time.time()
+    start_lsn = primary_lsn(dep)
+    assert dep.sshd.cut()
+
+    # Maximum availability: after fallback_after without the standby, commits go on.
+    wait_for(lambda: status_entry(dep)["sync_mode"] == "async", 30, "the drop to async")
+    assert commits_within(dep, 10), "the primary still waits for the absent standby"
+    entry = status_entry(dep)
+    assert entry["streaming"] == "down"
+    # Honest exposure: nothing reached the site since the cut.
+    assert entry["rpo_exposure_s"] >= time.time() - cut_at - 2
+
+    # Far more WAL than one segment and than the slot may hold, while the link is cut.
+    dep.primary.execute(
+        "insert into filler select g, repeat('x', 900) from generate_series(1, 100000) g"
+    )
+    for _ in range(3):
+        dep.primary.execute("checkpoint")
+        ((status, held),) = dep.primary.query(
+            "select wal_status, pg_current_wal_lsn() - restart_lsn from pg_replication_slots"
+        )
+        # Between checkpoints WAL piles up anyway; at a checkpoint the slot lets go.
+        assert status == "lost" or held is None or held <= 48 * MIB + SEGMENT, (status, held)
+    assert primary_lsn(dep) - start_lsn > 3 * SEGMENT
+    end_lsn = dep.switch_wal()
+
+    dep.sshd.start()
+    # Shipped segments carry the standby past what streaming could no longer give it...
+    dep.wait_replayed(end_lsn, timeout=180)
+    # ...and streaming and the synchronous mode come back by themselves.
+    wait_for(lambda: status_entry(dep)["streaming"] == "streaming", 120, "streaming again")
+    wait_for(lambda: status_entry(dep)["sync_mode"] == "availability", 60, "synchronous again")
+    load.join(180)
+    events = Catalog(f"sqlite:///{dep.state_dir / 'catalog.db'}").journal(cut_at)
+    messages = [event.message for event in events]
+    assert any("synchronous mode: async" in m for m in messages), messages
+    assert any("synchronous mode: availability" in m for m in messages), messages
+    # The slot gave up WAL beyond its bound; the standby caught up from the archive.
+    assert any("re-created" in m for m in messages), messages
+
+
+def test_a_restarted_standby_streams_again_and_misses_nothing(streaming: Deployment) -> None:
+    dep = streaming
+    wait_for(lambda: (r := receiver(dep)) and r[0] == "streaming", 60, "the standby streaming")
+    dep.primary.pgbench("-i", "-s", "2", "-q")
+    load = pgbench_in_background(dep, seconds=10)
+    wait_for(
+        lambda: dep.primary.query("select count(*) from pgbench_history")[0][0] > 500,
+        30,
+        "load under way",
+    )
+    dep.standby.stop(mode="fast")
+    dep.standby.start()
+    wait_for(lambda: (r := receiver(dep)) and r[0] == "streaming", 60, "streaming again")
+    load.join(60)
+    dep.wait_replayed(dep.switch_wal())
+    # Every transaction once: none replayed twice, none skipped.
+    sql = (
+        "select (select count(*) from pgbench_history),"
+        " (select sum(abalance) from pgbench_accounts)"
+    )
+    assert dep.standby.query(sql) == dep.primary.query(sql)

@@ -98,6 +98,9 @@ class PrimaryProbe:
 
         if self._conn is None or self._conn.closed:
             self._conn = psycopg.connect(self._dsn, connect_timeout=5, autocommit=True)
+            # The heartbeat must not wait for a synchronous standby: with the standby
+            # away it would stall the probe (and a stopping daemon) with it.
+            self._conn.execute("set synchronous_commit to local")
             if self._heartbeat:
                 for statement in SETUP:
                     self._conn.execute(statement)

@@ -324,6 +324,32 @@ class StreamSupervisor:
             )
         return mode
 
+    def release(self, at: float, why: str) -> None:
+        """Drop the primary to async now (maximum availability, when nobody will be
+        left to drop it: the daemon is stopping). The caller has made sure no lease
+        at the site still promises otherwise."""
+        import psycopg
+
+        try:
+            conn = self._connect()
+            settings = dict(conn.execute(SETTINGS).fetchall())
+            if settings.get("synchronous_standby_names") == self.name:
+                self._set_sync(conn, "")
+        except psycopg.Error as exc:
+            event(
+                log,
+                logging.ERROR,
+                "synchronous mode not released: commits may wait for the standby",
+                connector=self.connector.name,
+                error=first_line(exc),
+            )
+            return
+        self._record_mode("async", at, why)
+
+    @property
+    def mode(self) -> str | None:
+        return self._mode
+
     # -- the connection -----------------------------------------------------------
 
     def _connect(self) -> psycopg.Connection:

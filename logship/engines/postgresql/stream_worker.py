@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from logship.catalog.store import Catalog
@@ -76,6 +77,7 @@ class StreamWorker(threading.Thread):
                 self._wake.wait(SAMPLE_S)
                 self._wake.clear()
         finally:
+            self._release_sync()
             self.tunnel.close()
             self.supervisor.close()
 
@@ -127,17 +129,32 @@ class StreamWorker(threading.Thread):
         self._tunnel_error = None
         self._backoff.reset()
 
-    def _renew_lease(self, facts: dict) -> None:
+    def _release_sync(self) -> None:
+        """Maximum availability must not outlive the daemon: with the tunnel gone,
+        nobody would drop the primary to async, and every commit would wait for good.
+        Maximum protection stays: that is what it promises."""
+        streaming = self.connector.streaming
+        if streaming.protection != "availability" or self.supervisor.mode in (None, "async"):
+            return
+        at = self._clock()
+        if not self._renew_lease({"sync_mode": "async", "measured_at": at}):
+            # The site was not told: keep the last lease's promise before dropping.
+            promised = self.supervisor.promised_until
+            if promised is not None and promised > at:
+                time.sleep(promised - at)
+        self.supervisor.release(self._clock(), "logship is stopping")
+
+    def _renew_lease(self, facts: dict) -> bool:
         """Tell the site the mode in force, at once when it changes and every
         LEASE_S while commits wait for the standby."""
         mode = facts.get("sync_mode")
         if mode is None or self.site.restricted or not self.tunnel.is_alive:
-            return
+            return False
         at = float(facts["measured_at"])
         if mode != self._lease_mode:
             self._lease_since = at
         elif mode == "async" or at - self._lease_at < LEASE_S:
-            return
+            return True
         fallback = self.connector.streaming.fallback_after
         lease = SyncLease(
             connector=self.connector.name,
