@@ -122,6 +122,15 @@ def test_a_wrong_password_fails_with_what_to_fix(streaming: Deployment) -> None:
     assert str(dep.replication_passfile) in line
 
 
+def test_a_passfile_libpq_would_ignore_fails_with_the_chmod(streaming: Deployment) -> None:
+    dep = streaming
+    dep.replication_passfile.chmod(0o644)
+    result = logship(dep.config_path, "check")
+    assert result.returncode == 1, explain(result)
+    line = check_lines(result)[f"stream-login {dep.connector}"]
+    assert line.startswith("fail ") and "chmod 600" in line, explain(result)
+
+
 def test_a_missing_pg_hba_line_fails_with_the_line_to_add(streaming: Deployment) -> None:
     dep = streaming
     _hba_first(dep, f"host replication {REPLICATION_ROLE} 127.0.0.1/32 reject")

@@ -5,7 +5,9 @@ each replication setting that would stop streaming fails with its fix."""
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from factories import postgres_connector
@@ -24,7 +26,12 @@ from logship.engines.postgresql.stream_check import (
     check_wal_senders,
     hba_line,
 )
-from logship.engines.postgresql.stream_probe import BadAnswer, StreamAnswer, parse_answer
+from logship.engines.postgresql.stream_probe import (
+    BadAnswer,
+    StreamAnswer,
+    parse_answer,
+    passfile_problem,
+)
 
 SYSTEMID = 7716629568773198463
 GOOD = {"systemid": str(SYSTEMID), "timeline": 1, "xlogpos": "0/1742108", "needs_password": True}
@@ -225,3 +232,23 @@ def test_synchronous_mode_needs_the_right_to_steer_it_and_no_foreign_names() -> 
     assert verdict is CheckStatus.FAIL and "set outside logship" in detail
     ours = replace(FACTS, sync_names="logship_main")
     assert status(check_sync_control, ours)[0] is CheckStatus.OK
+
+
+# -- the passfile at the site -----------------------------------------------------------------
+
+
+def test_a_passfile_the_standby_could_not_use_is_named(tmp_path: Path) -> None:
+    data_dir = tmp_path / "pgdata"
+    data_dir.mkdir()
+    passfile = tmp_path / "replication.pgpass"
+    assert "No such file" in (passfile_problem(passfile, data_dir) or "")
+    passfile.write_text("*:*:*:logship_replication:secret\n")
+    passfile.chmod(0o644)
+    assert "chmod 600" in (passfile_problem(passfile, data_dir) or "")
+    passfile.chmod(0o600)
+    assert passfile_problem(passfile, data_dir) is None
+    # Not restored yet: no owner to compare with.
+    assert passfile_problem(passfile, tmp_path / "missing") is None
+    if os.geteuid() == 0:
+        os.chown(passfile, 65534, -1)  # nobody's, while the standby runs as root's data dir
+        assert "chown" in (passfile_problem(passfile, data_dir) or "")

@@ -10,11 +10,13 @@ site boundary, and the systemid in it says where the tunnel really leads.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from logship.errors import printable
@@ -58,6 +60,30 @@ def _identify(conninfo: str) -> tuple[list[str] | None, str | None]:
         conn.finish()
 
 
+def passfile_problem(passfile: Path, data_dir: Path) -> str | None:
+    """Why the standby's walreceiver could not use `passfile`: libpq ignores one
+    that others may read, and the standby runs as its data directory's owner."""
+    try:
+        st = passfile.stat()
+    except OSError as exc:
+        return f"[streaming].passfile {passfile}: {exc.strerror or exc}"
+    if st.st_mode & 0o077:
+        return (
+            f"[streaming].passfile {passfile} has mode {st.st_mode & 0o777:04o}: libpq ignores "
+            "a password file others may read; chmod 600 it"
+        )
+    with contextlib.suppress(OSError):
+        owner = data_dir.stat().st_uid
+        if st.st_uid != owner:
+            return (
+                f"[streaming].passfile {passfile} is owned by uid {st.st_uid}, the standby "
+                f"(data_dir {data_dir}) runs as uid {owner} and could not read it; chown it"
+            )
+    if not os.access(passfile, os.R_OK):
+        return f"[streaming].passfile {passfile} cannot be read here (uid {os.geteuid()})"
+    return None
+
+
 def probe_through_tunnel(connector: PostgresConnector) -> dict[str, Any]:
     """The answer `standby stream-check` prints: IDENTIFY_SYSTEM's facts and whether
     a login without any password is refused, or {"error": ...}."""
@@ -67,11 +93,10 @@ def probe_through_tunnel(connector: PostgresConnector) -> dict[str, Any]:
 
     conninfo = standby_conninfo(connector)
     passfile = connector.streaming.passfile
-    if passfile is not None and not os.access(passfile, os.R_OK):
-        return {
-            "error": f"[streaming].passfile {passfile} cannot be read here (uid {os.geteuid()}): "
-            "the walreceiver could not send the role's password either if it cannot read it"
-        }
+    if passfile is not None:
+        problem = passfile_problem(passfile, connector.standby.data_dir)
+        if problem is not None:
+            return {"error": problem}
     row, error = _identify(make_conninfo(conninfo, replication="true"))
     if row is None:
         return {"error": error or "no answer"}
