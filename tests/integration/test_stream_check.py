@@ -88,6 +88,28 @@ def test_check_passes_while_the_running_daemon_holds_the_port(streaming: Deploym
     assert slots.startswith("ok slot logship_main holds"), explain(result)
 
 
+def test_check_passes_with_the_standby_streaming_in_synchronous_mode(
+    streaming: Deployment,
+) -> None:
+    dep = streaming
+    dep.start_daemon()
+    dep.standby_up()
+    wait_for(
+        lambda: dep.primary.query("show synchronous_standby_names") == [("logship_main",)],
+        90,
+        "the standby streaming and synchronous mode in force",
+    )
+    result = logship(dep.config_path, "check")
+    assert result.returncode == 0, explain(result)
+    lines = check_lines(result)
+    for check in (*STREAM_LINES, "synchronous"):
+        assert lines.get(f"{check} {dep.connector}", "").startswith("ok "), (
+            f"{check}\n{explain(result)}"
+        )
+    assert "this standby's" in lines[f"wal_senders {dep.connector}"]
+    assert "(this standby)" in lines[f"synchronous {dep.connector}"]
+
+
 def test_check_fails_clearly_when_the_site_forbids_forwarding(streaming: Deployment) -> None:
     dep = streaming
     dep.sshd.allow_tcp_forwarding("no")

@@ -24,6 +24,8 @@ from logship.errors import printable
 if TYPE_CHECKING:
     from logship.engines.postgresql.engine import PostgresConnector
 
+#: the application_name of stream-check's logins, as pg_stat_replication shows them
+PROBE_NAME = "logship_stream_check"
 #: the most the site's answer may hold: one short JSON line
 ANSWER_LIMIT = 4096
 #: the longest error text kept from the site's answer
@@ -91,7 +93,9 @@ def probe_through_tunnel(connector: PostgresConnector) -> dict[str, Any]:
 
     from logship.engines.postgresql.stream_settings import standby_conninfo
 
-    conninfo = standby_conninfo(connector)
+    # The standby's own connection string, but under a name of its own: this login
+    # must never pass for the standby in pg_stat_replication (synchronous mode).
+    conninfo = make_conninfo(standby_conninfo(connector), application_name=PROBE_NAME)
     passfile = connector.streaming.passfile
     if passfile is not None:
         problem = passfile_problem(passfile, connector.standby.data_dir)
