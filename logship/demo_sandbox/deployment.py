@@ -171,7 +171,7 @@ user = "{REPLICATION_ROLE}"
 passfile = "{self.replication_passfile}"
 """
 
-    def _replication_role(self) -> None:
+    def add_replication_role(self) -> None:
         """A password-protected replication role at the primary, and its password
         in a file only the standby's OS user may read: anyone else at the site who
         reaches the tunnel's port gets nothing without it."""
@@ -224,7 +224,7 @@ passfile = "{self.replication_passfile}"
         self.primary.configure(self.archive_settings())
         self.primary.start()
         if self.streaming:
-            self._replication_role()
+            self.add_replication_role()
 
     def restrict_key(self) -> None:
         """The daemon's key may run only `site-gate` at the site (a forced command)."""

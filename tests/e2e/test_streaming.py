@@ -59,6 +59,8 @@ def test_wal_streams_through_the_ssh_link(streaming: Deployment) -> None:
     assert entry["sync_mode"] == "async"
     assert entry["stream_flush_lsn"]
     assert entry["rpo_exposure_s"] is not None and entry["rpo_exposure_s"] < 2
+    shown = dep.logship("status").stdout
+    assert "stream streaming" in shown and "async" in shown
 
 
 class Ticker(threading.Thread):
@@ -253,3 +255,19 @@ def test_a_restarted_standby_streams_again_and_misses_nothing(streaming: Deploym
         " (select sum(abalance) from pgbench_accounts)"
     )
     assert dep.standby.query(sql) == dep.primary.query(sql)
+
+
+def test_streaming_turned_on_later_needs_no_restore(deployment: Deployment) -> None:
+    dep = deployment
+    dep.start_daemon()
+    dep.standby_up()
+    assert receiver(dep) is None  # shipped segments only
+    dep.streaming = True
+    dep.add_replication_role()
+    dep.write_config()
+    dep.stop_daemon()
+    dep.start_daemon()
+    # The daemon's standby sampling brings the running standby's settings in line.
+    wait_for(lambda: (r := receiver(dep)) and r[0] == "streaming", 90, "the standby streaming")
+    ((slot,),) = dep.standby.query("select current_setting('primary_slot_name')")
+    assert slot == "logship_main"

@@ -63,3 +63,37 @@ def standby_stream_settings(connector: PostgresConnector) -> list[tuple[str, str
         ("primary_conninfo", quote_conf_string(standby_conninfo(connector))),
         ("primary_slot_name", quote_conf_string(standby_name(connector.name))),
     ]
+
+
+def keep_standby_current(connector: PostgresConnector) -> bool:
+    """Bring a running standby's streaming settings in line with the config (turned
+    on or off, another port or role) without a restart: both are reloadable.
+    True when something was changed. Raises psycopg.Error when the standby could
+    not be asked or changed (its DSN's role needs superuser for ALTER SYSTEM)."""
+    import psycopg
+    from psycopg import sql
+    from psycopg.conninfo import conninfo_to_dict
+
+    conninfo = standby_conninfo(connector) if connector.streaming.enabled else ""
+    slot = standby_name(connector.name) if connector.streaming.enabled else ""
+    with psycopg.connect(connector.standby.dsn, connect_timeout=5, autocommit=True) as conn:
+        (in_recovery, current_conninfo, current_slot) = conn.execute(
+            "select pg_is_in_recovery(), current_setting('primary_conninfo'),"
+            " current_setting('primary_slot_name')"
+        ).fetchone()
+        if not in_recovery:
+            return False
+        same_conninfo = (
+            conninfo_to_dict(current_conninfo) == conninfo_to_dict(conninfo)
+            if current_conninfo and conninfo
+            else current_conninfo == conninfo
+        )
+        if same_conninfo and current_slot == slot:
+            return False
+        for name, value in (("primary_conninfo", conninfo), ("primary_slot_name", slot)):
+            statement = sql.SQL("alter system set {} = {}").format(
+                sql.Identifier(name), sql.Literal(value)
+            )
+            conn.execute(statement)
+        conn.execute("select pg_reload_conf()")
+    return True

@@ -12,9 +12,10 @@ from logship.config.files import config_path
 from logship.config.load import load_config
 from logship.config.model import Config
 from logship.engines.postgresql.base_backup import postgres_connector
+from logship.engines.postgresql.engine import PostgresConnector
 from logship.engines.postgresql.standby_restore import restore_standby
 from logship.engines.postgresql.standby_status import read_connector_standby_facts
-from logship.errors import EXIT_FAILED, UsageError
+from logship.errors import EXIT_FAILED, UsageError, first_line
 from logship.manifest import SiteLayout
 from logship.site_temps import sweep_stale_temps
 from logship.ui.phase_progress import phase_progress
@@ -43,12 +44,28 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _keep_streaming_current(connector: PostgresConnector) -> None:
+    import psycopg
+
+    from logship.engines.postgresql.stream_settings import keep_standby_current
+
+    try:
+        keep_standby_current(connector)
+    except psycopg.OperationalError:
+        pass  # the standby is down: the facts below say so
+    except psycopg.Error as exc:
+        print(f"streaming settings not updated: {first_line(exc)}", file=sys.stderr)
+
+
 def _status(config: Config, args: argparse.Namespace) -> int:
     connector = postgres_connector(config, args.connector)
     site = config.site_of(connector)
     # The daemon asks this every few seconds: the site's own chance to sweep
     # upload temps left behind, which a restricted primary may not remove.
     sweep_stale_temps(SiteLayout.for_connector(site.root, connector.name), time.time())
+    # And to bring the standby's streaming settings in line with the config, so
+    # that turning streaming on or off needs no restore.
+    _keep_streaming_current(connector)
     facts = read_connector_standby_facts(connector, site.root)
     if args.json:
         print(facts.to_json())
