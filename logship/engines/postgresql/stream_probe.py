@@ -112,12 +112,16 @@ def probe_through_tunnel(connector: PostgresConnector) -> dict[str, Any]:
         with open(os.open(empty, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w"):
             pass
         anybody = make_conninfo(conninfo, replication="true", passfile=empty, password="")
-        without, _ = _identify(anybody)
+        without, refusal = _identify(anybody)
+    refused = refusal is not None and ("password" in refusal or "authentication" in refusal)
+    if without is None and not refused:
+        # Failed for another reason (no free sender...): that says nothing either way.
+        return {"error": f"could not tell whether a login without the password works: {refusal}"}
     return {
         "systemid": systemid,
         "timeline": int(timeline) if timeline.isdigit() else timeline,
         "xlogpos": xlogpos,
-        "needs_password": without is None,
+        "needs_password": refused,
     }
 
 
