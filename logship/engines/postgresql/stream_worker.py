@@ -48,7 +48,9 @@ class StreamWorker(threading.Thread):
         join = primary_connector(
             parse_dsn(connector.primary.dsn, setting=f"connector {connector.name}: [primary].dsn")
         )
-        self.tunnel = SiteTunnel(site, connector.streaming.site_port, join, connector.name)
+        self.tunnel = SiteTunnel(
+            site, connector.streaming.site_port, join, connector.name, connector.streaming.user
+        )
         self.supervisor = StreamSupervisor(connector, lambda: self.tunnel.is_alive, self._journal)
         self._backoff = Backoff()
         self._retry_at = 0.0
