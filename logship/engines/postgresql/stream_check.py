@@ -366,7 +366,9 @@ def check_stream_forward(
     port = connector.streaming.site_port
     setting = f"connector {connector.name}: [primary].dsn"
     endpoint = parse_dsn(connector.primary.dsn, setting=setting)
-    tunnel = SiteTunnel(site, port, primary_connector(endpoint), connector.name)
+    tunnel = SiteTunnel(
+        site, port, primary_connector(endpoint), connector.name, connector.streaming.user
+    )
     try:
         tunnel.open()
     except ForwardRefused as refused:
