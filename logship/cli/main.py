@@ -65,7 +65,7 @@ def _demo(p: argparse.ArgumentParser) -> None:
 GENERIC_VERBS: dict[str, Verb] = {
     "check": (
         "logship.cli.check",
-        "validate config, reach SSH (host key), dirs and archive settings",
+        "validate config, reach SSH (host key), dirs, archive and streaming settings",
         _check,
     ),
     "run": (

@@ -245,7 +245,12 @@ passfile = "{self.replication_passfile}"
         # working directory: the login user's home under sshd).
         script = str(Path(sys.executable).parent / "logship")
         gate = [script, "--config", str(self.config_path), "site-gate", "--site", "dr"]
-        self.sshd.restrict_client_key(shlex.join(gate))
+        # With streaming, the key may also open the tunnel's one port, there only,
+        # and sshd lets it open no connection from the site.
+        listen = f"127.0.0.1:{self.stream_port}" if self.streaming else None
+        self.sshd.restrict_client_key(shlex.join(gate), permit_listen=listen)
+        if self.streaming:
+            self.sshd.allow_tcp_forwarding("remote")
 
     # -- running logship --------------------------------------------------------
 
