@@ -52,7 +52,7 @@ def forward_refused(site: SiteConfig, port: int) -> ForwardRefused:
     return ForwardRefused(
         f"site {site.name}: sshd at {where(site)} refused to listen on "
         f"{SITE_LISTEN_HOST}:{port} for streaming: allow it with `AllowTcpForwarding remote` "
-        "(or yes) in the site's sshd_config (a restricted key also needs "
+        "in the site's sshd_config (a restricted key also needs "
         f'`port-forwarding,permitlisten="{SITE_LISTEN_HOST}:{port}"`), or pick a free '
         "[streaming].site_port"
     )
