@@ -3,10 +3,12 @@
 Builds the same Deployment the end-to-end tests use (a primary archiving through
 logship, a private loopback sshd standing in for the DR site, one config), runs
 `logship run`, brings a standby up from a shipped base backup, puts pgbench load on
-the primary while showing shipping and replay live, compares the data on both
-sides, then stops the primary as a disaster would and promotes the standby with
-`logship promote`, showing the loss report and the RTO. Everything it started is
-stopped again, on success, error, Ctrl-C or SIGTERM.
+the primary while showing shipping and replay live, then turns streaming on and puts
+the same load on again, and shows the RPO exposure `status` reported during each
+load (archive shipping only, then streaming through the SSH link). It compares the
+data on both sides, then stops the primary as a disaster would and promotes the
+standby with `logship promote`, showing the loss report and the RTO. Everything it
+started is stopped again, on success, error, Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
@@ -20,10 +22,12 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
 import traceback
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +48,7 @@ from logship.ui.demo_view import (
     Comparison,
     DemoSnapshot,
     DemoView,
+    ExposurePhase,
     ReplayPosition,
     lsn_to_int,
     make_view,
@@ -52,6 +57,7 @@ from logship.ui.demo_view import (
 MARKER_NAME = ".logship-demo"
 ERROR_LOG_NAME = "demo-error.log"
 PGBENCH_LOG_NAME = "pgbench.log"
+STATUS_LOG_NAME = "status-sampler.log"
 # Tight enough that `exposure / RPO` visibly moves during a short load.
 DEMO_RPO = "30s"
 REFRESH_S = 1.0
@@ -71,6 +77,15 @@ COMPARED = (
 )
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _PGBENCH_TPS = re.compile(rb"progress: [\d.]+ s, ([\d.]+) tps")
+_PGBENCH_FINAL_TPS = re.compile(rb"^tps = ([\d.]+)", re.M)
+# The daemon restarts, opens the tunnel and creates the slot; the standby's
+# walreceiver then connects and catches up the last few segments.
+STREAM_UP_TIMEOUT_S = 90.0
+# Status readings kept for the exposure figures, four a second: a load longer than
+# about 17 minutes is summed up by its last 17 minutes.
+STATUS_HISTORY = 4096
+ARCHIVE_ONLY = "archive shipping only"
+STREAMING = "streaming through the SSH link"
 
 
 class Terminated(BaseException):
@@ -265,15 +280,22 @@ class Pgbench:
         except subprocess.TimeoutExpired:
             return None
 
-    def tps(self) -> float | None:
-        """The last rate `pgbench -P` reported in this run."""
+    def _this_run(self, pattern: re.Pattern[bytes]) -> float | None:
         try:
             with open(self.log_file, "rb") as log:
                 log.seek(self._log_offset)
-                found = _PGBENCH_TPS.findall(log.read())
+                found = pattern.findall(log.read())
         except OSError:
             return None
         return float(found[-1]) if found else None
+
+    def tps(self) -> float | None:
+        """The last rate `pgbench -P` reported in this run."""
+        return self._this_run(_PGBENCH_TPS)
+
+    def final_tps(self) -> float | None:
+        """The rate pgbench reported for its whole run, once it has finished."""
+        return self._this_run(_PGBENCH_FINAL_TPS)
 
     def last_line(self) -> str:
         try:
@@ -300,49 +322,109 @@ class Pgbench:
 StatusReading = tuple[list[dict[str, Any]], str | None]  # (connectors, why there are none)
 
 
-def read_status(dep: Deployment) -> StatusReading:
-    # As the PostgreSQL OS user and in its own process, like a user would run it:
-    # opened by root, the SQLite catalog could get root-owned side files.
-    result = dep.logship("status", "--json", check=False, timeout=60)
-    if result.returncode != 0:
-        lines = result.stderr.strip().splitlines()
-        return [], (lines[-1] if lines else f"exit code {result.returncode}")[:200]
+@dataclass(frozen=True)
+class TimedReading:
+    #: the wall-clock time the status was computed for
+    at: float
+    connectors: list[dict[str, Any]]
+    error: str | None
+
+
+def parse_reading(line: bytes) -> TimedReading | None:
     try:
-        connectors = json.loads(result.stdout)["connectors"]
-    except (ValueError, KeyError, TypeError) as exc:
-        return [], f"unreadable status --json output: {exc}"
-    return list(connectors), None
+        document = json.loads(line)
+        return TimedReading(
+            at=float(document["at"]),
+            connectors=list(document.get("connectors") or []),
+            error=document.get("error"),
+        )
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
-class StatusPoller(threading.Thread):
-    """`logship status --json` about once per refresh, in the background: one run is a
-    fresh Python process that takes a second or more next to pgbench on a small machine,
-    which would otherwise stall the whole view."""
+class StatusPoller:
+    """What `logship status --json` shows, several times a second, from one
+    long-lived sampler run as the PostgreSQL OS user (status_sampler): a fresh
+    `status` process per reading takes seconds to start next to pgbench on a small
+    machine, too few readings for the exposure figures of a short load."""
 
-    def __init__(self, dep: Deployment) -> None:
-        super().__init__(name="demo-status", daemon=True)
+    def __init__(self, dep: Deployment, log_file: Path) -> None:
         self.dep = dep
-        self._stopping = threading.Event()
-        self._lock = threading.Lock()
+        self.log_file = log_file
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._reader: threading.Thread | None = None
+        self._changed = threading.Condition()
         self._latest: StatusReading = ([], "waiting for the first `logship status`")
+        self._history: deque[TimedReading] = deque(maxlen=STATUS_HISTORY)
 
-    def run(self) -> None:
-        while not self._stopping.is_set():
-            began = time.monotonic()
-            reading = read_status(self.dep)
-            with self._lock:
-                self._latest = reading
-            self._stopping.wait(max(0.0, REFRESH_S - (time.monotonic() - began)))
+    @property
+    def pid(self) -> int | None:
+        return None if self._proc is None else self._proc.pid
+
+    def start(self) -> None:
+        cmd = [
+            *self.dep.user.command_prefix(),
+            sys.executable,
+            *("-m", "logship.demo_sandbox.status_sampler"),
+            *("--config", str(self.dep.config_path)),
+        ]
+        with open(self.log_file, "ab") as log:
+            self._proc = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, cwd=self.dep.root
+            )
+        self._reader = threading.Thread(
+            target=self._read, args=(self._proc,), name="demo-status", daemon=True
+        )
+        self._reader.start()
+
+    def _read(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            reading = parse_reading(line)
+            if reading is None:
+                continue
+            with self._changed:
+                self._latest = (reading.connectors, reading.error)
+                self._history.append(reading)
+                self._changed.notify_all()
+        with self._changed:
+            self._latest = ([], f"the status sampler exited (log {self.log_file})")
+            self._changed.notify_all()
 
     def latest(self) -> StatusReading:
-        with self._lock:
+        with self._changed:
             return self._latest
 
+    def fresh(self, timeout: float = 10.0) -> StatusReading:
+        """The first reading computed after now (the latest one after `timeout`)."""
+        now = time.time()
+        with self._changed:
+            self._changed.wait_for(
+                lambda: bool(self._history) and self._history[-1].at > now, timeout
+            )
+            return self._latest
+
+    def readings(self, since: float, until: float) -> list[TimedReading]:
+        """The readings computed for wall-clock times from `since` to `until`."""
+        with self._changed:
+            return [r for r in self._history if since <= r.at <= until]
+
     def stop(self) -> None:
-        """Returns once no status process runs: none may outlive the sandbox."""
-        self._stopping.set()
-        if self.is_alive():
-            self.join()
+        """Returns once the sampler has exited: none may outlive the sandbox."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            # runuser passes SIGTERM on to the sampler and waits for it.
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                for pid in [*child_pids(proc.pid), proc.pid]:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                proc.wait(timeout=15)
+        if self._reader is not None:
+            self._reader.join(timeout=15)
+            self._reader = None
 
 
 class Probe:
@@ -353,7 +435,7 @@ class Probe:
         self.manifest_dir = Path(
             str(SiteLayout.for_connector(str(dep.incoming), dep.connector).manifest_dir)
         )
-        self.poller = StatusPoller(dep)
+        self.poller = StatusPoller(dep, dep.root / STATUS_LOG_NAME)
 
     def shipped(self) -> int:
         try:
@@ -379,7 +461,7 @@ class Probe:
         self, phase: str, elapsed_s: float, planned_s: float | None, *, fresh: bool = False
     ) -> DemoSnapshot:
         """`fresh` waits for a status read now instead of the poller's latest one."""
-        connectors, error = read_status(self.dep) if fresh else self.poller.latest()
+        connectors, error = self.poller.fresh() if fresh else self.poller.latest()
         return DemoSnapshot(
             phase=phase,
             elapsed_s=elapsed_s,
@@ -445,6 +527,7 @@ class Demo:
             self._record("logship run", daemon.pid)
             # Status reads only the catalog: started now, it has an answer by the load.
             self.probe.poller.start()
+            self._record("status sampler", self.probe.poller.pid)
             d(f"pid {daemon.pid}, log {dep.daemon_log}")
         with self._step("taking a base backup over SSH and restoring the standby from it") as d:
             dep.standby_up()
@@ -509,28 +592,45 @@ class Demo:
 
         self._show_until(update, phase, planned, finished, pause=self.pgbench.wait)
 
-    def load_and_catch_up(self) -> None:
+    def _measured_load(self, update: Callable[[DemoSnapshot], None], label: str) -> ExposurePhase:
+        """pgbench's write load, and what `status` reported about exposure meanwhile."""
+        since = time.time()
+        self._load(
+            update,
+            [
+                *("-c", str(PGBENCH_CLIENTS), "-j", str(PGBENCH_THREADS)),
+                *("-T", str(self.seconds), "-P", "1", "-n"),
+            ],
+            f"{label}: pgbench -T {self.seconds}, {PGBENCH_CLIENTS} clients writing",
+            self.seconds,
+        )
+        entries = [
+            next((e for e in reading.connectors if e.get("name") == self.dep.connector), {})
+            for reading in self.probe.poller.readings(since, time.time())
+        ]
+        return ExposurePhase(
+            label=label,
+            exposures=tuple(e.get("rpo_exposure_s") for e in entries),
+            streaming=tuple(e.get("streaming") for e in entries),
+            sync_modes=tuple(e.get("sync_mode") for e in entries),
+            tps=self.pgbench.final_tps(),
+        )
+
+    def load_and_catch_up(self, label: str, *, initialise: bool) -> ExposurePhase:
         with self.view.live() as update:
-            self._load(
-                update,
-                ["-i", "-s", str(PGBENCH_SCALE), "-q"],
-                f"pgbench -i -s {PGBENCH_SCALE}: loading {PGBENCH_SCALE * 100_000} accounts",
-                None,
-            )
-            self._load(
-                update,
-                [
-                    *("-c", str(PGBENCH_CLIENTS), "-j", str(PGBENCH_THREADS)),
-                    *("-T", str(self.seconds), "-P", "1", "-n"),
-                ],
-                f"pgbench -T {self.seconds}, {PGBENCH_CLIENTS} clients writing",
-                self.seconds,
-            )
+            if initialise:
+                self._load(
+                    update,
+                    ["-i", "-s", str(PGBENCH_SCALE), "-q"],
+                    f"pgbench -i -s {PGBENCH_SCALE}: loading {PGBENCH_SCALE * 100_000} accounts",
+                    None,
+                )
+            phase = self._measured_load(update, label)
             # pg_switch_wal()'s own answer is where the closed segment ends; the current
             # LSN could already be past it and wait for archive_timeout.
             ((target,),) = self.dep.primary.query("select pg_switch_wal()::text")
-            label = f"catching up: WAL switched at {target}, standby replaying to it"
-            self.doing = label
+            caught_up = f"catching up: WAL switched at {target}, standby replaying to it"
+            self.doing = caught_up
             started = time.monotonic()
 
             def replayed(snap: DemoSnapshot) -> bool:
@@ -545,7 +645,43 @@ class Demo:
                     )
                 return False
 
-            self._show_until(update, lambda: label, None, replayed, last_fresh=True)
+            self._show_until(update, lambda: caught_up, None, replayed, last_fresh=True)
+        return phase
+
+    def stream(self) -> None:
+        """Streaming turned on in the running deployment, then awaited: the second
+        load is measured with the standby streaming, not still connecting."""
+        dep = self.dep
+        with self._step(
+            "turning streaming on: [streaming] enabled in the connector's config and "
+            "`logship run` restarted; the daemon points the standby at the tunnel"
+        ) as d:
+            dep.enable_streaming()
+            daemon = dep.daemon
+            assert daemon is not None
+            self._record("logship run (streaming)", daemon.pid)
+
+            def streaming() -> bool:
+                self._check_daemon()
+                # runuser's child is the daemon itself; by now it has surely been forked.
+                for child in child_pids(daemon.pid):
+                    self._record(f"logship run's child {child}", child)
+                connectors, _error = self.probe.poller.fresh()
+                return any(
+                    e.get("name") == dep.connector and e.get("streaming") == "streaming"
+                    for e in connectors
+                )
+
+            try:
+                wait_for(streaming, STREAM_UP_TIMEOUT_S, "`logship status` to show streaming")
+            except TimeoutError as exc:
+                raise OperationFailed(
+                    f"{exc}; daemon log {dep.daemon_log}, standby log {dep.standby.log_file}"
+                ) from None
+            d(
+                f"daemon pid {daemon.pid}; the standby streams from "
+                f"127.0.0.1:{dep.stream_port}, which sshd listens on at the DR site"
+            )
 
     def compare(self) -> Comparison:
         self.doing = "comparing the primary with the standby"
@@ -625,6 +761,7 @@ class Demo:
             "standby": dep.standby.log_file,
             "sshd": dep.sshd.log_file,
             "pgbench": self.pgbench.log_file,
+            "status": self.probe.poller.log_file,
             "error": self.sandbox.path / ERROR_LOG_NAME,
         }
         return ", ".join(f"{name} {path}" for name, path in logs.items() if path.exists())
@@ -646,7 +783,10 @@ class Demo:
         previous_term = signal.signal(signal.SIGTERM, _raise_terminated)
         try:
             self.build()
-            self.load_and_catch_up()
+            phases = [self.load_and_catch_up(ARCHIVE_ONLY, initialise=True)]
+            self.stream()
+            phases.append(self.load_and_catch_up(STREAMING, initialise=False))
+            self.view.exposure(phases)
             result = self.compare()
             if not result.matched:
                 failure = (

@@ -53,14 +53,19 @@ def _dashboard(p: argparse.ArgumentParser) -> None:
 
 def _demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dir", default="demo", help="sandbox folder (default: ./demo)")
-    p.add_argument("--seconds", type=float, default=20.0, help="length of the write load")
+    p.add_argument(
+        "--seconds",
+        type=float,
+        default=20.0,
+        help="length of each write load (archive only, then streaming)",
+    )
 
 
 #: the verbs of every engine; each engine adds its own (`_engine_verbs`)
 GENERIC_VERBS: dict[str, Verb] = {
     "check": (
         "logship.cli.check",
-        "validate config, reach SSH (host key), dirs and archive settings",
+        "validate config, reach SSH (host key), dirs, archive and streaming settings",
         _check,
     ),
     "run": (

@@ -226,13 +226,31 @@ passfile = "{self.replication_passfile}"
         if self.streaming:
             self.add_replication_role()
 
+    def enable_streaming(self) -> None:
+        """Turn streaming on in a running archive-only deployment, as an operator
+        would: a replication role at the primary, [streaming] in the connector's
+        config and `logship run` restarted on it. The daemon's standby sampling
+        then points the standby's walreceiver at the port sshd opens at the site."""
+        if self.streaming:
+            return
+        self.streaming = True
+        self.add_replication_role()
+        self.write_config()
+        self.stop_daemon()
+        self.start_daemon()
+
     def restrict_key(self) -> None:
         """The daemon's key may run only `site-gate` at the site (a forced command)."""
         # The installed script, not `python -m` (whose import path starts in the
         # working directory: the login user's home under sshd).
         script = str(Path(sys.executable).parent / "logship")
         gate = [script, "--config", str(self.config_path), "site-gate", "--site", "dr"]
-        self.sshd.restrict_client_key(shlex.join(gate))
+        # With streaming, the key may also open the tunnel's one port, there only,
+        # and sshd lets it open no connection from the site.
+        listen = f"127.0.0.1:{self.stream_port}" if self.streaming else None
+        self.sshd.restrict_client_key(shlex.join(gate), permit_listen=listen)
+        if self.streaming:
+            self.sshd.allow_tcp_forwarding("remote")
 
     # -- running logship --------------------------------------------------------
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -58,6 +59,8 @@ class SshServer:
         self._proc: subprocess.Popen[bytes] | None = None
         #: what sshd runs for SFTP (a command line); see use_sftp_subsystem()
         self.sftp_subsystem = "internal-sftp"
+        #: sshd's AllowTcpForwarding (None: its default, yes); see allow_tcp_forwarding()
+        self.tcp_forwarding: str | None = None
         self._prepared = False
 
     # -- paths and properties ----------------------------------------------------------
@@ -151,6 +154,18 @@ class SshServer:
     def use_sftp_subsystem(self, command: str) -> None:
         """Serve SFTP with `command` from the next connection on (sshd restarts)."""
         self.sftp_subsystem = command
+        self._reconfigure()
+
+    def allow_tcp_forwarding(self, value: str) -> None:
+        """sshd's `AllowTcpForwarding` ("no", "local", "remote", "yes", "all") from
+        the next connection on (sshd restarts): a site that forbids the streaming
+        tunnel's remote forward."""
+        if value not in ("no", "local", "remote", "yes", "all"):
+            raise ValueError(f"AllowTcpForwarding {value!r}")
+        self.tcp_forwarding = value
+        self._reconfigure()
+
+    def _reconfigure(self) -> None:
         running = self.is_running()
         self.stop()
         if self._prepared:
@@ -158,17 +173,22 @@ class SshServer:
         if running:
             self.start()
 
-    def restrict_client_key(self, forced_command: str) -> None:
+    def restrict_client_key(self, forced_command: str, permit_listen: str | None = None) -> None:
         """Let the client key run only `forced_command`, as a restricted site does:
         OpenSSH's `restrict` (no pty, forwarding or rc file) and `command=` (sshd
         runs it whatever the client asks for, the request in SSH_ORIGINAL_COMMAND).
-        sshd reads authorized_keys at each login: no restart."""
+        `permit_listen` ("host:port") gives the key back one remote forward, there
+        only: the streaming tunnel. sshd reads authorized_keys at each login: no
+        restart."""
         if '"' in forced_command or "\\" in forced_command or "\n" in forced_command:
             raise ValueError(f"cannot quote {forced_command!r} in authorized_keys")
+        if permit_listen is not None and not re.fullmatch(r"[0-9.]+:[0-9]+", permit_listen):
+            raise ValueError(f"permitlisten {permit_listen!r}")
         if not self._prepared:
             self._prepare()
         pub = self.client_key.with_name(self.client_key.name + ".pub").read_text(encoding="ascii")
-        line = f'restrict,command="{forced_command}" {pub}'
+        forward = f'port-forwarding,permitlisten="{permit_listen}",' if permit_listen else ""
+        line = f'restrict,{forward}command="{forced_command}" {pub}'
         self._write_private(self.authorized_keys, line, 0o600)
 
     def add_restricted_key(self, forced_command: str, name: str = "restricted") -> Path:
@@ -216,6 +236,8 @@ class SshServer:
             f"Subsystem sftp {self.sftp_subsystem}",
             "LogLevel VERBOSE",
         ]
+        if self.tcp_forwarding is not None:
+            lines.append(f"AllowTcpForwarding {self.tcp_forwarding}")
         self.config_file.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
     def _prepare(self) -> None:

@@ -88,6 +88,8 @@ def decide(request: str | None, config: Path, site: str) -> list[str]:
             raise GateRefused("refused: standby status takes one connector")
         options = _flags([w for w in words[2:] if w.startswith("-")], {"--json": False})
         return ["standby", "status", _connector(config, site, names[0]), *options]
+    if words[:2] == ["standby", "stream-check"] and len(words) == 3:
+        return ["standby", "stream-check", _connector(config, site, words[2])]
     if verb == "drill" and len(words) >= 2:
         connector = _connector(config, site, words[1])
         options = _flags(

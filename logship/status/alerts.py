@@ -33,7 +33,7 @@ from logship.status.state import State
 
 log = logging.getLogger("logship.alerts")
 
-Trigger = Literal["transition", "repeat", "drill_failed", "drift"]
+Trigger = Literal["transition", "repeat", "drill_failed", "drift", "sync_mode"]
 
 #: alerts waiting for delivery; beyond this the hooks cannot keep up and newer
 #: alerts are dropped (and logged) rather than growing memory without bound
@@ -81,6 +81,8 @@ class Alert:
             "LOGSHIP_DRILL_STATE": status.drill_state,
             "LOGSHIP_DRILL_ERROR": status.drill_error,
             "LOGSHIP_DRIFT_FILES": status.drift_files,
+            "LOGSHIP_SYNC_MODE": status.sync_mode,
+            "LOGSHIP_STREAMING": status.streaming,
         }
         # A hook tests "-n $VAR": an unmeasured figure is empty, never a made-up 0.
         return {key: "" if value is None else str(value) for key, value in facts.items()}
@@ -94,6 +96,8 @@ class _Tracked:
     drill_failed_at: str | None = None
     #: the finish time of the last verify with drift announced
     drift_at: str | None = None
+    #: the synchronous mode last seen (announced when it changes)
+    sync_mode: str | None = None
 
 
 def redact_url(url: str) -> str:
@@ -198,6 +202,19 @@ class AlertSink:
         drift_alert = self._decide_drift(status, now)
         if drift_alert is not None:
             self._enqueue(drift_alert)
+        sync_alert = self._decide_sync_mode(status, now)
+        if sync_alert is not None:
+            self._enqueue(sync_alert)
+
+    def _decide_sync_mode(self, status: ConnectorStatus, now: float) -> Alert | None:
+        """Each change of the synchronous mode in force is announced, whatever the
+        lag says: a primary dropped to async no longer waits for its standby."""
+        tracked = self._tracked[status.name]  # _decide has filled it in
+        if status.sync_mode is None or status.sync_mode == tracked.sync_mode:
+            return None
+        previous, tracked.sync_mode = tracked.sync_mode, status.sync_mode
+        # The first mode seen after a start is the baseline, as for the state.
+        return None if previous is None else Alert(status, status.state, "sync_mode", now)
 
     def _decide_drift(self, status: ConnectorStatus, now: float) -> Alert | None:
         """A verify that found drift is announced once per run: the site's copy of the

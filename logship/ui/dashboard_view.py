@@ -30,6 +30,7 @@ from logship.ui.status_table import (
     drill_label,
     format_bytes,
     format_seconds,
+    state_cell,
     status_notes,
 )
 
@@ -214,7 +215,7 @@ class DashboardView:
         for status in self.data.statuses:
             cells = [
                 Text.assemble((status.name, "bold"), (f"\n{status.kind} → {status.site}", "dim")),
-                Text(str(status.state), style=STATE_STYLES[status.state]),
+                state_cell(status),
                 self._exposure(status, WIDE_BAR if wide else NARROW_BAR, with_spark=not wide),
                 _two(format_seconds(status.transport_lag_s), format_seconds(status.apply_lag_s)),
                 _backlog(status),

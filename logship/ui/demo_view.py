@@ -7,8 +7,10 @@ test can read it.
 
 from __future__ import annotations
 
+import statistics
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
@@ -73,6 +75,73 @@ class Comparison:
         return self.equal and bool(self.rows[0][1])
 
 
+@dataclass(frozen=True)
+class ExposurePhase:
+    """What `status` reported while one pgbench load ran: each reading's
+    rpo_exposure_s, streaming state and synchronous mode, and pgbench's rate."""
+
+    label: str
+    exposures: tuple[float | None, ...] = ()
+    streaming: tuple[str | None, ...] = ()
+    sync_modes: tuple[str | None, ...] = ()
+    tps: float | None = None
+
+    @property
+    def known(self) -> list[float]:
+        return [value for value in self.exposures if value is not None]
+
+    @property
+    def p50(self) -> float | None:
+        known = self.known
+        return statistics.median(known) if known else None
+
+    @property
+    def max(self) -> float | None:
+        known = self.known
+        return max(known) if known else None
+
+    @property
+    def readings(self) -> int:
+        return len(self.exposures)
+
+    @staticmethod
+    def _most_seen(values: tuple[str | None, ...]) -> str:
+        """The value most readings showed; "(k of n)" when some showed another."""
+        if not values:
+            return "n/a"
+        value, count = Counter(values).most_common(1)[0]
+        shown = "n/a" if value is None else value
+        return shown if count == len(values) else f"{shown} ({count} of {len(values)})"
+
+    @property
+    def streaming_state(self) -> str:
+        return self._most_seen(self.streaming)
+
+    @property
+    def sync_mode(self) -> str:
+        return self._most_seen(self.sync_modes)
+
+
+def _exposure(value: float | None) -> str:
+    # Streaming's exposure is a fraction of a second: one decimal would round it away.
+    return "n/a" if value is None else f"{value:.2f}s"
+
+
+def _tps(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.0f}"
+
+
+def exposure_summary(phases: list[ExposurePhase]) -> str | None:
+    """One sentence comparing the last phase's median with the first's."""
+    if len(phases) < 2 or phases[0].p50 is None or phases[-1].p50 is None:
+        return None
+    first, last = phases[0], phases[-1]
+    return (
+        f"under the same load, {last.label} keeps the median exposure at "
+        f"{_exposure(last.p50)}, against {_exposure(first.p50)} with {first.label}"
+    )
+
+
 def _seconds(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1f}s"
 
@@ -105,6 +174,8 @@ class DemoView(Protocol):
 
     def comparison(self, result: Comparison) -> None: ...
 
+    def exposure(self, phases: list[ExposurePhase]) -> None: ...
+
 
 def make_view(console: Console | None = None) -> DemoView:
     console = console or Console(highlight=False)
@@ -128,6 +199,7 @@ def plain_line(snap: DemoSnapshot) -> str:
             f"last_applied={entry.get('last_applied')}",
             f"exposure={_seconds(entry.get('rpo_exposure_s'))}"
             f"/rpo={_seconds(entry.get('rpo_target_s'))}",
+            f"streaming={entry.get('streaming') or 'n/a'}",
         ]
     replay = snap.replay
     parts += [
@@ -176,6 +248,18 @@ class PlainDemoView:
             self._print(f"compare {what}: primary={primary} standby={standby} {mark}")
         self._print(_verdict(result))
 
+    def exposure(self, phases: list[ExposurePhase]) -> None:
+        for phase in phases:
+            self._print(
+                f"exposure {phase.label}: p50={_exposure(phase.p50)} "
+                f"max={_exposure(phase.max)} readings={phase.readings} "
+                f"streaming={phase.streaming_state} sync_mode={phase.sync_mode} "
+                f"tps={_tps(phase.tps)}"
+            )
+        summary = exposure_summary(phases)
+        if summary:
+            self._print(summary)
+
 
 def _verdict(result: Comparison) -> str:
     if result.matched:
@@ -190,6 +274,15 @@ def _verdict(result: Comparison) -> str:
 # -- rich -----------------------------------------------------------------------------
 
 
+def _stream_flushed(snap: DemoSnapshot) -> str | None:
+    """Where the standby has flushed streamed WAL, once streaming is on (the status
+    table shows the streaming state and the synchronous mode)."""
+    for entry in snap.connectors:
+        if entry.get("streaming") not in (None, "off"):
+            return str(entry.get("stream_flush_lsn") or "n/a")
+    return None
+
+
 def render_snapshot(snap: DemoSnapshot) -> RenderableType:
     header = Text.assemble((snap.phase, "bold cyan"), f"  {_elapsed(snap)}")
     parts: list[RenderableType] = [header]
@@ -199,6 +292,7 @@ def render_snapshot(snap: DemoSnapshot) -> RenderableType:
         reason = snap.status_error or "no connector reported yet"
         parts.append(Text(f"status unavailable: {reason}", style="dim"))
     replay = snap.replay
+    flushed = _stream_flushed(snap)
     behind = replay.behind_bytes
     behind_text = _mib(behind)
     if behind is not None:
@@ -209,6 +303,7 @@ def render_snapshot(snap: DemoSnapshot) -> RenderableType:
             (str(snap.shipped), "bold"),
             "\nprimary WAL at ",
             (replay.primary_lsn or "n/a", "bold"),
+            *(("   streamed and flushed at the standby ", (flushed, "bold")) if flushed else ()),
             "   standby replayed ",
             (replay.standby_lsn or "not running yet", "bold"),
             "   behind ",
@@ -236,7 +331,8 @@ class RichDemoView:
         handle = StepHandle()
         started = time.monotonic()
         try:
-            with self.console.status(text):
+            # Text, not markup: "[streaming]" or a path with brackets is shown as it is.
+            with self.console.status(Text(text)):
                 yield handle
         except BaseException:
             self.console.print(Text.assemble(("✗ ", "bold red"), text))
@@ -275,3 +371,30 @@ class RichDemoView:
         self.console.print(table)
         style = "bold green" if result.matched else "bold red"
         self.console.print(Text(_verdict(result), style=style))
+
+    def exposure(self, phases: list[ExposurePhase]) -> None:
+        table = Table(
+            title="RPO exposure under pgbench load, as `logship status` reported it",
+            title_justify="left",
+        )
+        table.add_column("")
+        table.add_column("exposure p50", justify="right")
+        table.add_column("exposure max", justify="right")
+        table.add_column("readings", justify="right")
+        table.add_column("streaming")
+        table.add_column("sync_mode")
+        table.add_column("pgbench tps", justify="right")
+        for phase in phases:
+            table.add_row(
+                phase.label,
+                Text(_exposure(phase.p50), style="bold"),
+                _exposure(phase.max),
+                str(phase.readings),
+                phase.streaming_state,
+                phase.sync_mode,
+                _tps(phase.tps),
+            )
+        self.console.print(table)
+        summary = exposure_summary(phases)
+        if summary:
+            self.console.print(Text(summary, style="bold"))

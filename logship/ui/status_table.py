@@ -93,6 +93,21 @@ def _backup(status: ConnectorStatus) -> Text:
     return text
 
 
+_STREAM_STYLES = {"streaming": "green", "catchup": "yellow", "down": "bold red"}
+
+
+def state_cell(status: ConnectorStatus) -> Text:
+    """The state, and under it how WAL streams and the synchronous mode in force."""
+    text = Text(str(status.state), style=STATE_STYLES[status.state])
+    if status.streaming is None or status.streaming == "off":
+        return text
+    text.append("\n")
+    text.append(f"stream {status.streaming}", style=_STREAM_STYLES.get(status.streaming, ""))
+    if status.sync_mode is not None:
+        text.append(f"\n{status.sync_mode}", style="bold" if status.sync_mode != "async" else "")
+    return text
+
+
 def drill_label(status: ConnectorStatus) -> Text | None:
     """The newest drill's verdict, with the measured rebuild time when one passed."""
     if status.drill_state == "failed":
@@ -116,6 +131,11 @@ def _notes(status: ConnectorStatus) -> Text:
             notes.append("\n")
         notes.append(f"{status.name}: ", style="bold")
         notes.append(f"site {status.site}: {shown_text(status.site_error)}", style="red")
+    if status.stream_error and status.streaming != "off":
+        if notes:
+            notes.append("\n")
+        notes.append(f"{status.name}: ", style="bold")
+        notes.append(f"streaming: {shown_text(status.stream_error)}", style="yellow")
     if status.drill_state == "failed":
         if notes:
             notes.append("\n")
@@ -205,7 +225,7 @@ def build_status_table(statuses: Sequence[ConnectorStatus], *, title: str | None
     for status in statuses:
         table.add_row(
             Text.assemble(status.name, (f"\n{status.kind} → {status.site}", "dim")),
-            Text(str(status.state), style=STATE_STYLES[status.state]),
+            state_cell(status),
             _exposure(status),
             _lags(status),
             _pending(status),

@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 from logship.catalog.store import Catalog
-from logship.demo_sandbox.deployment import Deployment, wait_for
+from logship.demo_sandbox.deployment import REPLICATION_ROLE, Deployment, wait_for
 from logship.demo_sandbox.osuser import OsUser
 from logship.engines.postgresql import walnames
 
@@ -59,6 +59,25 @@ def test_wal_streams_through_the_ssh_link(streaming: Deployment) -> None:
     assert entry["sync_mode"] == "async"
     assert entry["stream_flush_lsn"]
     assert entry["rpo_exposure_s"] is not None and entry["rpo_exposure_s"] < 2
+    shown = dep.logship("status").stdout
+    assert "stream streaming" in shown and "async" in shown
+
+    # The tunnel carries a physical replication connection as the streaming role,
+    # nothing else, whatever the primary's pg_hba.conf trusts from the daemon.
+    at_site = f"host=127.0.0.1 port={dep.stream_port} sslmode=disable connect_timeout=10"
+    for refused in (
+        f"{at_site} user=postgres dbname=postgres",
+        f"{at_site} user=postgres replication=true",
+        f"{at_site} user={REPLICATION_ROLE} dbname=postgres",
+    ):
+        with pytest.raises(psycopg.OperationalError):
+            psycopg.connect(refused).close()
+    with pytest.raises(psycopg.OperationalError, match="password"):
+        psycopg.connect(f"{at_site} user={REPLICATION_ROLE} replication=true").close()
+    with psycopg.connect(
+        f"{at_site} user={REPLICATION_ROLE} replication=true passfile={dep.replication_passfile}"
+    ) as conn:
+        assert conn.pgconn.exec_(b"IDENTIFY_SYSTEM").ntuples == 1
 
 
 class Ticker(threading.Thread):
@@ -165,16 +184,17 @@ def primary_lsn(dep: Deployment) -> int:
     return walnames.lsn_to_int(lsn)
 
 
-def commits_within(dep: Deployment, seconds: float) -> bool:
+def commit_in_background(dep: Deployment, n: int = -1) -> threading.Event:
+    """One commit on the primary; the event is set once it has returned."""
     done = threading.Event()
 
     def commit() -> None:
         with contextlib.suppress(psycopg.Error):
-            dep.primary.execute("insert into ticks values (-1, 0) on conflict do nothing")
+            dep.primary.execute(f"insert into ticks values ({n}, 0) on conflict do nothing")
             done.set()
 
     threading.Thread(target=commit, daemon=True).start()
-    return done.wait(seconds)
+    return done
 
 
 @pytest.mark.parametrize(
@@ -197,7 +217,7 @@ def test_link_cut_falls_back_to_shipping_and_streaming_returns(
 
     # Maximum availability: after fallback_after without the standby, commits go on.
     wait_for(lambda: status_entry(dep)["sync_mode"] == "async", 30, "the drop to async")
-    assert commits_within(dep, 10), "the primary still waits for the absent standby"
+    assert commit_in_background(dep).wait(10), "the primary still waits for the absent standby"
     entry = status_entry(dep)
     assert entry["streaming"] == "down"
     # Honest exposure: nothing reached the site since the cut.
@@ -269,3 +289,34 @@ def test_streaming_turned_on_later_needs_no_restore(deployment: Deployment) -> N
     wait_for(lambda: (r := receiver(dep)) and r[0] == "streaming", 90, "the standby streaming")
     ((slot,),) = dep.standby.query("select current_setting('primary_slot_name')")
     assert slot == "logship_main"
+
+
+@pytest.mark.parametrize(
+    "drill_deployment", [{"synchronous": True, "protection": "protection"}], indirect=True
+)
+def test_maximum_protection_waits_for_the_standby_for_as_long_as_it_is_away(
+    drill_deployment: Deployment,
+) -> None:
+    dep = drill_deployment
+    wait_for(lambda: status_entry(dep)["sync_mode"] == "protection", 60, "maximum protection")
+    dep.primary.execute("create table ticks (n int primary key, at float8)")
+    assert dep.sshd.cut()
+    waiting = commit_in_background(dep, 1)
+    # Far longer than maximum availability would wait: the commit does not return.
+    assert not waiting.wait(8)
+    entry = status_entry(dep)
+    assert (entry["sync_mode"], entry["streaming"]) == ("protection", "down")
+    dep.sshd.start()
+    assert waiting.wait(90), "the commit did not return once the standby was back"
+    wait_for(lambda: dep.standby.query("select count(*) from ticks") == [(1,)], 30, "tick 1")
+
+
+def test_a_slot_left_by_streaming_turned_off_is_dropped(deployment: Deployment) -> None:
+    dep = deployment
+    dep.primary.execute("select pg_create_physical_replication_slot('logship_main', true)")
+    dep.start_daemon()
+    wait_for(
+        lambda: dep.primary.query("select count(*) from pg_replication_slots") == [(0,)],
+        30,
+        "the stale slot dropped",
+    )

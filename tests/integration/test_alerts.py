@@ -172,6 +172,8 @@ def test_hook_gets_the_facts_in_env_and_on_stdin(
         "LOGSHIP_DRILL_STATE": "",
         "LOGSHIP_DRILL_ERROR": "",
         "LOGSHIP_DRIFT_FILES": "",
+        "LOGSHIP_SYNC_MODE": "",
+        "LOGSHIP_STREAMING": "",
     }
     assert call["stdin"] == {
         **breach.to_json(),
@@ -691,3 +693,20 @@ def test_a_hook_gets_only_what_it_needs_of_the_daemons_environment(
         and key not in {"PWD", "SHLVL", "_"}
     }
     assert extra == set()
+
+
+def test_each_change_of_the_synchronous_mode_is_announced(
+    recorder: Recorder, sinks: list[AlertSink]
+) -> None:
+    sink = new_sink(sinks, hooks=[recorder.argv], repeat=3600)
+    ok = make_status(State.OK)
+    modes = ["availability", "availability", "async", "async", None, "availability"]
+    for offset, mode in enumerate(modes):
+        sink.observe([replace(ok, sync_mode=mode, streaming="streaming")], T0 + offset)
+    assert sink.wait_idle(30)
+    calls = recorder.calls()
+    assert [(c["LOGSHIP_EVENT"], c["LOGSHIP_SYNC_MODE"]) for c in calls] == [
+        ("sync_mode", "async"),
+        ("sync_mode", "availability"),
+    ]
+    assert calls[0]["stdin"]["sync_mode"] == "async"

@@ -30,6 +30,7 @@ def config(tmp_path: Path) -> Path:
         ("standby status orders --json", ["standby", "status", "orders", "--json"]),
         ("standby status --json orders", ["standby", "status", "orders", "--json"]),
         ("standby status orders", ["standby", "status", "orders"]),
+        ("standby stream-check orders", ["standby", "stream-check", "orders"]),
         (
             "drill orders --backup latest --json --stop-when-stdin-closes",
             ["drill", "orders", "--json", "--stop-when-stdin-closes", "--backup", "latest"],
@@ -57,6 +58,10 @@ def test_the_gate_lets_logship_site_commands_through(
         "standby status orders billing",
         "standby status orders --json --json",
         "standby status orders --config x",
+        "standby stream-check",
+        "standby stream-check nosuch",
+        "standby stream-check orders --json",
+        "standby stream-check orders billing",
         "drill orders --backup",
         "drill orders --backup -x",
         "tree-receive orders",

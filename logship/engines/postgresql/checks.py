@@ -68,9 +68,39 @@ class PostgresChecks:
         runner.run(f"archiving {name}", check_archiving, name, spool, config.path, settings)
         runner.run(f"archive_timeout {name}", check_archive_timeout, connector.rpo, settings)
         runner.run(f"spool-owner {name}", check_spool_owner, spool, settings)
+        if connector.streaming.enabled:
+            stream_checks(config.site_of(connector), connector, runner)
 
 
 POSTGRESQL_CHECKS = PostgresChecks()
+
+
+def stream_checks(site: SiteConfig, connector: PostgresConnector, runner: CheckRunner) -> None:
+    """[streaming] enabled: the primary's replication settings, then the tunnel."""
+    from logship.engines.postgresql import stream_check as sc
+
+    name = connector.name
+    facts = runner.obtain(f"stream-primary {name}", sc.check_stream_primary, connector)
+    if facts is None:
+        return
+    runner.run(f"wal_senders {name}", sc.check_wal_senders, facts)
+    runner.run(f"replication_slots {name}", sc.check_replication_slots, facts, connector)
+    runner.run(f"max_slot_wal_keep_size {name}", sc.check_slot_bound, facts, connector)
+    runner.run(f"replication-role {name}", sc.check_replication_role, facts, connector)
+    if connector.streaming.synchronous:
+        runner.run(f"synchronous {name}", sc.check_sync_control, facts, connector)
+    probe = runner.obtain(
+        f"stream-forward {name}", sc.check_stream_forward, connector, site, facts.systemid
+    )
+    if probe is None:
+        return
+    if site.restricted:
+        runner.run(f"stream-key {name}", sc.check_restricted_forwarding, probe, site)
+    answer = runner.obtain(
+        f"stream-login {name}", sc.check_stream_login, probe, facts.systemid, connector
+    )
+    if answer is not None:
+        runner.run(f"stream-password {name}", sc.check_stream_password, answer, connector)
 
 
 def check_standby_status(

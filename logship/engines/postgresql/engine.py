@@ -135,8 +135,14 @@ class PostgresEngine:
     def background_jobs(self, connector: ConnectorBase) -> list[BackgroundJob]:
         assert isinstance(connector, PostgresConnector)
         from logship.engines.postgresql.probe import PrimaryProbe
+        from logship.engines.postgresql.stream_settings import standby_name
 
-        probe = PrimaryProbe(connector.name, connector.primary.dsn, heartbeat=connector.heartbeat)
+        probe = PrimaryProbe(
+            connector.name,
+            connector.primary.dsn,
+            heartbeat=connector.heartbeat,
+            stale_slot=None if connector.streaming.enabled else standby_name(connector.name),
+        )
         return [
             BackgroundJob(
                 name=f"primary-{connector.name}",

@@ -44,8 +44,12 @@ READY = "select count(*) from pg_ls_archive_statusdir() where name like '%%.read
 class PrimaryProbe:
     """Owns one connection to the primary; reconnects on the next run after an error."""
 
-    def __init__(self, connector: str, dsn: str, *, heartbeat: bool) -> None:
+    def __init__(
+        self, connector: str, dsn: str, *, heartbeat: bool, stale_slot: str | None = None
+    ) -> None:
         self.connector = connector
+        #: a replication slot of this connector's that nothing streams to any more
+        self._stale_slot = stale_slot
         self._dsn = dsn
         self._heartbeat = heartbeat
         self._conn: psycopg.Connection | None = None
@@ -101,10 +105,28 @@ class PrimaryProbe:
             # The heartbeat must not wait for a synchronous standby: with the standby
             # away it would stall the probe (and a stopping daemon) with it.
             self._conn.execute("set synchronous_commit to local")
+            if self._stale_slot is not None:
+                self._drop_stale_slot(self._conn, self._stale_slot)
             if self._heartbeat:
                 for statement in SETUP:
                     self._conn.execute(statement)
         return self._conn
+
+    def _drop_stale_slot(self, conn: psycopg.Connection, slot: str) -> None:
+        """Streaming turned off leaves the slot behind, holding WAL back for good."""
+        dropped = conn.execute(
+            "select pg_drop_replication_slot(slot_name) from pg_replication_slots"
+            " where slot_name = %s and not active",
+            (slot,),
+        ).fetchall()
+        if dropped:
+            event(
+                log,
+                logging.WARNING,
+                "replication slot dropped: streaming is off",
+                connector=self.connector,
+                slot=slot,
+            )
 
     def close(self) -> None:
         if self._conn is not None:

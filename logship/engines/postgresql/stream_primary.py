@@ -31,8 +31,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("logship.streaming")
 
 MIB = 1 << 20
-#: the standby counts as caught up (synchronous mode may return) within this much
-CAUGHT_UP_BYTES = MIB
+#: the standby counts as caught up (synchronous mode may return) within this much:
+#: PostgreSQL's own "streaming" state says it reached the end of WAL once, and a
+#: busy primary on a far link is always some WAL ahead of the standby's flush
+CAUGHT_UP_BYTES = 16 * MIB
 #: LSN -> time samples kept while the standby is behind; beyond, the oldest go
 #: (exposure then comes from the shipped segments, which never forget)
 MAP_LIMIT = 20_000
@@ -96,7 +98,6 @@ class _SyncDecision:
     """Where maximum availability stands: when the standby was last seen."""
 
     absent_since: float | None = None
-    fallen_back: bool = False
 
 
 class StreamSupervisor:
@@ -289,12 +290,10 @@ class StreamSupervisor:
             promised = self.promised_until is not None and at < self.promised_until
             if away and away >= streaming.fallback_after and not promised:
                 self._set_sync(conn, "")
-                decision.fallen_back = True
                 return self._record_mode("async", at, f"no standby for {away:.0f} s"), None
             return self._record_mode("availability", at), None
         if caught_up:
             self._set_sync(conn, self.name)
-            decision.fallen_back = False
             return self._record_mode("availability", at, "the standby is caught up"), None
         return self._record_mode("async", at), None
 

@@ -45,6 +45,9 @@ def standby_conninfo(connector: PostgresConnector) -> str:
         "user": streaming.user,
         "application_name": standby_name(connector.name),
         "connect_timeout": "10",
+        # Inside SSH already; the tunnel declines both, and says so at once.
+        "sslmode": "disable",
+        "gssencmode": "disable",
     }
     if streaming.passfile is not None:
         params["passfile"] = str(streaming.passfile)

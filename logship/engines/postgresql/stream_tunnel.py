@@ -26,6 +26,7 @@ import paramiko
 
 from logship.config.model import SiteConfig
 from logship.engines.postgresql.stream_settings import SITE_LISTEN_HOST
+from logship.engines.postgresql.stream_startup import StartupRefused, read_startup
 from logship.engines.postgresql.tools import DsnEndpoint
 from logship.errors import OperationFailed
 from logship.logs import event
@@ -38,6 +39,8 @@ CHUNK = 64 * 1024
 #: TCP_USER_TIMEOUT that open_client sets instead of never
 KEEPALIVE_S = 2
 POLL_S = 0.5
+#: a connection that has not sent its startup message by then is not a walreceiver
+STARTUP_TIMEOUT_S = 10.0
 
 
 class ForwardRefused(OperationFailed):
@@ -49,7 +52,7 @@ def forward_refused(site: SiteConfig, port: int) -> ForwardRefused:
     return ForwardRefused(
         f"site {site.name}: sshd at {where(site)} refused to listen on "
         f"{SITE_LISTEN_HOST}:{port} for streaming: allow it with `AllowTcpForwarding remote` "
-        "(or yes) in the site's sshd_config (a restricted key also needs "
+        "in the site's sshd_config (a restricted key also needs "
         f'`port-forwarding,permitlisten="{SITE_LISTEN_HOST}:{port}"`), or pick a free '
         "[streaming].site_port"
     )
@@ -86,26 +89,35 @@ def primary_connector(endpoint: DsnEndpoint) -> Callable[[], socket.socket]:
 
 
 class _Joint(threading.Thread):
-    """One forwarded connection joined to the primary, bytes both ways until either
-    side ends."""
+    """One forwarded connection: its startup message checked, then joined to the
+    primary, bytes both ways until either side ends."""
 
-    def __init__(self, channel: paramiko.Channel, primary: socket.socket, done: Callable) -> None:
+    def __init__(self, tunnel: SiteTunnel, channel: paramiko.Channel) -> None:
         super().__init__(name="stream-joint", daemon=True)
+        self.tunnel = tunnel
         self.channel = channel
-        self.primary = primary
-        self._done = done
+        self.primary: socket.socket | None = None
 
     def run(self) -> None:
         try:
-            self._pump()
-        except (OSError, EOFError, paramiko.SSHException):
-            pass  # either end gone: the other is closed below
+            self.channel.settimeout(STARTUP_TIMEOUT_S)
+            startup = read_startup(self.channel.recv, self.channel.sendall, self.tunnel.role)
+            self.primary = self.tunnel.join()
+            self.primary.sendall(startup.raw)
+            self.channel.settimeout(None)
+            self._pump(self.primary)
+        except StartupRefused as exc:
+            self.tunnel.refused(str(exc))
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            if self.primary is None:
+                self.tunnel.refused(f"the primary is not reachable: {exc}")
+            # else: either end gone; the other is closed below
         finally:
             self.close()
-            self._done(self)
+            self.tunnel.forget(self)
 
-    def _pump(self) -> None:
-        channel, primary = self.channel, self.primary
+    def _pump(self, primary: socket.socket) -> None:
+        channel = self.channel
         from_site_open = to_site_open = True
         while from_site_open or to_site_open:
             watched = [
@@ -133,8 +145,9 @@ class _Joint(threading.Thread):
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.channel.close()
-        with contextlib.suppress(OSError):
-            self.primary.close()
+        if self.primary is not None:
+            with contextlib.suppress(OSError):
+                self.primary.close()
 
 
 class SiteTunnel:
@@ -152,10 +165,13 @@ class SiteTunnel:
         site_port: int,
         join: Callable[[], socket.socket],
         connector: str,
+        role: str,
     ) -> None:
         self.site = site
         self.site_port = site_port
-        self._join = join
+        self.join = join
+        #: the only role a connection through the tunnel may log in as
+        self.role = role
         self._connector = connector
         self._client: paramiko.SSHClient | None = None
         self._lock = threading.Lock()
@@ -199,25 +215,22 @@ class SiteTunnel:
         server: tuple[str, int],
     ) -> None:
         # paramiko's transport thread calls this: anything slow goes to the joint.
-        try:
-            primary = self._join()
-        except OSError as exc:
-            event(
-                log,
-                logging.WARNING,
-                "streaming connection not joined: the primary is not reachable",
-                connector=self._connector,
-                error=str(exc),
-            )
-            channel.close()
-            return
-        joint = _Joint(channel, primary, self._forget)
+        joint = _Joint(self, channel)
         with self._lock:
             self._joints.add(joint)
             self.accepted += 1
         joint.start()
 
-    def _forget(self, joint: _Joint) -> None:
+    def refused(self, why: str) -> None:
+        event(
+            log,
+            logging.WARNING,
+            "streaming connection refused at the tunnel",
+            connector=self._connector,
+            why=why,
+        )
+
+    def forget(self, joint: _Joint) -> None:
         with self._lock:
             self._joints.discard(joint)
 

@@ -48,7 +48,9 @@ class StreamWorker(threading.Thread):
         join = primary_connector(
             parse_dsn(connector.primary.dsn, setting=f"connector {connector.name}: [primary].dsn")
         )
-        self.tunnel = SiteTunnel(site, connector.streaming.site_port, join, connector.name)
+        self.tunnel = SiteTunnel(
+            site, connector.streaming.site_port, join, connector.name, connector.streaming.user
+        )
         self.supervisor = StreamSupervisor(connector, lambda: self.tunnel.is_alive, self._journal)
         self._backoff = Backoff()
         self._retry_at = 0.0
@@ -66,20 +68,32 @@ class StreamWorker(threading.Thread):
     def run(self) -> None:
         try:
             while not self._stopping.is_set():
-                self._keep_tunnel()
-                facts = self.supervisor.sample()
-                if self._tunnel_error and not self.tunnel.is_alive:
-                    shown = facts.get("error")
-                    facts["error"] = "; ".join(e for e in (self._tunnel_error, shown) if e)
-                facts.setdefault("measured_at", self._clock())
-                self._renew_lease(facts)
-                self.catalog.record_stream_facts(self.connector.name, facts)
+                try:
+                    self._round()
+                except Exception as exc:  # a catalog hiccup, say: the next round retries
+                    event(
+                        log,
+                        logging.ERROR,
+                        "streaming round failed",
+                        connector=self.connector.name,
+                        error=first_line(exc),
+                    )
                 self._wake.wait(SAMPLE_S)
                 self._wake.clear()
         finally:
             self._release_sync()
             self.tunnel.close()
             self.supervisor.close()
+
+    def _round(self) -> None:
+        self._keep_tunnel()
+        facts = self.supervisor.sample()
+        if self._tunnel_error and not self.tunnel.is_alive:
+            shown = facts.get("error")
+            facts["error"] = "; ".join(e for e in (self._tunnel_error, shown) if e)
+        facts.setdefault("measured_at", self._clock())
+        self._renew_lease(facts)
+        self.catalog.record_stream_facts(self.connector.name, facts)
 
     def _keep_tunnel(self) -> None:
         if self.tunnel.is_alive:

@@ -39,6 +39,11 @@ def _standby(p: argparse.ArgumentParser) -> None:
     st = actions.add_parser("status", help="the standby's replay facts, read at its site")
     st.add_argument("connector")
     st.add_argument("--json", action="store_true", help="one JSON object (what the daemon reads)")
+    sc = actions.add_parser(
+        "stream-check",
+        help="log in through the streaming tunnel as the standby would (what check runs)",
+    )
+    sc.add_argument("connector")
 
 
 def _drill(p: argparse.ArgumentParser) -> None:
@@ -102,7 +107,11 @@ VERBS = {
         "take a base backup and stream it to the standby site",
         _connector,
     ),
-    "standby": (f"{_CLI}.standby", "standby-site actions (restore, status)", _standby),
+    "standby": (
+        f"{_CLI}.standby",
+        "standby-site actions (restore, status, stream-check)",
+        _standby,
+    ),
     "drill": (
         f"{_CLI}.drill",
         "prove a base backup restores: scratch restore, replay, query",

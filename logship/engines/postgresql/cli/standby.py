@@ -1,8 +1,9 @@
-"""`logship standby restore|status CONNECTOR`: run at the standby site."""
+"""`logship standby restore|status|stream-check CONNECTOR`: run at the standby site."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from dataclasses import asdict
@@ -14,7 +15,7 @@ from logship.engines.postgresql.base_backup import postgres_connector
 from logship.engines.postgresql.engine import PostgresConnector
 from logship.engines.postgresql.standby_restore import restore_standby
 from logship.engines.postgresql.standby_status import read_connector_standby_facts
-from logship.errors import first_line
+from logship.errors import EXIT_FAILED, UsageError, first_line
 from logship.manifest import SiteLayout
 from logship.site_temps import sweep_stale_temps
 from logship.ui.phase_progress import phase_progress
@@ -31,6 +32,8 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(config_path(args.config))
     if args.standby_action == "status":
         return _status(config, args)
+    if args.standby_action == "stream-check":
+        return _stream_check(config, args)
     with phase_progress(sys.stdout.isatty(), _PHASES) as on_progress:
         restored = restore_standby(config, args.connector, args.backup, on_progress)
     print(
@@ -70,3 +73,15 @@ def _status(config: Config, args: argparse.Namespace) -> int:
     for key, value in asdict(facts).items():
         print(f"{key:18} {value}")
     return 0 if facts.reachable else 1
+
+
+def _stream_check(config: Config, args: argparse.Namespace) -> int:
+    """One JSON line (what `check` reads): exit 0 when the role logged in."""
+    from logship.engines.postgresql.stream_probe import probe_through_tunnel
+
+    connector = postgres_connector(config, args.connector)
+    if not connector.streaming.enabled:
+        raise UsageError(f"connector {connector.name}: [streaming] is not enabled here")
+    answer = probe_through_tunnel(connector)
+    print(json.dumps(answer))
+    return EXIT_FAILED if "error" in answer else 0
