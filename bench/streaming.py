@@ -52,13 +52,12 @@ from live import cpu_seconds
 
 from logship.demo_sandbox import OsUser, PgCluster, free_port
 from logship.demo_sandbox.deployment import Deployment
-from logship.demo_sandbox.procs import kill_tree
+from logship.demo_sandbox.procs import child_pids, kill_tree
 from logship.manifest import SiteLayout
 from testkit.relay import DelayRelay
 
 BENCH = "streaming"
 PARTS = ("penalty", "exposure", "drills")
-HERE = Path(__file__).resolve().parent
 #: the issue's targets
 TARGET_ASYNC_RATIO = 0.97
 TARGET_SYNC_RTT_MS = 10
@@ -475,20 +474,27 @@ def run_penalty(root: Path, args: argparse.Namespace, report: Report) -> None:
 
 
 class StatusSampler:
-    """bench/status_sampler.py as the logship user: one status entry per interval."""
+    """`logship.demo_sandbox.status_sampler` as the logship user (the catalog's
+    owner): what `status --json` prints, computed by one long-lived process every
+    `interval`. A CLI process per sample would cost more CPU than the interval and
+    compete with the load being measured. `samples` are this connector's entries,
+    each with `sampled_at`."""
 
     def __init__(self, dep: Deployment, interval: float) -> None:
+        self.connector = dep.connector
         self.samples: list[dict[str, Any]] = []
         self._proc = subprocess.Popen(
             [
                 *dep.user.command_prefix(),
                 sys.executable,
-                str(HERE / "status_sampler.py"),
+                "-m",
+                "logship.demo_sandbox.status_sampler",
+                "--config",
                 str(dep.config_path),
-                dep.connector,
+                "--interval",
                 str(interval),
             ],
-            stdin=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -501,18 +507,23 @@ class StatusSampler:
         assert self._proc.stdout is not None
         for line in self._proc.stdout:
             with contextlib.suppress(json.JSONDecodeError):
-                self.samples.append(json.loads(line))
+                reading = json.loads(line)
+                for entry in reading.get("connectors", []):  # none in a failed reading
+                    if entry.get("name") == self.connector:
+                        self.samples.append({**entry, "sampled_at": reading.get("at")})
 
     def stop(self) -> list[dict[str, Any]]:
-        if self._proc.stdin is not None:
-            self._proc.stdin.close()  # its signal to stop
+        # SIGTERM to the sampler itself, not runuser (which re-raises it on itself).
+        for pid in child_pids(self._proc.pid) or [self._proc.pid]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
         try:
             self._proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             kill_tree(self._proc.pid)
             self._proc.wait(timeout=10)
         self._reader.join(10)
-        if self._proc.returncode not in (0, None) and not self.samples:
+        if not self.samples:
             err = self._proc.stderr.read() if self._proc.stderr else ""
             raise RuntimeError(f"status sampler exited {self._proc.returncode}: {err[-2000:]}")
         return self.samples
