@@ -62,6 +62,15 @@ def test_wal_streams_through_the_ssh_link(streaming: Deployment) -> None:
     shown = dep.logship("status").stdout
     assert "stream streaming" in shown and "async" in shown
 
+    # Streamed WAL never goes through restore-wal, yet its shipped copies count
+    # as applied once the standby has replayed past them.
+    ((switched,),) = dep.primary.query("select pg_walfile_name(pg_switch_wal())")
+    dep.primary.execute("insert into ticks values (2)")
+    dep.wait_replayed(dep.switch_wal())
+    wait_for(lambda: (status_entry(dep)["last_applied"] or "") >= switched, 30, "applied")
+    fetched = json.loads((dep.incoming / dep.connector / "restored.json").read_text())["name"]
+    assert fetched < switched
+
     # The tunnel carries a physical replication connection as the streaming role,
     # nothing else, whatever the primary's pg_hba.conf trusts from the daemon.
     at_site = f"host=127.0.0.1 port={dep.stream_port} sslmode=disable connect_timeout=10"
