@@ -40,7 +40,7 @@ from logship.daemon import LOCK_NAME
 from logship.demo_sandbox import OsUser, PgCluster
 from logship.demo_sandbox.deployment import Deployment, wait_for
 from logship.demo_sandbox.postgres import DEFAULT_BIN_DIR
-from logship.demo_sandbox.procs import child_pids
+from logship.demo_sandbox.procs import child_pids, terminate_and_wait
 from logship.demo_sandbox.sshd import DEFAULT_SSHD
 from logship.errors import LogshipError, OperationFailed, UsageError
 from logship.manifest import SiteLayout
@@ -306,17 +306,8 @@ class Pgbench:
 
     def stop(self) -> None:
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        # runuser passes SIGTERM on to pgbench and waits for it.
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            for pid in [*child_pids(proc.pid), proc.pid]:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            proc.wait(timeout=15)
+        if proc is not None:
+            terminate_and_wait(proc)
 
 
 StatusReading = tuple[list[dict[str, Any]], str | None]  # (connectors, why there are none)
@@ -412,16 +403,8 @@ class StatusPoller:
     def stop(self) -> None:
         """Returns once the sampler has exited: none may outlive the sandbox."""
         proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            # runuser passes SIGTERM on to the sampler and waits for it.
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                for pid in [*child_pids(proc.pid), proc.pid]:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
-                proc.wait(timeout=15)
+        if proc is not None:
+            terminate_and_wait(proc)
         if self._reader is not None:
             self._reader.join(timeout=15)
             self._reader = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
 from pathlib import Path
 
 
@@ -20,3 +21,16 @@ def kill_tree(pid: int) -> None:
     for target in [*child_pids(pid), pid]:
         with contextlib.suppress(ProcessLookupError):
             os.kill(target, signal.SIGKILL)
+
+
+def terminate_and_wait(proc: subprocess.Popen, timeout: float = 15) -> None:
+    """SIGTERM (runuser passes it on to its child and waits for it), then SIGKILL
+    to the tree when it has not ended within `timeout`."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_tree(proc.pid)
+        proc.wait(timeout=timeout)

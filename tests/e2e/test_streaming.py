@@ -32,9 +32,10 @@ def receiver(dep: Deployment) -> tuple | None:
     return rows[0] if rows else None
 
 
-@pytest.fixture
-def streaming(reachable_dir: Path, pg_user: OsUser) -> Iterator[Deployment]:
-    dep = Deployment(reachable_dir / "deploy", pg_user, streaming=True)
+@contextlib.contextmanager
+def streaming_deployment(root: Path, user: OsUser, **options: object) -> Iterator[Deployment]:
+    """Primary, daemon and a restored standby, streaming; all stopped on the way out."""
+    dep = Deployment(root / "deploy", user, streaming=True, **options)
     try:
         dep.build_primary()
         dep.start_daemon()
@@ -42,6 +43,12 @@ def streaming(reachable_dir: Path, pg_user: OsUser) -> Iterator[Deployment]:
         yield dep
     finally:
         dep.teardown()
+
+
+@pytest.fixture
+def streaming(reachable_dir: Path, pg_user: OsUser) -> Iterator[Deployment]:
+    with streaming_deployment(reachable_dir, pg_user) as dep:
+        yield dep
 
 
 def test_wal_streams_through_the_ssh_link(streaming: Deployment) -> None:
@@ -61,6 +68,15 @@ def test_wal_streams_through_the_ssh_link(streaming: Deployment) -> None:
     assert entry["rpo_exposure_s"] is not None and entry["rpo_exposure_s"] < 2
     shown = dep.logship("status").stdout
     assert "stream streaming" in shown and "async" in shown
+
+    # Streamed WAL never goes through restore-wal, yet its shipped copies count
+    # as applied once the standby has replayed past them.
+    ((switched,),) = dep.primary.query("select pg_walfile_name(pg_switch_wal())")
+    dep.primary.execute("insert into ticks values (2)")
+    dep.wait_replayed(dep.switch_wal())
+    wait_for(lambda: (status_entry(dep)["last_applied"] or "") >= switched, 30, "applied")
+    fetched = json.loads((dep.incoming / dep.connector / "restored.json").read_text())["name"]
+    assert fetched < switched
 
     # The tunnel carries a physical replication connection as the streaming role,
     # nothing else, whatever the primary's pg_hba.conf trusts from the daemon.
@@ -138,16 +154,10 @@ def disaster_drill(dep: Deployment) -> tuple[list[tuple[int, float]], list[int],
 
 @pytest.fixture
 def drill_deployment(reachable_dir: Path, pg_user: OsUser, request) -> Iterator[Deployment]:
-    dep = Deployment(
-        reachable_dir / "deploy", pg_user, streaming=True, check_dsn=True, **request.param
-    )
-    try:
-        dep.build_primary()
-        dep.start_daemon()
-        dep.standby_up()
+    """Streaming with the options of the test's parameter, and a TCP check_dsn so
+    that promote can see the primary down."""
+    with streaming_deployment(reachable_dir, pg_user, check_dsn=True, **request.param) as dep:
         yield dep
-    finally:
-        dep.teardown()
 
 
 @pytest.mark.parametrize("drill_deployment", [{}], indirect=True)

@@ -58,8 +58,8 @@ def _hba_first(dep: Deployment, rule: str) -> None:
     dep.primary.execute("select pg_reload_conf()")
 
 
-def test_check_proves_the_forward_the_settings_and_the_login(streaming: Deployment) -> None:
-    dep = streaming
+def every_stream_line_ok(dep: Deployment) -> dict[str, str]:
+    """`check` passes, each streaming line included; its lines by name."""
     result = logship(dep.config_path, "check")
     assert result.returncode == 0, explain(result)
     lines = check_lines(result)
@@ -67,6 +67,12 @@ def test_check_proves_the_forward_the_settings_and_the_login(streaming: Deployme
         assert lines.get(f"{check} {dep.connector}", "").startswith("ok "), (
             f"{check}\n{explain(result)}"
         )
+    return lines
+
+
+def test_check_proves_the_forward_the_settings_and_the_login(streaming: Deployment) -> None:
+    dep = streaming
+    lines = every_stream_line_ok(dep)
     assert "(the primary)" in lines[f"stream-login {dep.connector}"]
     assert "without its password is refused" in lines[f"stream-password {dep.connector}"]
     # The check's own forward is gone: the port is free for the daemon.
@@ -99,13 +105,7 @@ def test_check_passes_with_the_standby_streaming_in_synchronous_mode(
         90,
         "the standby streaming and synchronous mode in force",
     )
-    result = logship(dep.config_path, "check")
-    assert result.returncode == 0, explain(result)
-    lines = check_lines(result)
-    for check in (*STREAM_LINES, "synchronous"):
-        assert lines.get(f"{check} {dep.connector}", "").startswith("ok "), (
-            f"{check}\n{explain(result)}"
-        )
+    lines = every_stream_line_ok(dep)
     assert "this standby's" in lines[f"wal_senders {dep.connector}"]
     assert "(this standby)" in lines[f"synchronous {dep.connector}"]
 

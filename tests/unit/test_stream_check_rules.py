@@ -13,7 +13,7 @@ import pytest
 from factories import postgres_connector
 
 from logship.checks import CheckStatus
-from logship.engines.postgresql.stream_check import (
+from logship.engines.postgresql.streaming.check import (
     SlotFacts,
     StreamPrimary,
     TunnelProbe,
@@ -26,7 +26,7 @@ from logship.engines.postgresql.stream_check import (
     check_wal_senders,
     hba_line,
 )
-from logship.engines.postgresql.stream_probe import (
+from logship.engines.postgresql.streaming.probe import (
     BadAnswer,
     StreamAnswer,
     parse_answer,

@@ -9,9 +9,9 @@ from factories import postgres_connector
 
 from logship.config.sizes import parse_size
 from logship.engines.postgresql.status import STREAM_STALE_S, stream_figures
-from logship.engines.postgresql.stream_lease import SyncLease
-from logship.engines.postgresql.stream_primary import LsnClock
-from logship.engines.postgresql.stream_settings import standby_conninfo, standby_name
+from logship.engines.postgresql.streaming.lease import SyncLease
+from logship.engines.postgresql.streaming.primary import LsnClock
+from logship.engines.postgresql.streaming.settings import standby_conninfo, standby_name
 
 
 def test_lsn_clock_gives_the_newest_time_a_flushed_position_covers() -> None:

@@ -77,7 +77,7 @@ POSTGRESQL_CHECKS = PostgresChecks()
 
 def stream_checks(site: SiteConfig, connector: PostgresConnector, runner: CheckRunner) -> None:
     """[streaming] enabled: the primary's replication settings, then the tunnel."""
-    from logship.engines.postgresql import stream_check as sc
+    from logship.engines.postgresql.streaming import check as sc
 
     name = connector.name
     facts = runner.obtain(f"stream-primary {name}", sc.check_stream_primary, connector)

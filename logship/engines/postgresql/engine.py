@@ -135,7 +135,7 @@ class PostgresEngine:
     def background_jobs(self, connector: ConnectorBase) -> list[BackgroundJob]:
         assert isinstance(connector, PostgresConnector)
         from logship.engines.postgresql.probe import PrimaryProbe
-        from logship.engines.postgresql.stream_settings import standby_name
+        from logship.engines.postgresql.streaming.settings import standby_name
 
         probe = PrimaryProbe(
             connector.name,
@@ -194,7 +194,7 @@ class PostgresEngine:
         assert isinstance(connector, PostgresConnector)
         if not connector.streaming.enabled:
             return DaemonWorkers(site_shipping=True)
-        from logship.engines.postgresql.stream_worker import StreamWorker
+        from logship.engines.postgresql.streaming.worker import StreamWorker
 
         worker = StreamWorker(
             connector,

@@ -661,7 +661,7 @@ class Promotion:
     def _synchronous_evidence(self, state: StandbyState) -> str | None:
         """Why every commit the primary acknowledged is on this standby, from the
         primary's last word (its lease at the site); None when that cannot be shown."""
-        from logship.engines.postgresql.stream_lease import SyncLease, lease_path
+        from logship.engines.postgresql.streaming.lease import SyncLease, lease_path
 
         if state.received_lsn_text is None:
             return None

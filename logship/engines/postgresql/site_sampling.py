@@ -205,16 +205,37 @@ class StandbySampler:
                 measured_at=facts.measured_at,
                 replay_rate_bps=rate,
             )
-        self.catalog.record_restored(
-            target.connector,
-            facts.last_restored,
-            facts.restored_at,
-            self._clock(),
-            **measured,
-        )
-        restored = self._proven_restored(target, facts.last_restored)
+        last, last_at = facts.last_restored, facts.restored_at
+        replayed = self._replayed_through(target, last, facts.replay_lsn)
+        if replayed is not None:
+            last, last_at = replayed, facts.measured_at
+        self.catalog.record_restored(target.connector, last, last_at, self._clock(), **measured)
+        restored = self._proven_restored(target, last)
         if restored is not None:
             prune_kept(target.spool_dir, restored, target.keep_bytes)
+
+    def _replayed_through(
+        self, target: ShipTarget, last_restored: str | None, replay_lsn: str | None
+    ) -> str | None:
+        """The last shipped segment the standby has replayed in full, when it is past
+        what restore-wal last fetched: a streaming standby reads new WAL from the
+        stream, not through restore-wal, and its shipped copies are applied all the
+        same. On the timeline of restore-wal's last file; None otherwise."""
+        if last_restored is None or replay_lsn is None:
+            return None
+        fetched = walnames.parse(last_restored)
+        row = self.catalog.file(target.connector, last_restored)
+        if fetched is None or fetched.kind is not walnames.WalKind.SEGMENT or row is None:
+            return None
+        timeline = int(last_restored[:8], 16)
+        number = walnames.lsn_to_int(replay_lsn) // row.size - 1
+        name = walnames.segment_name(timeline, number, row.size)
+        if name <= last_restored:
+            return None
+        shipped = self.catalog.file(target.connector, name)
+        if shipped is None or shipped.state not in (FileState.SHIPPED, FileState.APPLIED):
+            return None
+        return name
 
     def _proven_restored(self, target: ShipTarget, name: str | None) -> str | None:
         """`name` when the kept copies up to it may go: a segment this primary

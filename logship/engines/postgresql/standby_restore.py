@@ -25,7 +25,7 @@ from typing import IO, Any
 from logship.config.model import Config
 from logship.engines.postgresql.base_backup import postgres_connector
 from logship.engines.postgresql.engine import PostgresConnector
-from logship.engines.postgresql.stream_settings import standby_stream_settings
+from logship.engines.postgresql.streaming.settings import standby_stream_settings
 from logship.engines.postgresql.tools import DsnEndpoint, find_program, parse_dsn, quote_conf_string
 from logship.errors import OperationFailed, SafetyRefusal, UsageError
 from logship.manifest import BACKUP_RECORD_NAME, BackupRecord, SiteLayout

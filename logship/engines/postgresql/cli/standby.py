@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
 def _keep_streaming_current(connector: PostgresConnector) -> None:
     import psycopg
 
-    from logship.engines.postgresql.stream_settings import keep_standby_current
+    from logship.engines.postgresql.streaming.settings import keep_standby_current
 
     try:
         keep_standby_current(connector)
@@ -77,7 +77,7 @@ def _status(config: Config, args: argparse.Namespace) -> int:
 
 def _stream_check(config: Config, args: argparse.Namespace) -> int:
     """One JSON line (what `check` reads): exit 0 when the role logged in."""
-    from logship.engines.postgresql.stream_probe import probe_through_tunnel
+    from logship.engines.postgresql.streaming.probe import probe_through_tunnel
 
     connector = postgres_connector(config, args.connector)
     if not connector.streaming.enabled:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from logship.engines.postgresql.stream_settings import standby_name
+from logship.engines.postgresql.streaming.settings import standby_name
 from logship.engines.postgresql.walnames import int_to_lsn, lsn_to_int
 from logship.errors import first_line
 from logship.logs import event

@@ -6,7 +6,7 @@ import struct
 
 import pytest
 
-from logship.engines.postgresql.stream_startup import (
+from logship.engines.postgresql.streaming.startup import (
     GSSENC_REQUEST,
     PROTOCOL_3,
     SSL_REQUEST,

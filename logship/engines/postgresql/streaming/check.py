@@ -5,7 +5,7 @@ The settings are read once (`read_stream_primary`) and judged by small pure chec
 The tunnel is opened as the daemon opens it, on its own SSH connection; over that
 same connection the site's logship runs `standby stream-check`, which logs in
 through the tunnel exactly as the standby's walreceiver would. Its answer crosses
-the site boundary and is validated before use (`stream_probe.parse_answer`).
+the site boundary and is validated before use (`probe.parse_answer`).
 """
 
 from __future__ import annotations
@@ -19,15 +19,15 @@ import paramiko
 from logship.checks import MAX_QUOTE, SITE_COMMAND_TIMEOUT, CheckResult, fail, ok, warn
 from logship.config.model import SiteConfig
 from logship.engines.postgresql.engine import PostgresConnector
-from logship.engines.postgresql.stream_primary import MIB
-from logship.engines.postgresql.stream_probe import (
+from logship.engines.postgresql.streaming.primary import MIB
+from logship.engines.postgresql.streaming.probe import (
     ANSWER_LIMIT,
     BadAnswer,
     StreamAnswer,
     parse_answer,
 )
-from logship.engines.postgresql.stream_settings import SITE_LISTEN_HOST, standby_name
-from logship.engines.postgresql.stream_tunnel import (
+from logship.engines.postgresql.streaming.settings import SITE_LISTEN_HOST, standby_name
+from logship.engines.postgresql.streaming.tunnel import (
     ForwardRefused,
     SiteTunnel,
     primary_connector,

@@ -25,8 +25,8 @@ from collections.abc import Callable
 import paramiko
 
 from logship.config.model import SiteConfig
-from logship.engines.postgresql.stream_settings import SITE_LISTEN_HOST
-from logship.engines.postgresql.stream_startup import StartupRefused, read_startup
+from logship.engines.postgresql.streaming.settings import SITE_LISTEN_HOST
+from logship.engines.postgresql.streaming.startup import StartupRefused, read_startup
 from logship.engines.postgresql.tools import DsnEndpoint
 from logship.errors import OperationFailed
 from logship.logs import event

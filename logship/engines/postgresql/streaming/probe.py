@@ -91,7 +91,7 @@ def probe_through_tunnel(connector: PostgresConnector) -> dict[str, Any]:
     a login without any password is refused, or {"error": ...}."""
     from psycopg.conninfo import make_conninfo
 
-    from logship.engines.postgresql.stream_settings import standby_conninfo
+    from logship.engines.postgresql.streaming.settings import standby_conninfo
 
     # The standby's own connection string, but under a name of its own: this login
     # must never pass for the standby in pg_stat_replication (synchronous mode).

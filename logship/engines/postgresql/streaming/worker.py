@@ -11,9 +11,9 @@ from collections.abc import Callable
 from logship.catalog.store import Catalog
 from logship.config.model import SiteConfig
 from logship.engines.postgresql.engine import PostgresConnector
-from logship.engines.postgresql.stream_lease import SyncLease, lease_path
-from logship.engines.postgresql.stream_primary import StreamSupervisor
-from logship.engines.postgresql.stream_tunnel import SiteTunnel, primary_connector
+from logship.engines.postgresql.streaming.lease import SyncLease, lease_path
+from logship.engines.postgresql.streaming.primary import StreamSupervisor
+from logship.engines.postgresql.streaming.tunnel import SiteTunnel, primary_connector
 from logship.engines.postgresql.tools import parse_dsn
 from logship.errors import first_line
 from logship.logs import event
