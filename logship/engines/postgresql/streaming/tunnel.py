@@ -180,7 +180,7 @@ class SiteTunnel:
         self.accepted = 0
 
     def open(self) -> None:
-        client = open_client(self.site)
+        client = open_client(self.site, quick_ack=True)
         transport = client.get_transport()
         assert transport is not None
         transport.set_keepalive(KEEPALIVE_S)
