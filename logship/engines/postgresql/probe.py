@@ -114,11 +114,25 @@ class PrimaryProbe:
 
     def _drop_stale_slot(self, conn: psycopg.Connection, slot: str) -> None:
         """Streaming turned off leaves the slot behind, holding WAL back for good."""
-        dropped = conn.execute(
-            "select pg_drop_replication_slot(slot_name) from pg_replication_slots"
-            " where slot_name = %s and not active",
-            (slot,),
-        ).fetchall()
+        import psycopg
+
+        try:
+            dropped = conn.execute(
+                "select pg_drop_replication_slot(slot_name) from pg_replication_slots"
+                " where slot_name = %s and not active",
+                (slot,),
+            ).fetchall()
+        except psycopg.Error as exc:
+            # A role without the right: the heartbeat still matters more.
+            event(
+                log,
+                logging.WARNING,
+                "replication slot left by streaming not dropped",
+                connector=self.connector,
+                slot=slot,
+                error=first_line(exc),
+            )
+            return
         if dropped:
             event(
                 log,
