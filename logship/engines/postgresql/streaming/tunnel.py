@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import select
 import socket
 import threading
 from collections.abc import Callable
@@ -38,7 +37,6 @@ CHUNK = 64 * 1024
 #: how often a silent SSH connection is probed, so a dead link is found by the
 #: TCP_USER_TIMEOUT that open_client sets instead of never
 KEEPALIVE_S = 2
-POLL_S = 0.5
 #: a connection that has not sent its startup message by then is not a walreceiver
 STARTUP_TIMEOUT_S = 10.0
 
@@ -117,30 +115,33 @@ class _Joint(threading.Thread):
             self.tunnel.forget(self)
 
     def _pump(self, primary: socket.socket) -> None:
-        channel = self.channel
-        from_site_open = to_site_open = True
-        while from_site_open or to_site_open:
-            watched = [
-                s for s, open_ in ((channel, from_site_open), (primary, to_site_open)) if open_
-            ]
-            ready, _, _ = select.select(watched, [], [], POLL_S)
-            if channel.closed:
-                return
-            if channel in ready:
-                data = channel.recv(CHUNK)
-                if data:
-                    primary.sendall(data)
-                else:
-                    from_site_open = False
-                    with contextlib.suppress(OSError):
-                        primary.shutdown(socket.SHUT_WR)
-            if primary in ready:
-                data = primary.recv(CHUNK)
-                if data:
-                    channel.sendall(data)
-                else:
-                    to_site_open = False
-                    channel.shutdown_write()
+        """A thread for each direction, each blocked in its own read: a synchronous
+        commit waits for every hop, and a wake-up through paramiko's condition is
+        quicker than one through select on its pipe."""
+        to_primary = threading.Thread(
+            target=self._site_to_primary, args=(primary,), name="stream-joint-up", daemon=True
+        )
+        to_primary.start()
+        try:
+            while data := primary.recv(CHUNK):
+                self.channel.sendall(data)
+        finally:
+            # The walsender ended the session (or the link broke): nothing more
+            # will pass either way.
+            self.channel.close()
+            to_primary.join()
+
+    def _site_to_primary(self, primary: socket.socket) -> None:
+        try:
+            while data := self.channel.recv(CHUNK):
+                primary.sendall(data)
+        except (OSError, EOFError, paramiko.SSHException):
+            pass
+        finally:
+            # The site's end is gone (or the link): the walsender must see it now,
+            # and the other direction's read must end too.
+            with contextlib.suppress(OSError):
+                primary.shutdown(socket.SHUT_RDWR)
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
