@@ -36,7 +36,6 @@ class StartupRefused(ValueError):
 class Startup:
     #: the startup message exactly as received, to be sent on to the primary
     raw: bytes
-    user: str
 
 
 def read_exactly(recv: Callable[[int], bytes], size: int) -> bytes:
@@ -70,7 +69,7 @@ def read_startup(
             raise StartupRefused("not a physical replication connection")
         if params.get("user") != role:
             raise StartupRefused(f"user {params.get('user')!r}, not the streaming role")
-        return Startup(head + body, role)
+        return Startup(head + body)
     raise StartupRefused("too many encryption requests")
 
 

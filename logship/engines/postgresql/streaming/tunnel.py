@@ -177,8 +177,6 @@ class SiteTunnel:
         self._client: paramiko.SSHClient | None = None
         self._lock = threading.Lock()
         self._joints: set[_Joint] = set()
-        #: connections the standby made (for status and tests)
-        self.accepted = 0
 
     def open(self) -> None:
         client = open_client(self.site, quick_ack=True)
@@ -205,10 +203,6 @@ class SiteTunnel:
             raise OperationFailed(f"site {self.site.name}: the streaming tunnel is not open")
         return self._client
 
-    def joined(self) -> int:
-        with self._lock:
-            return len(self._joints)
-
     def _accept(
         self,
         channel: paramiko.Channel,
@@ -219,7 +213,6 @@ class SiteTunnel:
         joint = _Joint(self, channel)
         with self._lock:
             self._joints.add(joint)
-            self.accepted += 1
         joint.start()
 
     def refused(self, why: str) -> None:
