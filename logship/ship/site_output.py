@@ -7,6 +7,7 @@ the primary's memory past its cap.
 
 from __future__ import annotations
 
+import contextlib
 import select
 import time
 
@@ -67,6 +68,9 @@ def drain(
             else:
                 select.select([channel], [], [], min(0.5, timeout))
     except BaseException:
-        channel.close()
+        # The reason to stop is what counts: a link that breaks while the channel
+        # closes (a site cutting an over-long command) must not replace it.
+        with contextlib.suppress(Exception):
+            channel.close()
         raise
     return channel.recv_exit_status(), bytes(out), bytes(err)
