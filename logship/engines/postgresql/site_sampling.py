@@ -227,9 +227,8 @@ class StandbySampler:
         row = self.catalog.file(target.connector, last_restored)
         if fetched is None or fetched.kind is not walnames.WalKind.SEGMENT or row is None:
             return None
-        timeline = int(last_restored[:8], 16)
         number = walnames.lsn_to_int(replay_lsn) // row.size - 1
-        name = walnames.segment_name(timeline, number, row.size)
+        name = walnames.segment_name(fetched.timeline, number, row.size)
         if name <= last_restored:
             return None
         shipped = self.catalog.file(target.connector, name)

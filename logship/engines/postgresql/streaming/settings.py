@@ -54,17 +54,23 @@ def standby_conninfo(connector: PostgresConnector) -> str:
     return make_conninfo("", **params)
 
 
+def standby_stream_values(connector: PostgresConnector) -> tuple[str, str]:
+    """(primary_conninfo, primary_slot_name) for the standby: the tunnel when
+    streaming is on; empty otherwise, so that no database port crosses sites and
+    no stale setting streams by surprise."""
+    if not connector.streaming.enabled:
+        return "", ""
+    return standby_conninfo(connector), standby_name(connector.name)
+
+
 def standby_stream_settings(connector: PostgresConnector) -> list[tuple[str, str]]:
-    """(name, postgresql.conf literal) pairs for the standby: stream through the
-    tunnel when enabled, otherwise replay shipped segments only."""
+    """The same as (name, postgresql.conf literal) pairs, for `standby restore`."""
     from logship.engines.postgresql.tools import quote_conf_string
 
-    if not connector.streaming.enabled:
-        # No database port crosses sites, and no stale setting streams by surprise.
-        return [("primary_conninfo", "''"), ("primary_slot_name", "''")]
+    conninfo, slot = standby_stream_values(connector)
     return [
-        ("primary_conninfo", quote_conf_string(standby_conninfo(connector))),
-        ("primary_slot_name", quote_conf_string(standby_name(connector.name))),
+        ("primary_conninfo", quote_conf_string(conninfo)),
+        ("primary_slot_name", quote_conf_string(slot)),
     ]
 
 
@@ -77,8 +83,7 @@ def keep_standby_current(connector: PostgresConnector) -> bool:
     from psycopg import sql
     from psycopg.conninfo import conninfo_to_dict
 
-    conninfo = standby_conninfo(connector) if connector.streaming.enabled else ""
-    slot = standby_name(connector.name) if connector.streaming.enabled else ""
+    conninfo, slot = standby_stream_values(connector)
     with psycopg.connect(connector.standby.dsn, connect_timeout=5, autocommit=True) as conn:
         (in_recovery, current_conninfo, current_slot) = conn.execute(
             "select pg_is_in_recovery(), current_setting('primary_conninfo'),"

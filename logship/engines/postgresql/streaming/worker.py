@@ -191,10 +191,11 @@ class StreamWorker(threading.Thread):
                 connector=self.connector.name,
                 error=first_line(exc),
             )
-            return
+            return False
         # Only a lease that reached the site binds the supervisor.
         self.supervisor.promised_until = lease.holds_until
         self._lease_mode, self._lease_at = mode, at
+        return True
 
     def _journal(self, kind: str, message: str, detail: str | None) -> None:
         self.catalog.add_event(self.connector.name, self._clock(), kind, message, detail)
