@@ -7,10 +7,12 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, field_validator
 
-from logship.config.durations import parse_duration
+from logship.config.durations import parse_duration, parse_wait
 from logship.errors import UsageError
 
 Seconds = Annotated[float, BeforeValidator(parse_duration)]
+#: a duration that may be 0 ("0s": never)
+WaitSeconds = Annotated[float, BeforeValidator(parse_wait)]
 
 
 class Strict(BaseModel):

@@ -280,3 +280,22 @@ def test_missing_config_file_is_exit_2(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 2 and "not found" in result.stderr
+
+
+def test_archive_wait_may_be_zero_but_not_negative() -> None:
+    from logship.engines.postgresql.engine import PostgresConnector
+
+    base = {
+        "name": "c",
+        "kind": "postgresql",
+        "site": "dr",
+        "rpo": "60s",
+        "primary": {"dsn": "host=x", "data_dir": "/pg"},
+        "standby": {"dsn": "host=y", "data_dir": "/s"},
+    }
+    for raw, seconds in (("0s", 0.0), (0, 0.0), ("2s", 2.0)):
+        base["primary"]["archive_wait"] = raw  # type: ignore[index]
+        assert PostgresConnector.model_validate(base).primary.archive_wait == seconds
+    base["primary"]["archive_wait"] = "-1s"  # type: ignore[index]
+    with pytest.raises(ValueError):
+        PostgresConnector.model_validate(base)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BeforeValidator, Field, StrictBool
 
-from logship.config.model import Config, ConnectorBase, Seconds, SiteConfig, Strict
+from logship.config.model import Config, ConnectorBase, Seconds, SiteConfig, Strict, WaitSeconds
 from logship.config.sizes import parse_size
 from logship.engines.postgresql import walnames
 from logship.engines.registry import BackgroundJob, DaemonWorkers, SiteSampler, WorkerContext
@@ -41,7 +41,7 @@ class PrimarySection(Strict):
     #: with data_dir: how long archive-wal waits for the read-ahead to make a
     #: segment durable at the site before it copies the segment into the spool
     #: (it waits only while the daemon keeps up; 0: never waits)
-    archive_wait: Seconds = Field(default=10.0, ge=0)
+    archive_wait: WaitSeconds = 10.0
 
 
 class StandbySection(Strict):
