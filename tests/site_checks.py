@@ -252,9 +252,14 @@ class ArchiveGuard:
             why = durable_at_site(self.dep, name)
             if why is None:
                 self.at_site.add(name)
-            else:
+            elif not any(v.startswith(f"{name}:") for v in self.violations):
                 self.violations.append(f"{name}: archived, not in the spool, {why}")
         self.rounds += 1
+
+    def ok(self) -> bool:
+        """True, or AssertionError at once: wait_for predicates end with the cause."""
+        assert not self.violations, self.violations
+        return True
 
     def assert_held(self, min_rounds: int = 3) -> None:
         self._stop.set()

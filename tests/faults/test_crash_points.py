@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import contextlib
 import signal
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from read_ahead_run import Arrivals, arrivals, shipping, start, warm_up
 from site_checks import (
     ArchiveGuard,
     all_shipped,
@@ -31,15 +30,12 @@ from site_checks import (
     log_events,
     site_layout,
 )
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
-from watchdog.observers import Observer
 
 from logship.demo_sandbox import OsUser
 from logship.demo_sandbox.deployment import Deployment, wait_for
 from logship.engines.postgresql.archive_wal import tombstone_path
 from logship.engines.postgresql.walnames import is_archivable
 from logship.faults import ENV
-from logship.read_ahead_beat import read_beat
 
 #: points on the shipping path, the same with either source
 SHIP_POINTS = [
@@ -65,36 +61,6 @@ CASES = [
 ]
 
 
-class _Arrivals(FileSystemEventHandler):
-    """The files that appear in a folder, each with when it was seen first."""
-
-    def __init__(self) -> None:
-        self.seen: dict[str, float] = {}
-
-    def on_created(self, event: FileSystemEvent) -> None:
-        self.seen.setdefault(Path(str(event.src_path)).name, time.time())
-
-    def on_moved(self, event: FileSystemEvent) -> None:
-        self.seen.setdefault(Path(str(event.dest_path)).name, time.time())
-
-    @property
-    def names(self) -> set[str]:
-        return set(self.seen)
-
-
-@contextlib.contextmanager
-def arrivals(folder: Path) -> Iterator[_Arrivals]:
-    seen = _Arrivals()
-    observer = Observer()
-    observer.schedule(seen, str(folder))
-    observer.start()
-    try:
-        yield seen
-    finally:
-        observer.stop()
-        observer.join()
-
-
 @pytest.fixture
 def crash_deployment(
     request: pytest.FixtureRequest, reachable_dir: Path, pg_user: OsUser
@@ -104,28 +70,6 @@ def crash_deployment(
     request.addfinalizer(dep.teardown)
     dep.build_primary()
     return dep
-
-
-def shipping(dep: Deployment, since: float) -> bool:
-    """The beat of a daemon started at `since` says it ships: archive-wal waits for it.
-    (A daemon killed moments ago left a beat that says so too, until it goes stale.)"""
-    beat = read_beat(dep.spool_dir)
-    return beat is not None and beat.at >= since and beat.worth_waiting(time.time())
-
-
-def start(dep: Deployment, env: dict[str, str] | None = None) -> float:
-    """Start the daemon; returns when, for `shipping`."""
-    since = time.time()
-    dep.start_daemon(env=env)
-    return since
-
-
-def warm_up(dep: Deployment) -> None:
-    """Start the daemon and wait until what PostgreSQL archived so far has shipped."""
-    since = start(dep)
-    dep.primary.query("create table warm (n int)")
-    dep.switch_wal()
-    wait_for(lambda: all_shipped(dep) and shipping(dep, since), 120, "the first segments shipped")
 
 
 def assert_converged(dep: Deployment, guard: ArchiveGuard) -> None:
@@ -150,7 +94,7 @@ def test_kill_9_at_a_crash_point_loses_nothing_and_duplicates_nothing(
             warm_up(dep)
             assert dep.stop_daemon() == 0
         # (Without read-ahead the spool is made by the first hand-over.)
-        watched = arrivals(dep.spool_dir) if read_ahead else contextlib.nullcontext(_Arrivals())
+        watched = arrivals(dep.spool_dir) if read_ahead else contextlib.nullcontext(Arrivals())
         with watched as copies:
             since = start(dep, crash)
             if read_ahead:
@@ -178,14 +122,14 @@ def test_kill_9_at_a_crash_point_loses_nothing_and_duplicates_nothing(
         dep.primary.pgbench("-i", "-s", "1", "-q")
         switched = dep.switch_wal()
         wait_for(lambda: archived_through(dep, switched), 120, "the archiver through the switch")
-        wait_for(lambda: all_shipped(dep), 120, "every archived segment shipped")
+        wait_for(lambda: guard.ok() and all_shipped(dep), 120, "every archived segment shipped")
         if read_ahead:
             sources = {e.get("source") for e in log_events(dep) if e.get("event") == "shipped"}
             assert "read-ahead" in sources, "nothing shipped from pg_wal after the restart"
 
         dep.standby_up()
         dep.wait_replayed(dep.switch_wal())
-        wait_for(lambda: all_shipped(dep), 120, "the last segment shipped")
+        wait_for(lambda: guard.ok() and all_shipped(dep), 120, "the last segment shipped")
         assert_converged(dep, guard)
 
 
@@ -247,11 +191,11 @@ def test_kill_9_before_the_tombstone_and_again_while_a_restart_writes_it(
         wait_for(lambda: not set(untombstoned(dep)) & set(pending), 60, "the tombstones")
         with arrivals(dep.spool_dir) as copies:
             archiver_held(dep, False)
-            wait_for(lambda: all_shipped(dep), 120, "every archived segment shipped")
+            wait_for(lambda: guard.ok() and all_shipped(dep), 120, "every archived segment shipped")
             wait_for(lambda: last_archived(dep) >= max(pending), 60, "the archiver through them")
         assert not copies.names & set(pending), "archive-wal copied what was shipped"
 
         dep.standby_up()
         dep.wait_replayed(dep.switch_wal())
-        wait_for(lambda: all_shipped(dep), 120, "the last segment shipped")
+        wait_for(lambda: guard.ok() and all_shipped(dep), 120, "the last segment shipped")
         assert_converged(dep, guard)
