@@ -48,7 +48,7 @@ SHIP_POINTS = [
 #: points only read-ahead reaches
 READ_AHEAD_POINTS = [
     "readahead-read-done",  # read from pg_wal, its .ready checked, the upload not renamed
-    "readahead-mid-keep",  # shipped and tombstoned, the kept copy's temp written
+    "readahead-mid-keep",  # shipped, in the catalog, the kept copy half made, no tombstone
 ]
 #: the spool-only runs: the points whose recovery differs (a temp at the site, the
 #: re-ship finding the record, the retire after the catalog)
