@@ -25,6 +25,7 @@ from logship.durable import ensure_private_dir, sha256_of
 from logship.engines.postgresql.archive_confirm import shipped_sha256
 from logship.engines.registry import BackgroundJob, DaemonWorker, WorkerContext, engine_for
 from logship.errors import OperationFailed, SafetyRefusal
+from logship.faults import crash_point
 from logship.logs import event
 from logship.manifest import SiteLayout
 from logship.private_state import tighten_state
@@ -349,6 +350,7 @@ class Daemon:
         if entry.held_by is None or not entry.held_by.exists():
             return  # handed over while hashed: what was hashed proves nothing
         if digest == existing.sha256:
+            crash_point("readahead-restart-tombstone")
             write_tombstone(spool_dir, entry.name, digest)
         else:
             event(

@@ -10,6 +10,7 @@ from pathlib import Path
 from logship.durable import ensure_private_dir, fsync_dir, write_bytes_atomically
 from logship.engines.postgresql import walnames
 from logship.engines.postgresql.archive_wal import copy_into, tombstone_path
+from logship.faults import crash_point
 from logship.temp_names import temp_beside
 
 #: shipped files kept until the standby has restored them: a copy found corrupt at
@@ -104,6 +105,7 @@ def keep_copy(spool_dir: Path, entry: SpoolEntry) -> None:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as out:
             copy_into(entry.path, out.fileno())
+        crash_point("readahead-mid-keep")
         if entry.held_by is not None and entry.held_by.exists():
             os.replace(tmp, kept)
     except FileNotFoundError:

@@ -9,7 +9,9 @@ so a site's sshd on 127.0.0.1 can be reached across a shaped veth pair.
 
 Faults:
 - `stall()`: nothing moves either way, with no error to either side (a black hole);
-- `cut()`: every live connection is reset on both sides mid-stream.
+- `cut()`: every live connection is reset on both sides mid-stream;
+- `cut_off()`: the same, and every new connection is reset at once until
+  `cut_off(False)` (a site that cannot be reached at all).
 """
 
 from __future__ import annotations
@@ -51,6 +53,13 @@ def _in_netns(netns: str | None, make: Callable[[], socket.socket]) -> socket.so
     if isinstance(result, BaseException):
         raise result
     return result
+
+
+def _reset(sock: socket.socket) -> None:
+    """Close with a reset, not an orderly close (linger 0 sends RST instead of FIN)."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
 
 
 class _Direction:
@@ -169,6 +178,7 @@ class DelayRelay:
         self.delay_s = delay_s
         self.queue_limit = queue_limit
         self.stalled = threading.Event()
+        self.refusing = threading.Event()
         self.bytes_up = 0
         self.bytes_down = 0
         self._lock = threading.Lock()
@@ -196,6 +206,9 @@ class DelayRelay:
                 continue
             except OSError:
                 return
+            if self.refusing.is_set():
+                _reset(client)
+                continue
             try:
                 server = socket.create_connection(self.target, timeout=10)
             except OSError:
@@ -234,6 +247,14 @@ class DelayRelay:
         for conn in live:
             conn.kill()
         return len(live)
+
+    def cut_off(self, on: bool = True) -> None:
+        """Reset every live connection and each new one (on), or let them be (off)."""
+        if on:
+            self.refusing.set()
+            self.cut()
+        else:
+            self.refusing.clear()
 
     def close(self) -> None:
         self._closing.set()

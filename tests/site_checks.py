@@ -7,16 +7,19 @@ import hashlib
 import json
 import os
 import stat
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import zstandard
 
 from logship.demo_sandbox.deployment import Deployment
 from logship.engines.postgresql import walnames
 from logship.engines.postgresql.archive_wal import SHIPPED_DIR, tombstone_path
 from logship.manifest import SiteLayout
+from logship.spool import kept_path
 
 
 def status_entry(dep: Deployment) -> dict[str, Any]:
@@ -40,6 +43,16 @@ def site_layout(dep: Deployment) -> SiteLayout:
 def last_archived(dep: Deployment) -> str:
     ((last,),) = dep.primary.query("select last_archived_wal from pg_stat_archiver")
     return str(last) if last else ""
+
+
+def archived_through(dep: Deployment, lsn: str) -> bool:
+    """PostgreSQL's archiver has taken the segment that ends before `lsn`."""
+    ((done,),) = dep.primary.query(
+        "select coalesce(pg_walfile_name(%s::pg_lsn - 1) <= last_archived_wal, false) "
+        "from pg_stat_archiver",
+        (lsn,),
+    )
+    return bool(done)
 
 
 def all_shipped(dep: Deployment) -> bool:
@@ -137,3 +150,120 @@ def audit_site(dep: Deployment) -> SiteAudit:
             f"gap at {n:016X}" for n in range(numbers[0], numbers[-1] + 1) if n not in have
         ]
     return audit
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as source:
+        while chunk := source.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _handed_over_sha256(dep: Deployment, name: str) -> str | None:
+    """sha256 of `name` as it still is in pg_wal, or None once PostgreSQL recycled it.
+
+    A segment marked .done is never written again under its name; recycling renames
+    it first, so the same inode still under the same name after the read means the
+    bytes read are the ones PostgreSQL archived."""
+    path = dep.primary.data_dir / "pg_wal" / name
+    try:
+        before = os.stat(path)
+        digest = _sha256_file(path)
+        after = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return digest if (before.st_ino, before.st_dev) == (after.st_ino, after.st_dev) else None
+
+
+def durable_at_site(dep: Deployment, name: str) -> str | None:
+    """Why `name` is not durable at the site with the content PostgreSQL handed over;
+    None when it is (its manifest record, the stored bytes matching it, and the
+    record's sha256 equal to pg_wal's file while that is still there)."""
+    layout = site_layout(dep)
+    try:
+        record = json.loads(Path(layout.record_path(name)).read_text())
+        data = (Path(layout.wal_dir) / record["stored_name"]).read_bytes()
+    except FileNotFoundError:
+        return "not at the site"
+    if hashlib.sha256(data).hexdigest() != record["stored_sha256"]:
+        return "stored bytes differ from the record"
+    if _content_sha256(record, data) != record["sha256"]:
+        return "content differs from the record"
+    handed = _handed_over_sha256(dep, name)
+    if handed is not None and handed != record["sha256"]:
+        return f"the site has sha256 {record['sha256'][:12]}, pg_wal {handed[:12]}"
+    return None
+
+
+def archived_names(dep: Deployment) -> set[str]:
+    """What PostgreSQL counts as archived now: its .done marks and its last archived."""
+    status = dep.primary.data_dir / "pg_wal" / "archive_status"
+    names = {p.name.removesuffix(".done") for p in status.iterdir() if p.name.endswith(".done")}
+    if last := last_archived(dep):
+        names.add(last)
+    return {n for n in names if walnames.is_archivable(n)}
+
+
+class ArchiveGuard:
+    """Checks, over and over on a thread, that every file PostgreSQL counts as archived
+    is either in the spool (or kept there) or durable at the site with its content:
+    nothing confirmed to the archiver may exist nowhere.
+
+    A file once found durable at the site stays so (the site never rewrites one),
+    so it is not hashed again; one in the spool is looked at each round."""
+
+    def __init__(self, dep: Deployment, every_s: float = 0.3) -> None:
+        self.dep = dep
+        self.every_s = every_s
+        self.violations: list[str] = []
+        self.rounds = 0
+        self.at_site: set[str] = set()
+        self.seen: set[str] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="archive-guard", daemon=True)
+
+    def __enter__(self) -> ArchiveGuard:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.check()
+            except psycopg.OperationalError:
+                pass  # the primary restarting: the next round looks again
+            except Exception as exc:  # surfaced by assert_held, not lost with the thread
+                self.violations.append(f"the check failed: {exc!r}")
+            self._stop.wait(self.every_s)
+
+    def check(self) -> None:
+        """One round; violations are collected, not raised, to be asserted at the end."""
+        spool = self.dep.spool_dir
+        for name in sorted(archived_names(self.dep) - self.at_site):
+            self.seen.add(name)
+            # The spool first: a spool copy goes only once the file is at the site.
+            if (spool / name).exists() or kept_path(spool, name).exists():
+                continue
+            why = durable_at_site(self.dep, name)
+            if why is None:
+                self.at_site.add(name)
+            elif not any(v.startswith(f"{name}:") for v in self.violations):
+                self.violations.append(f"{name}: archived, not in the spool, {why}")
+        self.rounds += 1
+
+    def ok(self) -> bool:
+        """True, or AssertionError at once: wait_for predicates end with the cause."""
+        assert not self.violations, self.violations
+        return True
+
+    def assert_held(self, min_rounds: int = 3) -> None:
+        self._stop.set()
+        self._thread.join(30)
+        self.check()  # a last round on what is there now
+        assert not self.violations, self.violations
+        assert self.rounds >= min_rounds, f"only {self.rounds} rounds"
