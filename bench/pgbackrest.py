@@ -630,7 +630,9 @@ def logship_archiver_run(
     server: SshServer, pg: PgArchiver, root: Path, incoming: Path, compression: str, how: str
 ) -> Archived:
     """From the archiver's wake-up until the daemon logged the last segment shipped
-    (by then every segment is .done too, which is checked)."""
+    (by then every segment is .done too, which is checked). With read-ahead the
+    daemon runs as PostgreSQL's user, as in production, and reads pg_wal itself."""
+    read_ahead = how == "archive_wal_read_ahead"
     if how == "basic_archive":
         pg.set({"archive_library": "basic_archive"})  # its directory: the daemon's spool
     else:
@@ -652,7 +654,15 @@ def logship_archiver_run(
             pg.wake()
 
     run = logship_daemon_all(
-        server, pg.masters, root / "daemon", incoming, compression, 4, feed=wake_once
+        server,
+        pg.masters,
+        root / "daemon",
+        incoming,
+        compression,
+        4,
+        feed=wake_once,
+        primary=f'data_dir = "{pg.cluster.data_dir}"\n' if read_ahead else "",
+        user=pg.cluster.user if read_ahead else None,
     )
     if not pg.all_done():
         raise RuntimeError("the daemon shipped segments PostgreSQL has not marked archived")
@@ -672,6 +682,7 @@ LOGSHIP_ARCHIVER = {
         ("basic_archive", "zstd"),
         ("basic_archive", "none"),
         ("archive_wal", "zstd"),
+        ("archive_wal_read_ahead", "zstd"),
     )
 }
 
@@ -772,6 +783,11 @@ def logship_feed(name: str) -> tuple[bool, str]:
             if how == "basic_archive"
             else "archive_command = 'python -m logship --config ... archive-wal bench %p'"
         )
+        if how == "archive_wal_read_ahead":
+            feed += (
+                ", read-ahead on ([primary] data_dir: the daemon, as PostgreSQL's user, "
+                "ships each .ready segment from pg_wal and archive-wal confirms it)"
+            )
         return True, (
             f"compression {compression}; PostgreSQL's archiver on the running cluster, "
             f"{feed}, woken as for pgBackRest"
