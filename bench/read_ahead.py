@@ -273,9 +273,12 @@ class TreeCpu:
 # -- the timed runs ------------------------------------------------------------------
 
 
-def logship_run(ctx: Context, variant: Variant, check: bool) -> EndToEnd:
+def logship_run(
+    ctx: Context, variant: Variant, check: bool, profile: Path | None = None
+) -> EndToEnd:
     """From the archiver's wake-up (every segment .ready at once) until the daemon logged
-    the last one shipped: durable at the site, its manifest record written."""
+    the last one shipped: durable at the site, its manifest record written. With
+    `profile`, py-spy samples the daemon and its lanes into that file (collapsed stacks)."""
     config = write_config(ctx, ctx.root / "runs" / variant.figure, variant)
     cache = f"PYTHONDONTWRITEBYTECODE= PYTHONPYCACHEPREFIX={ctx.pycache}"
     ctx.pg.set(
@@ -292,6 +295,7 @@ def logship_run(ctx: Context, variant: Variant, check: bool) -> EndToEnd:
         # The spool, and the tombstones' folder, belong to PostgreSQL's user.
         common.private_dir(daemon.spool / SHIPPED_DIR, ctx.user)
         before = ctx.pg.counts()
+        spy = start_py_spy(daemon, profile) if profile is not None else None
         cpu = TreeCpu(ctx, daemon)
         watch = common.Stopwatch()
         ctx.pg.wake()
@@ -312,6 +316,9 @@ def logship_run(ctx: Context, variant: Variant, check: bool) -> EndToEnd:
         poll(lambda: names <= daemon.shipped().keys(), "shipping")
         window = watch.stop()
         parts = cpu.stop()
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)  # py-spy writes its file and exits
+            spy.wait(60)
         poll(ctx.pg.all_done, "the archiver")
         archiver_seconds = ctx.pg.seconds()
         ctx.pg.verify(before)
@@ -347,6 +354,50 @@ def sftp_run(ctx: Context, cipher: str | None, check: bool) -> EndToEnd:
     return EndToEnd.of(
         window, ctx.pg.raw_bytes, run.cipher, raw_bytes=ctx.pg.raw_bytes, sync_seconds=sync_seconds
     )
+
+
+def start_py_spy(daemon: Daemon, out: Path) -> subprocess.Popen[bytes]:
+    exe = shutil.which("py-spy") or "py-spy"
+    cmd = [exe, "record", "--pid", str(daemon.pid), "--subprocesses", "--format", "raw"]
+    spy = subprocess.Popen(
+        [*cmd, "--rate", "250", "--output", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(1)  # attaching takes a moment; the samples start with the run
+    return spy
+
+
+def _frame(text: str) -> str:
+    """`func (path/to/module.py:123)` as `func (module.py)`."""
+    name, _, where = text.partition(" (")
+    return f"{name} ({Path(where.rsplit(':', 1)[0]).name})" if where else name
+
+
+def summarize_profile(path: Path, top: int = 20) -> str:
+    """The functions the daemon's samples were in most (self, and with what they called),
+    from py-spy's collapsed stacks (`frame;frame;... count`)."""
+    own: dict[str, int] = {}
+    within: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = [_frame(f) for f in stack.split(";") if not f.startswith(("process ", "thread "))]
+        if not frames:
+            continue
+        own[frames[-1]] = own.get(frames[-1], 0) + n
+        for frame in set(frames):
+            within[frame] = within.get(frame, 0) + n
+
+    def ranked(counts: dict[str, int]) -> str:
+        best = sorted(counts.items(), key=lambda kv: -kv[1])[:top]
+        return "\n".join(f"  {n / total:6.1%}  {name}" for name, n in best)
+
+    return f"{total} samples\nself:\n{ranked(own)}\nwith callees:\n{ranked(within)}"
 
 
 # -- archive-wal per call ------------------------------------------------------------
@@ -521,6 +572,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only", choices=("end-to-end", "calls"), action="append", help="one part (repeatable)"
     )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="after the timed rounds, one more read-ahead run (not reported) with py-spy "
+        "sampling the daemon and its lanes; its collapsed stacks and a summary go here",
+    )
     args = parser.parse_args(argv)
     scale = args.scale or (30 if args.quick else 100)
     repeat = args.repeat or (1 if args.quick else 3)
@@ -563,6 +620,13 @@ def main(argv: list[str] | None = None) -> int:
             failed: dict[str, list[str]] = {}
             runs = rotate(runners, repeat, failed)
             report_runs(report, runs, failed, report.env["wal"])  # type: ignore[arg-type]
+            if args.profile is not None:
+                args.profile.mkdir(parents=True, exist_ok=True)
+                stacks = args.profile / "daemon-stacks.txt"
+                logship_run(ctx, VARIANTS[0], False, profile=stacks)
+                summary = summarize_profile(stacks)
+                (args.profile / "summary.txt").write_text(summary + "\n")
+                log(f"profile of the daemon in one read-ahead run:\n{summary}")
         if "calls" in parts:
             conn.close()
             report_calls(report, confirm_calls(ctx, calls))
