@@ -1,3 +1,3 @@
-from logship.cli.main import run
+from logship.cli.entry import run
 
 run()

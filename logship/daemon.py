@@ -22,6 +22,7 @@ from logship.catalog.opening import open_catalog
 from logship.catalog.store import Catalog, NewFile
 from logship.config.model import Config, SiteConfig
 from logship.durable import ensure_private_dir, sha256_of
+from logship.engines.postgresql.archive_confirm import shipped_sha256
 from logship.engines.registry import BackgroundJob, DaemonWorker, WorkerContext, engine_for
 from logship.errors import OperationFailed, SafetyRefusal
 from logship.logs import event
@@ -30,7 +31,7 @@ from logship.private_state import tighten_state
 from logship.schedule import ScheduleRunner
 from logship.ship.site_worker import ShipTarget, SiteWorker
 from logship.ship.transport import Transport
-from logship.spool import SpoolEntry, entry_for, retire
+from logship.spool import SpoolEntry, entry_for, retire, write_tombstone
 from logship.status.monitor import Monitor, build_sinks
 from logship.watch import SpoolEvent, SpoolWatcher, WatchedSpool
 
@@ -95,6 +96,12 @@ class Daemon:
         self._connect = connect
         self._events: queue.Queue[SpoolEvent] = queue.Queue()
         self._stop = threading.Event()
+        #: per connector: where its files are read ahead of hand-over, if anywhere
+        self._ready = {
+            name: source
+            for name, connector in sorted(config.connectors.items())
+            if (source := engine_for(connector.kind).ready_source(connector)) is not None
+        }
 
     def stop(self) -> None:
         self._stop.set()
@@ -118,7 +125,7 @@ class Daemon:
         catalog = open_catalog(self.config)
         spools = self._build()
         workers, own_workers = self._build_workers(catalog)
-        watcher = SpoolWatcher(spools, self._events)
+        watcher = SpoolWatcher(spools, self._events, list(self._ready.values()))
         scheduler = BackgroundScheduler(timezone="UTC")
         schedules: ScheduleRunner | None = None
         monitor = Monitor(self.config, catalog, build_sinks(self.config, catalog), self._clock)
@@ -222,6 +229,7 @@ class Daemon:
                     compression=connector.compression,
                     layout=SiteLayout.for_connector(site.root, name),
                     keep_bytes=engine.kept_after_shipping(connector),
+                    ready=self._ready.get(name),
                 )
             )
         workers = {
@@ -274,9 +282,12 @@ class Daemon:
         entries: dict[tuple[str, str], SpoolEntry] = {}
         news = []
         for spool_event in spool_events:
-            entry = entry_for(spool_event.connector, spool_event.path)
+            if spool_event.ready:
+                entry = self._ready[spool_event.connector].entry(spool_event.path.name)
+            else:
+                entry = entry_for(spool_event.connector, spool_event.path)
             if entry is None:
-                continue  # already shipped and retired
+                continue  # already shipped and retired, or handed over
             engine = engine_for(self.config.connectors[entry.connector].kind)
             entries[(entry.connector, entry.name)] = entry
             news.append(
@@ -299,6 +310,9 @@ class Daemon:
         return waiting
 
     def _pushed_again(self, entry: SpoolEntry, existing: SpoolFile) -> None:
+        if entry.held_by is not None:
+            self._still_ready(entry, existing)
+            return
         if existing.state in (FileState.SHIPPED, FileState.APPLIED) and existing.sha256:
             # Back in the spool after shipping: a crash before it was retired, or
             # PostgreSQL pushing it again. Same content is done; different is a
@@ -320,3 +334,27 @@ class Daemon:
                     connector=entry.connector,
                     file=entry.name,
                 )
+
+    def _still_ready(self, entry: SpoolEntry, existing: SpoolFile) -> None:
+        """A file read ahead and shipped, still marked ready: archive-wal has not
+        confirmed it yet. After a crash between the catalog and its tombstone, the
+        tombstone is what archive-wal needs; the producer's file is never touched."""
+        if existing.state not in (FileState.SHIPPED, FileState.APPLIED) or not existing.sha256:
+            return
+        connector = self.config.connectors[entry.connector]
+        spool_dir = engine_for(connector.kind).spool_dir(self.config, connector)
+        if spool_dir is None or shipped_sha256(spool_dir, entry.name) is not None:
+            return
+        digest = sha256_of(entry.path)
+        if entry.held_by is None or not entry.held_by.exists():
+            return  # handed over while hashed: what was hashed proves nothing
+        if digest == existing.sha256:
+            write_tombstone(spool_dir, entry.name, digest)
+        else:
+            event(
+                log,
+                logging.ERROR,
+                "conflict: shipped file marked ready again with different content",
+                connector=entry.connector,
+                file=entry.name,
+            )

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from logship.durable import ensure_private_dir, fsync_dir, write_bytes_atomically
 from logship.engines.postgresql import walnames
-from logship.engines.postgresql.archive_wal import tombstone_path
+from logship.engines.postgresql.archive_wal import copy_into, tombstone_path
+from logship.temp_names import temp_beside
 
 #: shipped files kept until the standby has restored them: a copy found corrupt at
 #: the site can be shipped again
@@ -23,6 +24,9 @@ class SpoolEntry:
     size: int
     #: when the file was handed over: its mtime (see logship.engines.postgresql.archive_wal)
     closed_at: float
+    #: read where its producer keeps it (read-ahead, see logship.ready_source): the
+    #: mark whose presence means the producer has not taken the file back yet
+    held_by: Path | None = None
 
     @property
     def name(self) -> str:
@@ -54,12 +58,18 @@ def kept_path(spool_dir: Path, name: str) -> Path:
     return spool_dir / KEPT_DIR / name
 
 
-def retire(spool_dir: Path, name: str, sha256: str, *, keep: bool) -> None:
-    """Take a shipped file out of the queue, leaving its sha256 so a re-push can still
-    be judged; with `keep`, the file itself moves aside (see prune_kept)."""
+def write_tombstone(spool_dir: Path, name: str, sha256: str) -> None:
+    """Record that `name` is durable at the site with this sha256: archive-wal's
+    proof for confirming it, and a re-push's for judging it."""
     tombstone = tombstone_path(spool_dir, name)
     ensure_private_dir(tombstone.parent)
     write_bytes_atomically(tombstone, sha256.encode() + b"\n")
+
+
+def retire(spool_dir: Path, name: str, sha256: str, *, keep: bool) -> None:
+    """Take a shipped file out of the queue, leaving its sha256 so a re-push can still
+    be judged; with `keep`, the file itself moves aside (see prune_kept)."""
+    write_tombstone(spool_dir, name, sha256)
     if keep:
         kept = kept_path(spool_dir, name)
         ensure_private_dir(kept.parent)
@@ -77,6 +87,28 @@ def retire(spool_dir: Path, name: str, sha256: str, *, keep: bool) -> None:
     else:
         (spool_dir / name).unlink(missing_ok=True)
     fsync_dir(spool_dir)
+
+
+def keep_copy(spool_dir: Path, entry: SpoolEntry) -> None:
+    """Keep a copy of a file shipped from its producer (read-ahead), as `retire`
+    keeps a spool file, for as long as the producer still held it after the copy.
+
+    Not synced: a kept copy only serves a re-ship, which checks it against the
+    sha256 shipped first, and a copy lost in a crash is reported as missing then.
+    """
+    kept = kept_path(spool_dir, entry.name)
+    ensure_private_dir(kept.parent)
+    tmp = temp_beside(kept)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            copy_into(entry.path, out.fileno())
+        if entry.held_by is not None and entry.held_by.exists():
+            os.replace(tmp, kept)
+    except FileNotFoundError:
+        pass  # handed over and recycled meanwhile: the spool copy was made then
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def prune_kept(spool_dir: Path, restored_upto: str | None, max_bytes: int) -> int:

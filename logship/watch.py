@@ -7,6 +7,8 @@ shipping prompt.
 
 from __future__ import annotations
 
+import logging
+import os
 import queue
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,13 +18,19 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from logship.durable import ensure_private_dir
+from logship.logs import event
+from logship.ready_source import ReadySource
 from logship.spool import scan
+
+log = logging.getLogger("logship.daemon")
 
 
 @dataclass(frozen=True)
 class SpoolEvent:
     connector: str
     path: Path
+    #: marked ready by its producer, not in the spool (read-ahead)
+    ready: bool = False
 
 
 @dataclass(frozen=True)
@@ -52,9 +60,40 @@ class _Handler(FileSystemEventHandler):
             self._offer(event.dest_path)
 
 
+class _ReadyHandler(FileSystemEventHandler):
+    """A ready mark appearing: its file can ship before it is handed over."""
+
+    def __init__(self, source: ReadySource, events: queue.Queue[SpoolEvent]) -> None:
+        self._source = source
+        self._events = events
+
+    def _offer(self, raw_path: str | bytes) -> None:
+        path = Path(raw_path.decode() if isinstance(raw_path, bytes) else raw_path)
+        if path.parent != self._source.marks_dir:
+            return
+        name = self._source.name_of_mark(path.name)
+        if name is not None:
+            found = SpoolEvent(self._source.connector, self._source.files_dir / name, ready=True)
+            self._events.put(found)
+
+    def on_created(self, event: FileSystemEvent) -> None:
+        if not event.is_directory:
+            self._offer(event.src_path)
+
+    def on_moved(self, event: FileSystemEvent) -> None:
+        if not event.is_directory:
+            self._offer(event.dest_path)
+
+
 class SpoolWatcher:
-    def __init__(self, spools: list[WatchedSpool], events: queue.Queue[SpoolEvent]) -> None:
+    def __init__(
+        self,
+        spools: list[WatchedSpool],
+        events: queue.Queue[SpoolEvent],
+        ready: list[ReadySource] | None = None,
+    ) -> None:
         self._spools = spools
+        self._ready = ready or []
         self._events = events
         self._observer = Observer()
 
@@ -62,6 +101,18 @@ class SpoolWatcher:
         for spool in self._spools:
             ensure_private_dir(spool.directory)
             self._observer.schedule(_Handler(spool, self._events), str(spool.directory))
+        for source in self._ready:
+            if not os.access(source.marks_dir, os.R_OK | os.X_OK):
+                # The reconcile scan keeps looking; until then archive-wal copies.
+                event(
+                    log,
+                    logging.ERROR,
+                    "read-ahead off: cannot read the ready marks",
+                    connector=source.connector,
+                    path=str(source.marks_dir),
+                )
+                continue
+            self._observer.schedule(_ReadyHandler(source, self._events), str(source.marks_dir))
         self._observer.start()
 
     def reconcile(self) -> int:
@@ -70,6 +121,10 @@ class SpoolWatcher:
         for spool in self._spools:
             for entry in scan(spool.connector, spool.directory, spool.accepts):
                 self._events.put(SpoolEvent(spool.connector, entry.path))
+                offered += 1
+        for source in self._ready:
+            for name in sorted(source.ready_names()):
+                self._events.put(SpoolEvent(source.connector, source.files_dir / name, ready=True))
                 offered += 1
         return offered
 

@@ -93,6 +93,18 @@ def deployment(reachable_dir: Path, pg_user: OsUser) -> Iterator[Deployment]:
 
 
 @pytest.fixture
+def read_ahead(reachable_dir: Path, pg_user: OsUser) -> Iterator[Deployment]:
+    """As `deployment`, with `[primary] data_dir` set: WAL ships from pg_wal as soon
+    as PostgreSQL marks it ready, and archive-wal confirms it."""
+    dep = Deployment(reachable_dir / "deploy", pg_user, read_ahead=True)
+    try:
+        dep.build_primary()
+        yield dep
+    finally:
+        dep.teardown()
+
+
+@pytest.fixture
 def restricted(reachable_dir: Path, pg_user: OsUser) -> Iterator[Deployment]:
     """As `deployment`, with the primary's key a `site-gate` forced command at the
     site and `restricted = true` in the config."""

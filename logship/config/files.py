@@ -6,21 +6,17 @@ because PostgreSQL runs them once per segment (records: NamedTuples, see walname
 
 from __future__ import annotations
 
-import os
 import tomllib
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from logship.config.state_dir_scan import CONFIG_ENV, config_file
 from logship.errors import ConfigError
-
-DEFAULT_CONFIG = "logship.toml"
-CONFIG_ENV = "LOGSHIP_CONFIG"
 
 
 def config_path(explicit: str | None) -> Path:
     """`--config`, else $LOGSHIP_CONFIG, else ./logship.toml; always absolute."""
-    raw = explicit or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG
-    return Path(raw).expanduser().absolute()
+    return Path(config_file(explicit))
 
 
 def read_toml(path: Path) -> dict[str, Any]:

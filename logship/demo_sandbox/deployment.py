@@ -66,6 +66,10 @@ class Deployment:
     max_slot_wal_keep: str = "1GB"
     #: the port sshd at the site opens on its loopback for the standby
     stream_port: int = field(default_factory=free_port)
+    #: the daemon ships WAL from pg_wal as soon as it is ready ([primary] data_dir)
+    read_ahead: bool = False
+    #: with read_ahead: how long archive-wal waits for it ([primary] archive_wait)
+    archive_wait: str | None = None
 
     def __post_init__(self) -> None:
         self.root = self.root.absolute()
@@ -149,6 +153,8 @@ compression = "{self.compression}"
 [primary]
 dsn = "{self.primary.dsn()}"
 {f'check_dsn = "{self.primary.dsn()}"' if self.check_dsn else ""}
+{f'data_dir = "{self.primary.data_dir}"' if self.read_ahead else ""}
+{f'archive_wait = "{self.archive_wait}"' if self.archive_wait else ""}
 
 [standby]
 dsn = "{self.standby.dsn()}"

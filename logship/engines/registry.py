@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from logship.catalog.store import Catalog
     from logship.checks import EngineChecks
     from logship.jobs import ActionOutcome, ActionRun
+    from logship.ready_source import ReadySource
     from logship.ship.site_worker import ShipTarget
     from logship.ship.transport import Transport
     from logship.status.model import ConnectorStatus
@@ -143,6 +144,12 @@ class Engine(Protocol):
 
     def kept_after_shipping(self, connector: ConnectorBase) -> int:
         """Bytes of shipped files kept in the spool until the site has used them."""
+        ...
+
+    def ready_source(self, connector: ConnectorBase) -> ReadySource | None:
+        """Where the protected system keeps this connector's files, marked ready,
+        before it hands them over to the spool: the daemon ships them from there
+        (read-ahead). None: they ship from the spool only."""
         ...
 
     def checks(self) -> EngineChecks:

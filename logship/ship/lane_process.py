@@ -34,6 +34,7 @@ from logship.config.model import SiteConfig
 from logship.errors import HostKeyRefused, OperationFailed
 from logship.logs import fields, setup_logging
 from logship.manifest import ManifestRecord, SiteLayout
+from logship.ready_source import SourceReleased
 from logship.ship.shipper import ShipConflict, ship_file
 from logship.spool import SpoolEntry
 
@@ -59,6 +60,8 @@ class _Failed:
 
     message: str
     conflict: bool = False
+    #: the producer took a read-ahead file back (SourceReleased)
+    released: bool = False
     host_key: bool = False
     #: whether the child's SSH connection still stands: a refusal by a live site
     #: is told apart from a lost link by this, as for the daemon's own connection
@@ -142,7 +145,7 @@ class LaneProcess:
     def ship(self, layout: SiteLayout, entry: SpoolEntry, compression: str) -> ManifestRecord:
         """Ship one spool file through the child, as `ship_file` would here.
 
-        Raises ShipConflict as `ship_file` does, LaneFailed for anything else
+        Raises ShipConflict and SourceReleased as `ship_file` does, LaneFailed for anything else
         (`is_alive` tells a refusing site from a lost link or a dead child).
         """
         try:
@@ -158,6 +161,8 @@ class LaneProcess:
         assert isinstance(answer, _Failed), answer
         if answer.conflict:
             raise ShipConflict(answer.message)
+        if answer.released:
+            raise SourceReleased(answer.message)
         self._alive = answer.alive
         raise LaneFailed(answer.message)
 
@@ -191,6 +196,7 @@ def _failure(exc: BaseException, alive: bool) -> _Failed:
     return _Failed(
         message=str(exc) or type(exc).__name__,
         conflict=isinstance(exc, ShipConflict),
+        released=isinstance(exc, SourceReleased),
         host_key=isinstance(exc, HostKeyRefused),
         alive=alive,
     )

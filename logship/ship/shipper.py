@@ -9,6 +9,7 @@ from logship.durable import read_chunks, sha256_of
 from logship.errors import OperationFailed
 from logship.faults import crash_point
 from logship.manifest import ManifestRecord, SiteLayout
+from logship.ready_source import still_held
 from logship.ship.transport import SiteRefused, Transport
 from logship.spool import SpoolEntry
 
@@ -65,7 +66,7 @@ def ship_file(
             f"{entry.name} is already at the site with sha256 {record.sha256[:12]}…, "
             "different from the spool copy; not overwriting it"
         )
-    raw = _Hashing(iter(read_chunks(entry.path)))
+    raw = _Hashing(_read(entry))
     # Uncompressed, the stored bytes are the raw bytes: hash them once.
     stored = _Hashing(_zstd(iter(raw))) if compression == "zstd" else raw
     target = layout.stored_wal(entry.name, compression)
@@ -93,6 +94,15 @@ def ship_file(
             raise
         return standing
     return record
+
+
+def _read(entry: SpoolEntry) -> Iterator[bytes]:
+    """The file's chunks; read ahead from its producer, they count only when the
+    producer still held it when the last one was read (see logship.ready_source)."""
+    yield from read_chunks(entry.path)
+    if entry.held_by is not None:
+        still_held(entry)
+        crash_point("readahead-read-done")
 
 
 def _same_file_record(

@@ -23,12 +23,14 @@ from logship.engines.registry import SiteSampler, engine_for
 from logship.faults import crash_point
 from logship.logs import event
 from logship.manifest import ManifestRecord, SiteLayout
+from logship.read_ahead_beat import BEHIND, HELD, SHIPPING, STOPPED, BeatWriter
+from logship.ready_source import ReadySource, SourceReleased
 from logship.ship.lane_process import LaneProcess
 from logship.ship.lanes import Lane, Lanes
 from logship.ship.link import Backoff, SiteLink
 from logship.ship.shipper import ShipConflict, ship_file
 from logship.ship.transport import Transport
-from logship.spool import SpoolEntry, entry_for, prune_kept, retire
+from logship.spool import SpoolEntry, entry_for, keep_copy, prune_kept, retire
 from logship.temp_names import is_temp_name
 
 log = logging.getLogger("logship.ship")
@@ -86,6 +88,22 @@ class _Settled:
     lost: Exception | None = None  # the main connection broke
 
 
+def _source_of(target: ShipTarget, name: str) -> SpoolEntry | None:
+    """Where a queued file ships from: the spool's copy, else its producer's while
+    it is still marked ready there. The spool is looked at again last: archive-wal
+    copies a file there before its producer unmarks it."""
+    in_spool = entry_for(target.connector, target.spool_dir / name)
+    if in_spool is not None or target.ready is None:
+        return in_spool
+    return target.ready.entry(name) or entry_for(target.connector, target.spool_dir / name)
+
+
+def _missing(target: ShipTarget) -> str:
+    if target.ready is None:
+        return "missing from the spool"
+    return f"missing from the spool, and no longer marked ready in {target.ready.files_dir}"
+
+
 @dataclass(frozen=True)
 class ShipTarget:
     connector: str
@@ -96,6 +114,8 @@ class ShipTarget:
     layout: SiteLayout
     #: shipped WAL kept in the spool until the standby restored it (0: none)
     keep_bytes: int = 0
+    #: files also read straight from their producer, before hand-over (read-ahead)
+    ready: ReadySource | None = None
 
 
 class SiteWorker(threading.Thread):
@@ -135,6 +155,13 @@ class SiteWorker(threading.Thread):
         self._write_error: str | None = None
         self._write_retry_at = 0.0
         self._write_backoff = Backoff()
+        #: the read-ahead's beat per connector that has one, and its files queued
+        self._beats = {
+            target.connector: BeatWriter(target.spool_dir, target.ready.wait_s)
+            for target in targets
+            if target.ready is not None
+        }
+        self._queued: dict[str, int] = {}
 
     def wake(self) -> None:
         self._wake.set()
@@ -156,6 +183,7 @@ class SiteWorker(threading.Thread):
     def run(self) -> None:
         try:
             while not self._stopping.is_set():
+                self._beat()
                 if self._link.transport is None:
                     if not self._link.try_connect():
                         self._stopping.wait(self._link.retry_in())
@@ -172,6 +200,8 @@ class SiteWorker(threading.Thread):
                     self._wake.wait(timeout=1.0)
                     self._wake.clear()
         finally:
+            for writer in self._beats.values():
+                writer.beat(STOPPED)
             self._disconnect()
             self._link.close()
             self._lanes.shutdown()
@@ -214,6 +244,7 @@ class SiteWorker(threading.Thread):
     def _lost(self, exc: BaseException) -> None:
         self._disconnect()
         self._link.lost(exc)
+        self._beat()
 
     def _disconnect(self) -> None:
         for sampler in self._samplers:
@@ -231,10 +262,12 @@ class SiteWorker(threading.Thread):
             if target.connector in self._promoted:
                 continue
             jobs: list[_Job] = []
-            for row in self.catalog.pending(target.connector, BATCH):
-                entry = entry_for(target.connector, target.spool_dir / row.name)
+            rows = self.catalog.pending(target.connector, BATCH)
+            self._queued[target.connector] = len(rows)
+            for row in rows:
+                entry = _source_of(target, row.name)
                 if entry is None:
-                    self.catalog.set_error(row.id, "missing from the spool")
+                    self.catalog.set_error(row.id, _missing(target))
                     continue
                 jobs.append(_Job(row.id, row.name, entry))
             if not jobs:
@@ -268,7 +301,9 @@ class SiteWorker(threading.Thread):
                 try:
                     self._settle(target, done.get_nowait(), settle)
                 except queue.Empty:
-                    return
+                    break
+            self._queued[target.connector] = len(jobs) - settle.shipped
+            self._beat()
 
         own = _OwnConnection(self._link.transport, self._clock)
         self._ship_from(own, 0, target, todo, done.put, between=drain)
@@ -286,7 +321,10 @@ class SiteWorker(threading.Thread):
     def _settle(self, target: ShipTarget, outcome: _Outcome, settle: _Settled) -> None:
         job, result = outcome.job, outcome.result
         connector = target.connector
-        if isinstance(result, ShipConflict):
+        if isinstance(result, SourceReleased):
+            # Not an error: archive-wal copied it into the spool; it ships from there.
+            event(log, logging.INFO, "read-ahead released", connector=connector, file=job.name)
+        elif isinstance(result, ShipConflict):
             event(log, logging.ERROR, "conflict", connector=connector, error=str(result))
             self.catalog.mark_conflict(job.row_id, str(result))
             self.catalog.add_event(connector, self._clock(), "error", str(result))
@@ -336,7 +374,7 @@ class SiteWorker(threading.Thread):
                 record = lane.ship(target.layout, job.entry, target.compression)
             except Exception as exc:  # sorted out by the worker's own thread
                 report(_Outcome(job, lane, connection, exc))
-                if isinstance(exc, ShipConflict):
+                if isinstance(exc, ShipConflict | SourceReleased):
                     continue
                 return  # this connection takes nothing more this round
             report(_Outcome(job, lane, connection, record))
@@ -351,7 +389,11 @@ class SiteWorker(threading.Thread):
         crash_point("ship-before-catalog")
         self.catalog.mark_shipped(job.row_id, record.sha256, record.stored_size, self._clock())
         crash_point("ship-before-retire")
+        # The tombstone is archive-wal's proof that the file is durable at the site:
+        # written only now, after the site and the catalog have it.
         retire(target.spool_dir, job.name, record.sha256, keep=target.keep_bytes > 0)
+        if job.entry.held_by is not None and target.keep_bytes > 0:
+            keep_copy(target.spool_dir, job.entry)
         prune_kept(target.spool_dir, None, target.keep_bytes)
         event(
             log,
@@ -363,6 +405,7 @@ class SiteWorker(threading.Thread):
             stored_bytes=record.stored_size,
             lag_s=round(record.arrived_at - record.closed_at, 3),
             connection=connection,
+            source="spool" if job.entry.held_by is None else "read-ahead",
         )
 
     def _write_failed(
@@ -396,6 +439,28 @@ class SiteWorker(threading.Thread):
                 target.connector, self._clock(), "link", f"site {self.site.name} takes files again"
             )
         self._write_backoff.reset()
+
+    # -- read-ahead ----------------------------------------------------------------
+
+    def _beat(self) -> None:
+        """Tell archive-wal, per read-ahead connector, whether waiting for us pays."""
+        for target in self.targets:
+            writer = self._beats.get(target.connector)
+            if writer is not None:
+                writer.beat(self._read_ahead_state(target))
+
+    def _read_ahead_state(self, target: ShipTarget) -> str:
+        if (
+            self._link.transport is None
+            or self._write_error is not None
+            or target.connector in self._promoted
+        ):
+            return HELD
+        # Files beyond what the site's connections take at once wait their turn,
+        # and a segment handed over now would wait behind all of them.
+        if self._queued.get(target.connector, 0) > self.site.connections + 1:
+            return BEHIND
+        return SHIPPING
 
     # -- between rounds ------------------------------------------------------------
 

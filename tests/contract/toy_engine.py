@@ -19,6 +19,7 @@ from logship.checks import CheckRunner, SiteCommandUse, ok
 from logship.config.model import Config, ConnectorBase, SiteConfig
 from logship.engines.registry import BackgroundJob, DaemonWorkers, WorkerContext
 from logship.jobs import ActionOutcome, ActionRun
+from logship.ready_source import ReadySource
 from logship.status.model import ConnectorStatus
 from logship.status.state import classify
 
@@ -99,6 +100,9 @@ class ToyEngine:
     def kept_after_shipping(self, connector: ConnectorBase) -> int:
         assert isinstance(connector, ToyConnector)
         return 1024 * 1024 if connector.keep_shipped else 0
+
+    def ready_source(self, connector: ConnectorBase) -> ReadySource | None:
+        return None
 
     def checks(self) -> ToyChecks:
         return ToyChecks()

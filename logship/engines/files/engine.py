@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from logship.catalog.store import Catalog
     from logship.checks import EngineChecks
     from logship.jobs import ActionOutcome, ActionRun
+    from logship.ready_source import ReadySource
     from logship.ship.site_worker import ShipTarget
     from logship.status.model import ConnectorStatus
 
@@ -96,6 +97,9 @@ class FilesEngine:
 
     def kept_after_shipping(self, connector: ConnectorBase) -> int:
         return 0
+
+    def ready_source(self, connector: ConnectorBase) -> ReadySource | None:
+        return None
 
     def checks(self) -> EngineChecks:
         from logship.engines.files.checks import FILES_CHECKS

@@ -24,10 +24,10 @@ from logship.durable import (
     sha256_of,
 )
 from logship.engines.postgresql import walnames
+from logship.engines.postgresql.archive_confirm import SHIPPED_DIR, shipped_sha256
 from logship.errors import OperationFailed, UsageError
 from logship.temp_names import temp_beside
 
-SHIPPED_DIR = ".shipped"
 #: bytes per copy_file_range call: a whole default-sized segment at once
 KERNEL_COPY_BYTES = 16 * 1024 * 1024
 
@@ -35,14 +35,6 @@ KERNEL_COPY_BYTES = 16 * 1024 * 1024
 def tombstone_path(spool_dir: Path, name: str) -> Path:
     """Where the sha256 of a shipped (and removed) spool file is kept."""
     return spool_dir / SHIPPED_DIR / name
-
-
-def shipped_sha256(spool_dir: Path, name: str) -> str | None:
-    """The sha256 its tombstone recorded when `name` was shipped; None if it was not."""
-    try:
-        return tombstone_path(spool_dir, name).read_text().strip()
-    except FileNotFoundError:
-        return None
 
 
 class ArchiveResult(NamedTuple):
@@ -97,7 +89,7 @@ def archive_wal(spool_dir: Path, source: Path, *, now_ns: int | None = None) -> 
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
         try:
             with os.fdopen(fd, "wb") as out:
-                _copy_into(source, out.fileno())
+                copy_into(source, out.fileno())
                 os.utime(out.fileno(), ns=(handed_over_ns, handed_over_ns))
                 os.fsync(out.fileno())
             # link() never replaces an existing name, unlike rename(): a concurrent
@@ -129,7 +121,7 @@ def archive_wal(spool_dir: Path, source: Path, *, now_ns: int | None = None) -> 
     return ArchiveResult(name, already_archived=False)
 
 
-def _copy_into(source: Path, out_fd: int) -> None:
+def copy_into(source: Path, out_fd: int) -> None:
     """Copy in the kernel (copy_file_range): no pass through this process's memory."""
     with open(source, "rb") as src:
         in_fd = src.fileno()

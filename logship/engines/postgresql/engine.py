@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from logship.catalog.store import Catalog
     from logship.checks import EngineChecks
     from logship.jobs import ActionOutcome, ActionRun
+    from logship.ready_source import ReadySource
     from logship.ship.site_worker import ShipTarget
     from logship.status.model import ConnectorStatus
 
@@ -32,6 +33,15 @@ class PrimarySection(Strict):
     #: primary down?" gate: `dsn` is written for the primary site and often uses a
     #: local socket there, which proves nothing at the standby site
     check_dsn: str | None = Field(default=None, min_length=1)
+    #: the primary's data directory at the primary site; with it the daemon ships
+    #: each WAL file from pg_wal as soon as PostgreSQL marks it ready (read-ahead),
+    #: and archive-wal only confirms what is already at the site. The daemon must
+    #: be able to read pg_wal (PostgreSQL's OS user, or its group with group access)
+    data_dir: Path | None = None
+    #: with data_dir: how long archive-wal waits for the read-ahead to make a
+    #: segment durable at the site before it copies the segment into the spool
+    #: (it waits only while the daemon keeps up; 0: never waits)
+    archive_wait: Seconds = Field(default=10.0, ge=0)
 
 
 class StandbySection(Strict):
@@ -163,6 +173,23 @@ class PostgresEngine:
     def kept_after_shipping(self, connector: ConnectorBase) -> int:
         assert isinstance(connector, PostgresConnector)
         return connector.keep_shipped_mib * 1024 * 1024
+
+    def ready_source(self, connector: ConnectorBase) -> ReadySource | None:
+        assert isinstance(connector, PostgresConnector)
+        if connector.primary.data_dir is None:
+            return None
+        from logship.ready_source import ReadySource
+
+        # pg_wal is often a link to a disk of its own: followed once, here.
+        wal_dir = (connector.primary.data_dir / "pg_wal").resolve()
+        return ReadySource(
+            connector=connector.name,
+            files_dir=wal_dir,
+            marks_dir=wal_dir / "archive_status",
+            mark_suffix=".ready",
+            accepts=walnames.is_archivable,
+            wait_s=connector.primary.archive_wait,
+        )
 
     def checks(self) -> EngineChecks:
         from logship.engines.postgresql.checks import POSTGRESQL_CHECKS
