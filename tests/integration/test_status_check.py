@@ -193,8 +193,10 @@ def test_check_passes_on_a_real_primary_and_sshd(deployment: Deployment) -> None
         f"archiving {dep.connector}",
         f"archive_timeout {dep.connector}",
         f"spool-owner {dep.connector}",
+        f"read-ahead {dep.connector}",
     ):
         assert lines.get(name, "").startswith("ok "), f"{name}\n{explain(result)}"
+    assert "set [primary] data_dir" in lines[f"read-ahead {dep.connector}"]
     # The write probe is gone and the spool check created is usable by PostgreSQL.
     assert not [p for p in (dep.incoming / dep.connector).iterdir() if "check" in p.name]
     assert dep.spool_dir.stat().st_uid == dep.user.uid
@@ -210,6 +212,25 @@ def test_check_accepts_basic_archive_into_the_spool(reachable_dir: Path, pg_user
         dep.teardown()
     assert result.returncode == 0, explain(result)
     assert check_lines(result)[f"archiving {dep.connector}"].startswith("ok archive_library")
+
+
+def test_check_judges_the_read_ahead_data_dir(read_ahead: Deployment) -> None:
+    dep = read_ahead
+    result = logship(dep.config_path, "check", dep.connector)
+    assert result.returncode == 0, explain(result)
+    line = check_lines(result)[f"read-ahead {dep.connector}"]
+    assert line.startswith("ok ships from") and "archive-wal confirms" in line, line
+
+    # Another cluster's folder: the daemon would read WAL that is not this primary's.
+    config = dep.config_dir / "connectors" / f"{dep.connector}.toml"
+    other = dep.root / "other-pgdata"
+    config.write_text(
+        config.read_text().replace(f'data_dir = "{dep.primary.data_dir}"', f'data_dir = "{other}"')
+    )
+    result = logship(dep.config_path, "check", dep.connector)
+    assert result.returncode != 0, explain(result)
+    line = check_lines(result)[f"read-ahead {dep.connector}"]
+    assert line.startswith("fail ") and str(dep.primary.data_dir) in line, line
 
 
 def test_check_refuses_a_changed_host_key(deployment: Deployment) -> None:

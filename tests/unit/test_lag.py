@@ -397,3 +397,25 @@ def test_every_null_figure_has_a_reason_in_the_human_output() -> None:
     assert any("not been sampled" in r for r in reasons)
     measured = status([Row(seg(1))], progress=Progress(seg(1), heartbeat_at=NOW - 1))
     assert null_reasons(measured) == []
+
+
+@dataclass
+class _Primary:
+    measured_at: float = 0.0
+    current_lsn: str | None = None
+    archive_ready: int | None = 3
+    archive_failed_count: int | None = 0
+    archive_last_failed_at: float | None = None
+
+
+def test_segments_waiting_for_the_archiver_count_as_pending_without_read_ahead() -> None:
+    from logship.engines.postgresql.lag import queue_facts
+    from logship.engines.postgresql.status import _with_archiver_backlog
+
+    empty_spool = queue_facts(())
+    counted = _with_archiver_backlog(empty_spool, _Primary())
+    assert (counted.pending_files, counted.pending_bytes) == (3, 3 * 16 * 1024 * 1024)
+    # The exposure is measured from what is durable at the site, not from the queue.
+    assert counted.rpo_exposure_s(100.0) == empty_spool.rpo_exposure_s(100.0)
+    assert _with_archiver_backlog(empty_spool, _Primary(archive_ready=0)) == empty_spool
+    assert _with_archiver_backlog(empty_spool, None) == empty_spool

@@ -49,7 +49,6 @@ if TYPE_CHECKING:
 READ_CHUNK = 1 << 20
 #: pg_basebackup's stdout pipe: one read chunk (Linux allows up to 1 MiB unprivileged)
 PIPE_SIZE = READ_CHUNK
-DEFAULT_WAL_SEGMENT_SIZE = 16 * 1024 * 1024
 STDERR_TAIL_LINES = 20
 TAR_BLOCK = 512
 # pg_basebackup --progress: "12345/67890 kB (18%), 0/1 tablespace"
@@ -442,7 +441,7 @@ def _ship(
     try:
         if manifest is None or label is None:
             raise ValueError("the tar has no readable backup_label or backup_manifest")
-        wal = wal_range(label, manifest, scanner.wal_segment_size or DEFAULT_WAL_SEGMENT_SIZE)
+        wal = wal_range(label, manifest, scanner.wal_segment_size or walnames.DEFAULT_SEGMENT_SIZE)
     except (ValueError, KeyError, TypeError) as exc:
         raise OperationFailed(
             f"connector {connector.name}: cannot read backup {backup_id}'s WAL range ({exc}); "

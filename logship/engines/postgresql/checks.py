@@ -68,6 +68,7 @@ class PostgresChecks:
         runner.run(f"archiving {name}", check_archiving, name, spool, config.path, settings)
         runner.run(f"archive_timeout {name}", check_archive_timeout, connector.rpo, settings)
         runner.run(f"spool-owner {name}", check_spool_owner, spool, settings)
+        runner.run(f"read-ahead {name}", check_read_ahead, connector, settings)
         if connector.streaming.enabled:
             stream_checks(config.site_of(connector), connector, runner)
 
@@ -353,4 +354,44 @@ def check_spool_owner(name: str, spool: Path, settings: ArchiveSettings) -> Chec
         name,
         f"{spool}: {user}, who runs PostgreSQL and so archive-wal, cannot write it "
         f"(chown -R {user} the state dir)",
+    )
+
+
+def check_read_ahead(
+    name: str, connector: PostgresConnector, settings: ArchiveSettings
+) -> CheckResult:
+    """With [primary] data_dir the daemon reads pg_wal: it must be the primary's own
+    and readable by the user running logship."""
+    data_dir = connector.primary.data_dir
+    if data_dir is None:
+        return ok(
+            name,
+            "off: each segment ships from the spool once archive-wal has copied it; "
+            f"set [primary] data_dir = {settings.data_directory or 'PGDATA'!r} to ship "
+            "from pg_wal as soon as it is ready",
+        )
+    if settings.data_directory and not _same_path(data_dir, settings.data_directory):
+        return fail(
+            name,
+            f"[primary] data_dir = {data_dir}, but the primary's data_directory is "
+            f"{settings.data_directory}: set it to that",
+        )
+    marks = data_dir / "pg_wal" / "archive_status"
+    if not os.access(marks, os.R_OK | os.X_OK):
+        return fail(
+            name,
+            f"{marks}: not readable by this user, so the daemon cannot read ahead; run "
+            "logship as PostgreSQL's OS user (or initdb --allow-group-access and its group)",
+        )
+    if settings.archive_library:
+        return ok(
+            name,
+            f"ships from {data_dir / 'pg_wal'} as soon as a segment is ready; basic_archive "
+            "still copies each one (archive-wal would only confirm it)",
+        )
+    wait = connector.primary.archive_wait
+    return ok(
+        name,
+        f"ships from {data_dir / 'pg_wal'} as soon as a segment is ready; archive-wal "
+        f"confirms it (waiting up to {wait:g} s while the daemon keeps up)",
     )

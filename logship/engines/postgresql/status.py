@@ -222,11 +222,13 @@ def postgres_status(
     stream_row = catalog.stream_facts(name) if catalog is not None else None
     stream = stream_figures(connector.streaming.enabled, stream_row, now)
     if catalog is not None:
+        primary = catalog.primary_facts(name)
         queue = _queue_facts(catalog, name, remember)
+        if connector.primary.data_dir is None:
+            queue = _with_archiver_backlog(queue, primary)
         site_status = catalog.site_status(connector.site, name)
         progress = catalog.standby_progress(name)
         backup = catalog.last_backup(name)
-        primary = catalog.primary_facts(name)
         jobs = replace(
             scheduled_jobs(catalog, name),
             last_drill=catalog.last_drill(name),
@@ -245,6 +247,20 @@ def postgres_status(
         primary=primary,
         jobs=jobs,
         stream=stream,
+    )
+
+
+def _with_archiver_backlog(queue: QueueFacts, primary: PrimaryRow | None) -> QueueFacts:
+    """Without read-ahead, segments PostgreSQL has marked ready but not yet handed to
+    archive-wal are in no spool and no catalog row, yet they are not at the site
+    either: they count as pending. (With read-ahead they are rows already.)"""
+    if primary is None or not primary.archive_ready:
+        return queue
+    segment = queue.prefix.segment_size if queue.prefix else walnames.DEFAULT_SEGMENT_SIZE
+    return replace(
+        queue,
+        pending_files=queue.pending_files + primary.archive_ready,
+        pending_bytes=queue.pending_bytes + primary.archive_ready * segment,
     )
 
 

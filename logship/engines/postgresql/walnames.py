@@ -11,6 +11,9 @@ import re
 from enum import StrEnum
 from typing import NamedTuple
 
+#: PostgreSQL's wal_segment_size unless initdb was told otherwise
+DEFAULT_SEGMENT_SIZE = 16 * 1024 * 1024
+
 _SEGMENT = re.compile(r"^[0-9A-F]{24}$")
 _HISTORY = re.compile(r"^[0-9A-F]{8}\.history$")
 _BACKUP = re.compile(r"^[0-9A-F]{24}\.[0-9A-F]{8}\.backup$")
