@@ -70,7 +70,10 @@ def retire(spool_dir: Path, name: str, sha256: str, *, keep: bool) -> None:
     """Take a shipped file out of the queue, leaving its sha256 so a re-push can still
     be judged; with `keep`, the file itself moves aside (see prune_kept)."""
     write_tombstone(spool_dir, name, sha256)
-    if keep:
+    spooled = spool_dir / name
+    # Read ahead from its producer, a file has no spool copy: its kept copy, if any,
+    # was made by keep_copy and stays.
+    if keep and spooled.exists():
         kept = kept_path(spool_dir, name)
         ensure_private_dir(kept.parent)
         # A link and an unlink, not a rename: inotify reports a rename out of the
@@ -78,14 +81,12 @@ def retire(spool_dir: Path, name: str, sha256: str, *, keep: bool) -> None:
         # second, and every spool event queued behind it (the next segment) waits.
         try:
             kept.unlink(missing_ok=True)
-            os.link(spool_dir / name, kept)
+            os.link(spooled, kept)
         except FileNotFoundError:
             pass
         else:
             fsync_dir(kept.parent)
-            (spool_dir / name).unlink(missing_ok=True)
-    else:
-        (spool_dir / name).unlink(missing_ok=True)
+    spooled.unlink(missing_ok=True)
     fsync_dir(spool_dir)
 
 

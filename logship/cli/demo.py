@@ -465,7 +465,7 @@ class Demo:
         self.seconds = seconds
         self.view = view
         # check_dsn: promote, run "at the DR site", can see that the primary is down.
-        self.dep = Deployment(sandbox.path, user, rpo=DEMO_RPO, check_dsn=True)
+        self.dep = Deployment(sandbox.path, user, rpo=DEMO_RPO, check_dsn=True, read_ahead=True)
         self.pgbench = Pgbench(self.dep.primary, sandbox.path / PGBENCH_LOG_NAME)
         self.probe = Probe(self.dep)
         # What we started, so that the end can prove none of it is still running.

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
 
 
-def _archive_wal_call(argv: Sequence[str]) -> tuple[str | None, str, str] | None:
+def _archive_wal_call(argv: list[str]) -> tuple[str | None, str, str] | None:
     """(--config or None, connector, path) for the plain archive-wal call."""
     config: str | None = None
     rest = list(argv)
@@ -30,7 +29,7 @@ def _archive_wal_call(argv: Sequence[str]) -> tuple[str | None, str, str] | None
     return config, connector, path
 
 
-def confirmed_without_copy(argv: Sequence[str]) -> bool:
+def confirmed_without_copy(argv: list[str]) -> bool:
     """True when this is archive-wal and its segment is already durable at the site."""
     call = _archive_wal_call(argv)
     if call is None:

@@ -388,12 +388,14 @@ class SiteWorker(threading.Thread):
             self._write_recovered()
         crash_point("ship-before-catalog")
         self.catalog.mark_shipped(job.row_id, record.sha256, record.stored_size, self._clock())
+        if job.entry.held_by is not None and target.keep_bytes > 0:
+            # Before the tombstone: once archive-wal has confirmed the file,
+            # PostgreSQL may recycle it.
+            keep_copy(target.spool_dir, job.entry)
         crash_point("ship-before-retire")
         # The tombstone is archive-wal's proof that the file is durable at the site:
         # written only now, after the site and the catalog have it.
         retire(target.spool_dir, job.name, record.sha256, keep=target.keep_bytes > 0)
-        if job.entry.held_by is not None and target.keep_bytes > 0:
-            keep_copy(target.spool_dir, job.entry)
         prune_kept(target.spool_dir, None, target.keep_bytes)
         event(
             log,

@@ -11,9 +11,11 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from logship.demo_sandbox.deployment import Deployment, wait_for
+from logship.durable import sha256_of
 from logship.engines.postgresql import walnames
 from logship.engines.postgresql.archive_wal import tombstone_path
 from logship.read_ahead_beat import SHIPPING, STOPPED, read_beat
+from logship.spool import kept_path
 
 
 def shipped_from(dep: Deployment) -> dict[str, str]:
@@ -75,6 +77,10 @@ def test_wal_ships_from_pg_wal_and_archive_wal_confirms_it(read_ahead: Deploymen
     # archive-wal made no spool copy of those: it confirmed them.
     copied = {name for name in spool_copies.names if walnames.is_archivable(name)}
     assert not copied & set(read_ahead_shipped), (copied, sources)
+    # Each keeps a copy for a re-ship, as a spool copy would be kept.
+    for name in read_ahead_shipped:
+        kept = kept_path(dep.spool_dir, name)
+        assert sha256_of(kept) == tombstone_path(dep.spool_dir, name).read_text().strip()
 
     dep.standby_up()
     dep.wait_replayed(dep.switch_wal())

@@ -1,5 +1,8 @@
 """`archive-wal`: PostgreSQL's archive_command, a durable copy into the spool.
 
+A segment the read-ahead has already shipped is confirmed before this module is
+even imported (logship.cli.entry, archive_confirm); this is the way for the rest.
+
 Runs once per WAL segment inside PostgreSQL's serial archiver, so it imports only
 the stdlib, and not `dataclasses` (see walnames). The spool file's mtime is the
 segment's close time: the moment PostgreSQL handed the segment over. PostgreSQL's

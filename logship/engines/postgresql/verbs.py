@@ -94,7 +94,7 @@ _CLI = "logship.engines.postgresql.cli"
 VERBS = {
     "archive-wal": (
         f"{_CLI}.archive_wal",
-        "PostgreSQL archive_command: durable copy into the spool",
+        "PostgreSQL archive_command: confirms a segment already shipped, else a durable spool copy",
         _archive_wal,
     ),
     "restore-wal": (
