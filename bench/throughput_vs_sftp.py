@@ -270,9 +270,13 @@ data_dir = "/nonexistent"
         watch = common.Stopwatch()
         for path in files:
             feed(stage / path.name, spool / path.name)
+        deadline = time.monotonic() + 600
         while len(shipped := events("shipped")) < len(files):
             if daemon.poll() is not None:
                 raise RuntimeError(f"the daemon exited {daemon.returncode}: see {log_path}")
+            if time.monotonic() > deadline:
+                # An archiver that cannot write into the spool never brings the rest.
+                raise TimeoutError(f"not every file shipped within 600 s: see {log_path}")
             time.sleep(0.01)
         window = watch.stop()
     finally:
