@@ -142,7 +142,11 @@ data_dir = "{ctx.root / "no-standby"}"
 
 
 def archive_wal_command(config: Path) -> list[str]:
-    return [sys.executable, "-m", "logship", "--config", str(config), "archive-wal", CONNECTOR]
+    """archive-wal as the README's archive_command runs it: the `logship` script beside
+    this interpreter (no runpy: a few ms less per call than `python -m logship`)."""
+    script = Path(sys.executable).parent / "logship"
+    logship = [str(script)] if script.exists() else [sys.executable, "-m", "logship"]
+    return [*logship, "--config", str(config), "archive-wal", CONNECTOR]
 
 
 class Daemon:
