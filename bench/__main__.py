@@ -19,6 +19,7 @@ HERE = Path(__file__).resolve().parent
 BENCHMARKS = {
     "throughput_vs_sftp": "loopback throughput against OpenSSH sftp; archive-wal against dd",
     "pgbackrest": "archive-push of the same segments against pgBackRest over SSH",
+    "read_ahead": "archive-wal with read-ahead from pg_wal, end to end against sftp; per call",
     "live": "pgbench with logship: latency to the site, keep-up, primary overhead",
     "wan": "throughput through a shaped, delayed namespace link (root)",
     "scale": "daemon memory with 10,000 pending files; status at 1M catalog rows",

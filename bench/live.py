@@ -38,6 +38,7 @@ from psycopg import sql
 from logship.config.load import load_config
 from logship.demo_sandbox import OsUser, PgCluster, SshServer, free_port
 from logship.demo_sandbox.procs import kill_tree
+from logship.engines.postgresql.archive_wal import SHIPPED_DIR
 from logship.engines.postgresql.standby_status import ask_standby_status
 from logship.engines.postgresql.walnames import lsn_to_int
 from logship.manifest import ManifestRecord, SiteLayout
@@ -238,9 +239,12 @@ def write_config(
     cluster: PgCluster,
     pycache: Path,
     keep_shipped_mib: int | None,
+    read_ahead: bool = False,
 ) -> Path:
     """logship.toml with one postgresql connector, as a real primary's, readable by
-    the PostgreSQL user (archive-wal and the daemon run as it)."""
+    the PostgreSQL user (archive-wal and the daemon run as it). With `read_ahead`,
+    `[primary] data_dir` names the cluster: the daemon ships each `.ready` segment
+    from pg_wal and archive-wal confirms it."""
     directory = root / "config"
     (directory / "connectors").mkdir(parents=True)
     directory.chmod(0o755)
@@ -269,6 +273,7 @@ compression = "zstd"
 [primary]
 dsn = "{cluster.socket_dsn()}"
 bin_dir = "{PG_BIN}"
+{f'data_dir = "{cluster.data_dir}"' if read_ahead else ""}
 
 [standby]
 dsn = "host=/nonexistent port=5433 dbname=postgres"
@@ -506,6 +511,16 @@ def ready_segments(setup: Setup) -> set[str]:
     except FileNotFoundError:
         return set()
     return {n[:24] for n in names if n.endswith(".ready") and _SEGMENT.match(n[:24])}
+
+
+def shipped_segments(setup: Setup) -> set[str]:
+    """Segments with a tombstone: durable at the site. With read-ahead a segment
+    shipped from pg_wal keeps its `.ready` until archive-wal confirms it."""
+    try:
+        names = os.listdir(setup.spool / SHIPPED_DIR)
+    except FileNotFoundError:
+        return set()
+    return {n for n in names if _SEGMENT.match(n)}
 
 
 def spool_segments(setup: Setup) -> set[str]:
@@ -866,9 +881,15 @@ def run_keepup(
     seconds: int,
     clients: int,
     archive_library: bool = False,
+    read_ahead: bool = False,
 ) -> None:
     settings = dict(KEEPUP_SETTINGS)
     how = "archive_command = archive-wal"
+    if read_ahead:
+        how += (
+            ", read-ahead on (the daemon ships .ready segments from pg_wal; backlog = "
+            ".ready not yet tombstoned + spool)"
+        )
     if archive_library:
         # PostgreSQL's own module writes each segment into the spool: no process
         # per segment, so .ready waits only for a file copy.
@@ -895,10 +916,13 @@ def run_keepup(
             def sample() -> Sample:
                 row = conn.execute("select pg_current_wal_lsn()::text").fetchone()
                 ready, spool = ready_segments(setup), spool_segments(setup)
+                # With read-ahead a .ready segment may already be durable at the site
+                # (tombstoned), waiting only for archive-wal's confirmation.
+                waiting = ready - shipped_segments(setup) if read_ahead else ready
                 # A segment is in both between archive-wal's link into the spool and
                 # PostgreSQL renaming .ready to .done: the union counts it once.
                 lsn = lsn_to_int(str(row[0])) if row else 0
-                return Sample(time.time(), len(ready), len(spool), len(ready | spool), lsn)
+                return Sample(time.time(), len(ready), len(spool), len(waiting | spool), lsn)
 
             samples.append(sample())
             bench = start_pgbench(setup.cluster, *pgbench_args(clients, seconds))
@@ -1011,6 +1035,13 @@ def report_keepup(
         "segments",
         detail=f"mean .ready {mean([s.ready for s in samples]):.2f}, "
         f"mean spool {mean([s.spool for s in samples]):.2f}",
+    )
+    report.add(
+        "keepup_ready_max",
+        max(s.ready for s in samples),
+        "segments",
+        detail="the most .ready files at once: segments PostgreSQL's archiver had not yet "
+        "seen confirmed (pg_wal keeps them), shipped or not",
     )
     high = [s for s in samples if s.backlog > TARGET_BACKLOG]
     # Which side was behind: PostgreSQL's archiver (.ready) or the daemon (spool).
@@ -1236,7 +1267,9 @@ def environment_changed(**changes: str | None) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def primary_and_site(scale: int, keep_shipped_mib: int | None) -> Iterator[Setup]:
+def primary_and_site(
+    scale: int, keep_shipped_mib: int | None, read_ahead: bool = False
+) -> Iterator[Setup]:
     user = common.bench_user()
     with contextlib.ExitStack() as stack:
         root = stack.enter_context(common.reachable_tempdir("logship-live-"))
@@ -1253,7 +1286,9 @@ def primary_and_site(scale: int, keep_shipped_mib: int | None) -> Iterator[Setup
         state = common.private_dir(root / "state", user)
         cluster = PgCluster(root / "primary" / "pgdata", free_port(), user)
         stack.callback(cluster.destroy)
-        config = write_config(root, server, state, incoming, cluster, pycache, keep_shipped_mib)
+        config = write_config(
+            root, server, state, incoming, cluster, pycache, keep_shipped_mib, read_ahead
+        )
         logship = [
             sys.executable,
             "-m",
@@ -1351,6 +1386,12 @@ def main(argv: list[str] | None = None) -> int:
         help="keep-up with archive_library = 'basic_archive' writing into the spool "
         "instead of archive_command = archive-wal",
     )
+    parser.add_argument(
+        "--read-ahead",
+        action="store_true",
+        help="[primary] data_dir set: the daemon ships .ready segments from pg_wal and "
+        "archive-wal confirms them (every part)",
+    )
     parser.add_argument("--overhead-runs", type=int, default=6, help="rounds of each mode")
     parser.add_argument("--overhead-seconds", type=int, default=30)
     parser.add_argument(
@@ -1387,8 +1428,10 @@ def main(argv: list[str] | None = None) -> int:
     env["code"] = code_version()
     report = Report(BENCH, env)
     try:
-        with primary_and_site(args.scale, args.keep_shipped_mib) as setup:
+        with primary_and_site(args.scale, args.keep_shipped_mib, args.read_ahead) as setup:
             daemon = Daemon(setup, setup.root / "daemon.log", args.daemon_nice)
+            if args.read_ahead:
+                daemon.variant.append("read-ahead on ([primary] data_dir)")
             if args.keep_shipped_mib is not None:
                 daemon.variant.append(f"keep_shipped_mib = {args.keep_shipped_mib}")
             try:
@@ -1402,6 +1445,7 @@ def main(argv: list[str] | None = None) -> int:
                         args.keepup_seconds,
                         args.keepup_clients,
                         archive_library=args.archive_library,
+                        read_ahead=args.read_ahead,
                     )
                 if "overhead" in phases:
                     run_overhead(

@@ -606,7 +606,10 @@ def logship_run(
         if via_archive_wal
         else os.rename
     )
-    run = logship_daemon_all(server, files, workdir, incoming, compression, 4, feed=feed)
+    # archive-wal runs as PostgreSQL's user and writes into the daemon's private state
+    # folder: the daemon runs as that user too, as in production.
+    user = archiver.user if via_archive_wal else None
+    run = logship_daemon_all(server, files, workdir, incoming, compression, 4, feed=feed, user=user)
     raw = sum(f.stat().st_size for f in files)
     return Archived.of(run, run.stored_bytes, raw_bytes=raw, calls=archiver.durations)
 
@@ -630,7 +633,10 @@ def logship_archiver_run(
     server: SshServer, pg: PgArchiver, root: Path, incoming: Path, compression: str, how: str
 ) -> Archived:
     """From the archiver's wake-up until the daemon logged the last segment shipped
-    (by then every segment is .done too, which is checked)."""
+    (by then every segment is .done too, which is checked). The daemon runs as
+    PostgreSQL's user, as in production: the archiver writes into its private state
+    folder, and with read-ahead the daemon reads pg_wal itself."""
+    read_ahead = how == "archive_wal_read_ahead"
     if how == "basic_archive":
         pg.set({"archive_library": "basic_archive"})  # its directory: the daemon's spool
     else:
@@ -652,7 +658,15 @@ def logship_archiver_run(
             pg.wake()
 
     run = logship_daemon_all(
-        server, pg.masters, root / "daemon", incoming, compression, 4, feed=wake_once
+        server,
+        pg.masters,
+        root / "daemon",
+        incoming,
+        compression,
+        4,
+        feed=wake_once,
+        primary=f'data_dir = "{pg.cluster.data_dir}"\n' if read_ahead else "",
+        user=pg.cluster.user,
     )
     if not pg.all_done():
         raise RuntimeError("the daemon shipped segments PostgreSQL has not marked archived")
@@ -672,6 +686,7 @@ LOGSHIP_ARCHIVER = {
         ("basic_archive", "zstd"),
         ("basic_archive", "none"),
         ("archive_wal", "zstd"),
+        ("archive_wal_read_ahead", "zstd"),
     )
 }
 
@@ -772,6 +787,11 @@ def logship_feed(name: str) -> tuple[bool, str]:
             if how == "basic_archive"
             else "archive_command = 'python -m logship --config ... archive-wal bench %p'"
         )
+        if how == "archive_wal_read_ahead":
+            feed += (
+                ", read-ahead on ([primary] data_dir: the daemon, as PostgreSQL's user, "
+                "ships each .ready segment from pg_wal and archive-wal confirms it)"
+            )
         return True, (
             f"compression {compression}; PostgreSQL's archiver on the running cluster, "
             f"{feed}, woken as for pgBackRest"

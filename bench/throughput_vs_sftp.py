@@ -197,6 +197,8 @@ def logship_daemon_all(
     connections: int,
     address: tuple[str, int] | None = None,
     feed: Callable[[Path, Path], None] = os.rename,
+    primary: str = "",
+    user: OsUser | None = None,
 ) -> Run:
     """`logship run` as in production: the files are renamed into its spool at once
     (as archive-wal leaves them) and timed until the daemon logged each one shipped,
@@ -206,6 +208,9 @@ def logship_daemon_all(
 
     `feed(staged, in_spool)` is how each file enters the spool, in order, with the
     clock running: by default a rename from a staging folder on the same file system.
+    `primary` adds lines to the connector's `[primary]` (read-ahead's `data_dir`, say);
+    with `user` the daemon runs as that user (who must read that `pg_wal`), as it
+    does in production, and owns everything under `workdir`.
     """
     if workdir.exists():
         subprocess.run(["rm", "-rf", str(workdir)], check=True)
@@ -231,7 +236,7 @@ keep_shipped_mib = 0
 
 [primary]
 dsn = "host=/nonexistent port=5432 dbname=postgres"
-
+{primary}
 [standby]
 dsn = "host=/nonexistent port=5433 dbname=postgres"
 data_dir = "/nonexistent"
@@ -240,6 +245,8 @@ data_dir = "/nonexistent"
     spool = workdir / "state" / "spool" / CONNECTOR
     spool.mkdir(parents=True, mode=0o700)
     log_path = workdir / "daemon.log"
+    if user is not None:
+        subprocess.run(["chown", "-R", f"{user.uid}:{user.gid}", str(workdir)], check=True)
 
     def events(name: str) -> list[dict[str, object]]:
         lines = log_path.read_text().splitlines()
@@ -247,9 +254,13 @@ data_dir = "/nonexistent"
 
     with open(log_path, "wb") as out:
         daemon = subprocess.Popen(
-            [sys.executable, "-m", "logship", "--config", str(config), "run"],
+            [
+                *(user.command_prefix() if user is not None else []),
+                *[sys.executable, "-m", "logship", "--config", str(config), "run"],
+            ],
             stdout=out,
             stderr=out,
+            cwd=workdir,
         )
     try:
         common.wait_until(lambda: bool(events("connected")), 60, "the daemon connected")
@@ -259,9 +270,13 @@ data_dir = "/nonexistent"
         watch = common.Stopwatch()
         for path in files:
             feed(stage / path.name, spool / path.name)
+        deadline = time.monotonic() + 600
         while len(shipped := events("shipped")) < len(files):
             if daemon.poll() is not None:
                 raise RuntimeError(f"the daemon exited {daemon.returncode}: see {log_path}")
+            if time.monotonic() > deadline:
+                # An archiver that cannot write into the spool never brings the rest.
+                raise TimeoutError(f"not every file shipped within 600 s: see {log_path}")
             time.sleep(0.01)
         window = watch.stop()
     finally:
