@@ -32,7 +32,7 @@ from logship.private_state import tighten_state
 from logship.schedule import ScheduleRunner
 from logship.ship.site_worker import ShipTarget, SiteWorker
 from logship.ship.transport import Transport
-from logship.spool import SpoolEntry, entry_for, retire, write_tombstone
+from logship.spool import SpoolEntry, entry_for, keep_copy, retire, write_tombstone
 from logship.status.monitor import Monitor, build_sinks
 from logship.watch import SpoolEvent, SpoolWatcher, WatchedSpool
 
@@ -350,6 +350,8 @@ class Daemon:
         if entry.held_by is None or not entry.held_by.exists():
             return  # handed over while hashed: what was hashed proves nothing
         if digest == existing.sha256:
+            if engine_for(connector.kind).kept_after_shipping(connector) > 0:
+                keep_copy(spool_dir, entry)  # before the tombstone, as when shipped
             crash_point("readahead-restart-tombstone")
             write_tombstone(spool_dir, entry.name, digest)
         else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,11 +12,13 @@ from logship.durable import ensure_private_dir, fsync_dir, write_bytes_atomicall
 from logship.engines.postgresql import walnames
 from logship.engines.postgresql.archive_wal import copy_into, tombstone_path
 from logship.faults import crash_point
-from logship.temp_names import temp_beside
+from logship.temp_names import is_temp_name, temp_beside
 
 #: shipped files kept until the standby has restored them: a copy found corrupt at
 #: the site can be shipped again
 KEPT_DIR = ".kept"
+#: a temp in the kept folder this old was left by a crash
+STALE_TEMP_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -133,6 +136,13 @@ def prune_kept(spool_dir: Path, restored_upto: str | None, max_bytes: int) -> in
         try:
             st = path.stat()
         except FileNotFoundError:
+            continue
+        if is_temp_name(name):
+            # A kept copy cut off half made (a crash in keep_copy, which takes
+            # moments): nothing will finish it.
+            if time.time() - st.st_mtime > STALE_TEMP_S:
+                path.unlink(missing_ok=True)
+                dropped += 1
             continue
         parsed = walnames.parse(name)
         restored = (

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -151,3 +152,18 @@ def test_a_copy_across_file_systems_falls_back_to_reading(
     content = os.urandom(3 * 1024 * 1024 + 17)
     archive_wal(spool, _wal(tmp_path, content=content))
     assert (spool / SEGMENT).read_bytes() == content
+
+
+def test_a_kept_copy_cut_off_half_made_is_swept_once_stale(tmp_path: Path) -> None:
+    from logship.spool import KEPT_DIR, STALE_TEMP_S
+    from logship.temp_names import temp_name
+
+    kept = tmp_path / KEPT_DIR
+    kept.mkdir()
+    stale, fresh = kept / temp_name(), kept / temp_name()
+    for path in (stale, fresh):
+        path.write_bytes(b"half")
+    old = time.time() - STALE_TEMP_S - 5
+    os.utime(stale, (old, old))
+    assert prune_kept(tmp_path, None, 1 << 30) == 1
+    assert not stale.exists() and fresh.exists()  # one being written now stays
