@@ -40,49 +40,49 @@ class WatchedSpool:
     accepts: Callable[[str], bool]
 
 
-class _Handler(FileSystemEventHandler):
-    def __init__(self, spool: WatchedSpool, events: queue.Queue[SpoolEvent]) -> None:
-        self._spool = spool
-        self._events = events
+class _Arrivals(FileSystemEventHandler):
+    """Files created or renamed into one folder, each offered by its path."""
 
-    def _offer(self, raw_path: str | bytes) -> None:
-        path = Path(raw_path.decode() if isinstance(raw_path, bytes) else raw_path)
-        if path.parent == self._spool.directory and self._spool.accepts(path.name):
-            self._events.put(SpoolEvent(self._spool.connector, path))
+    def _offer(self, path: Path) -> None:
+        raise NotImplementedError
+
+    def _path(self, raw_path: str | bytes) -> Path:
+        return Path(raw_path.decode() if isinstance(raw_path, bytes) else raw_path)
 
     def on_created(self, event: FileSystemEvent) -> None:
         if not event.is_directory:
-            self._offer(event.src_path)
+            self._offer(self._path(event.src_path))
 
     def on_moved(self, event: FileSystemEvent) -> None:
         # basic_archive and other tools write a temp name, then rename it.
         if not event.is_directory:
-            self._offer(event.dest_path)
+            self._offer(self._path(event.dest_path))
 
 
-class _ReadyHandler(FileSystemEventHandler):
+class _Handler(_Arrivals):
+    def __init__(self, spool: WatchedSpool, events: queue.Queue[SpoolEvent]) -> None:
+        self._spool = spool
+        self._events = events
+
+    def _offer(self, path: Path) -> None:
+        if path.parent == self._spool.directory and self._spool.accepts(path.name):
+            self._events.put(SpoolEvent(self._spool.connector, path))
+
+
+class _ReadyHandler(_Arrivals):
     """A ready mark appearing: its file can ship before it is handed over."""
 
     def __init__(self, source: ReadySource, events: queue.Queue[SpoolEvent]) -> None:
         self._source = source
         self._events = events
 
-    def _offer(self, raw_path: str | bytes) -> None:
-        path = Path(raw_path.decode() if isinstance(raw_path, bytes) else raw_path)
+    def _offer(self, path: Path) -> None:
         if path.parent != self._source.marks_dir:
             return
         name = self._source.name_of_mark(path.name)
         if name is not None:
             found = SpoolEvent(self._source.connector, self._source.files_dir / name, ready=True)
             self._events.put(found)
-
-    def on_created(self, event: FileSystemEvent) -> None:
-        if not event.is_directory:
-            self._offer(event.src_path)
-
-    def on_moved(self, event: FileSystemEvent) -> None:
-        if not event.is_directory:
-            self._offer(event.dest_path)
 
 
 class SpoolWatcher:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from site_checks import all_shipped, check_site, log_events
+from site_checks import all_shipped, archived_through, check_site, log_events
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
@@ -34,16 +34,6 @@ class _Arrivals(FileSystemEventHandler):
 
     def on_moved(self, event: FileSystemEvent) -> None:
         self.names.append(Path(str(event.dest_path)).name)
-
-
-def archived_through(dep: Deployment, lsn: str) -> bool:
-    """PostgreSQL's archiver has taken the segment that ends before `lsn`."""
-    ((done,),) = dep.primary.query(
-        "select coalesce(pg_walfile_name(%s::pg_lsn - 1) <= last_archived_wal, false) "
-        "from pg_stat_archiver",
-        (lsn,),
-    )
-    return bool(done)
 
 
 @pytest.mark.e2e
