@@ -8,6 +8,7 @@ either.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import select
@@ -142,13 +143,14 @@ class Keys:
         if self._saved is not None and self._fd is not None:
             termios.tcsetattr(self._fd, termios.TCSADRAIN, self._saved)
 
-    def wait(self, timeout: float) -> bytes:
-        """What was typed within `timeout` seconds (b"" for nothing)."""
-        if self._fd is None:
-            time.sleep(max(0.0, timeout))
-            return b""
-        ready, _, _ = select.select([self._fd], [], [], max(0.0, timeout))
-        if not ready:
+    def wait(self, timeout: float, stop: StopRequest) -> bytes:
+        """What was typed within `timeout` seconds (b"" for nothing, or when a stop
+        was asked for meanwhile)."""
+        watched = [stop.wake_fd] if self._fd is None else [self._fd, stop.wake_fd]
+        ready, _, _ = select.select(watched, [], [], max(0.0, timeout))
+        if stop.wake_fd in ready:
+            stop.drain()
+        if self._fd is None or self._fd not in ready:
             return b""
         typed = os.read(self._fd, 64)
         if not typed:
@@ -157,29 +159,73 @@ class Keys:
         return typed
 
 
+class StopRequest:
+    """Ctrl-C or `kill`, asked for: noted, and the wait for keys woken up.
+
+    Not a KeyboardInterrupt raised wherever the signal lands: one raised inside
+    the catalog's connection pool could leave its lock taken, and closing the
+    catalog then never returned. The loop stops at its next check instead.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.wake_fd, self._write_fd = os.pipe()
+        for fd in (self.wake_fd, self._write_fd):
+            os.set_blocking(fd, False)
+        self._previous: list[object] = []
+        self._previous_wakeup = -1
+
+    def __enter__(self) -> StopRequest:
+        self._previous = [signal.signal(sig, self._note) for sig in self.SIGNALS]
+        # Python writes each signal's number here: select() wakes at once.
+        self._previous_wakeup = signal.set_wakeup_fd(self._write_fd)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        signal.set_wakeup_fd(self._previous_wakeup)
+        for sig, previous in zip(self.SIGNALS, self._previous, strict=True):
+            signal.signal(sig, previous)  # type: ignore[arg-type]
+        os.close(self.wake_fd)
+        os.close(self._write_fd)
+
+    def _note(self, signum: int, frame: FrameType | None) -> None:
+        self.requested = True
+
+    def drain(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self.wake_fd, 64):
+                pass
+
+
 def _loop(
-    interval: float, frame: Callable[[], RenderableType], console: Console, keys: Keys
+    interval: float,
+    frame: Callable[[], RenderableType],
+    console: Console,
+    keys: Keys,
+    stop: StopRequest,
 ) -> None:
-    """Redraw every `interval` seconds until q is pressed (Ctrl-C raises KeyboardInterrupt)."""
+    """Redraw every `interval` seconds until q is pressed or a stop is asked for."""
+
+    def more() -> bool:
+        return not stop.requested
+
     if console.is_terminal:
         # The alternate screen is redrawn whole each time, so a resize (or a view
         # taller than the terminal) never leaves stale lines behind.
         with Live(frame(), console=console, auto_refresh=False, screen=True) as live:
             due = time.monotonic() + interval
-            while not QUIT_KEYS.intersection(keys.wait(due - time.monotonic())):
-                if time.monotonic() >= due:
+            while more() and not QUIT_KEYS.intersection(keys.wait(due - time.monotonic(), stop)):
+                if more() and time.monotonic() >= due:
                     live.update(frame(), refresh=True)
                     due = max(due + interval, time.monotonic())
     else:
         # Piped into a file or a pager, redrawing in place is impossible: append frames.
-        while True:
+        while more():
             console.print(frame())
-            if QUIT_KEYS.intersection(keys.wait(interval)):
+            if QUIT_KEYS.intersection(keys.wait(interval, stop)):
                 return
-
-
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt  # unwinds like Ctrl-C, so the terminal is restored
 
 
 def run(args: argparse.Namespace) -> int:
@@ -187,14 +233,11 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--interval must be a positive number of seconds, not {args.interval}")
     config = load_config(config_path(args.config))
     frames = _Frames(config, selected_connectors(config, None))
-    # `kill` too must leave the terminal usable, not in cbreak mode on the alternate screen.
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    # Ctrl-C is one of the two ways a dashboard is meant to end, and `kill` too
+    # must leave the terminal usable, not in cbreak mode on the alternate screen.
     try:
-        with Keys(sys.stdin) as keys:
-            _loop(args.interval, frames.render, Console(), keys)
-    except KeyboardInterrupt:
-        pass  # Ctrl-C is one of the two ways a dashboard is meant to end
+        with StopRequest() as stop, Keys(sys.stdin) as keys:
+            _loop(args.interval, frames.render, Console(), keys, stop)
     finally:
-        signal.signal(signal.SIGTERM, previous)
         frames.close()
     return 0

@@ -132,7 +132,8 @@ def test_status_of_an_unknown_connector_is_a_usage_error(config: Path) -> None:
     assert result.stderr.count("\n") == 1 and "known: billing, orders" in result.stderr
 
 
-def test_dashboard_refreshes_until_ctrl_c(config: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "kill"])
+def test_dashboard_refreshes_until_ctrl_c(config: Path, sig: int) -> None:
     # A pseudo-terminal, so rich draws live as it does for a person.
     master, slave = pty.openpty()
     proc = subprocess.Popen(
@@ -153,7 +154,7 @@ def test_dashboard_refreshes_until_ctrl_c(config: Path) -> None:
             ready, _, _ = select.select([master], [], [], remaining)
             if ready:
                 seen += os.read(master, 65536)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         # Keep reading, as a terminal does: a dashboard whose writes block on a
         # full pty could not finish restoring the screen.
         deadline = time.monotonic() + 30
