@@ -346,7 +346,10 @@ class Daemon:
         spool_dir = engine_for(connector.kind).spool_dir(self.config, connector)
         if spool_dir is None or shipped_sha256(spool_dir, entry.name) is not None:
             return
-        digest = sha256_of(entry.path)
+        try:
+            digest = sha256_of(entry.path)
+        except FileNotFoundError:
+            return  # handed over and recycled meanwhile: its spool copy ships
         if entry.held_by is None or not entry.held_by.exists():
             return  # handed over while hashed: what was hashed proves nothing
         if digest == existing.sha256:

@@ -99,7 +99,14 @@ def ship_file(
 def _read(entry: SpoolEntry) -> Iterator[bytes]:
     """The file's chunks; read ahead from its producer, they count only when the
     producer still held it when the last one was read (see logship.ready_source)."""
-    yield from read_chunks(entry.path)
+    try:
+        yield from read_chunks(entry.path)
+    except FileNotFoundError:
+        if entry.held_by is None:
+            raise
+        # Handed over and recycled between being found ready and being opened.
+        still_held(entry)
+        raise
     if entry.held_by is not None:
         still_held(entry)
         crash_point("readahead-read-done")

@@ -23,6 +23,17 @@ def shipping(dep: Deployment, since: float) -> bool:
     return beat is not None and beat.at >= since and beat.worth_waiting(time.time())
 
 
+def wait_shipping(dep: Deployment, since: float, timeout: float = 120) -> None:
+    """Wait for `shipping`; on a timeout, say what the beat and the daemon said."""
+    try:
+        wait_for(lambda: shipping(dep, since), timeout, "the read-ahead beat of the new daemon")
+    except TimeoutError as exc:
+        beat = read_beat(dep.spool_dir)
+        seen = None if beat is None else (beat.state, round(time.time() - beat.at, 1))
+        log = dep.daemon_log.read_text(errors="replace")[-3000:]
+        raise TimeoutError(f"{exc}; beat (state, age) {seen}; daemon log:\n{log}") from None
+
+
 def start(dep: Deployment, env: dict[str, str] | None = None) -> float:
     """Start the daemon; returns when, for `shipping`."""
     since = time.time()

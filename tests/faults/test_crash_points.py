@@ -19,7 +19,7 @@ import signal
 from pathlib import Path
 
 import pytest
-from read_ahead_run import Arrivals, arrivals, shipping, start, warm_up
+from read_ahead_run import Arrivals, arrivals, shipping, start, wait_shipping, warm_up
 from site_checks import (
     ArchiveGuard,
     all_shipped,
@@ -118,7 +118,8 @@ def test_kill_9_at_a_crash_point_loses_nothing_and_duplicates_nothing(
         dep.switch_wal()
 
         since = start(dep, crash)  # the flag exists: it runs through the point now
-        wait_for(lambda: not read_ahead or shipping(dep, since), 60, "the daemon back")
+        if read_ahead:
+            wait_shipping(dep, since)
         dep.primary.pgbench("-i", "-s", "1", "-q")
         switched = dep.switch_wal()
         wait_for(lambda: archived_through(dep, switched), 120, "the archiver through the switch")

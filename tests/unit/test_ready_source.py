@@ -159,3 +159,18 @@ def test_a_file_still_marked_ships_as_from_the_spool(
     # The producer's file and mark are untouched.
     assert (source.files_dir / SEGMENT).read_bytes() == CONTENT
     assert source.mark_of(SEGMENT).exists()
+
+
+def test_a_file_recycled_before_it_is_opened_is_released_not_a_site_failure(
+    tmp_path: Path, source: ReadySource
+) -> None:
+    _ready(source)
+    entry = source.entry(SEGMENT)
+    assert entry is not None
+    # archive-wal copied it, PostgreSQL marked it done and recycled it.
+    source.mark_of(SEGMENT).rename(source.marks_dir / f"{SEGMENT}.done")
+    (source.files_dir / SEGMENT).unlink()
+    transport, layout = _site(tmp_path)
+    with pytest.raises(SourceReleased):
+        ship_file(transport, layout, entry, "zstd", time.time)
+    assert _site_files(layout) == []
