@@ -21,19 +21,20 @@ from logship.catalog.models import FileState, SpoolFile
 from logship.catalog.opening import open_catalog
 from logship.catalog.store import Catalog, NewFile
 from logship.config.model import Config, SiteConfig
-from logship.durable import ensure_private_dir, sha256_of
-from logship.engines.postgresql.archive_confirm import shipped_sha256
+from logship.durable import ensure_private_dir, sha256_of, sha256_of_chunks
 from logship.engines.registry import BackgroundJob, DaemonWorker, WorkerContext, engine_for
 from logship.errors import OperationFailed, SafetyRefusal
 from logship.faults import crash_point
 from logship.logs import event
 from logship.manifest import SiteLayout
 from logship.private_state import tighten_state
+from logship.ready_source import SourceReleased, read_held
 from logship.schedule import ScheduleRunner
 from logship.ship.site_worker import ShipTarget, SiteWorker
 from logship.ship.transport import Transport
 from logship.spool import SpoolEntry, entry_for, keep_copy, retire, write_tombstone
 from logship.status.monitor import Monitor, build_sinks
+from logship.tombstones import shipped_sha256
 from logship.watch import SpoolEvent, SpoolWatcher, WatchedSpool
 
 log = logging.getLogger("logship.daemon")
@@ -347,11 +348,9 @@ class Daemon:
         if spool_dir is None or shipped_sha256(spool_dir, entry.name) is not None:
             return
         try:
-            digest = sha256_of(entry.path)
-        except FileNotFoundError:
-            return  # handed over and recycled meanwhile: its spool copy ships
-        if entry.held_by is None or not entry.held_by.exists():
-            return  # handed over while hashed: what was hashed proves nothing
+            digest = sha256_of_chunks(read_held(entry))
+        except SourceReleased:
+            return  # handed over meanwhile: what was hashed proves nothing
         if digest == existing.sha256:
             if engine_for(connector.kind).kept_after_shipping(connector) > 0:
                 keep_copy(spool_dir, entry)  # before the tombstone, as when shipped

@@ -74,9 +74,13 @@ def read_chunks(path: Path, chunk_size: int = COPY_CHUNK) -> Iterable[bytes]:
 
 
 def sha256_of(path: Path) -> str:
+    return sha256_of_chunks(read_chunks(path))
+
+
+def sha256_of_chunks(chunks: Iterable[bytes]) -> str:
     import hashlib
 
     digest = hashlib.sha256()
-    for chunk in read_chunks(path):
+    for chunk in chunks:
         digest.update(chunk)
     return digest.hexdigest()

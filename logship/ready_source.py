@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from logship.durable import read_chunks
 from logship.errors import OperationFailed
 from logship.spool import SpoolEntry
 
@@ -80,3 +81,15 @@ def still_held(entry: SpoolEntry) -> None:
             f"{entry.name} was handed over while it was read from {entry.path.parent}; "
             "its spool copy ships instead"
         )
+
+
+def read_held(entry: SpoolEntry) -> Iterator[bytes]:
+    """The file's chunks. Read ahead from its producer, they count only when the
+    producer still held it after the last one: SourceReleased otherwise, also when
+    it was recycled before it could be opened. Every read of a source goes here."""
+    try:
+        yield from read_chunks(entry.path)
+    except FileNotFoundError:
+        still_held(entry)
+        raise
+    still_held(entry)

@@ -81,36 +81,30 @@ def reachable_dir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-@pytest.fixture
-def deployment(reachable_dir: Path, pg_user: OsUser) -> Iterator[Deployment]:
-    """sshd + primary archiving through logship; the test brings up the rest."""
-    dep = Deployment(reachable_dir / "deploy", pg_user)
+def _built(dep: Deployment) -> Iterator[Deployment]:
+    """`dep` with its primary built, torn down after the test."""
     try:
         dep.build_primary()
         yield dep
     finally:
         dep.teardown()
+
+
+@pytest.fixture
+def deployment(reachable_dir: Path, pg_user: OsUser) -> Iterator[Deployment]:
+    """sshd + primary archiving through logship; the test brings up the rest."""
+    yield from _built(Deployment(reachable_dir / "deploy", pg_user))
 
 
 @pytest.fixture
 def read_ahead(reachable_dir: Path, pg_user: OsUser) -> Iterator[Deployment]:
     """As `deployment`, with `[primary] data_dir` set: WAL ships from pg_wal as soon
     as PostgreSQL marks it ready, and archive-wal confirms it."""
-    dep = Deployment(reachable_dir / "deploy", pg_user, read_ahead=True)
-    try:
-        dep.build_primary()
-        yield dep
-    finally:
-        dep.teardown()
+    yield from _built(Deployment(reachable_dir / "deploy", pg_user, read_ahead=True))
 
 
 @pytest.fixture
 def restricted(reachable_dir: Path, pg_user: OsUser) -> Iterator[Deployment]:
     """As `deployment`, with the primary's key a `site-gate` forced command at the
     site and `restricted = true` in the config."""
-    dep = Deployment(reachable_dir / "deploy", pg_user, restricted=True)
-    try:
-        dep.build_primary()
-        yield dep
-    finally:
-        dep.teardown()
+    yield from _built(Deployment(reachable_dir / "deploy", pg_user, restricted=True))

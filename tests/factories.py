@@ -3,9 +3,11 @@ base backup records."""
 
 from __future__ import annotations
 
+from pathlib import Path, PurePosixPath
 from typing import Any
 
-from logship.manifest import BackupRecord
+from logship.manifest import BackupRecord, SiteLayout
+from logship.ship.localdir import LocalDirTransport
 from logship.status.model import ConnectorStatus
 from logship.status.state import State
 
@@ -77,3 +79,12 @@ def postgres_connector(name: str = "x", **sections: Any) -> Any:
             **sections,
         }
     )
+
+
+def local_site(root: Path) -> tuple[LocalDirTransport, SiteLayout]:
+    """A site in a local folder (`root/incoming`), with connector "main"'s folders."""
+    layout = SiteLayout.for_connector(PurePosixPath(root / "incoming"), "main")
+    transport = LocalDirTransport()
+    transport.makedirs(layout.wal_dir)
+    transport.makedirs(layout.manifest_dir)
+    return transport, layout

@@ -207,22 +207,20 @@ def _loop(
     stop: StopRequest,
 ) -> None:
     """Redraw every `interval` seconds until q is pressed or a stop is asked for."""
-
-    def more() -> bool:
-        return not stop.requested
-
     if console.is_terminal:
         # The alternate screen is redrawn whole each time, so a resize (or a view
         # taller than the terminal) never leaves stale lines behind.
         with Live(frame(), console=console, auto_refresh=False, screen=True) as live:
             due = time.monotonic() + interval
-            while more() and not QUIT_KEYS.intersection(keys.wait(due - time.monotonic(), stop)):
-                if more() and time.monotonic() >= due:
+            while not QUIT_KEYS.intersection(keys.wait(due - time.monotonic(), stop)):
+                if stop.requested:
+                    return
+                if time.monotonic() >= due:
                     live.update(frame(), refresh=True)
                     due = max(due + interval, time.monotonic())
     else:
         # Piped into a file or a pager, redrawing in place is impossible: append frames.
-        while more():
+        while not stop.requested:
             console.print(frame())
             if QUIT_KEYS.intersection(keys.wait(interval, stop)):
                 return

@@ -5,11 +5,11 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterable, Iterator
 
-from logship.durable import read_chunks, sha256_of
+from logship.durable import sha256_of_chunks
 from logship.errors import OperationFailed
 from logship.faults import crash_point
 from logship.manifest import ManifestRecord, SiteLayout
-from logship.ready_source import still_held
+from logship.ready_source import read_held
 from logship.ship.transport import SiteRefused, Transport
 from logship.spool import SpoolEntry
 
@@ -60,7 +60,7 @@ def ship_file(
     existing = None if replace else transport.read_bytes(layout.record_path(entry.name))
     if existing is not None:
         record = ManifestRecord.from_json(existing)
-        if record.sha256 == sha256_of(entry.path):
+        if record.sha256 == sha256_of_chunks(read_held(entry)):
             return record  # shipped before a crash or restart: nothing to redo
         raise ShipConflict(
             f"{entry.name} is already at the site with sha256 {record.sha256[:12]}…, "
@@ -97,18 +97,9 @@ def ship_file(
 
 
 def _read(entry: SpoolEntry) -> Iterator[bytes]:
-    """The file's chunks; read ahead from its producer, they count only when the
-    producer still held it when the last one was read (see logship.ready_source)."""
-    try:
-        yield from read_chunks(entry.path)
-    except FileNotFoundError:
-        if entry.held_by is None:
-            raise
-        # Handed over and recycled between being found ready and being opened.
-        still_held(entry)
-        raise
+    """The chunks to upload (see logship.ready_source.read_held)."""
+    yield from read_held(entry)
     if entry.held_by is not None:
-        still_held(entry)
         crash_point("readahead-read-done")
 
 

@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import pytest
+from factories import local_site
 
-from logship import durable
+from logship import durable, ready_source
 from logship.engines.postgresql import walnames
 from logship.manifest import SiteLayout
 from logship.ready_source import ReadySource, SourceReleased, still_held
-from logship.ship import shipper
-from logship.ship.localdir import LocalDirTransport
 from logship.ship.shipper import ship_file
 from logship.spool import SpoolEntry
 
@@ -108,14 +107,6 @@ def test_a_released_file_raises(source: ReadySource) -> None:
 # -- shipping a read-ahead file ------------------------------------------------------
 
 
-def _site(tmp_path: Path) -> tuple[LocalDirTransport, SiteLayout]:
-    layout = SiteLayout.for_connector(PurePosixPath(tmp_path / "incoming"), "main")
-    transport = LocalDirTransport()
-    transport.makedirs(layout.wal_dir)
-    transport.makedirs(layout.manifest_dir)
-    return transport, layout
-
-
 def _site_files(layout: SiteLayout) -> list[str]:
     return sorted(p.name for d in (layout.wal_dir, layout.manifest_dir) for p in Path(d).iterdir())
 
@@ -137,8 +128,8 @@ def test_a_file_handed_over_during_the_read_leaves_nothing_at_the_site(
                 source.mark_of(SEGMENT).rename(source.marks_dir / f"{SEGMENT}.done")
             yield chunk
 
-    monkeypatch.setattr(shipper, "read_chunks", handed_over_after_the_first_chunk)
-    transport, layout = _site(tmp_path)
+    monkeypatch.setattr(ready_source, "read_chunks", handed_over_after_the_first_chunk)
+    transport, layout = local_site(tmp_path)
     with pytest.raises(SourceReleased):
         ship_file(transport, layout, entry, compression, time.time)
     assert _site_files(layout) == []  # no record, no stored file, no temp
@@ -151,7 +142,7 @@ def test_a_file_still_marked_ships_as_from_the_spool(
     _ready(source)
     entry = source.entry(SEGMENT)
     assert entry is not None
-    transport, layout = _site(tmp_path)
+    transport, layout = local_site(tmp_path)
     record = ship_file(transport, layout, entry, compression, time.time)
     assert record.sha256 == durable.sha256_of(source.files_dir / SEGMENT)
     assert record.size == len(CONTENT)
@@ -170,7 +161,22 @@ def test_a_file_recycled_before_it_is_opened_is_released_not_a_site_failure(
     # archive-wal copied it, PostgreSQL marked it done and recycled it.
     source.mark_of(SEGMENT).rename(source.marks_dir / f"{SEGMENT}.done")
     (source.files_dir / SEGMENT).unlink()
-    transport, layout = _site(tmp_path)
+    transport, layout = local_site(tmp_path)
     with pytest.raises(SourceReleased):
         ship_file(transport, layout, entry, "zstd", time.time)
     assert _site_files(layout) == []
+
+
+def test_a_file_handed_over_while_checked_against_its_record_is_released_not_a_conflict(
+    tmp_path: Path, source: ReadySource
+) -> None:
+    _ready(source)
+    entry = source.entry(SEGMENT)
+    assert entry is not None
+    transport, layout = local_site(tmp_path)
+    ship_file(transport, layout, entry, "zstd", time.time)  # then a crash before the catalog
+    # Handed over meanwhile, and its file already reused for other WAL.
+    source.mark_of(SEGMENT).rename(source.marks_dir / f"{SEGMENT}.done")
+    (source.files_dir / SEGMENT).write_bytes(b"other WAL" * 100)
+    with pytest.raises(SourceReleased):
+        ship_file(transport, layout, entry, "zstd", time.time)

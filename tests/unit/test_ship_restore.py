@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import pytest
+from factories import local_site
 
 from logship.engines.postgresql.restore_wal import NotArrived, Refused, restore_wal
-from logship.manifest import ManifestRecord, SiteLayout
-from logship.ship.localdir import LocalDirTransport
+from logship.manifest import ManifestRecord
 from logship.ship.shipper import ShipConflict, ship_file
 from logship.spool import SpoolEntry
 
@@ -24,18 +24,10 @@ def _entry(tmp_path: Path, content: bytes, name: str = SEGMENT) -> SpoolEntry:
     return SpoolEntry("main", spool / name, len(content), 1_700_000_000.0)
 
 
-def _site(tmp_path: Path) -> tuple[LocalDirTransport, SiteLayout]:
-    layout = SiteLayout.for_connector(PurePosixPath(tmp_path / "incoming"), "main")
-    transport = LocalDirTransport()
-    transport.makedirs(layout.wal_dir)
-    transport.makedirs(layout.manifest_dir)
-    return transport, layout
-
-
 @pytest.mark.parametrize("compression", ["zstd", "none"])
 def test_round_trip(tmp_path: Path, compression: str) -> None:
     content = (b"wal record " * 100_000)[: 1 << 20]
-    transport, layout = _site(tmp_path)
+    transport, layout = local_site(tmp_path)
     record = ship_file(transport, layout, _entry(tmp_path, content), compression, time.time)
     assert record.size == len(content)
     if compression == "zstd":
@@ -50,7 +42,7 @@ def test_round_trip(tmp_path: Path, compression: str) -> None:
 
 
 def test_shipping_again_is_idempotent_and_different_content_conflicts(tmp_path: Path) -> None:
-    transport, layout = _site(tmp_path)
+    transport, layout = local_site(tmp_path)
     first = ship_file(transport, layout, _entry(tmp_path, b"a" * 1000), "zstd", time.time)
     again = ship_file(transport, layout, _entry(tmp_path, b"a" * 1000), "zstd", time.time)
     assert again == first
@@ -61,14 +53,14 @@ def test_shipping_again_is_idempotent_and_different_content_conflicts(tmp_path: 
 
 
 def test_not_arrived(tmp_path: Path) -> None:
-    _site(tmp_path)
+    local_site(tmp_path)
     with pytest.raises(NotArrived):
         restore_wal(tmp_path / "incoming", "main", SEGMENT, tmp_path / "dest")
     assert not (tmp_path / "dest").exists()
 
 
 def test_corrupt_file_is_refused_and_never_written(tmp_path: Path) -> None:
-    transport, layout = _site(tmp_path)
+    transport, layout = local_site(tmp_path)
     record = ship_file(transport, layout, _entry(tmp_path, os.urandom(4096)), "none", time.time)
     stored = Path(layout.wal_dir / record.stored_name)
     data = bytearray(stored.read_bytes())
@@ -102,7 +94,7 @@ def test_restore_wal_cli_exit_codes(tmp_path: Path) -> None:
     dest = str(tmp_path / "dest")
     missing = subprocess.run([*cmd, "restore-wal", "main", SEGMENT, dest], check=False)
     assert missing.returncode == 1
-    transport, layout = _site(tmp_path)
+    transport, layout = local_site(tmp_path)
     ship_file(transport, layout, _entry(tmp_path, b"c" * 5000), "zstd", time.time)
     ok = subprocess.run([*cmd, "restore-wal", "main", SEGMENT, dest], check=False)
     assert ok.returncode == 0 and Path(dest).read_bytes() == b"c" * 5000
@@ -120,7 +112,7 @@ def test_links_planted_at_the_old_temp_names_are_never_written_through(tmp_path:
     """restore-wal's temps (the segment's in pg_wal, the restored.json note's) had names
     anyone could compute from the pid; a link planted there pointed the write at
     any file the user could write. Now they are random and created exclusively."""
-    transport, layout = _site(tmp_path)
+    transport, layout = local_site(tmp_path)
     ship_file(transport, layout, _entry(tmp_path, b"w" * 5000), "zstd", time.time)
     dest = tmp_path / "pg_wal" / "RECOVERYXLOG"
     dest.parent.mkdir()
@@ -154,7 +146,7 @@ def test_restore_wal_loads_no_heavy_module(tmp_path: Path, compression: str) -> 
         f'[sites.dr]\nroot = "{tmp_path / "incoming"}"\n'
     )
     (tmp_path / "connectors" / "main.toml").write_text('kind = "postgresql"\nsite = "dr"\n')
-    transport, layout = _site(tmp_path)
+    transport, layout = local_site(tmp_path)
     ship_file(transport, layout, _entry(tmp_path, b"w" * 5000), compression, time.time)
     dest = tmp_path / "dest"
     loaded = []

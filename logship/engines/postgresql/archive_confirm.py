@@ -19,24 +19,12 @@ import os
 import time
 
 from logship.read_ahead_beat import read_beat
+from logship.tombstones import shipped_sha256
 
-SHIPPED_DIR = ".shipped"
 #: how often a waiting archive-wal looks for the tombstone
 POLL_S = 0.005
 #: and for a change in the daemon's beat
 BEAT_POLL_S = 0.25
-
-
-def shipped_sha256(spool_dir: str | os.PathLike[str], name: str) -> str | None:
-    """The sha256 its tombstone recorded when `name` was shipped; None if it was not."""
-    try:
-        fd = os.open(os.path.join(spool_dir, SHIPPED_DIR, name), os.O_RDONLY | os.O_NOFOLLOW)
-    except FileNotFoundError:
-        return None
-    try:
-        return os.read(fd, 256).decode("ascii", "replace").strip()
-    finally:
-        os.close(fd)
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:

@@ -27,9 +27,9 @@ from logship.durable import (
     sha256_of,
 )
 from logship.engines.postgresql import walnames
-from logship.engines.postgresql.archive_confirm import SHIPPED_DIR, shipped_sha256
 from logship.errors import OperationFailed, UsageError
 from logship.temp_names import temp_beside
+from logship.tombstones import SHIPPED_DIR, shipped_sha256
 
 #: bytes per copy_file_range call: a whole default-sized segment at once
 KERNEL_COPY_BYTES = 16 * 1024 * 1024
