@@ -8,7 +8,7 @@ the primary's memory past its cap.
 from __future__ import annotations
 
 import contextlib
-import select
+import threading
 import time
 
 import paramiko
@@ -30,8 +30,17 @@ def drain(
     err = bytearray()
     dropped = 0
     quiet_since = time.monotonic()
+    # Woken by data on either stream or by the channel's end. Not select() on the
+    # channel: that gives it a pipe which paramiko closes on close() while its
+    # transport thread may still be writing to it for data that keeps arriving (a
+    # flood cut at the cap), and that thread's EBADF ends the whole connection.
+    arrived = threading.Event()
+    channel.in_buffer.set_event(arrived)
+    channel.in_stderr_buffer.set_event(arrived)
     try:
         while True:
+            # Cleared before looking: anything arriving after the look sets it again.
+            arrived.clear()
             progressed = False
             while channel.recv_ready():
                 out += channel.recv(PIECE)
@@ -66,7 +75,7 @@ def drain(
             elif now - quiet_since > timeout:
                 raise TimeoutError(f"{what}: no output for {timeout:g}s")
             else:
-                select.select([channel], [], [], min(0.5, timeout))
+                arrived.wait(min(0.5, timeout))
     except BaseException:
         # The reason to stop is what counts: a link that breaks while the channel
         # closes (a site cutting an over-long command) must not replace it.

@@ -74,3 +74,24 @@ def test_a_huge_file_read_back_whole_is_refused(site: tuple[SiteConfig, Path]) -
         assert transport.read_bytes(PurePosixPath(big)) == b"{}"
     finally:
         transport.close()
+
+
+def test_floods_cut_at_the_cap_again_and_again_leave_the_connection_serving(
+    site: tuple[SiteConfig, Path],
+) -> None:
+    # Each cut closes a channel while the site still pours data into it: the
+    # connection's reader must never trip over the closed channel.
+    config, _ = site
+    transport = SftpTransport(config)
+    try:
+        for _ in range(40):
+            with pytest.raises(SiteOutputTooLarge):
+                transport.run_command(["sh", "-c", "yes hostile"], timeout=30, limit=4096)
+        for _ in range(4):
+            with pytest.raises(SiteOutputTooLarge, match="on stderr"):
+                transport.run_command(["sh", "-c", "yes noise >&2"], timeout=30)
+        status, out, _ = transport.run_command(["echo", "fine"], timeout=30, limit=4096)
+        assert (status, out) == (0, b"fine\n")
+        assert transport.is_alive
+    finally:
+        transport.close()
