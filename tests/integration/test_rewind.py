@@ -1,0 +1,250 @@
+"""pg_rewind of an old primary after a failover, on two real PostgreSQL clusters.
+
+Each pair: a primary, a physical copy streaming from it, the primary stopped with
+-m immediate, the copy promoted, the old primary started again for a few
+transactions of its own (a real fork), then stopped.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sshd_site import reachable_tmp
+
+from logship.demo_sandbox import OsUser, PgCluster, free_port
+from logship.demo_sandbox.postgres import DEFAULT_BIN_DIR
+from logship.engines.postgresql.rewind import (
+    RewindProgress,
+    request_checkpoint,
+    rewind_safety,
+    run_rewind,
+)
+from logship.engines.postgresql.rewind_target import read_controldata
+
+BIN = DEFAULT_BIN_DIR
+
+
+def _du(path: Path) -> int:
+    out = subprocess.run(["du", "-sb", str(path)], capture_output=True, text=True, check=True)
+    return int(out.stdout.split()[0])
+
+
+class Pair:
+    def __init__(self, base: Path, user: OsUser, *, hints: bool, checksums: bool) -> None:
+        self.base = base
+        self.user = user
+        self.old = PgCluster(base / "old" / "data", free_port(), user)
+        self.new = PgCluster(base / "new" / "data", free_port(), user)
+        self.old.initdb()
+        if not checksums:
+            user.run([str(BIN / "pg_checksums"), "--disable", "-D", str(self.old.data_dir)])
+        self.old.configure(
+            {
+                "wal_log_hints": "on" if hints else "off",
+                # The fork's WAL must stay in pg_wal for the rewind to read it.
+                "wal_keep_size": "1GB",
+                "hot_standby": "on",
+            }
+        )
+        self.old.start()
+        self.old.execute("CREATE TABLE ticks (id int PRIMARY KEY, site text)")
+
+    def copy(self) -> None:
+        (self.base / "new").mkdir(mode=0o755)
+        self.user.chown(self.base / "new")
+        self.user.run(
+            [
+                str(BIN / "pg_basebackup"),
+                "-D",
+                str(self.new.data_dir),
+                "-R",
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+                "-d",
+                self.old.dsn(),
+            ],
+            cwd=self.base,
+            timeout=600,
+        )
+        self.new.configure({"port": str(self.new.port)})
+        self.new.start()
+
+    def fork(self) -> None:
+        """Fail over to the copy, then give the old primary transactions of its own."""
+        self.old.execute("INSERT INTO ticks SELECT g, 'both' FROM generate_series(1, 100) g")
+        lsn = self.old.query("SELECT pg_current_wal_lsn()::text")[0][0]
+        self.new.wait_until(f"SELECT pg_last_wal_replay_lsn() >= '{lsn}'", timeout=120)
+        self.old.stop(mode="immediate")
+        self.new.query("SELECT pg_promote()")
+        self.new.wait_until("SELECT NOT pg_is_in_recovery()")
+        self.old.start()
+        self.old.execute("INSERT INTO ticks SELECT g, 'old' FROM generate_series(101, 150) g")
+        self.old.execute("UPDATE ticks SET site = 'old-too' WHERE id <= 10")
+        self.old.stop()
+
+    def destroy(self) -> None:
+        for cluster in (self.new, self.old):
+            cluster.destroy()
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+@pytest.fixture
+def base() -> Iterator[Path]:
+    path = reachable_tmp("logship-rewind-")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def forked() -> Iterator[Pair]:
+    """A pair with wal_log_hints on, forked; tests that use it leave it as found."""
+    pair = Pair(
+        reachable_tmp("logship-rewind-m-"), OsUser.for_postgres(), hints=True, checksums=False
+    )
+    try:
+        pair.copy()
+        pair.fork()
+        yield pair
+    finally:
+        pair.destroy()
+
+
+def test_rewind_of_a_forked_old_primary_copies_little_and_it_follows(
+    base: Path, pg_user: OsUser
+) -> None:
+    pair = Pair(base, pg_user, hints=True, checksums=False)
+    try:
+        pair.old.pgbench("-i", "-s", "10", "-q")
+        pair.copy()
+        pair.fork()
+        data_size = _du(pair.old.data_dir)
+        safety = rewind_safety(pair.old.data_dir, BIN, pair.new.dsn())
+        assert safety.safe, safety.reasons
+        # The promoted copy had not checkpointed yet: pg_rewind would have seen no fork.
+        assert safety.facts.checkpoint_requested
+        assert safety.facts.source_checkpoint_timeline == safety.facts.source_timeline == 2
+        assert safety.facts.wal_needed and not safety.facts.wal_missing
+        control_before = (pair.old.data_dir / "global" / "pg_control").read_bytes()
+
+        dry = run_rewind(pair.old.data_dir, BIN, pair.new.dsn(), dry_run=True)
+        assert dry.rewound and dry.diverged_at == safety.facts.divergence_lsn
+        assert (pair.old.data_dir / "global" / "pg_control").read_bytes() == control_before
+
+        seen: list[RewindProgress] = []
+        outcome = run_rewind(
+            pair.old.data_dir, BIN, pair.new.dsn(), dry_run=False, progress=seen.append
+        )
+        assert outcome.rewound and outcome.diverged_at == safety.facts.divergence_lsn
+        assert outcome.rewound_from_checkpoint == safety.facts.last_common_checkpoint
+        assert "backup_label" in outcome.left_files
+        assert any(p.phase == "copy" for p in seen)
+        assert outcome.bytes_copied < data_size // 4
+        print(
+            f"\nrewind: data dir {data_size / 2**20:.1f} MiB, copied "
+            f"{outcome.bytes_copied / 2**20:.1f} MiB ({outcome.bytes_from}; planned "
+            f"{(outcome.bytes_planned or 0) / 2**20:.0f} MiB of a "
+            f"{(outcome.source_bytes or 0) / 2**20:.0f} MiB source) = "
+            f"{100 * outcome.bytes_copied / data_size:.1f}% in "
+            f"{outcome.seconds:.2f}s (dry run {dry.seconds:.2f}s)"
+        )
+
+        # pg_rewind copied the new primary's configuration, postgresql.auto.conf (with
+        # the copy's primary_conninfo) included: this site's port and standby setup are
+        # the caller's to write, after it, as here.
+        with open(pair.old.data_dir / "postgresql.auto.conf", "a", encoding="utf-8") as auto:
+            auto.write(f"port = {pair.old.port}\nprimary_conninfo = '{pair.new.dsn()}'\n")
+        (pair.old.data_dir / "standby.signal").touch()
+        pair.user.chown(pair.old.data_dir / "standby.signal")
+        pair.old.start()
+        pair.new.execute("INSERT INTO ticks SELECT g, 'new' FROM generate_series(200, 210) g")
+        try:
+            pair.old.wait_until("SELECT count(*) = 11 FROM ticks WHERE site = 'new'", timeout=120)
+        except TimeoutError as exc:
+            raise AssertionError(f"{exc}; its log:\n{pair.old.log_text()[-3000:]}") from None
+        rows = pair.old.query(
+            "SELECT count(*), count(*) FILTER (WHERE site LIKE 'old%') FROM ticks"
+        )
+        assert rows == [(111, 0)]  # the old primary's own transactions are gone
+        assert pair.old.query("SELECT pg_is_in_recovery()") == [(True,)]
+    finally:
+        pair.destroy()
+
+
+def test_wal_log_hints_off_without_checksums_is_not_safe_and_a_changed_setting_is_named(
+    base: Path, pg_user: OsUser
+) -> None:
+    pair = Pair(base, pg_user, hints=False, checksums=False)
+    try:
+        pair.copy()
+        pair.fork()
+        safety = rewind_safety(pair.old.data_dir, BIN, pair.new.dsn())
+        assert not safety.safe
+        assert any("wal_log_hints is off" in r for r in safety.reasons), safety.reasons
+        assert safety.facts.checksums is False and safety.facts.wal_log_hints_control is False
+
+        # Turned on in the file after the stop: pg_control still says the server ran
+        # without it, and that is what its WAL holds.
+        pair.old.configure({"wal_log_hints": "on"})
+        safety = rewind_safety(pair.old.data_dir, BIN, pair.new.dsn())
+        assert not safety.safe
+        assert safety.facts.wal_log_hints_config is True
+        assert any("configuration now says on, but pg_control says" in r for r in safety.reasons), (
+            safety.reasons
+        )
+    finally:
+        pair.destroy()
+
+
+def test_a_source_role_without_the_grants_is_named_and_the_grants_suffice(forked: Pair) -> None:
+    forked.new.execute("CREATE ROLE rewinder LOGIN")
+    dsn = forked.new.dsn().replace(f"user={forked.user.name}", "user=rewinder")
+    assert "rewinder" in dsn
+    request_checkpoint(forked.new.dsn())  # the role has no pg_checkpoint
+    safety = rewind_safety(forked.old.data_dir, BIN, dsn)
+    assert not safety.safe
+    [reason] = [r for r in safety.reasons if "rewinder" in r]
+    for function in (
+        "pg_ls_dir(text, boolean, boolean)",
+        "pg_stat_file(text, boolean)",
+        "pg_read_binary_file(text, bigint, bigint, boolean)",
+    ):
+        assert function in reason
+    forked.new.execute(
+        "GRANT EXECUTE ON FUNCTION pg_ls_dir(text, boolean, boolean) TO rewinder;"
+        "GRANT EXECUTE ON FUNCTION pg_stat_file(text, boolean) TO rewinder;"
+        "GRANT EXECUTE ON FUNCTION pg_read_binary_file(text) TO rewinder;"
+        "GRANT EXECUTE ON FUNCTION pg_read_binary_file(text, bigint, bigint, boolean) TO rewinder;"
+    )
+    safety = rewind_safety(forked.old.data_dir, BIN, dsn)
+    assert safety.safe, safety.reasons
+    dry = run_rewind(forked.old.data_dir, BIN, dsn, dry_run=True)
+    assert dry.rewound and dry.bytes_planned is not None
+
+
+def test_a_missing_wal_segment_is_named(forked: Pair) -> None:
+    safety = rewind_safety(forked.old.data_dir, BIN, forked.new.dsn())
+    assert safety.safe, safety.reasons
+    needed = safety.facts.wal_needed
+    # The segment holding the last checkpoint before the fork: pg_rewind starts there.
+    first = needed[0]
+    control = read_controldata(forked.old.data_dir, BIN)
+    pg_wal = forked.old.data_dir / "pg_wal"
+    aside = forked.base / first
+    shutil.move(pg_wal / first, aside)
+    try:
+        started = time.monotonic()
+        safety = rewind_safety(forked.old.data_dir, BIN, forked.new.dsn())
+        assert not safety.safe
+        assert safety.facts.wal_missing == [first]
+        assert any(first in r and "missing" in r for r in safety.reasons), safety.reasons
+        assert time.monotonic() - started < 60
+    finally:
+        shutil.move(aside, pg_wal / first)
+    assert read_controldata(forked.old.data_dir, BIN) == control
