@@ -1,0 +1,167 @@
+"""Parsers for what a rewind reads from a data directory, the other site and
+PostgreSQL's tools: the real shapes, and hostile ones refused."""
+
+from __future__ import annotations
+
+import pytest
+
+from logship.engines.postgresql.rewind_parse import (
+    HistoryEntry,
+    parse_controldata,
+    parse_history,
+    parse_postmaster_pid,
+    parse_rewind_line,
+    parse_waldump_checkpoints,
+)
+from logship.engines.postgresql.rewind_wal import find_divergence, timeline_of_segment
+from logship.engines.postgresql.walnames import lsn_to_int
+
+SEG = 16 * 1024 * 1024
+
+CONTROLDATA = """\
+pg_control version number:            1300
+Database system identifier:           7716729191145881392
+Database cluster state:               shut down
+Latest checkpoint location:           0/3029C30
+Latest checkpoint's REDO location:    0/3029C30
+Latest checkpoint's TimeLineID:       1
+Latest checkpoint's full_page_writes: on
+Minimum recovery ending location:     0/0
+wal_log_hints setting:                on
+Bytes per WAL segment:                16777216
+Data page checksum version:           0
+"""
+
+
+def test_controldata_fields() -> None:
+    control = parse_controldata(CONTROLDATA)
+    assert control.system_identifier == 7716729191145881392
+    assert control.state == "shut down"
+    assert control.checkpoint_lsn == lsn_to_int("0/3029C30")
+    assert control.timeline == 1 and control.wal_log_hints and control.checksum_version == 0
+    assert control.segment_size == SEG and control.min_recovery_lsn == 0
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (("Bytes per WAL segment:                16777216", ""), "lacks segment_size"),
+        (("16777216", "16777215"), "power of two"),
+        (("16777216", "512"), "power of two"),
+        (("0/3029C30\nLatest checkpoint's REDO", "0/../../x\nLatest checkpoint's REDO"), "LSN"),
+        (("wal_log_hints setting:                on", "wal_log_hints setting: yes"), "on or off"),
+        (("shut down\n", "shut down; rm -rf /\n"), "cluster state"),
+        (("TimeLineID:       1", "TimeLineID:       0"), "TimeLineID"),
+        (("7716729191145881392", "99999999999999999999"), "system identifier"),
+        (("Database cluster state", "Database cluster state: x\nDatabase cluster state"), "twice"),
+    ],
+)
+def test_controldata_refuses_what_it_does_not_know(change: tuple[str, str], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_controldata(CONTROLDATA.replace(*change, 1))
+
+
+def test_controldata_bounded() -> None:
+    with pytest.raises(ValueError, match="too long"):
+        parse_controldata(CONTROLDATA + "x" * 70_000)
+
+
+def test_history_file() -> None:
+    text = "1\t0/3018058\tno recovery target specified\n\n# note\n2\t0/5000000\tat restore point\n"
+    assert parse_history(text) == [
+        HistoryEntry(1, lsn_to_int("0/3018058")),
+        HistoryEntry(2, lsn_to_int("0/5000000")),
+    ]
+    assert parse_history("") == []
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "1\t../../etc\n",
+        "x\t0/1\n",
+        "2\t0/5000000\n1\t0/6000000\n",  # timelines must rise
+        "1\t0/5000000\n2\t0/4000000\n",  # switch points must not fall
+        "0\t0/1\n",
+        "99999999999\t0/1\n",
+        "1\t0/3018058" + "\n1" * 3,
+        "1 0/" + "F" * 40 + "\n",
+    ],
+)
+def test_history_refuses_hostile_lines(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_history(text)
+
+
+def test_history_bounded() -> None:
+    with pytest.raises(ValueError, match="too long"):
+        parse_history("#" * (1024 * 1024 + 1))
+
+
+def test_postmaster_pid() -> None:
+    assert parse_postmaster_pid("4242\n/var/lib/pg\n1700000000\n5432\n") == 4242
+    for bad in ("", "-1\n", "0\n", "12ab\n", "99999999999\n", "1" * 5000):
+        with pytest.raises(ValueError):
+            parse_postmaster_pid(bad)
+
+
+WALDUMP = (
+    "rmgr: XLOG        len (rec/tot):    114/   114, tx:          0, lsn: 0/02000060, "
+    "prev 0/02000028, desc: CHECKPOINT_ONLINE redo 0/2000028; tli 1; prev tli 1; fpw true\n"
+    "rmgr: XLOG        len (rec/tot):     49/   137, tx:          0, lsn: 0/020000D8, "
+    "prev 0/02000060, desc: FPI_FOR_HINT , blkref #0: rel 1663/5/1259 blk 0 FPW\n"
+    "rmgr: XLOG        len (rec/tot):    114/   114, tx:          0, lsn: 0/03029C30, "
+    "prev 0/03029BF8, desc: CHECKPOINT_SHUTDOWN redo 0/3029C30; tli 2; prev tli 2; fpw true\n"
+    "rmgr: XLOG        len (rec/tot):    114/   114, tx:          0, lsn: ../03029C30, "
+    "prev 0/03029BF8, desc: CHECKPOINT_SHUTDOWN redo 0/3029C30; tli 2; prev tli 2; fpw true\n"
+    'pg_waldump: error: could not find file "000000010000000000000004"\n'
+)
+
+
+def test_waldump_checkpoints() -> None:
+    found = parse_waldump_checkpoints(WALDUMP)
+    assert [(c.lsn, c.redo_lsn, c.timeline) for c in found] == [
+        (lsn_to_int("0/2000060"), lsn_to_int("0/2000028"), 1),
+        (lsn_to_int("0/3029C30"), lsn_to_int("0/3029C30"), 2),
+    ]
+
+
+def test_rewind_progress_lines() -> None:
+    need = parse_rewind_line(
+        "pg_rewind: need to copy 51 MB (total source directory size is 220 MB)"
+    )
+    assert need.copy_total_bytes == 51 * 2**20 and need.source_total_bytes == 220 * 2**20
+    assert parse_rewind_line("52416/52416 kB (100%) copied").copied_bytes == 52416 * 1024
+    diverged = parse_rewind_line(
+        "pg_rewind: servers diverged at WAL location 0/3018058 on timeline 1"
+    )
+    assert diverged.diverged_at == lsn_to_int("0/3018058")
+    assert parse_rewind_line("pg_rewind: no rewind required").no_rewind_required
+    error = parse_rewind_line('pg_rewind: error: could not open file "x": No such file')
+    assert error.error == 'error: could not open file "x": No such file'
+    assert parse_rewind_line("pg_rewind: need to copy 9" + "9" * 40 + " MB (total") == (
+        parse_rewind_line("")
+    )
+
+
+def test_divergence_is_the_last_common_timeline() -> None:
+    # The copy was promoted at 0/3018058 from timeline 1; the old primary stayed on 1.
+    assert find_divergence(1, [], 2, [HistoryEntry(1, 0x3018058)]) == (0x3018058, 1)
+    # Same timeline: nothing to rewind from.
+    assert find_divergence(2, [HistoryEntry(1, 5)], 2, [HistoryEntry(1, 5)]) is None
+    # Old on 3 (after an earlier switch at 0x100), the new one branched from 2 at 0x900.
+    assert find_divergence(
+        3,
+        [HistoryEntry(1, 0x100), HistoryEntry(2, 0x500)],
+        4,
+        [HistoryEntry(1, 0x100), HistoryEntry(2, 0x900)],
+    ) == (0x500, 2)
+    assert find_divergence(1, [], 7, [HistoryEntry(5, 1)]) is None
+
+
+def test_segment_timeline_follows_the_history() -> None:
+    history = [HistoryEntry(1, 3 * SEG + 100)]
+    # The segment holding the switch was copied onto timeline 2 and is read there.
+    assert timeline_of_segment(2, SEG, 2, history) == 1
+    assert timeline_of_segment(3, SEG, 2, history) == 2
+    assert timeline_of_segment(4, SEG, 2, history) == 2
