@@ -25,6 +25,7 @@ from logship.engines.postgresql.rewind import (
     run_rewind,
 )
 from logship.engines.postgresql.rewind_target import read_controldata
+from logship.errors import OperationFailed
 
 BIN = DEFAULT_BIN_DIR
 
@@ -73,11 +74,19 @@ class Pair:
             cwd=self.base,
             timeout=600,
         )
-        self.new.configure({"port": str(self.new.port)})
+        # Few restartpoints, and a long spread checkpoint after the promotion (about
+        # 0.1 s a dirty buffer): a window in which the new primary has not yet
+        # recorded its timeline in pg_control, as after a real failover under load.
+        self.new.configure({"port": str(self.new.port), "checkpoint_timeout": "1h"})
         self.new.start()
 
     def fork(self) -> None:
         """Fail over to the copy, then give the old primary transactions of its own."""
+        # About 2000 pages that stay dirty at the copy until its first checkpoint.
+        self.old.execute(
+            "CREATE TABLE filler AS SELECT g, repeat('x', 500) AS x"
+            " FROM generate_series(1, 30000) g"
+        )
         self.old.execute("INSERT INTO ticks SELECT g, 'both' FROM generate_series(1, 100) g")
         lsn = self.old.query("SELECT pg_current_wal_lsn()::text")[0][0]
         self.new.wait_until(f"SELECT pg_last_wal_replay_lsn() >= '{lsn}'", timeout=120)
@@ -184,8 +193,9 @@ def test_wal_log_hints_off_without_checksums_is_not_safe_and_a_changed_setting_i
     try:
         pair.copy()
         pair.fork()
-        safety = rewind_safety(pair.old.data_dir, BIN, pair.new.dsn())
-        assert not safety.safe
+        safety = rewind_safety(pair.old.data_dir, BIN, pair.new.dsn(), checkpoint=False)
+        assert not safety.safe and not safety.facts.checkpoint_requested
+        assert any("not checkpointed since its promotion" in r for r in safety.reasons)
         assert any("wal_log_hints is off" in r for r in safety.reasons), safety.reasons
         assert safety.facts.checksums is False and safety.facts.wal_log_hints_control is False
 
@@ -248,3 +258,47 @@ def test_a_missing_wal_segment_is_named(forked: Pair) -> None:
     finally:
         shutil.move(aside, pg_wal / first)
     assert read_controldata(forked.old.data_dir, BIN) == control
+
+
+def test_a_segment_missing_from_pg_wal_but_fetched_by_restore_command_is_enough(
+    forked: Pair,
+) -> None:
+    safety = rewind_safety(forked.old.data_dir, BIN, forked.new.dsn())
+    first = safety.facts.wal_needed[0]
+    archive = forked.base / "archive"
+    archive.mkdir(mode=0o755)
+    conf = forked.old.data_dir / "postgresql.conf"
+    conf_before = conf.read_text()
+    shutil.move(forked.old.data_dir / "pg_wal" / first, archive / first)
+    try:
+        forked.old.configure({"restore_command": f"cp {archive}/%f %p"})
+        safety = rewind_safety(forked.old.data_dir, BIN, forked.new.dsn())
+        assert safety.safe, safety.reasons
+        assert safety.facts.wal_from_restore_command == [first]
+        assert any("--restore-target-wal" in n for n in safety.notes)
+        dry = run_rewind(
+            forked.old.data_dir, BIN, forked.new.dsn(), dry_run=True, restore_target_wal=True
+        )
+        assert dry.rewound
+    finally:
+        shutil.move(archive / first, forked.old.data_dir / "pg_wal" / first)
+        conf.write_text(conf_before)
+
+
+def test_a_crashed_old_primary_is_rewound_after_crash_recovery_but_not_dry_run(
+    forked: Pair,
+) -> None:
+    """Last user of the module's pair: it leaves the old primary rewound."""
+    forked.old.start()
+    safety = rewind_safety(forked.old.data_dir, BIN, forked.new.dsn())
+    assert not safety.safe
+    assert any("is running (postmaster PID" in r for r in safety.reasons), safety.reasons
+    forked.old.stop(mode="immediate")
+    safety = rewind_safety(forked.old.data_dir, BIN, forked.new.dsn())
+    assert safety.safe, safety.reasons
+    assert safety.facts.crash_recovery_first
+    assert safety.facts.old_state == "in production"
+    with pytest.raises(OperationFailed, match="would run crash recovery"):
+        run_rewind(forked.old.data_dir, BIN, forked.new.dsn(), dry_run=True)
+    outcome = run_rewind(forked.old.data_dir, BIN, forked.new.dsn(), dry_run=False)
+    assert outcome.rewound and outcome.bytes_copied > 0
