@@ -3,6 +3,9 @@ PostgreSQL's tools: the real shapes, and hostile ones refused."""
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
+
 import pytest
 
 from logship.engines.postgresql.rewind_parse import (
@@ -165,3 +168,30 @@ def test_segment_timeline_follows_the_history() -> None:
     assert timeline_of_segment(2, SEG, 2, history) == 1
     assert timeline_of_segment(3, SEG, 2, history) == 2
     assert timeline_of_segment(4, SEG, 2, history) == 2
+
+
+def test_only_whole_regular_segments_in_pg_wal_count(tmp_path: Path) -> None:
+    from logship.engines.postgresql.rewind_wal import _WalView
+
+    pg_wal = tmp_path / "pg_wal"
+    pg_wal.mkdir()
+    whole, short, linked = (
+        "000000010000000000000001",
+        "000000010000000000000002",
+        "000000010000000000000003",
+    )
+    (pg_wal / whole).write_bytes(b"\0" * SEG)
+    (pg_wal / short).write_bytes(b"\0" * 10)
+    (tmp_path / "elsewhere").write_bytes(b"\0" * SEG)
+    (pg_wal / linked).symlink_to(tmp_path / "elsewhere")
+
+    def never(*_args: object) -> subprocess.CompletedProcess[str]:
+        raise AssertionError("no restore_command is configured")
+
+    view = _WalView(pg_wal, SEG, None, never)
+    try:
+        assert view.available(whole)
+        assert not view.available(short) and not view.available(linked)
+        assert not view.available("000000010000000000000004")
+    finally:
+        view.close()

@@ -34,6 +34,13 @@ class RewindProgress:
 
 @dataclass
 class RewindOutcome:
+    """What pg_rewind did. It also copied the source's configuration files
+    (postgresql.conf, postgresql.auto.conf with any primary_conninfo, pg_hba.conf):
+    the caller writes this site's port and standby settings after it. The
+    backup_label it leaves makes the server replay from the last common
+    checkpoint's redo point, so that WAL must come by streaming or restore_command.
+    """
+
     dry_run: bool
     #: False when pg_rewind found nothing to do ("no rewind required")
     rewound: bool
@@ -123,10 +130,17 @@ def run_rewind(
     if returncode != 0:
         errors = [ln for ln in lines if parse_rewind_line(ln).error]
         last = errors[-1] if errors else (lines[-1] if lines else f"exit {returncode}")
+        # pg_rewind changes the target only once it has planned the copy.
+        if dry_run or outcome.bytes_planned is None:
+            state = f"{data_dir} was not changed"
+        else:
+            state = (
+                f"{data_dir} may be unusable until a rewind succeeds, or it is replaced "
+                "by a base backup"
+            )
         raise OperationFailed(
             f"pg_rewind of {data_dir} failed after {outcome.seconds:.1f}s: "
-            f"{shown_text(last)}; {data_dir} may be unusable until a rewind succeeds, "
-            "or it is replaced by a base backup"
+            f"{shown_text(last)}; {state}"
         )
     if outcome.rewound and not dry_run and outcome.bytes_planned is None:
         outcome.bytes_copied = _changed_bytes(data_dir, started)
