@@ -93,6 +93,8 @@ def test_switchover_and_back_lose_nothing_and_turn_shipping_around(
     _in_step(main, dr)
     assert _status(dep, "main")["role"] == "primary"
     assert _status(dep, "dr")["direction"] == "main -> dr"
+    # The daemon at the standby's site runs, and writes nothing anywhere.
+    assert [p for p in dep.site_incoming("main").rglob("*") if p.is_file()] == []
 
     # A dry run changes nothing and exits as the real run would.
     dry = dep.at("main", "switchover", CONNECTOR, "--dry-run")

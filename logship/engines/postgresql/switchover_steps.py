@@ -21,7 +21,7 @@ from logship.config.model import Config
 from logship.engines.postgresql import walnames
 from logship.engines.postgresql.controldata import read_control
 from logship.engines.postgresql.engine import PostgresConnector, SideSection
-from logship.engines.postgresql.promote import append_journal, write_marker
+from logship.engines.postgresql.promote import JOURNAL_NAME, append_journal, write_marker
 from logship.engines.postgresql.standby_restore import (
     LOG_NAME,
     local_peer_hba,
@@ -35,7 +35,6 @@ from logship.errors import OperationFailed, SafetyRefusal, UsageError, first_lin
 from logship.manifest import SiteLayout
 from logship.recorded_roles import record_primary
 
-JOURNAL_NAME = "promote-journal.jsonl"
 STOP_TIMEOUT_S = 120
 ASK_TIMEOUT_S = 10
 FOLLOW_WRITER = "logship switchover"
