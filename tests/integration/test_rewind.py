@@ -80,13 +80,18 @@ class Pair:
         self.new.configure({"port": str(self.new.port), "checkpoint_timeout": "1h"})
         self.new.start()
 
-    def fork(self) -> None:
-        """Fail over to the copy, then give the old primary transactions of its own."""
+    def fork(self, *, switch: bool = False) -> None:
+        """Fail over to the copy, then give the old primary transactions of its own.
+
+        `switch` ends the common WAL with a segment switch, so that the new
+        timeline begins exactly at a segment boundary."""
         # About 560 pages that stay dirty at the copy until its first checkpoint.
         self.old.execute(
             "CREATE TABLE filler AS SELECT g, repeat('x', 500) AS x FROM generate_series(1, 8000) g"
         )
         self.old.execute("INSERT INTO ticks SELECT g, 'both' FROM generate_series(1, 100) g")
+        if switch:
+            self.old.query("SELECT pg_switch_wal()")
         lsn = self.old.query("SELECT pg_current_wal_lsn()::text")[0][0]
         self.new.wait_until(f"SELECT pg_last_wal_replay_lsn() >= '{lsn}'", timeout=120)
         self.old.stop(mode="immediate")
@@ -200,6 +205,19 @@ def test_wal_log_hints_off_without_checksums_is_not_safe_and_a_changed_setting_i
         safety = rewind_safety(pair.old.data_dir, BIN, pair.new.dsn(), checkpoint=False)
         assert not safety.safe and not safety.facts.checkpoint_requested
         assert any("not checkpointed since its promotion" in r for r in safety.reasons)
+        # A role with pg_rewind's grants but not pg_checkpoint cannot make it.
+        pair.new.execute(
+            "CREATE ROLE rewinder LOGIN;"
+            "GRANT EXECUTE ON FUNCTION pg_ls_dir(text, boolean, boolean) TO rewinder;"
+            "GRANT EXECUTE ON FUNCTION pg_stat_file(text, boolean) TO rewinder;"
+            "GRANT EXECUTE ON FUNCTION pg_read_binary_file(text) TO rewinder;"
+            "GRANT EXECUTE ON FUNCTION pg_read_binary_file(text, bigint, bigint, boolean)"
+            " TO rewinder;"
+        )
+        as_rewinder = pair.new.dsn().replace(f"user={pg_user.name}", "user=rewinder")
+        refused = rewind_safety(pair.old.data_dir, BIN, as_rewinder)
+        assert refused.facts.checkpoint_requested
+        assert any("GRANT pg_checkpoint TO" in r for r in refused.reasons), refused.reasons
         assert any("wal_log_hints is off" in r for r in safety.reasons), safety.reasons
         print(f"\nhints off: {safety.reasons}")
         assert safety.facts.checksums is False and safety.facts.wal_log_hints_control is False
@@ -323,3 +341,19 @@ def test_a_crashed_old_primary_is_rewound_after_crash_recovery_but_not_dry_run(
         run_rewind(forked.old.data_dir, BIN, forked.new.dsn(), dry_run=True)
     outcome = run_rewind(forked.old.data_dir, BIN, forked.new.dsn(), dry_run=False)
     assert outcome.rewound and outcome.bytes_copied > 0
+
+
+def test_a_fork_at_a_segment_boundary(base: Path, pg_user: OsUser) -> None:
+    pair = Pair(base, pg_user, hints=True, checksums=True)
+    try:
+        pair.copy()
+        pair.fork(switch=True)
+        safety = rewind_safety(pair.old.data_dir, BIN, pair.new.dsn())
+        assert safety.safe, safety.reasons
+        assert safety.facts.divergence_lsn is not None
+        assert safety.facts.divergence_lsn.endswith("000000")  # a segment's first byte
+        assert safety.facts.block_tracking == "data checksums"
+        outcome = run_rewind(pair.old.data_dir, BIN, pair.new.dsn(), dry_run=False)
+        assert outcome.rewound and outcome.diverged_at == safety.facts.divergence_lsn
+    finally:
+        pair.destroy()

@@ -27,7 +27,10 @@ from logship.engines.postgresql.rewind_target import (
 )
 from logship.engines.postgresql.rewind_wal import check_target_wal, find_divergence
 from logship.engines.postgresql.tools import find_program, read_pg_version
-from logship.errors import LogshipError, first_line
+from logship.errors import LogshipError, OperationFailed, first_line
+
+# Missing segments named in a reason; the facts list them all.
+MAX_NAMED = 10
 
 
 @dataclass
@@ -40,6 +43,8 @@ class RewindFacts:
     old_wal_end: str | None = None
     crash_recovery_first: bool = False
     checksums: bool | None = None
+    #: what lets pg_rewind see every changed block: "data checksums" or "wal_log_hints"
+    block_tracking: str | None = None
     wal_log_hints_control: bool | None = None
     wal_log_hints_config: bool | None = None
     restore_command: str | None = None
@@ -73,7 +78,11 @@ def _check_hints(
     reasons: list[str] = []
     notes: list[str] = []
     if control.checksum_version != 0:
-        return reasons, notes  # every hint-bit change is WAL-logged with checksums on
+        # Every hint-bit change is WAL-logged with checksums on, whatever the setting.
+        facts.block_tracking = "data checksums"
+        return reasons, notes
+    if control.wal_log_hints and config_hints is not False:
+        facts.block_tracking = "wal_log_hints"
     if not control.wal_log_hints:
         if config_hints:
             reasons.append(
@@ -88,6 +97,7 @@ def _check_hints(
                 "are off: pg_rewind cannot see every block the old primary changed"
             )
     elif config_hints is False:
+        facts.block_tracking = "wal_log_hints (pg_control only)"
         notes.append(
             "wal_log_hints: pg_control says on but the configuration now says off: this "
             "rewind is safe, a later one would not be"
@@ -140,7 +150,11 @@ def _check_source(
     elif source.timeline is not None and source.checkpoint_timeline != source.timeline:
         if checkpoint:
             facts.checkpoint_requested = True
-            facts.source_checkpoint_timeline = request_checkpoint(source_dsn)
+            try:
+                facts.source_checkpoint_timeline = request_checkpoint(source_dsn)
+            except OperationFailed as exc:
+                reasons.append(str(exc))
+                return reasons, source.history
         if facts.source_checkpoint_timeline != source.timeline:
             reasons.append(
                 f"the new primary has not checkpointed since its promotion (its pg_control "
@@ -247,9 +261,12 @@ def _check_wal(
     reasons = []
     if wal.missing:
         where = " or through its restore_command" if facts.restore_command else ""
+        shown = ", ".join(wal.missing[:MAX_NAMED])
+        if len(wal.missing) > MAX_NAMED:
+            shown += f" and {len(wal.missing) - MAX_NAMED} more"
         reasons.append(
             f"WAL the rewind reads is missing from the old primary's pg_wal{where}: "
-            f"{', '.join(wal.missing)} (it needs {wal.needed[0]} to {wal.needed[-1]}, from the "
+            f"{shown} (it needs {wal.needed[0]} to {wal.needed[-1]}, from the "
             f"last checkpoint before the fork at {facts.divergence_lsn} to its end)"
         )
     elif wal.problem:

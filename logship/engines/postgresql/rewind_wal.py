@@ -198,6 +198,11 @@ def check_target_wal(
                 break
             start = max(segment * size, 1)
             stop = min((segment + 1) * size, divergence_lsn)
+            if start >= stop:
+                # The fork is a segment's first byte (after a WAL switch): nothing of
+                # this segment is common, the checkpoint is further back.
+                segment -= 1
+                continue
             done = run(
                 [
                     str(waldump),
