@@ -161,7 +161,9 @@ def check_target_wal(
     size = control.segment_size
     check = WalCheck()
     view = _WalView(data_dir / "pg_wal", size, restore_command, run)
-    view.dir.chmod(0o755)
+    if os.geteuid() == 0:
+        # pg_waldump runs as the data dir's owner and must read the private view.
+        os.chown(view.dir, data_dir.stat().st_uid, -1)
 
     def name_of(segment: int) -> str:
         tli = timeline_of_segment(segment, size, control.timeline, target_history)
