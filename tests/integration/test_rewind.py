@@ -36,7 +36,15 @@ def _du(path: Path) -> int:
 
 
 class Pair:
-    def __init__(self, base: Path, user: OsUser, *, hints: bool, checksums: bool) -> None:
+    def __init__(
+        self,
+        base: Path,
+        user: OsUser,
+        *,
+        hints: bool,
+        checksums: bool,
+        archive: Path | None = None,
+    ) -> None:
         self.base = base
         self.user = user
         self.old = PgCluster(base / "old" / "data", free_port(), user)
@@ -44,14 +52,20 @@ class Pair:
         self.old.initdb()
         if not checksums:
             user.run([str(BIN / "pg_checksums"), "--disable", "-D", str(self.old.data_dir)])
-        self.old.configure(
-            {
-                "wal_log_hints": "on" if hints else "off",
-                # The fork's WAL must stay in pg_wal for the rewind to read it.
-                "wal_keep_size": "1GB",
-                "hot_standby": "on",
-            }
-        )
+        settings = {
+            "wal_log_hints": "on" if hints else "off",
+            # The fork's WAL must stay in pg_wal for the rewind to read it...
+            "wal_keep_size": "1GB",
+            "hot_standby": "on",
+        }
+        if archive is not None:
+            # ...unless it is archived, and recycled as PostgreSQL does by default.
+            archive.mkdir(mode=0o755)
+            user.chown(archive)
+            settings.update(
+                wal_keep_size="0", archive_mode="on", archive_command=f"cp %p {archive}/%f"
+            )
+        self.old.configure(settings)
         self.old.start()
         self.old.execute("CREATE TABLE ticks (id int PRIMARY KEY, site text)")
 
@@ -355,5 +369,41 @@ def test_a_fork_at_a_segment_boundary(base: Path, pg_user: OsUser) -> None:
         assert safety.facts.block_tracking == "data checksums"
         outcome = run_rewind(pair.old.data_dir, BIN, pair.new.dsn(), dry_run=False)
         assert outcome.rewound and outcome.diverged_at == safety.facts.divergence_lsn
+    finally:
+        pair.destroy()
+
+
+def test_recycled_wal_is_named_and_then_fetched_from_the_archive(
+    base: Path, pg_user: OsUser
+) -> None:
+    """As by default: the old primary's restart and stop recycle the segment of the
+    last common checkpoint (repmgr#697); its archive still has it."""
+    archive = base / "archive"
+    pair = Pair(base, pg_user, hints=True, checksums=False, archive=archive)
+    try:
+        pair.copy()
+        pair.fork()
+        safety = rewind_safety(pair.old.data_dir, BIN, pair.new.dsn())
+        assert not safety.safe and safety.facts.wal_missing, safety.reasons
+        missing = safety.facts.wal_missing
+        assert any(missing[0] in r for r in safety.reasons)
+        print(f"\nrecycled WAL: {safety.reasons}")
+        assert all((archive / name).exists() for name in missing)
+
+        pair.old.configure({"restore_command": f"cp {archive}/%f %p"})
+        safety = rewind_safety(pair.old.data_dir, BIN, pair.new.dsn())
+        assert safety.safe, safety.reasons
+        # The search for the last common checkpoint went on past what was missing.
+        assert set(missing) <= set(safety.facts.wal_from_restore_command)
+        assert not safety.facts.wal_missing
+        outcome = run_rewind(
+            pair.old.data_dir, BIN, pair.new.dsn(), dry_run=False, restore_target_wal=True
+        )
+        assert outcome.rewound and outcome.diverged_at == safety.facts.divergence_lsn
+        print(
+            f"\nrecycled WAL: {safety.facts.wal_from_restore_command} fetched by "
+            f"restore_command; rewound in "
+            f"{outcome.seconds:.2f}s, {outcome.bytes_copied / 2**20:.1f} MiB copied"
+        )
     finally:
         pair.destroy()

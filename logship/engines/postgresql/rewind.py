@@ -264,10 +264,19 @@ def _check_wal(
         shown = ", ".join(wal.missing[:MAX_NAMED])
         if len(wal.missing) > MAX_NAMED:
             shown += f" and {len(wal.missing) - MAX_NAMED} more"
+        if wal.checkpoint_not_found:
+            span = (
+                f"the last checkpoint before the fork at {facts.divergence_lsn} is in or "
+                f"before {wal.missing[0]}, so older segments may be needed too"
+            )
+        else:
+            span = (
+                f"it needs {wal.needed[0]} to {wal.needed[-1]}, from the last checkpoint "
+                f"before the fork at {facts.divergence_lsn} to its end"
+            )
         reasons.append(
             f"WAL the rewind reads is missing from the old primary's pg_wal{where}: "
-            f"{shown} (it needs {wal.needed[0]} to {wal.needed[-1]}, from the "
-            f"last checkpoint before the fork at {facts.divergence_lsn} to its end)"
+            f"{shown} ({span})"
         )
     elif wal.problem:
         reasons.append(f"the old primary's WAL: {wal.problem}")

@@ -79,6 +79,9 @@ class WalCheck:
     missing: list[str] = field(default_factory=list)
     from_restore_command: list[str] = field(default_factory=list)
     problem: str | None = None
+    #: the search for that checkpoint stopped at a missing segment: older ones may
+    #: be needed too
+    checkpoint_not_found: bool = False
 
 
 class _WalView:
@@ -196,7 +199,10 @@ def check_target_wal(
                     f"no checkpoint within {MAX_SEGMENTS_BACK} segments before the divergence point"
                 )
                 break
-            if segment < 0 or not need(segment):
+            if segment < 0:
+                break
+            if not need(segment):
+                check.checkpoint_not_found = True
                 break
             start = max(segment * size, 1)
             stop = min((segment + 1) * size, divergence_lsn)
