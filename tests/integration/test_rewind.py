@@ -219,6 +219,8 @@ def test_wal_log_hints_off_without_checksums_is_not_safe_and_a_changed_setting_i
         safety = rewind_safety(pair.old.data_dir, BIN, pair.new.dsn(), checkpoint=False)
         assert not safety.safe and not safety.facts.checkpoint_requested
         assert any("not checkpointed since its promotion" in r for r in safety.reasons)
+        # The fork is known from the history file all the same: the WAL is checked too.
+        assert safety.facts.wal_needed and safety.facts.last_common_checkpoint
         # A role with pg_rewind's grants but not pg_checkpoint cannot make it.
         pair.new.execute(
             "CREATE ROLE rewinder LOGIN;"

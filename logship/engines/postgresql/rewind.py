@@ -217,7 +217,15 @@ def rewind_safety(
         source_dsn, control, read_pg_version(data_dir), facts, checkpoint=checkpoint
     )
     reasons += source_reasons
-    if source_history is not None and facts.source_timeline is not None and not source_reasons:
+    # The WAL is checked whenever the fork can be found, so that one run names
+    # everything to fix (a missing grant and a missing segment alike).
+    same_cluster = facts.source_system_identifier == control.system_identifier
+    if (
+        source_history is not None
+        and same_cluster
+        and facts.source_timeline is not None
+        and facts.source_timeline > control.timeline
+    ):
         reasons += _check_wal(data_dir, bin_dir, control, source_history, facts, notes)
     return RewindSafety(not reasons, reasons, facts, notes)
 
