@@ -353,8 +353,10 @@ def test_a_crashed_old_primary_is_rewound_after_crash_recovery_but_not_dry_run(
     assert safety.safe, safety.reasons
     assert safety.facts.crash_recovery_first
     assert safety.facts.old_state == "in production"
-    with pytest.raises(OperationFailed, match="would run crash recovery"):
-        run_rewind(forked.old.data_dir, BIN, forked.new.dsn(), dry_run=True)
+    control = (forked.old.data_dir / "global" / "pg_control").read_bytes()
+    dry = run_rewind(forked.old.data_dir, BIN, forked.new.dsn(), dry_run=True)
+    assert dry.not_run is not None and "would run crash recovery" in dry.not_run
+    assert (forked.old.data_dir / "global" / "pg_control").read_bytes() == control
     outcome = run_rewind(forked.old.data_dir, BIN, forked.new.dsn(), dry_run=False)
     assert outcome.rewound and outcome.bytes_copied > 0
 

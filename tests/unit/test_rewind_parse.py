@@ -195,3 +195,30 @@ def test_only_whole_regular_segments_in_pg_wal_count(tmp_path: Path) -> None:
         assert not view.available("000000010000000000000004")
     finally:
         view.close()
+
+
+def test_only_a_password_file_written_for_pg_rewind_is_handed_over(tmp_path: Path) -> None:
+    import os
+
+    from logship.engines.postgresql.rewind_run import _hand_passfile_to_owner
+    from logship.engines.postgresql.secret import dsn_for_child
+
+    if os.geteuid() != 0:
+        pytest.skip("handing files to another user needs root")
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    os.chown(data_dir, 65534, -1)
+    mine = tmp_path / "mine" / ".pgpass"
+    mine.parent.mkdir()
+    mine.write_text("*:*:*:*:x\n")
+    named = f"host=db passfile={mine}"
+    with dsn_for_child(named) as child:
+        _hand_passfile_to_owner(named, child.dsn, data_dir)
+    assert mine.stat().st_uid == 0 and mine.parent.stat().st_uid == 0
+    with_password = f"host=db passfile={mine} password=s3cret"
+    with dsn_for_child(with_password) as child:
+        _hand_passfile_to_owner(with_password, child.dsn, data_dir)
+        written = Path(child.dsn.split("passfile=")[1].split()[0].strip("'"))
+        assert written != mine and written.stat().st_uid == 65534
+        assert written.parent.stat().st_uid == 65534
+    assert mine.stat().st_uid == 0

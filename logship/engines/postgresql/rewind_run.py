@@ -55,6 +55,8 @@ class RewindOutcome:
     rewound_from_checkpoint: str | None = None
     left_files: list[str] = field(default_factory=list)
     output_tail: list[str] = field(default_factory=list)
+    #: why a dry run did not run pg_rewind at all (None when it ran)
+    not_run: str | None = None
 
 
 ProgressCallback = Callable[[RewindProgress], None]
@@ -99,14 +101,21 @@ def run_rewind(
     if dry_run and _state(data_dir, bin_dir) in CRASHED_STATES:
         # pg_rewind runs crash recovery on the target even with --dry-run, which
         # would change it: a dry run must not.
-        raise OperationFailed(
-            f"{data_dir} was not stopped cleanly: pg_rewind --dry-run would run crash "
-            "recovery on it first, so no dry run is made; the real rewind does that itself"
+        return RewindOutcome(
+            dry_run=True,
+            rewound=True,
+            seconds=0.0,
+            bytes_copied=0,
+            not_run=(
+                f"{data_dir} was not stopped cleanly: pg_rewind --dry-run would run crash "
+                "recovery on it first, so it was not run; the real rewind does that itself"
+            ),
         )
     program = find_program("pg_rewind", bin_dir=bin_dir, data_dir=data_dir)
     prefix = owner_prefix(data_dir)
     with dsn_for_child(source_dsn, setting="source DSN") as child:
-        _hand_passfile_to_owner(child.dsn, data_dir, bool(prefix))
+        if prefix:
+            _hand_passfile_to_owner(source_dsn, child.dsn, data_dir)
         cmd = [
             *prefix,
             str(program),
@@ -149,15 +158,15 @@ def run_rewind(
     return outcome
 
 
-def _hand_passfile_to_owner(dsn: str, data_dir: Path, switching: bool) -> None:
+def _hand_passfile_to_owner(source_dsn: str, child_dsn: str, data_dir: Path) -> None:
     """A password file written for the child belongs to this user; pg_rewind runs as
-    the data dir's owner, so its private folder is handed over."""
-    if not switching:
-        return
+    the data dir's owner, so its private folder is handed over. Only a file written
+    here: one the DSN names itself is the user's, and left alone."""
     from psycopg.conninfo import conninfo_to_dict
 
-    passfile = conninfo_to_dict(dsn).get("passfile")
-    if passfile is None:
+    given = conninfo_to_dict(source_dsn)
+    passfile = conninfo_to_dict(child_dsn).get("passfile")
+    if given.get("password") is None or passfile is None or passfile == given.get("passfile"):
         return
     uid = os.stat(data_dir).st_uid
     path = Path(str(passfile))
