@@ -315,6 +315,23 @@ def test_a_missing_wal_segment_is_named(forked: Pair) -> None:
     assert read_controldata(forked.old.data_dir, BIN) == control
 
 
+def test_wal_log_hints_turned_off_after_the_stop_is_a_note_not_a_reason(forked: Pair) -> None:
+    """pg_control says the old primary ran with it on, so its WAL has what pg_rewind
+    needs; the setting now off is shown, for the next rewind would not be safe."""
+    conf = forked.old.data_dir / "postgresql.conf"
+    before = conf.read_text()
+    forked.old.configure({"wal_log_hints": "off"})
+    try:
+        safety = rewind_safety(forked.old.data_dir, BIN, forked.new.dsn())
+        assert safety.safe, safety.reasons
+        assert safety.facts.wal_log_hints_control is True
+        assert safety.facts.wal_log_hints_config is False
+        assert safety.facts.block_tracking == "wal_log_hints (pg_control only)"
+        assert any("configuration now says off" in n for n in safety.notes), safety.notes
+    finally:
+        conf.write_text(before)
+
+
 def test_a_segment_missing_from_pg_wal_but_fetched_by_restore_command_is_enough(
     forked: Pair,
 ) -> None:
