@@ -222,3 +222,13 @@ def test_only_a_password_file_written_for_pg_rewind_is_handed_over(tmp_path: Pat
         assert written != mine and written.stat().st_uid == 65534
         assert written.parent.stat().st_uid == 65534
     assert mine.stat().st_uid == 0
+
+
+def test_a_missing_data_dir_is_one_clear_reason(tmp_path: Path) -> None:
+    from logship.engines.postgresql.rewind import rewind_safety
+
+    safety = rewind_safety(tmp_path / "nowhere", None, "host=127.0.0.1 port=1")
+    assert not safety.safe
+    assert safety.reasons == [
+        f"cannot reach the data dir {tmp_path / 'nowhere'}: No such file or directory"
+    ]

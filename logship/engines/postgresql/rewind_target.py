@@ -29,7 +29,10 @@ TOOL_TIMEOUT_S = 60
 
 def owner_prefix(data_dir: Path) -> list[str]:
     """The argv prefix that runs a program as `data_dir`'s owner, as PostgreSQL must."""
-    uid = os.stat(data_dir).st_uid
+    try:
+        uid = os.stat(data_dir).st_uid
+    except OSError as exc:
+        raise OperationFailed(f"cannot reach the data dir {data_dir}: {exc.strerror}") from None
     if uid == os.geteuid():
         return []
     if os.geteuid() != 0:
