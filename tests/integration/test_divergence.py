@@ -289,3 +289,31 @@ def test_copy_aside_opens_no_link_and_writes_into_no_link(
 def test_a_timeline_without_wal_in_pg_wal_is_refused(diverged: Diverged) -> None:
     with pytest.raises(OperationFailed, match="holds no WAL segment of timeline 3"):
         loss_report(diverged.old.data_dir, None, 3, diverged.switch_lsn)
+
+
+def test_a_record_torn_at_the_end_ends_the_report_before_it(
+    diverged: Diverged, scratch: Path
+) -> None:
+    full = loss_report(diverged.old.data_dir, None, 1, diverged.switch_lsn)
+    last = full.transactions[-1]  # the commit of the last value written
+    data_dir = _fake_data_dir(diverged, scratch, list(full.segments))
+    name = walnames.segment_of_lsn(1, last.lsn, full.segment_size)
+    offset = last.lsn % full.segment_size + 10  # inside the record, past its length
+    with open(data_dir / "pg_wal" / name, "r+b") as segment:
+        segment.seek(offset)
+        segment.write(bytes(full.segment_size - offset))
+    report = loss_report(data_dir, None, 1, diverged.switch_lsn)
+    assert report.complete
+    assert report.commits == len(diverged.xids) - 1
+    assert [t.xid for t in report.transactions] == list(diverged.xids.values())[:-1]
+    assert report.end_lsn == last.lsn  # where the torn record starts
+    assert "error in WAL record" in report.end_message
+
+
+def test_nothing_past_the_point_is_an_empty_report(diverged: Diverged) -> None:
+    full = loss_report(diverged.old.data_dir, None, 1, diverged.switch_lsn)
+    report = loss_report(diverged.old.data_dir, None, 1, full.end_lsn)
+    assert (report.records, report.commits, report.aborts, report.wal_bytes) == (0, 0, 0, 0)
+    assert report.segments == () and report.transactions == ()
+    assert report.first_commit_at is None and report.end_lsn == full.end_lsn
+    assert "0 commits" in "\n".join(report.summary_lines())

@@ -236,10 +236,11 @@ def loss_report(
         scan = WalScan(read_from, segment_size, listed)
         end_message = f"its WAL of timeline {old_timeline} ends before the divergence point"
     end = max(scan.end, read_from)
+    # The segments holding a byte of [read_from, end): none when nothing was read.
     segments = tuple(
         walnames.segment_name(old_timeline, number, segment_size)
         for number in present
-        if read_from // segment_size <= number and (number * segment_size < end)
+        if read_from < end and read_from // segment_size <= number <= (end - 1) // segment_size
     )
     return DivergenceReport(
         data_dir=data_dir,
