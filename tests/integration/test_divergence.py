@@ -71,6 +71,30 @@ def _insert(cluster: PgCluster, value: int) -> int:
     return int(cluster.query("INSERT INTO lost VALUES (%s) RETURNING xmin::text", (value,))[0][0])
 
 
+def _primary_and_streaming_standby(
+    old: PgCluster, new: PgCluster, settings: dict[str, str]
+) -> None:
+    """`old` up with table `lost`, `new` a streaming standby of it (pg_basebackup -R)."""
+    old.initdb()
+    # No autovacuum: every commit past the point is one of the test's.
+    old.configure({"autovacuum": "off", **settings})
+    old.start()
+    old.execute("CREATE TABLE lost (v int PRIMARY KEY)")
+    parent = new.data_dir.parent
+    parent.mkdir(mode=0o755)
+    old.user.chown(parent)
+    old.user.run(
+        [
+            str(old.bin_dir / "pg_basebackup"),
+            *("-h", "127.0.0.1", "-p", str(old.port), "-U", old.user.name),
+            *("-D", str(new.data_dir), "-R", "-X", "stream", "-c", "fast"),
+        ],
+        cwd=parent,
+    )
+    new.configure({"port": str(new.port), "unix_socket_directories": str(new.socket_dir)})
+    new.start()
+
+
 @pytest.fixture(scope="module")
 def diverged() -> Iterator[Diverged]:
     user = OsUser.for_postgres()
@@ -78,27 +102,11 @@ def diverged() -> Iterator[Diverged]:
     old = PgCluster(base / "old" / "data", free_port(), user)
     new = PgCluster(base / "new" / "data", free_port(), user)
     try:
-        old.initdb()
-        # No autovacuum: every commit past the point is one of the test's. Its own
-        # checkpoints would recycle the segment holding the divergence point once
-        # pg_switch_wal() moved past it, unless kept.
-        old.configure({"autovacuum": "off", "wal_keep_size": "256MB"})
-        old.start()
-        old.execute("CREATE TABLE lost (v int PRIMARY KEY)")
-        (base / "new").mkdir(mode=0o755)
-        user.chown(base / "new")
-        user.run(
-            [
-                str(old.bin_dir / "pg_basebackup"),
-                *("-h", "127.0.0.1", "-p", str(old.port), "-U", user.name),
-                *("-D", str(new.data_dir), "-R", "-X", "stream", "-c", "fast"),
-            ],
-            cwd=base,
-        )
-        new.configure({"port": str(new.port), "unix_socket_directories": str(new.socket_dir)})
-        new.start()
+        # Its own checkpoints would recycle the segment holding the divergence
+        # point once pg_switch_wal() moved past it, unless kept.
+        _primary_and_streaming_standby(old, new, {"wal_keep_size": "256MB"})
         old.execute("INSERT INTO lost VALUES (1)")  # replicated: not lost
-        written = _lsn_of(old, "SELECT pg_current_wal_insert_lsn()::text")
+        written = _lsn_of(old, "SELECT pg_current_wal_flush_lsn()::text")
         old.stop(mode="immediate")
         # All the standby received is replayed: its replay position is where the
         # promotion branches off.
@@ -317,3 +325,56 @@ def test_nothing_past_the_point_is_an_empty_report(diverged: Diverged) -> None:
     assert report.segments == () and report.transactions == ()
     assert report.first_commit_at is None and report.end_lsn == full.end_lsn
     assert "0 commits" in "\n".join(report.summary_lines())
+
+
+@dataclass(frozen=True)
+class Crashed:
+    old: PgCluster
+    new: PgCluster
+    switch_lsn: int
+    xids: list[int]
+
+
+@pytest.fixture(scope="module")
+def crashed() -> Iterator[Crashed]:
+    """The failover as it happens: the standby stops receiving, the primary goes on
+    committing, then stops with `-m immediate` and is never started again."""
+    user = OsUser.for_postgres()
+    base = reachable_tmp("logship-divergence-crash-")
+    old = PgCluster(base / "old" / "data", free_port(), user)
+    new = PgCluster(base / "new" / "data", free_port(), user)
+    try:
+        _primary_and_streaming_standby(old, new, {})
+        written = _lsn_of(old, "SELECT pg_current_wal_flush_lsn()::text")
+        new.wait_until(
+            f"SELECT pg_last_wal_replay_lsn() >= '{walnames.int_to_lsn(written)}' "
+            "AND pg_last_wal_replay_lsn() = pg_last_wal_receive_lsn()"
+        )
+        # The link breaks: the standby stops receiving.
+        new.execute("ALTER SYSTEM SET primary_conninfo = ''")
+        new.execute("SELECT pg_reload_conf()")
+        new.wait_until("SELECT count(*) = 0 FROM pg_stat_wal_receiver")
+        switch_lsn = _lsn_of(new, "SELECT pg_last_wal_replay_lsn()::text")
+        xids = [_insert(old, value) for value in (201, 202, 203, 204)]
+        old.stop(mode="immediate")
+        new.execute("SELECT pg_promote()")
+        new.wait_until("SELECT NOT pg_is_in_recovery()")
+        new.stop()
+        yield Crashed(old=old, new=new, switch_lsn=switch_lsn, xids=xids)
+    finally:
+        new.destroy()
+        old.destroy()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_a_crashed_primary_reports_the_commits_the_standby_never_received(
+    crashed: Crashed, scratch: Path
+) -> None:
+    _, history = read_history_file(crashed.new.data_dir / "pg_wal" / "00000002.history")
+    point = divergence_point(history, 2, 1)
+    assert point == crashed.switch_lsn
+    report = loss_report(crashed.old.data_dir, None, 1, point)
+    assert report.complete and report.aborts == 0
+    assert [t.xid for t in report.transactions] == crashed.xids
+    written = copy_aside(crashed.old.data_dir, report, scratch / "aside")
+    assert [p.name for p in written] == [*report.segments, REPORT_NAME]
