@@ -30,8 +30,6 @@ DEFAULT_LISTED = 1000
 DEFAULT_TIMEOUT_S = 1800.0
 MIN_SEGMENT_SIZE = 1 << 20
 MAX_SEGMENT_SIZE = 1 << 30
-MIN_SEGMENT_SIZE = 1 << 20
-MAX_SEGMENT_SIZE = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -109,7 +107,8 @@ class DivergenceReport:
         if not self.complete:
             lines.append(
                 f"  incomplete: WAL from {_lsn(self.divergence_lsn)} to "
-                f"{_lsn(self.read_from_lsn)} was already removed from pg_wal"
+                f"{_lsn(self.read_from_lsn)} was already recycled by the old primary's "
+                "checkpoints (the shipped WAL archive may still hold it)"
             )
         window = ""
         if self.first_commit_at is not None and self.last_commit_at is not None:

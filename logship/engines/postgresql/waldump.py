@@ -249,7 +249,8 @@ def scan_wal(
         timer.start()
         with proc:  # closes its output and waits for it, however this ends
             try:
-                _read_lines(proc.stdout, scan)  # type: ignore[arg-type]
+                if proc.stdout is not None:  # always: it was asked for
+                    _read_lines(proc.stdout, scan)
                 proc.wait()  # the timer still kills it if it hangs here
             finally:
                 timer.cancel()
