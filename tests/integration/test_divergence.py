@@ -378,3 +378,15 @@ def test_a_crashed_primary_reports_the_commits_the_standby_never_received(
     assert [t.xid for t in report.transactions] == crashed.xids
     written = copy_aside(crashed.old.data_dir, report, scratch / "aside")
     assert [p.name for p in written] == [*report.segments, REPORT_NAME]
+
+
+def test_a_divergence_point_that_is_no_record_boundary_is_refused(diverged: Diverged) -> None:
+    """A history file claiming a point the old primary's WAL never had (a hostile or
+    mismatched file) must not yield a report, least of all "nothing lost"."""
+    full = loss_report(diverged.old.data_dir, None, 1, diverged.switch_lsn)
+    inside_a_commit = full.transactions[0].lsn + 8
+    for point in (inside_a_commit, diverged.switch_lsn + 8, full.end_lsn + 8):
+        with pytest.raises(SafetyRefusal, match="is not where a record begins or ends"):
+            loss_report(diverged.old.data_dir, None, 1, point)
+    with pytest.raises(SafetyRefusal, match="lies past the WAL of timeline 1"):
+        loss_report(diverged.old.data_dir, None, 1, 0x7F << 32)

@@ -230,7 +230,39 @@ def test_a_scan_counts_every_commit_and_lists_the_first_ones() -> None:
     assert scan.end == record_end(0x301C770, 405, SEG)
 
 
-def test_a_scan_skips_records_before_its_start() -> None:
+def test_a_scan_counts_no_record_before_its_start() -> None:
     scan = WalScan(start=0x3004000, segment_size=SEG, cap=10)
     scan.add_line(COMMIT)
-    assert (scan.records, scan.commits, scan.unparsed) == (0, 0, 1)
+    assert (scan.records, scan.commits, scan.end, scan.unparsed) == (0, 0, 0, 0)
+
+
+@pytest.mark.parametrize(
+    ("boundary", "seen"),
+    [
+        (0x3003E90, True),  # where the commit starts
+        (0x3003EB8, True),  # where it ends
+        (0x3003E98, False),  # inside it
+        (0x3004000, False),  # a page start with no record right after its header
+    ],
+)
+def test_a_scan_shows_whether_a_point_is_a_record_boundary(boundary: int, seen: bool) -> None:
+    scan = WalScan(start=boundary, segment_size=SEG, cap=10, boundary=boundary)
+    scan.add_line(COMMIT)
+    assert scan.boundary_seen is seen
+    # A record before the counted range is not counted, but shows the boundary.
+    assert scan.records == (1 if boundary <= 0x3003E90 else 0)
+
+
+def test_a_record_right_after_a_page_header_proves_the_page_start_a_boundary() -> None:
+    at_page = COMMIT.replace("lsn: 0/03003E90", "lsn: 0/03004018")
+    scan = WalScan(start=0x3004000, segment_size=SEG, cap=10, boundary=0x3004000)
+    scan.add_line(at_page)
+    assert scan.boundary_seen
+    at_segment = COMMIT.replace("lsn: 0/03003E90", "lsn: 0/04000028")
+    scan = WalScan(start=0x4000000, segment_size=SEG, cap=10, boundary=0x4000000)
+    scan.add_line(at_segment)
+    assert scan.boundary_seen
+    later = COMMIT.replace("lsn: 0/03003E90", "lsn: 0/04000030")  # after a continuation
+    scan = WalScan(start=0x4000000, segment_size=SEG, cap=10, boundary=0x4000000)
+    scan.add_line(later)
+    assert not scan.boundary_seen

@@ -214,26 +214,38 @@ def loss_report(
     first_segment = divergence_lsn // segment_size
     later = [number for number in present if number >= first_segment]
     if not later:
-        read_from = divergence_lsn  # its WAL ends before the divergence point
-    elif later[0] == first_segment:
-        read_from = divergence_lsn
-    else:
-        read_from = later[0] * segment_size
+        raise _beyond_the_wal(pg_wal, old_timeline, divergence_lsn, present[-1], segment_size)
     waldump = find_program("pg_waldump", bin_dir=bin_dir, data_dir=data_dir)
-    if later:
-        scan = scan_wal(
-            waldump,
-            pg_wal,
-            old_timeline,
-            read_from,
-            segment_size=segment_size,
-            cap=listed,
-            timeout_s=timeout_s,
-        )
-        end_message = _check_stop(scan, pg_wal, present, segment_size)
+    if later[0] == first_segment:
+        # The point must be a record boundary in this WAL: the standby replayed the
+        # old primary's records up to it. Reading from the start of its segment (of
+        # the one before, when it starts a segment) shows the record ending there.
+        read_from, boundary = divergence_lsn, divergence_lsn
+        scan_from = first_segment * segment_size
+        if scan_from == divergence_lsn and first_segment - 1 in present:
+            scan_from -= segment_size
     else:
-        scan = WalScan(read_from, segment_size, listed)
-        end_message = f"its WAL of timeline {old_timeline} ends before the divergence point"
+        # Its old primary's checkpoints recycled the segment holding the point.
+        read_from = scan_from = later[0] * segment_size
+        boundary = None
+    scan = scan_wal(
+        waldump,
+        pg_wal,
+        old_timeline,
+        scan_from,
+        count_from=read_from,
+        boundary=boundary,
+        segment_size=segment_size,
+        cap=listed,
+        timeout_s=timeout_s,
+    )
+    end_message = _check_stop(scan, pg_wal, present, segment_size)
+    if boundary is not None and not scan.boundary_seen:
+        raise SafetyRefusal(
+            f"the divergence point {_lsn(divergence_lsn)} is not where a record begins or "
+            f"ends in {pg_wal} (timeline {old_timeline}): the history file does not describe "
+            "this old primary; its losses cannot be named: rebuild it from a base backup"
+        )
     end = max(scan.end, read_from)
     # The segments holding a byte of [read_from, end): none when nothing was read.
     segments = tuple(
@@ -259,6 +271,17 @@ def loss_report(
         end_message=shown_text(end_message),
         unparsed_lines=scan.unparsed,
         pg_waldump=str(waldump),
+    )
+
+
+def _beyond_the_wal(
+    pg_wal: Path, timeline: int, point: int, last_segment: int, segment_size: int
+) -> SafetyRefusal:
+    last = walnames.segment_name(timeline, last_segment, segment_size)
+    return SafetyRefusal(
+        f"the divergence point {_lsn(point)} lies past the WAL of timeline {timeline} in "
+        f"{pg_wal} (its last segment is {last}): the history file does not describe this "
+        "old primary; its losses cannot be named: rebuild it from a base backup"
     )
 
 

@@ -169,11 +169,14 @@ def parse_stop(stderr: str) -> WaldumpStop:
 
 @dataclass
 class WalScan:
-    """What the lines of one pg_waldump run add up to."""
+    """What the lines of one pg_waldump run add up to: records from `start` on are
+    counted; any record shows whether `boundary` is where one begins or ends."""
 
     start: int
     segment_size: int
     cap: int
+    boundary: int | None = None
+    boundary_seen: bool = False
     records: int = 0
     commits: int = 0
     aborts: int = 0
@@ -188,14 +191,30 @@ class WalScan:
 
     def add_line(self, line: str) -> None:
         record = parse_record(line)
-        if record is None or record.lsn < self.start:
+        if record is None:
             self.unparsed += 1
             return
+        ends_at = record_end(record.lsn, record.total_length, self.segment_size)
+        if not self.boundary_seen and self.boundary is not None:
+            self.boundary_seen = self._is_boundary(record.lsn, ends_at)
+        if record.lsn < self.start:
+            return
         self.records += 1
-        self.end = max(self.end, record_end(record.lsn, record.total_length, self.segment_size))
+        self.end = max(self.end, ends_at)
         ended = parse_xact_end(record)
         if ended is not None:
             self._add_xact(ended)
+
+    def _is_boundary(self, lsn: int, ends_at: int) -> bool:
+        boundary = self.boundary
+        if boundary is None or boundary in (lsn, ends_at):
+            return boundary is not None
+        if boundary % PAGE_SIZE:
+            return False
+        # A record right after the header of a page that starts at the boundary:
+        # nothing continued onto that page, so a record ended where it starts.
+        header = LONG_PAGE_HEADER if boundary % self.segment_size == 0 else SHORT_PAGE_HEADER
+        return lsn == boundary + header
 
     def _add_xact(self, ended: XactEnd) -> None:
         if not ended.committed:
@@ -218,13 +237,16 @@ def scan_wal(
     timeline: int,
     start: int,
     *,
+    count_from: int,
+    boundary: int | None,
     segment_size: int,
     cap: int,
     timeout_s: float,
 ) -> WalScan:
     """Run pg_waldump over `pg_wal` from `start` on `timeline` to the end of valid
-    WAL, adding its lines up as they come (its output is not held in memory)."""
-    scan = WalScan(start, segment_size, cap)
+    WAL, adding its lines up as they come (its output is not held in memory):
+    records from `count_from` on are counted."""
+    scan = WalScan(count_from, segment_size, cap, boundary=boundary)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LC_", "PG"))}
     # Untranslated messages (they are parsed) and timestamps in UTC.
     env.update(LC_ALL="C", LANG="C", TZ="UTC")
