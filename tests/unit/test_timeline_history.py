@@ -72,7 +72,7 @@ def test_no_divergence_point_for_a_timeline_that_is_not_an_ancestor() -> None:
         divergence_point(entries, 5, 2)
     with pytest.raises(OperationFailed, match="not an ancestor"):
         divergence_point(entries, 5, 7)
-    with pytest.raises(OperationFailed, match="the new one's own"):
+    with pytest.raises(OperationFailed, match="the new primary's own"):
         divergence_point(entries, 5, 5)
 
 

@@ -197,8 +197,9 @@ def divergence_point(history: list[HistoryEntry], new_timeline: int, old_timelin
     """
     if old_timeline == new_timeline:
         raise OperationFailed(
-            f"the old primary is on timeline {old_timeline}, the new one's own: "
-            "no divergence to find (was the standby promoted?)"
+            f"the old primary is on timeline {old_timeline}, the new primary's own: its "
+            "history cannot say where they parted (was the standby promoted? if both were, "
+            "rebuild the old primary from a base backup)"
         )
     for entry in history:
         if entry.parent_tli == old_timeline:
