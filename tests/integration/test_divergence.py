@@ -26,7 +26,11 @@ from sshd_site import reachable_tmp
 from logship.demo_sandbox import OsUser, PgCluster, free_port
 from logship.engines.postgresql import walnames
 from logship.engines.postgresql.divergence import loss_report
-from logship.engines.postgresql.timeline_history import divergence_point, read_history_file
+from logship.engines.postgresql.timeline_history import (
+    divergence_point,
+    read_history_file,
+    read_server_history,
+)
 from logship.engines.postgresql.wal_aside import REPORT_NAME, copy_aside
 from logship.errors import OperationFailed, SafetyRefusal
 
@@ -162,6 +166,20 @@ def test_the_divergence_point_is_the_standbys_switch_point(diverged: Diverged) -
     assert timeline == 2
     assert [entry.parent_tli for entry in history] == [1]
     assert divergence_point(history, 2, 1) == diverged.switch_lsn
+
+
+def test_the_history_read_over_sql_from_the_new_primary_is_the_files(
+    diverged: Diverged,
+) -> None:
+    diverged.new.start()
+    try:
+        with diverged.new.connect() as conn:
+            timeline, history = read_server_history(conn)
+    finally:
+        diverged.new.stop()
+    assert timeline == 2
+    assert history == read_history_file(diverged.new.data_dir / "pg_wal" / "00000002.history")[1]
+    assert divergence_point(history, timeline, 1) == diverged.switch_lsn
 
 
 def test_the_report_names_exactly_the_commits_past_the_point(diverged: Diverged) -> None:
@@ -390,3 +408,12 @@ def test_a_divergence_point_that_is_no_record_boundary_is_refused(diverged: Dive
             loss_report(diverged.old.data_dir, None, 1, point)
     with pytest.raises(SafetyRefusal, match="lies past the WAL of timeline 1"):
         loss_report(diverged.old.data_dir, None, 1, 0x7F << 32)
+
+
+def test_a_primary_never_promoted_has_no_history_to_read(crashed: Crashed) -> None:
+    crashed.old.start()  # still on timeline 1: the reports above are done with it
+    try:
+        with crashed.old.connect() as conn, pytest.raises(OperationFailed, match="timeline 1"):
+            read_server_history(conn, where="the old primary")
+    finally:
+        crashed.old.stop()

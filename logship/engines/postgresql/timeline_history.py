@@ -16,9 +16,13 @@ import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from logship.engines.postgresql import walnames
-from logship.errors import OperationFailed, shown_text
+from logship.errors import OperationFailed, first_line, shown_text
+
+if TYPE_CHECKING:
+    import psycopg
 
 #: far more than any real history (one line per earlier timeline, each well under
 #: 200 bytes): the bounds keep a hostile file from costing memory or time
@@ -185,6 +189,52 @@ def read_history_file(path: Path) -> tuple[int, list[HistoryEntry]]:
     finally:
         os.close(fd)
     return timeline, parse_history(b"".join(chunks), timeline, source=str(path))
+
+
+def read_server_history(
+    conn: psycopg.Connection[Any], *, where: str = "the new primary"
+) -> tuple[int, list[HistoryEntry]]:
+    """The timeline the primary behind `conn` writes, and its history, read over SQL.
+
+    The timeline is the one it inserts WAL on now (pg_control's checkpoint timeline
+    lags a promotion until the next checkpoint). The file is read with
+    pg_read_binary_file, which the role pg_rewind needs may run, no further than the
+    size bound; both are checked as strictly as a file on disk.
+    """
+    import psycopg
+
+    try:
+        row = conn.execute(
+            "SELECT CASE WHEN pg_is_in_recovery() THEN NULL "
+            "ELSE pg_walfile_name(pg_current_wal_insert_lsn()) END"
+        ).fetchone()
+        name = row[0] if row else None
+        if not isinstance(name, str):
+            raise OperationFailed(
+                f"{where} is in recovery: it is no primary yet (promote it first)"
+            )
+        segment = walnames.parse(name)
+        if segment is None or segment.kind is not walnames.WalKind.SEGMENT:
+            raise OperationFailed(f"{where} names its WAL {shown_text(name, 40)!r}: no segment")
+        timeline = segment.timeline
+        if timeline < 2:
+            raise OperationFailed(
+                f"{where} writes timeline 1, which has no history: it was never promoted"
+            )
+        history = f"{timeline:08X}.history"
+        row = conn.execute(
+            "SELECT pg_read_binary_file(%s, 0, %s, true)",
+            (f"pg_wal/{history}", MAX_HISTORY_BYTES + 1),
+        ).fetchone()
+    except psycopg.Error as exc:
+        raise OperationFailed(
+            f"cannot read the timeline history from {where}: {first_line(exc)} "
+            "(the role needs pg_read_binary_file, as pg_rewind's does)"
+        ) from None
+    data = row[0] if row else None
+    if not isinstance(data, bytes):
+        raise OperationFailed(f"{where} has no {history} in its pg_wal")
+    return timeline, parse_history(data, timeline, source=f"{history} at {where}")
 
 
 def divergence_point(history: list[HistoryEntry], new_timeline: int, old_timeline: int) -> int:
