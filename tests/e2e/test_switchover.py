@@ -139,3 +139,38 @@ def test_switchover_and_back_lose_nothing_and_turn_shipping_around(
     _in_step(main, dr)
     assert _rows(main) == _rows(dr)
     wait_for(lambda: _status(dep, "main")["direction"] == "main -> dr", 30, "main ships again")
+
+
+def test_a_failed_step_rolls_back_to_one_primary_and_says_so(
+    two_sites: TwoSiteDeployment,
+) -> None:
+    dep = two_sites
+    main, dr = dep.primary, dep.standby
+    _in_step(main, dr)
+    # A gate that fails refuses (exit 3) and changes nothing.
+    main.execute("insert into ticks values (-1, now())")
+    refused = dep.at("main", "switchover", CONNECTOR, "--max-behind", "1B", check=False)
+    assert refused.returncode == 3, refused.stdout + refused.stderr
+    assert "REFUSED" in refused.stdout and "nothing changed" in refused.stderr
+
+    # The standby cannot replay past the final checkpoint: the switchover stops,
+    # rolls back, and names the state.
+    dr.execute("select pg_wal_replay_pause()")
+    failed = dep.at("main", "switchover", CONNECTOR, "--timeout", "5", check=False)
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    assert "main is the primary again" in failed.stderr, failed.stderr
+    ((in_recovery,),) = main.query("select pg_is_in_recovery()")
+    assert in_recovery is False
+    main.execute("insert into ticks values (-2, now())")
+    ((in_recovery,),) = dr.query("select pg_is_in_recovery()")
+    assert in_recovery is True
+    assert not (dep.site_incoming("dr") / CONNECTOR / "PROMOTED").exists()
+
+    # Replay resumed, it catches up on what the primary wrote since, and the
+    # switchover then goes through.
+    dr.execute("select pg_wal_replay_resume()")
+    _in_step(main, dr)
+    assert dr.query("select id from ticks where id < 0 order by id") == [(-2,), (-1,)]
+    _switch(dep, "dr")
+    ((in_recovery,),) = main.query("select pg_is_in_recovery()")
+    assert in_recovery is True
