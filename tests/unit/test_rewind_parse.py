@@ -9,14 +9,13 @@ from pathlib import Path
 import pytest
 
 from logship.engines.postgresql.rewind_parse import (
-    HistoryEntry,
     parse_controldata,
-    parse_history,
     parse_postmaster_pid,
     parse_rewind_line,
     parse_waldump_checkpoints,
 )
 from logship.engines.postgresql.rewind_wal import find_divergence, timeline_of_segment
+from logship.engines.postgresql.timeline_history import HistoryEntry as Entry
 from logship.engines.postgresql.walnames import lsn_to_int
 
 SEG = 16 * 1024 * 1024
@@ -69,38 +68,6 @@ def test_controldata_bounded() -> None:
         parse_controldata(CONTROLDATA + "x" * 70_000)
 
 
-def test_history_file() -> None:
-    text = "1\t0/3018058\tno recovery target specified\n\n# note\n2\t0/5000000\tat restore point\n"
-    assert parse_history(text) == [
-        HistoryEntry(1, lsn_to_int("0/3018058")),
-        HistoryEntry(2, lsn_to_int("0/5000000")),
-    ]
-    assert parse_history("") == []
-
-
-@pytest.mark.parametrize(
-    "text",
-    [
-        "1\t../../etc\n",
-        "x\t0/1\n",
-        "2\t0/5000000\n1\t0/6000000\n",  # timelines must rise
-        "1\t0/5000000\n2\t0/4000000\n",  # switch points must not fall
-        "0\t0/1\n",
-        "99999999999\t0/1\n",
-        "1\t0/3018058" + "\n1" * 3,
-        "1 0/" + "F" * 40 + "\n",
-    ],
-)
-def test_history_refuses_hostile_lines(text: str) -> None:
-    with pytest.raises(ValueError):
-        parse_history(text)
-
-
-def test_history_bounded() -> None:
-    with pytest.raises(ValueError, match="too long"):
-        parse_history("#" * (1024 * 1024 + 1))
-
-
 def test_postmaster_pid() -> None:
     assert parse_postmaster_pid("4242\n/var/lib/pg\n1700000000\n5432\n") == 4242
     for bad in ("", "-1\n", "0\n", "12ab\n", "99999999999\n", "1" * 5000):
@@ -149,21 +116,21 @@ def test_rewind_progress_lines() -> None:
 
 def test_divergence_is_the_last_common_timeline() -> None:
     # The copy was promoted at 0/3018058 from timeline 1; the old primary stayed on 1.
-    assert find_divergence(1, [], 2, [HistoryEntry(1, 0x3018058)]) == (0x3018058, 1)
+    assert find_divergence(1, [], 2, [Entry(1, 0x3018058, "")]) == (0x3018058, 1)
     # Same timeline: nothing to rewind from.
-    assert find_divergence(2, [HistoryEntry(1, 5)], 2, [HistoryEntry(1, 5)]) is None
+    assert find_divergence(2, [Entry(1, 5, "")], 2, [Entry(1, 5, "")]) is None
     # Old on 3 (after an earlier switch at 0x100), the new one branched from 2 at 0x900.
     assert find_divergence(
         3,
-        [HistoryEntry(1, 0x100), HistoryEntry(2, 0x500)],
+        [Entry(1, 0x100, ""), Entry(2, 0x500, "")],
         4,
-        [HistoryEntry(1, 0x100), HistoryEntry(2, 0x900)],
+        [Entry(1, 0x100, ""), Entry(2, 0x900, "")],
     ) == (0x500, 2)
-    assert find_divergence(1, [], 7, [HistoryEntry(5, 1)]) is None
+    assert find_divergence(1, [], 7, [Entry(5, 1, "")]) is None
 
 
 def test_segment_timeline_follows_the_history() -> None:
-    history = [HistoryEntry(1, 3 * SEG + 100)]
+    history = [Entry(1, 3 * SEG + 100, "")]
     # The segment holding the switch was copied onto timeline 2 and is read there.
     assert timeline_of_segment(2, SEG, 2, history) == 1
     assert timeline_of_segment(3, SEG, 2, history) == 2

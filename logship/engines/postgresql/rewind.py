@@ -11,12 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from logship.engines.postgresql import walnames
-from logship.engines.postgresql.rewind_parse import (
-    CLEAN_STATES,
-    CRASHED_STATES,
-    ControlData,
-    HistoryEntry,
-)
+from logship.engines.postgresql.rewind_parse import CLEAN_STATES, CRASHED_STATES, ControlData
 from logship.engines.postgresql.rewind_source import read_source, request_checkpoint
 from logship.engines.postgresql.rewind_target import (
     live_setting,
@@ -26,6 +21,7 @@ from logship.engines.postgresql.rewind_target import (
     running_pid,
 )
 from logship.engines.postgresql.rewind_wal import check_target_wal, find_divergence
+from logship.engines.postgresql.timeline_history import HistoryEntry
 from logship.engines.postgresql.tools import find_program, read_pg_version
 from logship.errors import LogshipError, OperationFailed, first_line
 
@@ -240,7 +236,7 @@ def _check_wal(
 ) -> list[str]:
     try:
         target_history = read_target_history(data_dir, control.timeline)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except OperationFailed as exc:
         return [f"the old primary's timeline history: {exc}"]
     assert facts.source_timeline is not None
     fork = find_divergence(control.timeline, target_history, facts.source_timeline, source_history)

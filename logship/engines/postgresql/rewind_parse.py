@@ -1,5 +1,5 @@
-"""Reading what pg_controldata, a timeline history file, postmaster.pid, pg_waldump
-and pg_rewind write, for the rewind of an old primary.
+"""Reading what pg_controldata, postmaster.pid, pg_waldump and pg_rewind write, for
+the rewind of an old primary (history files: timeline_history.py).
 
 Everything here comes from a data directory or from the other site, so each
 parser accepts only strict patterns and bounded sizes, and raises ValueError on
@@ -13,9 +13,8 @@ from dataclasses import dataclass
 
 from logship.engines.postgresql.walnames import lsn_to_int
 
-# pg_controldata prints about 3 KiB; a history file grows by one line a timeline.
+# pg_controldata prints about 3 KiB.
 MAX_CONTROLDATA_CHARS = 64 * 1024
-MAX_HISTORY_CHARS = 1024 * 1024
 MAX_PID_FILE_CHARS = 4096
 MAX_TIMELINE = 0xFFFFFFFF
 MAX_UINT64 = 0xFFFFFFFFFFFFFFFF
@@ -120,39 +119,6 @@ def parse_controldata(text: str) -> ControlData:
         segment_size=segment_size,
         full_page_writes=_parse_on_off(raw["full_page_writes"], "full_page_writes"),
     )
-
-
-@dataclass(frozen=True)
-class HistoryEntry:
-    """Timeline `timeline` ended at `end_lsn` (where the next one branched off)."""
-
-    timeline: int
-    end_lsn: int
-
-
-_HISTORY_LINE = re.compile(rf"^([0-9]{{1,10}})\s+({_LSN})(\s.*)?$")
-
-
-def parse_history(text: str) -> list[HistoryEntry]:
-    """A `<tli>.history` file: one "parent-tli<TAB>switch-LSN<TAB>reason" line per
-    ancestor, oldest first; blank lines and '#' comments are skipped, as the server
-    does. Timelines and switch points must both rise."""
-    if len(text) > MAX_HISTORY_CHARS:
-        raise ValueError("timeline history file is too long")
-    entries: list[HistoryEntry] = []
-    for line in text.splitlines():
-        stripped = line.strip()
-        if not stripped or stripped.startswith("#"):
-            continue
-        match = _HISTORY_LINE.match(stripped)
-        if match is None:
-            raise ValueError(f"not a timeline history line: {stripped[:60]!r}")
-        tli = _parse_uint(match.group(1), MAX_TIMELINE, "history timeline")
-        end = parse_lsn(match.group(2))
-        if tli < 1 or (entries and (tli <= entries[-1].timeline or end < entries[-1].end_lsn)):
-            raise ValueError(f"timeline history out of order at {stripped[:60]!r}")
-        entries.append(HistoryEntry(tli, end))
-    return entries
 
 
 def parse_postmaster_pid(text: str) -> int:

@@ -10,7 +10,11 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from logship.engines.postgresql.rewind_parse import HistoryEntry, parse_history
+from logship.engines.postgresql.timeline_history import (
+    MAX_HISTORY_BYTES,
+    HistoryEntry,
+    parse_history,
+)
 from logship.errors import OperationFailed, first_line, shown_text
 
 CONNECT_TIMEOUT_S = 10
@@ -65,16 +69,14 @@ def _current_timeline(conn: Any) -> int | None:
 def _history(conn: Any, timeline: int) -> list[HistoryEntry]:
     if timeline == 1:
         return []
-    from logship.engines.postgresql.rewind_parse import MAX_HISTORY_CHARS
-
     data = _one(
         conn,
         "SELECT pg_read_binary_file(%s, 0, %s, false)",
-        (f"pg_wal/{timeline:08X}.history", MAX_HISTORY_CHARS + 1),
+        (f"pg_wal/{timeline:08X}.history", MAX_HISTORY_BYTES + 1),
     )
     if not isinstance(data, bytes):
-        raise ValueError("no history file")
-    return parse_history(data.decode("ascii", errors="strict"))
+        raise OperationFailed(f"no {timeline:08X}.history in its pg_wal")
+    return parse_history(data, timeline, source=f"{timeline:08X}.history at the new primary")
 
 
 def read_source(dsn: str) -> SourceFacts:
@@ -117,8 +119,10 @@ def read_source(dsn: str) -> SourceFacts:
         if facts.timeline is not None and not facts.missing_grants:
             try:
                 facts.history = _history(conn, facts.timeline)
-            except (psycopg.Error, UnicodeDecodeError, ValueError) as exc:
+            except psycopg.Error as exc:
                 facts.history_error = shown_text(first_line(exc))
+            except OperationFailed as exc:
+                facts.history_error = str(exc)
     return facts
 
 

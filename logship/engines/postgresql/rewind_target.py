@@ -10,14 +10,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from logship.engines.postgresql.rewind_parse import (
-    MAX_HISTORY_CHARS,
     MAX_PID_FILE_CHARS,
     ControlData,
-    HistoryEntry,
     parse_controldata,
-    parse_history,
     parse_postmaster_pid,
 )
+from logship.engines.postgresql.timeline_history import HistoryEntry, read_history_file
 from logship.engines.postgresql.tools import find_program
 from logship.errors import OperationFailed, shown_text
 
@@ -125,12 +123,8 @@ def running_pid(data_dir: Path) -> int | None:
 
 
 def read_target_history(data_dir: Path, timeline: int) -> list[HistoryEntry]:
+    """The old primary's own timeline history (none on timeline 1)."""
     if timeline == 1:
         return []
-    path = data_dir / "pg_wal" / f"{timeline:08X}.history"
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError as exc:
-        raise ValueError(f"cannot read {path}: {exc.strerror}") from None
-    with os.fdopen(fd, "rb") as handle:
-        return parse_history(handle.read(MAX_HISTORY_CHARS + 1).decode("ascii"))
+    _, history = read_history_file(data_dir / "pg_wal" / f"{timeline:08X}.history")
+    return history

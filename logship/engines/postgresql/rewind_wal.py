@@ -20,11 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from logship.engines.postgresql import walnames
-from logship.engines.postgresql.rewind_parse import (
-    ControlData,
-    HistoryEntry,
-    parse_waldump_checkpoints,
-)
+from logship.engines.postgresql.rewind_parse import ControlData, parse_waldump_checkpoints
+from logship.engines.postgresql.timeline_history import HistoryEntry
 
 WALDUMP_TIMEOUT_S = 120
 RESTORE_TIMEOUT_S = 300
@@ -46,8 +43,8 @@ def find_divergence(
     when they share no timeline. Like pg_rewind: the last timeline both histories
     hold, ending where the earlier of the two left it."""
     infinite = 1 << 64
-    target = [(e.timeline, e.end_lsn) for e in target_history] + [(target_tli, infinite)]
-    source = [(e.timeline, e.end_lsn) for e in source_history] + [(source_tli, infinite)]
+    target = [(e.parent_tli, e.switch_lsn) for e in target_history] + [(target_tli, infinite)]
+    source = [(e.parent_tli, e.switch_lsn) for e in source_history] + [(source_tli, infinite)]
     common = None
     for (t_tli, t_end), (s_tli, s_end) in zip(target, source, strict=False):
         if t_tli != s_tli:
@@ -65,8 +62,8 @@ def timeline_of_segment(
     still running at the segment's end (a switch copies the partial segment on)."""
     seg_end = (segment + 1) * segment_size
     for entry in history:
-        if entry.end_lsn >= seg_end:
-            return entry.timeline
+        if entry.switch_lsn >= seg_end:
+            return entry.parent_tli
     return target_tli
 
 
