@@ -139,23 +139,25 @@ class CheckpointRecord:
     timeline: int
 
 
-_WALDUMP_CHECKPOINT = re.compile(
-    rf"^rmgr: XLOG\s+len \(rec/tot\):\s*[0-9]+/\s*[0-9]+, tx:\s*[0-9]+, lsn: ({_LSN}), "
-    rf"prev {_LSN}, desc: CHECKPOINT_(?:SHUTDOWN|ONLINE) redo ({_LSN}); tli ([0-9]{{1,10}});"
+_CHECKPOINT_DESC = re.compile(
+    rf"^CHECKPOINT_(?:SHUTDOWN|ONLINE) redo ({_LSN}); tli ([0-9]{{1,10}});"
 )
 
 
 def parse_waldump_checkpoints(text: str) -> list[CheckpointRecord]:
     """The checkpoint records in pg_waldump's output; other lines are ignored."""
+    from logship.engines.postgresql.waldump import parse_record
+
     found = []
     for line in text.splitlines():
-        match = _WALDUMP_CHECKPOINT.match(line)
-        if match is not None:
+        record = parse_record(line)
+        match = _CHECKPOINT_DESC.match(record.desc) if record and record.rmgr == "XLOG" else None
+        if record is not None and match is not None:
             found.append(
                 CheckpointRecord(
-                    lsn=parse_lsn(match.group(1)),
-                    redo_lsn=parse_lsn(match.group(2)),
-                    timeline=_parse_uint(match.group(3), MAX_TIMELINE, "checkpoint timeline"),
+                    lsn=record.lsn,
+                    redo_lsn=parse_lsn(match.group(1)),
+                    timeline=_parse_uint(match.group(2), MAX_TIMELINE, "checkpoint timeline"),
                 )
             )
     return found
