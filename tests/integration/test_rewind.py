@@ -205,6 +205,30 @@ def test_rewind_of_a_forked_old_primary_copies_little_and_it_follows(
         )
         assert rows == [(111, 0)]  # the old primary's own transactions are gone
         assert pair.old.query("SELECT pg_is_in_recovery()") == [(True,)]
+
+        # And back: the rewound site is promoted in turn (timeline 3) while the other
+        # one, now on timeline 2 with a history file of its own, writes on alone.
+        lsn = pair.new.query("SELECT pg_current_wal_lsn()::text")[0][0]
+        pair.old.wait_until(f"SELECT pg_last_wal_replay_lsn() >= '{lsn}'", timeout=120)
+        pair.new.stop(mode="immediate")
+        pair.old.query("SELECT pg_promote()")
+        pair.old.wait_until("SELECT NOT pg_is_in_recovery()")
+        pair.new.start()
+        pair.new.execute("INSERT INTO ticks SELECT g, 'new-alone' FROM generate_series(300, 320) g")
+        pair.new.stop()
+        back = rewind_safety(pair.new.data_dir, BIN, pair.old.dsn())
+        assert back.safe, back.reasons
+        assert (back.facts.old_timeline, back.facts.source_timeline) == (2, 3)
+        again = run_rewind(pair.new.data_dir, BIN, pair.old.dsn(), dry_run=False)
+        assert again.rewound and again.diverged_at == back.facts.divergence_lsn
+        with open(pair.new.data_dir / "postgresql.auto.conf", "a", encoding="utf-8") as auto:
+            auto.write(f"port = {pair.new.port}\nprimary_conninfo = '{pair.old.dsn()}'\n")
+        (pair.new.data_dir / "standby.signal").touch()
+        pair.user.chown(pair.new.data_dir / "standby.signal")
+        pair.new.start()
+        pair.old.execute("INSERT INTO ticks VALUES (400, 'back')")
+        pair.new.wait_until("SELECT count(*) = 1 FROM ticks WHERE site = 'back'", timeout=120)
+        assert pair.new.query("SELECT count(*) FROM ticks WHERE site = 'new-alone'") == [(0,)]
     finally:
         pair.destroy()
 
