@@ -19,6 +19,7 @@ from logship.errors import OperationFailed, first_line, shown_text
 
 CONNECT_TIMEOUT_S = 10
 CHECKPOINT_TIMEOUT_MS = 600_000
+QUERY_TIMEOUT_MS = 30_000
 _WALFILE = re.compile(r"^[0-9A-F]{24}$")
 
 #: what pg_rewind runs on the source without superuser (its documented grants)
@@ -92,6 +93,9 @@ def read_source(dsn: str) -> SourceFacts:
     with conn:
         facts.reachable = True
         try:
+            # Catalog reads only: a server that cannot answer them in this time is
+            # no source to rewind from.
+            conn.execute(f"SET statement_timeout = {QUERY_TIMEOUT_MS}")
             facts.role = _one(conn, "SELECT current_user")
             facts.superuser = bool(
                 _one(conn, "SELECT rolsuper FROM pg_roles WHERE rolname = current_user")

@@ -22,6 +22,7 @@ from pathlib import Path
 from logship.engines.postgresql import walnames
 from logship.engines.postgresql.rewind_parse import ControlData, parse_waldump_checkpoints
 from logship.engines.postgresql.timeline_history import HistoryEntry
+from logship.errors import shown_text
 
 WALDUMP_TIMEOUT_S = 120
 RESTORE_TIMEOUT_S = 300
@@ -231,7 +232,7 @@ def check_target_wal(
             elif done.returncode != 0 and "could not find a valid record" not in done.stderr:
                 last = done.stderr.strip().splitlines()
                 check.problem = f"pg_waldump could not read {name_of(segment)}: " + (
-                    last[-1][:300] if last else f"exit {done.returncode}"
+                    shown_text(last[-1]) if last else f"exit {done.returncode}"
                 )
                 break
             segment -= 1
