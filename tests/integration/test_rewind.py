@@ -342,18 +342,26 @@ def test_a_missing_wal_segment_is_named(forked: Pair) -> None:
 def test_wal_log_hints_turned_off_after_the_stop_is_a_note_not_a_reason(forked: Pair) -> None:
     """pg_control says the old primary ran with it on, so its WAL has what pg_rewind
     needs; the setting now off is shown, for the next rewind would not be safe."""
+    # Read from a configuration file outside the data dir, as Debian keeps it.
+    elsewhere = forked.base / "etc" / "postgresql.conf"
+    elsewhere.parent.mkdir(mode=0o755)
     conf = forked.old.data_dir / "postgresql.conf"
-    before = conf.read_text()
-    forked.old.configure({"wal_log_hints": "off"})
+    elsewhere.write_text(conf.read_text() + "wal_log_hints = off\n")
+    elsewhere.chmod(0o644)
     try:
-        safety = rewind_safety(forked.old.data_dir, BIN, forked.new.dsn())
+        assert rewind_safety(forked.old.data_dir, BIN, forked.new.dsn()).notes == []
+        safety = rewind_safety(forked.old.data_dir, BIN, forked.new.dsn(), config_file=elsewhere)
         assert safety.safe, safety.reasons
         assert safety.facts.wal_log_hints_control is True
         assert safety.facts.wal_log_hints_config is False
         assert safety.facts.block_tracking == "wal_log_hints (pg_control only)"
         assert any("configuration now says off" in n for n in safety.notes), safety.notes
+        dry = run_rewind(
+            forked.old.data_dir, BIN, forked.new.dsn(), dry_run=True, config_file=elsewhere
+        )
+        assert dry.rewound and dry.not_run is None
     finally:
-        conf.write_text(before)
+        shutil.rmtree(elsewhere.parent)
 
 
 def test_a_segment_missing_from_pg_wal_but_fetched_by_restore_command_is_enough(

@@ -167,12 +167,13 @@ def rewind_safety(
     bin_dir: Path | None,
     source_dsn: str,
     *,
-    config_dir: Path | None = None,
+    config_file: Path | None = None,
     checkpoint: bool = True,
 ) -> RewindSafety:
     """Whether pg_rewind may rewind `old_data_dir` from the server at `source_dsn`.
 
-    `config_dir` is where postgresql.conf lives when not in the data dir (Debian).
+    `config_file` is the server's postgresql.conf when it is not in the data dir
+    (Debian keeps it in /etc/postgresql); pass the same to `run_rewind`.
     `checkpoint=False` reports a missing post-promotion checkpoint instead of
     running CHECKPOINT on the source (the only thing this may change).
     """
@@ -201,9 +202,9 @@ def rewind_safety(
     elif control.state not in CLEAN_STATES:
         reasons.append(f"the old primary's cluster state is {control.state!r}, not stopped")
     try:
-        hints = live_setting(data_dir, bin_dir, "wal_log_hints", config_dir)
+        hints = live_setting(data_dir, bin_dir, "wal_log_hints", config_file)
         facts.wal_log_hints_config = {"on": True, "off": False}.get(hints)
-        facts.restore_command = live_setting(data_dir, bin_dir, "restore_command", config_dir)
+        facts.restore_command = live_setting(data_dir, bin_dir, "restore_command", config_file)
     except LogshipError as exc:
         reasons.append(f"cannot read the old primary's configuration: {exc}")
     hint_reasons, hint_notes = _check_hints(control, facts.wal_log_hints_config, facts)

@@ -88,13 +88,16 @@ def run_rewind(
     dry_run: bool,
     progress: ProgressCallback | None = None,
     restore_target_wal: bool = False,
+    config_file: Path | None = None,
     timeout: float | None = None,
 ) -> RewindOutcome:
     """Run pg_rewind --progress on the stopped `old_data_dir` from `source_dsn`.
 
     `restore_target_wal` lets pg_rewind fetch the old primary's missing WAL with its
-    restore_command (rewind_safety says when that is needed). The standby
-    configuration is the caller's to write afterwards.
+    restore_command (rewind_safety says when that is needed). `config_file` is the
+    server's postgresql.conf when not in the data dir, for what pg_rewind runs of
+    the target (crash recovery, restore_command). The standby configuration is the
+    caller's to write afterwards.
     """
     data_dir = old_data_dir.resolve()
     report = progress or (lambda _p: None)
@@ -129,6 +132,8 @@ def run_rewind(
             cmd.append("--dry-run")
         if restore_target_wal:
             cmd.append("--restore-target-wal")
+        if config_file is not None:
+            cmd.append(f"--config-file={config_file}")
         env = {**os.environ, **child.env, "LC_ALL": "C"}
         started = time.time()
         clock = time.monotonic()

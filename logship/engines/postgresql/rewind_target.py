@@ -86,14 +86,15 @@ def read_controldata(data_dir: Path, bin_dir: Path | None) -> ControlData:
 
 
 def live_setting(
-    data_dir: Path, bin_dir: Path | None, name: str, config_dir: Path | None = None
+    data_dir: Path, bin_dir: Path | None, name: str, config_file: Path | None = None
 ) -> str:
     """`name` as the server would start with it (postgres -C reads postgresql.conf,
     its includes and postgresql.auto.conf)."""
     program = find_program("postgres", bin_dir=bin_dir, data_dir=data_dir)
-    done = run_as_owner(
-        data_dir, [str(program), "-C", name, "-D", str(config_dir or data_dir)], data_dir, 60
-    )
+    argv = [str(program), "-C", name, "-D", str(data_dir)]
+    if config_file is not None:
+        argv += ["-c", f"config_file={config_file}"]
+    done = run_as_owner(data_dir, argv, data_dir, TOOL_TIMEOUT_S)
     if done.returncode != 0:
         raise OperationFailed(f"postgres -C {name} in {data_dir} failed: {_tool_error(done)}")
     lines = done.stdout.splitlines()
