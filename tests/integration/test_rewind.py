@@ -364,6 +364,17 @@ def test_wal_log_hints_turned_off_after_the_stop_is_a_note_not_a_reason(forked: 
         shutil.rmtree(elsewhere.parent)
 
 
+def test_a_rewind_past_its_time_is_ended_with_its_children(forked: Pair) -> None:
+    with pytest.raises(OperationFailed, match=r"killed after 0\.01s") as failed:
+        run_rewind(forked.old.data_dir, BIN, forked.new.dsn(), dry_run=True, timeout=0.01)
+    assert "was not changed" in str(failed.value)
+    # Nothing of it is left running: no pg_rewind under this data dir.
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True)
+    assert not [
+        ln for ln in ps.stdout.splitlines() if str(forked.old.data_dir) in ln and "pg_rewind" in ln
+    ]
+
+
 def test_a_segment_missing_from_pg_wal_but_fetched_by_restore_command_is_enough(
     forked: Pair,
 ) -> None:
