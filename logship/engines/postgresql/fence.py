@@ -10,8 +10,8 @@ A fence is three things in the data directory, all removed again by `unfence`:
   prints why the server is fenced and what to do, to the server log, and fails
   (so recovery waits for WAL that never comes, forever, and says so each time it
   asks), no primary to stream from, no recovery target that could end recovery,
-  no promote trigger file, and hot_standby on so the refusal is one a client can
-  read;
+  no promote trigger file, hot_standby on so the refusal is one a client can
+  read, and the wait between asks at a minute (the message repeats that often);
 - `logship.fence.json`: who fenced it, when and for which new primary, written
   durably (the marker is written last, so it means the fence is complete).
 
@@ -169,6 +169,9 @@ def fence_settings(message: str) -> list[tuple[str, str]]:
         ("recovery_target_time", ""),
         ("recovery_target_xid", ""),
         ("promote_trigger_file", ""),
+        # Nothing ever comes: the fence's message once a minute is enough, not the
+        # default's every 5 seconds, which grows the log by megabytes a day.
+        ("wal_retrieve_retry_interval", "1min"),
         # Read-only connections, so a client's write gets PostgreSQL's own refusal
         # instead of "the database system is starting up" forever.
         ("hot_standby", "on"),
