@@ -27,6 +27,7 @@ from rich.live import Live
 from rich.text import Text
 from sqlalchemy.exc import SQLAlchemyError
 
+from logship import roles
 from logship.catalog.store import Catalog
 from logship.cli.status import open_catalog, selected_connectors
 from logship.config.files import config_path
@@ -229,7 +230,9 @@ def _loop(
 def run(args: argparse.Namespace) -> int:
     if not (math.isfinite(args.interval) and args.interval > 0):
         raise UsageError(f"--interval must be a positive number of seconds, not {args.interval}")
-    config = load_config(config_path(args.config))
+    config = roles.settled(
+        load_config(config_path(args.config), this_site=args.this_site), record=False
+    )
     frames = _Frames(config, selected_connectors(config, None))
     # Ctrl-C is one of the two ways a dashboard is meant to end, and `kill` too
     # must leave the terminal usable, not in cbreak mode on the alternate screen.

@@ -127,6 +127,12 @@ def build_parser(all_verbs: dict[str, Verb] | None = None) -> argparse.ArgumentP
     parser.add_argument(
         "--config", help="path to logship.toml (default: $LOGSHIP_CONFIG or ./logship.toml)"
     )
+    parser.add_argument(
+        "--this-site",
+        metavar="SITE",
+        help="the [sites.SITE] this runs at, for connectors with [sides.*] "
+        "(default: $LOGSHIP_SITE, else the site whose host is this machine's name)",
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     # `check` at the primary runs the site's command with --version to see that it is
     # logship, and which one.

@@ -18,7 +18,7 @@ from logship.site.receive_server import run as serve
 
 def run(args: argparse.Namespace) -> int:
     config = config_path(args.config)
-    found = read_for_hot_path(config, args.connector)
+    found = read_for_hot_path(config, args.connector, args.this_site)
     if found.site_root is None or not found.site_root.is_absolute():
         raise ConfigError(f"{config}: connector {args.connector!r} has no site with a root")
     with frames_in(sys.stdin.fileno()) as frames:

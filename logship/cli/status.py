@@ -17,7 +17,7 @@ from rich.console import Console
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from logship import jsonout
+from logship import jsonout, roles
 from logship.catalog.opening import scrub, shown_url
 from logship.catalog.store import Catalog
 from logship.config.durations import parse_duration
@@ -101,7 +101,9 @@ def _summary(
 
 
 def run(args: argparse.Namespace) -> int:
-    config = load_config(config_path(args.config))
+    config = roles.settled(
+        load_config(config_path(args.config), this_site=args.this_site), record=False
+    )
     names = selected_connectors(config, args.connector)
     window = since_window(getattr(args, "since", None))
     catalog = open_catalog(config)

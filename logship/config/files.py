@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from logship.config.state_dir_scan import CONFIG_ENV, config_file
+from logship.config.this_site import this_site as this_site_of
 from logship.errors import ConfigError
 
 
@@ -98,20 +99,40 @@ class HotPathConfig(NamedTuple):
         return spool_dir(self.state_dir, self.connector)
 
 
-def read_for_hot_path(path: Path, connector: str) -> HotPathConfig:
+def read_for_hot_path(path: Path, connector: str, this_site: str | None) -> HotPathConfig:
+    """`this_site`: `--this-site`; for a connector with `[sides.*]` the site this
+    runs at decides the state_dir and the root (both sides use the same files)."""
     main = read_toml(path)
     section = main.get("logship")
     if not isinstance(section, dict) or not isinstance(section.get("state_dir"), str):
         raise ConfigError(f"{path}: key 'logship.state_dir': missing (a directory path)")
     state_dir = resolve_path(section["state_dir"], path.parent)
+    sites = main.get("sites", {})
+    if not isinstance(sites, dict):
+        sites = {}
     for cpath in sorted((path.parent / "connectors").glob("*.toml")):
         table = read_toml(cpath)
         if connector_name(cpath, table) != connector:
             continue
+        site_name = table.get("site", "")
+        if isinstance(table.get("sides"), dict):
+            hosts = {
+                name: str(site.get("host", ""))
+                for name, site in sites.items()
+                if isinstance(site, dict)
+            }
+            site_name = this_site_of(hosts, this_site)
+            if site_name not in table["sides"]:
+                raise ConfigError(
+                    f"{cpath}: connector {connector!r} has sides {', '.join(table['sides'])}: "
+                    "which one is this site? pass --this-site NAME or set LOGSHIP_SITE"
+                )
+        site = sites.get(site_name, {}) if isinstance(site_name, str) else {}
         site_root: Path | None = None
-        site = main.get("sites", {}).get(table.get("site", ""), {})
         if isinstance(site, dict) and isinstance(site.get("root"), str):
             site_root = Path(site["root"])
+        if isinstance(table.get("sides"), dict) and isinstance(site.get("state_dir"), str):
+            state_dir = resolve_path(site["state_dir"], path.parent)
         return HotPathConfig(connector=connector, state_dir=state_dir, site_root=site_root)
     raise ConfigError(
         f"{path.parent / 'connectors'}: no connector named {connector!r} "

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError
 
@@ -18,8 +19,10 @@ from logship.config.model import (
     ScheduleConfig,
     SiteConfig,
 )
+from logship.config.this_site import this_site as this_site_of
 from logship.engines.registry import engine_for
 from logship.errors import ConfigError
+from logship.recorded_roles import recorded_primary
 
 # Keys of the main file holding local paths, resolved relative to it; a connector
 # file's are its engine's `path_keys`.
@@ -72,9 +75,24 @@ def _resolve_paths(table: dict[str, Any], base: Path, keys: frozenset[str]) -> d
     return out
 
 
-def load_config(path: Path) -> Config:
+#: which side of a two-sided connector this verb runs at ("primary": archive-wal,
+#: base-backup; "standby": restore-wal, promote, the site's commands); None: the
+#: verb finds roles itself (run, status, check, switchover)
+Role = Literal["primary", "standby"]
+
+
+def load_config(
+    path: Path,
+    *,
+    this_site: str | None = None,
+    role: Role | None = None,
+    primary_sides: Mapping[str, str] | None = None,
+) -> Config:
+    """The whole configuration. `this_site`: `--this-site` (else $LOGSHIP_SITE, else
+    the hostname); `role`: see Role; `primary_sides`: connector -> the side found
+    to be its primary (what `logship.engines.postgresql.roles` finds)."""
     try:
-        return _load_config(path)
+        return _load_config(path, this_site, role, primary_sides or {})
     except RecursionError:
         # Parsed TOML just under the parser's limit can still be too deep for the
         # path resolution and validation that walk it.
@@ -84,7 +102,50 @@ def load_config(path: Path) -> Config:
         ) from None
 
 
-def _load_config(path: Path) -> Config:
+def _sides_table(
+    table: dict[str, Any],
+    cpath: Path,
+    name: str,
+    sites: dict[str, SiteConfig],
+    here: str | None,
+    role: Role | None,
+    found: Mapping[str, str],
+    state_dir: Path,
+) -> dict[str, Any]:
+    """Which side is the primary, for a connector written with `[sides.*]`."""
+    sides = table["sides"]
+    if not isinstance(sides, dict) or len(sides) != 2:
+        raise ConfigError(f"{cpath}: key 'sides': name exactly two sites, [sides.A] and [sides.B]")
+    taken = sorted({"site", "primary", "standby"} & set(table))
+    if taken:
+        raise ConfigError(
+            f"{cpath}: key '{taken[0]}': not with [sides.*] (the sides describe both databases)"
+        )
+    names = list(sides)
+    for side in names:
+        if side not in sites:
+            known = ", ".join(sorted(sites)) or "none defined"
+            raise ConfigError(f"{cpath}: key 'sides.{side}': no site {side!r} (known: {known})")
+    if role is not None:
+        if here not in names:
+            raise ConfigError(
+                f"{cpath}: which site is this? {here!r} is not a side of connector {name!r}; "
+                "pass --this-site NAME or set LOGSHIP_SITE"
+                if here
+                else f"{cpath}: connector {name!r} has sides {', '.join(names)}: which one is "
+                "this site? pass --this-site NAME or set LOGSHIP_SITE"
+            )
+        other = names[1] if names[0] == here else names[0]
+        primary = here if role == "primary" else other
+    else:
+        primary = found.get(name) or recorded_primary(state_dir, name, names) or names[0]
+    standby = names[1] if names[0] == primary else names[0]
+    return engine_for(table["kind"]).orient_sides(table, primary, standby)
+
+
+def _load_config(
+    path: Path, this_site: str | None, role: Role | None, found: Mapping[str, str]
+) -> Config:
     raw = read_all(path)
     base = raw.base_dir
     main = _resolve_paths(raw.main, base, _MAIN_PATH_KEYS)
@@ -100,6 +161,15 @@ def _load_config(path: Path) -> Config:
         if not isinstance(table, dict):
             raise ConfigError(f"{path}: key 'sites.{name}': must be a table")
         sites[name] = _validate(SiteConfig, {"name": name, **table}, path, f"sites.{name}.")
+    here = this_site_of({name: site.host for name, site in sites.items()}, this_site)
+    if here is not None and here not in sites:
+        known = ", ".join(sorted(sites)) or "none defined"
+        raise ConfigError(
+            f"this site {here!r} (--this-site, LOGSHIP_SITE): no such site in {path.name} "
+            f"(known: {known})"
+        )
+    if here is not None and sites[here].state_dir is not None:
+        section = section.model_copy(update={"state_dir": sites[here].state_dir})
 
     connectors: dict[str, Any] = {}
     for cpath, table in raw.connectors:
@@ -112,6 +182,12 @@ def _load_config(path: Path) -> Config:
         except KeyError as exc:
             raise ConfigError(f"{cpath}: key 'kind': {exc.args[0]}") from None
         data = _resolve_paths({**table, "name": name}, cpath.parent, engine.path_keys)
+        if "sides" in data:
+            if not engine.two_sided:
+                raise ConfigError(
+                    f"{cpath}: key 'sides': a {kind} connector has no sides (use site)"
+                )
+            data = _sides_table(data, cpath, name, sites, here, role, found, section.state_dir)
         connector = _validate(engine.config_model, data, cpath)
         if connector.site not in sites:
             known = ", ".join(sorted(sites)) or "none defined"
@@ -147,6 +223,7 @@ def _load_config(path: Path) -> Config:
         path=path,
         logship=section,
         sites=sites,
+        this_site=here,
         connectors=connectors,
         schedules=schedules,
         **optional,

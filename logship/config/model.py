@@ -61,6 +61,9 @@ class SiteConfig(Strict):
     #: replace or remove one (the site runs retention itself); no files connector
     #: may target such a site; see docs/guide/operations.md
     restricted: StrictBool = False
+    #: logship's state_dir when it runs at this site, when not `[logship] state_dir`
+    #: (two sites on one host; the same files at both sites)
+    state_dir: Path | None = None
 
     @field_validator("root")
     @classmethod
@@ -239,6 +242,8 @@ class Config(BaseModel):
     path: Path
     logship: LogshipSection
     sites: dict[str, SiteConfig]
+    #: the site this process runs at, when known (`--this-site`, $LOGSHIP_SITE, hostname)
+    this_site: str | None = None
     connectors: dict[str, Any]  # name -> the engine's ConnectorBase subclass
     schedules: dict[str, ScheduleConfig]
     metrics: MetricsSection = MetricsSection()

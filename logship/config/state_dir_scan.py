@@ -57,8 +57,10 @@ def state_dir(config: str) -> str | None:
         if not sep:
             continue
         if "state_dir" in key and (table, key) != ("[logship]", "state_dir"):
-            if "logship" in key or table.startswith("[logship"):
-                return None  # a dotted or quoted spelling: only the parser knows
+            if "logship" in key or table.startswith(("[logship", "[sites", "[[sites")):
+                # A dotted or quoted spelling, or a site's own state_dir (which
+                # one applies depends on the site this runs at): only the parser knows.
+                return None
             continue
         if (table, key) == ("[logship]", "state_dir"):
             found.append(_plain_string(value.strip()))

@@ -133,6 +133,19 @@ class Engine(Protocol):
     #: state, paired with the database's position, is written to the site)
     joins_consistency_points: bool
 
+    #: its connectors may be written with `[sides.SITE]`: both sites' databases,
+    #: either one the primary (found from the databases)
+    two_sided: bool
+
+    def orient_sides(self, table: dict[str, Any], primary: str, standby: str) -> dict[str, Any]:
+        """A `[sides.*]` table in the one-way shape, `primary` being the primary now."""
+        ...
+
+    def find_primary(self, connector: ConnectorBase, here: str) -> str | None:
+        """The side of a two-sided connector its databases say is the primary now,
+        asked from site `here`; None when none of them can say."""
+        ...
+
     def site_problem(self, connector: ConnectorBase, site: SiteConfig) -> str | None:
         """Why `connector` cannot work with `site` (e.g. a restricted one), or None."""
         ...

@@ -58,6 +58,12 @@ class ConnectorStatus:
     last_applied: str | None
     last_base_backup_at: str | None
     gap: Gap | None = field(default=None, metadata=_from_json(Gap.from_json))
+    #: this site's role for the connector: "primary" or "standby" as its databases
+    #: say (a connector with [sides.*]); null for a one-way connector
+    role: str | None = None
+    #: where shipping runs: "PRIMARY_SITE -> STANDBY_SITE" ("primary -> SITE" for a
+    #: one-way connector, whose primary's site has no name)
+    direction: str | None = None
     site_error: str | None = None
     #: a database's primary: its archiver's backlog and failures
     archive_ready_files: int | None = None

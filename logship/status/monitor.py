@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Protocol
 
+from logship import roles
 from logship.catalog.store import Catalog
 from logship.config.model import Config
 from logship.engines.registry import engine_for
@@ -44,7 +46,14 @@ def collect_statuses(
         connector = config.connector(name)
         try:
             engine = engine_for(connector.kind)
-            statuses.append(engine.status(connector, catalog, now, remember=remember))
+            status = engine.status(connector, catalog, now, remember=remember)
+            statuses.append(
+                replace(
+                    status,
+                    role=roles.role_here(config, connector),
+                    direction=roles.direction(connector),
+                )
+            )
         except Exception as exc:
             # One connector's rows (a bad figure stored by an older logship, a
             # catalog error) must not take every other connector's status with it.

@@ -155,6 +155,6 @@ def test_example_config_at_the_repo_root_loads() -> None:
     )
     assert config.schedules["retention"].action == "retention"
     # What archive-wal and restore-wal read on their hot path agrees.
-    hot = read_for_hot_path(REPO / "logship.toml", "orders")
+    hot = read_for_hot_path(REPO / "logship.toml", "orders", None)
     assert hot.spool_dir == config.spool_dir("orders")
     assert hot.site_root == Path(str(config.sites["dr"].root))

@@ -309,6 +309,8 @@ def test_json_has_exactly_the_contract_fields_and_extras() -> None:
     assert list(data) == [
         *CONTRACT_FIELDS,
         "gap",
+        "role",
+        "direction",
         "site_error",
         "archive_ready_files",
         "archive_failed_count",

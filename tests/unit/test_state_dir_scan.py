@@ -21,7 +21,7 @@ def _write(tmp_path: Path, text: str) -> Path:
 
 
 def _parsed(path: Path) -> str:
-    return str(read_for_hot_path(path, "main").state_dir)
+    return str(read_for_hot_path(path, "main", None).state_dir)
 
 
 @pytest.mark.parametrize(
@@ -29,7 +29,6 @@ def _parsed(path: Path) -> str:
     [
         '[logship]\nstate_dir = "state"\n',
         '# a comment\n[logship]  # the main table\nstate_dir = "state"  # relative\n',
-        '[logship]\nstate_dir="state"\n[sites.dr]\nstate_dir = "elsewhere"\n',
         '[logship]\ncatalog_url = "x"\n\n   state_dir   =   "./state"\n',
         '[logship]\nstate_dir = "/var/lib/logship"\n',
         '[logship]\nstate_dir = "~/logship-state"\n',
@@ -76,6 +75,8 @@ def test_a_relative_state_dir_is_relative_to_the_configs_folder(
         '[logship]\nstate_dir = "/a"\nstate_dir = "/b"\n',
         '[logship]\nstate_dir = "/a"\n[logship]\nstate_dir = "/b"\n',
         '[sites.dr]\nstate_dir = "/a"\n',
+        # a site's own state_dir: which applies depends on the site this runs at
+        '[logship]\nstate_dir="state"\n[sites.dr]\nstate_dir = "elsewhere"\n',
         "",
         # a sub-table of logship spelling it otherwise
         '[logship.more]\n"state_dir" = "/a"\n',

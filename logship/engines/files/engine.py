@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, StrictBool, field_validator
 
@@ -71,6 +71,13 @@ class FilesEngine:
     path_keys: frozenset[str] = frozenset({"source"})
     #: a database's point pairs its position with this connector's generation
     joins_consistency_points: bool = True
+    two_sided: bool = False
+
+    def orient_sides(self, table: dict[str, Any], primary: str, standby: str) -> dict[str, Any]:
+        raise NotImplementedError("a files connector has one source and one site")
+
+    def find_primary(self, connector: ConnectorBase, here: str) -> str | None:
+        return None
 
     def accepts(self, name: str) -> bool:
         return False

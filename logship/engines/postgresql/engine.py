@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, StrictBool
 
@@ -52,6 +52,45 @@ class StandbySection(Strict):
     data_dir: Path
     #: PostgreSQL's programs at the standby site; unset: as for the primary
     bin_dir: Path | None = None
+
+
+class SideSection(Strict):
+    """One side of a connector written with `[sides.SITE]`: the database at that
+    site, whichever role it has now. Both sites carry the same files; logship finds
+    which side is the primary from the databases themselves."""
+
+    #: libpq connection string of this side's database, as seen at its own site
+    dsn: str = Field(min_length=1)
+    #: its data directory at its site
+    data_dir: Path
+    #: PostgreSQL's programs at its site; unset: found as for `[primary] bin_dir`
+    bin_dir: Path | None = None
+    #: how the other site reaches this database over TCP (promote's "is the primary
+    #: down?" gate, switchover's gates)
+    check_dsn: str | None = Field(default=None, min_length=1)
+    #: as the primary: ship WAL from pg_wal as soon as it is ready (read-ahead)
+    read_ahead: StrictBool = True
+    #: as the primary, with read_ahead: how long archive-wal waits for it
+    archive_wait: WaitSeconds = 10.0
+
+
+def orient_sides(table: dict[str, Any], primary: str, standby: str) -> dict[str, Any]:
+    """A `[sides.*]` connector table in the shape of `site` + `[primary]` +
+    `[standby]`, with `primary` the side that is the primary now."""
+    sides = table["sides"]
+    was, will = sides.get(primary), sides.get(standby)
+    out = dict(table)
+    out["site"] = standby
+    out["primary_side"] = primary
+    if isinstance(was, dict):
+        out["primary"] = {
+            key: was[key] for key in ("dsn", "bin_dir", "check_dsn", "archive_wait") if key in was
+        }
+        if was.get("read_ahead", True) is True and "data_dir" in was:
+            out["primary"]["data_dir"] = was["data_dir"]
+    if isinstance(will, dict):
+        out["standby"] = {key: will[key] for key in ("dsn", "data_dir", "bin_dir") if key in will}
+    return out
 
 
 class RetentionSection(Strict):
@@ -110,6 +149,10 @@ class StreamingSection(Strict):
 
 class PostgresConnector(ConnectorBase):
     kind: Literal["postgresql"]
+    #: the two sides, by site name (instead of `site` + `[primary]` + `[standby]`)
+    sides: dict[str, SideSection] | None = None
+    #: with sides: the side that is the primary now (found, never written by hand)
+    primary_side: str | None = None
     primary: PrimarySection
     standby: StandbySection
     retention: RetentionSection = RetentionSection()
@@ -131,6 +174,16 @@ class PostgresEngine:
     schedule_actions: frozenset[str] = frozenset({"base-backup", "retention", "drill"})
     path_keys: frozenset[str] = frozenset({"data_dir", "bin_dir", "scratch_dir", "passfile"})
     joins_consistency_points: bool = False
+    two_sided: bool = True
+
+    def orient_sides(self, table: dict[str, Any], primary: str, standby: str) -> dict[str, Any]:
+        return orient_sides(table, primary, standby)
+
+    def find_primary(self, connector: ConnectorBase, here: str) -> str | None:
+        assert isinstance(connector, PostgresConnector)
+        from logship.engines.postgresql.roles import found_primary
+
+        return found_primary(connector, here)
 
     def accepts(self, name: str) -> bool:
         return walnames.is_archivable(name)

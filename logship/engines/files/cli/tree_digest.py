@@ -33,7 +33,7 @@ def _target_problem(target: Path) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    config = load_config(config_path(args.config))
+    config = load_config(config_path(args.config), this_site=args.this_site)
     connector = files_connector(config, args.connector)
     target = Path(connector.standby.target)
     out = sys.stdout

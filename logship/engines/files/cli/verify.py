@@ -54,7 +54,7 @@ def render(report: VerifyReport) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    config = load_config(config_path(args.config))
+    config = load_config(config_path(args.config), this_site=args.this_site)
     connector = files_connector(config, args.connector)
     catalog = open_catalog(config)
     try:

@@ -10,6 +10,6 @@ from logship.engines.postgresql.archive_wal import archive_wal
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = read_for_hot_path(config_path(args.config), args.connector)
+    cfg = read_for_hot_path(config_path(args.config), args.connector, args.this_site)
     archive_wal(cfg.spool_dir, Path(args.path))
     return 0

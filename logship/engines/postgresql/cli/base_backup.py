@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     from logship.ship.gated import connect
 
     cancel = _cancel_on_signals()
-    config = load_config(config_path(args.config))
+    config = load_config(config_path(args.config), this_site=args.this_site, role="primary")
     connector = postgres_connector(config, args.connector)
     site = config.site_of(connector)
     started = time.monotonic()

@@ -82,7 +82,7 @@ def _summary(result: DrillResult, query: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    config = load_config(config_path(args.config))
+    config = load_config(config_path(args.config), this_site=args.this_site, role="standby")
     show_progress = not args.json and sys.stdout.isatty()
     if args.stop_when_stdin_closes:
         _hang_up_when_stdin_closes()

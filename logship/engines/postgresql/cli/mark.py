@@ -63,7 +63,7 @@ def _part_json(part: ConsistencyPoint) -> dict[str, object]:
 def run(args: argparse.Namespace) -> int:
     if args.wait < 0:
         raise UsageError(f"--wait {args.wait:g}: must be zero or a positive number of seconds")
-    config = load_config(config_path(args.config))
+    config = load_config(config_path(args.config), this_site=args.this_site, role="primary")
     connector = postgres_connector(config, args.connector)
     files = consistency.files_connectors_for(config, connector.name)
     if not files:

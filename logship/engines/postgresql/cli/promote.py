@@ -73,7 +73,7 @@ def _catalog_recorder(config: Config) -> Callable[[dict[str, Any]], str]:
 def run(args: argparse.Namespace) -> int:
     if args.timeout is not None and args.timeout <= 0:
         raise UsageError(f"--timeout {args.timeout:g}: must be a positive number of seconds")
-    config = load_config(config_path(args.config))
+    config = load_config(config_path(args.config), this_site=args.this_site, role="standby")
     connector = postgres_connector(config, args.connector)
     site = config.site_of(connector)
     options = PromoteOptions(

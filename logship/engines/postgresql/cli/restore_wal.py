@@ -13,7 +13,7 @@ from logship.errors import ConfigError, LogshipError
 
 def run(args: argparse.Namespace) -> int:
     try:
-        cfg = read_for_hot_path(config_path(args.config), args.connector)
+        cfg = read_for_hot_path(config_path(args.config), args.connector, args.this_site)
         if cfg.site_root is None:
             raise ConfigError(f"connector {args.connector}: its site has no 'root' configured")
         restore_wal(

@@ -92,7 +92,11 @@ def run(args: argparse.Namespace) -> int:
     from logship.engines.postgresql.retention import fetch_standby_facts, run_retention
     from logship.ship.gated import connect
 
-    config = load_config(config_path(args.config))
+    config = load_config(
+        config_path(args.config),
+        this_site=args.this_site,
+        role="standby" if args.at_site else "primary",
+    )
     if args.at_site:
         return _at_site(config, args)
     if args.connector is None:

@@ -29,7 +29,7 @@ _PHASES = {
 
 
 def run(args: argparse.Namespace) -> int:
-    config = load_config(config_path(args.config))
+    config = load_config(config_path(args.config), this_site=args.this_site, role="standby")
     if args.standby_action == "status":
         return _status(config, args)
     if args.standby_action == "stream-check":

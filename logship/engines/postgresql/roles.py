@@ -1,0 +1,68 @@
+"""Which side of a two-sided PostgreSQL connector is the primary: the databases say.
+
+The database at this site answers whether it is in recovery. When it does not
+answer (stopped, restarting), the other side's database is asked over TCP when
+the connector names a `check_dsn` for it; when neither answers, nobody says and
+the last role found stands (logship.roles).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from logship.engines.postgresql.engine import PostgresConnector, SideSection
+from logship.errors import first_line
+
+#: a database that takes longer than this to accept a connection counts as not answering
+ASK_TIMEOUT_S = 3
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What one side's database said: in recovery or not, or why it did not answer."""
+
+    in_recovery: bool | None
+    timeline: int | None = None
+    error: str | None = None
+
+    @property
+    def answered(self) -> bool:
+        return self.in_recovery is not None
+
+
+def ask(dsn: str) -> Answer:
+    import psycopg
+
+    try:
+        with psycopg.connect(dsn, connect_timeout=ASK_TIMEOUT_S, autocommit=True) as conn:
+            row = conn.execute(
+                "select pg_is_in_recovery(), (select timeline_id from pg_control_checkpoint())"
+            ).fetchone()
+    except psycopg.Error as exc:
+        return Answer(None, error=first_line(str(exc)))
+    assert row is not None
+    return Answer(bool(row[0]), int(row[1]))
+
+
+def other_side(connector: PostgresConnector, side: str) -> str:
+    assert connector.sides is not None
+    return next(name for name in connector.sides if name != side)
+
+
+def found_primary(connector: PostgresConnector, here: str) -> str | None:
+    """The side that is the primary now, as the databases say; None: nobody says."""
+    sides: Mapping[str, SideSection] = connector.sides or {}
+    if here not in sides:
+        return None
+    mine = ask(sides[here].dsn)
+    other = other_side(connector, here)
+    if mine.answered:
+        return other if mine.in_recovery else here
+    check_dsn = sides[other].check_dsn
+    if check_dsn is None:
+        return None
+    theirs = ask(check_dsn)
+    if not theirs.answered:
+        return None
+    return here if theirs.in_recovery else other
