@@ -11,7 +11,10 @@ it does not read them.
 The kernel picks the port when the listener binds, so no other program can hold
 it. Any local user can connect to a loopback port, and the far PostgreSQL sees
 the connection come from its own loopback: its pg_hba.conf must still ask for a
-password (or a certificate) there, as it must for any local connection.
+password (or a certificate) there. With `socket_dir`, the forward listens on a
+Unix socket in that private folder instead, as PostgreSQL names its own
+(`.s.PGSQL.<port>`, so libpq reaches it with host=<folder> port=<port>): only the
+folder's owner (and root) can connect.
 """
 
 from __future__ import annotations
@@ -19,10 +22,13 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import os
 import re
 import socket
+import stat
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from types import TracebackType
 
 import paramiko
@@ -42,6 +48,11 @@ OPEN_TIMEOUT_S = 15.0
 JOIN_TIMEOUT_S = 5.0
 #: failures remembered for the caller's error message
 ERRORS_KEPT = 10
+
+#: a Unix socket path is at most 107 bytes (sun_path holds 108 with the final NUL)
+MAX_SOCKET_PATH = 107
+#: the origin a channel reports for a connection on a Unix socket
+_UNIX_ORIGIN = ("127.0.0.1", 0)
 
 #: a host name, an IPv4 or an IPv6 address, as sshd at the site resolves it
 _HOST = re.compile(r"^[A-Za-z0-9._:-]{1,253}$")
@@ -138,6 +149,10 @@ class LocalForward:
     seen from the site; at most `max_connections` at once (more are closed at
     once). `label` names the site in messages ("site dr").
 
+    With `socket_dir` (a folder only its owner may enter), the forward listens on
+    `socket_dir/.s.PGSQL.<port>` instead, owned by the folder's owner, and
+    `local_port` is `port`: libpq connects with host=`socket_dir` port=`port`.
+
     Used as a context manager it listens on entry and, on exit, stops listening
     and closes every forwarded connection; the SSH connection stays its owner's.
     """
@@ -151,6 +166,7 @@ class LocalForward:
         label: str,
         max_connections: int = MAX_CONNECTIONS,
         open_timeout: float = OPEN_TIMEOUT_S,
+        socket_dir: Path | None = None,
     ) -> None:
         if not isinstance(host, str) or not _HOST.fullmatch(host):
             raise OperationFailed(f"{label}: {shown_text(repr(host))} is not a host to forward to")
@@ -162,6 +178,9 @@ class LocalForward:
         self.label = label
         self.max_connections = max_connections
         self.open_timeout = open_timeout
+        self.socket_dir = socket_dir
+        #: the Unix socket listened on (with socket_dir), removed on close
+        self.socket_path: Path | None = None
         self._listener: socket.socket | None = None
         self._acceptor: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -176,20 +195,64 @@ class LocalForward:
         """Listen, and return the local port."""
         if not self.transport.is_active():
             raise OperationFailed(f"{self.label}: the SSH connection is closed; cannot forward")
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            listener.bind((LISTEN_HOST, 0))
-            listener.listen(self.max_connections)
-        except OSError as exc:
-            listener.close()
-            raise OperationFailed(
-                f"{self.label}: cannot listen on {LISTEN_HOST} for a forward: {exc}"
-            ) from None
+        if self.socket_dir is not None:
+            listener = self._listen_unix(self.socket_dir)
+        else:
+            listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                listener.bind((LISTEN_HOST, 0))
+                listener.listen(self.max_connections)
+            except OSError as exc:
+                listener.close()
+                raise OperationFailed(
+                    f"{self.label}: cannot listen on {LISTEN_HOST} for a forward: {exc}"
+                ) from None
+            self.local_port = listener.getsockname()[1]
         self._listener = listener
-        self.local_port = listener.getsockname()[1]
         self._acceptor = threading.Thread(target=self._accept, name="forward-accept", daemon=True)
         self._acceptor.start()
         return self.local_port
+
+    def _listen_unix(self, folder: Path) -> socket.socket:
+        try:
+            st = os.lstat(folder)
+        except OSError as exc:
+            raise OperationFailed(
+                f"{self.label}: cannot use {folder} for a forward: {exc}"
+            ) from None
+        if not stat.S_ISDIR(st.st_mode) or st.st_mode & 0o077:
+            raise OperationFailed(
+                f"{self.label}: {folder} must be a folder only its owner may enter "
+                "(mode 0700, not a link) to hold a forward's socket"
+            )
+        path = folder / f".s.PGSQL.{self.port}"
+        if len(os.fsencode(path)) > MAX_SOCKET_PATH:
+            raise OperationFailed(
+                f"{self.label}: {path} is longer than a Unix socket path may be "
+                f"({MAX_SOCKET_PATH} bytes); use a shorter folder"
+            )
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            listener.bind(str(path))
+        except OSError as exc:
+            listener.close()
+            raise OperationFailed(
+                f"{self.label}: cannot listen on {path} for a forward: {exc}"
+            ) from None
+        self.socket_path = path
+        try:
+            # Connecting takes write permission on the socket: the folder's owner's.
+            os.chown(path, st.st_uid, st.st_gid)
+            os.chmod(path, 0o600)
+            listener.listen(self.max_connections)
+        except OSError as exc:
+            listener.close()
+            path.unlink(missing_ok=True)
+            raise OperationFailed(
+                f"{self.label}: cannot listen on {path} for a forward: {exc}"
+            ) from None
+        self.local_port = self.port
+        return listener
 
     def _accept(self) -> None:
         listener = self._listener
@@ -199,8 +262,12 @@ class LocalForward:
                 sock, peer = listener.accept()
             except OSError:
                 return  # the listener was closed: the forward ends
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            joint = _Joint(self, sock, peer[:2])
+            if sock.family == socket.AF_INET:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                origin = peer[:2]
+            else:
+                origin = _UNIX_ORIGIN
+            joint = _Joint(self, sock, origin)
             with self._lock:
                 admitted = not self._closing and len(self._joints) < self.max_connections
                 if admitted:
@@ -251,6 +318,9 @@ class LocalForward:
             with contextlib.suppress(OSError):
                 listener.shutdown(socket.SHUT_RDWR)
             listener.close()
+        if self.socket_path is not None:
+            with contextlib.suppress(OSError):
+                self.socket_path.unlink()
         if self._acceptor is not None:
             self._acceptor.join(JOIN_TIMEOUT_S)
         with self._lock:
@@ -281,14 +351,21 @@ def local_forward(
     *,
     label: str,
     max_connections: int = MAX_CONNECTIONS,
+    socket_dir: Path | None = None,
 ) -> Iterator[int]:
     """The local port of a forward through `client` (an open SSH connection to the
     site, as `logship.ship.sftp.open_client` makes) to `host:port` there; the
-    forward closes on the way out, the connection stays open."""
+    forward closes on the way out, the connection stays open. With `socket_dir`,
+    on a Unix socket there (see LocalForward)."""
     transport = client.get_transport()
     if transport is None:
         raise OperationFailed(f"{label}: the SSH connection is closed; cannot forward")
     with LocalForward(
-        transport, host, port, label=label, max_connections=max_connections
+        transport,
+        host,
+        port,
+        label=label,
+        max_connections=max_connections,
+        socket_dir=socket_dir,
     ) as forward:
         yield forward.local_port

@@ -81,15 +81,21 @@ def test_a_crashed_fenced_old_primary_is_rewound_through_the_forward(
 ) -> None:
     old, new, base = pair
     fence(old.data_dir, REASON)
+    # The forward's socket in a folder only pg_rewind's user may enter.
+    sockets = base / "forward"
+    sockets.mkdir(mode=0o700)
+    pg_user.chown(sockets)
     with running_sshd("logship-rewind-ssh-", pg_user) as (site_base, sshd):
         client = open_client(site_config(sshd, site_base))
         try:
-            with local_forward(client, "127.0.0.1", new.port, label="site dr") as port:
+            with local_forward(
+                client, "127.0.0.1", new.port, label="site dr", socket_dir=sockets
+            ) as port:
                 rewind = [
                     *pg_user.command_prefix(),
                     str(DEFAULT_BIN_DIR / "pg_rewind"),
                     *("-D", str(old.data_dir), "--source-server"),
-                    f"host=127.0.0.1 port={port} user={pg_user.name} dbname=postgres",
+                    f"host={sockets} port={port} user={pg_user.name} dbname=postgres",
                 ]
                 crashed = subprocess.run(
                     rewind, cwd=base, capture_output=True, text=True, timeout=120, check=False

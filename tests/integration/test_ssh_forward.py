@@ -20,6 +20,7 @@ from sshd_site import reachable_tmp, running_sshd, site_config
 
 from logship.demo_sandbox import OsUser, PgCluster, free_port
 from logship.demo_sandbox.postgres import DEFAULT_BIN_DIR
+from logship.errors import OperationFailed
 from logship.ship.sftp import open_client
 from logship.ship.ssh_forward import LocalForward, local_forward
 
@@ -217,12 +218,55 @@ def test_connections_beyond_the_bound_are_closed(
             assert conn.execute("SELECT 6").fetchone() == (6,)
 
 
+def test_a_forward_on_a_unix_socket_lets_only_the_folders_owner_in(
+    client: paramiko.SSHClient, cluster: PgCluster, pg_user: OsUser
+) -> None:
+    """The far PostgreSQL sees every forwarded connection come from its loopback:
+    on a Unix socket in a private folder, no other local user can make one."""
+    base = reachable_tmp("logship-forward-sock-")
+    try:
+        folder = base / "s"
+        folder.mkdir(mode=0o700)
+        pg_user.chown(folder)  # the user pg_rewind or psql runs as
+        with local_forward(
+            client, "127.0.0.1", cluster.port, label=LABEL, socket_dir=folder
+        ) as port:
+            assert port == cluster.port
+            socket_path = folder / f".s.PGSQL.{port}"
+            assert socket_path.is_socket()
+            psql = [str(DEFAULT_BIN_DIR / "psql"), "-X", "-At", "-c", "SELECT inet_client_addr()"]
+            dsn = f"host={folder} port={port} user={pg_user.name} dbname=postgres"
+            shown = pg_user.run([*psql, dsn], cwd=base)
+            assert shown.stdout.strip() == "127.0.0.1"  # a TCP client at the far site
+            stranger = subprocess.run(
+                ["runuser", "-u", "nobody", "--", *psql, dsn],
+                cwd=base,
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            )
+            assert stranger.returncode != 0
+            assert "Permission denied" in stranger.stderr
+        assert not socket_path.exists()
+        open_folder = base / "open"
+        open_folder.mkdir()
+        open_folder.chmod(0o755)
+        with (
+            pytest.raises(OperationFailed, match="only its owner may enter"),
+            local_forward(client, "127.0.0.1", 5432, label=LABEL, socket_dir=open_folder),
+        ):
+            pass
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
 def test_a_host_to_forward_to_is_checked(client: paramiko.SSHClient, tmp_path: Path) -> None:
     transport = client.get_transport()
     assert transport is not None
     for host in ("", "a b", "host\n", "$(id)", "x" * 254):
-        with pytest.raises(Exception, match="is not a host to forward to"):
+        with pytest.raises(OperationFailed, match="is not a host to forward to"):
             LocalForward(transport, host, 5432, label=LABEL)
     for port in (0, 65536, True, "5432"):
-        with pytest.raises(Exception, match="is not a TCP port"):
+        with pytest.raises(OperationFailed, match="is not a TCP port"):
             LocalForward(transport, "127.0.0.1", port, label=LABEL)  # type: ignore[arg-type]
