@@ -116,11 +116,31 @@ def test_a_begin_without_its_end_keeps_what_follows(data_dir: Path) -> None:
     assert (data_dir / AUTO_CONF_NAME).read_text() == USER_CONF + "port = '5433'\n"
 
 
-def test_a_removed_signal_shows_as_a_broken_fence(data_dir: Path) -> None:
+def test_a_removed_signal_or_a_later_restore_command_shows_as_a_broken_fence(
+    data_dir: Path,
+) -> None:
     fence(data_dir, REASON)
     (data_dir / SIGNAL_NAME).unlink()
     state = fence_state(data_dir)
     assert state is not None and not state.intact
+    fence(data_dir, REASON)
+    with open(data_dir / AUTO_CONF_NAME, "a") as conf:
+        conf.write("RESTORE_COMMAND 'cp /archive/%f %p'\n")  # wins: it comes last
+    state = fence_state(data_dir)
+    assert state is not None and not state.intact
+
+
+def test_a_linked_postgresql_auto_conf_is_not_written_through(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    elsewhere = tmp_path / "elsewhere.conf"
+    elsewhere.write_text(USER_CONF)
+    (data_dir / AUTO_CONF_NAME).unlink()
+    (data_dir / AUTO_CONF_NAME).symlink_to(elsewhere)
+    with pytest.raises(OperationFailed, match="symbolic link"):
+        fence(data_dir, REASON)
+    assert elsewhere.read_text() == USER_CONF
+    assert sorted(p.name for p in data_dir.iterdir()) == ["PG_VERSION", AUTO_CONF_NAME]
 
 
 @pytest.mark.parametrize(

@@ -69,6 +69,8 @@ END_LINE = f"# {WRITER}: end"
 _NAME = re.compile(CONNECTOR_NAME_PATTERN)
 _WHEN = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
 _WHEN_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+#: a setting line in a postgresql.conf file: "name = value" or "name value"
+_SETTING = re.compile(r"^([A-Za-z_][A-Za-z0-9_$.]*)\s*(=|\s)")
 _MARKER_KEYS = frozenset(
     {
         "format",
@@ -206,11 +208,11 @@ def fence(data_dir: Path, reason: FenceReason, *, now: float | None = None) -> F
     message = fence_message(reason, fenced_at)
     owner = _owner(data_dir)
 
+    auto = data_dir / AUTO_CONF_NAME
+    text = _read_auto_conf(auto)  # one that cannot be rewritten refuses the fence whole
     # The signal first: from then on nothing can start the server as a primary.
     if not signal_there:
         _write_new(data_dir / SIGNAL_NAME, b"", owner)
-    auto = data_dir / AUTO_CONF_NAME
-    text = _read_auto_conf(auto)
     old_lines = [] if previous is None else _lines_of(previous)
     text = _without_block(text, old_lines)
     if text and not text.endswith("\n"):
@@ -253,8 +255,10 @@ def fence_state(data_dir: Path) -> FenceState | None:
     except ValueError as exc:
         raise _invalid(path, str(exc)) from None
     restore_line = fence_lines(fence_message(reason, fenced_at))[0]
-    intact = _is_file(data_dir / SIGNAL_NAME) and _has_line(
-        _read_auto_conf(data_dir / AUTO_CONF_NAME), restore_line
+    intact = (
+        _is_file(data_dir / SIGNAL_NAME)
+        and _last_setting(_read_auto_conf(data_dir / AUTO_CONF_NAME), "restore_command")
+        == restore_line
     )
     return FenceState(reason, fenced_at, created_signal, intact)
 
@@ -362,8 +366,16 @@ def _without_block(text: str, lines: list[str]) -> str:
     return "".join(kept)
 
 
-def _has_line(text: str, wanted: str) -> bool:
-    return any(line.rstrip("\r\n") == wanted for line in text.splitlines())
+def _last_setting(text: str, name: str) -> str | None:
+    """The last line of `text` that sets `name` (PostgreSQL reads the file in
+    order, and the last one wins), stripped; None when none does."""
+    found = None
+    for line in text.splitlines():
+        bare = line.strip()
+        match = _SETTING.match(bare)
+        if match is not None and match.group(1).lower() == name:
+            found = bare
+    return found
 
 
 def _read_auto_conf(path: Path) -> str:
