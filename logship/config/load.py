@@ -181,6 +181,10 @@ def _load_config(
             engine = engine_for(kind)
         except KeyError as exc:
             raise ConfigError(f"{cpath}: key 'kind': {exc.args[0]}") from None
+        if "primary_side" in table:
+            raise ConfigError(
+                f"{cpath}: key 'primary_side': found from the databases, never set by hand"
+            )
         data = _resolve_paths({**table, "name": name}, cpath.parent, engine.path_keys)
         if "sides" in data:
             if not engine.two_sided:

@@ -224,7 +224,7 @@ def build_status_table(statuses: Sequence[ConnectorStatus], *, title: str | None
     captions = []
     for status in statuses:
         table.add_row(
-            Text.assemble(status.name, (f"\n{status.kind} → {status.site}", "dim")),
+            Text.assemble(status.name, (f"\n{_where(status)}", "dim")),
             state_cell(status),
             _exposure(status),
             _lags(status),
@@ -239,6 +239,13 @@ def build_status_table(statuses: Sequence[ConnectorStatus], *, title: str | None
     if captions:
         table.caption = Text("\n").join(captions)
     return table
+
+
+def _where(status: ConnectorStatus) -> str:
+    """kind → site; a two-sided connector: its direction and this site's role."""
+    if status.role is None or status.direction is None:
+        return f"{status.kind} → {status.site}"
+    return f"{status.kind} {status.direction.replace(' -> ', ' → ')}, {status.role} here"
 
 
 def status_notes(status: ConnectorStatus) -> Text:

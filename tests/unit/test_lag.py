@@ -421,3 +421,22 @@ def test_segments_waiting_for_the_archiver_count_as_pending_without_read_ahead()
     assert counted.rpo_exposure_s(100.0) == empty_spool.rpo_exposure_s(100.0)
     assert _with_archiver_backlog(empty_spool, _Primary(archive_ready=0)) == empty_spool
     assert _with_archiver_backlog(empty_spool, None) == empty_spool
+
+
+def test_the_table_shows_a_two_sided_connectors_direction_and_role() -> None:
+    from dataclasses import replace
+
+    from factories import connector_status as a_status
+    from rich.console import Console
+
+    from logship.status.model import State
+    from logship.ui.status_table import build_status_table
+
+    status = replace(
+        a_status("orders", State.OK, rpo=60, exposure=1, transport_lag=0, apply_lag=0),
+        role="standby",
+        direction="dr -> main",
+    )
+    console = Console(width=160, record=True)
+    console.print(build_status_table([status]))
+    assert "postgresql dr → main, standby here" in console.export_text()

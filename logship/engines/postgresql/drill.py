@@ -255,9 +255,10 @@ def drill_settings(
     python: str,
     config_path: Path,
     connector: str,
+    this_site: str | None = None,
 ) -> list[tuple[str, str]]:
     """(name, postgresql.conf literal) pairs for the scratch copy's postgresql.auto.conf."""
-    line = restore_command(python, config_path, connector, mark=False)
+    line = restore_command(python, config_path, connector, mark=False, this_site=this_site)
     return [
         # No TCP listener at all; the port only names the socket in the private run folder.
         ("port", str(port)),
@@ -511,7 +512,13 @@ class _Drill:
         self._phase("configure")
         port = _free_port()
         settings = drill_settings(
-            run_dir, data_dir, port, self.python, self.config.path.absolute(), self.connector.name
+            run_dir,
+            data_dir,
+            port,
+            self.python,
+            self.config.path.absolute(),
+            self.connector.name,
+            self.config.this_site if self.connector.sides is not None else None,
         )
         write_recovery_config(
             data_dir,

@@ -31,18 +31,25 @@ class Answer:
         return self.in_recovery is not None
 
 
+#: in recovery or not, and a primary's timeline as it writes now (pg_control's
+#: checkpoint timeline lags behind a promotion until its first checkpoint)
+TIMELINE_NOW = """
+select pg_is_in_recovery(),
+       case when pg_is_in_recovery() then null
+            else substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) end
+"""
+
+
 def ask(dsn: str) -> Answer:
     import psycopg
 
     try:
         with psycopg.connect(dsn, connect_timeout=ASK_TIMEOUT_S, autocommit=True) as conn:
-            row = conn.execute(
-                "select pg_is_in_recovery(), (select timeline_id from pg_control_checkpoint())"
-            ).fetchone()
+            row = conn.execute(TIMELINE_NOW).fetchone()
     except psycopg.Error as exc:
         return Answer(None, error=first_line(str(exc)))
     assert row is not None
-    return Answer(bool(row[0]), int(row[1]))
+    return Answer(bool(row[0]), int(row[1], 16) if row[1] else None)
 
 
 def other_side(connector: PostgresConnector, side: str) -> str:
@@ -51,18 +58,27 @@ def other_side(connector: PostgresConnector, side: str) -> str:
 
 
 def found_primary(connector: PostgresConnector, here: str) -> str | None:
-    """The side that is the primary now, as the databases say; None: nobody says."""
+    """The side that is the primary now, as the databases say; None: nobody says.
+
+    Two databases out of recovery (an old primary started again after a failover)
+    are told apart by timeline: the promoted one writes on the later timeline.
+    """
     sides: Mapping[str, SideSection] = connector.sides or {}
     if here not in sides:
         return None
     mine = ask(sides[here].dsn)
     other = other_side(connector, here)
-    if mine.answered:
-        return other if mine.in_recovery else here
+    if mine.answered and mine.in_recovery:
+        return other
     check_dsn = sides[other].check_dsn
-    if check_dsn is None:
-        return None
-    theirs = ask(check_dsn)
-    if not theirs.answered:
-        return None
-    return here if theirs.in_recovery else other
+    theirs = ask(check_dsn) if check_dsn is not None else Answer(None)
+    if not mine.answered:
+        if not theirs.answered:
+            return None
+        return here if theirs.in_recovery else other
+    if theirs.answered and not theirs.in_recovery:
+        if (theirs.timeline or 0) > (mine.timeline or 0):
+            return other
+        if (mine.timeline or 0) == (theirs.timeline or 0):
+            return None  # two primaries on one timeline: nothing here can tell
+    return here

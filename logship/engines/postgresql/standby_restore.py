@@ -295,22 +295,38 @@ def extract_verified(
 # -- configuration -----------------------------------------------------------------------
 
 
-def restore_command(python: str, config_path: Path, connector: str, *, mark: bool = True) -> str:
+def restore_command(
+    python: str,
+    config_path: Path,
+    connector: str,
+    *,
+    mark: bool = True,
+    this_site: str | None = None,
+) -> str:
     """The restore_command shell line, before quoting for postgresql.conf.
 
     PostgreSQL replaces %f, %p, %r and %% in it, so a literal % from a path is doubled.
     `mark=False` adds `--no-mark`: a scratch copy (the restore drill) must not move
-    the real standby's progress note, restored.json.
+    the real standby's progress note, restored.json. `this_site`: for a connector
+    with [sides.*], the site whose folders it reads.
     """
     verb = ["restore-wal"] if mark else ["restore-wal", "--no-mark"]
-    prefix = shlex.join([python, "-m", "logship", "--config", str(config_path), *verb, connector])
+    site = ["--this-site", this_site] if this_site else []
+    prefix = shlex.join(
+        [python, "-m", "logship", "--config", str(config_path), *site, *verb, connector]
+    )
     return prefix.replace("%", "%%") + " %f %p"
 
 
 def standby_settings(
-    endpoint: DsnEndpoint, python: str, config_path: Path, connector: PostgresConnector
+    endpoint: DsnEndpoint,
+    python: str,
+    config_path: Path,
+    connector: PostgresConnector,
+    this_site: str | None = None,
 ) -> list[tuple[str, str]]:
-    """(name, postgresql.conf literal) pairs appended to postgresql.auto.conf."""
+    """(name, postgresql.conf literal) pairs appended to postgresql.auto.conf.
+    `this_site`: the standby's site, for a connector with [sides.*]."""
     settings = [("port", str(endpoint.port))]
     # The standby listens where its DSN says clients reach it; without a TCP host in
     # the DSN it listens on sockets only (PostgreSQL's default socket dir if none given).
@@ -322,16 +338,23 @@ def standby_settings(
     settings += [
         (
             "restore_command",
-            quote_conf_string(restore_command(python, config_path, connector.name)),
+            quote_conf_string(
+                restore_command(python, config_path, connector.name, this_site=this_site)
+            ),
         ),
         ("recovery_target_timeline", "'latest'"),
         ("hot_standby", "on"),
+    ]
+    if connector.sides is not None and this_site is not None:
+        from logship.engines.postgresql.switchover_steps import archive_settings
+
+        # Either side may be the primary: once promoted it archives through the
+        # logship of its own site, into that site's spool.
+        settings += archive_settings(python, config_path, connector.name, this_site)
+    else:
         # The primary's archiving must not follow its data here: a promoted standby
         # would otherwise archive into the old primary's spool path.
-        ("archive_mode", "off"),
-        ("archive_command", "''"),
-        ("archive_library", "''"),
-    ]
+        settings += [("archive_mode", "off"), ("archive_command", "''"), ("archive_library", "''")]
     return settings + standby_stream_settings(connector)
 
 
@@ -595,7 +618,9 @@ def restore_standby(
         _clear(data_dir, remove_dir=created)
         raise
     report(RestoreProgress("configure", 0, None))
-    settings = standby_settings(endpoint, python, config.path.absolute(), connector)
+    settings = standby_settings(
+        endpoint, python, config.path.absolute(), connector, config.this_site
+    )
     write_standby_config(data_dir, settings, pwd.getpwuid(os.geteuid()).pw_name, record.backup_id)
     # No fsync pass here: a restored pg_control says "in production", so PostgreSQL
     # syncs the whole data directory itself before it replays anything.

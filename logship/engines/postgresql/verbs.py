@@ -44,6 +44,35 @@ def _standby(p: argparse.ArgumentParser) -> None:
         help="log in through the streaming tunnel as the standby would (what check runs)",
     )
     sc.add_argument("connector")
+    fo = actions.add_parser(
+        "follow",
+        help="start this site's cleanly stopped database as a standby of the other side",
+    )
+    fo.add_argument("connector")
+
+
+def _switchover(p: argparse.ArgumentParser) -> None:
+    p.add_argument("connector")
+    p.add_argument("--dry-run", action="store_true", help="evaluate every gate, change nothing")
+    p.add_argument(
+        "--timeout", type=float, help="seconds for the standby's replay and pg_promote (120)"
+    )
+    p.add_argument(
+        "--max-behind",
+        metavar="SIZE",
+        help="refuse when the standby is more than this behind (default 64MiB)",
+    )
+
+
+def _switchover_step(p: argparse.ArgumentParser) -> None:
+    p.add_argument("connector")
+    p.add_argument("step", help="facts, reach, stop, restart, ship-final, ...")
+    p.add_argument("--target", help="reach: the site to reach")
+    p.add_argument("--since-lsn", help="ship-final: from the standby's replay position")
+    p.add_argument("--lsn", help="replayed: the position to replay past")
+    p.add_argument("--segment", help="unship-final: the segment to take back")
+    p.add_argument("--timeout", type=float, help="replayed, promote: seconds")
+    p.add_argument("--dry-run", action="store_true", help="ship-final: plan only")
 
 
 def _drill(p: argparse.ArgumentParser) -> None:
@@ -109,7 +138,7 @@ VERBS = {
     ),
     "standby": (
         f"{_CLI}.standby",
-        "standby-site actions (restore, status, stream-check)",
+        "standby-site actions (restore, status, stream-check, follow)",
         _standby,
     ),
     "drill": (
@@ -128,4 +157,14 @@ VERBS = {
         _mark,
     ),
     "promote": (f"{_CLI}.promote", "checked, manual failover at the standby site", _promote),
+    "switchover": (
+        f"{_CLI}.switchover",
+        "planned role swap with zero data loss, run at either site ([sides.*] connectors)",
+        _switchover,
+    ),
+    "switchover-step": (
+        f"{_CLI}.switchover_step",
+        "one step of a switchover at this site, answered in JSON (switchover runs it over SSH)",
+        _switchover_step,
+    ),
 }

@@ -34,6 +34,12 @@ def run(args: argparse.Namespace) -> int:
         return _status(config, args)
     if args.standby_action == "stream-check":
         return _stream_check(config, args)
+    if args.standby_action == "follow":
+        from logship.engines.postgresql.switchover_steps import follow
+
+        done = follow(config, args.connector)
+        print(f"standby {args.connector}: {done['site']} follows {done['following']} now")
+        return 0
     with phase_progress(sys.stdout.isatty(), _PHASES) as on_progress:
         restored = restore_standby(config, args.connector, args.backup, on_progress)
     print(

@@ -1,0 +1,433 @@
+"""What a switchover does at one site, each step one call with a JSON answer.
+
+`logship switchover` runs at either site; the steps at the other site run there
+through `logship switchover-step` over SSH (the same code, the same answers), so
+every action on a database happens at that database's own site.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from logship.config.load import Role, load_config
+from logship.config.model import Config
+from logship.engines.postgresql import walnames
+from logship.engines.postgresql.controldata import read_control
+from logship.engines.postgresql.engine import PostgresConnector, SideSection
+from logship.engines.postgresql.promote import JOURNAL_NAME, append_journal, write_marker
+from logship.engines.postgresql.standby_restore import (
+    LOG_NAME,
+    local_peer_hba,
+    restore_command,
+    run_tool,
+    start_server,
+    write_recovery_config,
+)
+from logship.engines.postgresql.tools import find_program, quote_conf_string
+from logship.errors import OperationFailed, SafetyRefusal, UsageError, first_line
+from logship.manifest import SiteLayout
+from logship.recorded_roles import record_primary
+
+STOP_TIMEOUT_S = 120
+ASK_TIMEOUT_S = 10
+FOLLOW_WRITER = "logship switchover"
+
+
+def config_for(config: Config, role: Role) -> Config:
+    """The same files oriented with this site in `role`."""
+    return load_config(config.path, this_site=config.this_site, role=role)
+
+
+def two_sided(config: Config, name: str) -> tuple[PostgresConnector, str, SideSection]:
+    """(connector, this site, this site's side); UsageError when it has no sides here."""
+    connector = config.connector_of_kind(name, PostgresConnector, "switchover is for postgresql")
+    here = config.this_site
+    if connector.sides is None:
+        raise UsageError(
+            f"connector {name!r} is one-way (site + [primary] + [standby]); a switchover "
+            "needs both databases described: write it with [sides.SITE] (see docs)"
+        )
+    if here is None or here not in connector.sides:
+        raise UsageError(
+            f"connector {name!r}: which site is this? pass --this-site NAME or set LOGSHIP_SITE"
+        )
+    return connector, here, connector.sides[here]
+
+
+def _connect(dsn: str) -> Any:
+    import psycopg
+
+    try:
+        return psycopg.connect(dsn, connect_timeout=ASK_TIMEOUT_S, autocommit=True)
+    except psycopg.Error as exc:
+        raise OperationFailed(f"cannot connect: {first_line(exc)}") from None
+
+
+FACTS = """
+select pg_is_in_recovery(),
+       case when pg_is_in_recovery() then pg_last_wal_replay_lsn()
+            else pg_current_wal_lsn() end::text,
+       (select system_identifier::text from pg_control_system()),
+       case when pg_is_in_recovery() then null
+            else pg_walfile_name(pg_current_wal_lsn()) end,
+       (select setting::bigint from pg_settings where name = 'wal_segment_size')
+"""
+
+
+def facts(config: Config, name: str) -> dict[str, Any]:
+    """This site's database: up or not, in recovery or not, where it is."""
+    _, here, side = two_sided(config, name)
+    import psycopg
+
+    try:
+        with psycopg.connect(side.dsn, connect_timeout=ASK_TIMEOUT_S, autocommit=True) as conn:
+            row = conn.execute(FACTS).fetchone()
+    except psycopg.Error as exc:
+        return {"site": here, "up": False, "error": first_line(exc)}
+    assert row is not None
+    in_recovery, lsn, system_id, walfile, segment_size = row
+    timeline = int(walfile[:8], 16) if walfile else None
+    if in_recovery:
+        timeline = _replay_timeline(side)
+    return {
+        "site": here,
+        "up": True,
+        "in_recovery": bool(in_recovery),
+        "lsn": lsn,
+        "timeline": timeline,
+        "system_identifier": system_id,
+        "segment_size": int(segment_size),
+    }
+
+
+def _replay_timeline(side: SideSection) -> int | None:
+    with contextlib.suppress(OperationFailed), _connect(side.dsn) as conn:
+        row = conn.execute(
+            "select received_tli from pg_stat_wal_receiver union all "
+            "select timeline_id from pg_control_checkpoint() limit 1"
+        ).fetchone()
+        return int(row[0]) if row and row[0] is not None else None
+    return None
+
+
+def reach(config: Config, name: str, target: str) -> dict[str, Any]:
+    """This site reaches `target` over SSH (host key checked) and runs logship there."""
+    from logship.ship.sftp import SftpTransport
+
+    two_sided(config, name)
+    if target not in config.sites:
+        raise UsageError(f"no site {target!r}")
+    site = config.sites[target]
+    transport = SftpTransport(site)
+    try:
+        status, out, err = transport.run_command([*site.command, "--version"], timeout=30)
+    finally:
+        transport.close()
+    if status != 0:
+        raise OperationFailed(
+            f"site {target}: `logship --version` exited {status}: {first_line(err.decode())}"
+        )
+    return {"site": config.this_site, "reached": target, "version": out.decode().strip()[:100]}
+
+
+def _pg_ctl(side: SideSection) -> Path:
+    return find_program("pg_ctl", bin_dir=side.bin_dir, data_dir=side.data_dir, setting="bin_dir")
+
+
+def stop(config: Config, name: str) -> dict[str, Any]:
+    """Stop the primary here cleanly (a shutdown checkpoint); its final position."""
+    _, here, side = two_sided(config, name)
+    started = time.time()
+    done = run_tool(
+        [
+            str(_pg_ctl(side)),
+            "-D",
+            str(side.data_dir),
+            "-m",
+            "fast",
+            "-w",
+            "-t",
+            str(STOP_TIMEOUT_S),
+            "stop",
+        ],
+        side.data_dir,
+        timeout=STOP_TIMEOUT_S + 30,
+    )
+    if done.returncode != 0:
+        raise OperationFailed(
+            f"pg_ctl stop at {here}: {first_line(done.stderr or done.stdout) or 'failed'}"
+        )
+    control = read_control(side.data_dir, side.bin_dir, "bin_dir")
+    if control.state != "shut down":
+        raise OperationFailed(
+            f"the database at {here} is {control.state!r} after pg_ctl stop, not cleanly shut down"
+        )
+    return {
+        "site": here,
+        "stopped_at": started,
+        "checkpoint_lsn": walnames.int_to_lsn(control.checkpoint_lsn),
+        "timeline": control.checkpoint_timeline,
+        "segment": control.checkpoint_segment,
+        "segment_size": control.segment_size,
+        "system_identifier": control.system_identifier,
+    }
+
+
+def restart(config: Config, name: str) -> dict[str, Any]:
+    """Start the database here again as it was (undoing `stop` before a promote)."""
+    _, here, side = two_sided(config, name)
+    start_server(_pg_ctl(side), side.data_dir, side.data_dir / LOG_NAME, what="the primary")
+    return {"site": here, "started": True}
+
+
+def _segments(first: str, last: str, segment_size: int) -> list[str]:
+    a, b = walnames.parse(first), walnames.parse(last)
+    assert a is not None and b is not None
+    start, end = a.segment_number(segment_size), b.segment_number(segment_size)
+    return [walnames.segment_name(b.timeline, n, segment_size) for n in range(start, end + 1)]
+
+
+def ship_final(config: Config, name: str, since_lsn: str, *, dry_run: bool) -> dict[str, Any]:
+    """Make every segment from the standby's replay position up to the stopped
+    primary's shutdown checkpoint durable at the standby's site, straight from
+    pg_wal (what is there already is left as it is). With `dry_run`: only which
+    are at the site, which would ship, and which are nowhere (a gap)."""
+    from logship.ship.sftp import SftpTransport
+    from logship.ship.shipper import ship_file
+    from logship.spool import entry_for
+
+    oriented = config_for(config, "primary")
+    connector, here, side = two_sided(oriented, name)
+    site = oriented.site_of(connector)
+    layout = SiteLayout.for_connector(site.root, connector.name)
+    wal_dir = side.data_dir / "pg_wal"
+    if dry_run:
+        segment_size, timeline, last = _current_position(side)
+    else:
+        control = read_control(side.data_dir, side.bin_dir, "bin_dir")
+        if control.state != "shut down":
+            raise SafetyRefusal(f"the database at {here} is {control.state!r}, not shut down")
+        segment_size, timeline, last = (
+            control.segment_size,
+            control.checkpoint_timeline,
+            control.checkpoint_segment,
+        )
+    first = walnames.segment_of_lsn(timeline, walnames.lsn_to_int(since_lsn), segment_size)
+    shipped: list[str] = []
+    present: list[str] = []
+    missing: list[str] = []
+    transport = SftpTransport(site)
+    try:
+        for segment in _segments(first, last, segment_size):
+            at_site = transport.read_bytes(layout.record_path(segment)) is not None
+            entry = entry_for(connector.name, wal_dir / segment)
+            if at_site and (dry_run or entry is None):
+                present.append(segment)
+            elif entry is None:
+                missing.append(segment)
+            elif dry_run:
+                shipped.append(segment)
+            else:
+                ship_file(transport, layout, entry, connector.compression, time.time)
+                shipped.append(segment)
+    finally:
+        transport.close()
+    if missing and not dry_run:
+        raise OperationFailed(
+            f"segments {missing[0]}..{missing[-1]} are neither in pg_wal at {here} nor at "
+            f"site {site.name}: the standby cannot reach the final checkpoint"
+        )
+    return {"site": here, "shipped": shipped, "present": present, "missing": missing, "last": last}
+
+
+def _current_position(side: SideSection) -> tuple[int, int, str]:
+    with _connect(side.dsn) as conn:
+        row = conn.execute(
+            "select (select setting::bigint from pg_settings where name = 'wal_segment_size'), "
+            "pg_walfile_name(pg_current_wal_lsn())"
+        ).fetchone()
+    assert row is not None
+    segment_size, walfile = int(row[0]), str(row[1])
+    return segment_size, int(walfile[:8], 16), walfile
+
+
+def unship_final(config: Config, name: str, segment: str) -> dict[str, Any]:
+    """Take the stopped primary's last, partly written segment back from the
+    standby's site: the primary runs on, and would write the rest of it."""
+    from logship.ship.sftp import SftpTransport
+
+    if walnames.parse(segment) is None:
+        raise UsageError(f"{segment!r} is not a WAL segment name")
+    oriented = config_for(config, "primary")
+    connector, here, _ = two_sided(oriented, name)
+    site = oriented.site_of(connector)
+    layout = SiteLayout.for_connector(site.root, connector.name)
+    transport = SftpTransport(site)
+    try:
+        transport.remove(layout.record_path(segment))
+        transport.remove(layout.stored_wal(segment, connector.compression))
+    finally:
+        transport.close()
+    return {"site": here, "removed": segment}
+
+
+def replayed(config: Config, name: str, lsn: str, timeout: float) -> dict[str, Any]:
+    """Wait until the standby here has replayed past `lsn` (the old primary's
+    final checkpoint record starts there)."""
+    _, here, side = two_sided(config, name)
+    target = walnames.lsn_to_int(lsn)
+    deadline = time.monotonic() + timeout
+    with _connect(side.dsn) as conn:
+        while True:
+            row = conn.execute(
+                "select pg_is_in_recovery(), pg_last_wal_replay_lsn()::text"
+            ).fetchone()
+            assert row is not None
+            in_recovery, replay = bool(row[0]), row[1]
+            if not in_recovery:
+                raise SafetyRefusal(f"the database at {here} is not in recovery: not a standby")
+            if replay is not None and walnames.lsn_to_int(replay) > target:
+                return {"site": here, "replay_lsn": replay}
+            if time.monotonic() > deadline:
+                raise OperationFailed(
+                    f"the standby at {here} replayed to {replay}, not past {lsn}, within "
+                    f"{timeout:g}s"
+                )
+            time.sleep(0.1)
+
+
+def promote(config: Config, name: str, timeout: float) -> dict[str, Any]:
+    """Promote the standby here: the fence at its site first, then pg_promote, the
+    first commit, and a closed first segment so the new direction starts at once."""
+    oriented = config_for(config, "standby")
+    connector, here, side = two_sided(oriented, name)
+    site = oriented.sites[here]
+    layout = SiteLayout.for_connector(site.root, connector.name)
+    marker = Path(layout.promoted_marker)
+    record = {
+        "connector": connector.name,
+        "by": "switchover",
+        "state": "promoting",
+        "at": time.time(),
+        "at_iso": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    write_marker(marker, record)
+    with _connect(side.dsn) as conn:
+        row = conn.execute("select pg_promote(true, %s)", (max(1, int(timeout)),)).fetchone()
+        if not (row and row[0]):
+            raise OperationFailed(f"pg_promote at {here} did not finish within {timeout:g}s")
+        with conn.transaction():
+            conn.execute("create temp table logship_switchover_check (at timestamptz)")
+            conn.execute("insert into logship_switchover_check values (now())")
+        first_commit = time.time()
+        row = conn.execute(
+            "select pg_walfile_name(pg_current_wal_lsn()), pg_current_wal_lsn()::text"
+        ).fetchone()
+        assert row is not None
+        timeline = int(str(row[0])[:8], 16)
+        switch_lsn = str(row[1])
+        conn.execute("select pg_switch_wal()")
+    record.update(state="promoted", new_timeline=timeline, first_commit_at=first_commit)
+    write_marker(marker, record)
+    append_journal(Path(layout.root) / JOURNAL_NAME, {"event": "switchover", **record})
+    record_primary(config.logship.state_dir, connector.name, here)
+    return {
+        "site": here,
+        "timeline": timeline,
+        "first_commit_at": first_commit,
+        "lsn": switch_lsn,
+    }
+
+
+def follow_settings(
+    config: Config, connector: PostgresConnector, here: str
+) -> list[tuple[str, str]]:
+    """postgresql.auto.conf lines for this site's database as a standby of the
+    other side: replay what is shipped here, archive once it is promoted."""
+    python = sys.executable
+    restore = restore_command(python, config.path.absolute(), connector.name, this_site=here)
+    return [
+        ("restore_command", quote_conf_string(restore)),
+        ("recovery_target_timeline", "'latest'"),
+        ("hot_standby", "on"),
+        *archive_settings(python, config.path.absolute(), connector.name, here),
+    ]
+
+
+def archive_settings(
+    python: str, config_path: Path, connector: str, here: str
+) -> list[tuple[str, str]]:
+    """A two-sided connector's database archives through logship at whichever
+    site it is the primary (while in recovery PostgreSQL archives nothing)."""
+    argv = [python, "-m", "logship", "--config", str(config_path), "--this-site", here]
+    command = shlex.join([*argv, "archive-wal", connector])
+    return [
+        ("archive_mode", "on"),
+        ("archive_command", quote_conf_string(command.replace("%", "%%") + " %p")),
+        ("archive_library", "''"),
+    ]
+
+
+def follow(config: Config, name: str) -> dict[str, Any]:
+    """Start the cleanly stopped database here as a standby of the other side."""
+    oriented = config_for(config, "standby")
+    connector, here, side = two_sided(oriented, name)
+    control = read_control(side.data_dir, side.bin_dir, "bin_dir")
+    if control.state != "shut down":
+        raise SafetyRefusal(
+            f"the database at {here} is {control.state!r}, not cleanly shut down: it may "
+            f"hold WAL the new primary does not have; use `logship reinstate {name}`"
+        )
+    if (side.data_dir / "postmaster.pid").exists():
+        raise SafetyRefusal(f"{side.data_dir}/postmaster.pid exists: is the server running?")
+    import pwd
+
+    write_recovery_config(
+        side.data_dir,
+        follow_settings(oriented, connector, here),
+        header=f"# {FOLLOW_WRITER}: a standby of the other side (later lines win)",
+        signal_name="standby.signal",
+        hba=local_peer_hba(pwd.getpwuid(os.geteuid()).pw_name, f"Written by {FOLLOW_WRITER}."),
+        writer=FOLLOW_WRITER,
+    )
+    retired = _retire_promoted(oriented, connector, here)
+    start_server(_pg_ctl(side), side.data_dir, side.data_dir / LOG_NAME, what="the new standby")
+    record_primary(config.logship.state_dir, connector.name, _other(connector, here))
+    return {"site": here, "following": _other(connector, here), "retired_marker": retired}
+
+
+def _other(connector: PostgresConnector, here: str) -> str:
+    assert connector.sides is not None
+    return next(side for side in connector.sides if side != here)
+
+
+def _retire_promoted(config: Config, connector: PostgresConnector, here: str) -> bool:
+    """The PROMOTED marker of this site's earlier promotion: history now (kept in
+    the journal), or the other side could never ship here again."""
+    layout = SiteLayout.for_connector(config.sites[here].root, connector.name)
+    marker = Path(layout.promoted_marker)
+    try:
+        content = marker.read_bytes()[:65536]
+    except FileNotFoundError:
+        return False
+    try:
+        earlier = json.loads(content)
+    except ValueError:
+        earlier = {"unreadable": True}
+    append_journal(
+        Path(layout.root) / JOURNAL_NAME,
+        {
+            "event": "retired",
+            "at": time.time(),
+            "earlier": earlier if isinstance(earlier, dict) else {},
+        },
+    )
+    marker.unlink()
+    return True
