@@ -78,6 +78,17 @@ def test_a_standby_signal_that_was_there_stays(data_dir: Path) -> None:
     assert (data_dir / SIGNAL_NAME).is_file()
 
 
+def test_a_standby_made_before_the_fence_comes_off_keeps_its_signal(data_dir: Path) -> None:
+    fence(data_dir, REASON)
+    with open(data_dir / AUTO_CONF_NAME, "a") as conf:
+        conf.write("primary_conninfo = 'host=new-primary'\n")  # the standby config
+    assert unfence(data_dir, keep_signal=True)
+    assert (data_dir / SIGNAL_NAME).is_file()
+    assert (data_dir / AUTO_CONF_NAME).read_text() == (
+        USER_CONF + "primary_conninfo = 'host=new-primary'\n"
+    )
+
+
 def test_fencing_twice_keeps_one_block_with_the_newest_reason(data_dir: Path) -> None:
     fence(data_dir, REASON, now=0)
     newer = FenceReason("main-db", "switchover", "dr", 3)

@@ -267,13 +267,17 @@ def _lines_of(state: FenceState) -> list[str]:
     return fence_lines(fence_message(state.reason, state.fenced_at))
 
 
-def unfence(data_dir: Path) -> bool:
+def unfence(data_dir: Path, *, keep_signal: bool = False) -> bool:
     """Remove exactly what `fence` added to the stopped server's data directory:
     the block (or, when ALTER SYSTEM dropped its markers, the last occurrence of
     each of its lines), standby.signal if the fence created it, the marker last.
 
-    False when there was no fence. Refuses while a server runs there, and when the
-    marker is not logship's (FenceMarkerInvalid: what to remove is unknown).
+    `keep_signal`: leave standby.signal whoever wrote it, for a caller that makes
+    the server a standby (standby config written before unfence rewrites the
+    signal file, which would otherwise go with the fence, and the server start as
+    a primary). False when there was no fence. Refuses while a server runs there,
+    and when the marker is not logship's (FenceMarkerInvalid: what to remove is
+    unknown).
     """
     _check_data_dir(data_dir)
     _refuse_running(data_dir, "unfence")
@@ -286,7 +290,7 @@ def unfence(data_dir: Path) -> bool:
     stripped = _without_block(text, _lines_of(state))
     if stripped != text:
         _replace(auto, stripped.encode(), _owner_of(auto, owner))
-    if state.created_signal:
+    if state.created_signal and not keep_signal:
         _remove(data_dir / SIGNAL_NAME)
     _remove(data_dir / MARKER_NAME)
     return True
