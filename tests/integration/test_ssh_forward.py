@@ -18,6 +18,7 @@ import psycopg
 import pytest
 from sshd_site import reachable_tmp, running_sshd, site_config
 
+from logship.config.model import SiteConfig
 from logship.demo_sandbox import OsUser, PgCluster, free_port
 from logship.demo_sandbox.postgres import DEFAULT_BIN_DIR
 from logship.errors import OperationFailed
@@ -41,14 +42,20 @@ def cluster() -> Iterator[PgCluster]:
 
 
 @pytest.fixture(scope="module")
-def client() -> Iterator[paramiko.SSHClient]:
-    """An SSH connection to a real sshd, opened as logship opens one to a site."""
+def site() -> Iterator[SiteConfig]:
+    """A real sshd on loopback, as a site logship connects to."""
     with running_sshd("logship-forward-", OsUser.for_postgres()) as (base, sshd):
-        ssh = open_client(site_config(sshd, base))
-        try:
-            yield ssh
-        finally:
-            ssh.close()
+        yield site_config(sshd, base)
+
+
+@pytest.fixture(scope="module")
+def client(site: SiteConfig) -> Iterator[paramiko.SSHClient]:
+    """An SSH connection to the site, opened as logship opens one."""
+    ssh = open_client(site)
+    try:
+        yield ssh
+    finally:
+        ssh.close()
 
 
 def _connect(port: int, user: str, timeout: int = 10) -> psycopg.Connection[tuple[object, ...]]:
@@ -197,6 +204,32 @@ def test_a_far_end_that_refuses_closes_that_connection_cleanly_and_the_forward_s
         with _connect(forward.local_port, user) as conn:
             assert conn.execute("SELECT 4").fetchone() == (4,)
         assert transport.is_active()
+
+
+def test_a_lost_ssh_connection_ends_the_forwarded_connections_cleanly(
+    site: SiteConfig, cluster: PgCluster
+) -> None:
+    own = open_client(site)
+    transport = own.get_transport()
+    assert transport is not None
+    before = _forward_threads()
+    try:
+        with LocalForward(transport, "127.0.0.1", cluster.port, label=LABEL) as forward:
+            conn = _connect(forward.local_port, cluster.user.name)
+            assert conn.execute("SELECT 7").fetchone() == (7,)
+            own.close()  # the link is gone
+            with pytest.raises(psycopg.OperationalError):
+                conn.execute("SELECT 8")
+            conn.close()
+            _wait_for(lambda: forward.active == 0, 10, "the connection to be forgotten")
+            # A new connection is closed at once, and says why in the forward's errors.
+            with pytest.raises(psycopg.OperationalError):
+                _connect(forward.local_port, cluster.user.name)
+            _wait_for(lambda: forward.errors, 5, "the failure to be noted")
+            assert "the SSH connection failed" in forward.errors[-1]
+    finally:
+        own.close()
+    assert _forward_threads() == before
 
 
 def test_connections_beyond_the_bound_are_closed(
