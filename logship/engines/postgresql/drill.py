@@ -36,6 +36,7 @@ from logship.durable import ensure_private_dir, write_bytes_atomically
 from logship.engines.postgresql import walnames
 from logship.engines.postgresql.base_backup import label_start_wal, postgres_connector
 from logship.engines.postgresql.engine import PostgresConnector
+from logship.engines.postgresql.postmaster import pid_file, processes_in, runs_in
 from logship.engines.postgresql.standby_restore import (
     LATEST,
     ProgressCallback,
@@ -81,7 +82,6 @@ STOP_TIMEOUT_S = 60
 KILL_WAIT_S = 10.0
 # postmaster.pid, line 8: "ready" once the server accepts connections. With
 # hot_standby off that is only after recovery ended ("standby" before it).
-_PID_STATUS_LINE = 7
 _READY = "ready"
 
 # Phases reported: "extract", "verify", "configure", "replay", "query", "cleanup".
@@ -300,52 +300,6 @@ def _free_port() -> int:
     return port
 
 
-def _pid_file(data_dir: Path) -> tuple[int, str] | None:
-    """(postmaster pid, status) from postmaster.pid; None when there is none."""
-    try:
-        lines = (data_dir / "postmaster.pid").read_text(errors="replace").splitlines()
-        pid = int(lines[0])
-    except (OSError, ValueError, IndexError):
-        return None
-    status = lines[_PID_STATUS_LINE].strip() if len(lines) > _PID_STATUS_LINE else ""
-    return pid, status
-
-
-def _runs_in(pid: int, data_dir: Path) -> bool:
-    """Whether `pid` is alive and works in `data_dir` (as its postmaster does).
-
-    Checking the working directory keeps a stale postmaster.pid (a pid reused after a
-    crash) from aiming a signal at a stranger.
-    """
-    try:
-        return os.readlink(f"/proc/{pid}/cwd") == os.path.realpath(data_dir)
-    except OSError:
-        return False  # gone, a zombie, or another user's process: not ours to stop
-
-
-def processes_in(data_dir: Path) -> list[int]:
-    """This user's processes working in `data_dir`: the scratch postmaster, its
-    children, and what they run (restore_command).
-
-    pg_ctl starts the server from the data dir, so this finds a postmaster from its
-    first instant, before its postmaster.pid is even written.
-    """
-    target = os.path.realpath(data_dir)
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return []
-    found = []
-    for name in entries:
-        if name.isdigit() and int(name) != os.getpid():
-            try:
-                if os.readlink(f"/proc/{name}/cwd") == target:
-                    found.append(int(name))
-            except OSError:
-                continue  # gone meanwhile, or not ours
-    return found
-
-
 def stop_scratch_server(pg_ctl: Path | None, data_dir: Path) -> bool:
     """Stop the server running in `data_dir`, if any; True once nothing runs there.
 
@@ -354,8 +308,8 @@ def stop_scratch_server(pg_ctl: Path | None, data_dir: Path) -> bool:
     """
     if not processes_in(data_dir):
         return True
-    found = _pid_file(data_dir)
-    if pg_ctl is not None and found is not None and _runs_in(found[0], data_dir):
+    found = pid_file(data_dir)
+    if pg_ctl is not None and found is not None and runs_in(found[0], data_dir):
         cmd = [str(pg_ctl), "-D", str(data_dir), "-m", "immediate", "-w"]
         with contextlib.suppress(OperationFailed):
             run_tool(
@@ -613,8 +567,8 @@ class _Drill:
         import psycopg
 
         while True:
-            found = _pid_file(data_dir)
-            if found is None or not _runs_in(found[0], data_dir):
+            found = pid_file(data_dir)
+            if found is None or not runs_in(found[0], data_dir):
                 complaint = _restore_wal_complaint(log_file)
                 raise OperationFailed(
                     f"the scratch server stopped during replay: {_server_log_reason(log_file)}"

@@ -19,18 +19,20 @@ from typing import Any
 from logship.config.load import Role, load_config
 from logship.config.model import Config
 from logship.engines.postgresql import walnames
-from logship.engines.postgresql.controldata import read_control
 from logship.engines.postgresql.engine import PostgresConnector, SideSection
+from logship.engines.postgresql.postmaster import running_server
 from logship.engines.postgresql.promote import JOURNAL_NAME, append_journal, write_marker
+from logship.engines.postgresql.rewind_parse import ControlData
+from logship.engines.postgresql.rewind_target import read_controldata
 from logship.engines.postgresql.standby_restore import (
     LOG_NAME,
     local_peer_hba,
-    restore_command,
     run_tool,
+    standby_settings,
     start_server,
     write_recovery_config,
 )
-from logship.engines.postgresql.tools import find_program, quote_conf_string
+from logship.engines.postgresql.tools import find_program, parse_dsn, quote_conf_string
 from logship.errors import OperationFailed, SafetyRefusal, UsageError, first_line
 from logship.manifest import SiteLayout
 from logship.recorded_roles import record_primary
@@ -137,6 +139,11 @@ def reach(config: Config, name: str, target: str) -> dict[str, Any]:
     return {"site": config.this_site, "reached": target, "version": out.decode().strip()[:100]}
 
 
+def checkpoint_segment(control: ControlData) -> str:
+    """The WAL segment holding the latest checkpoint record."""
+    return walnames.segment_of_lsn(control.timeline, control.checkpoint_lsn, control.segment_size)
+
+
 def _pg_ctl(side: SideSection) -> Path:
     return find_program("pg_ctl", bin_dir=side.bin_dir, data_dir=side.data_dir, setting="bin_dir")
 
@@ -164,7 +171,7 @@ def stop(config: Config, name: str) -> dict[str, Any]:
         raise OperationFailed(
             f"pg_ctl stop at {here}: {first_line(done.stderr or done.stdout) or 'failed'}"
         )
-    control = read_control(side.data_dir, side.bin_dir, "bin_dir")
+    control = read_controldata(side.data_dir, side.bin_dir)
     if control.state != "shut down":
         raise OperationFailed(
             f"the database at {here} is {control.state!r} after pg_ctl stop, not cleanly shut down"
@@ -173,10 +180,10 @@ def stop(config: Config, name: str) -> dict[str, Any]:
         "site": here,
         "stopped_at": started,
         "checkpoint_lsn": walnames.int_to_lsn(control.checkpoint_lsn),
-        "timeline": control.checkpoint_timeline,
-        "segment": control.checkpoint_segment,
+        "timeline": control.timeline,
+        "segment": checkpoint_segment(control),
         "segment_size": control.segment_size,
-        "system_identifier": control.system_identifier,
+        "system_identifier": str(control.system_identifier),
     }
 
 
@@ -211,13 +218,13 @@ def ship_final(config: Config, name: str, since_lsn: str, *, dry_run: bool) -> d
     if dry_run:
         segment_size, timeline, last = _current_position(side)
     else:
-        control = read_control(side.data_dir, side.bin_dir, "bin_dir")
+        control = read_controldata(side.data_dir, side.bin_dir)
         if control.state != "shut down":
             raise SafetyRefusal(f"the database at {here} is {control.state!r}, not shut down")
         segment_size, timeline, last = (
             control.segment_size,
-            control.checkpoint_timeline,
-            control.checkpoint_segment,
+            control.timeline,
+            checkpoint_segment(control),
         )
     first = walnames.segment_of_lsn(timeline, walnames.lsn_to_int(since_lsn), segment_size)
     shipped: list[str] = []
@@ -346,19 +353,14 @@ def promote(config: Config, name: str, timeout: float) -> dict[str, Any]:
     }
 
 
-def follow_settings(
-    config: Config, connector: PostgresConnector, here: str
-) -> list[tuple[str, str]]:
+def follow_settings(config: Config, connector: PostgresConnector) -> list[tuple[str, str]]:
     """postgresql.auto.conf lines for this site's database as a standby of the
-    other side: replay what is shipped here, archive once it is promoted."""
-    python = sys.executable
-    restore = restore_command(python, config.path.absolute(), connector.name, this_site=here)
-    return [
-        ("restore_command", quote_conf_string(restore)),
-        ("recovery_target_timeline", "'latest'"),
-        ("hot_standby", "on"),
-        *archive_settings(python, config.path.absolute(), connector.name, here),
-    ]
+    other side (`connector` oriented with this site as its standby): its own port
+    and listeners (pg_rewind copies the other side's), replay of what is shipped
+    here, archiving once it is promoted."""
+    here = connector.site
+    endpoint = parse_dsn(connector.standby.dsn, setting=f"sides.{here}.dsn")
+    return standby_settings(endpoint, sys.executable, config.path.absolute(), connector, here)
 
 
 def archive_settings(
@@ -379,28 +381,44 @@ def follow(config: Config, name: str) -> dict[str, Any]:
     """Start the cleanly stopped database here as a standby of the other side."""
     oriented = config_for(config, "standby")
     connector, here, side = two_sided(oriented, name)
-    control = read_control(side.data_dir, side.bin_dir, "bin_dir")
+    control = read_controldata(side.data_dir, side.bin_dir)
     if control.state != "shut down":
         raise SafetyRefusal(
             f"the database at {here} is {control.state!r}, not cleanly shut down: it may "
             f"hold WAL the new primary does not have; use `logship reinstate {name}`"
         )
-    if (side.data_dir / "postmaster.pid").exists():
-        raise SafetyRefusal(f"{side.data_dir}/postmaster.pid exists: is the server running?")
+    start_following(oriented, connector, side)
+    record_primary(config.logship.state_dir, connector.name, _other(connector, here))
+    return {"site": here, "following": _other(connector, here)}
+
+
+def start_following(config: Config, connector: PostgresConnector, side: SideSection) -> None:
+    """Configure the stopped database of `side` (this site; `connector` oriented with
+    it as the standby) to replay what the other side ships here, and start it.
+
+    Written before a fence comes off, and the fence then keeps the signal file: at
+    no moment could the server start as a primary. An earlier PROMOTED marker at
+    this site is retired, or the other side could never ship here again.
+    """
     import pwd
 
+    from logship.engines.postgresql.fence import fence_state, unfence
+
+    running = running_server(side.data_dir)
+    if running is not None:
+        raise SafetyRefusal(f"{side.data_dir}: {running}; stop it first")
     write_recovery_config(
         side.data_dir,
-        follow_settings(oriented, connector, here),
+        follow_settings(config, connector),
         header=f"# {FOLLOW_WRITER}: a standby of the other side (later lines win)",
         signal_name="standby.signal",
         hba=local_peer_hba(pwd.getpwuid(os.geteuid()).pw_name, f"Written by {FOLLOW_WRITER}."),
         writer=FOLLOW_WRITER,
     )
-    retired = _retire_promoted(oriented, connector, here)
+    if fence_state(side.data_dir) is not None:
+        unfence(side.data_dir, keep_signal=True)
+    _retire_promoted(config, connector, connector.site)
     start_server(_pg_ctl(side), side.data_dir, side.data_dir / LOG_NAME, what="the new standby")
-    record_primary(config.logship.state_dir, connector.name, _other(connector, here))
-    return {"site": here, "following": _other(connector, here), "retired_marker": retired}
 
 
 def _other(connector: PostgresConnector, here: str) -> str:

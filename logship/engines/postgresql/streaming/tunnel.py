@@ -30,10 +30,10 @@ from logship.engines.postgresql.tools import DsnEndpoint
 from logship.errors import OperationFailed
 from logship.logs import event
 from logship.ship.sftp import open_client, where
+from logship.ship.ssh_forward import join_streams
 
 log = logging.getLogger("logship.streaming")
 
-CHUNK = 64 * 1024
 #: how often a silent SSH connection is probed, so a dead link is found by the
 #: TCP_USER_TIMEOUT that open_client sets instead of never
 KEEPALIVE_S = 2
@@ -103,7 +103,7 @@ class _Joint(threading.Thread):
             self.primary = self.tunnel.join()
             self.primary.sendall(startup.raw)
             self.channel.settimeout(None)
-            self._pump(self.primary)
+            join_streams(self.channel, self.primary, "stream-joint-up")
         except StartupRefused as exc:
             self.tunnel.refused(str(exc))
         except (OSError, EOFError, paramiko.SSHException) as exc:
@@ -113,35 +113,6 @@ class _Joint(threading.Thread):
         finally:
             self.close()
             self.tunnel.forget(self)
-
-    def _pump(self, primary: socket.socket) -> None:
-        """A thread for each direction, each blocked in its own read: a synchronous
-        commit waits for every hop, and a wake-up through paramiko's condition is
-        quicker than one through select on its pipe."""
-        to_primary = threading.Thread(
-            target=self._site_to_primary, args=(primary,), name="stream-joint-up", daemon=True
-        )
-        to_primary.start()
-        try:
-            while data := primary.recv(CHUNK):
-                self.channel.sendall(data)
-        finally:
-            # The walsender ended the session (or the link broke): nothing more
-            # will pass either way.
-            self.channel.close()
-            to_primary.join()
-
-    def _site_to_primary(self, primary: socket.socket) -> None:
-        try:
-            while data := self.channel.recv(CHUNK):
-                primary.sendall(data)
-        except (OSError, EOFError, paramiko.SSHException):
-            pass
-        finally:
-            # The site's end is gone (or the link): the walsender must see it now,
-            # and the other direction's read must end too.
-            with contextlib.suppress(OSError):
-                primary.shutdown(socket.SHUT_RDWR)
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
