@@ -91,3 +91,15 @@ def changed_since(config: Config) -> dict[str, str]:
         for name, primary in found_primaries(config).items()
         if config.connectors[name].primary_side != primary
     }
+
+
+def guard_standby_sides(config: Config) -> dict[str, str]:
+    """connector -> what was done to keep this site's database from acting as a
+    primary where the other side is the primary (see Engine.guard_standby_side)."""
+    done: dict[str, str] = {}
+    for name, connector in _two_sided(config).items():
+        if role_here(config, connector) == "standby":
+            what = engine_for(connector.kind).guard_standby_side(config, connector)  # type: ignore[attr-defined]
+            if what:
+                done[name] = what
+    return done

@@ -73,6 +73,7 @@ WHERE: dict[str, str] = {
     "dashboard": "either site",
     "promote": "standby",
     "switchover": "either site",
+    "reinstate": "the old primary's site",
     "switchover-step": "either site (over SSH, from `switchover`)",
     "demo": "anywhere",
 }

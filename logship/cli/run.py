@@ -91,6 +91,8 @@ def run(args: argparse.Namespace) -> int:
         current[:] = [daemon]
         if stopping.is_set():
             break
+        for name, what in roles.guard_standby_sides(config).items():
+            event(log, logging.WARNING, "old primary fenced", connector=name, detail=what)
         watch_done = threading.Event()
         watch = None
         if any(getattr(c, "sides", None) for c in config.connectors.values()):

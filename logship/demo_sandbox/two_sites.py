@@ -25,6 +25,9 @@ SITES = ("main", "dr")
 class TwoSiteDeployment(Deployment):
     #: [sides.*] read_ahead at both sides
     two_site_read_ahead: bool = True
+    #: the primary's data checksums and wal_log_hints (either lets pg_rewind run)
+    checksums: bool = True
+    wal_log_hints: bool = True
     _daemons: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -105,7 +108,7 @@ compression = "{self.compression}"
             "archive_mode": "on",
             "archive_timeout": "10s",
             "wal_level": "replica",
-            "wal_log_hints": "on",
+            "wal_log_hints": "on" if self.wal_log_hints else "off",
             "archive_command": shlex.join([*command, "archive-wal", self.connector]) + " %p",
         }
 
@@ -121,6 +124,11 @@ compression = "{self.compression}"
             self._private_dir(self.site_incoming(site))
         self.write_config()
         self.primary.initdb()
+        if not self.checksums:
+            program = self.primary.bin_dir / "pg_checksums"
+            self.user.run(
+                [str(program), "--disable", "-D", str(self.primary.data_dir)], cwd=self.root
+            )
         self.primary.configure(self.archive_settings())
         self.primary.start()
 

@@ -146,6 +146,12 @@ class Engine(Protocol):
         asked from site `here`; None when none of them can say."""
         ...
 
+    def guard_standby_side(self, config: Config, connector: ConnectorBase) -> str | None:
+        """At a site that is a two-sided connector's standby side: make sure its own
+        database cannot act as a primary (an old primary after a failover is
+        fenced); what was done, for the log, or None."""
+        ...
+
     def site_problem(self, connector: ConnectorBase, site: SiteConfig) -> str | None:
         """Why `connector` cannot work with `site` (e.g. a restricted one), or None."""
         ...

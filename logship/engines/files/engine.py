@@ -79,6 +79,9 @@ class FilesEngine:
     def find_primary(self, connector: ConnectorBase, here: str) -> str | None:
         return None
 
+    def guard_standby_side(self, config: Config, connector: ConnectorBase) -> str | None:
+        return None
+
     def accepts(self, name: str) -> bool:
         return False
 

@@ -185,6 +185,12 @@ class PostgresEngine:
 
         return found_primary(connector, here)
 
+    def guard_standby_side(self, config: Config, connector: ConnectorBase) -> str | None:
+        assert isinstance(connector, PostgresConnector)
+        from logship.engines.postgresql.roles import fence_if_old_primary
+
+        return fence_if_old_primary(config, connector)
+
     def accepts(self, name: str) -> bool:
         return walnames.is_archivable(name)
 

@@ -257,9 +257,17 @@ NEXT_STEPS = (
     "keep the old primary down (stop and disable its service): it must not take writes again",
     "point applications at the new primary",
     "rebuild the old primary as a standby of the new one: a new base backup, or pg_rewind "
-    "of its data dir against the new primary (`logship reinstate` is not built yet)",
+    "of its data dir against the new primary",
     "the new primary does not archive (archive_mode = off): configure the reverse direction "
     "before relying on it for DR",
+)
+#: a connector written with [sides.*]: the reverse direction is configured already
+NEXT_STEPS_TWO_SIDED = (
+    "keep the old primary down: once its site is back, `logship run` there fences it",
+    "point applications at the new primary",
+    "at the old primary's site, `logship reinstate CONNECTOR` makes it a standby of the new "
+    "one (by pg_rewind when safe, else a fresh base backup); the new primary archives and "
+    "its site's daemon ships toward the old site already",
 )
 
 
@@ -780,8 +788,11 @@ class Promotion:
             f"RTO {rto:.1f} s; event appended to {Path(self.layout.root) / JOURNAL_NAME}; "
             f"catalog: {catalog_note}",
         )
-        for number, text in enumerate(NEXT_STEPS, 1):
-            self._step(f"next step {number}", Verdict.INFO, text)
+        steps = NEXT_STEPS if self.connector.sides is None else NEXT_STEPS_TWO_SIDED
+        for number, text in enumerate(steps, 1):
+            self._step(
+                f"next step {number}", Verdict.INFO, text.replace("CONNECTOR", self.connector.name)
+            )
 
 
 def _summary(marker: Path) -> str:

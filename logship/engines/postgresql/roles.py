@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from logship.config.model import Config
 from logship.engines.postgresql.engine import PostgresConnector, SideSection
 from logship.errors import first_line
 
@@ -82,3 +83,23 @@ def found_primary(connector: PostgresConnector, here: str) -> str | None:
         if (mine.timeline or 0) == (theirs.timeline or 0):
             return None  # two primaries on one timeline: nothing here can tell
     return here
+
+
+def fence_if_old_primary(config: Config, connector: PostgresConnector) -> str | None:
+    """At this site's standby side: a stopped database that was a primary while the
+    other side now writes on a later timeline is fenced (what happened, when)."""
+    from logship.engines.postgresql.switchover_steps import fence_old_primary
+
+    here = config.this_site
+    sides = connector.sides or {}
+    if here not in sides:
+        return None
+    other = other_side(connector, here)
+    check_dsn = sides[other].check_dsn
+    if check_dsn is None or ask(sides[here].dsn).answered:
+        return None
+    theirs = ask(check_dsn)
+    if not theirs.answered or theirs.in_recovery or theirs.timeline is None:
+        return None
+    done = fence_old_primary(config, connector.name, theirs.timeline)
+    return f"fenced ({done['why']})" if done["fenced"] and "already" not in done["why"] else None

@@ -102,6 +102,7 @@ LOCAL: dict[str, Callable[..., dict[str, Any]]] = {
     "replayed": steps.replayed,
     "promote": steps.promote,
     "follow": steps.follow,
+    "fence": steps.fence_old_primary,
 }
 
 #: argument name -> the switchover-step option carrying it
@@ -111,6 +112,7 @@ OPTIONS = {
     "lsn": "--lsn",
     "segment": "--segment",
     "timeout": "--timeout",
+    "timeline": "--timeline",
 }
 
 

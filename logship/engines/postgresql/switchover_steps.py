@@ -144,33 +144,27 @@ def checkpoint_segment(control: ControlData) -> str:
     return walnames.segment_of_lsn(control.timeline, control.checkpoint_lsn, control.segment_size)
 
 
-def _pg_ctl(side: SideSection) -> Path:
+def pg_ctl(side: SideSection) -> Path:
     return find_program("pg_ctl", bin_dir=side.bin_dir, data_dir=side.data_dir, setting="bin_dir")
+
+
+def stop_server(side: SideSection, here: str) -> None:
+    """pg_ctl stop -m fast: a clean stop, with a shutdown checkpoint."""
+    argv = [str(pg_ctl(side)), "-D", str(side.data_dir), "-m", "fast", "-w"]
+    done = run_tool(
+        [*argv, "-t", str(STOP_TIMEOUT_S), "stop"], side.data_dir, timeout=STOP_TIMEOUT_S + 30
+    )
+    if done.returncode != 0:
+        raise OperationFailed(
+            f"pg_ctl stop at {here}: {first_line(done.stderr or done.stdout) or 'failed'}"
+        )
 
 
 def stop(config: Config, name: str) -> dict[str, Any]:
     """Stop the primary here cleanly (a shutdown checkpoint); its final position."""
     _, here, side = two_sided(config, name)
     started = time.time()
-    done = run_tool(
-        [
-            str(_pg_ctl(side)),
-            "-D",
-            str(side.data_dir),
-            "-m",
-            "fast",
-            "-w",
-            "-t",
-            str(STOP_TIMEOUT_S),
-            "stop",
-        ],
-        side.data_dir,
-        timeout=STOP_TIMEOUT_S + 30,
-    )
-    if done.returncode != 0:
-        raise OperationFailed(
-            f"pg_ctl stop at {here}: {first_line(done.stderr or done.stdout) or 'failed'}"
-        )
+    stop_server(side, here)
     control = read_controldata(side.data_dir, side.bin_dir)
     if control.state != "shut down":
         raise OperationFailed(
@@ -190,7 +184,7 @@ def stop(config: Config, name: str) -> dict[str, Any]:
 def restart(config: Config, name: str) -> dict[str, Any]:
     """Start the database here again as it was (undoing `stop` before a promote)."""
     _, here, side = two_sided(config, name)
-    start_server(_pg_ctl(side), side.data_dir, side.data_dir / LOG_NAME, what="the primary")
+    start_server(pg_ctl(side), side.data_dir, side.data_dir / LOG_NAME, what="the primary")
     return {"site": here, "started": True}
 
 
@@ -418,7 +412,7 @@ def start_following(config: Config, connector: PostgresConnector, side: SideSect
     if fence_state(side.data_dir) is not None:
         unfence(side.data_dir, keep_signal=True)
     _retire_promoted(config, connector, connector.site)
-    start_server(_pg_ctl(side), side.data_dir, side.data_dir / LOG_NAME, what="the new standby")
+    start_server(pg_ctl(side), side.data_dir, side.data_dir / LOG_NAME, what="the new standby")
 
 
 def _other(connector: PostgresConnector, here: str) -> str:
@@ -449,3 +443,22 @@ def _retire_promoted(config: Config, connector: PostgresConnector, here: str) ->
     )
     marker.unlink()
     return True
+
+
+def fence_old_primary(config: Config, name: str, timeline: int) -> dict[str, Any]:
+    """After the other side was promoted: fence this site's database when it is
+    stopped and was a primary, so that started by hand it comes up read-only and
+    says why (until `logship reinstate`). A running one is left alone and named."""
+    from logship.engines.postgresql.fence import FenceReason, fence, fence_state
+
+    connector, here, side = two_sided(config, name)
+    if fence_state(side.data_dir) is not None:
+        return {"site": here, "fenced": True, "why": "fenced already"}
+    running = running_server(side.data_dir)
+    if running is not None:
+        return {"site": here, "fenced": False, "why": f"the server runs ({running})"}
+    control = read_controldata(side.data_dir, side.bin_dir)
+    if "recovery" in control.state or (side.data_dir / "standby.signal").exists():
+        return {"site": here, "fenced": False, "why": "it is a standby, not an old primary"}
+    fence(side.data_dir, FenceReason(connector.name, "failover", _other(connector, here), timeline))
+    return {"site": here, "fenced": True, "why": f"was {control.state!r}"}

@@ -64,6 +64,13 @@ def _switchover(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _reinstate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("connector")
+    p.add_argument(
+        "--dry-run", action="store_true", help="report the divergence and the plan, change nothing"
+    )
+
+
 def _switchover_step(p: argparse.ArgumentParser) -> None:
     p.add_argument("connector")
     p.add_argument("step", help="facts, reach, stop, restart, ship-final, ...")
@@ -73,6 +80,7 @@ def _switchover_step(p: argparse.ArgumentParser) -> None:
     p.add_argument("--segment", help="unship-final: the segment to take back")
     p.add_argument("--timeout", type=float, help="replayed, promote: seconds")
     p.add_argument("--dry-run", action="store_true", help="ship-final: plan only")
+    p.add_argument("--timeline", type=int, help="fence: the new primary's timeline")
 
 
 def _drill(p: argparse.ArgumentParser) -> None:
@@ -161,6 +169,11 @@ VERBS = {
         f"{_CLI}.switchover",
         "planned role swap with zero data loss, run at either site ([sides.*] connectors)",
         _switchover,
+    ),
+    "reinstate": (
+        f"{_CLI}.reinstate",
+        "after a failover, make the old primary a standby of the new one (at its site)",
+        _reinstate,
     ),
     "switchover-step": (
         f"{_CLI}.switchover_step",

@@ -17,6 +17,7 @@ from logship.config.load import load_config
 from logship.config.model import Config
 from logship.consistency import files_connectors_for
 from logship.engines.postgresql.base_backup import postgres_connector
+from logship.engines.postgresql.engine import PostgresConnector
 from logship.engines.postgresql.promote import PromoteOptions, Promotion, Step, Verdict
 from logship.errors import UsageError, first_line
 
@@ -94,6 +95,43 @@ def run(args: argparse.Namespace) -> int:
     ).run()
     if outcome.dry_run:
         print("dry run: every check passed; promote without --dry-run to do it", file=sys.stdout)
-    else:
-        print(f"promoted {connector.name}: the standby is the primary now", flush=True)
+        return 0
+    print(f"promoted {connector.name}: the standby is the primary now", flush=True)
+    if connector.sides is not None and outcome.new_timeline is not None:
+        _fence_old_primary(config, connector, outcome.new_timeline)
     return 0
+
+
+def _fence_old_primary(config: Config, connector: PostgresConnector, timeline: int) -> None:
+    """The old primary's site, when it answers over SSH: its stopped database is
+    fenced there. Never fails the promote: it is done."""
+    from logship.engines.postgresql.switchover_remote import StepRunner
+    from logship.errors import LogshipError
+
+    old = connector.primary_side
+    assert old is not None
+    try:
+        answer = StepRunner(config, connector.name).call(old, "fence", wait_s=30, timeline=timeline)
+        fenced = answer.flag("fenced")
+        why = answer.text("why")
+    except LogshipError as exc:
+        fenced, why = False, f"not reached ({first_line(exc)})"
+    if fenced:
+        _print(
+            Step(
+                "fence old primary",
+                Verdict.OK,
+                f"{old}: fenced ({why}); started by hand "
+                f"it stays read-only until `logship reinstate {connector.name}` there",
+            )
+        )
+    else:
+        _print(
+            Step(
+                "fence old primary",
+                Verdict.INFO,
+                f"{old}: not fenced: {why}. Keep it "
+                f"down; `logship run` there fences it when it starts, then run "
+                f"`logship reinstate {connector.name}` there",
+            )
+        )

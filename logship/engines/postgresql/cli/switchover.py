@@ -27,7 +27,7 @@ _MARKS = {
 }
 
 
-def _print(step: Step) -> None:
+def print_step(step: Step) -> None:
     print(f"[{_MARKS[step.verdict]:>7}] {step.name}: {step.detail}", flush=True)
 
 
@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         timeout=args.timeout or DEFAULT_TIMEOUT_S,
         max_behind=max_behind,
     )
-    switchover = Switchover(config, args.connector, options, _print)
+    switchover = Switchover(config, args.connector, options, print_step)
     title = "dry run: nothing is changed" if options.dry_run else "swapping roles"
     print(
         f"switchover {args.connector}: {switchover.primary} -> {switchover.standby} ({title})",

@@ -26,6 +26,7 @@ ARGUMENTS = {
     "replayed": ("lsn", "timeout"),
     "promote": ("timeout",),
     "follow": (),
+    "fence": ("timeline",),
 }
 
 
