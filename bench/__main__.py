@@ -26,6 +26,7 @@ BENCHMARKS = {
     "base_backup_vs_local": "a shipped base backup against pg_basebackup to local disk",
     "files_vs_rsync": "files connector initial sync and change latency against rsync",
     "promote_rto": "promote against a bare pg_promote",
+    "switchover": "switchover write outage; reinstate by rewind and by base backup: time, bytes",
     "streaming": "streaming WAL: write penalty by RTT, exposure, loss in disaster drills",
 }
 
