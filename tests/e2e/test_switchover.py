@@ -9,33 +9,14 @@ import json
 import re
 import subprocess
 import threading
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
-from ticker import SETUP, Ticker
+from ticker import Ticker
 
 from logship.demo_sandbox.deployment import wait_for
-from logship.demo_sandbox.osuser import OsUser
 from logship.demo_sandbox.postgres import PgCluster
 from logship.demo_sandbox.two_sites import TwoSiteDeployment
 
 CONNECTOR = "main"
-
-
-@pytest.fixture
-def two_sites(reachable_dir: Path, pg_user: OsUser) -> Iterator[TwoSiteDeployment]:
-    dep = TwoSiteDeployment(reachable_dir / "deploy", pg_user)
-    try:
-        dep.build_primary()
-        dep.primary.execute(SETUP)
-        dep.primary.pgbench("-i", "-s", "2", "-q")
-        dep.standby_up()
-        for site in ("main", "dr"):
-            dep.start_site_daemon(site)
-        yield dep
-    finally:
-        dep.teardown()
 
 
 def _status(dep: TwoSiteDeployment, site: str) -> dict:
