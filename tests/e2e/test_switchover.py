@@ -102,6 +102,8 @@ def test_switchover_and_back_lose_nothing_and_turn_shipping_around(
     wait_for(lambda: _status(dep, "dr")["role"] == "primary", 30, "dr's status says primary")
     assert _status(dep, "dr")["direction"] == "dr -> main"
     assert _status(dep, "main")["role"] == "standby"
+    checked = dep.at("main", "check", CONNECTOR, check=False)
+    assert "standby here (main); shipping dr -> main" in checked.stdout, checked.stdout
 
     # A base backup and a restore drill work in the new direction.
     dep.at("dr", "base-backup", CONNECTOR)
