@@ -23,6 +23,7 @@ from sshd_site import reachable_tmp
 
 from logship.demo_sandbox import OsUser
 from logship.demo_sandbox.deployment import Deployment
+from logship.demo_sandbox.two_sites import TwoSiteDeployment
 
 # The test kit (testkit/) is imported from the checkout, but logship from the venv
 # that dev.sh installs it into: the root goes last on the path, not first.
@@ -101,6 +102,36 @@ def read_ahead(reachable_dir: Path, pg_user: OsUser) -> Iterator[Deployment]:
     """As `deployment`, with `[primary] data_dir` set: WAL ships from pg_wal as soon
     as PostgreSQL marks it ready, and archive-wal confirms it."""
     yield from _built(Deployment(reachable_dir / "deploy", pg_user, read_ahead=True))
+
+
+def _two_sites(root: Path, user: OsUser, **options: bool) -> Iterator[TwoSiteDeployment]:
+    """Two sites, the primary at main with the ticker's table and pgbench's, the
+    standby at dr restored, and `logship run` at both."""
+    from ticker import SETUP
+
+    dep = TwoSiteDeployment(root, user, **options)
+    try:
+        dep.build_primary()
+        dep.primary.execute(SETUP)
+        dep.primary.pgbench("-i", "-s", "2", "-q")
+        dep.standby_up()
+        for site in ("main", "dr"):
+            dep.start_site_daemon(site)
+        yield dep
+    finally:
+        dep.teardown()
+
+
+@pytest.fixture
+def two_sites(reachable_dir: Path, pg_user: OsUser) -> Iterator[TwoSiteDeployment]:
+    yield from _two_sites(reachable_dir / "deploy", pg_user)
+
+
+@pytest.fixture
+def two_sites_without_hints(reachable_dir: Path, pg_user: OsUser) -> Iterator[TwoSiteDeployment]:
+    """As `two_sites`, with neither data checksums nor wal_log_hints: pg_rewind
+    cannot be trusted there."""
+    yield from _two_sites(reachable_dir / "deploy", pg_user, checksums=False, wal_log_hints=False)
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from rich.console import Console
 from rich.markup import escape
 
+from logship import roles
 from logship.checks import CheckResult, CheckRunner, CheckStatus, ok, run_setup_checks
 from logship.cli.status import selected_connectors
 from logship.config.files import config_path
@@ -45,7 +46,8 @@ def _printer() -> Callable[[CheckResult], None]:
 
 def run(args: argparse.Namespace) -> int:
     path = config_path(args.config)
-    config = load_config(path)  # a ConfigError exits 2 with its one line
+    # A ConfigError exits 2 with its one line; roles as the databases say now.
+    config = roles.settled(load_config(path, this_site=args.this_site), record=False)
     names = selected_connectors(config, args.connector)
     runner = CheckRunner(on_result=_printer())
     runner.record(

@@ -5,44 +5,16 @@ fenced, it never takes writes started by hand. Real PostgreSQL, an sshd per site
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 
 import psycopg
 import pytest
-from ticker import SETUP, Ticker
+from ticker import Ticker
 
 from logship.demo_sandbox.deployment import wait_for
-from logship.demo_sandbox.osuser import OsUser
 from logship.demo_sandbox.two_sites import TwoSiteDeployment
 
 CONNECTOR = "main"
 LOST = 5
-
-
-def _deployment(root: Path, user: OsUser, **options: bool) -> Iterator[TwoSiteDeployment]:
-    dep = TwoSiteDeployment(root, user, **options)
-    try:
-        dep.build_primary()
-        dep.primary.execute(SETUP)
-        dep.primary.pgbench("-i", "-s", "2", "-q")
-        dep.standby_up()
-        for site in ("main", "dr"):
-            dep.start_site_daemon(site)
-        yield dep
-    finally:
-        dep.teardown()
-
-
-@pytest.fixture
-def two_sites(reachable_dir: Path, pg_user: OsUser) -> Iterator[TwoSiteDeployment]:
-    yield from _deployment(reachable_dir / "deploy", pg_user)
-
-
-@pytest.fixture
-def no_hints(reachable_dir: Path, pg_user: OsUser) -> Iterator[TwoSiteDeployment]:
-    """Neither data checksums nor wal_log_hints: pg_rewind cannot be trusted."""
-    yield from _deployment(reachable_dir / "deploy", pg_user, checksums=False, wal_log_hints=False)
 
 
 def _caught_up(dep: TwoSiteDeployment) -> None:
@@ -135,9 +107,9 @@ def test_failover_then_reinstate_by_rewind_then_switchover_back(
 
 
 def test_without_checksums_or_hints_reinstate_rebuilds_from_a_base_backup(
-    no_hints: TwoSiteDeployment,
+    two_sites_without_hints: TwoSiteDeployment,
 ) -> None:
-    dep = no_hints
+    dep = two_sites_without_hints
     main = dep.primary
     _caught_up(dep)
     _disaster(dep, site_reachable=True)

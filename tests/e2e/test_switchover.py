@@ -9,33 +9,14 @@ import json
 import re
 import subprocess
 import threading
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
-from ticker import SETUP, Ticker
+from ticker import Ticker
 
 from logship.demo_sandbox.deployment import wait_for
-from logship.demo_sandbox.osuser import OsUser
 from logship.demo_sandbox.postgres import PgCluster
 from logship.demo_sandbox.two_sites import TwoSiteDeployment
 
 CONNECTOR = "main"
-
-
-@pytest.fixture
-def two_sites(reachable_dir: Path, pg_user: OsUser) -> Iterator[TwoSiteDeployment]:
-    dep = TwoSiteDeployment(reachable_dir / "deploy", pg_user)
-    try:
-        dep.build_primary()
-        dep.primary.execute(SETUP)
-        dep.primary.pgbench("-i", "-s", "2", "-q")
-        dep.standby_up()
-        for site in ("main", "dr"):
-            dep.start_site_daemon(site)
-        yield dep
-    finally:
-        dep.teardown()
 
 
 def _status(dep: TwoSiteDeployment, site: str) -> dict:
@@ -121,6 +102,8 @@ def test_switchover_and_back_lose_nothing_and_turn_shipping_around(
     wait_for(lambda: _status(dep, "dr")["role"] == "primary", 30, "dr's status says primary")
     assert _status(dep, "dr")["direction"] == "dr -> main"
     assert _status(dep, "main")["role"] == "standby"
+    checked = dep.at("main", "check", CONNECTOR, check=False)
+    assert "standby here (main); shipping dr -> main" in checked.stdout, checked.stdout
 
     # A base backup and a restore drill work in the new direction.
     dep.at("dr", "base-backup", CONNECTOR)

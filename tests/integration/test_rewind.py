@@ -407,7 +407,9 @@ def test_a_crashed_old_primary_is_rewound_after_crash_recovery_but_not_dry_run(
     forked.old.start()
     safety = rewind_safety(forked.old.data_dir, BIN, forked.new.dsn())
     assert not safety.safe
-    assert any("is running (postmaster PID" in r for r in safety.reasons), safety.reasons
+    assert any("the old primary is running (postmaster pid" in r for r in safety.reasons), (
+        safety.reasons
+    )
     forked.old.stop(mode="immediate")
     safety = rewind_safety(forked.old.data_dir, BIN, forked.new.dsn())
     assert safety.safe, safety.reasons

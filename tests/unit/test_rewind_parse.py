@@ -10,7 +10,6 @@ import pytest
 
 from logship.engines.postgresql.rewind_parse import (
     parse_controldata,
-    parse_postmaster_pid,
     parse_rewind_line,
     parse_waldump_checkpoints,
 )
@@ -66,13 +65,6 @@ def test_controldata_refuses_what_it_does_not_know(change: tuple[str, str], mess
 def test_controldata_bounded() -> None:
     with pytest.raises(ValueError, match="too long"):
         parse_controldata(CONTROLDATA + "x" * 70_000)
-
-
-def test_postmaster_pid() -> None:
-    assert parse_postmaster_pid("4242\n/var/lib/pg\n1700000000\n5432\n") == 4242
-    for bad in ("", "-1\n", "0\n", "12ab\n", "99999999999\n", "1" * 5000):
-        with pytest.raises(ValueError):
-            parse_postmaster_pid(bad)
 
 
 WALDUMP = (

@@ -59,6 +59,14 @@ class PostgresChecks:
     def source_checks(self, config: Config, connector: ConnectorBase, runner: CheckRunner) -> None:
         assert isinstance(connector, PostgresConnector)
         name = connector.name
+        if connector.sides is not None:
+            here = config.this_site
+            way = f"{connector.primary_side} -> {connector.site}"
+            if here != connector.primary_side:
+                # The primary's checks run at the primary's site; here is its standby.
+                runner.record(ok(f"role {name}", f"standby here ({here}); shipping {way}"))
+                return
+            runner.record(ok(f"role {name}", f"primary here ({here}); shipping {way}"))
         settings = runner.obtain(f"primary {name}", check_primary, connector)
         if settings is None:
             return

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from logship.engines.postgresql import walnames
+from logship.engines.postgresql.postmaster import running_server
 from logship.engines.postgresql.rewind_parse import CLEAN_STATES, CRASHED_STATES, ControlData
 from logship.engines.postgresql.rewind_source import read_source, request_checkpoint
 from logship.engines.postgresql.rewind_target import (
@@ -18,7 +19,6 @@ from logship.engines.postgresql.rewind_target import (
     read_controldata,
     read_target_history,
     run_as_owner,
-    running_pid,
 )
 from logship.engines.postgresql.rewind_wal import check_target_wal, find_divergence
 from logship.engines.postgresql.timeline_history import HistoryEntry
@@ -190,9 +190,9 @@ def rewind_safety(
     facts.old_system_identifier = control.system_identifier
     facts.checksums = control.checksum_version != 0
     facts.wal_log_hints_control = control.wal_log_hints
-    pid = running_pid(data_dir)
-    if pid is not None:
-        reasons.append(f"the old primary is running (postmaster PID {pid}): stop it first")
+    running = running_server(data_dir)
+    if running is not None:
+        reasons.append(f"the old primary is running ({running}): stop it first")
     elif control.state in CRASHED_STATES:
         facts.crash_recovery_first = True
         notes.append(

@@ -15,7 +15,6 @@ from logship.engines.postgresql.walnames import lsn_to_int
 
 # pg_controldata prints about 3 KiB.
 MAX_CONTROLDATA_CHARS = 64 * 1024
-MAX_PID_FILE_CHARS = 4096
 MAX_TIMELINE = 0xFFFFFFFF
 MAX_UINT64 = 0xFFFFFFFFFFFFFFFF
 
@@ -119,17 +118,6 @@ def parse_controldata(text: str) -> ControlData:
         segment_size=segment_size,
         full_page_writes=_parse_on_off(raw["full_page_writes"], "full_page_writes"),
     )
-
-
-def parse_postmaster_pid(text: str) -> int:
-    """The postmaster's PID: the first line of postmaster.pid."""
-    if len(text) > MAX_PID_FILE_CHARS:
-        raise ValueError("postmaster.pid is too long")
-    first = text.split("\n", 1)[0].strip()
-    pid = _parse_uint(first, 4_194_304, "postmaster.pid")
-    if pid < 1:
-        raise ValueError("postmaster.pid names PID 0")
-    return pid
 
 
 @dataclass(frozen=True)

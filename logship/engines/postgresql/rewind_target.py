@@ -10,10 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from logship.engines.postgresql.rewind_parse import (
-    MAX_PID_FILE_CHARS,
     ControlData,
     parse_controldata,
-    parse_postmaster_pid,
 )
 from logship.engines.postgresql.timeline_history import HistoryEntry, read_history_file
 from logship.engines.postgresql.tools import find_program
@@ -99,28 +97,6 @@ def live_setting(
         raise OperationFailed(f"postgres -C {name} in {data_dir} failed: {_tool_error(done)}")
     lines = done.stdout.splitlines()
     return lines[0].strip() if lines else ""
-
-
-def running_pid(data_dir: Path) -> int | None:
-    """The PID of a live postmaster named by `data_dir`/postmaster.pid, if any."""
-    path = data_dir / "postmaster.pid"
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except FileNotFoundError:
-        return None
-    with os.fdopen(fd, "rb") as handle:
-        text = handle.read(MAX_PID_FILE_CHARS + 1).decode("ascii", errors="replace")
-    try:
-        pid = parse_postmaster_pid(text)
-    except ValueError:
-        return None  # not a PID PostgreSQL wrote: not a server pg_ctl would see either
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        return pid  # alive, as another user
-    return pid
 
 
 def read_target_history(data_dir: Path, timeline: int) -> list[HistoryEntry]:

@@ -7,7 +7,6 @@ every action on a database happens at that database's own site.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shlex
@@ -76,15 +75,13 @@ FACTS = """
 select pg_is_in_recovery(),
        case when pg_is_in_recovery() then pg_last_wal_replay_lsn()
             else pg_current_wal_lsn() end::text,
-       (select system_identifier::text from pg_control_system()),
-       case when pg_is_in_recovery() then null
-            else pg_walfile_name(pg_current_wal_lsn()) end,
-       (select setting::bigint from pg_settings where name = 'wal_segment_size')
+       (select system_identifier::text from pg_control_system())
 """
 
 
 def facts(config: Config, name: str) -> dict[str, Any]:
-    """This site's database: up or not, in recovery or not, where it is."""
+    """This site's database: up or not, in recovery or not, where it is (a standby:
+    what it replayed), and which cluster it is a copy of."""
     _, here, side = two_sided(config, name)
     import psycopg
 
@@ -94,29 +91,14 @@ def facts(config: Config, name: str) -> dict[str, Any]:
     except psycopg.Error as exc:
         return {"site": here, "up": False, "error": first_line(exc)}
     assert row is not None
-    in_recovery, lsn, system_id, walfile, segment_size = row
-    timeline = int(walfile[:8], 16) if walfile else None
-    if in_recovery:
-        timeline = _replay_timeline(side)
+    in_recovery, lsn, system_id = row
     return {
         "site": here,
         "up": True,
         "in_recovery": bool(in_recovery),
         "lsn": lsn,
-        "timeline": timeline,
         "system_identifier": system_id,
-        "segment_size": int(segment_size),
     }
-
-
-def _replay_timeline(side: SideSection) -> int | None:
-    with contextlib.suppress(OperationFailed), _connect(side.dsn) as conn:
-        row = conn.execute(
-            "select received_tli from pg_stat_wal_receiver union all "
-            "select timeline_id from pg_control_checkpoint() limit 1"
-        ).fetchone()
-        return int(row[0]) if row and row[0] is not None else None
-    return None
 
 
 def reach(config: Config, name: str, target: str) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from logship.engines.postgresql.engine import PostgresConnector
 from logship.engines.postgresql.promote import PromoteOptions, Promotion, Step, Verdict
 from logship.errors import UsageError, first_line
 
-_MARKS = {
+MARKS = {
     Verdict.OK: "ok",
     Verdict.REFUSED: "REFUSED",
     Verdict.FAILED: "FAILED",
@@ -33,7 +33,7 @@ _MARKS = {
 
 def _print(step: Step) -> None:
     # Flushed per step: at 3 a.m. the operator watches the drain as it happens.
-    print(f"[{_MARKS[step.verdict]:>7}] {step.name}: {step.detail}", flush=True)
+    print(f"[{MARKS[step.verdict]:>7}] {step.name}: {step.detail}", flush=True)
 
 
 def _catalog_recorder(config: Config) -> Callable[[dict[str, Any]], str]:

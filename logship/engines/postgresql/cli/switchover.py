@@ -8,6 +8,7 @@ from logship import roles
 from logship.config.files import config_path
 from logship.config.load import load_config
 from logship.config.sizes import parse_size
+from logship.engines.postgresql.cli.promote import MARKS
 from logship.engines.postgresql.promote import Step, Verdict
 from logship.engines.postgresql.switchover import (
     DEFAULT_MAX_BEHIND,
@@ -17,14 +18,8 @@ from logship.engines.postgresql.switchover import (
 )
 from logship.errors import UsageError
 
-_MARKS = {
-    Verdict.OK: "ok",
-    Verdict.REFUSED: "REFUSED",
-    Verdict.FAILED: "FAILED",
-    Verdict.FORCED: "FORCED",
-    Verdict.WOULD: "would",
-    Verdict.INFO: "note",
-}
+#: as promote marks its steps; a note here is not a next step
+_MARKS = {**MARKS, Verdict.INFO: "note"}
 
 
 def print_step(step: Step) -> None:
