@@ -46,7 +46,7 @@ CONNECTOR = "main"
 _OUTAGE = re.compile(r"write outage ([0-9.]+) s")
 _FOLLOW = re.compile(r"by (rewind|base backup), [0-9.]+ s, (\d+) bytes copied of a (\d+) byte")
 _PROCESSED = re.compile(r"number of transactions actually processed: (\d+)")
-_STEP = re.compile(r"^\[\s*[A-Z]+\] ([a-z ]+):")
+_STEP = re.compile(r"^\[\s*[A-Za-z]+\] ([a-z ]+):")
 
 
 @dataclass(frozen=True)
@@ -327,7 +327,7 @@ def run_base_backup(root: Path, args: argparse.Namespace, report: Report) -> Non
             done.bytes_copied / MIB,
             "MiB",
             detail=(
-                f"the base backup as stored at the site (zstd) of a "
+                f"the base backup's size, as its record gives it, for a "
                 f"{done.data_dir_bytes / MIB:.0f} MiB data directory"
             ),
         )

@@ -52,6 +52,9 @@ REINSTATE_DIR = "reinstate"
 #: a base backup of a big database takes long; its SSH command prints little
 BASE_BACKUP_TIMEOUT_S = 6 * 3600.0
 FOLLOW_TIMEOUT_S = 120.0
+#: rounds of putting recycled WAL back, each reaching one segment further back;
+#: checkpoints come at least every max_wal_size, far fewer segments than this
+MAX_WAL_ROUNDS = 256
 
 
 @dataclass(frozen=True)
@@ -196,8 +199,17 @@ class Reinstatement:
             )
             if not safety.safe and self.options.dry_run:
                 safety = self._after_checkpoint(safety)
-            if not safety.safe and safety.facts.wal_missing:
+            # The search for the last common checkpoint stops at the first segment
+            # missing from pg_wal; once that one is back, an older one may be
+            # missing in turn (a checkpoint after the fork recycled them all), so
+            # put back until nothing is missing or a round finds nothing new.
+            for _ in range(MAX_WAL_ROUNDS):
+                if safety.safe or not safety.facts.wal_missing:
+                    break
+                before = set(safety.facts.wal_missing)
                 safety = self._wal_from_archive(safety, source_dsn)
+                if before & set(safety.facts.wal_missing):
+                    break
             if safety.safe:
                 self._rewind(safety, source_dsn, control.state, new_timeline)
             else:
