@@ -36,7 +36,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import MIB, Report, bench_user, environment, log, median, reachable_tempdir
+from common import (
+    MIB,
+    Report,
+    bench_user,
+    environment,
+    log,
+    median,
+    reachable_tempdir,
+)
 
 from logship.demo_sandbox.deployment import wait_for
 from logship.demo_sandbox.two_sites import TwoSiteDeployment
@@ -46,6 +54,7 @@ CONNECTOR = "main"
 _OUTAGE = re.compile(r"write outage ([0-9.]+) s")
 _FOLLOW = re.compile(r"by (rewind|base backup), [0-9.]+ s, (\d+) bytes copied of a (\d+) byte")
 _PROCESSED = re.compile(r"number of transactions actually processed: (\d+)")
+_SEGMENT = re.compile(r"^[0-9A-F]{24}$")
 _STEP = re.compile(r"^\[\s*[A-Za-z]+\] ([a-z ]+):")
 
 
@@ -66,6 +75,10 @@ class Reinstated:
     #: WAL the old primary wrote after it was started by hand
     diverged_bytes: int
     transactions: int
+    #: WAL segment files in the new primary's pg_wal as the reinstate began:
+    #: PostgreSQL 15's pg_rewind copies every one whole (recycled ones included)
+    source_wal_bytes: int
+    source_wal_files: int
     #: the command's output, stamped
     output: str
 
@@ -195,6 +208,7 @@ def failover_and_reinstate(
     dep.start_site_daemon("main")
     wait_for(lambda: (main.data_dir / "logship.fence.json").exists(), 120, "the daemon's fence")
 
+    source_wal = _segments(dep.standby.data_dir / "pg_wal")
     wall, output = _timed(dep, "main", "reinstate", CONNECTOR, timeout=3600)
     match = _FOLLOW.search(output)
     if match is None:
@@ -207,9 +221,21 @@ def failover_and_reinstate(
         bytes_copied=int(match.group(2)),
         data_dir_bytes=int(match.group(3)),
         diverged_bytes=diverged,
+        source_wal_bytes=sum(source_wal.values()),
+        source_wal_files=len(source_wal),
         transactions=int(processed.group(1)) if processed else 0,
         output=output,
     )
+
+
+def _segments(pg_wal: Path) -> dict[str, int]:
+    """WAL segment files in `pg_wal` and their sizes."""
+    found = {}
+    for path in pg_wal.iterdir():
+        with contextlib.suppress(OSError):
+            if _SEGMENT.match(path.name) and path.is_file():
+                found[path.name] = path.stat().st_size
+    return found
 
 
 def _caught_up_to(dep: TwoSiteDeployment) -> None:
@@ -289,7 +315,9 @@ def _rewind(dep: TwoSiteDeployment, rate: int, args: argparse.Namespace, report:
         detail=(
             f"pg_rewind after {args.seconds} s of pgbench -R {rate} on the old primary "
             f"({done.transactions} transactions, {done.diverged_bytes / MIB:.0f} MiB "
-            "of WAL); ratio: of the data directory (target <= 0.10)"
+            "of WAL); WAL files in dr's pg_wal as it began, which pg_rewind copies whole: "
+            f"{done.source_wal_files} ({done.source_wal_bytes / MIB:.0f} MiB); "
+            "ratio: of the data directory (target <= 0.10)"
         ),
     )
     report.add(
