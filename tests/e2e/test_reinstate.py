@@ -130,3 +130,33 @@ def test_without_checksums_or_hints_reinstate_rebuilds_from_a_base_backup(
     kept = list(main.data_dir.parent.glob(f"{main.data_dir.name}.before-reinstate-*"))
     assert len(kept) == 1
     _follows(dep)
+
+
+def test_a_rewind_puts_back_every_segment_checkpoints_after_the_fork_recycled(
+    two_sites: TwoSiteDeployment,
+) -> None:
+    dep = two_sites
+    main = dep.primary
+    _caught_up(dep)
+    _disaster(dep, site_reachable=False)
+    _promote(dep)
+
+    # Started by hand, the old primary writes over several segments, archives
+    # them (into its own spool: its daemon is gone) and checkpoints: every
+    # segment back to the last checkpoint before the fork leaves its pg_wal.
+    main.start()
+    for n in range(4):
+        main.execute(f"insert into ticks values ({-(n + 1)}, now())")
+        ((last,),) = main.query("select pg_walfile_name(pg_switch_wal())")
+    main.wait_until(f"select last_archived_wal >= '{last}' from pg_stat_archiver", timeout=180)
+    main.execute("checkpoint")
+    main.stop()
+    dep.sshd_main.start()
+    dep.start_site_daemon("main")
+    wait_for(lambda: (main.data_dir / "logship.fence.json").exists(), 60, "the daemon's fence")
+
+    done = dep.at("main", "reinstate", CONNECTOR, timeout=600)
+    print(done.stdout)
+    assert "put back into pg_wal" in done.stdout
+    assert "pg_rewind copied" in done.stdout, done.stdout
+    _follows(dep)
