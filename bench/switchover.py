@@ -3,7 +3,8 @@
 Usage: python bench/switchover.py [--scale 70] [--seconds 60] [--rates 100,400] [--quick]
 
 Two sites on loopback (`TwoSiteDeployment`: PostgreSQL and an sshd at each, a
-`logship run` at each), a pgbench database of `--scale` (70: about 1 GiB).
+`logship run` at each), a pgbench database of `--scale` (70: a data directory
+of about 1.2 GiB with its WAL).
 
 1. Reinstate by rewind, once per `--rates` entry, on a fresh pair of sites:
    pgbench writes, the primary is stopped `-m immediate` with its site cut off
@@ -365,7 +366,9 @@ def run_base_backup(root: Path, args: argparse.Namespace, report: Report) -> Non
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scale", type=int, default=70, help="pgbench -i -s (70: about 1 GiB)")
+    parser.add_argument(
+        "--scale", type=int, default=70, help="pgbench -i -s (70: about 1.2 GiB with its WAL)"
+    )
     parser.add_argument("--seconds", type=int, default=60, help="the old primary's divergence")
     parser.add_argument(
         "--rates", default="100,400", help="tps written during the divergence, one run each"
