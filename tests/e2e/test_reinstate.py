@@ -112,6 +112,12 @@ def test_without_checksums_or_hints_reinstate_rebuilds_from_a_base_backup(
     dep = two_sites_without_hints
     main = dep.primary
     _caught_up(dep)
+    # There and back first: main's own PROMOTED marker from its promotion must
+    # not keep the new primary's base backup out later.
+    dep.at("main", "switchover", CONNECTOR, timeout=400)
+    dep.at("main", "switchover", CONNECTOR, timeout=400)
+    assert (dep.site_incoming("main") / CONNECTOR / "PROMOTED").exists()
+    _caught_up(dep)
     _disaster(dep, site_reachable=True)
     promoted = _promote(dep)
     assert "fence old primary: main: fenced" in promoted

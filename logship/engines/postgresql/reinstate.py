@@ -36,6 +36,7 @@ from logship.engines.postgresql.standby_restore import LOG_NAME, start_server
 from logship.engines.postgresql.switchover_steps import (
     config_for,
     pg_ctl,
+    retire_promoted,
     start_following,
     stop_server,
     two_sided,
@@ -51,7 +52,6 @@ from logship.spool import kept_path
 REINSTATE_DIR = "reinstate"
 #: a base backup of a big database takes long; its SSH command prints little
 BASE_BACKUP_TIMEOUT_S = 6 * 3600.0
-FOLLOW_TIMEOUT_S = 120.0
 #: rounds of putting recycled WAL back, each reaching one segment further back;
 #: checkpoints come at least every max_wal_size, far fewer segments than this
 MAX_WAL_ROUNDS = 256
@@ -193,6 +193,7 @@ class Reinstatement:
             if not self.options.dry_run:
                 fence(data_dir, FenceReason(self.name, "failover", self.new, new_timeline))
                 self._step("fence", Verdict.OK, f"{data_dir} starts only read-only until the end")
+            self._retire_marker()
             self._loss(control.timeline, diverged)
             safety = rewind_safety(
                 data_dir, self.side.bin_dir, source_dsn, checkpoint=not self.options.dry_run
@@ -230,6 +231,20 @@ class Reinstatement:
             f"ships {self.new} -> {self.here}",
         )
         return self.outcome
+
+    def _retire_marker(self) -> None:
+        """This site's PROMOTED marker, from an earlier promotion of its own, is
+        history now: the new primary must ship here (its WAL, a base backup)."""
+        layout = SiteLayout.for_connector(self.config.sites[self.here].root, self.name)
+        if not Path(layout.promoted_marker).exists():
+            return
+        if self.options.dry_run:
+            self._step("marker", Verdict.WOULD, f"retire {layout.promoted_marker} into the journal")
+            return
+        connector = self.config.connectors[self.name]
+        assert isinstance(connector, PostgresConnector)
+        retire_promoted(self.config, connector, self.here)
+        self._step("marker", Verdict.OK, f"{layout.promoted_marker} retired into the journal")
 
     def _stop_if_running(self) -> None:
         running = running_server(self.side.data_dir)

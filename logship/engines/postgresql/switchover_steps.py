@@ -393,7 +393,7 @@ def start_following(config: Config, connector: PostgresConnector, side: SideSect
     )
     if fence_state(side.data_dir) is not None:
         unfence(side.data_dir, keep_signal=True)
-    _retire_promoted(config, connector, connector.site)
+    retire_promoted(config, connector, connector.site)
     start_server(pg_ctl(side), side.data_dir, side.data_dir / LOG_NAME, what="the new standby")
 
 
@@ -402,7 +402,7 @@ def _other(connector: PostgresConnector, here: str) -> str:
     return next(side for side in connector.sides if side != here)
 
 
-def _retire_promoted(config: Config, connector: PostgresConnector, here: str) -> bool:
+def retire_promoted(config: Config, connector: PostgresConnector, here: str) -> bool:
     """The PROMOTED marker of this site's earlier promotion: history now (kept in
     the journal), or the other side could never ship here again."""
     layout = SiteLayout.for_connector(config.sites[here].root, connector.name)
