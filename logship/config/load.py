@@ -90,7 +90,7 @@ def load_config(
 ) -> Config:
     """The whole configuration. `this_site`: `--this-site` (else $LOGSHIP_SITE, else
     the hostname); `role`: see Role; `primary_sides`: connector -> the side found
-    to be its primary (what `logship.engines.postgresql.roles` finds)."""
+    to be its primary (what `logship.roles.settled` finds)."""
     try:
         return _load_config(path, this_site, role, primary_sides or {})
     except RecursionError:
