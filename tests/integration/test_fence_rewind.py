@@ -36,6 +36,8 @@ from logship.engines.postgresql.fence import (
 from logship.ship.sftp import open_client
 from logship.ship.ssh_forward import local_forward
 
+pytestmark = pytest.mark.slow  # left out of the fast subset (README)
+
 REASON = FenceReason("main-db", "failover", "dr", 2)
 
 

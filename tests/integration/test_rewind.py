@@ -27,6 +27,8 @@ from logship.engines.postgresql.rewind import (
 from logship.engines.postgresql.rewind_target import read_controldata
 from logship.errors import OperationFailed
 
+pytestmark = pytest.mark.slow  # left out of the fast subset (README)
+
 BIN = DEFAULT_BIN_DIR
 
 
