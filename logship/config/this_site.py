@@ -8,13 +8,14 @@ path's verbs read it too).
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Mapping
 
 THIS_SITE_ENV = "LOGSHIP_SITE"
 
 
 def _host_names() -> set[str]:
+    import socket
+
     # Not getfqdn(): it asks DNS, which may hang on a host cut off from it.
     name = socket.gethostname().lower()
     return {name, name.split(".", 1)[0]} - {""}

@@ -14,6 +14,7 @@ from pathlib import Path, PurePosixPath
 
 from logship.durable import write_chunks_atomically
 from logship.engines.postgresql import walnames
+from logship.engines.postgresql.restore_wal import decompressor
 from logship.errors import OperationFailed
 from logship.manifest import ManifestRecord, SiteLayout
 from logship.ship.sftp import SftpTransport
@@ -46,13 +47,10 @@ def fetch_segment(transport: SftpTransport, layout: SiteLayout, name: str, dest_
     sizes = [0, 0]
 
     def chunks():  # type: ignore[no-untyped-def]
-        decompressor = None
-        if record.compression == "zstd":
-            import zstandard
-
-            decompressor = zstandard.ZstdDecompressor().decompressobj()
-        elif record.compression != "none":
-            raise OperationFailed(f"{name}: unknown compression {record.compression!r}")
+        try:
+            unpack = decompressor(record.compression)
+        except ValueError as exc:
+            raise OperationFailed(f"{name}: {exc}") from None
         with transport.sftp.open(str(stored), "rb") as remote:
             remote.prefetch(record.stored_size)
             while chunk := remote.read(CHUNK):
@@ -60,7 +58,7 @@ def fetch_segment(transport: SftpTransport, layout: SiteLayout, name: str, dest_
                 if sizes[0] > record.stored_size:
                     raise OperationFailed(f"{name}: larger at the site than its record says")
                 stored_digest.update(chunk)
-                raw = decompressor.decompress(chunk) if decompressor else chunk
+                raw = unpack.decompress(chunk) if unpack else chunk
                 sizes[1] += len(raw)
                 raw_digest.update(raw)
                 yield raw

@@ -29,7 +29,7 @@ from logship.engines.postgresql.postmaster import running_server
 from logship.engines.postgresql.promote import Step, Verdict
 from logship.engines.postgresql.rewind import RewindSafety, rewind_safety
 from logship.engines.postgresql.rewind_parse import CRASHED_STATES
-from logship.engines.postgresql.rewind_run import run_rewind
+from logship.engines.postgresql.rewind_run import bytes_under, run_rewind
 from logship.engines.postgresql.rewind_target import read_controldata
 from logship.engines.postgresql.roles import ask
 from logship.engines.postgresql.standby_restore import LOG_NAME, start_server
@@ -74,16 +74,6 @@ class ReinstateOutcome:
     aside: Path | None = None
     fallback_reasons: list[str] = field(default_factory=list)
     steps: list[Step] = field(default_factory=list)
-
-
-def tree_bytes(root: Path) -> int:
-    """Bytes of the plain files under `root`, links not followed."""
-    total = 0
-    for path in root.rglob("*"):
-        with contextlib.suppress(OSError):
-            if path.is_file() and not path.is_symlink():
-                total += path.lstat().st_size
-    return total
 
 
 class Reinstatement:
@@ -220,7 +210,7 @@ class Reinstatement:
         if self.options.dry_run:
             return self.outcome
         self.outcome.seconds = self._monotonic() - started
-        self.outcome.data_dir_bytes = tree_bytes(data_dir)
+        self.outcome.data_dir_bytes = bytes_under(data_dir)
         record_primary(self.config.logship.state_dir, self.name, self.new)
         self._step(
             "follow",

@@ -74,7 +74,7 @@ def _read_record(layout: SiteLayout, name: str, seen: Seen) -> ManifestRecord:
     return record
 
 
-def _decompressor(compression: str):  # type: ignore[no-untyped-def]
+def decompressor(compression: str):  # type: ignore[no-untyped-def]
     if compression == "zstd":
         import zstandard
 
@@ -89,7 +89,7 @@ def _copy_verified(record: ManifestRecord, source: Path, tmp: Path, seen: Seen) 
     stored_digest, raw_digest = hashlib.sha256(), hashlib.sha256()
     stored_size = raw_size = 0
     try:
-        decompressor = _decompressor(record.compression)
+        unpack = decompressor(record.compression)
     except ValueError as exc:
         raise Refused(f"{record.name}: {exc}") from None
     try:
@@ -98,7 +98,7 @@ def _copy_verified(record: ManifestRecord, source: Path, tmp: Path, seen: Seen) 
             while chunk := src.read(CHUNK):
                 stored_digest.update(chunk)
                 stored_size += len(chunk)
-                raw = decompressor.decompress(chunk) if decompressor else chunk
+                raw = unpack.decompress(chunk) if unpack else chunk
                 raw_digest.update(raw)
                 raw_size += len(raw)
                 out.write(raw)

@@ -66,7 +66,7 @@ def _state(data_dir: Path, bin_dir: Path | None) -> str:
     return read_controldata(data_dir, bin_dir).state
 
 
-def _changed_bytes(data_dir: Path, since: float) -> int:
+def bytes_under(data_dir: Path, since: float = 0.0) -> int:
     """Bytes of the files under `data_dir` written since `since` (not following links)."""
     total = 0
     for root, _dirs, files in os.walk(data_dir):
@@ -157,7 +157,7 @@ def run_rewind(
             f"{shown_text(last)}; {state}"
         )
     if outcome.rewound and not dry_run and outcome.bytes_planned is None:
-        outcome.bytes_copied = _changed_bytes(data_dir, started)
+        outcome.bytes_copied = bytes_under(data_dir, started)
         outcome.bytes_from = "measured"
     outcome.left_files = [n for n in _LEFT_FILES if (data_dir / n).exists()]
     return outcome

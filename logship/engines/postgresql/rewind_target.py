@@ -13,6 +13,7 @@ from logship.engines.postgresql.rewind_parse import (
     ControlData,
     parse_controldata,
 )
+from logship.engines.postgresql.standby_restore import run_tool
 from logship.engines.postgresql.timeline_history import HistoryEntry, read_history_file
 from logship.engines.postgresql.tools import find_program
 from logship.errors import OperationFailed, shown_text
@@ -45,23 +46,14 @@ def owner_prefix(data_dir: Path) -> list[str]:
 def run_as_owner(
     data_dir: Path, argv: Sequence[str], cwd: Path, timeout: float
 ) -> subprocess.CompletedProcess[str]:
-    cmd = [*owner_prefix(data_dir), *argv]
-    try:
-        return subprocess.run(
-            cmd,
-            cwd=cwd,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            # Tools' messages are translated; the parsers read the C ones.
-            env={**os.environ, "LC_ALL": "C"},
-            timeout=timeout,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        raise OperationFailed(f"{argv[0]} did not finish within {timeout:g}s") from None
-    except OSError as exc:
-        raise OperationFailed(f"cannot run {argv[0]}: {exc}") from None
+    # Tools' messages are translated; the parsers read the C ones.
+    return run_tool(
+        [*owner_prefix(data_dir), *argv],
+        cwd,
+        timeout,
+        env={**os.environ, "LC_ALL": "C"},
+        name=argv[0],
+    )
 
 
 def _tool_error(done: subprocess.CompletedProcess[str]) -> str:

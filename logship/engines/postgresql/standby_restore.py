@@ -449,8 +449,17 @@ def last_line(*texts: str) -> str:
     return "(no output)"
 
 
-def run_tool(cmd: list[str], cwd: Path, timeout: float | None) -> subprocess.CompletedProcess[str]:
-    """Run a program to completion, its output captured; OperationFailed if it cannot."""
+def run_tool(
+    cmd: list[str],
+    cwd: Path,
+    timeout: float | None,
+    *,
+    env: dict[str, str] | None = None,
+    name: str | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run a program to completion, its output captured; OperationFailed (naming it
+    `name`, else `cmd[0]`) if it cannot."""
+    shown = name or cmd[0]
     try:
         return subprocess.run(
             cmd,
@@ -458,13 +467,14 @@ def run_tool(cmd: list[str], cwd: Path, timeout: float | None) -> subprocess.Com
             stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,
+            env=env,
             timeout=timeout,
             check=False,
         )
     except subprocess.TimeoutExpired:
-        raise OperationFailed(f"{cmd[0]} did not finish within {timeout:g}s") from None
+        raise OperationFailed(f"{shown} did not finish within {timeout:g}s") from None
     except OSError as exc:
-        raise OperationFailed(f"cannot run {cmd[0]}: {exc}") from None
+        raise OperationFailed(f"cannot run {shown}: {exc}") from None
 
 
 def check_restore_command_runs(python: str) -> None:
